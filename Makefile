@@ -1,0 +1,33 @@
+# Two commands on a fresh machine: `make serve` and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: serve test lint bench install
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev,postgres,openai]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Starts on the embedded default: SQLite file ./sessionstream.db, offline engine.
+# On first start it creates a user "demo" and prints its API token once.
+serve: $(STAMP)
+	@[ -f sessionstream.db ] || $(BIN)/sessionstream users create demo
+	$(BIN)/sessionstream serve
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check eventstore projections engines server sessionstream
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+test: $(STAMP)
+	bash .ci/test
+
+bench: $(STAMP)
+	$(BIN)/python -m bench

@@ -1,0 +1,399 @@
+"""Appends: the event store's API beside the raw database, measured in one run.
+
+Each comparison pairs a subject with a baseline on the same machine, in the
+same minute, and reports events/s for 1, 10 and 100 concurrent appenders
+(median of ``--rounds``; subject and baseline alternate within a round).
+
+- ``sqlite``: ``SQLiteEventStore.append`` from N asyncio tasks, each appending
+  one event per call to its own stream with an expected version and awaiting
+  the answer before the next (group commit, hash chain, read models and all),
+  beside raw ``sqlite3`` inserting the same number of rows into the same
+  ``events`` table (WAL, ``synchronous=FULL``), 100 rows per transaction.
+  Target: at least 50% of the raw batched rate at 100 appenders.
+- ``postgres``: ``PostgresEventStore.append`` the same way (one writer
+  connection per process group-commits under the ``log_head`` lock), beside
+  the ``eventsourcing`` library's ``PostgresApplicationRecorder.insert_events``
+  (one event per call, as an application saving one aggregate event) from N
+  threads with a pool of min(N, 20) connections; it serialises inserts with
+  ``LOCK TABLE`` so its notification ids are gapless in commit order too, the
+  same guarantee. Both durable (``synchronous_commit`` on), each in a
+  throwaway schema of ``SESSIONSTREAM_BENCH_DATABASE_URL`` (default the local
+  ``test`` database). Target: at least 2x eventsourcing at 100 appenders.
+
+Add a backend by writing two small ``Series`` functions and appending a
+``Comparison`` to ``COMPARISONS``; the table and the JSON pick it up.
+
+    python -m bench.append [--rounds 3] [--quick] [--only sqlite] [--no-uvloop]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+import tempfile
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import projections
+from bench.common import (
+    RESULTS,
+    base_parser,
+    install_uvloop,
+    median,
+    print_table,
+    stopwatch,
+    write_json,
+)
+from eventstore.model import NewEvent, utc_now
+from eventstore.sqlite import SQLiteEventStore
+from eventstore.sqlite_schema import SCHEMA
+
+CONCURRENCY = (1, 10, 100)
+#: events per measurement, by number of appenders (``--quick`` takes a quarter)
+TOTAL_EVENTS = {1: 1000, 10: 4000, 100: 10000}
+RAW_BATCH = 100
+
+#: (appenders, events per appender, scratch directory) -> events per second
+Series = Callable[[int, int, Path], float]
+
+
+def payload(n: int, i: int) -> dict[str, Any]:
+    return {"n": n, "i": i, "pad": "x" * 100}
+
+
+# sqlite ----------------------------------------------------------------------------
+
+
+def sqlite_store_rate(appenders: int, per_appender: int, workdir: Path) -> float:
+    return asyncio.run(_sqlite_store_rate(appenders, per_appender, workdir / "store.db"))
+
+
+async def _sqlite_store_rate(appenders: int, per_appender: int, path: Path) -> float:
+    store = SQLiteEventStore(path, projections.ALL)
+    await store.open()
+    try:
+
+        async def appender(n: int) -> None:
+            stream = f"bench-{n}"
+            for version in range(per_appender):
+                event = NewEvent("bench.appended", payload(n, version), {"actor": {"id": "b"}})
+                await store.append(stream, [event], expected_version=version)
+
+        with stopwatch() as elapsed:
+            await asyncio.gather(*(appender(n) for n in range(appenders)))
+        assert await store.head_position() == appenders * per_appender
+        return appenders * per_appender / elapsed()
+    finally:
+        await store.close()
+
+
+def raw_sqlite_batched_rate(appenders: int, per_appender: int, workdir: Path) -> float:
+    """One connection inserting rows into the store's own table, 100 per commit."""
+    total = appenders * per_appender
+    conn = sqlite3.connect(workdir / "raw.db", isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.executescript(SCHEMA)
+        insert = (
+            "INSERT INTO events (stream_id, version, event_id, type, data, metadata, "
+            "correlation_id, recorded_at, hash) VALUES (?,?,?,?,?,?,?,?,?)"
+        )
+        metadata = json.dumps({"actor": {"id": "b"}}, separators=(",", ":"))
+        digest = "0" * 64
+        with stopwatch() as elapsed:
+            for start in range(0, total, RAW_BATCH):
+                now = utc_now()
+                rows = [
+                    (
+                        f"bench-{i % appenders}",
+                        i // appenders + 1,
+                        str(uuid.uuid4()),
+                        "bench.appended",
+                        json.dumps(payload(i % appenders, i // appenders), separators=(",", ":")),
+                        metadata,
+                        None,
+                        now,
+                        digest,
+                    )
+                    for i in range(start, min(start + RAW_BATCH, total))
+                ]
+                conn.execute("BEGIN IMMEDIATE")
+                conn.executemany(insert, rows)
+                conn.execute("COMMIT")
+        count = conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+        assert count == total, count
+        return total / elapsed()
+    finally:
+        conn.close()
+
+
+# postgres --------------------------------------------------------------------------
+
+PG_DSN = os.environ.get(
+    "SESSIONSTREAM_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+
+
+def postgres_unavailable() -> str | None:
+    try:
+        import asyncpg
+    except ImportError:
+        return "asyncpg is not installed (pip install 'sessionstream[postgres]')"
+    try:
+        import eventsourcing.postgres  # noqa: F401
+    except ImportError as exc:
+        return f"the eventsourcing baseline needs {exc.name} (pip install 'psycopg[binary,pool]')"
+
+    async def probe() -> None:
+        conn = await asyncpg.connect(PG_DSN, timeout=3)
+        await conn.close()
+
+    try:
+        asyncio.run(probe())
+    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+        return f"PostgreSQL is not reachable at {PG_DSN} ({exc})"
+    return None
+
+
+def _pg_schema(kind: str) -> str:
+    return f"bench_{kind}_{uuid.uuid4().hex[:10]}"
+
+
+async def _pg_execute(statement: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(PG_DSN)
+    try:
+        await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+def postgres_store_rate(appenders: int, per_appender: int, workdir: Path) -> float:
+    return asyncio.run(_postgres_store_rate(appenders, per_appender))
+
+
+async def _postgres_store_rate(appenders: int, per_appender: int) -> float:
+    from eventstore.postgres import PostgresEventStore
+
+    schema = _pg_schema("ss")
+    store = PostgresEventStore(PG_DSN, projections.ALL, schema=schema, pool_size=4)
+    await store.open()
+    try:
+
+        async def appender(n: int) -> None:
+            stream = f"bench-{n}"
+            for version in range(per_appender):
+                event = NewEvent("bench.appended", payload(n, version), {"actor": {"id": "b"}})
+                await store.append(stream, [event], expected_version=version)
+
+        with stopwatch() as elapsed:
+            await asyncio.gather(*(appender(n) for n in range(appenders)))
+        assert await store.head_position() == appenders * per_appender
+        return appenders * per_appender / elapsed()
+    finally:
+        await store.close()
+        await _pg_execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def eventsourcing_pg_rate(appenders: int, per_appender: int, workdir: Path) -> float:
+    from eventsourcing.persistence import StoredEvent
+    from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
+
+    url = urlparse(PG_DSN)
+    schema = _pg_schema("es")
+    asyncio.run(_pg_execute(f'CREATE SCHEMA "{schema}"'))
+    datastore = PostgresDatastore(
+        dbname=url.path.lstrip("/") or "postgres",
+        host=url.hostname or "127.0.0.1",
+        port=url.port or 5432,
+        user=url.username or "postgres",
+        password=url.password or "",
+        pool_size=min(appenders, 20),
+        max_overflow=0,
+        schema=schema,
+    )
+    try:
+        recorder = PostgresApplicationRecorder(datastore, events_table_name="stored_events")
+        recorder.create_table()
+        errors: list[BaseException] = []
+        barrier = threading.Barrier(appenders + 1)
+
+        def appender(n: int) -> None:
+            originator = uuid.uuid4()
+            barrier.wait()
+            try:
+                for version in range(1, per_appender + 1):
+                    state = json.dumps(payload(n, version), separators=(",", ":")).encode()
+                    recorder.insert_events(
+                        [StoredEvent(originator, version, "bench:Appended", state)]
+                    )
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=appender, args=(n,)) for n in range(appenders)]
+        for thread in threads:
+            thread.start()
+        with stopwatch() as elapsed:
+            barrier.wait()
+            for thread in threads:
+                thread.join()
+        if errors:
+            raise errors[0]
+        return appenders * per_appender / elapsed()
+    finally:
+        datastore.close()
+        asyncio.run(_pg_execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+
+
+# the comparisons -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Comparison:
+    name: str
+    subject: str
+    baseline: str
+    measure: Series
+    measure_baseline: Series
+    #: subject/baseline the subject should reach at the highest concurrency
+    target_ratio: float
+    #: a reason this comparison cannot run here (e.g. no database), else None
+    unavailable: Callable[[], str | None] = lambda: None
+
+
+COMPARISONS: list[Comparison] = [
+    Comparison(
+        name="sqlite",
+        subject="SQLiteEventStore.append",
+        baseline=f"raw sqlite3, batches of {RAW_BATCH}, WAL, synchronous=FULL",
+        measure=sqlite_store_rate,
+        measure_baseline=raw_sqlite_batched_rate,
+        target_ratio=0.5,
+    ),
+    Comparison(
+        name="postgres",
+        subject="PostgresEventStore.append",
+        baseline="eventsourcing 9.5 PostgresApplicationRecorder.insert_events",
+        measure=postgres_store_rate,
+        measure_baseline=eventsourcing_pg_rate,
+        target_ratio=2.0,
+        unavailable=postgres_unavailable,
+    ),
+]
+
+
+def events_per_appender(appenders: int, quick: bool) -> int:
+    total = TOTAL_EVENTS.get(appenders, 100 * appenders)
+    if quick:
+        total //= 4
+    return max(1, total // appenders)
+
+
+def measure_once(series: Series, appenders: int, per_appender: int) -> float:
+    with tempfile.TemporaryDirectory(prefix="bench-append-") as tmp:
+        return series(appenders, per_appender, Path(tmp))
+
+
+def run(comparison: Comparison, rounds: int, quick: bool) -> dict[str, Any]:
+    samples: dict[str, dict[int, list[float]]] = {"subject": {}, "baseline": {}}
+    for round_no in range(rounds):
+        for appenders in CONCURRENCY:
+            per = events_per_appender(appenders, quick)
+            order = ["subject", "baseline"] if round_no % 2 == 0 else ["baseline", "subject"]
+            for side in order:
+                series = comparison.measure if side == "subject" else comparison.measure_baseline
+                rate = measure_once(series, appenders, per)
+                samples[side].setdefault(appenders, []).append(rate)
+                label = comparison.subject if side == "subject" else "baseline"
+                print(
+                    f"  round {round_no + 1} {comparison.name} {label}: "
+                    f"{appenders} appenders {rate:,.0f} ev/s"
+                )
+    rows: list[dict[str, Any]] = []
+    for appenders in CONCURRENCY:
+        ours = median(samples["subject"][appenders])
+        theirs = median(samples["baseline"][appenders])
+        rows.append(
+            {
+                "appenders": appenders,
+                "events": appenders * events_per_appender(appenders, quick),
+                "subject_events_per_s": round(ours),
+                "baseline_events_per_s": round(theirs),
+                "ratio": round(ours / theirs, 3),
+                "samples": {side: [round(v) for v in samples[side][appenders]] for side in samples},
+            }
+        )
+    return {
+        "subject": comparison.subject,
+        "baseline": comparison.baseline,
+        "target": f"ratio >= {comparison.target_ratio} at {CONCURRENCY[-1]} appenders",
+        "met": rows[-1]["ratio"] >= comparison.target_ratio,
+        "rows": rows,
+    }
+
+
+def main() -> None:
+    parser = base_parser(__doc__)
+    parser.add_argument("--only", action="append", help="run only these comparisons")
+    parser.add_argument("--no-uvloop", action="store_true", help="the default asyncio loop")
+    args = parser.parse_args()
+    rounds = 1 if args.quick else args.rounds
+    loop = "asyncio" if args.no_uvloop or not install_uvloop() else "uvloop"
+    results: dict[str, Any] = {}
+    for comparison in COMPARISONS:
+        if args.only and comparison.name not in args.only:
+            continue
+        reason = comparison.unavailable()
+        if reason is not None:
+            print(f"skipping {comparison.name}: {reason}")
+            continue
+        print(f"{comparison.name}: {comparison.subject} vs {comparison.baseline}")
+        results[comparison.name] = run(comparison, rounds, args.quick)
+    print()
+    table = [
+        (
+            name,
+            row["appenders"],
+            row["subject_events_per_s"],
+            row["baseline_events_per_s"],
+            f"{row['ratio']:.2f}",
+        )
+        for name, result in results.items()
+        for row in result["rows"]
+    ]
+    print_table(("backend", "appenders", "store ev/s", "baseline ev/s", "ratio"), table)
+    for name, result in results.items():
+        print(f"{name}: target {result['target']}: {'met' if result['met'] else 'MISSED'}")
+    if args.only:  # keep the other comparisons' last results
+        results = {**previous_comparisons(), **results}
+    write_json(
+        "append",
+        {
+            "benchmark": "append",
+            "loop": loop,
+            "rounds": rounds,
+            "quick": args.quick,
+            "comparisons": results,
+        },
+    )
+
+
+def previous_comparisons() -> dict[str, Any]:
+    path = RESULTS / "append.json"
+    try:
+        return dict(json.loads(path.read_text()).get("comparisons", {}))
+    except (OSError, ValueError):
+        return {}
+
+
+if __name__ == "__main__":
+    main()

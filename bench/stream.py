@@ -1,0 +1,583 @@
+"""Realtime channels end to end: token latency, fan-out, memory per idle subscriber.
+
+The server is ``create_app`` in its own process (uvloop, SQLite, as
+``sessionstream serve`` runs it) with an engine that writes
+``time.perf_counter()`` into each delta's text; this process holds every
+subscriber as a real aiohttp websocket (``perf_counter`` is one monotonic
+clock for every process on a host). Three figures, all in one run:
+
+(a) token latency: 100 concurrent runs x 10 subscribers on their run
+    channels, each engine emitting a word every 50 ms (starts spread over
+    one pace so runs do not tick in lockstep). Latency is engine emission ->
+    a subscriber has the frame, so it includes coalescing, the durable
+    append, the fan-out and both event loops. Target p99 <= 25 ms, against
+    the documented 2,000-5,000 ms polling interval it replaces. The server
+    also notes when each delta reached the hub, which splits the figure
+    into engine -> commit (run manager and store) and commit -> client (this
+    realtime layer, the sockets and the subscriber's loop).
+(b) fan-out: one run to 1,000 subscribers, one event per word, as fast as
+    the log takes them; delivered frames/s beside a bare aiohttp loop
+    (``send_str`` of a same-size frame to the same 1,000 sockets) in the same
+    server process and run. Target >= 70% of the bare loop.
+(c) memory: 5,000 idle websocket subscribers (500 on each of 10 runs that
+    wait for their engine); RSS delta of the server process / 5,000.
+    Target <= 50 KB.
+
+The subscribers are the instrument: their process keeps its garbage collector
+out of each measured window (a full collection over the frames they hold
+would stall every socket at once and be charged to the server).
+
+    python -m bench.stream [--rounds 3] [--quick]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import multiprocessing as mp
+import os
+import random
+import resource
+import statistics
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterable, Iterator
+from contextlib import contextmanager
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from bench.common import base_parser, install_uvloop, print_table, write_json
+from engines.base import ExampleInput, ExampleResult, StreamItem, TextDelta, TurnInput
+from eventstore.model import RecordedEvent
+
+S = "/api/campaigns/ai-chat-sessions"
+POLLING_MS = (2000, 5000)
+TARGET_P99_MS = 25.0
+TARGET_FANOUT = 0.70
+TARGET_KB = 50.0
+
+
+# the server process -----------------------------------------------------------------------------
+class StampEngine:
+    """Words that are their own emission time; waits for ``/bench/go`` before the first."""
+
+    name = "stamp"
+
+    def __init__(self, words: int, pace_s: float, stagger: bool) -> None:
+        self.words = words
+        self.pace_s = pace_s
+        self.stagger = stagger
+        self.gate = asyncio.Event()
+
+    def go(self) -> None:
+        """Release the turns waiting now; later turns wait for the next ``go``."""
+        self.gate.set()
+        self.gate = asyncio.Event()
+
+    async def turn(self, inp: TurnInput) -> AsyncIterator[StreamItem]:
+        await self.gate.wait()
+        if self.stagger:
+            await asyncio.sleep(random.uniform(0, self.pace_s))
+        for _ in range(self.words):
+            yield TextDelta(f"{time.perf_counter():.7f} ")
+            await asyncio.sleep(self.pace_s)
+
+    async def example(self, inp: ExampleInput) -> ExampleResult:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        return None
+
+
+def raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def sample_frame(size: int) -> str:
+    """A frame shaped and sized like a run channel's ``message.delta``."""
+    frame = {
+        "type": "message.delta",
+        "runId": "run_" + "0" * 32,
+        "sessionId": "00000000-0000-0000-0000-000000000000",
+        "seq": 12,
+        "position": 123456,
+        "at": "2026-01-01T00:00:00.000Z",
+        "data": {"text": ""},
+    }
+    base = len(json.dumps(frame, separators=(",", ":")))
+    frame["data"] = {"text": "x" * max(1, size - base)}
+    return json.dumps(frame, separators=(",", ":"))
+
+
+def server_main(pipe: Connection, overrides: dict[str, Any], engine: dict[str, Any]) -> None:
+    install_uvloop()
+    raise_fd_limit()
+    asyncio.run(_serve(pipe, overrides, engine))
+
+
+async def _serve(pipe: Connection, overrides: dict[str, Any], engine_args: dict[str, Any]) -> None:
+    from server.app import create_app
+    from server.auth import create_user
+    from server.keys import STORE
+    from sessionstream.config import Settings
+
+    tmp = tempfile.mkdtemp(prefix="bench-stream-")
+    settings = Settings(
+        db_path=str(Path(tmp) / "stream.db"),
+        secret="bench-secret-0123456789abcdef0123456789",
+        rate_limit=0.0,
+        max_concurrent_runs=1000,
+        max_connections_per_user=100_000,
+        max_connections=100_000,
+        engine_timeout_s=3600.0,
+        log_level="WARNING",
+        **overrides,
+    )
+    engine = StampEngine(**engine_args)
+    app = create_app(settings, engine=engine)
+    bare: list[web.WebSocketResponse] = []
+
+    async def go(request: web.Request) -> web.Response:
+        engine.go()
+        return web.json_response({"ok": True})
+
+    async def bare_socket(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(compress=False)
+        await ws.prepare(request)
+        bare.append(ws)
+        try:
+            async for _ in ws:
+                pass
+        finally:
+            bare.remove(ws)
+        return ws
+
+    async def bare_go(request: web.Request) -> web.Response:
+        """The baseline: one frame after another, ``send_str`` to every socket."""
+        count, size = int(request.query["n"]), int(request.query["size"])
+        frame = sample_frame(size)
+        sockets = list(bare)
+        for _ in range(count):
+            for ws in sockets:
+                await ws.send_str(frame)
+        for ws in sockets:
+            await ws.send_str("end")
+        return web.json_response({"sockets": len(sockets)})
+
+    app.router.add_post("/bench/go", go)
+    app.router.add_get("/bench/bare", bare_socket)
+    app.router.add_post("/bench/bare/go", bare_go)
+    published: dict[int, float] = {}
+    hub = app[STORE].hub
+    publish = hub.publish
+
+    def timed_publish(events: Iterable[RecordedEvent]) -> None:
+        """When each event reached the hub: the commit side of the latency split."""
+        batch = list(events)
+        now = time.perf_counter()
+        for event in batch:
+            if event.type == "message.delta":
+                published[event.position] = now
+        publish(batch)
+
+    hub.publish = timed_publish  # type: ignore[method-assign]
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, backlog=4096)
+    await site.start()
+    port = runner.addresses[0][1]
+    _user, token = await create_user(app[STORE], "bench")
+    pipe.send((port, token, os.getpid()))
+    await asyncio.get_running_loop().run_in_executor(None, pipe.recv)  # "stop"
+    for ws in list(bare):
+        await ws.close()
+    await runner.cleanup()
+    pipe.send(published)
+
+
+class BenchServer:
+    """The server process: its port, the bench user's token, its pid, and at the end
+    the time each ``message.delta`` reached the hub (by position)."""
+
+    def __init__(self, overrides: dict[str, Any], engine: dict[str, Any]) -> None:
+        ctx = mp.get_context("spawn")
+        self._pipe, child = ctx.Pipe()
+        self._proc = ctx.Process(target=server_main, args=(child, overrides, engine), daemon=True)
+        self.published: dict[int, float] = {}
+
+    def __enter__(self) -> BenchServer:
+        self._proc.start()
+        if not self._pipe.poll(60):
+            raise RuntimeError("the bench server did not start")
+        self.port, self.token, self.pid = self._pipe.recv()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._pipe.send("stop")
+        if self._pipe.poll(30):
+            self.published = self._pipe.recv()
+        self._proc.join(30)
+        if self._proc.is_alive():
+            self._proc.kill()
+
+    def client(self) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(
+            f"http://127.0.0.1:{self.port}",
+            headers={"Authorization": f"Bearer {self.token}"},
+            connector=aiohttp.TCPConnector(limit=0),
+        )
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+# this process: the subscribers -------------------------------------------------------------------
+def pct(ordered: list[float], q: float) -> float:
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def new_session(http: aiohttp.ClientSession) -> str:
+    r = await http.post("/api/campaigns", json={"name": "bench"})
+    campaign = (await r.json())["campaign"]["id"]
+    r = await http.post(f"/api/campaigns/{campaign}/nodes", json={"name": "n"})
+    node = (await r.json())["node"]["id"]
+    r = await http.post(S, json={"campaign_id": campaign, "node_id": node})
+    return str((await r.json())["session"]["id"])
+
+
+async def start_runs(http: aiohttp.ClientSession, count: int) -> list[tuple[str, str]]:
+    sessions = await asyncio.gather(*(new_session(http) for _ in range(count)))
+    runs = []
+    for sid in sessions:
+        r = await http.post(f"{S}/{sid}/turn", json={"message": "go"})
+        body = await r.json()
+        assert r.status == 200, body
+        runs.append((body["runId"], body["publicAccessToken"]))
+    return runs
+
+
+async def subscribe(
+    http: aiohttp.ClientSession, run_id: str, token: str, ready: int
+) -> aiohttp.ClientWebSocketResponse:
+    """A run-channel socket that has received its first ``ready`` frames (the catch-up)."""
+    ws = await http.ws_connect(
+        f"/api/realtime/runs/{run_id}?token={token}", heartbeat=None, max_msg_size=0
+    )
+    for _ in range(ready):
+        message = await ws.receive(timeout=60)
+        assert message.type == aiohttp.WSMsgType.TEXT, message
+    return ws
+
+
+async def connect_all(
+    http: aiohttp.ClientSession, targets: list[tuple[str, str]], ready: int, batch: int = 250
+) -> list[aiohttp.ClientWebSocketResponse]:
+    sockets: list[aiohttp.ClientWebSocketResponse] = []
+    for i in range(0, len(targets), batch):
+        chunk = targets[i : i + batch]
+        sockets += await asyncio.gather(*(subscribe(http, r, t, ready) for r, t in chunk))
+    return sockets
+
+
+@contextmanager
+def measuring() -> Iterator[None]:
+    """Keep this process's garbage collector out of the measured window.
+
+    The subscribers here are the instrument: a full collection over the frames
+    they hold would stall every socket at once and be charged to the server.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.unfreeze()
+
+
+async def drain(ws: aiohttp.ClientWebSocketResponse, into: list[tuple[float, str]]) -> None:
+    clock = time.perf_counter
+    async for message in ws:
+        into.append((clock(), message.data))
+
+
+class Tally:
+    """Frames one socket received and when the first and the last arrived."""
+
+    __slots__ = ("count", "first", "last")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.first = 0.0
+        self.last = 0.0
+
+
+async def count(ws: aiohttp.ClientWebSocketResponse, tally: Tally, end: str | None) -> None:
+    clock = time.perf_counter
+    async for message in ws:
+        if message.data == end:
+            return
+        now = clock()
+        if not tally.count:
+            tally.first = now
+        tally.count += 1
+        tally.last = now
+
+
+async def latency_round(runs: int, subscribers: int, words: int) -> dict[str, float]:
+    engine = {"words": words, "pace_s": 0.05, "stagger": True}
+    with BenchServer({}, engine) as server:
+        async with server.client() as http:
+            started = await start_runs(http, runs)
+            targets = [run for run in started for _ in range(subscribers)]
+            sockets = await connect_all(http, targets, ready=2)  # run.created, run.started
+            received: list[list[tuple[float, str]]] = [[] for _ in sockets]
+            with measuring():
+                await http.post("/bench/go")
+                drains = (drain(ws, out) for ws, out in zip(sockets, received, strict=True))
+                await asyncio.gather(*drains)
+    total: list[float] = []  # engine -> subscriber
+    commit: list[float] = []  # engine -> committed and published
+    fanout: list[float] = []  # published -> subscriber
+    published = server.published
+    for out in received:
+        for at, data in out:
+            frame = json.loads(data)
+            if frame["type"] != "message.delta":
+                continue
+            hub_at = published[frame["position"]]
+            fanout.append((at - hub_at) * 1000)
+            for stamp in frame["data"]["text"].split():
+                total.append((at - float(stamp)) * 1000)
+                commit.append((hub_at - float(stamp)) * 1000)
+    expected = runs * subscribers * words
+    assert len(total) == expected, (len(total), expected)
+    total.sort()
+    commit.sort()
+    fanout.sort()
+    return {
+        "p50_ms": pct(total, 0.50),
+        "p99_ms": pct(total, 0.99),
+        "max_ms": total[-1],
+        "engine_to_commit_p50_ms": pct(commit, 0.50),
+        "engine_to_commit_p99_ms": pct(commit, 0.99),
+        "commit_to_client_p50_ms": pct(fanout, 0.50),
+        "commit_to_client_p99_ms": pct(fanout, 0.99),
+        "deltas_received": len(total),
+    }
+
+
+async def fanout_round(subscribers: int, words: int, pairs: int) -> dict[str, Any]:
+    """Subject and baseline alternately, ``pairs`` times on one server: adjacent in time,
+    so a neighbour's load on this shared machine hits both sides of each ratio."""
+    engine = {"words": words, "pace_s": 0.0, "stagger": False}
+    subject: list[float] = []
+    baseline: list[float] = []
+    with BenchServer({"delta_coalesce_ms": 0.0}, engine) as server:
+        async with server.client() as http:
+            # the bare loop sends frames shaped and sized like the subject's deltas
+            size = len(sample_frame(0)) + len(f"{time.perf_counter():.7f} ")
+            for i in range(pairs):
+                if i % 2:
+                    baseline.append(await fanout_bare(http, subscribers, words, size))
+                    subject.append(await fanout_subject(http, subscribers))
+                else:
+                    subject.append(await fanout_subject(http, subscribers))
+                    baseline.append(await fanout_bare(http, subscribers, words, size))
+    ratios = [a / b for a, b in zip(subject, baseline, strict=True)]
+    return {
+        "frames_per_s": statistics.median(subject),
+        "bare_frames_per_s": statistics.median(baseline),
+        "ratio": statistics.median(ratios),
+        "frame_bytes": size,
+        "samples": {"subject": subject, "baseline": baseline, "ratios": ratios},
+    }
+
+
+async def fanout_subject(http: aiohttp.ClientSession, subscribers: int) -> float:
+    """One run, one event a word, to every subscriber: delivered frames/s."""
+    ((run_id, run_token),) = await start_runs(http, 1)
+    sockets = await connect_all(http, [(run_id, run_token)] * subscribers, ready=2)
+    tallies = [Tally() for _ in sockets]
+    with measuring():
+        await http.post("/bench/go")
+        await asyncio.gather(*(count(ws, t, None) for ws, t in zip(sockets, tallies, strict=True)))
+    return delivery_rate(tallies)
+
+
+async def fanout_bare(
+    http: aiohttp.ClientSession, subscribers: int, words: int, size: int
+) -> float:
+    """The baseline: a bare aiohttp ``send_str`` loop over the same number of sockets."""
+    sockets = [await http.ws_connect("/bench/bare", heartbeat=None) for _ in range(subscribers)]
+    tallies = [Tally() for _ in sockets]
+    with measuring():
+        counting = [
+            asyncio.create_task(count(ws, t, "end")) for ws, t in zip(sockets, tallies, strict=True)
+        ]
+        await http.post(f"/bench/bare/go?n={words + 2}&size={size}")
+        await asyncio.gather(*counting)
+    for ws in sockets:
+        await ws.close()
+    return delivery_rate(tallies)
+
+
+def delivery_rate(tallies: list[Tally]) -> float:
+    """Frames delivered per second from the first to the last arrival, over every socket."""
+    first = min(t.first for t in tallies if t.count)
+    last = max(t.last for t in tallies if t.count)
+    return sum(t.count for t in tallies) / (last - first)
+
+
+async def memory_round(subscribers: int, runs: int) -> dict[str, float]:
+    engine = {"words": 1, "pace_s": 0.0, "stagger": False}
+    with BenchServer({}, engine) as server:
+        pid = server.pid
+        async with server.client() as http:
+            started = await start_runs(http, runs)
+            # warm up every code path (and the allocator) before the baseline reading
+            warm = await connect_all(http, started * 20, ready=2)
+            for ws in warm:
+                await ws.close()
+            await asyncio.sleep(1.0)
+            before = rss_kb(pid)
+            targets = [started[i % runs] for i in range(subscribers)]
+            sockets = await connect_all(http, targets, ready=2)
+            await asyncio.sleep(1.0)  # idle: every subscriber live and waiting
+            after = rss_kb(pid)
+            for ws in sockets:
+                await ws.close()
+    return {
+        "kb_per_subscriber": (after - before) / subscribers,
+        "rss_before_mb": before / 1024,
+        "rss_after_mb": after / 1024,
+    }
+
+
+def median_of(rounds: list[dict[str, float]]) -> dict[str, float]:
+    return {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
+
+
+def main() -> None:
+    parser = base_parser(__doc__)
+    parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument("--subscribers", type=int, default=10, help="per run, for the latency")
+    parser.add_argument("--words", type=int, default=100, help="per run, for the latency")
+    parser.add_argument("--fanout", type=int, default=1000)
+    parser.add_argument("--fanout-words", type=int, default=500)
+    parser.add_argument("--idle", type=int, default=5000)
+    args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.words, args.fanout_words = 1, 30, 200
+    raise_fd_limit()
+    install_uvloop()
+
+    latency_rounds = [
+        asyncio.run(latency_round(args.runs, args.subscribers, args.words))
+        for _ in range(args.rounds)
+    ]
+    latency = median_of(latency_rounds)
+    fanout = asyncio.run(fanout_round(args.fanout, args.fanout_words, pairs=args.rounds * 2))
+    memory_rounds = [asyncio.run(memory_round(args.idle, 10)) for _ in range(args.rounds)]
+    memory = median_of(memory_rounds)
+
+    latency_block = {
+        **latency,
+        "runs": args.runs,
+        "subscribers_per_run": args.subscribers,
+        "pace_ms": 50,
+        "baseline_polling_ms": POLLING_MS[0],
+        "ratio": POLLING_MS[0] / latency["p99_ms"],
+        "target_p99_ms": TARGET_P99_MS,
+        "met": latency["p99_ms"] <= TARGET_P99_MS,
+        "samples": latency_rounds,
+    }
+    fanout_block = {
+        **fanout,
+        "subscribers": args.fanout,
+        "events": args.fanout_words,
+        "target_ratio": TARGET_FANOUT,
+        "met": fanout["ratio"] >= TARGET_FANOUT,
+    }
+    memory_block = {
+        **memory,
+        "subscribers": args.idle,
+        "target_kb": TARGET_KB,
+        "met": memory["kb_per_subscriber"] <= TARGET_KB,
+        "samples": memory_rounds,
+    }
+    print(f"bench.stream (median of {args.rounds} round(s))")
+    print_table(
+        ["figure", "measured", "baseline", "target", "met"],
+        [
+            (
+                f"token latency p50 ({args.runs} runs x {args.subscribers} subs)",
+                f"{latency['p50_ms']:.1f} ms",
+                f"polling {POLLING_MS[0]:,}-{POLLING_MS[1]:,} ms",
+                "",
+                "",
+            ),
+            (
+                "token latency p99",
+                f"{latency['p99_ms']:.1f} ms",
+                f"polling {POLLING_MS[0]:,}-{POLLING_MS[1]:,} ms",
+                f"<= {TARGET_P99_MS:g} ms",
+                latency_block["met"],
+            ),
+            (
+                "  engine -> commit p99 (run manager, store)",
+                f"{latency['engine_to_commit_p99_ms']:.1f} ms",
+                "",
+                "",
+                "",
+            ),
+            (
+                "  commit -> client p99 (realtime, sockets)",
+                f"{latency['commit_to_client_p99_ms']:.1f} ms",
+                "",
+                "",
+                "",
+            ),
+            (
+                f"fan-out, 1 run to {args.fanout} subs (frames/s)",
+                f"{fanout['frames_per_s']:,.0f}",
+                f"bare loop {fanout['bare_frames_per_s']:,.0f}",
+                f">= {TARGET_FANOUT:.0%} ({fanout['ratio']:.0%})",
+                fanout_block["met"],
+            ),
+            (
+                f"memory per idle subscriber ({args.idle:,})",
+                f"{memory['kb_per_subscriber']:.1f} KB",
+                "",
+                f"<= {TARGET_KB:g} KB",
+                memory_block["met"],
+            ),
+        ],
+    )
+    write_json(
+        "stream",
+        {
+            "name": "stream",
+            "rounds": args.rounds,
+            "quick": args.quick,
+            "latency": latency_block,
+            "fanout": fanout_block,
+            "memory": memory_block,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Model engines: the only code that knows a model provider."""

@@ -1,0 +1,162 @@
+"""The backend contract every event store implements.
+
+One contract, one test suite (``tests/contract/``), every backend: the
+guarantees below are what commands, projections and subscribers rely on.
+
+- ``transact`` is atomic across all its requests: either every event is
+  appended (with gapless global positions in commit order) and every derived
+  read-model document is written in the same transaction, or nothing is.
+- ``expected_version`` is checked inside the transaction; a mismatch raises
+  ``ConcurrencyConflict``, never a partial write.
+- An event whose ``event_id`` is already stored makes its request an
+  idempotent no-op that returns the stored records.
+- ``subscribe`` delivers every event after the cursor exactly once, in
+  position order, catching up from the store and then live.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any
+
+from eventstore.groupcommit import GroupCommit
+from eventstore.hub import Hub, Subscription
+from eventstore.model import (
+    ANY_VERSION,
+    AppendRequest,
+    AppendResult,
+    Doc,
+    NewEvent,
+    RecordedEvent,
+)
+from eventstore.projector import Projection
+
+
+class EventStore(ABC):
+    def __init__(
+        self,
+        projections: Sequence[Projection] = (),
+        *,
+        max_queue: int = 1024,
+        max_batch: int = 2000,
+        max_pending: int = 10_000,
+    ) -> None:
+        self.projections = tuple(projections)
+        self.hub = Hub(max_queue=max_queue)
+        #: appends wait here for the backend's single writer (``max_pending`` at most)
+        self.commits = GroupCommit(max_batch, max_pending)
+
+    # lifecycle -----------------------------------------------------------
+    @abstractmethod
+    async def open(self) -> None:
+        """Create or migrate the schema and start background tasks."""
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    async def __aenter__(self) -> EventStore:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # writes ---------------------------------------------------------------
+    @abstractmethod
+    async def transact(self, requests: Sequence[AppendRequest]) -> list[AppendResult]:
+        """Append to several streams atomically."""
+
+    async def append(
+        self,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        expected_version: int | None = ANY_VERSION,
+    ) -> AppendResult:
+        (result,) = await self.transact([AppendRequest(stream_id, tuple(events), expected_version)])
+        return result
+
+    @abstractmethod
+    async def import_events(self, events: Sequence[RecordedEvent]) -> None:
+        """Store already-recorded events verbatim (``sessionstream import``).
+
+        Positions, versions, event ids, ``recorded_at`` and hashes are kept
+        exactly as given (never recomputed), so an exported log imported
+        elsewhere verifies and rebuilds to identical rows. ``events`` must be in
+        position order, every position above the current head, and each
+        stream's versions must continue that stream (1, 2, ... for a new one);
+        otherwise ``ValidationFailed`` and nothing is written. Read models (and
+        snapshots) are folded in the same transaction, as for ``transact``;
+        subscribers receive the events as if they had just been appended.
+        Callers import into an empty store in chunks, in order.
+        """
+
+    # reads ----------------------------------------------------------------
+    @abstractmethod
+    async def read_stream(
+        self,
+        stream_id: str,
+        after_version: int = 0,
+        *,
+        limit: int | None = None,
+        to_position: int | None = None,
+    ) -> list[RecordedEvent]: ...
+
+    @abstractmethod
+    async def read_all(
+        self,
+        after_position: int = 0,
+        *,
+        limit: int = 1000,
+        keys: frozenset[str] | None = None,
+        to_position: int | None = None,
+    ) -> list[RecordedEvent]:
+        """Events after ``after_position`` in order; with ``keys``, only those
+        whose stream or correlation id is one of them."""
+
+    @abstractmethod
+    async def head_position(self) -> int: ...
+
+    @abstractmethod
+    async def stream_version(self, stream_id: str) -> int: ...
+
+    @abstractmethod
+    async def position_of(self, stream_id: str, version: int) -> int | None:
+        """Global position of one stream version (how run cursors map to the log)."""
+
+    @abstractmethod
+    async def position_at(self, timestamp: str) -> int:
+        """The last position recorded at or before an RFC 3339 time (0 if none)."""
+
+    # read models ------------------------------------------------------------
+    @abstractmethod
+    async def get_doc(self, kind: str, key: str) -> Doc | None: ...
+
+    @abstractmethod
+    async def list_docs(
+        self,
+        kind: str,
+        *,
+        owner: str | None = None,
+        parent: str | None = None,
+        active: bool | None = None,
+        include_deleted: bool = False,
+    ) -> list[Doc]:
+        """Documents ordered by ``created_at`` then key (a stable tie-break)."""
+
+    @abstractmethod
+    async def rebuild(self) -> int:
+        """Drop every read model and snapshot and refold them from the log."""
+
+    # snapshots ----------------------------------------------------------------
+    @abstractmethod
+    async def latest_snapshot(
+        self, stream_id: str, kind: str, *, max_position: int | None = None
+    ) -> tuple[int, int, dict[str, Any]] | None:
+        """(version, position, state) of the newest usable snapshot, if any."""
+
+    # subscriptions -------------------------------------------------------------
+    def subscribe(
+        self, after_position: int = 0, *, keys: frozenset[str] | None = None
+    ) -> Subscription:
+        return Subscription(self, self.hub, after_position, keys)

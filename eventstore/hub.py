@@ -1,0 +1,191 @@
+"""In-process fan-out of committed events, and the subscription state machine.
+
+A subscription is a tail of the log from a cursor. It moves through explicit
+states:
+
+``catching_up``  reading pages from the store after its cursor;
+``handover``     registered with the hub, reading the store once more so an
+                 event committed between the last page and registration is
+                 not lost (anything also buffered is skipped by cursor);
+``live``         taking events from its bounded buffer as they are published.
+
+When a live subscriber's buffer overflows it is not allowed to grow memory or
+to slow the publisher: its buffer is dropped and it goes back to
+``catching_up``, reading what it missed from the store. Delivery is exactly
+once and in position order in every state because the cursor only moves
+forward and every event at or before it is skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from eventstore.model import RecordedEvent
+
+if TYPE_CHECKING:
+    from eventstore.base import EventStore
+
+CATCHING_UP = "catching_up"
+HANDOVER = "handover"
+LIVE = "live"
+CLOSED = "closed"
+
+
+class _Listener:
+    __slots__ = ("buffer", "keys", "lagged", "max_queue", "wakeup")
+
+    def __init__(self, keys: frozenset[str] | None, max_queue: int) -> None:
+        self.keys = keys
+        self.buffer: deque[RecordedEvent] = deque()
+        self.wakeup = asyncio.Event()
+        self.lagged = False
+        self.max_queue = max_queue
+
+    def push(self, event: RecordedEvent) -> None:
+        if self.lagged:
+            return
+        if len(self.buffer) >= self.max_queue:
+            self.lagged = True
+            self.buffer.clear()
+        else:
+            self.buffer.append(event)
+        self.wakeup.set()
+
+
+class Hub:
+    """Routes each published event to the listeners registered for its keys."""
+
+    def __init__(self, *, max_queue: int = 1024) -> None:
+        self.max_queue = max_queue
+        self._by_key: dict[str, set[_Listener]] = {}
+        self._everything: set[_Listener] = set()
+        self.published_position = 0
+        self.lag_fallbacks = 0
+
+    @property
+    def listener_count(self) -> int:
+        return len(self._everything) + sum(len(s) for s in self._by_key.values())
+
+    def queued_events(self) -> int:
+        total = sum(len(listener.buffer) for listener in self._everything)
+        for listeners in self._by_key.values():
+            total += sum(len(listener.buffer) for listener in listeners)
+        return total
+
+    def register(self, keys: frozenset[str] | None) -> _Listener:
+        listener = _Listener(keys, self.max_queue)
+        if keys is None:
+            self._everything.add(listener)
+        else:
+            for key in keys:
+                self._by_key.setdefault(key, set()).add(listener)
+        return listener
+
+    def unregister(self, listener: _Listener) -> None:
+        if listener.keys is None:
+            self._everything.discard(listener)
+            return
+        for key in listener.keys:
+            listeners = self._by_key.get(key)
+            if listeners is not None:
+                listeners.discard(listener)
+                if not listeners:
+                    del self._by_key[key]
+
+    def publish(self, events: Iterable[RecordedEvent]) -> None:
+        """Deliver committed events; callers publish in position order."""
+        by_key = self._by_key
+        for event in events:
+            if event.position > self.published_position:
+                self.published_position = event.position
+            for listener in self._everything:
+                listener.push(event)
+            if not by_key:
+                continue
+            targets = by_key.get(event.stream_id)
+            if event.correlation_id is not None:
+                extra = by_key.get(event.correlation_id)
+                if extra:
+                    targets = extra if not targets else targets | extra
+            if targets:
+                for listener in targets:
+                    listener.push(event)
+
+
+class Subscription:
+    """Async iterator over events after a cursor; see the module docstring."""
+
+    def __init__(
+        self,
+        store: EventStore,
+        hub: Hub,
+        after_position: int,
+        keys: frozenset[str] | None,
+        *,
+        page_size: int = 500,
+    ) -> None:
+        self._store = store
+        self._hub = hub
+        self.keys = keys
+        self.cursor = after_position
+        self.state = CATCHING_UP
+        self.lag_fallbacks = 0
+        self._page_size = page_size
+        self._pending: deque[RecordedEvent] = deque()
+        self._listener: _Listener | None = None
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> RecordedEvent:
+        while True:
+            if self.state == CLOSED:
+                raise StopAsyncIteration
+            if self._pending:
+                event = self._pending.popleft()
+                self.cursor = event.position
+                return event
+            listener = self._listener
+            if listener is not None and listener.lagged:
+                self._hub.unregister(listener)
+                self._listener = None
+                self._hub.lag_fallbacks += 1
+                self.lag_fallbacks += 1
+                self.state = CATCHING_UP
+                continue
+            if self.state == LIVE and listener is not None:
+                while listener.buffer:
+                    event = listener.buffer.popleft()
+                    if event.position > self.cursor:
+                        self.cursor = event.position
+                        return event
+                listener.wakeup.clear()
+                await listener.wakeup.wait()
+                continue
+            page = await self._store.read_all(self.cursor, limit=self._page_size, keys=self.keys)
+            if self.state == CLOSED:
+                raise StopAsyncIteration
+            if page:
+                self._pending.extend(page)
+            elif self.state == CATCHING_UP:
+                self._listener = self._hub.register(self.keys)
+                self.state = HANDOVER
+            else:
+                self.state = LIVE
+
+    def pending_live(self) -> int:
+        """Events buffered but not yet taken (for queue-depth metrics)."""
+        return len(self._listener.buffer) if self._listener else 0
+
+    async def aclose(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.state = CLOSED
+        if self._listener is not None:
+            self._hub.unregister(self._listener)
+            self._listener.wakeup.set()
+            self._listener = None

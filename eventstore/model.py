@@ -1,0 +1,260 @@
+"""Records of the log and their canonical encoding.
+
+Pure: no I/O. Projections import these records; backends store them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+#: ``expected_version`` meaning "do not check".
+ANY_VERSION: int | None = None
+#: ``expected_version`` meaning "the stream must not exist yet".
+NO_STREAM = 0
+
+GENESIS_HASH = "0" * 64
+
+
+def new_event_id() -> str:
+    return str(uuid.uuid4())
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event a command wants to append.
+
+    ``event_id`` makes appends idempotent: appending an event whose id is
+    already in the log is a no-op that returns the stored record.
+    ``correlation_id`` names the stream this event also belongs to for
+    subscribers (a run's events carry ``session-<id>``), so a session channel
+    can tail a session and all of its runs with one indexed query.
+    """
+
+    type: str
+    data: dict[str, Any]
+    metadata: dict[str, Any] = field(default_factory=dict)
+    event_id: str = field(default_factory=new_event_id)
+    correlation_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedEvent:
+    position: int
+    stream_id: str
+    version: int
+    event_id: str
+    type: str
+    data: dict[str, Any]
+    metadata: dict[str, Any]
+    correlation_id: str | None
+    recorded_at: str
+    hash: str
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """Subscription keys this event is delivered under."""
+        if self.correlation_id is None:
+            return (self.stream_id,)
+        return (self.stream_id, self.correlation_id)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "position": self.position,
+            "stream_id": self.stream_id,
+            "version": self.version,
+            "event_id": self.event_id,
+            "type": self.type,
+            "data": self.data,
+            "metadata": self.metadata,
+            "correlation_id": self.correlation_id,
+            "recorded_at": self.recorded_at,
+            "hash": self.hash,
+        }
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> RecordedEvent:
+        return cls(
+            position=int(obj["position"]),
+            stream_id=str(obj["stream_id"]),
+            version=int(obj["version"]),
+            event_id=str(obj["event_id"]),
+            type=str(obj["type"]),
+            data=dict(obj["data"]),
+            metadata=dict(obj.get("metadata") or {}),
+            correlation_id=obj.get("correlation_id"),
+            recorded_at=str(obj["recorded_at"]),
+            hash=str(obj["hash"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AppendRequest:
+    stream_id: str
+    events: tuple[NewEvent, ...]
+    expected_version: int | None = ANY_VERSION
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    stream_id: str
+    events: tuple[RecordedEvent, ...]
+    #: the stream's version after the append
+    version: int
+    #: True when every event id was already in the log (an idempotent retry)
+    duplicate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DocIndex:
+    """The columns a read-model document is listed and filtered by."""
+
+    owner: str | None = None
+    parent: str | None = None
+    created_at: str | None = None
+    active: bool = False
+    deleted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Doc:
+    """A read-model document: the fold of one key's events, as of ``version``."""
+
+    kind: str
+    key: str
+    body: dict[str, Any]
+    version: int  # version of the source stream that produced it
+    position: int  # global position of the last event folded in
+    index: DocIndex = DocIndex()
+
+
+#: built once: ``json.dumps`` with options builds a new encoder per call
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def canonical_json(value: Any) -> str:
+    """One spelling per value, so hashes are reproducible anywhere."""
+    return _CANONICAL.encode(value)
+
+
+def event_hash(
+    prev_hash: str,
+    *,
+    stream_id: str,
+    version: int,
+    event_id: str,
+    type: str,
+    data: dict[str, Any],
+    metadata: dict[str, Any],
+    recorded_at: str,
+) -> str:
+    """sha256 over the previous hash in the stream and this event's canonical bytes."""
+    body = canonical_json(
+        [stream_id, version, event_id, type, data, metadata, recorded_at]
+    ).encode()
+    return hashlib.sha256(prev_hash.encode() + body).hexdigest()
+
+
+def record_event(
+    new: NewEvent, *, position: int, stream_id: str, version: int, prev_hash: str, at: str
+) -> RecordedEvent:
+    """A new event as stored: its place in the log and its link in the stream's chain."""
+    return RecordedEvent(
+        position,
+        stream_id,
+        version,
+        new.event_id,
+        new.type,
+        new.data,
+        new.metadata,
+        new.correlation_id,
+        at,
+        event_hash(
+            prev_hash,
+            stream_id=stream_id,
+            version=version,
+            event_id=new.event_id,
+            type=new.type,
+            data=new.data,
+            metadata=new.metadata,
+            recorded_at=at,
+        ),
+    )
+
+
+def record_request(
+    request: AppendRequest, *, head: int, version: int, prev_hash: str, at: str
+) -> list[RecordedEvent]:
+    """A request's events as stored, after log position ``head`` and its stream's
+    ``version`` whose hash is ``prev_hash``."""
+    records: list[RecordedEvent] = []
+    for new in request.events:
+        head += 1
+        version += 1
+        record = record_event(
+            new,
+            position=head,
+            stream_id=request.stream_id,
+            version=version,
+            prev_hash=prev_hash,
+            at=at,
+        )
+        records.append(record)
+        prev_hash = record.hash
+    return records
+
+
+def recompute_hash(prev_hash: str, event: RecordedEvent) -> str:
+    return event_hash(
+        prev_hash,
+        stream_id=event.stream_id,
+        version=event.version,
+        event_id=event.event_id,
+        type=event.type,
+        data=event.data,
+        metadata=event.metadata,
+        recorded_at=event.recorded_at,
+    )
+
+
+def utc_now() -> str:
+    """RFC 3339 UTC with milliseconds and a ``Z``: the one timestamp spelling."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def row_to_event(row: Sequence[Any]) -> RecordedEvent:
+    """An event from a row in ``EVENT_COLUMNS`` order (both backends select that)."""
+    return RecordedEvent(
+        position=row[0],
+        stream_id=row[1],
+        version=row[2],
+        event_id=row[3],
+        type=row[4],
+        data=json.loads(row[5]),
+        metadata=json.loads(row[6]),
+        correlation_id=row[7],
+        recorded_at=row[8],
+        hash=row[9],
+    )
+
+
+def row_to_doc(row: Sequence[Any]) -> Doc:
+    return Doc(
+        kind=row[0],
+        key=row[1],
+        index=DocIndex(
+            owner=row[2],
+            parent=row[3],
+            created_at=row[4],
+            active=bool(row[5]),
+            deleted=bool(row[6]),
+        ),
+        version=row[7],
+        position=row[8],
+        body=json.loads(row[9]),
+    )

@@ -1,0 +1,223 @@
+"""The PostgreSQL schema as numbered migrations, applied at ``open()``.
+
+Several nodes may start at once against an empty database, so the whole
+migration runs in one transaction under a transaction-scoped advisory lock
+keyed by the schema name: the first node migrates, the others wait and then
+find nothing left to do. Each migration is recorded in ``schema_migrations``;
+a database migrated by a newer build is refused rather than written to.
+
+Every text column uses the ``"C"`` collation so ordering and comparisons are
+bytewise, exactly as in SQLite (``list_docs`` orders by ``created_at`` then
+key; ``position_at`` compares RFC 3339 strings).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sessionstream.errors import StorageUnavailable
+
+#: arbitrary first key of the two-key advisory lock (the second is the schema's hash)
+MIGRATION_LOCK = 0x5E55
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: the log, stream heads, read models, snapshots, meta, the position counter
+    """
+    CREATE TABLE events (
+        position       BIGINT PRIMARY KEY,
+        stream_id      TEXT COLLATE "C" NOT NULL,
+        version        INTEGER NOT NULL,
+        event_id       TEXT COLLATE "C" NOT NULL UNIQUE,
+        type           TEXT COLLATE "C" NOT NULL,
+        data           TEXT NOT NULL,
+        metadata       TEXT NOT NULL,
+        correlation_id TEXT COLLATE "C",
+        recorded_at    TEXT COLLATE "C" NOT NULL,
+        hash           TEXT COLLATE "C" NOT NULL,
+        UNIQUE (stream_id, version)
+    );
+    CREATE INDEX events_correlation ON events (correlation_id, position)
+        WHERE correlation_id IS NOT NULL;
+    CREATE INDEX events_recorded_at ON events (recorded_at);
+    CREATE TABLE streams (
+        stream_id TEXT COLLATE "C" PRIMARY KEY,
+        version   INTEGER NOT NULL,
+        hash      TEXT COLLATE "C" NOT NULL
+    );
+    CREATE TABLE docs (
+        kind       TEXT COLLATE "C" NOT NULL,
+        key        TEXT COLLATE "C" NOT NULL,
+        owner      TEXT COLLATE "C",
+        parent     TEXT COLLATE "C",
+        created_at TEXT COLLATE "C",
+        active     BOOLEAN NOT NULL DEFAULT FALSE,
+        deleted    BOOLEAN NOT NULL DEFAULT FALSE,
+        version    INTEGER NOT NULL,
+        position   BIGINT NOT NULL,
+        body       TEXT NOT NULL,
+        PRIMARY KEY (kind, key)
+    );
+    CREATE INDEX docs_listing ON docs (kind, owner, parent, created_at, key);
+    CREATE INDEX docs_active ON docs (kind, active) WHERE active;
+    CREATE TABLE snapshots (
+        stream_id TEXT COLLATE "C" NOT NULL,
+        kind      TEXT COLLATE "C" NOT NULL,
+        version   INTEGER NOT NULL,
+        position  BIGINT NOT NULL,
+        state     TEXT NOT NULL,
+        PRIMARY KEY (stream_id, kind, version)
+    );
+    CREATE TABLE meta (
+        key   TEXT COLLATE "C" PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    -- the one row every append transaction locks: positions are handed out
+    -- under it, so they are gapless and in commit order across all nodes
+    CREATE TABLE log_head (
+        id   INTEGER PRIMARY KEY CHECK (id = 1),
+        head BIGINT NOT NULL
+    );
+    INSERT INTO log_head (id, head) VALUES (1, 0);
+    """,
+    # 2: run ownership leases (multi-node recovery)
+    """
+    CREATE TABLE leases (
+        run_id     TEXT COLLATE "C" PRIMARY KEY,
+        node_id    TEXT COLLATE "C" NOT NULL,
+        expires_at TIMESTAMPTZ NOT NULL
+    );
+    CREATE INDEX leases_node ON leases (node_id);
+    """,
+)
+
+LATEST = len(MIGRATIONS)
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def channel_for(schema: str) -> str:
+    """The LISTEN/NOTIFY channel of one schema's log (63 bytes at most)."""
+    return f"sessionstream:{schema}"[:63]
+
+
+async def migrate(conn: Any, schema: str) -> int:
+    """Bring ``schema`` to :data:`LATEST`; returns how many migrations ran.
+
+    ``conn`` is an asyncpg connection outside a transaction.
+    """
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", MIGRATION_LOCK, schema)
+        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}")
+        table = f"{quote_ident(schema)}.schema_migrations"
+        await conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {table} ("
+            "version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+        )
+        current = await conn.fetchval(f"SELECT COALESCE(MAX(version), 0) FROM {table}")
+        if current > LATEST:
+            raise StorageUnavailable(
+                f"schema {schema} is at migration {current}, newer than this build's "
+                f"{LATEST}; upgrade sessionstream on this node"
+            )
+        await conn.execute(f"SET LOCAL search_path TO {quote_ident(schema)}")
+        for number in range(current + 1, LATEST + 1):
+            await conn.execute(MIGRATIONS[number - 1])
+            await conn.execute(f"INSERT INTO {table} (version) VALUES ($1)", number)
+        return int(LATEST - current)
+
+
+# statements ---------------------------------------------------------------------
+# Tables are unqualified: every connection the store opens has its search_path
+# set to the store's schema.
+
+EVENT_COLUMNS = (
+    "position, stream_id, version, event_id, type, data, metadata, correlation_id, "
+    "recorded_at, hash"
+)
+DOC_COLUMNS = "kind, key, owner, parent, created_at, active, deleted, version, position, body"
+
+#: taken first by every append; the statement after it sees every earlier
+#: commit (READ COMMITTED takes a fresh snapshot per statement). Every statement
+#: of an append is a keyed lookup or insert of a batch's keys, where the
+#: planner's small-table estimates pick sequential scans that cost twice the
+#: batch's time at 100 concurrent appenders (bench/append_pg.py): never scan.
+LOCK_HEAD = (
+    "BEGIN; SET LOCAL enable_seqscan = off; SELECT head FROM log_head WHERE id = 1 FOR UPDATE"
+)
+
+#: everything a batch needs to decide its outcome, in one round trip
+READ_BATCH_STATE = f"""
+WITH ev AS (
+    SELECT {EVENT_COLUMNS} FROM events WHERE event_id = ANY($1::text[])
+), st AS (
+    SELECT stream_id, version, hash FROM streams WHERE stream_id = ANY($2::text[])
+), dk AS (
+    SELECT {", ".join("d." + c.strip() for c in DOC_COLUMNS.split(","))}
+    FROM docs d JOIN unnest($3::text[], $4::text[]) AS k(kind, key)
+        ON d.kind = k.kind AND d.key = k.key
+), sn AS (
+    SELECT stream_id, MAX(version) AS version FROM snapshots
+    WHERE kind = 'session' AND stream_id = ANY($5::text[]) GROUP BY stream_id
+)
+SELECT (SELECT head FROM log_head WHERE id = 1) AS head,
+       (SELECT array_agg(ev ORDER BY position) FROM ev) AS events,
+       (SELECT array_agg(st) FROM st) AS streams,
+       (SELECT array_agg(dk) FROM dk) AS docs,
+       (SELECT array_agg(sn) FROM sn) AS snapshots
+"""
+
+_DOC_UPSERT = (
+    "ON CONFLICT (kind, key) DO UPDATE SET owner = excluded.owner, "
+    "parent = excluded.parent, created_at = excluded.created_at, "
+    "active = excluded.active, deleted = excluded.deleted, "
+    "version = excluded.version, position = excluded.position, body = excluded.body"
+)
+_DOC_ARRAYS = (
+    "$1::text[], $2::text[], $3::text[], $4::text[], $5::text[], "
+    "$6::bool[], $7::bool[], $8::int[], $9::bigint[], $10::text[]"
+)
+_SNAPSHOT_UPSERT = (
+    "ON CONFLICT (stream_id, kind, version) DO UPDATE SET "
+    "position = excluded.position, state = excluded.state"
+)
+
+#: every write of a batch, the head and the wake-up of other nodes: one round trip
+WRITE_BATCH = f"""
+WITH d AS (
+    INSERT INTO docs ({DOC_COLUMNS}) SELECT * FROM unnest({_DOC_ARRAYS})
+    {_DOC_UPSERT}
+), e AS (
+    INSERT INTO events ({EVENT_COLUMNS})
+    SELECT * FROM unnest($11::bigint[], $12::text[], $13::int[], $14::text[], $15::text[],
+                         $16::text[], $17::text[], $18::text[], $19::text[], $20::text[])
+), s AS (
+    INSERT INTO streams (stream_id, version, hash)
+    SELECT * FROM unnest($21::text[], $22::int[], $23::text[])
+    ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, hash = excluded.hash
+), n AS (
+    INSERT INTO snapshots (stream_id, kind, version, position, state)
+    SELECT * FROM unnest($24::text[], $25::text[], $26::int[], $27::bigint[], $28::text[])
+    {_SNAPSHOT_UPSERT}
+), h AS (
+    UPDATE log_head SET head = $29 WHERE id = 1
+)
+SELECT pg_notify($30, $29::text)
+"""
+
+#: rebuild writes documents and snapshots per page of the log
+WRITE_DOCS = f"""
+WITH d AS (
+    INSERT INTO docs ({DOC_COLUMNS}) SELECT * FROM unnest({_DOC_ARRAYS})
+    {_DOC_UPSERT}
+)
+INSERT INTO snapshots (stream_id, kind, version, position, state)
+SELECT * FROM unnest($11::text[], $12::text[], $13::int[], $14::bigint[], $15::text[])
+{_SNAPSHOT_UPSERT}
+"""
+
+RECORD_META = (
+    "INSERT INTO meta (key, value) SELECT * FROM unnest($1::text[], $2::text[]) "
+    "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+)

@@ -1,0 +1,84 @@
+"""Applying pure projections to events inside a backend's append transaction.
+
+Backends call :class:`BatchProjector` for the events of one append request;
+it folds them into read-model documents through the projections' pure
+``apply`` and hands back the documents to upsert. Keeping this here (not in a
+backend) means SQLite and PostgreSQL fold identically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol
+
+from eventstore.model import Doc, DocIndex, RecordedEvent
+
+
+class Projection(Protocol):
+    """A pure fold from events to one kind of read-model document."""
+
+    kind: str
+    version: int
+
+    def key(self, event: RecordedEvent) -> str | None:
+        """The document this event changes, or None when it is not ours."""
+        ...
+
+    def apply(self, state: dict[str, Any] | None, event: RecordedEvent) -> dict[str, Any] | None:
+        """Fold one event; must not mutate ``state``."""
+        ...
+
+    def index(self, state: dict[str, Any]) -> DocIndex: ...
+
+
+DocLoader = Callable[[str, str], Doc | None]
+
+
+class BatchProjector:
+    """Folds events into documents, with an overlay so a failed request leaves nothing."""
+
+    def __init__(self, projections: Sequence[Projection], load: DocLoader) -> None:
+        self._projections = tuple(projections)
+        self._load = load
+        self._committed: dict[tuple[str, str], Doc] = {}
+
+    def project(self, events: Iterable[RecordedEvent]) -> dict[tuple[str, str], Doc]:
+        """Fold ``events`` and return the documents they changed (not yet kept)."""
+        changed: dict[tuple[str, str], Doc] = {}
+        for event in events:
+            for projection in self._projections:
+                key = projection.key(event)
+                if key is None:
+                    continue
+                ident = (projection.kind, key)
+                current = changed.get(ident) or self._committed.get(ident) or self._load(*ident)
+                state = projection.apply(current.body if current else None, event)
+                if state is None:
+                    continue
+                changed[ident] = Doc(
+                    kind=projection.kind,
+                    key=key,
+                    body=state,
+                    version=event.version,
+                    position=event.position,
+                    index=projection.index(state),
+                )
+        return changed
+
+    def keep(self, docs: dict[tuple[str, str], Doc]) -> None:
+        """Make a successful request's documents visible to later requests of the batch."""
+        self._committed.update(docs)
+
+    @property
+    def documents(self) -> list[Doc]:
+        return list(self._committed.values())
+
+
+def fold(
+    projection: Projection, events: Iterable[RecordedEvent], state: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """Fold events in one go: the reference every other path must agree with."""
+    for event in events:
+        if projection.key(event) is not None:
+            state = projection.apply(state, event) or state
+    return state

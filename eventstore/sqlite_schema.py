@@ -1,0 +1,143 @@
+"""The SQLite file's layout: schema, statements, row codecs and error translation.
+
+Everything here describes the file, not how the store drives it
+(``eventstore/sqlite.py``), so maintenance tools and benchmarks can read and
+write the same tables without a store.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any
+
+from eventstore.model import Doc, RecordedEvent
+from sessionstream.errors import SessionStreamError, StorageUnavailable
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    position       INTEGER PRIMARY KEY AUTOINCREMENT,
+    stream_id      TEXT NOT NULL,
+    version        INTEGER NOT NULL,
+    event_id       TEXT NOT NULL UNIQUE,
+    type           TEXT NOT NULL,
+    data           TEXT NOT NULL,
+    metadata       TEXT NOT NULL,
+    correlation_id TEXT,
+    recorded_at    TEXT NOT NULL,
+    hash           TEXT NOT NULL,
+    UNIQUE (stream_id, version)
+);
+CREATE INDEX IF NOT EXISTS events_correlation ON events (correlation_id, position)
+    WHERE correlation_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS events_recorded_at ON events (recorded_at);
+CREATE TABLE IF NOT EXISTS streams (
+    stream_id TEXT PRIMARY KEY,
+    version   INTEGER NOT NULL,
+    hash      TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS docs (
+    kind       TEXT NOT NULL,
+    key        TEXT NOT NULL,
+    owner      TEXT,
+    parent     TEXT,
+    created_at TEXT,
+    active     INTEGER NOT NULL DEFAULT 0,
+    deleted    INTEGER NOT NULL DEFAULT 0,
+    version    INTEGER NOT NULL,
+    position   INTEGER NOT NULL,
+    body       TEXT NOT NULL,
+    PRIMARY KEY (kind, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS docs_listing ON docs (kind, owner, parent, created_at, key);
+CREATE INDEX IF NOT EXISTS docs_active ON docs (kind, active) WHERE active = 1;
+CREATE TABLE IF NOT EXISTS snapshots (
+    stream_id TEXT NOT NULL,
+    kind      TEXT NOT NULL,
+    version   INTEGER NOT NULL,
+    position  INTEGER NOT NULL,
+    state     TEXT NOT NULL,
+    PRIMARY KEY (stream_id, kind, version)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
+"""
+
+EVENT_COLUMNS = (
+    "position, stream_id, version, event_id, type, data, metadata, correlation_id, "
+    "recorded_at, hash"
+)
+DOC_COLUMNS = "kind, key, owner, parent, created_at, active, deleted, version, position, body"
+
+INSERT_EVENT = f"INSERT INTO events ({EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)"
+UPSERT_STREAM = (
+    "INSERT INTO streams(stream_id, version, hash) VALUES (?, ?, ?) "
+    "ON CONFLICT(stream_id) DO UPDATE SET version = excluded.version, hash = excluded.hash"
+)
+UPSERT_DOC = (
+    f"INSERT INTO docs ({DOC_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?) "
+    "ON CONFLICT(kind, key) DO UPDATE SET owner = excluded.owner, "
+    "parent = excluded.parent, created_at = excluded.created_at, "
+    "active = excluded.active, deleted = excluded.deleted, "
+    "version = excluded.version, position = excluded.position, body = excluded.body"
+)
+LAST_SNAPSHOT = "SELECT COALESCE(MAX(version), 0) FROM snapshots WHERE stream_id = ? AND kind = ?"
+INSERT_SNAPSHOT = (
+    "INSERT OR REPLACE INTO snapshots(stream_id, kind, version, position, state) "
+    "VALUES (?, ?, ?, ?, ?)"
+)
+#: bound parameters per ``IN (...)`` lookup, well under SQLite's limit
+LOOKUP_CHUNK = 500
+
+# one encoder, built once: ``json.dumps`` with options builds one per call
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def doc_row(doc: Doc) -> tuple[Any, ...]:
+    ix = doc.index
+    return (
+        doc.kind,
+        doc.key,
+        ix.owner,
+        ix.parent,
+        ix.created_at,
+        int(ix.active),
+        int(ix.deleted),
+        doc.version,
+        doc.position,
+        _dumps(doc.body),
+    )
+
+
+def event_row(r: RecordedEvent) -> tuple[Any, ...]:
+    return (
+        r.position,
+        r.stream_id,
+        r.version,
+        r.event_id,
+        r.type,
+        _dumps(r.data),
+        _dumps(r.metadata),
+        r.correlation_id,
+        r.recorded_at,
+        r.hash,
+    )
+
+
+def snapshot_row(stream_id: str, doc: Doc) -> tuple[Any, ...]:
+    return (stream_id, doc.kind, doc.version, doc.position, json.dumps(doc.body))
+
+
+def translate_sqlite_error(exc: sqlite3.Error) -> SessionStreamError:
+    text = str(exc).lower()
+    if "full" in text:
+        return StorageUnavailable("the disk is full: nothing was written")
+    if "readonly" in text or "read-only" in text:
+        return StorageUnavailable("the database file is read-only: nothing was written")
+    if "locked" in text or "busy" in text:
+        return StorageUnavailable("the database stayed locked by another process; retry")
+    return StorageUnavailable(f"the database failed: {exc}")

@@ -1,0 +1,27 @@
+"""Pure folds from events to read models: no I/O, no clock, no randomness.
+
+The same fold serves the live read model (inside the append transaction),
+rebuilds, time travel, ``verify`` and the tests.
+"""
+
+from projections.account import TokenProjection, UserProjection
+from projections.campaign import CampaignProjection
+from projections.run import RunProjection
+from projections.session import SessionProjection
+
+ALL = (
+    SessionProjection(),
+    RunProjection(),
+    CampaignProjection(),
+    UserProjection(),
+    TokenProjection(),
+)
+
+__all__ = [
+    "ALL",
+    "CampaignProjection",
+    "RunProjection",
+    "SessionProjection",
+    "TokenProjection",
+    "UserProjection",
+]

@@ -1,0 +1,57 @@
+"""Campaigns and their sequence nodes, folded from ``campaign-<id>`` streams."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from eventstore.model import DocIndex, RecordedEvent
+from projections.streams import PerStream
+
+PREFIX = "campaign-"
+
+
+def apply_campaign(state: dict[str, Any] | None, event: RecordedEvent) -> dict[str, Any] | None:
+    data, at = event.data, event.recorded_at
+    if event.type == "campaign.created":
+        return {
+            "id": data["id"],
+            "user_id": data["user_id"],
+            "name": data["name"],
+            "created_at": at,
+            "updated_at": at,
+            "nodes": [],
+            "deleted": False,
+        }
+    if state is None:
+        return None
+    new = dict(state)
+    new["updated_at"] = at
+    if event.type == "node.added":
+        node = {
+            "id": data["id"],
+            "campaign_id": state["id"],
+            "name": data.get("name"),
+            "position": data["position"],
+            "type": data.get("type", "ai"),
+            "created_at": at,
+        }
+        new["nodes"] = [*state["nodes"], node]
+    elif event.type == "campaign.deleted":
+        new["deleted"] = True
+    else:
+        return state
+    return new
+
+
+class CampaignProjection(PerStream):
+    prefix = PREFIX
+    kind = "campaign"
+    version = 1
+
+    def apply(self, state: dict[str, Any] | None, event: RecordedEvent) -> dict[str, Any] | None:
+        return apply_campaign(state, event)
+
+    def index(self, state: dict[str, Any]) -> DocIndex:
+        return DocIndex(
+            owner=state["user_id"], created_at=state["created_at"], deleted=state["deleted"]
+        )

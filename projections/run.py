@@ -1,0 +1,73 @@
+"""The run projection: one row per run, folded from its ``run-<id>`` stream.
+
+The run stream's version is the run's ``seq``; its events are the
+``ChatStreamEvent`` types clients see.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from eventstore.model import DocIndex, RecordedEvent
+from projections.streams import PerStream
+
+PREFIX = "run-"
+TERMINAL = frozenset({"run.completed", "run.failed", "run.canceled"})
+STATUS_AFTER = {"run.completed": "completed", "run.failed": "failed", "run.canceled": "canceled"}
+
+
+def apply_run(state: dict[str, Any] | None, event: RecordedEvent) -> dict[str, Any] | None:
+    data, at = event.data, event.recorded_at
+    if event.type == "run.created":
+        return {
+            "id": data["run_id"],
+            "kind": data["kind"],
+            "session_id": data["session_id"],
+            "user_id": data["user_id"],
+            "status": "queued",
+            "created_at": at,
+            "started_at": None,
+            "finished_at": None,
+            "updated_at": at,
+            "error": None,
+            "seq": event.version,
+            "progress": None,
+            "output": None,
+        }
+    if state is None:
+        return None
+    new = dict(state)
+    new["seq"] = event.version
+    new["updated_at"] = at
+    if state["status"] in ("completed", "failed", "canceled"):
+        return new  # nothing after a terminal event changes the outcome
+    if event.type == "run.started":
+        new["status"] = "running"
+        new["started_at"] = at
+    elif event.type == "examples.progress":
+        new["progress"] = {"done": data.get("done"), "total": data.get("total")}
+    elif event.type in TERMINAL:
+        new["status"] = STATUS_AFTER[event.type]
+        new["finished_at"] = at
+        if event.type == "run.failed":
+            new["error"] = data.get("error")
+        if event.type == "run.completed":
+            new["output"] = data.get("output")
+    return new
+
+
+class RunProjection(PerStream):
+    prefix = PREFIX
+    kind = "run"
+    version = 1
+
+    def apply(self, state: dict[str, Any] | None, event: RecordedEvent) -> dict[str, Any] | None:
+        return apply_run(state, event)
+
+    def index(self, state: dict[str, Any]) -> DocIndex:
+        return DocIndex(
+            owner=state["user_id"],
+            parent=state["session_id"],
+            created_at=state["created_at"],
+            active=state["status"] in ("queued", "running"),
+        )

@@ -1,0 +1,18 @@
+"""Projections keyed by their stream: one document per ``<prefix><id>`` stream."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from eventstore.model import RecordedEvent
+
+
+class PerStream:
+    """The document key is the stream's id after ``prefix``; other streams are ignored."""
+
+    prefix: ClassVar[str]
+
+    def key(self, event: RecordedEvent) -> str | None:
+        if event.stream_id.startswith(self.prefix):
+            return event.stream_id[len(self.prefix) :]
+        return None

@@ -1,0 +1,1 @@
+"""The aiohttp shell: HTTP handlers, websockets, runs."""

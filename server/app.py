@@ -1,0 +1,232 @@
+"""Application assembly: resources in ``cleanup_ctx``, middlewares, routes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import secrets
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from engines.base import ModelEngine
+from eventstore.base import EventStore
+from server import console, history, metrics, openapi, realtime, trigger
+from server.auth import Authenticator, RunTokens, hash_token
+from server.errors import Handler, error_middleware
+from server.handlers import routes as api_routes
+from server.keys import (
+    AUTH,
+    AUTH_FAILURES,
+    ENGINE,
+    LIMITER,
+    PRINCIPAL,
+    REQUEST_ID,
+    RUN_TOKENS,
+    RUNS,
+    SERVICE,
+    SETTINGS,
+    STORE,
+)
+from server.ratelimit import RateLimiter
+from server.runs import RunManager
+from server.service import Service
+from sessionstream.config import Settings
+from sessionstream.errors import Unauthorized
+
+log = logging.getLogger("sessionstream.app")
+
+#: paths that authenticate themselves (run tokens, websockets) or need no auth
+PUBLIC_PREFIXES = ("/api/realtime/", "/realtime/", "/static/", "/metrics", "/healthz")
+PUBLIC_PATHS = frozenset({"/", "/api/openapi.json", "/healthz", "/readyz"})
+
+
+def make_store(settings: Settings) -> EventStore:
+    import projections
+
+    if settings.database_url:
+        from eventstore.postgres import PostgresEventStore
+
+        return PostgresEventStore(
+            settings.database_url,
+            projections.ALL,
+            max_queue=settings.subscriber_queue,
+            max_pending=settings.max_pending_appends,
+        )
+    from eventstore.sqlite import SQLiteEventStore
+
+    return SQLiteEventStore(
+        settings.db_path,
+        projections.ALL,
+        max_queue=settings.subscriber_queue,
+        max_pending=settings.max_pending_appends,
+    )
+
+
+def make_engine(settings: Settings) -> ModelEngine:
+    if settings.engine == "offline":
+        from engines.offline import OfflineEngine
+
+        return OfflineEngine(pace_ms=settings.offline_pace_ms)
+    if settings.engine == "openai":
+        import os
+
+        from engines.openai_engine import OpenAIEngine
+
+        return OpenAIEngine.from_env(os.environ)
+    raise SystemExit(f"unknown SESSIONSTREAM_ENGINE {settings.engine!r} (offline or openai)")
+
+
+#: request ids are this process's random prefix and a counter: unique, 32 hex digits,
+#: and far cheaper than a uuid4 (a getrandom syscall) on every request
+_RID_PREFIX = secrets.token_hex(8)
+_RID_COUNTER = itertools.count(1)
+
+
+@web.middleware
+async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    incoming = request.headers.get("X-Request-Id", "")
+    if 0 < len(incoming) <= 128 and incoming.isprintable():
+        rid = incoming
+    else:
+        rid = f"{_RID_PREFIX}{next(_RID_COUNTER):016x}"
+    request[REQUEST_ID] = rid
+    response = await handler(request)
+    if not response.prepared:
+        response.headers["X-Request-Id"] = rid
+    return response
+
+
+#: channels that check their own tokens; their requests still count against the token's rate
+REALTIME_PREFIXES = ("/api/realtime/", "/realtime/")
+
+
+def _channel_credential(request: web.Request) -> str:
+    """What a realtime request authenticates with (only ever hashed, for the limiter)."""
+    return (
+        request.headers.get("Authorization")
+        or request.query.get("token")
+        or request.headers.get("Sec-WebSocket-Protocol")
+        or request.remote
+        or "anonymous"
+    )
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Rate per credential, then authenticate; failed attempts are rated per address.
+
+    Keying the request limiter by credential alone would give every guessed
+    token a fresh bucket, so each refusal also spends from a small bucket of
+    the client's address, and an address that has spent it gets 429 before
+    any lookup. A token proven valid moments ago (the authenticator's cache)
+    is still let in, so a user sharing an address with a guesser keeps working.
+    """
+    path = request.path
+    app = request.app
+    if request.method == "OPTIONS" or (
+        not path.startswith(REALTIME_PREFIXES)
+        and (path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES))
+    ):
+        return await handler(request)
+    address = request.remote or "unknown"
+    failures = app[AUTH_FAILURES]
+    if path.startswith(REALTIME_PREFIXES):
+        # channels check their own tokens; a reconnect storm is rated like any request
+        failures.refuse_if_empty(address)
+        app[LIMITER].check(hash_token(_channel_credential(request)))
+        try:
+            return await handler(request)
+        except Unauthorized:
+            failures.check(address)
+            raise
+    header = request.headers.get("Authorization")
+    try:
+        token = Authenticator.bearer(header)
+    except Unauthorized:
+        app[LIMITER].check(hash_token(header or address))
+        failures.check(address)
+        raise
+    digest = hash_token(token)
+    app[LIMITER].check(digest)
+    try:
+        principal = app[AUTH].cached(digest)
+        if principal is None:
+            failures.refuse_if_empty(address)
+            principal = await app[AUTH].principal(token, digest)
+    except Unauthorized:
+        failures.check(address)
+        raise
+    request[PRINCIPAL] = principal
+    return await handler(request)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    store = request.app[STORE]
+    head = await store.head_position()
+    return web.json_response({"status": "ok", "head_position": head})
+
+
+def create_app(
+    settings: Settings,
+    *,
+    store: EventStore | None = None,
+    engine: ModelEngine | None = None,
+) -> web.Application:
+    app = web.Application(
+        client_max_size=settings.max_body_bytes,
+        middlewares=[request_id_middleware, error_middleware, auth_middleware],
+    )
+    app[SETTINGS] = settings
+    app[STORE] = store or make_store(settings)
+    app[ENGINE] = engine or make_engine(settings)
+    app[SERVICE] = Service(app[STORE])
+    app[RUN_TOKENS] = RunTokens(settings.resolved_secret(), settings.run_token_ttl_s)
+    app[LIMITER] = RateLimiter(settings.rate_limit, settings.rate_burst)
+    app[AUTH] = Authenticator(app[STORE], settings.token_cache_s)
+    app[AUTH_FAILURES] = RateLimiter(
+        settings.auth_failure_rate,
+        settings.auth_failure_burst,
+        what="failed authentications/s from this address",
+    )
+    app[RUNS] = RunManager(
+        app[STORE],
+        app[ENGINE],
+        max_concurrent=settings.max_concurrent_runs,
+        max_queued=settings.max_queued_runs,
+        examples_concurrency=settings.max_examples_concurrency,
+        coalesce_ms=settings.delta_coalesce_ms,
+        engine_timeout_s=settings.engine_timeout_s,
+        node_id=settings.node_id,
+        lease_ttl_s=settings.lease_ttl_s,
+    )
+    app.cleanup_ctx.append(_store_ctx)
+    app.cleanup_ctx.append(_runs_ctx)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_routes(api_routes)
+    # feature modules register their own routes; each is one concept
+    for module in (history, realtime, trigger, console, metrics, openapi):
+        module.install(app)
+    return app
+
+
+async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
+    await app[STORE].open()
+    yield
+    await app[STORE].close()
+
+
+async def _runs_ctx(app: web.Application) -> AsyncIterator[None]:
+    runs = app[RUNS]
+    recovered = await runs.recover_orphans()
+    if recovered:
+        log.warning("recovered %d interrupted run(s) at start-up", recovered)
+    upkeep = asyncio.create_task(runs.upkeep(), name="run-upkeep")
+    yield
+    upkeep.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await upkeep
+    await runs.shutdown()
+    await app[ENGINE].aclose()

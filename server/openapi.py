@@ -1,0 +1,407 @@
+"""The OpenAPI 3.1 document at ``/api/openapi.json``.
+
+Built from the same pydantic models the handlers validate with, so the
+document clients and the fuzzer read cannot drift from what the server does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel
+
+from server import schemas
+from server.schemas import UUID_PATTERN
+
+REF = "#/components/schemas/{model}"
+DOC = web.AppKey("openapi_document", dict)
+
+MODELS: tuple[type[BaseModel], ...] = (
+    schemas.CreateSession,
+    schemas.PatchSession,
+    schemas.TurnRequest,
+    schemas.GenerateExamplesRequest,
+    schemas.CreateCampaign,
+    schemas.CreateNode,
+    schemas.SkeletonRollback,
+    schemas.DraftRollback,
+    schemas.SessionEnvelope,
+    schemas.SessionList,
+    schemas.RunStarted,
+    schemas.Success,
+    schemas.ErrorEnvelope,
+)
+
+
+def _ref(model: type[BaseModel]) -> dict[str, str]:
+    return {"$ref": REF.format(model=model.__name__)}
+
+
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"application/json": {"schema": schema}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description, "content": _json(_ref(schemas.ErrorEnvelope))}
+
+
+ERRORS = {
+    "400": _error("Malformed JSON, wrong types, unknown fields or bad UUIDs"),
+    "401": _error("Missing or invalid bearer token"),
+    "404": _error("Unknown resource, or another user's"),
+    "413": _error("Body larger than the limit"),
+    "429": _error("Rate limited; see Retry-After"),
+    "503": _error("Storage unavailable or overloaded; nothing was written (see Retry-After)"),
+}
+UUID_PARAM = {
+    "name": "id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": UUID_PATTERN},
+}
+OBJ: dict[str, Any] = {"type": "object"}
+RUN_ID_PARAM = {
+    "name": "run_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^run_[0-9a-f]{32}$"},
+}
+_NULLABLE_STR: dict[str, Any] = {"type": ["string", "null"]}
+CAMPAIGN_ITEM: dict[str, Any] = {
+    "type": "object",
+    "required": ["id", "user_id", "name", "created_at", "updated_at", "node_count"],
+    "properties": {
+        "id": {"type": "string"},
+        "user_id": {"type": "string"},
+        "name": {"type": "string"},
+        "created_at": {"type": "string"},
+        "updated_at": {"type": "string"},
+        "node_count": {"type": "integer"},
+    },
+}
+CAMPAIGN = {"type": "object", "required": ["campaign"], "properties": {"campaign": CAMPAIGN_ITEM}}
+NODE_ITEM = {
+    "type": "object",
+    "required": ["id", "campaign_id", "position"],
+    "properties": {
+        "id": {"type": "string"},
+        "campaign_id": {"type": "string"},
+        "name": _NULLABLE_STR,
+        "position": {"type": "integer"},
+    },
+}
+NODE = {"type": "object", "required": ["node"], "properties": {"node": NODE_ITEM}}
+NODES = {
+    "type": "object",
+    "required": ["nodes"],
+    "properties": {"nodes": {"type": "array", "items": NODE_ITEM}},
+}
+CAMPAIGNS = {
+    "type": "object",
+    "required": ["campaigns"],
+    "properties": {"campaigns": {"type": "array", "items": CAMPAIGN_ITEM}},
+}
+RUN = {
+    "type": "object",
+    "required": ["run"],
+    "properties": {
+        "run": {
+            "type": "object",
+            "required": ["id", "runId", "sessionId", "kind", "status", "seq", "created_at"],
+            "properties": {
+                "id": {"type": "string"},
+                "runId": {"type": "string"},
+                "sessionId": {"type": "string"},
+                "kind": {"enum": ["turn", "examples"]},
+                "status": {"enum": ["queued", "running", "completed", "failed", "canceled"]},
+                "seq": {"type": "integer"},
+                "created_at": {"type": "string"},
+                "error": _NULLABLE_STR,
+            },
+        }
+    },
+}
+
+
+EVENTS = {
+    "type": "object",
+    "required": ["events", "next"],
+    "properties": {
+        "events": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["position", "stream_id", "version", "type", "data", "hash"],
+                "properties": {
+                    "position": {"type": "integer"},
+                    "stream_id": {"type": "string"},
+                    "version": {"type": "integer"},
+                    "type": {"type": "string"},
+                    "data": {"type": "object"},
+                    "recorded_at": {"type": "string"},
+                    "hash": {"type": "string"},
+                },
+            },
+        },
+        "next": {"type": ["integer", "null"]},
+    },
+}
+IF_MATCH = {
+    "name": "If-Match",
+    "in": "header",
+    "required": False,
+    "description": "The session version (its ETag) the change is based on",
+    "schema": {"type": "string"},
+}
+AS_OF = {
+    "name": "as_of",
+    "in": "query",
+    "required": False,
+    "description": "A log position or an RFC 3339 time: the session as it was then",
+    "schema": {"type": "string"},
+}
+
+
+def _links(op_ids: tuple[str, ...], parameters: dict[str, str]) -> dict[str, Any]:
+    """OpenAPI links: how a response's ids feed the next calls (clients, stateful fuzzing)."""
+    return {
+        op_id[0].upper() + op_id[1:]: {"operationId": op_id, "parameters": parameters}
+        for op_id in op_ids
+    }
+
+
+SESSION_ID = {"path.id": "$response.body#/session/id"}
+SESSION_OPS = ("getSession", "startTurn", "generateExamples", "deleteSession", "sessionEvents")
+#: changes that may send the version they are based on: the ETag of the response
+SESSION_CHANGES = ("patchSession", "rollbackSkeleton", "rollbackDraft")
+SESSION_VERSION = {**SESSION_ID, "header.If-Match": "$response.header.ETag"}
+
+
+def _op(
+    summary: str,
+    ok: dict[str, Any],
+    *,
+    status: str = "200",
+    body: type[BaseModel] | None = None,
+    params: list[dict[str, Any]] | None = None,
+    extra: tuple[str, ...] = (),
+    op_id: str | None = None,
+    links: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    success: dict[str, Any] = {"description": "OK", "content": _json(ok)}
+    if links:
+        success["links"] = links
+    op: dict[str, Any] = {
+        "summary": summary,
+        "security": [{"bearer": []}],
+        "responses": {status: success, **ERRORS},
+    }
+    if op_id:
+        op["operationId"] = op_id
+    for code in extra:
+        op["responses"][code] = _error(
+            {"409": "Session busy", "412": "Stale If-Match"}.get(code, "Error")
+        )
+    if body is not None:
+        op["requestBody"] = {"required": True, "content": _json(_ref(body))}
+    if params:
+        op["parameters"] = params
+    return op
+
+
+def build_document() -> dict[str, Any]:
+    components: dict[str, Any] = {}
+    for model in MODELS:
+        schema = model.model_json_schema(ref_template=REF)
+        components.update(schema.pop("$defs", {}))
+        components[model.__name__] = schema
+    sessions = "/api/campaigns/ai-chat-sessions"
+    session = _ref(schemas.SessionEnvelope)
+    run = _ref(schemas.RunStarted)
+    campaign_param = {**UUID_PARAM}
+    paths: dict[str, Any] = {
+        sessions: {
+            "get": _op(
+                "List the caller's sessions of a campaign",
+                _ref(schemas.SessionList),
+                op_id="listSessions",
+                params=[
+                    {
+                        "name": "campaign_id",
+                        "in": "query",
+                        "required": True,
+                        "schema": {"type": "string", "pattern": UUID_PATTERN},
+                    }
+                ],
+            ),
+            "post": _op(
+                "Create an empty session",
+                session,
+                status="201",
+                body=schemas.CreateSession,
+                op_id="createSession",
+                links={
+                    **_links(SESSION_OPS, SESSION_ID),
+                    **_links(SESSION_CHANGES, SESSION_VERSION),
+                },
+            ),
+        },
+        sessions + "/{id}": {
+            "get": _op("Get a session", session, params=[UUID_PARAM, AS_OF], op_id="getSession"),
+            "patch": _op(
+                "Partially update a session",
+                session,
+                body=schemas.PatchSession,
+                params=[UUID_PARAM, IF_MATCH],
+                extra=("412",),
+                op_id="patchSession",
+            ),
+            "delete": _op(
+                "Delete a session",
+                _ref(schemas.Success),
+                params=[UUID_PARAM],
+                op_id="deleteSession",
+            ),
+        },
+        sessions + "/{id}/turn": {
+            "post": _op(
+                "Run one chat turn",
+                run,
+                body=schemas.TurnRequest,
+                params=[UUID_PARAM],
+                extra=("409",),
+                op_id="startTurn",
+                links=_links(("getRun", "cancelRun"), {"path.run_id": "$response.body#/runId"}),
+            )
+        },
+        sessions + "/{id}/generate-examples": {
+            "post": _op(
+                "Generate per-lead examples",
+                run,
+                body=schemas.GenerateExamplesRequest,
+                params=[UUID_PARAM],
+                extra=("409",),
+                op_id="generateExamples",
+                links=_links(("getRun", "cancelRun"), {"path.run_id": "$response.body#/runId"}),
+            )
+        },
+        sessions + "/{id}/skeleton/rollback": {
+            "post": _op(
+                "Make an earlier skeleton current again",
+                session,
+                body=schemas.SkeletonRollback,
+                params=[UUID_PARAM, IF_MATCH],
+                extra=("409", "412"),
+                op_id="rollbackSkeleton",
+            )
+        },
+        sessions + "/{id}/draft/rollback": {
+            "post": _op(
+                "Make an earlier draft current again",
+                session,
+                body=schemas.DraftRollback,
+                params=[UUID_PARAM, IF_MATCH],
+                extra=("409", "412"),
+                op_id="rollbackDraft",
+            )
+        },
+        sessions + "/{id}/events": {
+            "get": _op(
+                "The session's events (audit log)",
+                EVENTS,
+                op_id="sessionEvents",
+                params=[
+                    UUID_PARAM,
+                    {"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+                    },
+                ],
+            )
+        },
+        "/api/campaigns": {
+            "get": _op("List campaigns", CAMPAIGNS, op_id="listCampaigns"),
+            "post": _op(
+                "Create a campaign",
+                CAMPAIGN,
+                status="201",
+                body=schemas.CreateCampaign,
+                op_id="createCampaign",
+                links=_links(
+                    ("getCampaign", "listNodes", "addNode", "deleteCampaign"),
+                    {"path.id": "$response.body#/campaign/id"},
+                ),
+            ),
+        },
+        "/api/campaigns/{id}": {
+            "get": _op("Get a campaign", CAMPAIGN, params=[campaign_param], op_id="getCampaign"),
+            "delete": _op(
+                "Delete a campaign",
+                _ref(schemas.Success),
+                params=[campaign_param],
+                op_id="deleteCampaign",
+            ),
+        },
+        "/api/campaigns/{id}/nodes": {
+            "get": _op(
+                "List a campaign's sequence nodes",
+                NODES,
+                params=[campaign_param],
+                op_id="listNodes",
+            ),
+            "post": _op(
+                "Add a sequence node",
+                NODE,
+                status="201",
+                body=schemas.CreateNode,
+                params=[campaign_param],
+                op_id="addNode",
+                links={
+                    "CreateSession": {
+                        "operationId": "createSession",
+                        "requestBody": {
+                            "campaign_id": "$response.body#/node/campaign_id",
+                            "node_id": "$response.body#/node/id",
+                        },
+                    }
+                },
+            ),
+        },
+        "/api/runs/{run_id}": {
+            "get": _op("A run's status", RUN, params=[RUN_ID_PARAM], op_id="getRun"),
+        },
+        "/api/runs/{run_id}/cancel": {
+            "post": _op(
+                "Cancel a run; frees its session",
+                RUN,
+                params=[RUN_ID_PARAM],
+                op_id="cancelRun",
+            ),
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "sessionstream",
+            "version": "0.1.0",
+            "description": "Event-sourced AI chat sessions with realtime streaming.",
+        },
+        "servers": [{"url": "/"}],
+        "paths": paths,
+        "components": {
+            "schemas": components,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(request.app[DOC])
+
+
+def install(app: web.Application) -> None:
+    app[DOC] = build_document()
+    app.router.add_get("/api/openapi.json", openapi)

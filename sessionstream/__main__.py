@@ -1,0 +1,5 @@
+import sys
+
+from sessionstream.cli import main
+
+sys.exit(main())

@@ -1,0 +1,157 @@
+"""The ``sessionstream`` command line.
+
+Every command takes ``--db PATH`` (SQLite) or ``--database-url URL``
+(PostgreSQL), also read from ``SESSIONSTREAM_DB`` / ``SESSIONSTREAM_DATABASE_URL``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from sessionstream.config import Settings
+
+Command = Callable[[argparse.Namespace, Settings], int]
+COMMANDS: dict[str, Command] = {}
+
+
+def command(name: str) -> Callable[[Command], Command]:
+    def register(fn: Command) -> Command:
+        COMMANDS[name] = fn
+        return fn
+
+    return register
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    return Settings.from_env(
+        db_path=getattr(args, "db", None),
+        database_url=getattr(args, "database_url", None),
+        host=getattr(args, "host", None),
+        port=getattr(args, "port", None),
+        engine=getattr(args, "engine", None),
+        log_level=getattr(args, "log_level", None),
+    )
+
+
+def open_store(settings: Settings) -> Any:
+    from server.app import make_store
+
+    return make_store(settings)
+
+
+@command("serve")
+def serve(args: argparse.Namespace, settings: Settings) -> int:
+    from aiohttp import web
+
+    from server.app import create_app
+    from sessionstream.logs import configure_logging
+
+    configure_logging(settings.log_level)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover - uvloop is optional
+        pass
+    app = create_app(settings)
+    where = (settings.database_url and "PostgreSQL") or settings.db_path
+    print(
+        f"sessionstream on http://{settings.host}:{settings.port} "
+        f"(store: {where}, engine: {settings.engine})",
+        flush=True,
+    )
+    web.run_app(app, host=settings.host, port=settings.port, print=None, shutdown_timeout=10)
+    return 0
+
+
+@command("users")
+def users(args: argparse.Namespace, settings: Settings) -> int:
+    """Tokens are printed alone on the last line of stdout so scripts can take them."""
+    from server.auth import create_user, issue_token, revoke_token
+    from sessionstream.errors import NotFound
+
+    async def run() -> int:
+        async with open_store(settings) as store:
+            try:
+                if args.action == "create":
+                    user_id, token = await create_user(store, args.name)
+                    print(f"created user {args.name} ({user_id}); this token is shown once:")
+                    print(token)
+                elif args.action == "list":
+                    print(f"{'id':36}  {'tokens':>6}  {'created':24}  name")
+                    for doc in await store.list_docs("user"):
+                        user = doc.body
+                        print(
+                            f"{user['id']:36}  {user['tokens']:>6}  "
+                            f"{user['created_at']:24}  {user['name']}"
+                        )
+                elif args.action == "token":
+                    token = await issue_token(store, args.user_id)
+                    print(f"new token for user {args.user_id}; it is shown once:")
+                    print(token)
+                else:
+                    token = args.token or sys.stdin.readline()
+                    user_id = await revoke_token(store, token)
+                    print(f"revoked a token of user {user_id}")
+            except NotFound as exc:
+                print(f"error: {exc.message}", file=sys.stderr)
+                return 1
+        return 0
+
+    return asyncio.run(run())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sessionstream", description=__doc__)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--db", help="SQLite file (default sessionstream.db)")
+    common.add_argument("--database-url", help="postgresql://... (shared by several nodes)")
+    common.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", parents=[common], help="run the HTTP and websocket server")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--engine", choices=["offline", "openai"])
+
+    p = sub.add_parser("users", parents=[common], help="manage users")
+    users_sub = p.add_subparsers(dest="action", required=True)
+    create = users_sub.add_parser("create", parents=[common], help="create a user and token")
+    create.add_argument("name")
+    users_sub.add_parser("list", parents=[common], help="every user: id, active tokens, name")
+    token = users_sub.add_parser("token", parents=[common], help="issue another token for a user")
+    token.add_argument("user_id")
+    revoke = users_sub.add_parser(
+        "revoke",
+        parents=[common],
+        help="revoke a token (servers stop accepting it within SESSIONSTREAM_TOKEN_CACHE_S)",
+    )
+    revoke.add_argument("token", nargs="?", help="the token; read from stdin when omitted")
+
+    for extend in _extensions():
+        extend(sub, common)
+    return parser
+
+
+def _extensions() -> list[Callable[[Any, argparse.ArgumentParser], None]]:
+    """Maintenance commands live beside the code they drive."""
+    from sessionstream import maintenance, operations
+
+    return [maintenance.add_commands, operations.add_commands]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    settings = settings_from(args)
+    logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr)
+    return COMMANDS[args.command](args, settings)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""The one exception root and its meaningful subclasses.
+
+Every layer raises these; one middleware in ``server/`` maps them to an HTTP
+status and the JSON error body, so handlers never build error responses by hand.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class SessionStreamError(Exception):
+    """Root of every error sessionstream raises on purpose."""
+
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, *, details: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+class ValidationFailed(SessionStreamError):
+    status = 400
+    code = "validation_error"
+
+
+class Unauthorized(SessionStreamError):
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(SessionStreamError):
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(SessionStreamError):
+    status = 404
+    code = "not_found"
+
+
+class Conflict(SessionStreamError):
+    status = 409
+    code = "conflict"
+
+
+class SessionBusy(Conflict):
+    code = "session_busy"
+
+
+class ConcurrencyConflict(Conflict):
+    """An append's ``expected_version`` did not match the stream's version."""
+
+    code = "concurrency_conflict"
+
+    def __init__(self, stream_id: str, expected: int | None, actual: int) -> None:
+        super().__init__(
+            f"stream {stream_id} is at version {actual}, expected {expected}",
+            details={"stream_id": stream_id, "expected": expected, "actual": actual},
+        )
+        self.stream_id = stream_id
+        self.expected = expected
+        self.actual = actual
+
+
+class PreconditionFailed(SessionStreamError):
+    status = 412
+    code = "precondition_failed"
+
+
+class PayloadTooLarge(SessionStreamError):
+    status = 413
+    code = "payload_too_large"
+
+
+class RateLimited(SessionStreamError):
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message, details={"retry_after": retry_after})
+        self.retry_after = retry_after
+
+
+class StorageUnavailable(SessionStreamError):
+    """The log cannot be written (read-only file, full disk, lost database)."""
+
+    status = 503
+    code = "storage_unavailable"
+
+
+class Overloaded(SessionStreamError):
+    """More work is waiting than the server will queue: refused before anything is written."""
+
+    status = 503
+    code = "overloaded"
+
+    def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
+        super().__init__(message, details={"retry_after": retry_after})
+        self.retry_after = retry_after
+
+
+class EngineError(SessionStreamError):
+    """A model engine failed; the run ends as ``run.failed`` with this reason."""
+
+    status = 502
+    code = "engine_error"

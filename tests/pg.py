@@ -1,0 +1,53 @@
+"""The test PostgreSQL server: where it is, and throwaway schemas on it.
+
+Without a reachable server the PostgreSQL tests skip, except with
+``CI=true``, where they fail: CI must run them.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+DSN = os.environ.get("SESSIONSTREAM_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+ON_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def unavailable(reason: str) -> None:
+    if ON_CI:
+        pytest.fail(f"{reason} (CI=true: the PostgreSQL tests must run)")
+    pytest.skip(reason)
+
+
+async def require_postgres() -> None:
+    try:
+        import asyncpg
+    except ImportError as exc:
+        unavailable(f"asyncpg cannot be imported: {exc}")
+    try:
+        conn = await asyncpg.connect(DSN, timeout=3)
+    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+        unavailable(f"PostgreSQL is not reachable at {DSN}: {exc}")
+    await conn.close()
+
+
+async def throwaway_schema(prefix: str) -> AsyncIterator[str]:
+    """A fresh schema name on a reachable server, dropped (with everything in it) after."""
+    import asyncpg
+
+    await require_postgres()
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    yield name
+    conn = await asyncpg.connect(DSN, timeout=10)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+    finally:
+        await conn.close()
+
+
+def url_with_schema(schema: str) -> str:
+    """A URL whose ``search_path`` puts everything sessionstream makes in ``schema``."""
+    return f"{DSN}{'&' if '?' in DSN else '?'}search_path={schema}"

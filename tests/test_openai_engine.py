@@ -1,0 +1,337 @@
+"""The openai engine against a local fake provider, through the real SDK and real HTTP."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from engines.base import (
+    DraftUpdate,
+    ExampleInput,
+    Message,
+    SkeletonUpdate,
+    StreamItem,
+    TextDelta,
+    TurnInput,
+)
+from engines.openai_engine import DEFAULT_MODEL, OpenAIEngine
+from sessionstream.errors import EngineError
+from tests.fake_openai import (
+    Error,
+    FakeOpenAI,
+    Hang,
+    Reply,
+    ToolCall,
+    rate_limited,
+    run_fake_openai,
+)
+
+pytest.importorskip("openai")
+
+SKELETON: dict[str, Any] = {
+    "hook": "Saw %company% is hiring SDRs",
+    "value_proposition": "we cut ramp time in half",
+    "call_to_action": "15-minute call next week?",
+    "subject": "%first_name%, faster SDR ramp at %company%",
+    "body": "Hi %first_name%,\n\n&&mention their growth&&\n\nWorth a call?",
+    "blocks": [
+        {
+            "name": "growth",
+            "instruction": "mention their growth",
+            "fields": ["company"],
+            "fallback": "Congrats on the growth at %company%.",
+        }
+    ],
+}
+DRAFT = {
+    "subject": "%first_name%, faster SDR ramp at %company%",
+    "body": "Hi %first_name%,\n\nCongrats on the growth at %company%.\n\nWorth a call?",
+}
+LEAD = {"lead_id": "L1", "first_name": "Ana", "company": "Acme"}
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[tuple[OpenAIEngine, FakeOpenAI]]:
+    async with run_fake_openai() as (base_url, server):
+        engine = OpenAIEngine(base_url=base_url, api_key="dummy", model="fake-model", timeout_s=5.0)
+        try:
+            yield engine, server
+        finally:
+            await engine.aclose()
+
+
+def turn_input(message: str = "Write an intro email for SDR leaders", **kw: Any) -> TurnInput:
+    base: dict[str, Any] = {
+        "message": message,
+        "history": (Message("user", "hello"), Message("assistant", "Who is it for?")),
+        "skeleton": None,
+        "framework_version": 0,
+        "draft_subject": None,
+        "draft_body": None,
+        "sample_leads": (LEAD,),
+    }
+    base.update(kw)
+    return TurnInput(**base)
+
+
+async def collect(engine: OpenAIEngine, inp: TurnInput | None = None) -> list[StreamItem]:
+    return [item async for item in engine.turn(inp or turn_input())]
+
+
+async def test_text_deltas_concatenate_to_the_reply(
+    fake: tuple[OpenAIEngine, FakeOpenAI],
+) -> None:
+    engine, server = fake
+    text = "Who are you writing to, and what should they do after reading?"
+    server.script(Reply(content=text, piece=4))
+    items = await collect(engine)
+    assert all(isinstance(i, TextDelta) for i in items)
+    assert len(items) > 5  # streamed in pieces, not buffered
+    assert "".join(i.text for i in items if isinstance(i, TextDelta)) == text
+    request = server.requests[0]
+    assert request["stream"] is True and request["model"] == "fake-model"
+    assert {t["function"]["name"] for t in request["tools"]} == {"update_skeleton", "update_draft"}
+    roles = [m["role"] for m in request["messages"]]
+    assert roles == ["system", "user", "assistant", "user"]
+    system = request["messages"][0]["content"]
+    assert "%first_name%" in system and "Acme" in system  # allowed vars, sample leads
+
+
+async def test_tool_calls_are_assembled_from_split_deltas(
+    fake: tuple[OpenAIEngine, FakeOpenAI],
+) -> None:
+    engine, server = fake
+    server.script(
+        Reply(
+            content="Here is a framework.",
+            tool_calls=(ToolCall("update_skeleton", SKELETON), ToolCall("update_draft", DRAFT)),
+            piece=3,
+        )
+    )
+    items = await collect(engine)
+    text = "".join(i.text for i in items if isinstance(i, TextDelta))
+    assert text == "Here is a framework."
+    structured = [i for i in items if not isinstance(i, TextDelta)]
+    assert structured == [
+        SkeletonUpdate(SKELETON),
+        DraftUpdate(subject=DRAFT["subject"], body=DRAFT["body"]),
+    ]
+
+
+async def test_variables_outside_the_allowed_list_are_removed(
+    fake: tuple[OpenAIEngine, FakeOpenAI],
+) -> None:
+    engine, server = fake
+    draft = {"subject": "Hi {{first_name}}", "body": "Hello %first_name% from %city%."}
+    server.script(Reply(tool_calls=(ToolCall("update_draft", draft),)))
+    items = await collect(engine, turn_input(available_vars=("first_name",)))
+    assert items == [DraftUpdate(subject="Hi %first_name%", body="Hello %first_name% from.")]
+
+
+async def test_followup_context_reaches_the_prompt(
+    fake: tuple[OpenAIEngine, FakeOpenAI],
+) -> None:
+    engine, server = fake
+    server.script(Reply(content="ok"))
+    seq = {"position": 2, "total_nodes": 3, "previous": [{"subject": "Intro"}]}
+    await collect(engine, turn_input(skeleton=SKELETON, framework_version=2, sequence_context=seq))
+    system = server.requests[0]["messages"][0]["content"]
+    assert "follow-up" in system and '"total_nodes": 3' in system
+    assert "framework version 2" in system
+
+
+async def test_rate_limit_is_an_engine_error(fake: tuple[OpenAIEngine, FakeOpenAI]) -> None:
+    engine, server = fake
+    server.script(rate_limited())
+    with pytest.raises(EngineError, match="rate limited") as info:
+        await collect(engine)
+    assert "Rate limit reached" in info.value.message
+    assert len(server.requests) == 1  # no silent retries
+
+
+async def test_server_error_is_an_engine_error(fake: tuple[OpenAIEngine, FakeOpenAI]) -> None:
+    engine, server = fake
+    server.script(Error(500, "upstream exploded"))
+    with pytest.raises(EngineError, match="HTTP 500: upstream exploded"):
+        await collect(engine)
+    assert len(server.requests) == 1
+
+
+async def test_error_event_inside_the_stream(fake: tuple[OpenAIEngine, FakeOpenAI]) -> None:
+    engine, server = fake
+    server.script(Reply(content="partial reply", stream_error_after=3))
+    with pytest.raises(EngineError, match="fake stream failure"):
+        await collect(engine)
+
+
+async def test_unreachable_provider() -> None:
+    async with run_fake_openai() as (base_url, _):
+        pass  # the port is free again
+    engine = OpenAIEngine(base_url=base_url, api_key="dummy", timeout_s=2.0)
+    try:
+        with pytest.raises(EngineError, match="cannot reach provider"):
+            await collect(engine)
+    finally:
+        await engine.aclose()
+
+
+async def test_hang_before_headers_times_out() -> None:
+    async with run_fake_openai() as (base_url, server):
+        engine = OpenAIEngine(base_url=base_url, api_key="dummy", timeout_s=0.3)
+        server.script(Hang())
+        started = time.monotonic()
+        with pytest.raises(EngineError, match=r"timed out after 0\.3s"):
+            await collect(engine)
+        assert time.monotonic() - started < 3
+        await engine.aclose()
+
+
+async def test_hang_mid_stream_times_out() -> None:
+    async with run_fake_openai() as (base_url, server):
+        engine = OpenAIEngine(base_url=base_url, api_key="dummy", timeout_s=5, idle_timeout_s=0.3)
+        server.script(Reply(content="a long reply that stops", piece=2, hang_after_chunks=4))
+        received: list[StreamItem] = []
+        started = time.monotonic()
+        with pytest.raises(EngineError, match=r"timed out after 0\.3s"):
+            async for item in engine.turn(turn_input()):
+                received.append(item)
+        assert time.monotonic() - started < 3
+        assert received == [TextDelta("a "), TextDelta("lo"), TextDelta("ng")]
+        await engine.aclose()
+
+
+async def test_a_slow_but_steady_stream_is_not_a_hang() -> None:
+    async with run_fake_openai() as (base_url, server):
+        engine = OpenAIEngine(base_url=base_url, api_key="dummy", timeout_s=5, idle_timeout_s=0.3)
+        server.script(Reply(content="slow and steady", piece=3, pace_s=0.1))
+        items = await collect(engine)
+        assert "".join(i.text for i in items if isinstance(i, TextDelta)) == "slow and steady"
+        await engine.aclose()
+
+
+async def test_malformed_tool_json_is_an_engine_error(
+    fake: tuple[OpenAIEngine, FakeOpenAI],
+) -> None:
+    engine, server = fake
+    server.script(Reply(content="ok", tool_calls=(ToolCall("update_skeleton", '{"hook": "x",'),)))
+    with pytest.raises(EngineError, match="invalid JSON arguments for update_skeleton"):
+        await collect(engine)
+
+
+async def test_truncated_tool_json_names_the_token_limit(
+    fake: tuple[OpenAIEngine, FakeOpenAI],
+) -> None:
+    engine, server = fake
+    call = ToolCall("update_draft", '{"subject": "Hi", "bo')
+    server.script(Reply(tool_calls=(call,), finish_reason="length"))
+    with pytest.raises(EngineError, match="token limit"):
+        await collect(engine)
+
+
+async def test_draft_without_body_is_an_engine_error(
+    fake: tuple[OpenAIEngine, FakeOpenAI],
+) -> None:
+    engine, server = fake
+    server.script(Reply(tool_calls=(ToolCall("update_draft", {"subject": "Hi"}),)))
+    with pytest.raises(EngineError, match="update_draft without string subject and body"):
+        await collect(engine)
+
+
+async def test_unknown_tool_is_ignored(fake: tuple[OpenAIEngine, FakeOpenAI]) -> None:
+    engine, server = fake
+    server.script(
+        Reply(
+            content="done",
+            tool_calls=(ToolCall("send_email", {"to": "x"}), ToolCall("update_draft", DRAFT)),
+        )
+    )
+    items = await collect(engine)
+    assert [i for i in items if not isinstance(i, TextDelta)] == [
+        DraftUpdate(subject=DRAFT["subject"], body=DRAFT["body"])
+    ]
+
+
+def example_input(lead: dict[str, Any] | None = None) -> ExampleInput:
+    return ExampleInput(
+        lead=lead or LEAD,
+        skeleton=SKELETON,
+        draft_subject=DRAFT["subject"],
+        draft_body=DRAFT["body"],
+    )
+
+
+async def test_example_writes_the_lead_email(fake: tuple[OpenAIEngine, FakeOpenAI]) -> None:
+    engine, server = fake
+    reply = {"subject": "Ana, faster SDR ramp at Acme", "body": "Hi Ana,\n\nWorth a call?"}
+    server.script(Reply(content="```json\n" + json.dumps(reply) + "\n```"))
+    result = await engine.example(example_input())
+    assert (result.lead_id, result.subject, result.body) == ("L1", reply["subject"], reply["body"])
+    assert result.missing == ()
+    request = server.requests[0]
+    assert not request.get("stream")
+    assert '"lead_id": "L1"' in request["messages"][1]["content"]
+
+
+async def test_example_resolves_leftover_variables_and_reports_missing(
+    fake: tuple[OpenAIEngine, FakeOpenAI],
+) -> None:
+    engine, server = fake
+    server.script(Reply(content='{"subject": "Hi %first_name%", "body": "At %company%."}'))
+    result = await engine.example(example_input({"lead_id": "L2", "first_name": "Bo"}))
+    assert (result.subject, result.body) == ("Hi Bo", "At your team.")
+    assert result.missing == ("company",)
+
+
+async def test_example_rejects_a_reply_that_is_not_json(
+    fake: tuple[OpenAIEngine, FakeOpenAI],
+) -> None:
+    engine, server = fake
+    server.script(Reply(content="Sure! Here is your email: Hi Ana..."))
+    with pytest.raises(EngineError, match="did not reply with a JSON object"):
+        await engine.example(example_input())
+
+
+async def test_example_maps_provider_errors(fake: tuple[OpenAIEngine, FakeOpenAI]) -> None:
+    engine, server = fake
+    server.script(rate_limited(), Error(503, "overloaded"))
+    with pytest.raises(EngineError, match="rate limited"):
+        await engine.example(example_input())
+    with pytest.raises(EngineError, match="HTTP 503: overloaded"):
+        await engine.example(example_input())
+
+
+async def test_example_hang_times_out() -> None:
+    async with run_fake_openai() as (base_url, server):
+        engine = OpenAIEngine(base_url=base_url, api_key="dummy", timeout_s=0.3)
+        server.script(Hang())
+        with pytest.raises(EngineError, match="timed out"):
+            await engine.example(example_input())
+        await engine.aclose()
+
+
+async def test_from_env() -> None:
+    engine = OpenAIEngine.from_env(
+        {
+            "OPENAI_BASE_URL": "http://127.0.0.1:11434/v1",
+            "SESSIONSTREAM_MODEL": "llama3.1",
+            "SESSIONSTREAM_ENGINE_TIMEOUT_S": "12.5",
+        }
+    )
+    try:
+        assert (engine.model, engine.timeout_s, engine.idle_timeout_s) == ("llama3.1", 12.5, 12.5)
+        assert engine.base_url == "http://127.0.0.1:11434/v1"  # no key needed for local servers
+    finally:
+        await engine.aclose()
+    defaults = OpenAIEngine.from_env({"OPENAI_API_KEY": "sk-test"})
+    try:
+        assert (defaults.model, defaults.timeout_s) == (DEFAULT_MODEL, 60.0)
+    finally:
+        await defaults.aclose()
+    with pytest.raises(EngineError, match="OPENAI_API_KEY is not set"):
+        OpenAIEngine.from_env({})
+    with pytest.raises(EngineError, match="must be a number"):
+        OpenAIEngine.from_env({"OPENAI_API_KEY": "k", "SESSIONSTREAM_ENGINE_TIMEOUT_S": "soon"})

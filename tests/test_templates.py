@@ -1,0 +1,175 @@
+"""Template rendering: both syntaxes, derived names, fallbacks, and no crash on odd input."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engines.templates import (
+    Rendered,
+    blocks_in,
+    canonical,
+    fill_blocks,
+    lead_value,
+    render,
+    restrict_to,
+    variables_in,
+)
+
+ANA = {"first_name": "Ana", "last_name": "Ruiz", "company": "Initech", "position": "CFO"}
+
+
+@pytest.mark.parametrize(
+    ("template", "lead", "text", "missing"),
+    [
+        ("Hi %first_name%,", ANA, "Hi Ana,", ()),
+        ("Hi {{first_name}},", ANA, "Hi Ana,", ()),
+        ("Hi {{ first_name }} at {{company}}", ANA, "Hi Ana at Initech", ()),
+        ("%full_name%", ANA, "Ana Ruiz", ()),
+        ("%first_name% / %last_name%", {"full_name": "Ana Maria Ruiz"}, "Ana / Maria Ruiz", ()),
+        ("%industry%", {"custom_fields": {"industry": "fintech"}}, "fintech", ()),
+        ("%Industry%", {"custom_fields": {"industry": "fintech"}}, "fintech", ()),
+        ("%seats% seats", {"custom_fields": {"seats": 40}}, "40 seats", ()),
+        ("%ratio%", {"custom_fields": {"ratio": 1.5}}, "1.5", ()),
+        ("Hi %first_name%,", {}, "Hi there,", ("first_name",)),
+        ("at %company% as %position%", {}, "at your team as your role", ("company", "position")),
+        ("Dear %first_name% %nickname%,", ANA, "Dear Ana,", ("nickname",)),
+        ("%nickname% hello", ANA, "hello", ("nickname",)),
+        ("a %nickname% b", ANA, "a b", ("nickname",)),
+        ("%company%", {"company": "%first_name%"}, "%first_name%", ()),
+        ("%company%", {"company": "  Acme \n Corp "}, "Acme Corp", ()),
+        ("30% off, 20% more", ANA, "30% off, 20% more", ()),
+        ("%first_name% %first_name%", {}, "there there", ("first_name",)),
+        ("%first_name%", {"first_name": None}, "there", ("first_name",)),
+        ("%first_name%", {"first_name": True}, "there", ("first_name",)),
+        ("%first_name%", {"first_name": ["Ana"]}, "there", ("first_name",)),
+        ("%first_name%", {"first_name": {"x": 1}}, "there", ("first_name",)),
+        ("%first_name%", {"first_name": float("nan")}, "there", ("first_name",)),
+        ("%first_name%", {"first_name": ""}, "there", ("first_name",)),
+        ("%x%", {"custom_fields": "junk"}, "", ("x",)),
+        ("%x%", {"custom_fields": {1: "a", "x": None}}, "", ("x",)),
+        ("Hi %first_name%", None, "Hi there", ("first_name",)),
+        ("Hi %first_name%", "not a lead", "Hi there", ("first_name",)),
+        ("Hi %first_name%", [ANA], "Hi there", ("first_name",)),
+        (None, ANA, "", ()),
+        (123, ANA, "123", ()),
+    ],
+)
+def test_render_table(template: Any, lead: Any, text: str, missing: tuple[str, ...]) -> None:
+    assert render(template, lead) == Rendered(text, missing)
+
+
+def test_render_custom_fallbacks_override_defaults() -> None:
+    out = render("%company% / %tier%", {}, fallbacks={"company": "your company", "tier": "gold"})
+    assert out == Rendered("your company / gold", ("company", "tier"))
+
+
+def test_rendered_is_frozen_and_slotted() -> None:
+    out = render("x", {})
+    assert not hasattr(out, "__dict__")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        out.text = "y"  # type: ignore[misc]
+
+
+def test_lead_value_prefers_own_field_then_custom_then_derived() -> None:
+    lead = {"company": "A", "custom_fields": {"company": "B", "first_name": "Custom"}}
+    assert lead_value(lead, "company") == "A"
+    assert lead_value(lead, "first_name") == "Custom"
+    assert lead_value({"first_name": "Ana"}, "full_name") == "Ana"
+    assert lead_value({}, "full_name") is None
+    assert lead_value(ANA, 5) is None  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("template", "names"),
+    [
+        ("Hi %first_name% at {{company}} and %first_name%", ["first_name", "company"]),
+        ("{{ position }}{{position}}%position%", ["position"]),
+        ("100% sure, 50 %", []),
+        ("&&tie %position% to ROI&&", ["position"]),
+        (None, []),
+    ],
+)
+def test_variables_in(template: Any, names: list[str]) -> None:
+    assert variables_in(template) == names
+
+
+def test_canonical_rewrites_braces() -> None:
+    assert canonical("Hi {{ first_name }}, %company%") == "Hi %first_name%, %company%"
+
+
+@pytest.mark.parametrize(
+    ("template", "allowed", "expected"),
+    [
+        ("Hi %first_name% at %company%", ["first_name"], "Hi %first_name% at your team"),
+        ("Hi {{first_name}}", ["first_name"], "Hi %first_name%"),
+        ("Hi {{first_name}}", [], "Hi there"),
+        ("Dear %first_name% %last_name%,", ["first_name"], "Dear %first_name%,"),
+        ("%%first_name%%", [], ""),  # "%there%" would be a new variable, so it goes too
+        ("Plain text", [], "Plain text"),
+    ],
+)
+def test_restrict_to(template: str, allowed: list[str], expected: str) -> None:
+    assert restrict_to(template, allowed) == expected
+
+
+def test_blocks() -> None:
+    body = "Hi %first_name%,\n\n&&Opener tied to %position%&& then &&CTA&& &&dangling"
+    assert blocks_in(body) == ["Opener tied to %position%", "CTA"]
+    filled = fill_blocks(body, lambda i, instruction: f"[{i}:{instruction[:3]}]")
+    assert filled == "Hi %first_name%,\n\n[0:Ope] then [1:CTA] dangling"
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=10,
+)
+field_names = st.sampled_from(
+    [
+        "first_name",
+        "last_name",
+        "full_name",
+        "company",
+        "position",
+        "headline",
+        "x",
+        "custom_fields",
+    ]
+)
+leads = st.dictionaries(field_names | st.text(max_size=8), json_values, max_size=8) | json_values
+names = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,10}", fullmatch=True)
+tokens = names.flatmap(lambda n: st.sampled_from([f"%{n}%", f"{{{{{n}}}}}", f"{{{{ {n} }}}}"]))
+templates = st.lists(st.text(max_size=12) | tokens | st.sampled_from(["%", "{{", "}}", "&&"])).map(
+    "".join
+)
+
+
+@settings(max_examples=300)
+@given(templates, leads)
+def test_render_never_raises_and_reports_only_used_variables(template: str, lead: Any) -> None:
+    out = render(template, lead)
+    assert isinstance(out.text, str)
+    assert set(out.missing) <= set(variables_in(template))
+    assert len(out.missing) == len(set(out.missing))
+
+
+safe_text = st.text(alphabet=st.characters(blacklist_characters="%{}&\x00"), max_size=12)
+
+
+@settings(max_examples=200)
+@given(st.lists(safe_text | tokens), st.dictionaries(field_names, safe_text))
+def test_render_of_clean_input_leaves_no_variables(parts: list[str], lead: dict[str, str]) -> None:
+    out = render(" ".join(parts), lead)
+    assert variables_in(out.text) == []
+
+
+@settings(max_examples=300)
+@given(templates, st.lists(names, max_size=4))
+def test_restrict_to_never_leaves_a_disallowed_variable(template: str, allowed: list[str]) -> None:
+    out = restrict_to(template, allowed)
+    assert set(variables_in(out)) <= set(allowed)
