@@ -57,7 +57,7 @@ from eventstore.sqlite_schema import SCHEMA
 
 CONCURRENCY = (1, 10, 100)
 #: events per measurement, by number of appenders (``--quick`` takes a quarter)
-TOTAL_EVENTS = {1: 1000, 10: 4000, 100: 10000}
+TOTAL_EVENTS = {1: 1000, 10: 5000, 100: 30000}
 RAW_BATCH = 100
 
 #: (appenders, events per appender, scratch directory) -> events per second

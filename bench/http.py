@@ -27,8 +27,10 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Awaitable, Callable, Sequence
@@ -96,7 +98,12 @@ def read_app(db: str) -> web.Application:
             raise web.HTTPNotFound()
         return web.Response(text=rows[0][0], content_type="application/json")
 
+    async def get_constant(request: web.Request) -> web.Response:
+        # no database at all: the ceiling any aiohttp handler can reach here
+        return web.Response(text=ROW_BODY, content_type="application/json")
+
     app.cleanup_ctx.append(open_db)
+    app.router.add_get("/constant/{id}", get_constant)
     app.router.add_get("/rows/{id}", get_row)
     app.router.add_get("/rows-one-hop/{id}", get_row_one_hop)
     app.router.add_get("/healthz", lambda _r: _ok())
@@ -275,6 +282,98 @@ async def hammer(
         await asyncio.gather(*tasks)
         elapsed = time.perf_counter() - began
     return len(tally.latencies) / elapsed, tally
+
+
+# wrk: a load client that is not itself the bottleneck ---------------------------------
+WRK = shutil.which("wrk")
+WRK_SCRIPT = """
+local reqs = {}
+local i = 0
+init = function(args)
+  -- formatted here, not at load: wrk sets the Host header just before init
+  reqs = {%s}
+end
+request = function()
+  i = i + 1
+  return reqs[(i %% #reqs) + 1]
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    "WRK-RESULT %%d %%d %%d %%d %%.1f %%.1f\\n",
+    summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout,
+    e.status, latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+
+@dataclass(frozen=True)
+class Call:
+    """One request of a wrk rotation."""
+
+    method: str
+    path: str
+    headers: dict[str, str] = field(default_factory=dict)
+    body: str | None = None
+
+
+def _lua(text: str) -> str:
+    return json.dumps(text)  # a JSON string literal is a valid Lua string literal here
+
+
+def wrk_script(calls: Sequence[Call]) -> str:
+    formats = []
+    for c in calls:
+        headers = "{" + ", ".join(f"[{_lua(k)}] = {_lua(v)}" for k, v in c.headers.items()) + "}"
+        body = _lua(c.body) if c.body is not None else "nil"
+        formats.append(f"wrk.format({_lua(c.method)}, {_lua(c.path)}, {headers}, {body})")
+    return WRK_SCRIPT % ", ".join(formats)
+
+
+async def wrk(
+    base_url: str, calls: Sequence[Call], *, clients: int, seconds: float, warmup: float = 1.0
+) -> tuple[float, dict[str, Any]]:
+    """Closed-loop load from ``wrk`` (C, one thread, ``clients`` connections).
+
+    Python's own client tops out near what one aiohttp server core serves, so on
+    a 2-core machine it measures itself; wrk leaves the server as the bottleneck.
+    Returns (successful requests/s, summary) after an unmeasured warm-up.
+    """
+    if WRK is None:
+        raise RuntimeError("wrk is not installed (apt-get install wrk)")
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(wrk_script(calls))
+        script = f.name
+    try:
+        summary: dict[str, Any] = {}
+        for duration in (warmup, seconds):
+            proc = await asyncio.create_subprocess_exec(
+                WRK,
+                "-t1",
+                f"-c{clients}",
+                f"-d{max(1, round(duration))}s",
+                "--latency",
+                "-s",
+                script,
+                base_url,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+            )
+            out = (await proc.communicate())[0].decode(errors="replace")
+            line = next((x for x in out.splitlines() if x.startswith("WRK-RESULT")), None)
+            if proc.returncode or line is None:
+                raise RuntimeError(f"wrk failed ({proc.returncode}): {out[-500:]}")
+            requests, micros, errors, non_2xx, p50, p99 = (float(v) for v in line.split()[1:])
+            summary = {
+                "requests": int(requests),
+                "errors": int(errors + non_2xx),
+                "per_s": (requests - non_2xx) / (micros / 1e6),
+                "p50_ms": p50 / 1000,
+                "p99_ms": p99 / 1000,
+            }
+    finally:
+        os.unlink(script)
+    return summary["per_s"], summary
 
 
 def main(argv: Sequence[str] | None = None) -> None:

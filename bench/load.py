@@ -41,7 +41,17 @@ import aiohttp
 
 import projections
 from bench.common import base_parser, install_uvloop, median, print_table, write_json
-from bench.http import Server, Tally, hammer, start, start_baseline
+from bench.http import (
+    BASELINE_ROWS,
+    WRK,
+    Call,
+    Server,
+    Tally,
+    hammer,
+    start,
+    start_baseline,
+    wrk,
+)
 from eventstore.sqlite import SQLiteEventStore
 from server.auth import create_user
 
@@ -242,68 +252,87 @@ async def head(base: str) -> int:
 
 
 # the targets ----------------------------------------------------------------------------
+TITLES_PER_SEAT = 4  # distinct PATCH bodies per seat, so consecutive patches change something
+
+
+def target_calls(seats: list[Seat]) -> dict[str, tuple[str, list[Call]]]:
+    """Each measured series as (which server, the requests it rotates through)."""
+    json_h = {"Content-Type": "application/json"}
+    rows = [str((c * 7919) % BASELINE_ROWS) for c in range(TARGET_CLIENTS)]
+    return {
+        "get_session": (
+            "service",
+            [Call("GET", f"{S}/{s.session_id}", s.headers) for s in seats],
+        ),
+        "get_baseline": ("read", [Call("GET", f"/rows/{r}") for r in rows]),
+        "get_baseline_one_hop": ("read", [Call("GET", f"/rows-one-hop/{r}") for r in rows]),
+        "patch_session": (
+            "service",
+            [
+                Call(
+                    "PATCH", f"{S}/{s.session_id}", {**s.headers, **json_h}, f'{{"title": "t{n}"}}'
+                )
+                for n in range(TITLES_PER_SEAT)
+                for s in seats
+            ],
+        ),
+        "patch_baseline": (
+            "write",
+            [
+                Call("PATCH", f"/rows/{c}", json_h, f'{{"title": "t{n}"}}')
+                for n in range(TITLES_PER_SEAT)
+                for c in range(TARGET_CLIENTS)
+            ],
+        ),
+    }
+
+
+async def python_client(base_url: str, calls: list[Call], seconds: float) -> tuple[float, Tally]:
+    """The fallback load client when wrk is missing (it caps what it can measure)."""
+
+    async def request(http: aiohttp.ClientSession, client: int, n: int) -> int:
+        call = calls[(client * 7919 + n) % len(calls)]
+        async with http.request(
+            call.method, base_url + call.path, headers=call.headers, data=call.body
+        ) as r:
+            await r.read()
+            return r.status
+
+    return await hammer(request, clients=TARGET_CLIENTS, seconds=seconds)
+
+
 async def measure_targets(
     server: Server, seats: list[Seat], workdir: Path, rounds: int, seconds: float
 ) -> dict[str, Any]:
     base = server.base_url
-    read_base = start_baseline("read", workdir / "baseline-read.db")
-    write_base = start_baseline("write", workdir / "baseline-write.db")
+    servers = {
+        "service": server,
+        "read": start_baseline("read", workdir / "baseline-read.db"),
+        "write": start_baseline("write", workdir / "baseline-write.db"),
+    }
     samples: dict[str, list[float]] = defaultdict(list)
-
-    def seat(client: int) -> Seat:
-        return seats[client % len(seats)]
-
-    async def get_session(http: aiohttp.ClientSession, client: int, _n: int) -> int:
-        s = seat(client)
-        async with http.get(f"{base}{S}/{s.session_id}", headers=s.headers) as r:
-            await r.read()
-            return r.status
-
-    async def get_row(http: aiohttp.ClientSession, client: int, n: int) -> int:
-        async with http.get(f"{read_base.base_url}/rows/{(client * 7919 + n) % 1000}") as r:
-            await r.read()
-            return r.status
-
-    async def get_row_one_hop(http: aiohttp.ClientSession, client: int, n: int) -> int:
-        url = f"{read_base.base_url}/rows-one-hop/{(client * 7919 + n) % 1000}"
-        async with http.get(url) as r:
-            await r.read()
-            return r.status
-
-    async def patch_session(http: aiohttp.ClientSession, client: int, n: int) -> int:
-        s = seat(client)
-        url = f"{base}{S}/{s.session_id}"
-        async with http.patch(url, json={"title": f"t{n}"}, headers=s.headers) as r:
-            await r.read()
-            return r.status
-
-    async def patch_row(http: aiohttp.ClientSession, client: int, n: int) -> int:
-        url = f"{write_base.base_url}/rows/{client}"
-        async with http.patch(url, json={"title": f"t{n}"}) as r:
-            await r.read()
-            return r.status
-
+    client = "wrk -t1" if WRK else "aiohttp (wrk missing: the client caps the rates)"
     try:
         for _ in range(rounds):
-            for name, request in (
-                ("get_session", get_session),
-                ("get_baseline", get_row),
-                ("get_baseline_one_hop", get_row_one_hop),
-                ("patch_session", patch_session),
-                ("patch_baseline", patch_row),
-            ):
+            for name, (which, calls) in target_calls(seats).items():
+                url = servers[which].base_url
                 before = await head(base) if name == "patch_session" else 0
                 began = time.perf_counter()
-                rate, tally = await hammer(request, clients=TARGET_CLIENTS, seconds=seconds)
-                if tally.errors:
-                    raise RuntimeError(f"{name}: {tally.errors} errors, e.g. {tally.error_samples}")
+                if WRK:
+                    rate, summary = await wrk(url, calls, clients=TARGET_CLIENTS, seconds=seconds)
+                    errors, sample = summary["errors"], str(summary)
+                else:
+                    rate, tally = await python_client(url, calls, seconds)
+                    errors, sample = tally.errors, str(tally.error_samples)
+                if errors:
+                    raise RuntimeError(f"{name}: {errors} errors, e.g. {sample}")
                 if name == "patch_session":
                     # count events committed to the log, not responses (warm-up included)
                     rate = (await head(base) - before) / (time.perf_counter() - began)
                 samples[name].append(rate)
     finally:
-        read_base.stop()
-        write_base.stop()
+        servers["read"].stop()
+        servers["write"].stop()
 
     def target(subject: str, baseline: str, what: str, unit: str) -> dict[str, Any]:
         s, b = median(samples[subject]), median(samples[baseline])
@@ -321,6 +350,7 @@ async def measure_targets(
 
     return {
         "clients": TARGET_CLIENTS,
+        "load_client": client,
         "seconds": seconds,
         "rounds": rounds,
         "get_session": target(
@@ -414,7 +444,10 @@ def report(result: dict[str, Any]) -> None:
         f"websocket frames received: {result['frames_received']:,}; errors: {result['errors']}"
     )
     t = result["targets"]
-    print(f"\nHTTP targets ({t['clients']} clients, median of {t['rounds']} x {t['seconds']} s)")
+    print(
+        f"\nHTTP targets ({t['clients']} clients of {t['load_client']}, "
+        f"median of {t['rounds']} x {t['seconds']} s)"
+    )
     print_table(
         ("target", "unit", "sessionstream", "baseline", "ratio", "goal", "met"),
         [

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import uuid
 from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from eventstore.model import canonical_json, event_hash
+from eventstore.model import canonical_json, event_hash, new_event_id
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
@@ -62,3 +63,18 @@ def test_a_known_event_keeps_its_hash() -> None:
         '"2026-01-01T00:00:00.000Z"]'
     )
     assert got == hashlib.sha256(("0" * 64 + body).encode()).hexdigest()
+
+
+def test_new_event_ids_are_random_version_4_uuids() -> None:
+    ids = [new_event_id() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert (parsed.version, parsed.variant) == (4, uuid.RFC_4122)
+        assert str(parsed) == text  # spelled exactly as str(uuid.uuid4()) spells it
+    # every bit outside the version and variant fields varies
+    fixed = ~((0xF << 76) | (0x3 << 62)) & (2**128 - 1)
+    first, varying = uuid.UUID(ids[0]).int, 0
+    for text in ids[1:]:
+        varying |= first ^ uuid.UUID(text).int
+    assert varying == fixed
