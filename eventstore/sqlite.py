@@ -416,9 +416,7 @@ class SQLiteEventStore(EventStore):
                 expected = request.expected_version
                 if expected is not None and expected != version:
                     if plan.stored(conn, ids):  # a retry of an append that succeeded
-                        results.append(
-                            self._planned_duplicate(plan, events, streams, request, ids)
-                        )
+                        results.append(self._planned_duplicate(plan, events, streams, request, ids))
                         continue
                     raise ConcurrencyConflict(stream_id, expected, version)
                 records = record_request(
