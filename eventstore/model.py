@@ -140,6 +140,9 @@ class Doc:
     version: int  # version of the source stream that produced it
     position: int  # global position of the last event folded in
     index: DocIndex = DocIndex()
+    #: what readers derive from this document (a response body, say), kept with
+    #: it: a Doc never changes, and a cached one is read many times
+    derived: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 #: built once: ``json.dumps`` with options builds a new encoder per call

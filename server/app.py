@@ -7,6 +7,7 @@ import contextlib
 import itertools
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -15,7 +16,7 @@ from engines.base import ModelEngine
 from eventstore.base import EventStore
 from server import console, history, metrics, openapi, realtime, trigger
 from server.auth import Authenticator, RunTokens, hash_token
-from server.errors import Handler, error_middleware
+from server.errors import Handler, error_for
 from server.handlers import routes as api_routes
 from server.keys import (
     AUTH,
@@ -86,17 +87,35 @@ _RID_COUNTER = itertools.count(1)
 
 
 @web.middleware
-async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Request id, error mapping and request metrics, in one layer.
+
+    They were three middlewares; a layer of middleware costs about as much as
+    any one of these jobs, and on a cached ``GET`` the three layers were a
+    tenth of the request.
+    """
+    started = time.perf_counter()
     incoming = request.headers.get("X-Request-Id", "")
     if 0 < len(incoming) <= 128 and incoming.isprintable():
         rid = incoming
     else:
         rid = f"{_RID_PREFIX}{next(_RID_COUNTER):016x}"
     request[REQUEST_ID] = rid
-    response = await handler(request)
-    if not response.prepared:
-        response.headers["X-Request-Id"] = rid
-    return response
+    status = 500
+    try:
+        try:
+            response = await handler(request)
+        except Exception as exc:
+            response = error_for(request, exc)  # raises a redirect again
+        status = response.status
+        if not response.prepared:
+            response.headers["X-Request-Id"] = rid
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        metrics.observe_request(request, status, started)
 
 
 #: channels that check their own tokens; their requests still count against the token's rate
@@ -177,7 +196,7 @@ def create_app(
 ) -> web.Application:
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        middlewares=[request_id_middleware, error_middleware, auth_middleware],
+        middlewares=[edge_middleware, auth_middleware],
     )
     app[SETTINGS] = settings
     app[STORE] = store or make_store(settings)

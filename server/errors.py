@@ -1,8 +1,8 @@
 """The one place errors become HTTP: ``{"error": {"code", "message", "details"}}``.
 
 Handlers raise ``SessionStreamError`` subclasses (or let pydantic fail);
-this middleware maps them to a status and the JSON body, so no handler
-builds an error response by hand.
+:func:`error_for` (called by the app's one middleware) maps them to a status
+and the JSON body, so no handler builds an error response by hand.
 """
 
 from __future__ import annotations
@@ -59,17 +59,16 @@ def to_response(exc: SessionStreamError) -> web.Response:
     return error_response(exc.status, exc.code, exc.message, exc.details, headers)
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except SessionStreamError as exc:
+def error_for(request: web.Request, exc: Exception) -> web.Response:
+    """The response for what a handler raised; a redirect (an HTTP exception
+    below 400) is not an error and is raised again."""
+    if isinstance(exc, SessionStreamError):
         if exc.status >= 500:
             log.error("request failed: %s", exc.message)
         return to_response(exc)
-    except web.HTTPException as exc:
+    if isinstance(exc, web.HTTPException):
         if exc.status < 400:
-            raise
+            raise exc
         if exc.status == 413:
             return to_response(
                 PayloadTooLarge(
@@ -78,9 +77,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             )
         code = HTTP_CODES.get(exc.status, "http_error")
         return error_response(exc.status, code, exc.reason, headers=_allow(exc))
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return error_response(500, "internal_error", "the server failed; nothing was changed")
+    log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
+    return error_response(500, "internal_error", "the server failed; nothing was changed")
 
 
 def _allow(exc: web.HTTPException) -> dict[str, str] | None:

@@ -6,6 +6,7 @@ the result; errors are raised, never built here.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from datetime import UTC, datetime
@@ -84,8 +85,15 @@ def if_match(request: web.Request) -> int | None:
 
 
 def session_response(doc: Doc, status: int = 200) -> web.Response:
-    return web.json_response(
-        {"session": session_json(doc)}, status=status, headers={"ETag": etag(doc.version)}
+    body = doc.derived.get("session_response")
+    if body is None:  # encoded once per version of the row, however often it is read
+        body = doc.derived["session_response"] = json.dumps({"session": session_json(doc)}).encode()
+    return web.Response(
+        body=body,
+        status=status,
+        content_type="application/json",
+        charset="utf-8",  # as web.json_response spells it
+        headers={"ETag": etag(doc.version)},
     )
 
 

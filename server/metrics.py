@@ -17,7 +17,6 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from server.errors import Handler
 from server.keys import AUTH_FAILURES, LIMITER, RUNS, STORE
 
 REGISTRY = web.AppKey("metrics_registry", CollectorRegistry)
@@ -90,32 +89,22 @@ class _LevelCollector(Collector):
         )
 
 
-@web.middleware
-async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    start = time.perf_counter()
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-        return response
-    except web.HTTPException as exc:
-        status = exc.status
-        raise
-    finally:
-        resource = request.match_info.route.resource
-        route = resource.canonical if resource is not None else "unmatched"
-        # a made-up method must not become a label: label sets are never freed
-        method = request.method if request.method in KNOWN_METHODS else "OTHER"
-        key = (method, route, status)
-        children = request.app[HTTP_CHILDREN]
-        child = children.get(key)
-        if child is None:  # labels() takes a lock and builds a tuple: once per combination
-            child = children[key] = (
-                request.app[HTTP_REQUESTS].labels(method, route, str(status)),
-                request.app[HTTP_SECONDS].labels(method, route),
-            )
-        child[0].inc()
-        child[1].observe(time.perf_counter() - start)
+def observe_request(request: web.Request, status: int, started: float) -> None:
+    """Count one answered request and its latency (called by the app's middleware)."""
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    # a made-up method must not become a label: label sets are never freed
+    method = request.method if request.method in KNOWN_METHODS else "OTHER"
+    key = (method, route, status)
+    children = request.app[HTTP_CHILDREN]
+    child = children.get(key)
+    if child is None:  # labels() takes a lock and builds a tuple: once per combination
+        child = children[key] = (
+            request.app[HTTP_REQUESTS].labels(method, route, str(status)),
+            request.app[HTTP_SECONDS].labels(method, route),
+        )
+    child[0].inc()
+    child[1].observe(time.perf_counter() - started)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -159,5 +148,4 @@ def install(app: web.Application) -> None:
 
     if hasattr(store, "on_batch"):
         store.on_batch = on_batch
-    app.middlewares.insert(0, metrics_middleware)
     app.router.add_get("/metrics", metrics)
