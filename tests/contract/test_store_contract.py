@@ -302,6 +302,34 @@ async def test_retrying_with_the_same_event_ids_is_a_no_op(store: EventStore) ->
     assert await store.read_stream(stream) == [*stored, *(await store.read_stream(stream, 3))]
 
 
+async def test_a_retry_batched_with_fresh_appends_changes_only_what_is_new(
+    store: EventStore,
+) -> None:
+    """A stored id in a batch makes the database refuse the batch's insert; the
+    batch is redone request by request and each request still gets its answer."""
+    stream = f"mixed-{uuid.uuid4().hex[:8]}"
+    stored = [ev(i=0)]
+    first = await store.append(stream, stored, expected_version=NO_STREAM)
+    head = await store.head_position()
+    others = [f"fresh-{uuid.uuid4().hex[:8]}-{n}" for n in range(20)]
+    results = await asyncio.gather(
+        store.append(stream, stored),  # any version: only the database knows it is a retry
+        *(
+            store.append(name, [ev(n=n)], expected_version=NO_STREAM)
+            for n, name in enumerate(others)
+        ),
+        store.append(stream, [ev(i=1)], expected_version=1),
+    )
+    retry, fresh, follow = results[0], results[1:-1], results[-1]
+    assert retry.duplicate and list(retry.events) == list(first.events)
+    assert not any(r.duplicate for r in fresh) and not follow.duplicate
+    assert follow.version == 2
+    assert await store.head_position() == head + len(others) + 1
+    for name in others:
+        assert await store.stream_version(name) == 1
+    assert_gapless(await store.read_all(0))
+
+
 async def test_a_request_without_events_is_rejected(store: EventStore) -> None:
     with pytest.raises(SessionStreamError):
         await store.append("empty-stream", [])
