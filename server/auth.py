@@ -32,6 +32,16 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def bearer_token(header: str | None) -> str:
+    """The token of an ``Authorization: Bearer <token>`` header, or "".
+
+    The scheme name is case-insensitive (RFC 9110, section 11.1): ``bearer`` is
+    as good as ``Bearer``.
+    """
+    scheme, _, token = (header or "").strip().partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
 def new_api_token() -> str:
     return TOKEN_PREFIX + secrets.token_urlsafe(32)
 
@@ -111,9 +121,10 @@ class Authenticator:
 
     @staticmethod
     def bearer(header: str | None) -> str:
-        if not header or not header.startswith("Bearer "):
+        token = bearer_token(header)
+        if not token:
             raise Unauthorized("send 'Authorization: Bearer <token>'")
-        return header[len("Bearer ") :].strip()
+        return token
 
     def cached(self, digest: str) -> Principal | None:
         """The principal of a token (by its hash) resolved less than ``ttl_s`` ago."""

@@ -54,7 +54,7 @@ from eventstore.base import EventStore
 from eventstore.hub import LIVE
 from eventstore.model import RecordedEvent
 from projections.run import TERMINAL
-from server.auth import TOKEN_PREFIX, Authenticator, RunTokens
+from server.auth import TOKEN_PREFIX, Authenticator, RunTokens, bearer_token
 from server.fanout import (
     DETACHED,
     GONE,
@@ -156,10 +156,9 @@ def credential(
     A subprotocol entry is ``bearer.<token>``; a bare token is accepted too,
     since some clients offer the token itself as the protocol.
     """
-    if authorization and authorization[:7].lower() == "bearer ":
-        token = authorization[7:].strip()
-        if token:
-            return token
+    token = bearer_token(authorization)
+    if token:
+        return token
     for proto in protocols:
         if proto.startswith(BEARER_PREFIX) and len(proto) > len(BEARER_PREFIX):
             return proto[len(BEARER_PREFIX) :]

@@ -48,7 +48,7 @@ from eventstore.base import EventStore
 from eventstore.hub import Subscription
 from eventstore.model import Doc
 from projections.run import TERMINAL
-from server.auth import Authenticator, RunTokens
+from server.auth import Authenticator, RunTokens, bearer_token
 from server.keys import AUTH, RUN_TOKENS, SETTINGS, STORE
 from server.trigger_shape import (
     JSON_TYPE,
@@ -127,8 +127,7 @@ class TriggerFeeds:
         return sum(self._open.values())
 
     async def authorize(self, request: web.Request, run_id: str) -> Access:
-        header = request.headers.get("Authorization", "")
-        token = header[len("Bearer ") :].strip() if header.startswith("Bearer ") else ""
+        token = bearer_token(request.headers.get("Authorization"))
         expires_at: float | None = None
         try:
             if not token:

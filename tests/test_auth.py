@@ -10,10 +10,41 @@ from typing import Any
 import aiohttp
 import pytest
 
-from server.auth import new_api_token, revoke_token
+from server.auth import bearer_token, new_api_token, revoke_token
 from server.keys import STORE
 from tests import serverproc
 from tests.conftest import Api
+from tests.test_realtime import start_turn
+
+
+@pytest.mark.parametrize(
+    ("header", "accepted"),
+    [
+        ("Bearer {t}", True),
+        ("bearer {t}", True),  # the scheme name is case-insensitive (RFC 9110)
+        ("BEARER  {t} ", True),
+        ("Basic {t}", False),
+        ("{t}", False),
+        ("Bearer", False),
+    ],
+)
+def test_bearer_token_parsing(header: str, accepted: bool) -> None:
+    token = new_api_token()
+    assert bearer_token(header.format(t=token)) == (token if accepted else "")
+
+
+async def test_a_lower_case_bearer_scheme_is_accepted_everywhere(make_api: Any) -> None:
+    api: Api = await make_api()
+    turn = await start_turn(api)
+    lower = {"Authorization": f"bearer {api.token_a}"}
+    r = await api.client.get(f"/api/campaigns/ai-chat-sessions/{turn.session_id}", headers=lower)
+    assert r.status == 200
+    async with api.client.ws_connect(f"/api/realtime/runs/{turn.run_id}", headers=lower) as ws:
+        assert (await ws.receive(timeout=5)).type == aiohttp.WSMsgType.TEXT
+    r = await api.client.get(
+        f"/realtime/v1/runs/{turn.run_id}", headers={"Authorization": f"bearer {turn.token}"}
+    )
+    assert r.status == 200
 
 
 async def test_guessing_tokens_is_limited_per_address_not_per_guess(make_api: Any) -> None:
