@@ -174,7 +174,10 @@ class PostgresEventStore(EventStore):
         try:
             if await self._stale_projections():
                 count = await self._rebuild(only_if_stale=True)
-                log.info("projection versions changed: rebuilt read models from %d events", count)
+                if count:  # a new, empty store has nothing to refold
+                    log.info(
+                        "projection versions changed: rebuilt read models from %d events", count
+                    )
         except BaseException:
             await self.close()
             raise

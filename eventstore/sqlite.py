@@ -197,8 +197,9 @@ class SQLiteEventStore(EventStore):
         self._open = True
         stale = await self._in_writer(self._stale_projections)
         if stale:
-            log.info("projection versions changed (%s): rebuilding read models", stale)
-            await self.rebuild()
+            if self.hub.published_position:  # a new, empty store has nothing to refold
+                log.info("projection versions changed (%s): rebuilding read models", stale)
+            await self.rebuild()  # on an empty store this just records the versions
 
     async def close(self) -> None:
         if not self._open:

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from sessionstream.config import Settings
+from sessionstream.logs import configure_logging
 
 Command = Callable[[argparse.Namespace, Settings], int]
 COMMANDS: dict[str, Command] = {}
@@ -49,9 +49,7 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
     from aiohttp import web
 
     from server.app import create_app
-    from sessionstream.logs import configure_logging
 
-    configure_logging(settings.log_level)
     try:
         import uvloop
 
@@ -149,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     settings = settings_from(args)
-    logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr)
+    configure_logging(settings.log_level)  # every command logs as `serve` does: JSON lines
     return COMMANDS[args.command](args, settings)
 
 
