@@ -88,7 +88,7 @@ class StampEngine:
             await asyncio.sleep(self.pace_s)
 
     async def example(self, inp: ExampleInput) -> ExampleResult:
-        raise NotImplementedError
+        raise RuntimeError("bench.stream measures chat turns; it never generates examples")
 
     async def aclose(self) -> None:
         return None
