@@ -10,7 +10,9 @@ load client in the same minute:
   cursor: await cursor.fetchone()``), the handler ARCHITECTURE.md measured.
   Target: ``GET`` of a session serves at least 1.5x its requests/s.
   ``GET /rows-one-hop/{id}`` is the leanest possible variant
-  (``execute_fetchall``: one thread hop), reported beside it for context.
+  (``execute_fetchall``: one thread hop), and ``GET /constant/{id}`` returns
+  the same body with no database at all (the ceiling of any aiohttp handler
+  on the machine); both are reported beside it for context.
 - ``write``: ``PATCH /rows/{id}`` parses the JSON body and commits one
   ``INSERT`` per request (aiosqlite, WAL, ``synchronous=FULL``; a lock keeps it
   one transaction per request, as a naive durable handler is). Target: 64

@@ -266,6 +266,7 @@ def target_calls(seats: list[Seat]) -> dict[str, tuple[str, list[Call]]]:
         ),
         "get_baseline": ("read", [Call("GET", f"/rows/{r}") for r in rows]),
         "get_baseline_one_hop": ("read", [Call("GET", f"/rows-one-hop/{r}") for r in rows]),
+        "get_ceiling": ("read", [Call("GET", f"/constant/{r}") for r in rows]),
         "patch_session": (
             "service",
             [
@@ -369,6 +370,17 @@ async def measure_targets(
             "target": None,
             "met": None,
         },
+        "get_session_vs_ceiling": {
+            **target(
+                "get_session",
+                "get_ceiling",
+                "GET session vs a bare aiohttp handler returning a constant body (no database, "
+                "no middleware): the most any aiohttp handler serves here; context",
+                "requests/s",
+            ),
+            "target": None,
+            "met": None,
+        },
         "patch_session": target(
             "patch_session",
             "patch_baseline",
@@ -453,7 +465,12 @@ def report(result: dict[str, Any]) -> None:
         [
             (key, t[key]["unit"], t[key]["subject"], t[key]["baseline"], t[key]["ratio"])
             + ((">= 1.5", t[key]["met"]) if t[key]["target"] else ("(context)", "-"))
-            for key in ("get_session", "get_session_vs_one_hop", "patch_session")
+            for key in (
+                "get_session",
+                "get_session_vs_one_hop",
+                "get_session_vs_ceiling",
+                "patch_session",
+            )
         ],
     )
     for name, e in result["endpoints"].items():
