@@ -113,16 +113,19 @@ class _Plan:
 
     def stored(self, conn: sqlite3.Connection, ids: list[str]) -> bool:
         """Whether any of ``ids`` is in the log (they join ``events`` if so)."""
-        marks = ",".join("?" * len(ids))
-        rows = conn.execute(
-            f"SELECT {EVENT_COLUMNS} FROM events WHERE event_id IN ({marks})", ids
-        ).fetchall()
-        for row in rows:
-            self.events[row[3]] = row_to_event(row)
-        return bool(rows)
+        found = _stored_events(conn, ids)
+        self.events.update((e.event_id, e) for e in found)
+        return bool(found)
 
     def stream(self, stream_id: str) -> tuple[int, str]:
         return self.streams.get(stream_id) or (0, GENESIS_HASH)
+
+
+def _stored_events(conn: sqlite3.Connection, ids: Sequence[str]) -> list[RecordedEvent]:
+    """The stored events among ``ids``, in log order (a request's ids: a few)."""
+    marks = ",".join("?" * len(ids))
+    sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE event_id IN ({marks}) ORDER BY position"
+    return [row_to_event(row) for row in conn.execute(sql, list(ids))]
 
 
 def _chunks(values: list[str]) -> Iterator[list[str]]:
@@ -557,14 +560,10 @@ class SQLiteEventStore(EventStore):
 
     def _existing(self, conn: sqlite3.Connection, request: AppendRequest) -> AppendResult | None:
         ids = [e.event_id for e in request.events]
-        marks = ",".join("?" * len(ids))
-        rows = conn.execute(
-            f"SELECT {EVENT_COLUMNS} FROM events WHERE event_id IN ({marks}) ORDER BY position",
-            ids,
-        ).fetchall()
-        if not rows:
+        found = _stored_events(conn, ids)
+        if not found:
             return None
-        if len(rows) != len(ids) or any(r[1] != request.stream_id for r in rows):
+        if len(found) != len(ids) or any(e.stream_id != request.stream_id for e in found):
             raise ValidationFailed(
                 "some of these event ids are already stored, others are not: "
                 "an idempotent retry must repeat the same events"
@@ -572,9 +571,7 @@ class SQLiteEventStore(EventStore):
         version = conn.execute(
             "SELECT version FROM streams WHERE stream_id = ?", (request.stream_id,)
         ).fetchone()[0]
-        return AppendResult(
-            request.stream_id, tuple(row_to_event(r) for r in rows), version, duplicate=True
-        )
+        return AppendResult(request.stream_id, tuple(found), version, duplicate=True)
 
     def _load_doc_for_write(self, kind: str, key: str) -> Doc | None:
         cached = self._wcache.get((kind, key))
