@@ -22,7 +22,7 @@ serve: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check eventstore projections engines server sessionstream
+	$(BIN)/ruff format --check core eventstore projections engines services server sessionstream
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 

@@ -41,7 +41,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-import projections
 from bench.common import (
     RESULTS,
     base_parser,
@@ -51,9 +50,10 @@ from bench.common import (
     stopwatch,
     write_json,
 )
-from eventstore.model import NewEvent, utc_now
-from eventstore.sqlite import SQLiteEventStore
-from eventstore.sqlite_schema import SCHEMA
+from sessionstream import projections
+from sessionstream.eventstore.model import NewEvent, utc_now
+from sessionstream.eventstore.sqlite import SQLiteEventStore
+from sessionstream.eventstore.sqlite_schema import SCHEMA
 
 CONCURRENCY = (1, 10, 100)
 #: events per measurement, by number of appenders (``--quick`` takes a quarter)
@@ -182,7 +182,7 @@ def postgres_store_rate(appenders: int, per_appender: int, workdir: Path) -> flo
 
 
 async def _postgres_store_rate(appenders: int, per_appender: int) -> float:
-    from eventstore.postgres import PostgresEventStore
+    from sessionstream.eventstore.postgres import PostgresEventStore
 
     schema = _pg_schema("ss")
     store = PostgresEventStore(PG_DSN, projections.ALL, schema=schema, pool_size=4)

@@ -40,16 +40,16 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-import projections
 from bench.common import base_parser, install_uvloop, median, print_table, stopwatch, write_json
-from eventstore.model import AppendRequest, NewEvent, RecordedEvent, row_to_event
-from eventstore.sqlite import SQLiteEventStore
-from eventstore.sqlite_schema import EVENT_COLUMNS
-from projections.session import apply_session, fold_session_events
-from server.app import create_app
-from server.auth import create_user
-from server.service import fold_session
-from sessionstream.config import Settings
+from sessionstream import projections
+from sessionstream.core.settings import Settings
+from sessionstream.eventstore.model import AppendRequest, NewEvent, RecordedEvent, row_to_event
+from sessionstream.eventstore.sqlite import SQLiteEventStore
+from sessionstream.eventstore.sqlite_schema import EVENT_COLUMNS
+from sessionstream.projections.session import apply_session, fold_session_events
+from sessionstream.server.app import create_app
+from sessionstream.server.auth import create_user
+from sessionstream.services.sessions import fold_session
 
 FOLD_TARGET = 100_000
 GET_TARGET = 1.5

@@ -39,7 +39,6 @@ from typing import Any
 
 import aiohttp
 
-import projections
 from bench.common import base_parser, install_uvloop, median, print_table, write_json
 from bench.http import (
     BASELINE_ROWS,
@@ -52,8 +51,9 @@ from bench.http import (
     start_baseline,
     wrk,
 )
-from eventstore.sqlite import SQLiteEventStore
-from server.auth import create_user
+from sessionstream import projections
+from sessionstream.eventstore.sqlite import SQLiteEventStore
+from sessionstream.server.auth import create_user
 
 S = "/api/campaigns/ai-chat-sessions"
 TERMINAL = frozenset({"run.completed", "run.failed", "run.canceled"})

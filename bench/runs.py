@@ -21,10 +21,10 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from server.app import create_app
-from server.auth import create_user
-from server.keys import STORE
-from sessionstream.config import Settings
+from sessionstream.core.settings import Settings
+from sessionstream.server.app import create_app
+from sessionstream.server.auth import create_user
+from sessionstream.server.keys import STORE
 
 RESULTS = Path(__file__).parent / "results"
 

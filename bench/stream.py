@@ -52,8 +52,8 @@ import aiohttp
 from aiohttp import web
 
 from bench.common import base_parser, install_uvloop, print_table, write_json
-from engines.base import ExampleInput, ExampleResult, StreamItem, TextDelta, TurnInput
-from eventstore.model import RecordedEvent
+from sessionstream.engines.base import ExampleInput, ExampleResult, StreamItem, TextDelta, TurnInput
+from sessionstream.eventstore.model import RecordedEvent
 
 S = "/api/campaigns/ai-chat-sessions"
 POLLING_MS = (2000, 5000)
@@ -123,10 +123,10 @@ def server_main(pipe: Connection, overrides: dict[str, Any], engine: dict[str, A
 
 
 async def _serve(pipe: Connection, overrides: dict[str, Any], engine_args: dict[str, Any]) -> None:
-    from server.app import create_app
-    from server.auth import create_user
-    from server.keys import STORE
-    from sessionstream.config import Settings
+    from sessionstream.core.settings import Settings
+    from sessionstream.server.app import create_app
+    from sessionstream.server.auth import create_user
+    from sessionstream.server.keys import STORE
 
     tmp = tempfile.mkdtemp(prefix="bench-stream-")
     settings = Settings(

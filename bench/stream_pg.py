@@ -30,9 +30,9 @@ from typing import Any
 
 import asyncpg
 
-import projections
-from eventstore.model import NewEvent
-from eventstore.postgres import PostgresEventStore
+from sessionstream import projections
+from sessionstream.eventstore.model import NewEvent
+from sessionstream.eventstore.postgres import PostgresEventStore
 
 RESULTS = Path(__file__).parent / "results"
 DSN = os.environ.get(

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from engines.templates import (
+from sessionstream.engines.templates import (
     IDENT_RE,
 )
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from engines.brief import (
+from sessionstream.engines.brief import (
     _BRIEF_KEYS,
     _TRIGGER_KEYS,
     CTA_TYPES,
@@ -24,7 +24,7 @@ from engines.brief import (
     _stable,
     _tone_of,
 )
-from engines.templates import (
+from sessionstream.engines.templates import (
     STANDARD_FIELDS,
     clean_value,
     fill_blocks,

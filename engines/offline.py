@@ -34,7 +34,7 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
-from engines.base import (
+from sessionstream.engines.base import (
     DraftUpdate,
     ExampleInput,
     ExampleResult,
@@ -43,7 +43,7 @@ from engines.base import (
     TextDelta,
     TurnInput,
 )
-from engines.brief import (
+from sessionstream.engines.brief import (
     _ANGLE,
     _BRIEF_KEYS,
     _CTA_CUE,
@@ -77,12 +77,12 @@ from engines.brief import (
     _tone_of,
     _tone_word,
 )
-from engines.framework import (
+from sessionstream.engines.framework import (
     _compose,
     _earlier,
     _personalise,
 )
-from engines.templates import (
+from sessionstream.engines.templates import (
     clean_value,
     lead_value,
 )

@@ -22,7 +22,8 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from engines.base import (
+from sessionstream.core.errors import EngineError
+from sessionstream.engines.base import (
     DraftUpdate,
     ExampleInput,
     ExampleResult,
@@ -31,8 +32,7 @@ from engines.base import (
     TextDelta,
     TurnInput,
 )
-from engines.templates import canonical, lead_value, render, restrict_to, variables_in
-from sessionstream.errors import EngineError
+from sessionstream.engines.templates import canonical, lead_value, render, restrict_to, variables_in
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI

@@ -1,7 +1,7 @@
 """The append-only event log: records, the backend contract and its backends."""
 
-from eventstore.base import EventStore
-from eventstore.model import (
+from sessionstream.eventstore.base import EventStore
+from sessionstream.eventstore.model import (
     ANY_VERSION,
     NO_STREAM,
     AppendRequest,

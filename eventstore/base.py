@@ -20,9 +20,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
-from eventstore.groupcommit import GroupCommit
-from eventstore.hub import Hub, Subscription
-from eventstore.model import (
+from sessionstream.eventstore.groupcommit import GroupCommit
+from sessionstream.eventstore.hub import Hub, Subscription
+from sessionstream.eventstore.model import (
     ANY_VERSION,
     AppendRequest,
     AppendResult,
@@ -30,7 +30,7 @@ from eventstore.model import (
     NewEvent,
     RecordedEvent,
 )
-from eventstore.projector import Projection
+from sessionstream.eventstore.projector import Projection
 
 
 class EventStore(ABC):

@@ -12,8 +12,8 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from eventstore.model import AppendRequest, AppendResult
-from sessionstream.errors import Overloaded, SessionStreamError, ValidationFailed
+from sessionstream.core.errors import Overloaded, SessionStreamError, ValidationFailed
+from sessionstream.eventstore.model import AppendRequest, AppendResult
 
 #: a caller's answer: its results, or why its requests were refused
 Outcome = list[AppendResult] | SessionStreamError

@@ -23,10 +23,10 @@ from collections import deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from eventstore.model import RecordedEvent
+from sessionstream.eventstore.model import RecordedEvent
 
 if TYPE_CHECKING:
-    from eventstore.base import EventStore
+    from sessionstream.eventstore.base import EventStore
 
 CATCHING_UP = "catching_up"
 HANDOVER = "handover"

@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from eventstore.model import (
+from sessionstream.core.errors import ConcurrencyConflict, SessionStreamError, ValidationFailed
+from sessionstream.eventstore.model import (
     GENESIS_HASH,
     AppendRequest,
     AppendResult,
@@ -25,9 +26,8 @@ from eventstore.model import (
     record_request,
     row_to_event,
 )
-from eventstore.pg_schema import EVENT_COLUMNS, WRITE_DOCS
-from eventstore.projector import BatchProjector, Projection
-from sessionstream.errors import ConcurrencyConflict, SessionStreamError, ValidationFailed
+from sessionstream.eventstore.pg_schema import EVENT_COLUMNS, WRITE_DOCS
+from sessionstream.eventstore.projector import BatchProjector, Projection
 
 Outcome = list[AppendResult] | SessionStreamError
 Ident = tuple[str, str]

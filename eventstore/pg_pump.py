@@ -18,9 +18,9 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from eventstore.hub import Hub
-from eventstore.model import RecordedEvent
-from sessionstream.errors import SessionStreamError
+from sessionstream.core.errors import SessionStreamError
+from sessionstream.eventstore.hub import Hub
+from sessionstream.eventstore.model import RecordedEvent
 
 log = logging.getLogger("sessionstream.eventstore.postgres")
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sessionstream.errors import StorageUnavailable
+from sessionstream.core.errors import StorageUnavailable
 
 #: arbitrary first key of the two-key advisory lock (the second is the schema's hash)
 MIGRATION_LOCK = 0x5E55

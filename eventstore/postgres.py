@@ -41,10 +41,15 @@ from typing import Any
 
 import asyncpg
 
-from eventstore import pg_schema as sql
-from eventstore.base import EventStore
-from eventstore.groupcommit import Pending
-from eventstore.model import (
+from sessionstream.core.errors import (
+    SessionStreamError,
+    StorageUnavailable,
+    ValidationFailed,
+)
+from sessionstream.eventstore import pg_schema as sql
+from sessionstream.eventstore.base import EventStore
+from sessionstream.eventstore.groupcommit import Pending
+from sessionstream.eventstore.model import (
     AppendRequest,
     AppendResult,
     Doc,
@@ -53,7 +58,7 @@ from eventstore.model import (
     row_to_event,
     utc_now,
 )
-from eventstore.pg_batch import (
+from sessionstream.eventstore.pg_batch import (
     BatchPlan,
     BatchState,
     Ident,
@@ -66,14 +71,15 @@ from eventstore.pg_batch import (
     refold,
     snapshot_arrays,
 )
-from eventstore.pg_pump import LogPump
-from eventstore.pg_schema import DOC_COLUMNS, EVENT_COLUMNS, channel_for, migrate, quote_ident
-from eventstore.projector import Projection
-from sessionstream.errors import (
-    SessionStreamError,
-    StorageUnavailable,
-    ValidationFailed,
+from sessionstream.eventstore.pg_pump import LogPump
+from sessionstream.eventstore.pg_schema import (
+    DOC_COLUMNS,
+    EVENT_COLUMNS,
+    channel_for,
+    migrate,
+    quote_ident,
 )
+from sessionstream.eventstore.projector import Projection
 
 log = logging.getLogger("sessionstream.eventstore.postgres")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
-from eventstore.model import Doc, DocIndex, RecordedEvent
+from sessionstream.eventstore.model import Doc, DocIndex, RecordedEvent
 
 
 class Projection(Protocol):

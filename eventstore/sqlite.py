@@ -33,9 +33,15 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from eventstore.base import EventStore
-from eventstore.groupcommit import Pending
-from eventstore.model import (
+from sessionstream.core.errors import (
+    ConcurrencyConflict,
+    SessionStreamError,
+    StorageUnavailable,
+    ValidationFailed,
+)
+from sessionstream.eventstore.base import EventStore
+from sessionstream.eventstore.groupcommit import Pending
+from sessionstream.eventstore.model import (
     GENESIS_HASH,
     AppendRequest,
     AppendResult,
@@ -46,8 +52,8 @@ from eventstore.model import (
     row_to_event,
     utc_now,
 )
-from eventstore.projector import BatchProjector, Projection
-from eventstore.sqlite_schema import (
+from sessionstream.eventstore.projector import BatchProjector, Projection
+from sessionstream.eventstore.sqlite_schema import (
     DOC_COLUMNS,
     EVENT_COLUMNS,
     INSERT_EVENT,
@@ -62,12 +68,6 @@ from eventstore.sqlite_schema import (
     event_row,
     snapshot_row,
     translate_sqlite_error,
-)
-from sessionstream.errors import (
-    ConcurrencyConflict,
-    SessionStreamError,
-    StorageUnavailable,
-    ValidationFailed,
 )
 
 log = logging.getLogger("sessionstream.eventstore")

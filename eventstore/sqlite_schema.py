@@ -11,8 +11,8 @@ import json
 import sqlite3
 from typing import Any
 
-from eventstore.model import Doc, RecordedEvent
-from sessionstream.errors import SessionStreamError, StorageUnavailable
+from sessionstream.core.errors import SessionStreamError, StorageUnavailable
+from sessionstream.eventstore.model import Doc, RecordedEvent
 
 SCHEMA_VERSION = 1
 

@@ -24,9 +24,9 @@ from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO
 
-from eventstore.base import EventStore
-from eventstore.model import RecordedEvent
-from sessionstream.errors import ValidationFailed
+from sessionstream.core.errors import ValidationFailed
+from sessionstream.eventstore.base import EventStore
+from sessionstream.eventstore.model import RecordedEvent
 
 PAGE = 5000
 #: keys per ``read_all`` call; a bigger scope reads the log and filters

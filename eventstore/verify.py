@@ -25,9 +25,15 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from eventstore.base import EventStore
-from eventstore.model import GENESIS_HASH, Doc, RecordedEvent, canonical_json, recompute_hash
-from eventstore.projector import BatchProjector, Projection
+from sessionstream.eventstore.base import EventStore
+from sessionstream.eventstore.model import (
+    GENESIS_HASH,
+    Doc,
+    RecordedEvent,
+    canonical_json,
+    recompute_hash,
+)
+from sessionstream.eventstore.projector import BatchProjector, Projection
 
 #: problems kept in a report; counting goes on past it
 MAX_PROBLEMS = 100

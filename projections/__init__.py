@@ -4,10 +4,10 @@ The same fold serves the live read model (inside the append transaction),
 rebuilds, time travel, ``verify`` and the tests.
 """
 
-from projections.account import TokenProjection, UserProjection
-from projections.campaign import CampaignProjection
-from projections.run import RunProjection
-from projections.session import SessionProjection
+from sessionstream.projections.account import TokenProjection, UserProjection
+from sessionstream.projections.campaign import CampaignProjection
+from sessionstream.projections.run import RunProjection
+from sessionstream.projections.session import SessionProjection
 
 ALL = (
     SessionProjection(),

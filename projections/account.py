@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from eventstore.model import DocIndex, RecordedEvent
-from projections.streams import PerStream
+from sessionstream.eventstore.model import DocIndex, RecordedEvent
+from sessionstream.projections.streams import PerStream
 
 PREFIX = "user-"
 

@@ -26,8 +26,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from eventstore.model import DocIndex, RecordedEvent
-from projections.streams import PerStream
+from sessionstream.eventstore.model import DocIndex, RecordedEvent
+from sessionstream.projections.streams import PerStream
 
 PREFIX = "session-"
 

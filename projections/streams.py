@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from eventstore.model import RecordedEvent
+from sessionstream.eventstore.model import RecordedEvent
 
 
 class PerStream:

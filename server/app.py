@@ -12,13 +12,16 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from engines.base import ModelEngine
-from eventstore.base import EventStore
-from server import console, history, metrics, openapi, realtime, trigger
-from server.auth import Authenticator, RunTokens, hash_token
-from server.errors import Handler, error_for
-from server.handlers import routes as api_routes
-from server.keys import (
+from sessionstream import projections
+from sessionstream.core.errors import Unauthorized
+from sessionstream.core.settings import Settings
+from sessionstream.engines.base import ModelEngine
+from sessionstream.eventstore.base import EventStore
+from sessionstream.server import console, history, metrics, openapi, realtime, trigger
+from sessionstream.server.auth import Authenticator, RunTokens, hash_token
+from sessionstream.server.errors import Handler, error_for
+from sessionstream.server.handlers import routes as api_routes
+from sessionstream.server.keys import (
     AUTH,
     AUTH_FAILURES,
     ENGINE,
@@ -31,11 +34,9 @@ from server.keys import (
     SETTINGS,
     STORE,
 )
-from server.ratelimit import RateLimiter
-from server.runs import RunManager
-from server.service import Service
-from sessionstream.config import Settings
-from sessionstream.errors import Unauthorized
+from sessionstream.server.ratelimit import RateLimiter
+from sessionstream.services.runs import RunManager
+from sessionstream.services.sessions import Service
 
 log = logging.getLogger("sessionstream.app")
 
@@ -45,10 +46,9 @@ PUBLIC_PATHS = frozenset({"/", "/api/openapi.json", "/healthz", "/readyz"})
 
 
 def make_store(settings: Settings) -> EventStore:
-    import projections
 
     if settings.database_url:
-        from eventstore.postgres import PostgresEventStore
+        from sessionstream.eventstore.postgres import PostgresEventStore
 
         return PostgresEventStore(
             settings.database_url,
@@ -56,7 +56,7 @@ def make_store(settings: Settings) -> EventStore:
             max_queue=settings.subscriber_queue,
             max_pending=settings.max_pending_appends,
         )
-    from eventstore.sqlite import SQLiteEventStore
+    from sessionstream.eventstore.sqlite import SQLiteEventStore
 
     return SQLiteEventStore(
         settings.db_path,
@@ -68,13 +68,13 @@ def make_store(settings: Settings) -> EventStore:
 
 def make_engine(settings: Settings) -> ModelEngine:
     if settings.engine == "offline":
-        from engines.offline import OfflineEngine
+        from sessionstream.engines.offline import OfflineEngine
 
         return OfflineEngine(pace_ms=settings.offline_pace_ms)
     if settings.engine == "openai":
         import os
 
-        from engines.openai_engine import OpenAIEngine
+        from sessionstream.engines.openai_engine import OpenAIEngine
 
         return OpenAIEngine.from_env(os.environ)
     raise SystemExit(f"unknown SESSIONSTREAM_ENGINE {settings.engine!r} (offline or openai)")

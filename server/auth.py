@@ -19,9 +19,9 @@ from typing import Any
 
 import jwt
 
-from eventstore.base import EventStore
-from eventstore.model import NewEvent
-from sessionstream.errors import Forbidden, NotFound, Unauthorized
+from sessionstream.core.errors import Forbidden, NotFound, Unauthorized
+from sessionstream.eventstore.base import EventStore
+from sessionstream.eventstore.model import NewEvent
 
 TOKEN_PREFIX = "sst_"
 JWT_ISSUER = "https://id.trigger.dev"

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from sessionstream.errors import (
+from sessionstream.core.errors import (
     Overloaded,
     PayloadTooLarge,
     RateLimited,

@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from eventstore.base import EventStore
-from eventstore.hub import Subscription
-from eventstore.model import RecordedEvent
-from projections.run import TERMINAL
-from server.frames import chat_stream_event, dumps
+from sessionstream.eventstore.base import EventStore
+from sessionstream.eventstore.hub import Subscription
+from sessionstream.eventstore.model import RecordedEvent
+from sessionstream.projections.run import TERMINAL
+from sessionstream.server.frames import chat_stream_event, dumps
 
 log = logging.getLogger("sessionstream.realtime")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from eventstore.model import RecordedEvent
+from sessionstream.eventstore.model import RecordedEvent
 
 RUN_PREFIX = "run-"
 SESSION_PREFIX = "session-"

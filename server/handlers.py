@@ -14,10 +14,24 @@ from typing import Any
 
 from aiohttp import web
 
-from eventstore.model import Doc
-from server.errors import parse
-from server.keys import PRINCIPAL, REQUEST_ID, RUN_TOKENS, RUNS, SERVICE, SETTINGS, STORE
-from server.schemas import (
+from sessionstream.core.errors import (
+    NotFound,
+    PreconditionFailed,
+    SessionStreamError,
+    ValidationFailed,
+)
+from sessionstream.eventstore.model import Doc
+from sessionstream.server.errors import parse
+from sessionstream.server.keys import (
+    PRINCIPAL,
+    REQUEST_ID,
+    RUN_TOKENS,
+    RUNS,
+    SERVICE,
+    SETTINGS,
+    STORE,
+)
+from sessionstream.server.schemas import (
     UUID_PATTERN,
     CreateCampaign,
     CreateNode,
@@ -26,13 +40,7 @@ from server.schemas import (
     PatchSession,
     TurnRequest,
 )
-from server.service import Claim, check_no_examples_without_skeleton
-from sessionstream.errors import (
-    NotFound,
-    PreconditionFailed,
-    SessionStreamError,
-    ValidationFailed,
-)
+from sessionstream.services.sessions import Claim, check_no_examples_without_skeleton
 
 log = logging.getLogger("sessionstream.http")
 routes = web.RouteTableDef()

@@ -27,20 +27,27 @@ from typing import Any
 
 from aiohttp import web
 
-from eventstore.base import EventStore
-from eventstore.model import Doc, NewEvent, RecordedEvent
-from server.errors import parse
-from server.handlers import SESSIONS, if_match, request_id, session_response, user_id, uuid_param
-from server.keys import SERVICE, STORE
-from server.schemas import DraftRollback, SkeletonRollback
-from server.service import Service, actor
-from sessionstream.errors import (
+from sessionstream.core.errors import (
     ConcurrencyConflict,
     NotFound,
     PreconditionFailed,
     SessionBusy,
     ValidationFailed,
 )
+from sessionstream.eventstore.base import EventStore
+from sessionstream.eventstore.model import Doc, NewEvent, RecordedEvent
+from sessionstream.server.errors import parse
+from sessionstream.server.handlers import (
+    SESSIONS,
+    if_match,
+    request_id,
+    session_response,
+    user_id,
+    uuid_param,
+)
+from sessionstream.server.keys import SERVICE, STORE
+from sessionstream.server.schemas import DraftRollback, SkeletonRollback
+from sessionstream.services.sessions import Service, actor
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000

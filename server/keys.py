@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from engines.base import ModelEngine
-from eventstore.base import EventStore
-from server.auth import Authenticator, Principal, RunTokens
-from server.ratelimit import RateLimiter
-from server.runs import RunManager
-from server.service import Service
-from sessionstream.config import Settings
+from sessionstream.core.settings import Settings
+from sessionstream.engines.base import ModelEngine
+from sessionstream.eventstore.base import EventStore
+from sessionstream.server.auth import Authenticator, Principal, RunTokens
+from sessionstream.server.ratelimit import RateLimiter
+from sessionstream.services.runs import RunManager
+from sessionstream.services.sessions import Service
 
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", EventStore)

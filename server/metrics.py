@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from server.keys import AUTH_FAILURES, LIMITER, RUNS, STORE
+from sessionstream.server.keys import AUTH_FAILURES, LIMITER, RUNS, STORE
 
 REGISTRY = web.AppKey("metrics_registry", CollectorRegistry)
 HTTP_REQUESTS = web.AppKey("metrics_http_requests", Counter)

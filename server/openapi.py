@@ -11,8 +11,8 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel
 
-from server import schemas
-from server.schemas import UUID_PATTERN
+from sessionstream.server import schemas
+from sessionstream.server.schemas import UUID_PATTERN
 
 REF = "#/components/schemas/{model}"
 DOC = web.AppKey("openapi_document", dict)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 
-from sessionstream.errors import RateLimited
+from sessionstream.core.errors import RateLimited
 
 
 class RateLimiter:

@@ -50,12 +50,20 @@ from multidict import CIMultiDict
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from eventstore.base import EventStore
-from eventstore.hub import LIVE
-from eventstore.model import RecordedEvent
-from projections.run import TERMINAL
-from server.auth import TOKEN_PREFIX, Authenticator, RunTokens, bearer_token
-from server.fanout import (
+from sessionstream.core.errors import (
+    Conflict,
+    NotFound,
+    RateLimited,
+    SessionStreamError,
+    Unauthorized,
+    ValidationFailed,
+)
+from sessionstream.eventstore.base import EventStore
+from sessionstream.eventstore.hub import LIVE
+from sessionstream.eventstore.model import RecordedEvent
+from sessionstream.projections.run import TERMINAL
+from sessionstream.server.auth import TOKEN_PREFIX, Authenticator, RunTokens, bearer_token
+from sessionstream.server.fanout import (
     DETACHED,
     GONE,
     JOINED,
@@ -67,20 +75,12 @@ from server.fanout import (
     RealtimeStats,
     ws_text_frame,
 )
-from server.frames import dumps, run_id_of, session_id_of
-from server.handlers import run_param, uuid_param
-from server.keys import AUTH, AUTH_FAILURES, RUN_TOKENS, SERVICE, SETTINGS, STORE
-from server.ratelimit import RateLimiter
-from server.service import Service
-from server.sse import serve_sse
-from sessionstream.errors import (
-    Conflict,
-    NotFound,
-    RateLimited,
-    SessionStreamError,
-    Unauthorized,
-    ValidationFailed,
-)
+from sessionstream.server.frames import dumps, run_id_of, session_id_of
+from sessionstream.server.handlers import run_param, uuid_param
+from sessionstream.server.keys import AUTH, AUTH_FAILURES, RUN_TOKENS, SERVICE, SETTINGS, STORE
+from sessionstream.server.ratelimit import RateLimiter
+from sessionstream.server.sse import serve_sse
+from sessionstream.services.sessions import Service
 
 log = logging.getLogger("sessionstream.realtime")
 
@@ -662,7 +662,7 @@ class _RealtimeCollector(Collector):
 
 async def _register_metrics(app: web.Application) -> None:
     try:
-        from server.metrics import REGISTRY
+        from sessionstream.server.metrics import REGISTRY
     except ModuleNotFoundError:  # metrics are optional
         return
     if REGISTRY in app:

@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from projections.run import TERMINAL
-from server.fanout import Channel, Connection
+from sessionstream.projections.run import TERMINAL
+from sessionstream.server.fanout import Channel, Connection
 
 if TYPE_CHECKING:
-    from server.realtime import Realtime
+    from sessionstream.server.realtime import Realtime
 
 PING = b": ping\n\n"
 HEADERS = {

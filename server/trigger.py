@@ -44,13 +44,20 @@ from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from eventstore.base import EventStore
-from eventstore.hub import Subscription
-from eventstore.model import Doc
-from projections.run import TERMINAL
-from server.auth import Authenticator, RunTokens, bearer_token
-from server.keys import AUTH, RUN_TOKENS, SETTINGS, STORE
-from server.trigger_shape import (
+from sessionstream.core.errors import (
+    Forbidden,
+    NotFound,
+    RateLimited,
+    Unauthorized,
+    ValidationFailed,
+)
+from sessionstream.eventstore.base import EventStore
+from sessionstream.eventstore.hub import Subscription
+from sessionstream.eventstore.model import Doc
+from sessionstream.projections.run import TERMINAL
+from sessionstream.server.auth import Authenticator, RunTokens, bearer_token
+from sessionstream.server.keys import AUTH, RUN_TOKENS, SETTINGS, STORE
+from sessionstream.server.trigger_shape import (
     JSON_TYPE,
     RESERVED,
     ROW_EVENTS,
@@ -62,13 +69,6 @@ from server.trigger_shape import (
     run_row,
     shape_body,
     sse_frame,
-)
-from sessionstream.errors import (
-    Forbidden,
-    NotFound,
-    RateLimited,
-    Unauthorized,
-    ValidationFailed,
 )
 
 log = logging.getLogger("sessionstream.trigger")
@@ -403,7 +403,7 @@ class _FeedCollector(Collector):
 
 async def _register_metrics(app: web.Application) -> None:
     try:
-        from server.metrics import REGISTRY
+        from sessionstream.server.metrics import REGISTRY
     except ModuleNotFoundError:  # metrics are optional
         return
     if REGISTRY in app:

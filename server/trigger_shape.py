@@ -12,11 +12,11 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from eventstore.model import RecordedEvent
-from projections.run import TERMINAL
-from server.frames import chat_stream_event, dumps
-from server.runs import INTERRUPTED
-from sessionstream.errors import ValidationFailed
+from sessionstream.core.errors import ValidationFailed
+from sessionstream.eventstore.model import RecordedEvent
+from sessionstream.projections.run import TERMINAL
+from sessionstream.server.frames import chat_stream_event, dumps
+from sessionstream.services.runs import INTERRUPTED
 
 #: the stream key advertised in ``realtimeStreams``; any other key serves the same stream
 STREAM_KEY = "chat"

@@ -1,5 +1,5 @@
 import sys
 
-from sessionstream.cli import main
+from sessionstream.cli.main import main
 
 sys.exit(main())

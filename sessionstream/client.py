@@ -33,7 +33,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.typing import Subprotocol
 
-from sessionstream.errors import SessionStreamError
+from sessionstream.core.errors import SessionStreamError
 
 SUBPROTOCOL = "sessionstream.v1"
 TERMINAL = frozenset({"run.completed", "run.failed", "run.canceled"})

@@ -12,10 +12,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from server.app import create_app
-from server.auth import create_user
-from server.keys import STORE
-from sessionstream.config import Settings
+from sessionstream.core.settings import Settings
+from sessionstream.server.app import create_app
+from sessionstream.server.auth import create_user
+from sessionstream.server.keys import STORE
 
 ON_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 

@@ -6,7 +6,8 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-from engines.base import (
+from sessionstream.core.errors import EngineError
+from sessionstream.engines.base import (
     DraftUpdate,
     ExampleInput,
     ExampleResult,
@@ -15,7 +16,6 @@ from engines.base import (
     TextDelta,
     TurnInput,
 )
-from sessionstream.errors import EngineError
 
 
 class ScriptedEngine:

@@ -10,8 +10,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from server.auth import bearer_token, new_api_token, revoke_token
-from server.keys import STORE
+from sessionstream.server.auth import bearer_token, new_api_token, revoke_token
+from sessionstream.server.keys import STORE
 from tests import serverproc
 from tests.conftest import Api
 from tests.test_realtime import start_turn

@@ -18,8 +18,6 @@ from typing import Any
 
 import pytest
 
-from server.frames import chat_stream_event
-from server.keys import RUN_TOKENS, STORE
 from sessionstream.client import (
     Backoff,
     ResyncRequired,
@@ -29,6 +27,8 @@ from sessionstream.client import (
     stream_run,
     stream_session,
 )
+from sessionstream.server.frames import chat_stream_event
+from sessionstream.server.keys import RUN_TOKENS, STORE
 from tests.conftest import Api
 from tests.scripted_engine import ScriptedEngine
 from tests.test_realtime import start_turn, wait_idle

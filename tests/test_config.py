@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sessionstream.config import Settings, env_name
+from sessionstream.core.settings import Settings, env_name
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 

@@ -9,7 +9,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from eventstore.model import canonical_json, event_hash, new_event_id
+from sessionstream.eventstore.model import canonical_json, event_hash, new_event_id
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),

@@ -26,9 +26,9 @@ from typing import Any
 
 import pytest
 
-from engines.base import ExampleInput, ExampleResult
-from eventstore.sqlite import SQLiteEventStore
-from server.keys import STORE
+from sessionstream.engines.base import ExampleInput, ExampleResult
+from sessionstream.eventstore.sqlite import SQLiteEventStore
+from sessionstream.server.keys import STORE
 from tests.conftest import Api
 from tests.scripted_engine import ScriptedEngine
 from tests.torture.live import live_server
@@ -296,7 +296,7 @@ async def test_a_hung_example_times_out_and_frees_the_session(make_api: Any) -> 
 
 async def test_a_hung_openai_provider_times_out_and_frees_the_session(make_api: Any) -> None:
     pytest.importorskip("openai")
-    from engines.openai_engine import OpenAIEngine
+    from sessionstream.engines.openai_engine import OpenAIEngine
     from tests.fake_openai import Hang, Reply, run_fake_openai
 
     async with run_fake_openai() as (base_url, fake):

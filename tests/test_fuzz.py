@@ -28,9 +28,9 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from server.app import create_app
-from server.openapi import DOC
-from sessionstream.config import Settings
+from sessionstream.core.settings import Settings
+from sessionstream.server.app import create_app
+from sessionstream.server.openapi import DOC
 from tests.torture.live import Live, live_server
 from tests.torture.report import report
 

@@ -6,9 +6,9 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-from engines.base import DraftUpdate, SkeletonUpdate, StreamItem, TextDelta, TurnInput
-from eventstore.model import GENESIS_HASH, RecordedEvent, recompute_hash
-from server.keys import STORE
+from sessionstream.engines.base import DraftUpdate, SkeletonUpdate, StreamItem, TextDelta, TurnInput
+from sessionstream.eventstore.model import GENESIS_HASH, RecordedEvent, recompute_hash
+from sessionstream.server.keys import STORE
 from tests.conftest import Api
 from tests.scripted_engine import ScriptedEngine
 

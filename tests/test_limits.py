@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from server.keys import STORE
+from sessionstream.server.keys import STORE
 from tests.conftest import Api
 
 S = "/api/campaigns/ai-chat-sessions"
@@ -92,9 +92,9 @@ async def test_runs_waiting_beyond_the_queue_limit_get_503_and_change_nothing(
 async def test_appends_waiting_beyond_the_writer_queue_limit_are_refused() -> None:
     import asyncio
 
-    from eventstore.groupcommit import GroupCommit
-    from eventstore.model import AppendRequest, NewEvent
-    from sessionstream.errors import Overloaded
+    from sessionstream.core.errors import Overloaded
+    from sessionstream.eventstore.groupcommit import GroupCommit
+    from sessionstream.eventstore.model import AppendRequest, NewEvent
 
     commits = GroupCommit(max_batch=10, max_pending=2)
     request = [AppendRequest("s-1", (NewEvent("t", {}, {}),))]

@@ -18,16 +18,16 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-import projections
 import tests.conftest as conf
-from eventstore.model import Doc
-from eventstore.sqlite import SQLiteEventStore
-from eventstore.verify import doc_form
-from projections.session import SessionProjection
-from server.app import create_app
-from server.auth import create_user
-from server.keys import STORE
-from sessionstream.cli import main
+from sessionstream import projections
+from sessionstream.cli.main import main
+from sessionstream.eventstore.model import Doc
+from sessionstream.eventstore.sqlite import SQLiteEventStore
+from sessionstream.eventstore.verify import doc_form
+from sessionstream.projections.session import SessionProjection
+from sessionstream.server.app import create_app
+from sessionstream.server.auth import create_user
+from sessionstream.server.keys import STORE
 from tests.test_history import RevisingEngine
 
 S = "/api/campaigns/ai-chat-sessions"
@@ -481,7 +481,7 @@ def pg_url() -> Iterator[tuple[str, str]]:
 
 
 async def _pg_docs(url: str) -> dict[tuple[str, str], str]:
-    from eventstore.postgres import PostgresEventStore
+    from sessionstream.eventstore.postgres import PostgresEventStore
 
     store = PostgresEventStore(url, projections.ALL)
     async with store:

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engines.base import (
+from sessionstream.engines.base import (
     DEFAULT_VAR_NAMES,
     DraftUpdate,
     ExampleInput,
@@ -21,8 +21,8 @@ from engines.base import (
     TextDelta,
     TurnInput,
 )
-from engines.offline import OfflineEngine, respond
-from engines.templates import variables_in
+from sessionstream.engines.offline import OfflineEngine, respond
+from sessionstream.engines.templates import variables_in
 
 BRIEF = "Write an intro email for enterprise VPs of Sales, emphasizing time-to-ROI"
 ANSWER = (

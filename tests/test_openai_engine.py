@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from engines.base import (
+from sessionstream.core.errors import EngineError
+from sessionstream.engines.base import (
     DraftUpdate,
     ExampleInput,
     Message,
@@ -18,8 +19,7 @@ from engines.base import (
     TextDelta,
     TurnInput,
 )
-from engines.openai_engine import DEFAULT_MODEL, OpenAIEngine
-from sessionstream.errors import EngineError
+from sessionstream.engines.openai_engine import DEFAULT_MODEL, OpenAIEngine
 from tests.fake_openai import (
     Error,
     FakeOpenAI,

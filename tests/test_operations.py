@@ -8,8 +8,8 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from sessionstream.cli import main
-from sessionstream.logs import JsonFormatter, redact
+from sessionstream.cli.main import main
+from sessionstream.core.logs import JsonFormatter, redact
 from tests.conftest import Api
 
 

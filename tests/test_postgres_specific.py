@@ -16,17 +16,23 @@ from typing import Any
 
 import pytest
 
-import projections
-from eventstore.hub import Hub
-from eventstore.model import GENESIS_HASH, NewEvent, RecordedEvent, recompute_hash, utc_now
-from sessionstream.errors import ConcurrencyConflict, StorageUnavailable, ValidationFailed
+from sessionstream import projections
+from sessionstream.core.errors import ConcurrencyConflict, StorageUnavailable, ValidationFailed
+from sessionstream.eventstore.hub import Hub
+from sessionstream.eventstore.model import (
+    GENESIS_HASH,
+    NewEvent,
+    RecordedEvent,
+    recompute_hash,
+    utc_now,
+)
 from tests.pg import DSN, throwaway_schema
 
 asyncpg = pytest.importorskip("asyncpg")
 
-from eventstore import pg_schema  # noqa: E402
-from eventstore.pg_pump import LogPump  # noqa: E402
-from eventstore.postgres import PostgresEventStore, translate_pg_error  # noqa: E402
+from sessionstream.eventstore import pg_schema  # noqa: E402
+from sessionstream.eventstore.pg_pump import LogPump  # noqa: E402
+from sessionstream.eventstore.postgres import PostgresEventStore, translate_pg_error  # noqa: E402
 
 pytestmark = pytest.mark.postgres
 
@@ -438,8 +444,8 @@ async def test_a_lease_can_be_taken_over(nodes: StoreFactory) -> None:
 
 
 async def test_a_dead_nodes_run_is_ended_by_another_node(nodes: StoreFactory) -> None:
-    from server.runs import RunManager
-    from server.service import Service
+    from sessionstream.services.runs import RunManager
+    from sessionstream.services.sessions import Service
     from tests.scripted_engine import ScriptedEngine
 
     store_a, store_b = await nodes(), await nodes()

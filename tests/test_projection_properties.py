@@ -23,12 +23,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import projections
-from eventstore.model import GENESIS_HASH, AppendRequest, NewEvent, RecordedEvent
-from eventstore.projector import fold
-from eventstore.sqlite import SQLiteEventStore
-from projections.run import RunProjection, apply_run
-from projections.session import PATCHABLE, SessionProjection, apply_session
+from sessionstream import projections
+from sessionstream.eventstore.model import GENESIS_HASH, AppendRequest, NewEvent, RecordedEvent
+from sessionstream.eventstore.projector import fold
+from sessionstream.eventstore.sqlite import SQLiteEventStore
+from sessionstream.projections.run import RunProjection, apply_run
+from sessionstream.projections.session import PATCHABLE, SessionProjection, apply_session
 
 SID = "0f8fad5b-d9cb-469f-a165-70867728950e"
 STREAM = f"session-{SID}"

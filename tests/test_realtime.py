@@ -17,10 +17,16 @@ import aiohttp
 import jwt
 import pytest
 
-from projections.run import TERMINAL
-from server.frames import chat_stream_event
-from server.keys import RUN_TOKENS, STORE
-from server.realtime import REALTIME, REALTIME_STATS, SUBPROTOCOL, compact_frame, credential
+from sessionstream.projections.run import TERMINAL
+from sessionstream.server.frames import chat_stream_event
+from sessionstream.server.keys import RUN_TOKENS, STORE
+from sessionstream.server.realtime import (
+    REALTIME,
+    REALTIME_STATS,
+    SUBPROTOCOL,
+    compact_frame,
+    credential,
+)
 from tests.conftest import Api
 from tests.scripted_engine import ScriptedEngine
 
@@ -401,7 +407,7 @@ class BigWords(ScriptedEngine):
         self.resume = resume  # ends the breather (at the latest after 10 s)
 
     async def turn(self, inp: Any) -> Any:
-        from engines.base import TextDelta
+        from sessionstream.engines.base import TextDelta
 
         assert self.gate is not None
         await self.gate.wait()

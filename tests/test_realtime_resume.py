@@ -18,10 +18,10 @@ from typing import Any
 
 import aiohttp
 
-from projections.run import TERMINAL
-from server.frames import chat_stream_event
-from server.keys import STORE
-from server.realtime import REALTIME_STATS
+from sessionstream.projections.run import TERMINAL
+from sessionstream.server.frames import chat_stream_event
+from sessionstream.server.keys import STORE
+from sessionstream.server.realtime import REALTIME_STATS
 from tests.conftest import Api
 from tests.scripted_engine import ScriptedEngine
 from tests.test_realtime import S, bearer, collect, start_turn, wait_idle

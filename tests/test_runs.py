@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from server.keys import RUNS, STORE
+from sessionstream.server.keys import RUNS, STORE
 from tests.conftest import Api
 from tests.scripted_engine import ScriptedEngine
 

@@ -26,7 +26,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from server.keys import RUN_TOKENS, STORE
+from sessionstream.server.keys import RUN_TOKENS, STORE
 from tests.conftest import Api
 from tests.torture.live import SESSIONS, live_server
 from tests.torture.report import report
@@ -473,8 +473,8 @@ async def test_rate_limit_is_per_token_on_every_authenticated_route(
 
 async def second_token(api: Api) -> str:
     """Another API token of user a, issued the way the CLI issues one."""
-    from eventstore.model import NewEvent
-    from server.auth import hash_token, new_api_token
+    from sessionstream.eventstore.model import NewEvent
+    from sessionstream.server.auth import hash_token, new_api_token
 
     token = new_api_token()
     event = NewEvent("token.issued", {"token_hash": hash_token(token)}, {"actor": "system"})

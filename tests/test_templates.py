@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engines.templates import (
+from sessionstream.engines.templates import (
     Rendered,
     blocks_in,
     canonical,

@@ -21,13 +21,13 @@ from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import projections
 import tests.conftest as conf
-from eventstore.sqlite import SQLiteEventStore
-from projections.session import apply_session, fold_session_events
-from server.app import create_app
-from server.auth import create_user
-from server.service import fold_session
+from sessionstream import projections
+from sessionstream.eventstore.sqlite import SQLiteEventStore
+from sessionstream.projections.session import apply_session, fold_session_events
+from sessionstream.server.app import create_app
+from sessionstream.server.auth import create_user
+from sessionstream.services.sessions import fold_session
 from tests.test_history import RevisingEngine
 from tests.test_projection_properties import histories, recorded
 

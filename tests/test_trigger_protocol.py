@@ -17,11 +17,12 @@ from typing import Any
 import aiohttp
 import pytest
 
-from eventstore.model import NewEvent
-from server.frames import chat_stream_event
-from server.keys import RUN_TOKENS, STORE
-from server.trigger import TRIGGER
-from server.trigger_shape import (
+from sessionstream.core.errors import ValidationFailed
+from sessionstream.eventstore.model import NewEvent
+from sessionstream.server.frames import chat_stream_event
+from sessionstream.server.keys import RUN_TOKENS, STORE
+from sessionstream.server.trigger import TRIGGER
+from sessionstream.server.trigger_shape import (
     COLUMNS,
     offset_seq,
     parse_last_event_id,
@@ -30,7 +31,6 @@ from server.trigger_shape import (
     run_row,
     shape_timestamp,
 )
-from sessionstream.errors import ValidationFailed
 from tests.conftest import Api
 from tests.scripted_engine import ScriptedEngine
 

@@ -28,9 +28,9 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from engines.base import StreamItem, TurnInput
-from server.keys import STORE
-from server.trigger import TRIGGER
+from sessionstream.engines.base import StreamItem, TurnInput
+from sessionstream.server.keys import STORE
+from sessionstream.server.trigger import TRIGGER
 from tests.conftest import ON_CI, Api
 from tests.scripted_engine import ScriptedEngine
 from tests.test_runs import wait_idle
@@ -144,7 +144,7 @@ class GatedEngine:
 
 def _realistic_engine() -> Any:
     try:
-        from engines.offline import OfflineEngine
+        from sessionstream.engines.offline import OfflineEngine
     except ImportError:  # until the offline engine lands
         return ScriptedEngine(words=40, pace_s=0.01)
     return OfflineEngine(pace_ms=10)

@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
-import projections
-from eventstore.base import EventStore
-from eventstore.sqlite import SQLiteEventStore
+from sessionstream import projections
+from sessionstream.eventstore.base import EventStore
+from sessionstream.eventstore.sqlite import SQLiteEventStore
 from tests.pg import DSN, throwaway_schema, unavailable
 
 
@@ -53,7 +53,7 @@ class StoreFactory:
 
 async def _postgres_factory() -> AsyncIterator[StoreFactory]:
     try:
-        postgres = importlib.import_module("eventstore.postgres")
+        postgres = importlib.import_module("sessionstream.eventstore.postgres")
     except ImportError as exc:
         unavailable(f"eventstore.postgres cannot be imported: {exc}")
     async for schema in throwaway_schema("t"):

@@ -16,9 +16,10 @@ from typing import Any
 
 import pytest
 
-from eventstore.base import EventStore
-from eventstore.hub import LIVE, Subscription
-from eventstore.model import (
+from sessionstream.core.errors import ConcurrencyConflict, SessionStreamError, ValidationFailed
+from sessionstream.eventstore.base import EventStore
+from sessionstream.eventstore.hub import LIVE, Subscription
+from sessionstream.eventstore.model import (
     GENESIS_HASH,
     NO_STREAM,
     AppendRequest,
@@ -27,9 +28,8 @@ from eventstore.model import (
     RecordedEvent,
     recompute_hash,
 )
-from eventstore.projector import fold
-from projections import SessionProjection
-from sessionstream.errors import ConcurrencyConflict, SessionStreamError, ValidationFailed
+from sessionstream.eventstore.projector import fold
+from sessionstream.projections import SessionProjection
 from tests.contract.conftest import StoreFactory
 
 WAIT = 30.0  # generous: a stuck subscriber fails the test instead of hanging it

@@ -13,16 +13,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from eventstore.base import EventStore
-from eventstore.model import AppendRequest, Doc, NewEvent
-from projections.session import fold_session_events
-from sessionstream.errors import (
+from sessionstream.core.errors import (
     ConcurrencyConflict,
     NotFound,
     PreconditionFailed,
     SessionBusy,
     ValidationFailed,
 )
+from sessionstream.eventstore.base import EventStore
+from sessionstream.eventstore.model import AppendRequest, Doc, NewEvent
+from sessionstream.projections.session import fold_session_events
 
 IDEMPOTENCY_NS = uuid.UUID("6f1c0d2e-5b7a-4f43-9b52-8d7f4a1e2c90")
 CLAIM_RETRIES = 20

@@ -9,8 +9,8 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from sessionstream.cli import command, open_store
-from sessionstream.config import MIN_SECRET_CHARS, Settings
+from sessionstream.cli.commands import command, open_store
+from sessionstream.core.settings import MIN_SECRET_CHARS, Settings
 
 MIN_FREE_BYTES = 512 * 1024 * 1024
 
@@ -25,7 +25,7 @@ def _check_config(settings: Settings) -> list[tuple[str, str, str]]:
     checks: list[tuple[str, str, str]] = []
     try:
         if settings.engine == "offline":
-            import engines.offline  # noqa: F401
+            import sessionstream.engines.offline  # noqa: F401
         elif settings.engine == "openai":
             import openai  # noqa: F401
         else:
@@ -72,7 +72,7 @@ async def _check_store(settings: Settings) -> list[tuple[str, str, str]]:
             mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
         finally:
             conn.close()
-        from eventstore.sqlite_schema import SCHEMA_VERSION
+        from sessionstream.eventstore.sqlite_schema import SCHEMA_VERSION
 
         level = "ok" if version == SCHEMA_VERSION else "fail"
         checks.append((level, "schema", f"version {version} (this build: {SCHEMA_VERSION})"))

@@ -18,7 +18,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from engines.base import (
+from sessionstream.core.errors import (
+    ConcurrencyConflict,
+    EngineError,
+    Overloaded,
+    SessionStreamError,
+)
+from sessionstream.engines.base import (
     DEFAULT_VAR_NAMES,
     DraftUpdate,
     ExampleInput,
@@ -29,12 +35,11 @@ from engines.base import (
     TextDelta,
     TurnInput,
 )
-from eventstore.base import EventStore
-from eventstore.leases import LeaseStore
-from eventstore.model import AppendRequest, NewEvent
-from projections.run import TERMINAL
-from server.service import Claim
-from sessionstream.errors import ConcurrencyConflict, EngineError, Overloaded, SessionStreamError
+from sessionstream.eventstore.base import EventStore
+from sessionstream.eventstore.leases import LeaseStore
+from sessionstream.eventstore.model import AppendRequest, NewEvent
+from sessionstream.projections.run import TERMINAL
+from sessionstream.services.sessions import Claim
 
 log = logging.getLogger("sessionstream.runs")
 

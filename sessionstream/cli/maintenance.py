@@ -19,9 +19,12 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from eventstore.base import EventStore
-from eventstore.model import RecordedEvent
-from eventstore.transfer import (
+from sessionstream.cli.commands import command, open_store
+from sessionstream.core.errors import SessionStreamError
+from sessionstream.core.settings import Settings
+from sessionstream.eventstore.base import EventStore
+from sessionstream.eventstore.model import RecordedEvent
+from sessionstream.eventstore.transfer import (
     campaign_scope,
     check,
     decode_lines,
@@ -30,12 +33,9 @@ from eventstore.transfer import (
     session_scope,
     whole_log,
 )
-from eventstore.verify import VerifyReport, verify_store
-from projections.run import TERMINAL
-from projections.session import apply_session
-from sessionstream.cli import command, open_store
-from sessionstream.config import Settings
-from sessionstream.errors import SessionStreamError
+from sessionstream.eventstore.verify import VerifyReport, verify_store
+from sessionstream.projections.run import TERMINAL
+from sessionstream.projections.session import apply_session
 
 PREVIEW = 72
 PAGE = 5000

@@ -9,22 +9,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
-from sessionstream.config import Settings
-from sessionstream.logs import configure_logging
-
-Command = Callable[[argparse.Namespace, Settings], int]
-COMMANDS: dict[str, Command] = {}
-
-
-def command(name: str) -> Callable[[Command], Command]:
-    def register(fn: Command) -> Command:
-        COMMANDS[name] = fn
-        return fn
-
-    return register
+from sessionstream.cli import maintenance, operations
+from sessionstream.cli.commands import COMMANDS, command, open_store
+from sessionstream.core.logs import configure_logging
+from sessionstream.core.settings import Settings
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -38,17 +28,11 @@ def settings_from(args: argparse.Namespace) -> Settings:
     )
 
 
-def open_store(settings: Settings) -> Any:
-    from server.app import make_store
-
-    return make_store(settings)
-
-
 @command("serve")
 def serve(args: argparse.Namespace, settings: Settings) -> int:
     from aiohttp import web
 
-    from server.app import create_app
+    from sessionstream.server.app import create_app
 
     try:
         import uvloop
@@ -70,8 +54,8 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
 @command("users")
 def users(args: argparse.Namespace, settings: Settings) -> int:
     """Tokens are printed alone on the last line of stdout so scripts can take them."""
-    from server.auth import create_user, issue_token, revoke_token
-    from sessionstream.errors import NotFound
+    from sessionstream.core.errors import NotFound
+    from sessionstream.server.auth import create_user, issue_token, revoke_token
 
     async def run() -> int:
         async with open_store(settings) as store:
@@ -131,16 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     revoke.add_argument("token", nargs="?", help="the token; read from stdin when omitted")
 
-    for extend in _extensions():
-        extend(sub, common)
+    # maintenance and operations commands are declared beside the code they drive
+    maintenance.add_commands(sub, common)
+    operations.add_commands(sub, common)
     return parser
-
-
-def _extensions() -> list[Callable[[Any, argparse.ArgumentParser], None]]:
-    """Maintenance commands live beside the code they drive."""
-    from sessionstream import maintenance, operations
-
-    return [maintenance.add_commands, operations.add_commands]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

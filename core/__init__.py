@@ -1,0 +1,1 @@
+"""The ground floor: errors, settings and the event vocabulary every layer shares."""
