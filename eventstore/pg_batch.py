@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sessionstream.core.errors import ConcurrencyConflict, SessionStreamError, ValidationFailed
+from sessionstream.core.vocabulary import session_stream
 from sessionstream.eventstore.model import (
     GENESIS_HASH,
     AppendRequest,
@@ -218,7 +219,7 @@ class Planner:
         for doc in docs:
             if doc.kind != "session":
                 continue
-            stream_id = f"session-{doc.key}"
+            stream_id = session_stream(doc.key)
             last = self.snapshots.get(stream_id)
             if last is None:
                 if stream_id not in self.state.asked_snapshots:
@@ -277,7 +278,7 @@ def rebuild_snapshots(
     for doc in docs:
         if doc.kind != "session":
             continue
-        stream_id = f"session-{doc.key}"
+        stream_id = session_stream(doc.key)
         if doc.version - last_snapshot.get(stream_id, 0) >= snapshot_every:
             last_snapshot[stream_id] = doc.version
             rows.append((stream_id, doc.kind, doc.version, doc.position, dumps(doc.body)))

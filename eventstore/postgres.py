@@ -46,6 +46,7 @@ from sessionstream.core.errors import (
     StorageUnavailable,
     ValidationFailed,
 )
+from sessionstream.core.vocabulary import session_stream
 from sessionstream.eventstore import pg_schema as sql
 from sessionstream.eventstore.base import EventStore
 from sessionstream.eventstore.groupcommit import Pending
@@ -368,7 +369,7 @@ class PostgresEventStore(EventStore):
         first: bool = False,
     ) -> None:
         if snapshot_streams is None:
-            snapshot_streams = {f"session-{key}" for kind, key in doc_keys if kind == "session"}
+            snapshot_streams = {session_stream(key) for kind, key in doc_keys if kind == "session"}
             if self.snapshot_every <= 0:
                 snapshot_streams = set()
         keys = sorted(doc_keys)

@@ -39,6 +39,7 @@ from sessionstream.core.errors import (
     StorageUnavailable,
     ValidationFailed,
 )
+from sessionstream.core.vocabulary import session_stream
 from sessionstream.eventstore.base import EventStore
 from sessionstream.eventstore.groupcommit import Pending
 from sessionstream.eventstore.model import (
@@ -482,7 +483,7 @@ class SQLiteEventStore(EventStore):
         for doc in docs:
             if doc.kind != "session":
                 continue
-            stream_id = f"session-{doc.key}"
+            stream_id = session_stream(doc.key)
             last = plan.snapshot_marks.get(stream_id)
             if last is None:
                 last = conn.execute(LAST_SNAPSHOT, (stream_id, doc.kind)).fetchone()[0]
@@ -593,7 +594,7 @@ class SQLiteEventStore(EventStore):
         for doc in docs:
             if doc.kind != "session":
                 continue
-            stream_id = f"session-{doc.key}"
+            stream_id = session_stream(doc.key)
             last = conn.execute(LAST_SNAPSHOT, (stream_id, doc.kind)).fetchone()[0]
             if doc.version - last >= self.snapshot_every:
                 conn.execute(INSERT_SNAPSHOT, snapshot_row(stream_id, doc))
@@ -676,7 +677,7 @@ class SQLiteEventStore(EventStore):
             for doc in docs.values():
                 if doc.kind != "session":
                     continue
-                stream_id = f"session-{doc.key}"
+                stream_id = session_stream(doc.key)
                 last = marks.get(stream_id)
                 if last is None:
                     last = conn.execute(LAST_SNAPSHOT, (stream_id, doc.kind)).fetchone()[0]

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import IO
 
 from sessionstream.core.errors import ValidationFailed
+from sessionstream.core.vocabulary import campaign_stream, session_stream
 from sessionstream.eventstore.base import EventStore
 from sessionstream.eventstore.model import RecordedEvent
 
@@ -44,12 +45,12 @@ class Scope:
 async def campaign_scope(store: EventStore, campaign_id: str) -> Scope:
     """The campaign stream and every session ever created in it (runs follow by key)."""
     sessions = await store.list_docs("session", parent=campaign_id, include_deleted=True)
-    keys = {f"campaign-{campaign_id}"} | {f"session-{d.key}" for d in sessions}
+    keys = {campaign_stream(campaign_id)} | {session_stream(d.key) for d in sessions}
     return Scope(f"campaign {campaign_id}", frozenset(keys))
 
 
 def session_scope(session_id: str) -> Scope:
-    return Scope(f"session {session_id}", frozenset({f"session-{session_id}"}))
+    return Scope(f"session {session_id}", frozenset({session_stream(session_id)}))
 
 
 def whole_log() -> Scope:

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from sessionstream.core.vocabulary import USER_PREFIX, EventType
 from sessionstream.eventstore.model import DocIndex, RecordedEvent
 from sessionstream.projections.streams import PerStream
 
-PREFIX = "user-"
+PREFIX = USER_PREFIX
 
 
 class UserProjection(PerStream):
@@ -20,7 +21,7 @@ class UserProjection(PerStream):
     version = 1
 
     def apply(self, state: dict[str, Any] | None, event: RecordedEvent) -> dict[str, Any] | None:
-        if event.type == "user.created":
+        if event.type == EventType.USER_CREATED:
             return {
                 "id": event.data["id"],
                 "name": event.data["name"],
@@ -29,9 +30,9 @@ class UserProjection(PerStream):
             }
         if state is None:
             return None
-        if event.type == "token.issued":
+        if event.type == EventType.TOKEN_ISSUED:
             return {**state, "tokens": state["tokens"] + 1}
-        if event.type == "token.revoked":
+        if event.type == EventType.TOKEN_REVOKED:
             return {**state, "tokens": max(0, state["tokens"] - 1)}
         return state
 
@@ -44,13 +45,13 @@ class TokenProjection:
     version = 1
 
     def key(self, event: RecordedEvent) -> str | None:
-        if event.type in ("token.issued", "token.revoked"):
+        if event.type in (EventType.TOKEN_ISSUED, EventType.TOKEN_REVOKED):
             return str(event.data["token_hash"])
         return None
 
     def apply(self, state: dict[str, Any] | None, event: RecordedEvent) -> dict[str, Any] | None:
         user_id = event.stream_id[len(PREFIX) :]
-        if event.type == "token.issued":
+        if event.type == EventType.TOKEN_ISSUED:
             return {"user_id": user_id, "issued_at": event.recorded_at, "revoked": False}
         if state is None:
             return None

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from sessionstream.core.vocabulary import CAMPAIGN_PREFIX, EventType
 from sessionstream.eventstore.model import DocIndex, RecordedEvent
 from sessionstream.projections.streams import PerStream
 
-PREFIX = "campaign-"
+PREFIX = CAMPAIGN_PREFIX
 
 
 def apply_campaign(state: dict[str, Any] | None, event: RecordedEvent) -> dict[str, Any] | None:
     data, at = event.data, event.recorded_at
-    if event.type == "campaign.created":
+    if event.type == EventType.CAMPAIGN_CREATED:
         return {
             "id": data["id"],
             "user_id": data["user_id"],
@@ -26,7 +27,7 @@ def apply_campaign(state: dict[str, Any] | None, event: RecordedEvent) -> dict[s
         return None
     new = dict(state)
     new["updated_at"] = at
-    if event.type == "node.added":
+    if event.type == EventType.NODE_ADDED:
         node = {
             "id": data["id"],
             "campaign_id": state["id"],
@@ -36,7 +37,7 @@ def apply_campaign(state: dict[str, Any] | None, event: RecordedEvent) -> dict[s
             "created_at": at,
         }
         new["nodes"] = [*state["nodes"], node]
-    elif event.type == "campaign.deleted":
+    elif event.type == EventType.CAMPAIGN_DELETED:
         new["deleted"] = True
     else:
         return state

@@ -8,17 +8,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from sessionstream.core.vocabulary import RUN_PREFIX, STATUS_AFTER, TERMINAL, EventType
 from sessionstream.eventstore.model import DocIndex, RecordedEvent
 from sessionstream.projections.streams import PerStream
 
-PREFIX = "run-"
-TERMINAL = frozenset({"run.completed", "run.failed", "run.canceled"})
-STATUS_AFTER = {"run.completed": "completed", "run.failed": "failed", "run.canceled": "canceled"}
+PREFIX = RUN_PREFIX
 
 
 def apply_run(state: dict[str, Any] | None, event: RecordedEvent) -> dict[str, Any] | None:
     data, at = event.data, event.recorded_at
-    if event.type == "run.created":
+    if event.type == EventType.RUN_CREATED:
         return {
             "id": data["run_id"],
             "kind": data["kind"],
@@ -41,17 +40,17 @@ def apply_run(state: dict[str, Any] | None, event: RecordedEvent) -> dict[str, A
     new["updated_at"] = at
     if state["status"] in ("completed", "failed", "canceled"):
         return new  # nothing after a terminal event changes the outcome
-    if event.type == "run.started":
+    if event.type == EventType.RUN_STARTED:
         new["status"] = "running"
         new["started_at"] = at
-    elif event.type == "examples.progress":
+    elif event.type == EventType.EXAMPLES_PROGRESS:
         new["progress"] = {"done": data.get("done"), "total": data.get("total")}
     elif event.type in TERMINAL:
         new["status"] = STATUS_AFTER[event.type]
         new["finished_at"] = at
-        if event.type == "run.failed":
+        if event.type == EventType.RUN_FAILED:
             new["error"] = data.get("error")
-        if event.type == "run.completed":
+        if event.type == EventType.RUN_COMPLETED:
             new["output"] = data.get("output")
     return new
 

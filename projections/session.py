@@ -26,10 +26,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from sessionstream.core.vocabulary import SESSION_PREFIX, EventType
 from sessionstream.eventstore.model import DocIndex, RecordedEvent
 from sessionstream.projections.streams import PerStream
 
-PREFIX = "session-"
+PREFIX = SESSION_PREFIX
 
 ROW_FIELDS = (
     "id",
@@ -82,16 +83,16 @@ def empty_row(data: dict[str, Any], at: str) -> dict[str, Any]:
 #: event types this projection folds; any other leaves the state as it is
 KNOWN = frozenset(
     {
-        "session.patched",
-        "run.claimed",
-        "message.appended",
-        "skeleton.revised",
-        "skeleton.rolled_back",
-        "draft.revised",
-        "draft.rolled_back",
-        "examples.generated",
-        "run.released",
-        "session.deleted",
+        EventType.SESSION_PATCHED,
+        EventType.RUN_CLAIMED,
+        EventType.MESSAGE_APPENDED,
+        EventType.SKELETON_REVISED,
+        EventType.SKELETON_ROLLED_BACK,
+        EventType.DRAFT_REVISED,
+        EventType.DRAFT_ROLLED_BACK,
+        EventType.EXAMPLES_GENERATED,
+        EventType.RUN_RELEASED,
+        EventType.SESSION_DELETED,
     }
 )
 
@@ -146,7 +147,7 @@ def _step(state: dict[str, Any], owned: set[str], event: RecordedEvent) -> None:
     """
     kind, data, at = event.type, event.data, event.recorded_at
     row = state["row"]
-    if kind == "session.patched":
+    if kind == EventType.SESSION_PATCHED:
         fields = data.get("fields", {})
         for name, value in fields.items():
             if name in PATCHABLE:
@@ -157,26 +158,26 @@ def _step(state: dict[str, Any], owned: set[str], event: RecordedEvent) -> None:
             owned.discard("generated_examples")
         if "task_status" in fields and fields["task_status"] is None:
             state["active_run"] = None
-    elif kind == "run.claimed":
+    elif kind == EventType.RUN_CLAIMED:
         row["task_status"] = data["task_status"]
         state["active_run"] = data["run_id"]
-    elif kind == "message.appended":
+    elif kind == EventType.MESSAGE_APPENDED:
         _own(row, "messages", owned).append({"role": data["role"], "content": data["content"]})
-    elif kind in ("skeleton.revised", "skeleton.rolled_back"):
+    elif kind in (EventType.SKELETON_REVISED, EventType.SKELETON_ROLLED_BACK):
         _revise_skeleton(row, data["skeleton"], at, owned)
-    elif kind in ("draft.revised", "draft.rolled_back"):
+    elif kind in (EventType.DRAFT_REVISED, EventType.DRAFT_ROLLED_BACK):
         _revise_draft(row, data["draft_subject"], data["draft_body"], at, owned)
-    elif kind == "examples.generated":
+    elif kind == EventType.EXAMPLES_GENERATED:
         examples = list(data["examples"])
         if not data.get("replace", True):
             examples = list(row["generated_examples"] or []) + examples
         row["generated_examples"] = examples
         owned.add("generated_examples")
-    elif kind == "run.released":
+    elif kind == EventType.RUN_RELEASED:
         if state["active_run"] == data["run_id"]:
             row["task_status"] = None
             state["active_run"] = None
-    elif kind == "session.deleted":
+    elif kind == EventType.SESSION_DELETED:
         state["deleted"] = True
         state["active_run"] = None
     row["updated_at"] = at
@@ -192,7 +193,7 @@ def _private(state: dict[str, Any]) -> dict[str, Any]:
 
 def apply_session(state: dict[str, Any] | None, event: RecordedEvent) -> dict[str, Any] | None:
     """Fold one session-stream event; returns a new state, never mutates ``state``."""
-    if event.type == "session.created":
+    if event.type == EventType.SESSION_CREATED:
         return {
             "row": empty_row(event.data, event.recorded_at),
             "active_run": None,
@@ -223,7 +224,7 @@ def fold_session_events(
     owned: set[str] = set()
     mine = False  # whether ``current`` is this fold's private copy
     for event in events:
-        if event.type == "session.created":
+        if event.type == EventType.SESSION_CREATED:
             current = apply_session(None, event)
             owned = set()
             mine = True

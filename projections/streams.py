@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from sessionstream.core.vocabulary import stream_key
 from sessionstream.eventstore.model import RecordedEvent
 
 
@@ -13,6 +14,4 @@ class PerStream:
     prefix: ClassVar[str]
 
     def key(self, event: RecordedEvent) -> str | None:
-        if event.stream_id.startswith(self.prefix):
-            return event.stream_id[len(self.prefix) :]
-        return None
+        return stream_key(event.stream_id, self.prefix)

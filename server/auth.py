@@ -20,6 +20,7 @@ from typing import Any
 import jwt
 
 from sessionstream.core.errors import Forbidden, NotFound, Unauthorized
+from sessionstream.core.vocabulary import EventType, user_stream
 from sessionstream.eventstore.base import EventStore
 from sessionstream.eventstore.model import NewEvent
 
@@ -58,10 +59,12 @@ async def create_user(store: EventStore, name: str) -> tuple[str, str]:
     user_id = str(uuid.uuid4())
     token = new_api_token()
     await store.append(
-        f"user-{user_id}",
+        user_stream(user_id),
         [
-            NewEvent("user.created", {"id": user_id, "name": name}, {"actor": "system"}),
-            NewEvent("token.issued", {"token_hash": hash_token(token)}, {"actor": "system"}),
+            NewEvent(EventType.USER_CREATED, {"id": user_id, "name": name}, {"actor": "system"}),
+            NewEvent(
+                EventType.TOKEN_ISSUED, {"token_hash": hash_token(token)}, {"actor": "system"}
+            ),
         ],
         expected_version=0,
     )
@@ -73,8 +76,8 @@ async def issue_token(store: EventStore, user_id: str) -> str:
     if await store.get_doc("user", user_id) is None:
         raise NotFound(f"user {user_id} not found")
     token = new_api_token()
-    event = NewEvent("token.issued", {"token_hash": hash_token(token)}, {"actor": "system"})
-    await store.append(f"user-{user_id}", [event])
+    event = NewEvent(EventType.TOKEN_ISSUED, {"token_hash": hash_token(token)}, {"actor": "system"})
+    await store.append(user_stream(user_id), [event])
     return token
 
 
@@ -85,8 +88,8 @@ async def revoke_token(store: EventStore, token: str) -> str:
     if doc is None or doc.index.deleted:
         raise NotFound("no such active token")
     user_id = str(doc.body["user_id"])
-    event = NewEvent("token.revoked", {"token_hash": digest}, {"actor": "system"})
-    await store.append(f"user-{user_id}", [event])
+    event = NewEvent(EventType.TOKEN_REVOKED, {"token_hash": digest}, {"actor": "system"})
+    await store.append(user_stream(user_id), [event])
     return user_id
 
 

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from sessionstream.core.vocabulary import RUN_PREFIX, TERMINAL
 from sessionstream.eventstore.base import EventStore
 from sessionstream.eventstore.hub import Subscription
 from sessionstream.eventstore.model import RecordedEvent
-from sessionstream.projections.run import TERMINAL
 from sessionstream.server.frames import chat_stream_event, dumps
 
 log = logging.getLogger("sessionstream.realtime")
@@ -204,7 +204,7 @@ class Fanout:
         self.key = key
         self.cursor = cursor
         self.open = True
-        self.ends_runs = key.startswith("run-")
+        self.ends_runs = key.startswith(RUN_PREFIX)
         self.members: dict[Connection, None] = {}
         self.subscription = store.subscribe(cursor, keys=frozenset({key}))
         self.task = asyncio.create_task(self._run(), name=f"fanout {key}")

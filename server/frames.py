@@ -12,21 +12,18 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from sessionstream.core.vocabulary import RUN_PREFIX, SESSION_PREFIX, stream_key
 from sessionstream.eventstore.model import RecordedEvent
-
-RUN_PREFIX = "run-"
-SESSION_PREFIX = "session-"
 
 
 def run_id_of(event: RecordedEvent) -> str | None:
-    if event.stream_id.startswith(RUN_PREFIX):
-        return event.stream_id[len(RUN_PREFIX) :]
-    return None
+    return stream_key(event.stream_id, RUN_PREFIX)
 
 
 def session_id_of(event: RecordedEvent) -> str | None:
-    if event.stream_id.startswith(SESSION_PREFIX):
-        return event.stream_id[len(SESSION_PREFIX) :]
+    own = stream_key(event.stream_id, SESSION_PREFIX)
+    if own is not None:
+        return own
     session = event.metadata.get("session_id")
     return str(session) if session is not None else None
 

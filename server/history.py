@@ -29,11 +29,11 @@ from aiohttp import web
 
 from sessionstream.core.errors import (
     ConcurrencyConflict,
-    NotFound,
     PreconditionFailed,
     SessionBusy,
     ValidationFailed,
 )
+from sessionstream.core.vocabulary import EventType, session_stream
 from sessionstream.eventstore.base import EventStore
 from sessionstream.eventstore.model import Doc, NewEvent, RecordedEvent
 from sessionstream.server.errors import parse
@@ -47,6 +47,7 @@ from sessionstream.server.handlers import (
 )
 from sessionstream.server.keys import SERVICE, STORE
 from sessionstream.server.schemas import DraftRollback, SkeletonRollback
+from sessionstream.services.ownership import owned
 from sessionstream.services.sessions import Service, actor
 
 DEFAULT_LIMIT = 100
@@ -102,7 +103,7 @@ def skeleton_rollback(version: int) -> Decision:
                     raise ValidationFailed(
                         f"framework_version {version} in skeleton_history holds no skeleton"
                     )
-                return "skeleton.rolled_back", {"to_version": version, "skeleton": skeleton}
+                return EventType.SKELETON_ROLLED_BACK, {"to_version": version, "skeleton": skeleton}
         known = sorted(
             {
                 e["framework_version"]
@@ -133,7 +134,11 @@ def draft_rollback(index: int) -> Decision:
         body = entry.get("draft_body") if isinstance(entry, dict) else None
         if not isinstance(subject, str | None) or not isinstance(body, str | None):
             raise ValidationFailed(f"draft_history[{index}] holds no draft to restore")
-        return "draft.rolled_back", {"index": index, "draft_subject": subject, "draft_body": body}
+        return EventType.DRAFT_ROLLED_BACK, {
+            "index": index,
+            "draft_subject": subject,
+            "draft_body": body,
+        }
 
     return decide
 
@@ -157,10 +162,7 @@ class History:
 
     async def owned(self, user: str, session_id: str) -> Doc:
         """The session's document for its owner, deleted or not (auditors read history)."""
-        doc = await self.store.get_doc("session", session_id)
-        if doc is None or doc.body["row"]["user_id"] != user:
-            raise NotFound(f"session {session_id} not found")
-        return doc
+        return await owned(self.store, "session", session_id, user, deleted=True)
 
     async def events(
         self, user: str, session_id: str, after: int, limit: int
@@ -168,7 +170,7 @@ class History:
         """A page of the session's events and the cursor of the next page (None: the end)."""
         await self.owned(user, session_id)
         page = await self.store.read_all(
-            after, limit=limit + 1, keys=frozenset({f"session-{session_id}"})
+            after, limit=limit + 1, keys=frozenset({session_stream(session_id)})
         )
         if len(page) > limit:
             page = page[:limit]
@@ -184,7 +186,7 @@ class History:
         expected: int | None,
         request_id: str | None,
     ) -> Doc:
-        stream = f"session-{session_id}"
+        stream = session_stream(session_id)
         for _ in range(ROLLBACK_RETRIES):
             doc = await self.service.session(user, session_id)
             if expected is not None and expected != doc.version:

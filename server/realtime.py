@@ -52,16 +52,15 @@ from prometheus_client.registry import Collector
 
 from sessionstream.core.errors import (
     Conflict,
-    NotFound,
     RateLimited,
     SessionStreamError,
     Unauthorized,
     ValidationFailed,
 )
+from sessionstream.core.vocabulary import TERMINAL, EventType, run_stream, session_stream
 from sessionstream.eventstore.base import EventStore
 from sessionstream.eventstore.hub import LIVE
 from sessionstream.eventstore.model import RecordedEvent
-from sessionstream.projections.run import TERMINAL
 from sessionstream.server.auth import TOKEN_PREFIX, Authenticator, RunTokens, bearer_token
 from sessionstream.server.fanout import (
     DETACHED,
@@ -80,6 +79,7 @@ from sessionstream.server.handlers import run_param, uuid_param
 from sessionstream.server.keys import AUTH, AUTH_FAILURES, RUN_TOKENS, SERVICE, SETTINGS, STORE
 from sessionstream.server.ratelimit import RateLimiter
 from sessionstream.server.sse import serve_sse
+from sessionstream.services.ownership import owned
 from sessionstream.services.sessions import Service
 
 log = logging.getLogger("sessionstream.realtime")
@@ -200,23 +200,23 @@ def compact_frame(events: Sequence[RecordedEvent]) -> dict[str, Any] | None:
     text: list[str] = []
     for event in folded:
         kind = event.type
-        if kind == "message.delta":
+        if kind == EventType.MESSAGE_DELTA:
             text.append(str(event.data.get("text", "")))
-        elif kind == "run.started":
+        elif kind == EventType.RUN_STARTED:
             data["status"] = "running"
-        elif kind == "message.completed":
+        elif kind == EventType.MESSAGE_COMPLETED:
             data["message"] = event.data.get("message")
-        elif kind == "skeleton.updated":
+        elif kind == EventType.SKELETON_UPDATED:
             data["skeleton"] = event.data
-        elif kind == "draft.updated":
+        elif kind == EventType.DRAFT_UPDATED:
             data["draft"] = event.data
-        elif kind == "examples.progress":
+        elif kind == EventType.EXAMPLES_PROGRESS:
             data["progress"] = event.data
-        elif kind == "example.generated":
+        elif kind == EventType.EXAMPLE_GENERATED:
             data["examples"].append(event.data)
     data["text"] = "".join(text)
     return {
-        "type": "message.snapshot",
+        "type": EventType.MESSAGE_SNAPSHOT,
         "runId": run_id_of(last),
         "sessionId": session_id_of(last),
         "seq": last.version,
@@ -295,11 +295,9 @@ class Realtime:
         else:
             user_id = self.tokens.verify(token, run_id)
             expires_at = float(jwt.decode(token, options={"verify_signature": False})["exp"])
-        doc = await self.store.get_doc("run", run_id)
-        if doc is None or doc.body.get("user_id") != user_id:
-            raise NotFound(f"run {run_id} not found")
+        doc = await owned(self.store, "run", run_id, user_id)
         after, resumed = self._cursor(request, sse)
-        stream = f"run-{run_id}"
+        stream = run_stream(run_id)
         head = int(doc.body["seq"])
         if after > head:
             head = await self.store.stream_version(stream)  # the read model may lag a node
@@ -342,7 +340,7 @@ class Realtime:
             head = await self.store.head_position()
             if after > head:
                 raise Resync(f"after={after} is beyond the log's head (position {head})", head=head)
-        keys = frozenset({f"session-{session_id}"})
+        keys = frozenset({session_stream(session_id)})
         return Channel("session", user_id, keys, after, resumed=resumed)
 
     # admission ----------------------------------------------------------------------------

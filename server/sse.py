@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from sessionstream.projections.run import TERMINAL
+from sessionstream.core.vocabulary import TERMINAL, EventType
 from sessionstream.server.fanout import Channel, Connection
 
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ async def _pump(
     by_seq = channel.kind == "run"
     stats, frames = realtime.stats, realtime.frames
     if channel.snapshot is not None:
-        frame = sse_frame(channel.snapshot_seq, "message.snapshot", channel.snapshot)
+        frame = sse_frame(channel.snapshot_seq, EventType.MESSAGE_SNAPSHOT, channel.snapshot)
         if not await _write(realtime, response, frame):
             return False
         stats.frames_sent += 1

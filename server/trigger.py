@@ -46,15 +46,15 @@ from prometheus_client.registry import Collector
 
 from sessionstream.core.errors import (
     Forbidden,
-    NotFound,
     RateLimited,
     Unauthorized,
     ValidationFailed,
 )
+from sessionstream.core.vocabulary import TERMINAL
+from sessionstream.core.vocabulary import run_stream as run_stream_id
 from sessionstream.eventstore.base import EventStore
 from sessionstream.eventstore.hub import Subscription
 from sessionstream.eventstore.model import Doc
-from sessionstream.projections.run import TERMINAL
 from sessionstream.server.auth import Authenticator, RunTokens, bearer_token
 from sessionstream.server.keys import AUTH, RUN_TOKENS, SETTINGS, STORE
 from sessionstream.server.trigger_shape import (
@@ -70,6 +70,7 @@ from sessionstream.server.trigger_shape import (
     shape_body,
     sse_frame,
 )
+from sessionstream.services.ownership import owned
 
 log = logging.getLogger("sessionstream.trigger")
 
@@ -142,9 +143,7 @@ class TriggerFeeds:
             self.stats.refused[exc.status] = self.stats.refused.get(exc.status, 0) + 1
             log.warning("refused %s %s: %s", request.method, request.path, exc.message)
             raise
-        doc = await self.store.get_doc("run", run_id)
-        if doc is None or doc.body.get("user_id") != user_id:
-            raise NotFound(f"run {run_id[:64]} not found")
+        doc = await owned(self.store, "run", run_id, user_id)
         return Access(doc, user_id, expires_at)
 
     @asynccontextmanager
@@ -165,7 +164,7 @@ class TriggerFeeds:
 
     async def tail(self, run_id: str, after_seq: int) -> Subscription:
         """Events of the run after ``after_seq``: catch up from the log, then live."""
-        stream = f"run-{run_id}"
+        stream = run_stream_id(run_id)
         if after_seq > 0:
             start = await self.store.position_of(stream, after_seq)
         else:
@@ -193,7 +192,7 @@ TRIGGER = web.AppKey("trigger_feeds", TriggerFeeds)
 
 
 async def _payload(store: EventStore, run_id: str) -> Any:
-    first = await store.read_stream(f"run-{run_id}", 0, limit=1)
+    first = await store.read_stream(run_stream_id(run_id), 0, limit=1)
     return first[0].data.get("input") if first else None
 
 
@@ -226,7 +225,7 @@ async def run_feed(request: web.Request) -> web.Response:
     run_id = request.match_info["run_id"]
     access = await feeds.authorize(request, run_id)
     query = request.query
-    handle = f"run-{run_id}"
+    handle = run_stream_id(run_id)
     offset = query.get("offset", "-1")
     skip = _skip(request)
     live = query.get("live") == "true"

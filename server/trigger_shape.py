@@ -13,8 +13,8 @@ from datetime import datetime
 from typing import Any
 
 from sessionstream.core.errors import ValidationFailed
+from sessionstream.core.vocabulary import TERMINAL, EventType
 from sessionstream.eventstore.model import RecordedEvent
-from sessionstream.projections.run import TERMINAL
 from sessionstream.server.frames import chat_stream_event, dumps
 from sessionstream.services.runs import INTERRUPTED
 
@@ -22,7 +22,10 @@ from sessionstream.services.runs import INTERRUPTED
 STREAM_KEY = "chat"
 TASK_IDENTIFIERS = {"turn": "framework-chat-turn", "examples": "generate-email-examples"}
 #: run events that change the row; every other event (text deltas...) leaves it as it was
-ROW_EVENTS = frozenset({"run.created", "run.started", "examples.progress"}) | TERMINAL
+ROW_EVENTS = (
+    frozenset({EventType.RUN_CREATED, EventType.RUN_STARTED, EventType.EXAMPLES_PROGRESS})
+    | TERMINAL
+)
 JSON_TYPE = "application/json"
 
 # run.status -> the database enum the SDK maps to its API status (QUEUED, EXECUTING, ...)

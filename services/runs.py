@@ -24,6 +24,7 @@ from sessionstream.core.errors import (
     Overloaded,
     SessionStreamError,
 )
+from sessionstream.core.vocabulary import TERMINAL, EventType, run_stream, session_stream
 from sessionstream.engines.base import (
     DEFAULT_VAR_NAMES,
     DraftUpdate,
@@ -38,7 +39,6 @@ from sessionstream.engines.base import (
 from sessionstream.eventstore.base import EventStore
 from sessionstream.eventstore.leases import LeaseStore
 from sessionstream.eventstore.model import AppendRequest, NewEvent
-from sessionstream.projections.run import TERMINAL
 from sessionstream.services.sessions import Claim
 
 log = logging.getLogger("sessionstream.runs")
@@ -60,7 +60,7 @@ class RunContext:
 
     @property
     def stream(self) -> str:
-        return f"run-{self.claim.run_id}"
+        return run_stream(self.claim.run_id)
 
     def meta(self) -> dict[str, Any]:
         return {
@@ -69,7 +69,9 @@ class RunContext:
         }
 
     def event(self, type_: str, data: dict[str, Any]) -> NewEvent:
-        return NewEvent(type_, data, self.meta(), correlation_id=f"session-{self.claim.session_id}")
+        return NewEvent(
+            type_, data, self.meta(), correlation_id=session_stream(self.claim.session_id)
+        )
 
     def session_event(self, type_: str, data: dict[str, Any]) -> NewEvent:
         return NewEvent(type_, data, self.meta())
@@ -142,9 +144,9 @@ class RunManager:
     async def release_failed_start(self, claim: Claim, reason: str) -> None:
         """Undo a claim whose run could not start, before the 500 goes out."""
         try:
-            await self.finish_elsewhere(claim.run_id, "run.failed", {"error": reason})
+            await self.finish_elsewhere(claim.run_id, EventType.RUN_FAILED, {"error": reason})
         except Exception:
-            self._unended[claim.run_id] = ("run.failed", {"error": reason})
+            self._unended[claim.run_id] = (EventType.RUN_FAILED, {"error": reason})
             raise
 
     async def _run(self, ctx: RunContext, kind_input: dict[str, Any]) -> None:
@@ -158,15 +160,15 @@ class RunManager:
             pass
         except asyncio.CancelledError:
             if self._shutting_down:
-                await self._end_quietly(ctx, "run.failed", {"error": INTERRUPTED})
+                await self._end_quietly(ctx, EventType.RUN_FAILED, {"error": INTERRUPTED})
             else:
-                await self._end_quietly(ctx, "run.canceled", {"reason": "canceled"})
+                await self._end_quietly(ctx, EventType.RUN_CANCELED, {"reason": "canceled"})
             raise
         except Exception as exc:  # every failure ends the run; none leaves the session busy
             reason = exc.message if isinstance(exc, SessionStreamError) else repr(exc)
             if not isinstance(exc, EngineError):
                 log.exception("run %s crashed", ctx.claim.run_id)
-            await self._end_quietly(ctx, "run.failed", {"error": reason})
+            await self._end_quietly(ctx, EventType.RUN_FAILED, {"error": reason})
         finally:
             self.completed += 1
             await self._lease(ctx.claim.run_id, take=False)
@@ -192,14 +194,14 @@ class RunManager:
         session_events = [
             *session_events,
             ctx.session_event(
-                "run.released", {"run_id": ctx.claim.run_id, "outcome": run_events[-1].type}
+                EventType.RUN_RELEASED, {"run_id": ctx.claim.run_id, "outcome": run_events[-1].type}
             ),
         ]
         try:
             await self.store.transact(
                 [
                     AppendRequest(ctx.stream, tuple(run_events), ctx.seq),
-                    AppendRequest(f"session-{ctx.claim.session_id}", tuple(session_events)),
+                    AppendRequest(session_stream(ctx.claim.session_id), tuple(session_events)),
                 ]
             )
         except ConcurrencyConflict as exc:
@@ -255,10 +257,16 @@ class RunManager:
         message = str(kind_input["message"])
         await self.store.transact(
             [
-                AppendRequest(ctx.stream, (ctx.event("run.started", {"kind": "turn"}),), ctx.seq),
                 AppendRequest(
-                    f"session-{ctx.claim.session_id}",
-                    (ctx.session_event("message.appended", {"role": "user", "content": message}),),
+                    ctx.stream, (ctx.event(EventType.RUN_STARTED, {"kind": "turn"}),), ctx.seq
+                ),
+                AppendRequest(
+                    session_stream(ctx.claim.session_id),
+                    (
+                        ctx.session_event(
+                            EventType.MESSAGE_APPENDED, {"role": "user", "content": message}
+                        ),
+                    ),
                 ),
             ]
         )
@@ -290,7 +298,7 @@ class RunManager:
             if pending:
                 chunk = "".join(pending)
                 pending.clear()
-                await self._append_run(ctx, ctx.event("message.delta", {"text": chunk}))
+                await self._append_run(ctx, ctx.event(EventType.MESSAGE_DELTA, {"text": chunk}))
                 last_flush = time.monotonic()
 
         stream = self.engine.turn(inp).__aiter__()
@@ -337,7 +345,7 @@ class RunManager:
                     await self._append_run(
                         ctx,
                         ctx.event(
-                            "skeleton.updated",
+                            EventType.SKELETON_UPDATED,
                             {"skeleton": skeleton, "framework_version": version},
                         ),
                     )
@@ -347,7 +355,7 @@ class RunManager:
                     await self._append_run(
                         ctx,
                         ctx.event(
-                            "draft.updated",
+                            EventType.DRAFT_UPDATED,
                             {"draft_subject": item.subject, "draft_body": item.body},
                         ),
                     )
@@ -361,21 +369,23 @@ class RunManager:
         await flush()
         reply = "".join(text)
         run_events = [
-            ctx.event("message.completed", {"message": {"role": "assistant", "content": reply}})
+            ctx.event(
+                EventType.MESSAGE_COMPLETED, {"message": {"role": "assistant", "content": reply}}
+            )
         ]
         session_events = [
-            ctx.session_event("message.appended", {"role": "assistant", "content": reply})
+            ctx.session_event(EventType.MESSAGE_APPENDED, {"role": "assistant", "content": reply})
         ]
         if skeleton is not None:
             session_events.append(
                 ctx.session_event(
-                    "skeleton.revised", {"skeleton": skeleton, "run_id": ctx.claim.run_id}
+                    EventType.SKELETON_REVISED, {"skeleton": skeleton, "run_id": ctx.claim.run_id}
                 )
             )
         if draft is not None:
             session_events.append(
                 ctx.session_event(
-                    "draft.revised",
+                    EventType.DRAFT_REVISED,
                     {
                         "draft_subject": draft.subject,
                         "draft_body": draft.body,
@@ -389,7 +399,7 @@ class RunManager:
             "framework_version": version,
             "draft_updated": draft is not None,
         }
-        run_events.append(ctx.event("run.completed", {"output": output}))
+        run_events.append(ctx.event(EventType.RUN_COMPLETED, {"output": output}))
         await self._finish(ctx, run_events, session_events)
 
     # examples ---------------------------------------------------------------------
@@ -400,8 +410,10 @@ class RunManager:
         row = session.body["row"]
         leads: list[dict[str, Any]] = list(kind_input["leads"])
         total = len(leads)
-        await self._append_run(ctx, ctx.event("run.started", {"kind": "examples"}))
-        await self._append_run(ctx, ctx.event("examples.progress", {"done": 0, "total": total}))
+        await self._append_run(ctx, ctx.event(EventType.RUN_STARTED, {"kind": "examples"}))
+        await self._append_run(
+            ctx, ctx.event(EventType.EXAMPLES_PROGRESS, {"done": 0, "total": total})
+        )
         gate = asyncio.Semaphore(self.examples_concurrency)
         lock = asyncio.Lock()
         results: list[ExampleResult | None] = [None] * total
@@ -437,8 +449,8 @@ class RunManager:
                     example["missing"] = list(result.missing)
                 await self._append_run(
                     ctx,
-                    ctx.event("example.generated", example),
-                    ctx.event("examples.progress", {"done": done, "total": total}),
+                    ctx.event(EventType.EXAMPLE_GENERATED, example),
+                    ctx.event(EventType.EXAMPLES_PROGRESS, {"done": done, "total": total}),
                 )
 
         try:
@@ -464,13 +476,13 @@ class RunManager:
             ctx,
             [
                 ctx.event(
-                    "run.completed",
+                    EventType.RUN_COMPLETED,
                     {"output": {"examples": len(examples), "missing_variables": missing}},
                 )
             ],
             [
                 ctx.session_event(
-                    "examples.generated",
+                    EventType.EXAMPLES_GENERATED,
                     {"examples": examples, "replace": replace, "run_id": ctx.claim.run_id},
                 )
             ],
@@ -486,7 +498,7 @@ class RunManager:
             except asyncio.CancelledError:
                 pass
         # also covers a task canceled before its first step, which never ran its handler
-        await self.finish_elsewhere(run_id, "run.canceled", {"reason": reason})
+        await self.finish_elsewhere(run_id, EventType.RUN_CANCELED, {"reason": reason})
 
     async def finish_elsewhere(self, run_id: str, type_: str, data: dict[str, Any]) -> bool:
         """End a run this process is not executing (orphaned, or on a dead node)."""
@@ -513,7 +525,7 @@ class RunManager:
             run_id = doc.key
             if self.is_local(run_id) or (is_orphan is not None and not is_orphan(run_id)):
                 continue
-            if await self.finish_elsewhere(run_id, "run.failed", {"error": INTERRUPTED}):
+            if await self.finish_elsewhere(run_id, EventType.RUN_FAILED, {"error": INTERRUPTED}):
                 count += 1
         # a session whose claim committed but whose run stream never did
         for doc in await self.store.list_docs("session", active=True, include_deleted=True):
@@ -521,11 +533,11 @@ class RunManager:
             run = await self.store.get_doc("run", run_id) if run_id else None
             if run is None or run.body["status"] not in ("queued", "running"):
                 await self.store.append(
-                    f"session-{doc.key}",
+                    session_stream(doc.key),
                     [
                         NewEvent(
-                            "run.released",
-                            {"run_id": run_id, "outcome": "run.failed"},
+                            EventType.RUN_RELEASED,
+                            {"run_id": run_id, "outcome": EventType.RUN_FAILED},
                             {"actor": {"type": "system", "id": "recovery"}},
                         )
                     ],

@@ -20,9 +20,11 @@ from sessionstream.core.errors import (
     SessionBusy,
     ValidationFailed,
 )
+from sessionstream.core.vocabulary import EventType, campaign_stream, run_stream, session_stream
 from sessionstream.eventstore.base import EventStore
 from sessionstream.eventstore.model import AppendRequest, Doc, NewEvent
 from sessionstream.projections.session import fold_session_events
+from sessionstream.services.ownership import owned
 
 IDEMPOTENCY_NS = uuid.UUID("6f1c0d2e-5b7a-4f43-9b52-8d7f4a1e2c90")
 CLAIM_RETRIES = 20
@@ -61,10 +63,10 @@ class Service:
     async def create_campaign(self, user_id: str, name: str, request_id: str | None) -> Doc:
         campaign_id = str(uuid.uuid4())
         await self.store.append(
-            f"campaign-{campaign_id}",
+            campaign_stream(campaign_id),
             [
                 NewEvent(
-                    "campaign.created",
+                    EventType.CAMPAIGN_CREATED,
                     {"id": campaign_id, "user_id": user_id, "name": name},
                     actor(user_id, request_id),
                 )
@@ -74,10 +76,7 @@ class Service:
         return await self.campaign(user_id, campaign_id)
 
     async def campaign(self, user_id: str, campaign_id: str) -> Doc:
-        doc = await self.store.get_doc("campaign", campaign_id)
-        if doc is None or doc.body["user_id"] != user_id or doc.body["deleted"]:
-            raise NotFound(f"campaign {campaign_id} not found")
-        return doc
+        return await owned(self.store, "campaign", campaign_id, user_id)
 
     async def campaigns(self, user_id: str) -> list[Doc]:
         return await self.store.list_docs("campaign", owner=user_id)
@@ -85,8 +84,8 @@ class Service:
     async def delete_campaign(self, user_id: str, campaign_id: str, request_id: str | None) -> None:
         doc = await self.campaign(user_id, campaign_id)
         await self.store.append(
-            f"campaign-{campaign_id}",
-            [NewEvent("campaign.deleted", {}, actor(user_id, request_id))],
+            campaign_stream(campaign_id),
+            [NewEvent(EventType.CAMPAIGN_DELETED, {}, actor(user_id, request_id))],
             expected_version=doc.version,
         )
 
@@ -104,10 +103,10 @@ class Service:
             pos = position if position is not None else len(doc.body["nodes"]) + 1
             try:
                 await self.store.append(
-                    f"campaign-{campaign_id}",
+                    campaign_stream(campaign_id),
                     [
                         NewEvent(
-                            "node.added",
+                            EventType.NODE_ADDED,
                             {"id": node_id, "name": name, "position": pos, "type": "ai"},
                             actor(user_id, request_id),
                         )
@@ -118,14 +117,11 @@ class Service:
                 continue
             fresh = await self.campaign(user_id, campaign_id)
             return next(n for n in fresh.body["nodes"] if n["id"] == node_id)
-        raise ConcurrencyConflict(f"campaign-{campaign_id}", None, -1)
+        raise ConcurrencyConflict(campaign_stream(campaign_id), None, -1)
 
     # sessions ---------------------------------------------------------------
     async def session(self, user_id: str, session_id: str) -> Doc:
-        doc = await self.store.get_doc("session", session_id)
-        if doc is None or doc.body["deleted"] or doc.body["row"]["user_id"] != user_id:
-            raise NotFound(f"session {session_id} not found")
-        return doc
+        return await owned(self.store, "session", session_id, user_id)
 
     async def sessions(self, user_id: str, campaign_id: str) -> list[Doc]:
         return await self.store.list_docs("session", owner=user_id, parent=campaign_id)
@@ -143,14 +139,14 @@ class Service:
         if not any(n["id"] == node_id for n in campaign.body["nodes"]):
             raise NotFound(f"node {node_id} is not a sequence node of campaign {campaign_id}")
         session_id = idem_uuid(user_id, idempotency_key, "session") or str(uuid.uuid4())
-        event_id = idem_uuid(user_id, idempotency_key, "session.created")
+        event_id = idem_uuid(user_id, idempotency_key, EventType.SESSION_CREATED)
         event = NewEvent(
-            "session.created",
+            EventType.SESSION_CREATED,
             {"id": session_id, "user_id": user_id, "campaign_id": campaign_id, "node_id": node_id},
             actor(user_id, request_id),
             **({"event_id": event_id} if event_id else {}),
         )
-        await self.store.append(f"session-{session_id}", [event], expected_version=0)
+        await self.store.append(session_stream(session_id), [event], expected_version=0)
         return await self.session(user_id, session_id)
 
     async def patch_session(
@@ -176,8 +172,12 @@ class Service:
         )
         try:
             await self.store.append(
-                f"session-{session_id}",
-                [NewEvent("session.patched", {"fields": fields}, actor(user_id, request_id))],
+                session_stream(session_id),
+                [
+                    NewEvent(
+                        EventType.SESSION_PATCHED, {"fields": fields}, actor(user_id, request_id)
+                    )
+                ],
                 expected_version=expected,
             )
         except ConcurrencyConflict as exc:
@@ -190,8 +190,8 @@ class Service:
         """Tombstones the session; returns the active run to cancel, if any."""
         doc = await self.session(user_id, session_id)
         await self.store.append(
-            f"session-{session_id}",
-            [NewEvent("session.deleted", {}, actor(user_id, request_id))],
+            session_stream(session_id),
+            [NewEvent(EventType.SESSION_DELETED, {}, actor(user_id, request_id))],
         )
         active: str | None = doc.body["active_run"]
         return active
@@ -227,13 +227,13 @@ class Service:
                     "wait for task_status to return to null, then retry"
                 )
             claim_event = NewEvent(
-                "run.claimed",
+                EventType.RUN_CLAIMED,
                 {"run_id": run_id, "kind": kind, "task_status": task_status},
                 meta,
                 **({"event_id": claim_id} if claim_id else {}),
             )
             created = NewEvent(
-                "run.created",
+                EventType.RUN_CREATED,
                 {
                     "run_id": run_id,
                     "kind": kind,
@@ -242,14 +242,14 @@ class Service:
                     "input": run_input,
                 },
                 {**meta, "session_id": session_id},
-                correlation_id=f"session-{session_id}",
+                correlation_id=session_stream(session_id),
                 **({"event_id": created_id} if created_id else {}),
             )
             try:
                 results = await self.store.transact(
                     [
-                        AppendRequest(f"session-{session_id}", (claim_event,), doc.version),
-                        AppendRequest(f"run-{run_id}", (created,), 0),
+                        AppendRequest(session_stream(session_id), (claim_event,), doc.version),
+                        AppendRequest(run_stream(run_id), (created,), 0),
                     ]
                 )
             except ConcurrencyConflict:
@@ -258,10 +258,7 @@ class Service:
         raise SessionBusy("Session is busy: too many concurrent changes, retry")
 
     async def run(self, user_id: str, run_id: str) -> Doc:
-        doc = await self.store.get_doc("run", run_id)
-        if doc is None or doc.body["user_id"] != user_id:
-            raise NotFound(f"run {run_id} not found")
-        return doc
+        return await owned(self.store, "run", run_id, user_id)
 
     async def session_as_of(self, user_id: str, session_id: str, position: int) -> dict[str, Any]:
         """The session state exactly as it was at a global position (time travel).
@@ -273,14 +270,12 @@ class Service:
         session events after it, so the cost is bounded by the snapshot
         interval, not by the history's length.
         """
-        doc = await self.store.get_doc("session", session_id)
-        if doc is None or doc.body["row"]["user_id"] != user_id:
-            raise NotFound(f"session {session_id} not found")
+        doc = await owned(self.store, "session", session_id, user_id, deleted=True)
         state: dict[str, Any] | None
         if position >= doc.position:
             state = doc.body
         else:
-            state = await self._fold_until(f"session-{session_id}", position)
+            state = await self._fold_until(session_stream(session_id), position)
         if state is None or state["deleted"]:
             raise NotFound(f"session {session_id} did not exist at position {position}")
         return state

@@ -34,9 +34,10 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from websockets.typing import Subprotocol
 
 from sessionstream.core.errors import SessionStreamError
+from sessionstream.core.vocabulary import EventType
 
 SUBPROTOCOL = "sessionstream.v1"
-TERMINAL = frozenset({"run.completed", "run.failed", "run.canceled"})
+TERMINAL = frozenset({EventType.RUN_COMPLETED, EventType.RUN_FAILED, EventType.RUN_CANCELED})
 RUN_FINISHED = "run finished"
 #: close codes that retrying cannot fix
 FATAL_CODES = frozenset({4400, 4401, 4403, 4404, 4409})

@@ -17,7 +17,7 @@ import aiohttp
 import jwt
 import pytest
 
-from sessionstream.projections.run import TERMINAL
+from sessionstream.core.vocabulary import TERMINAL
 from sessionstream.server.frames import chat_stream_event
 from sessionstream.server.keys import RUN_TOKENS, STORE
 from sessionstream.server.realtime import (

@@ -18,7 +18,7 @@ from typing import Any
 
 import aiohttp
 
-from sessionstream.projections.run import TERMINAL
+from sessionstream.core.vocabulary import TERMINAL
 from sessionstream.server.frames import chat_stream_event
 from sessionstream.server.keys import STORE
 from sessionstream.server.realtime import REALTIME_STATS

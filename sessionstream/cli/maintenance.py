@@ -22,6 +22,7 @@ from typing import Any, TextIO
 from sessionstream.cli.commands import command, open_store
 from sessionstream.core.errors import SessionStreamError
 from sessionstream.core.settings import Settings
+from sessionstream.core.vocabulary import SESSION_PREFIX, TERMINAL, EventType, session_stream
 from sessionstream.eventstore.base import EventStore
 from sessionstream.eventstore.model import RecordedEvent
 from sessionstream.eventstore.transfer import (
@@ -34,7 +35,6 @@ from sessionstream.eventstore.transfer import (
     whole_log,
 )
 from sessionstream.eventstore.verify import VerifyReport, verify_store
-from sessionstream.projections.run import TERMINAL
 from sessionstream.projections.session import apply_session
 
 PREVIEW = 72
@@ -219,10 +219,10 @@ def row_changes(event_type: str, old: dict[str, Any] | None, new: dict[str, Any]
         lines.append("  draft:")
         lines.extend(unified(draft_text(before), draft_text(after), "draft"))
     implicit = event_type in (
-        "skeleton.revised",
-        "skeleton.rolled_back",
-        "draft.revised",
-        "draft.rolled_back",
+        EventType.SKELETON_REVISED,
+        EventType.SKELETON_ROLLED_BACK,
+        EventType.DRAFT_REVISED,
+        EventType.DRAFT_ROLLED_BACK,
     )
     for name in ("skeleton_history", "draft_history"):
         if before[name] != after[name] and not implicit and old is not None:
@@ -243,24 +243,24 @@ def row_changes(event_type: str, old: dict[str, Any] | None, new: dict[str, Any]
 
 def run_details(event: RecordedEvent) -> list[str]:
     data = event.data
-    if event.type == "run.created":
+    if event.type == EventType.RUN_CREATED:
         wanted = data.get("input") or {}
         said = wanted.get("message") if isinstance(wanted, dict) else None
         leads = wanted.get("leads") if isinstance(wanted, dict) else None
         what = f"message {preview(said)!r}" if said else f"{_count(leads)} lead(s)"
         return [f"  {data.get('kind', '?')} run {event.stream_id[4:]}: {what}"]
-    if event.type == "run.failed":
+    if event.type == EventType.RUN_FAILED:
         return [f"  error: {preview(data.get('error'))}"]
-    if event.type == "run.canceled":
+    if event.type == EventType.RUN_CANCELED:
         return [f"  reason: {preview(data.get('reason'))}"]
-    if event.type == "examples.progress":
+    if event.type == EventType.EXAMPLES_PROGRESS:
         return [f"  {data.get('done')}/{data.get('total')} examples"]
-    if event.type == "example.generated":
+    if event.type == EventType.EXAMPLE_GENERATED:
         return [f"  {data.get('lead_id')}: {preview(data.get('subject'))}"]
-    if event.type == "message.completed":
+    if event.type == EventType.MESSAGE_COMPLETED:
         message = data.get("message") or {}
         return [f"  {message.get('role', '?')}: {preview(message.get('content'))}"]
-    if event.type == "message.delta":
+    if event.type == EventType.MESSAGE_DELTA:
         return [f"  {preview(data.get('text'))!r}"]
     return []
 
@@ -271,7 +271,7 @@ def timeline(events: Iterable[RecordedEvent], *, deltas: bool = False) -> Iterat
     streamed: dict[str, list[int]] = {}  # run -> [deltas, characters]
     for event in events:
         head = f"#{event.position:<6} {event.recorded_at}  {who(event):<24} {event.type}"
-        if event.stream_id.startswith("session-"):
+        if event.stream_id.startswith(SESSION_PREFIX):
             new = apply_session(state, event) or state
             if new is None:
                 yield head
@@ -280,7 +280,7 @@ def timeline(events: Iterable[RecordedEvent], *, deltas: bool = False) -> Iterat
             yield from row_changes(event.type, state, new)
             state = new
             continue
-        if event.type == "message.delta":
+        if event.type == EventType.MESSAGE_DELTA:
             counts = streamed.setdefault(event.stream_id, [0, 0])
             counts[0] += 1
             counts[1] += len(str(event.data.get("text", "")))
@@ -300,7 +300,7 @@ def replay(args: argparse.Namespace, settings: Settings) -> int:
     session_id = args.session_id.lower()
 
     async def work(store: EventStore) -> list[RecordedEvent]:
-        keys = frozenset({f"session-{session_id}"})
+        keys = frozenset({session_stream(session_id)})
         found: list[RecordedEvent] = []
         after = 0
         while True:
