@@ -48,8 +48,7 @@ from sessionstream.eventstore.sqlite import SQLiteEventStore
 from sessionstream.eventstore.sqlite_schema import EVENT_COLUMNS
 from sessionstream.projections.session import apply_session, fold_session_events
 from sessionstream.server.app import create_app
-from sessionstream.server.auth import create_user
-from sessionstream.services.sessions import fold_session
+from sessionstream.services.accounts import create_user
 
 FOLD_TARGET = 100_000
 GET_TARGET = 1.5
@@ -126,7 +125,7 @@ def bench_fold(sizes: list[int], rounds: int) -> dict[str, Any]:
             }
         )
     return {
-        "subject": "fold_session_events (bulk: as_of, SessionProjection.fold)",
+        "subject": "fold_session_events (bulk: as_of)",
         "baseline": "apply_session one event at a time (appends, rebuild)",
         "target": f">= {FOLD_TARGET:,} events/s",
         "met": all(r["bulk_events_per_s"] >= FOLD_TARGET for r in rows),
@@ -385,7 +384,7 @@ async def bench_as_of(
     for position in chosen[:: max(1, len(chosen) // 5)]:
         async with http.get(url, params={"as_of": position}) as r:
             body = await r.json()
-        state = fold_session([e for e in events if e.position <= position])
+        state = fold_session_events(None, [e for e in events if e.position <= position])
         assert state is not None and body["session"] == state["row"], position
     with_snapshots = [await timed_get(http, url, {"as_of": p}) for p in chosen]
     conn.execute("DELETE FROM snapshots WHERE stream_id = ?", (stream,))

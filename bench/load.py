@@ -53,7 +53,7 @@ from bench.http import (
 )
 from sessionstream import projections
 from sessionstream.eventstore.sqlite import SQLiteEventStore
-from sessionstream.server.auth import create_user
+from sessionstream.services.accounts import create_user
 
 S = "/api/campaigns/ai-chat-sessions"
 TERMINAL = frozenset({"run.completed", "run.failed", "run.canceled"})

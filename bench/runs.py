@@ -23,8 +23,8 @@ from aiohttp import web
 
 from sessionstream.core.settings import Settings
 from sessionstream.server.app import create_app
-from sessionstream.server.auth import create_user
 from sessionstream.server.keys import STORE
+from sessionstream.services.accounts import create_user
 
 RESULTS = Path(__file__).parent / "results"
 

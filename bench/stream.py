@@ -125,8 +125,8 @@ def server_main(pipe: Connection, overrides: dict[str, Any], engine: dict[str, A
 async def _serve(pipe: Connection, overrides: dict[str, Any], engine_args: dict[str, Any]) -> None:
     from sessionstream.core.settings import Settings
     from sessionstream.server.app import create_app
-    from sessionstream.server.auth import create_user
     from sessionstream.server.keys import STORE
+    from sessionstream.services.accounts import create_user
 
     tmp = tempfile.mkdtemp(prefix="bench-stream-")
     settings = Settings(

@@ -6,21 +6,20 @@ that hash so authentication is one primary-key lookup.
 
 from __future__ import annotations
 
-from typing import Any
-
-from sessionstream.core.vocabulary import USER_PREFIX, EventType
+from sessionstream.core.readmodels import Token, User
+from sessionstream.core.vocabulary import USER_PREFIX, EventType, stream_key
 from sessionstream.eventstore.model import DocIndex, RecordedEvent
-from sessionstream.projections.streams import PerStream
+from sessionstream.projections.streams import PerStream, Typed
 
 PREFIX = USER_PREFIX
 
 
-class UserProjection(PerStream):
+class UserProjection(PerStream[User]):
     prefix = PREFIX
     kind = "user"
     version = 1
 
-    def apply(self, state: dict[str, Any] | None, event: RecordedEvent) -> dict[str, Any] | None:
+    def evolve(self, state: User | None, event: RecordedEvent) -> User | None:
         if event.type == EventType.USER_CREATED:
             return {
                 "id": event.data["id"],
@@ -36,11 +35,11 @@ class UserProjection(PerStream):
             return {**state, "tokens": max(0, state["tokens"] - 1)}
         return state
 
-    def index(self, state: dict[str, Any]) -> DocIndex:
+    def columns(self, state: User) -> DocIndex:
         return DocIndex(created_at=state["created_at"])
 
 
-class TokenProjection:
+class TokenProjection(Typed[Token]):
     kind = "token"
     version = 1
 
@@ -49,13 +48,13 @@ class TokenProjection:
             return str(event.data["token_hash"])
         return None
 
-    def apply(self, state: dict[str, Any] | None, event: RecordedEvent) -> dict[str, Any] | None:
-        user_id = event.stream_id[len(PREFIX) :]
+    def evolve(self, state: Token | None, event: RecordedEvent) -> Token | None:
+        user_id = stream_key(event.stream_id, PREFIX) or ""
         if event.type == EventType.TOKEN_ISSUED:
             return {"user_id": user_id, "issued_at": event.recorded_at, "revoked": False}
         if state is None:
             return None
         return {**state, "revoked": True}
 
-    def index(self, state: dict[str, Any]) -> DocIndex:
+    def columns(self, state: Token) -> DocIndex:
         return DocIndex(owner=state["user_id"], deleted=state["revoked"])

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
-
+from sessionstream.core.readmodels import Campaign, Node
 from sessionstream.core.vocabulary import CAMPAIGN_PREFIX, EventType
 from sessionstream.eventstore.model import DocIndex, RecordedEvent
 from sessionstream.projections.streams import PerStream
@@ -11,7 +10,7 @@ from sessionstream.projections.streams import PerStream
 PREFIX = CAMPAIGN_PREFIX
 
 
-def apply_campaign(state: dict[str, Any] | None, event: RecordedEvent) -> dict[str, Any] | None:
+def apply_campaign(state: Campaign | None, event: RecordedEvent) -> Campaign | None:
     data, at = event.data, event.recorded_at
     if event.type == EventType.CAMPAIGN_CREATED:
         return {
@@ -25,10 +24,10 @@ def apply_campaign(state: dict[str, Any] | None, event: RecordedEvent) -> dict[s
         }
     if state is None:
         return None
-    new = dict(state)
+    new = state.copy()
     new["updated_at"] = at
     if event.type == EventType.NODE_ADDED:
-        node = {
+        node: Node = {
             "id": data["id"],
             "campaign_id": state["id"],
             "name": data.get("name"),
@@ -44,15 +43,15 @@ def apply_campaign(state: dict[str, Any] | None, event: RecordedEvent) -> dict[s
     return new
 
 
-class CampaignProjection(PerStream):
+class CampaignProjection(PerStream[Campaign]):
     prefix = PREFIX
     kind = "campaign"
     version = 1
 
-    def apply(self, state: dict[str, Any] | None, event: RecordedEvent) -> dict[str, Any] | None:
+    def evolve(self, state: Campaign | None, event: RecordedEvent) -> Campaign | None:
         return apply_campaign(state, event)
 
-    def index(self, state: dict[str, Any]) -> DocIndex:
+    def columns(self, state: Campaign) -> DocIndex:
         return DocIndex(
             owner=state["user_id"], created_at=state["created_at"], deleted=state["deleted"]
         )

@@ -6,8 +6,9 @@ The run stream's version is the run's ``seq``; its events are the
 
 from __future__ import annotations
 
-from typing import Any
+from typing import cast
 
+from sessionstream.core.readmodels import ExamplesOutput, RunRow, RunStatus, TurnOutput
 from sessionstream.core.vocabulary import RUN_PREFIX, STATUS_AFTER, TERMINAL, EventType
 from sessionstream.eventstore.model import DocIndex, RecordedEvent
 from sessionstream.projections.streams import PerStream
@@ -15,7 +16,7 @@ from sessionstream.projections.streams import PerStream
 PREFIX = RUN_PREFIX
 
 
-def apply_run(state: dict[str, Any] | None, event: RecordedEvent) -> dict[str, Any] | None:
+def apply_run(state: RunRow | None, event: RecordedEvent) -> RunRow | None:
     data, at = event.data, event.recorded_at
     if event.type == EventType.RUN_CREATED:
         return {
@@ -35,7 +36,7 @@ def apply_run(state: dict[str, Any] | None, event: RecordedEvent) -> dict[str, A
         }
     if state is None:
         return None
-    new = dict(state)
+    new = state.copy()
     new["seq"] = event.version
     new["updated_at"] = at
     if state["status"] in ("completed", "failed", "canceled"):
@@ -46,24 +47,24 @@ def apply_run(state: dict[str, Any] | None, event: RecordedEvent) -> dict[str, A
     elif event.type == EventType.EXAMPLES_PROGRESS:
         new["progress"] = {"done": data.get("done"), "total": data.get("total")}
     elif event.type in TERMINAL:
-        new["status"] = STATUS_AFTER[event.type]
+        new["status"] = cast(RunStatus, STATUS_AFTER[event.type])
         new["finished_at"] = at
         if event.type == EventType.RUN_FAILED:
             new["error"] = data.get("error")
         if event.type == EventType.RUN_COMPLETED:
-            new["output"] = data.get("output")
+            new["output"] = cast("TurnOutput | ExamplesOutput | None", data.get("output"))
     return new
 
 
-class RunProjection(PerStream):
+class RunProjection(PerStream[RunRow]):
     prefix = PREFIX
     kind = "run"
     version = 1
 
-    def apply(self, state: dict[str, Any] | None, event: RecordedEvent) -> dict[str, Any] | None:
+    def evolve(self, state: RunRow | None, event: RecordedEvent) -> RunRow | None:
         return apply_run(state, event)
 
-    def index(self, state: dict[str, Any]) -> DocIndex:
+    def columns(self, state: RunRow) -> DocIndex:
         return DocIndex(
             owner=state["user_id"],
             parent=state["session_id"],

@@ -1,9 +1,10 @@
 """The session projection: the documented session row, folded from its stream.
 
-State is ``{"row": <documented row>, "active_run": id|None, "deleted": bool}``.
-``skeleton_history`` and ``draft_history`` are derived from skeleton and draft
-events, so rollback is a fold over history rather than a stored copy that can
-drift. History entries keep the version they had:
+State is :class:`~sessionstream.core.readmodels.SessionState`: the documented
+row, the run holding the claim, and the tombstone. ``skeleton_history`` and
+``draft_history`` are derived from skeleton and draft events, so rollback is
+a fold over history rather than a stored copy that can drift. History
+entries keep the version they had:
 ``{"framework_version", "skeleton", "replaced_at"}`` and
 ``{"draft_subject", "draft_body", "replaced_at"}``.
 
@@ -23,22 +24,20 @@ Session stream event types (data):
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, Final, Literal, cast, get_args
 
+from sessionstream.core.readmodels import JsonObject, SessionRow, SessionState
 from sessionstream.core.vocabulary import SESSION_PREFIX, EventType
 from sessionstream.eventstore.model import DocIndex, RecordedEvent
 from sessionstream.projections.streams import PerStream
 
 PREFIX = SESSION_PREFIX
 
-ROW_FIELDS = (
-    "id",
-    "user_id",
-    "campaign_id",
-    "node_id",
-    "title",
+#: the row fields a PATCH may write; the rest are the server's
+Patchable = Literal[
     "messages",
+    "title",
     "draft_subject",
     "draft_body",
     "skeleton",
@@ -47,37 +46,31 @@ ROW_FIELDS = (
     "framework_version",
     "generated_examples",
     "task_status",
-    "created_at",
-    "updated_at",
-)
+]
+PATCHABLE: Final = frozenset[str](get_args(Patchable))
+#: the row's lists a fold extends
+ListField = Literal["messages", "skeleton_history", "draft_history", "generated_examples"]
 
-PATCHABLE = frozenset(
-    {
-        "messages",
-        "title",
-        "draft_subject",
-        "draft_body",
-        "skeleton",
-        "skeleton_history",
-        "draft_history",
-        "framework_version",
-        "generated_examples",
-        "task_status",
+
+def empty_row(data: Mapping[str, Any], at: str) -> SessionRow:
+    return {
+        "id": data["id"],
+        "user_id": data["user_id"],
+        "campaign_id": data["campaign_id"],
+        "node_id": data["node_id"],
+        "title": None,
+        "messages": None,
+        "draft_subject": None,
+        "draft_body": None,
+        "skeleton": None,
+        "skeleton_history": None,
+        "draft_history": None,
+        "framework_version": None,
+        "generated_examples": None,
+        "task_status": None,
+        "created_at": at,
+        "updated_at": at,
     }
-)
-
-
-def empty_row(data: dict[str, Any], at: str) -> dict[str, Any]:
-    row: dict[str, Any] = dict.fromkeys(ROW_FIELDS)
-    row.update(
-        id=data["id"],
-        user_id=data["user_id"],
-        campaign_id=data["campaign_id"],
-        node_id=data["node_id"],
-        created_at=at,
-        updated_at=at,
-    )
-    return row
 
 
 #: event types this projection folds; any other leaves the state as it is
@@ -97,7 +90,7 @@ KNOWN = frozenset(
 )
 
 
-def _own(row: dict[str, Any], name: str, owned: set[str]) -> list[Any]:
+def _own(row: SessionRow, name: ListField, owned: set[str]) -> list[JsonObject]:
     """The row's list ``name``, copied the first time this fold changes it.
 
     ``owned`` names the lists this fold has already copied: those it may
@@ -107,11 +100,10 @@ def _own(row: dict[str, Any], name: str, owned: set[str]) -> list[Any]:
     if name not in owned:
         row[name] = list(row[name] or [])
         owned.add(name)
-    value: list[Any] = row[name]
-    return value
+    return cast("list[JsonObject]", row[name])  # a list: this fold copied it
 
 
-def _revise_skeleton(row: dict[str, Any], skeleton: Any, at: str, owned: set[str]) -> None:
+def _revise_skeleton(row: SessionRow, skeleton: Any, at: str, owned: set[str]) -> None:
     if row["skeleton"] is not None:
         _own(row, "skeleton_history", owned).append(
             {
@@ -126,7 +118,7 @@ def _revise_skeleton(row: dict[str, Any], skeleton: Any, at: str, owned: set[str
     owned.discard("generated_examples")
 
 
-def _revise_draft(row: dict[str, Any], subject: Any, body: Any, at: str, owned: set[str]) -> None:
+def _revise_draft(row: SessionRow, subject: Any, body: Any, at: str, owned: set[str]) -> None:
     if row["draft_subject"] is not None or row["draft_body"] is not None:
         _own(row, "draft_history", owned).append(
             {
@@ -139,7 +131,7 @@ def _revise_draft(row: dict[str, Any], subject: Any, body: Any, at: str, owned: 
     row["draft_body"] = body
 
 
-def _step(state: dict[str, Any], owned: set[str], event: RecordedEvent) -> None:
+def _step(state: SessionState, owned: set[str], event: RecordedEvent) -> None:
     """Fold one known event into a state this fold owns, in place.
 
     ``state`` and its row are private to the caller; lists are copied before
@@ -148,10 +140,10 @@ def _step(state: dict[str, Any], owned: set[str], event: RecordedEvent) -> None:
     kind, data, at = event.type, event.data, event.recorded_at
     row = state["row"]
     if kind == EventType.SESSION_PATCHED:
-        fields = data.get("fields", {})
+        fields: JsonObject = data.get("fields", {})
         for name, value in fields.items():
             if name in PATCHABLE:
-                row[name] = value
+                row[cast(Patchable, name)] = value
                 owned.discard(name)  # the event's own object: never change it
         if "skeleton" in fields and "generated_examples" not in fields:
             row["generated_examples"] = None
@@ -183,15 +175,15 @@ def _step(state: dict[str, Any], owned: set[str], event: RecordedEvent) -> None:
     row["updated_at"] = at
 
 
-def _private(state: dict[str, Any]) -> dict[str, Any]:
+def _private(state: SessionState) -> SessionState:
     return {
-        "row": dict(state["row"]),
+        "row": state["row"].copy(),
         "active_run": state["active_run"],
         "deleted": state["deleted"],
     }
 
 
-def apply_session(state: dict[str, Any] | None, event: RecordedEvent) -> dict[str, Any] | None:
+def apply_session(state: SessionState | None, event: RecordedEvent) -> SessionState | None:
     """Fold one session-stream event; returns a new state, never mutates ``state``."""
     if event.type == EventType.SESSION_CREATED:
         return {
@@ -209,8 +201,8 @@ def apply_session(state: dict[str, Any] | None, event: RecordedEvent) -> dict[st
 
 
 def fold_session_events(
-    state: dict[str, Any] | None, events: Iterable[RecordedEvent]
-) -> dict[str, Any] | None:
+    state: SessionState | None, events: Iterable[RecordedEvent]
+) -> SessionState | None:
     """Fold many events of one session stream at once; equal to reducing
     :func:`apply_session` over them, and as pure (``state`` is not changed).
 
@@ -239,21 +231,15 @@ def fold_session_events(
     return current
 
 
-class SessionProjection(PerStream):
+class SessionProjection(PerStream[SessionState]):
     prefix = PREFIX
     kind = "session"
     version = 1
 
-    def apply(self, state: dict[str, Any] | None, event: RecordedEvent) -> dict[str, Any] | None:
+    def evolve(self, state: SessionState | None, event: RecordedEvent) -> SessionState | None:
         return apply_session(state, event)
 
-    def fold(
-        self, state: dict[str, Any] | None, events: Iterable[RecordedEvent]
-    ) -> dict[str, Any] | None:
-        """Many events of one session at once (linear; see :func:`fold_session_events`)."""
-        return fold_session_events(state, (e for e in events if self.key(e) is not None))
-
-    def index(self, state: dict[str, Any]) -> DocIndex:
+    def columns(self, state: SessionState) -> DocIndex:
         row = state["row"]
         return DocIndex(
             owner=row["user_id"],

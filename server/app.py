@@ -13,36 +13,35 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from sessionstream import projections
-from sessionstream.core.errors import Unauthorized
 from sessionstream.core.settings import Settings
 from sessionstream.engines.base import ModelEngine
 from sessionstream.eventstore.base import EventStore
 from sessionstream.server import console, history, metrics, openapi, realtime, trigger
-from sessionstream.server.auth import Authenticator, RunTokens, hash_token
+from sessionstream.server.auth import auth_middleware
 from sessionstream.server.errors import Handler, error_for
 from sessionstream.server.handlers import routes as api_routes
 from sessionstream.server.keys import (
     AUTH,
     AUTH_FAILURES,
+    CAMPAIGNS,
     ENGINE,
+    HISTORY,
     LIMITER,
-    PRINCIPAL,
     REQUEST_ID,
     RUN_TOKENS,
     RUNS,
-    SERVICE,
+    SESSIONS,
     SETTINGS,
     STORE,
 )
 from sessionstream.server.ratelimit import RateLimiter
+from sessionstream.services.accounts import Authenticator, RunTokens
+from sessionstream.services.campaigns import Campaigns
+from sessionstream.services.history import History
 from sessionstream.services.runs import RunManager
-from sessionstream.services.sessions import Service
+from sessionstream.services.sessions import Sessions
 
 log = logging.getLogger("sessionstream.app")
-
-#: paths that authenticate themselves (run tokens, websockets) or need no auth
-PUBLIC_PREFIXES = ("/api/realtime/", "/realtime/", "/static/", "/metrics", "/healthz")
-PUBLIC_PATHS = frozenset({"/", "/api/openapi.json", "/healthz", "/readyz"})
 
 
 def make_store(settings: Settings) -> EventStore:
@@ -118,70 +117,6 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
         metrics.observe_request(request, status, started)
 
 
-#: channels that check their own tokens; their requests still count against the token's rate
-REALTIME_PREFIXES = ("/api/realtime/", "/realtime/")
-
-
-def _channel_credential(request: web.Request) -> str:
-    """What a realtime request authenticates with (only ever hashed, for the limiter)."""
-    return (
-        request.headers.get("Authorization")
-        or request.query.get("token")
-        or request.headers.get("Sec-WebSocket-Protocol")
-        or request.remote
-        or "anonymous"
-    )
-
-
-@web.middleware
-async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Rate per credential, then authenticate; failed attempts are rated per address.
-
-    Keying the request limiter by credential alone would give every guessed
-    token a fresh bucket, so each refusal also spends from a small bucket of
-    the client's address, and an address that has spent it gets 429 before
-    any lookup. A token proven valid moments ago (the authenticator's cache)
-    is still let in, so a user sharing an address with a guesser keeps working.
-    """
-    path = request.path
-    app = request.app
-    if request.method == "OPTIONS" or (
-        not path.startswith(REALTIME_PREFIXES)
-        and (path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES))
-    ):
-        return await handler(request)
-    address = request.remote or "unknown"
-    failures = app[AUTH_FAILURES]
-    if path.startswith(REALTIME_PREFIXES):
-        # channels check their own tokens; a reconnect storm is rated like any request
-        failures.refuse_if_empty(address)
-        app[LIMITER].check(hash_token(_channel_credential(request)))
-        try:
-            return await handler(request)
-        except Unauthorized:
-            failures.check(address)
-            raise
-    header = request.headers.get("Authorization")
-    try:
-        token = Authenticator.bearer(header)
-    except Unauthorized:
-        app[LIMITER].check(hash_token(header or address))
-        failures.check(address)
-        raise
-    digest = hash_token(token)
-    app[LIMITER].check(digest)
-    try:
-        principal = app[AUTH].cached(digest)
-        if principal is None:
-            failures.refuse_if_empty(address)
-            principal = await app[AUTH].principal(token, digest)
-    except Unauthorized:
-        failures.check(address)
-        raise
-    request[PRINCIPAL] = principal
-    return await handler(request)
-
-
 async def healthz(request: web.Request) -> web.Response:
     store = request.app[STORE]
     head = await store.head_position()
@@ -201,7 +136,6 @@ def create_app(
     app[SETTINGS] = settings
     app[STORE] = store or make_store(settings)
     app[ENGINE] = engine or make_engine(settings)
-    app[SERVICE] = Service(app[STORE])
     app[RUN_TOKENS] = RunTokens(settings.resolved_secret(), settings.run_token_ttl_s)
     app[LIMITER] = RateLimiter(settings.rate_limit, settings.rate_burst)
     app[AUTH] = Authenticator(app[STORE], settings.token_cache_s)
@@ -221,6 +155,9 @@ def create_app(
         node_id=settings.node_id,
         lease_ttl_s=settings.lease_ttl_s,
     )
+    app[SESSIONS] = Sessions(app[STORE], app[RUNS], app[RUN_TOKENS])
+    app[CAMPAIGNS] = Campaigns(app[STORE])
+    app[HISTORY] = History(app[STORE])
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_runs_ctx)
     app.router.add_get("/healthz", healthz)

@@ -1,36 +1,24 @@
-"""Bearer API tokens and run-scoped public access tokens.
+"""Authentication at the HTTP edge: the bearer header and the middleware that checks it.
 
-API tokens are random, shown once, and stored only as a sha256 hash; the
-lookup is by hash and the final comparison is constant-time. Run tokens
-(``publicAccessToken``) are HS256 JWTs in the shape the Trigger.dev realtime
-SDK carries (issuer, audience, ``exp``, ``pub``, ``scopes``), scoped to one
-run and read-only, so browser code written for that SDK works unchanged.
+Who a token belongs to is decided by ``services/accounts.py``; this module
+only reads the credential off a request, rates the attempt and stores the
+principal on the request for the handlers.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import secrets
-import time
-from collections import OrderedDict
-from dataclasses import dataclass
-from typing import Any
+from aiohttp import web
 
-import jwt
+from sessionstream.core.errors import Unauthorized
+from sessionstream.server.errors import Handler
+from sessionstream.server.keys import AUTH, AUTH_FAILURES, LIMITER, PRINCIPAL
+from sessionstream.services.accounts import hash_token
 
-from sessionstream.core.errors import Forbidden, NotFound, Unauthorized
-from sessionstream.core.vocabulary import EventType, user_stream
-from sessionstream.eventstore.base import EventStore
-from sessionstream.eventstore.model import NewEvent
-
-TOKEN_PREFIX = "sst_"
-JWT_ISSUER = "https://id.trigger.dev"
-JWT_AUDIENCE = "https://api.trigger.dev"
-
-
-def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+#: paths that authenticate themselves (run tokens, websockets) or need no auth
+PUBLIC_PREFIXES = ("/api/realtime/", "/realtime/", "/static/", "/metrics", "/healthz")
+PUBLIC_PATHS = frozenset({"/", "/api/openapi.json", "/healthz", "/readyz"})
+#: channels that check their own tokens; their requests still count against the token's rate
+REALTIME_PREFIXES = ("/api/realtime/", "/realtime/")
 
 
 def bearer_token(header: str | None) -> str:
@@ -43,157 +31,68 @@ def bearer_token(header: str | None) -> str:
     return token.strip() if scheme.lower() == "bearer" else ""
 
 
-def new_api_token() -> str:
-    return TOKEN_PREFIX + secrets.token_urlsafe(32)
-
-
-@dataclass(frozen=True, slots=True)
-class Principal:
-    user_id: str
-
-
-async def create_user(store: EventStore, name: str) -> tuple[str, str]:
-    """Append a user and a first token; returns (user_id, token). The token is never stored."""
-    import uuid
-
-    user_id = str(uuid.uuid4())
-    token = new_api_token()
-    await store.append(
-        user_stream(user_id),
-        [
-            NewEvent(EventType.USER_CREATED, {"id": user_id, "name": name}, {"actor": "system"}),
-            NewEvent(
-                EventType.TOKEN_ISSUED, {"token_hash": hash_token(token)}, {"actor": "system"}
-            ),
-        ],
-        expected_version=0,
-    )
-    return user_id, token
-
-
-async def issue_token(store: EventStore, user_id: str) -> str:
-    """Another token for an existing user (rotation: issue, deploy, then revoke the old one)."""
-    if await store.get_doc("user", user_id) is None:
-        raise NotFound(f"user {user_id} not found")
-    token = new_api_token()
-    event = NewEvent(EventType.TOKEN_ISSUED, {"token_hash": hash_token(token)}, {"actor": "system"})
-    await store.append(user_stream(user_id), [event])
+def required_bearer(header: str | None) -> str:
+    token = bearer_token(header)
+    if not token:
+        raise Unauthorized("send 'Authorization: Bearer <token>'")
     return token
 
 
-async def revoke_token(store: EventStore, token: str) -> str:
-    """Revoke by the token itself (only its hash is stored); returns the owner's id."""
-    digest = hash_token(token.strip())
-    doc = await store.get_doc("token", digest)
-    if doc is None or doc.index.deleted:
-        raise NotFound("no such active token")
-    user_id = str(doc.body["user_id"])
-    event = NewEvent(EventType.TOKEN_REVOKED, {"token_hash": digest}, {"actor": "system"})
-    await store.append(user_stream(user_id), [event])
-    return user_id
+def _channel_credential(request: web.Request) -> str:
+    """What a realtime request authenticates with (only ever hashed, for the limiter)."""
+    return (
+        request.headers.get("Authorization")
+        or request.query.get("token")
+        or request.headers.get("Sec-WebSocket-Protocol")
+        or request.remote
+        or "anonymous"
+    )
 
 
-async def principal_for_token(
-    store: EventStore, token: str, digest: str | None = None
-) -> Principal:
-    if not token.startswith(TOKEN_PREFIX):
-        raise Unauthorized("unknown API token")
-    digest = digest or hash_token(token)
-    doc = await store.get_doc("token", digest)
-    if doc is None or doc.index.deleted or not hmac.compare_digest(doc.key, digest):
-        raise Unauthorized("unknown API token")
-    return Principal(str(doc.body["user_id"]))
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Rate per credential, then authenticate; failed attempts are rated per address.
 
-
-class Authenticator:
-    """Resolves API tokens, trusting a resolved token for a few seconds.
-
-    Every request authenticates, and on SQLite the read-model lookup is a hop
-    to a reader thread that costs as much as serving the session itself. A
-    token is only ever revoked by appending ``token.revoked``, possibly from
-    another process (the CLI), so this cache cannot be invalidated by events:
-    a revoked token keeps working for at most ``ttl_s``. Misses are never
-    cached, so a token created a moment ago works at once.
+    Keying the request limiter by credential alone would give every guessed
+    token a fresh bucket, so each refusal also spends from a small bucket of
+    the client's address, and an address that has spent it gets 429 before
+    any lookup. A token proven valid moments ago (the authenticator's cache)
+    is still let in, so a user sharing an address with a guesser keeps working.
     """
-
-    def __init__(self, store: EventStore, ttl_s: float, *, max_entries: int = 10_000) -> None:
-        self.store = store
-        self.ttl_s = ttl_s
-        self.max_entries = max_entries
-        self._hits: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
-
-    @staticmethod
-    def bearer(header: str | None) -> str:
-        token = bearer_token(header)
-        if not token:
-            raise Unauthorized("send 'Authorization: Bearer <token>'")
-        return token
-
-    def cached(self, digest: str) -> Principal | None:
-        """The principal of a token (by its hash) resolved less than ``ttl_s`` ago."""
-        hit = self._hits.get(digest)
-        return hit[0] if hit is not None and hit[1] > time.monotonic() else None
-
-    async def principal(self, token: str, digest: str | None = None) -> Principal:
-        digest = digest or hash_token(token)
-        hit = self.cached(digest)
-        if hit is not None:
-            return hit
-        principal = await principal_for_token(self.store, token, digest)
-        if self.ttl_s <= 0:
-            return principal
-        now = time.monotonic()
-        self._hits[digest] = (principal, now + self.ttl_s)
-        self._hits.move_to_end(digest)
-        while len(self._hits) > self.max_entries:
-            self._hits.popitem(last=False)
-        return principal
-
-
-class RunTokens:
-    """Mints and verifies ``publicAccessToken``s."""
-
-    def __init__(self, secret: str, ttl_s: int) -> None:
-        self._secret = secret
-        self.ttl_s = ttl_s
-
-    def mint(self, run_id: str, user_id: str, *, ttl_s: int | None = None) -> str:
-        now = int(time.time())
-        claims: dict[str, Any] = {
-            "iss": JWT_ISSUER,
-            "aud": JWT_AUDIENCE,
-            "sub": user_id,
-            "iat": now,
-            "exp": now + (self.ttl_s if ttl_s is None else ttl_s),
-            "pub": True,
-            "scopes": [f"read:runs:{run_id}"],
-        }
-        return jwt.encode(claims, self._secret, algorithm="HS256")
-
-    def verify(self, token: str, run_id: str) -> str:
-        """The user id the token was minted for, if it may read ``run_id``."""
+    path = request.path
+    app = request.app
+    if request.method == "OPTIONS" or (
+        not path.startswith(REALTIME_PREFIXES)
+        and (path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES))
+    ):
+        return await handler(request)
+    address = request.remote or "unknown"
+    failures = app[AUTH_FAILURES]
+    if path.startswith(REALTIME_PREFIXES):
+        # channels check their own tokens; a reconnect storm is rated like any request
+        failures.refuse_if_empty(address)
+        app[LIMITER].check(hash_token(_channel_credential(request)))
         try:
-            claims = jwt.decode(
-                token,
-                self._secret,
-                algorithms=["HS256"],  # never let the token pick its algorithm
-                audience=JWT_AUDIENCE,
-                issuer=JWT_ISSUER,
-                options={"require": ["exp", "iss", "aud", "scopes"]},
-            )
-        except jwt.ExpiredSignatureError as exc:
-            raise Unauthorized("the run token has expired") from exc
-        except jwt.InvalidTokenError as exc:
-            raise Unauthorized("the run token is invalid") from exc
-        scopes = claims.get("scopes") or []
-        wanted = f"read:runs:{run_id}"
-        if (
-            not any(hmac.compare_digest(str(s), wanted) for s in scopes)
-            and "read:all" not in scopes
-        ):
-            raise Forbidden("this token is for another run")
-        return str(claims.get("sub", ""))
-
-    @staticmethod
-    def looks_like_jwt(token: str) -> bool:
-        return token.count(".") == 2 and not token.startswith(TOKEN_PREFIX)
+            return await handler(request)
+        except Unauthorized:
+            failures.check(address)
+            raise
+    header = request.headers.get("Authorization")
+    try:
+        token = required_bearer(header)
+    except Unauthorized:
+        app[LIMITER].check(hash_token(header or address))
+        failures.check(address)
+        raise
+    digest = hash_token(token)
+    app[LIMITER].check(digest)
+    try:
+        principal = app[AUTH].cached(digest)
+        if principal is None:
+            failures.refuse_if_empty(address)
+            principal = await app[AUTH].principal(token, digest)
+    except Unauthorized:
+        failures.check(address)
+        raise
+    request[PRINCIPAL] = principal
+    return await handler(request)

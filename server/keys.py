@@ -7,14 +7,18 @@ from aiohttp import web
 from sessionstream.core.settings import Settings
 from sessionstream.engines.base import ModelEngine
 from sessionstream.eventstore.base import EventStore
-from sessionstream.server.auth import Authenticator, Principal, RunTokens
 from sessionstream.server.ratelimit import RateLimiter
+from sessionstream.services.accounts import Authenticator, Principal, RunTokens
+from sessionstream.services.campaigns import Campaigns
+from sessionstream.services.history import History
 from sessionstream.services.runs import RunManager
-from sessionstream.services.sessions import Service
+from sessionstream.services.sessions import Sessions
 
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", EventStore)
-SERVICE = web.AppKey("service", Service)
+SESSIONS = web.AppKey("sessions", Sessions)
+CAMPAIGNS = web.AppKey("campaigns", Campaigns)
+HISTORY = web.AppKey("history", History)
 RUNS = web.AppKey("runs", RunManager)
 ENGINE = web.AppKey("engine", ModelEngine)
 RUN_TOKENS = web.AppKey("run_tokens", RunTokens)

@@ -61,7 +61,7 @@ from sessionstream.core.vocabulary import TERMINAL, EventType, run_stream, sessi
 from sessionstream.eventstore.base import EventStore
 from sessionstream.eventstore.hub import LIVE
 from sessionstream.eventstore.model import RecordedEvent
-from sessionstream.server.auth import TOKEN_PREFIX, Authenticator, RunTokens, bearer_token
+from sessionstream.server.auth import bearer_token
 from sessionstream.server.fanout import (
     DETACHED,
     GONE,
@@ -76,11 +76,12 @@ from sessionstream.server.fanout import (
 )
 from sessionstream.server.frames import dumps, run_id_of, session_id_of
 from sessionstream.server.handlers import run_param, uuid_param
-from sessionstream.server.keys import AUTH, AUTH_FAILURES, RUN_TOKENS, SERVICE, SETTINGS, STORE
+from sessionstream.server.keys import AUTH, AUTH_FAILURES, RUN_TOKENS, SESSIONS, SETTINGS, STORE
 from sessionstream.server.ratelimit import RateLimiter
 from sessionstream.server.sse import serve_sse
+from sessionstream.services.accounts import TOKEN_PREFIX, Authenticator, RunTokens
 from sessionstream.services.ownership import owned
-from sessionstream.services.sessions import Service
+from sessionstream.services.sessions import Sessions
 
 log = logging.getLogger("sessionstream.realtime")
 
@@ -236,7 +237,7 @@ class Realtime:
         self,
         store: EventStore,
         tokens: RunTokens,
-        service: Service,
+        service: Sessions,
         auth: Authenticator,
         *,
         auth_failures: RateLimiter | None = None,
@@ -676,7 +677,7 @@ def install(app: web.Application) -> None:
     realtime = Realtime(
         app[STORE],
         app[RUN_TOKENS],
-        app[SERVICE],
+        app[SESSIONS],
         app[AUTH],
         auth_failures=app[AUTH_FAILURES],
         heartbeat_s=settings.ws_heartbeat_s,

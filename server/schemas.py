@@ -6,9 +6,11 @@ clients read and the validation the server applies cannot drift apart.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+
+from sessionstream.core.readmodels import JsonObject, RunRow, TaskStatus
 
 UUID_PATTERN = (
     r"^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[1-8][0-9a-fA-F]{3}-[89abAB][0-9a-fA-F]{3}-"
@@ -16,7 +18,6 @@ UUID_PATTERN = (
 )
 Uuid = Annotated[str, Field(pattern=UUID_PATTERN)]
 SafeInt = Annotated[StrictInt, Field(ge=-9007199254740991, le=9007199254740991)]
-TaskStatus = Literal["chat_processing", "generating_examples"]
 
 
 class Lead(BaseModel):
@@ -100,17 +101,6 @@ class DraftRollback(BaseModel):
 # responses (documented shapes; used for the OpenAPI document) ---------------------
 
 
-class MessageOut(BaseModel):
-    role: str
-    content: str
-
-
-class ExampleOut(BaseModel):
-    lead_id: str
-    subject: str
-    body: str
-
-
 class SessionOut(BaseModel):
     id: str
     user_id: str
@@ -155,3 +145,35 @@ class ErrorBody(BaseModel):
 
 class ErrorEnvelope(BaseModel):
     error: ErrorBody
+
+
+# responses built without pydantic (hot paths; the OpenAPI document spells them out) --------
+class CampaignJson(TypedDict):
+    id: str
+    user_id: str
+    name: str
+    created_at: str
+    updated_at: str
+    node_count: int
+
+
+class RunJson(RunRow):
+    """The run row, its ids also in the camelCase the documented API uses."""
+
+    runId: str
+    sessionId: str
+
+
+class EventJson(TypedDict):
+    """One audit-log entry: the event with everything its hash covers."""
+
+    position: int
+    stream_id: str
+    version: int
+    type: str
+    data: JsonObject
+    actor: Any
+    recorded_at: str
+    hash: str
+    event_id: str
+    metadata: JsonObject

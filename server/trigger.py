@@ -55,7 +55,7 @@ from sessionstream.core.vocabulary import run_stream as run_stream_id
 from sessionstream.eventstore.base import EventStore
 from sessionstream.eventstore.hub import Subscription
 from sessionstream.eventstore.model import Doc
-from sessionstream.server.auth import Authenticator, RunTokens, bearer_token
+from sessionstream.server.auth import bearer_token
 from sessionstream.server.keys import AUTH, RUN_TOKENS, SETTINGS, STORE
 from sessionstream.server.trigger_shape import (
     JSON_TYPE,
@@ -70,6 +70,7 @@ from sessionstream.server.trigger_shape import (
     shape_body,
     sse_frame,
 )
+from sessionstream.services.accounts import Authenticator, RunTokens
 from sessionstream.services.ownership import owned
 
 log = logging.getLogger("sessionstream.trigger")

@@ -1,131 +1,72 @@
-"""Application services: the commands and queries behind the handlers.
+"""Sessions: the documented session API's commands, each whole.
 
-Every command is a check against the current read model followed by an
-append with an expected version, so a concurrent change makes the append
-fail instead of silently overwriting; a few commands retry that loop.
-Ownership is checked here, once: another user's resource is ``NotFound``.
+A command here does everything its request means: checks ownership (another
+user's session is ``NotFound``), decides on the current read model, appends,
+and carries out what follows from it, such as canceling the run a PATCH or a
+delete took the session from, or starting the run a turn claimed and minting
+its ``publicAccessToken``. The HTTP handlers only parse and serialise.
 """
 
 from __future__ import annotations
 
+import logging
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from sessionstream.core.errors import (
-    ConcurrencyConflict,
-    NotFound,
-    PreconditionFailed,
-    SessionBusy,
-    ValidationFailed,
+from sessionstream.core.errors import NotFound, SessionStreamError
+from sessionstream.core.readmodels import (
+    ExamplesRunInput,
+    JsonObject,
+    RunInput,
+    RunRow,
+    SessionRow,
+    SessionState,
+    TurnRunInput,
 )
-from sessionstream.core.vocabulary import EventType, campaign_stream, run_stream, session_stream
+from sessionstream.core.vocabulary import EventType, session_stream
 from sessionstream.eventstore.base import EventStore
-from sessionstream.eventstore.model import AppendRequest, Doc, NewEvent
-from sessionstream.projections.session import fold_session_events
-from sessionstream.services.ownership import owned
+from sessionstream.eventstore.model import NewEvent
+from sessionstream.services.accounts import RunTokens
+from sessionstream.services.claims import Claim, claim_session, require_skeleton
+from sessionstream.services.decide import actor, decide_and_append, idem_uuid
+from sessionstream.services.ownership import (
+    Loaded,
+    owned_campaign,
+    owned_run,
+    owned_session,
+    session_of,
+)
+from sessionstream.services.runs import RunManager
 
-IDEMPOTENCY_NS = uuid.UUID("6f1c0d2e-5b7a-4f43-9b52-8d7f4a1e2c90")
-CLAIM_RETRIES = 20
-#: session events read per query while folding for ``as_of``
-AS_OF_PAGE = 5000
-
-
-def idem_uuid(user_id: str, key: str | None, purpose: str) -> str | None:
-    """A deterministic id for an ``Idempotency-Key``: a retry appends the same ids."""
-    if key is None:
-        return None
-    return str(uuid.uuid5(IDEMPOTENCY_NS, f"{user_id}\x00{purpose}\x00{key}"))
-
-
-def actor(user_id: str, request_id: str | None = None) -> dict[str, Any]:
-    meta: dict[str, Any] = {"actor": {"type": "user", "id": user_id}}
-    if request_id:
-        meta["request_id"] = request_id
-    return meta
+log = logging.getLogger("sessionstream.runs")
 
 
 @dataclass(frozen=True, slots=True)
-class Claim:
+class StartedRun:
+    """A run on its way, and the token that lets a browser watch it."""
+
     run_id: str
-    session_id: str
-    user_id: str
-    kind: str
-    duplicate: bool
+    public_access_token: str
 
 
-class Service:
-    def __init__(self, store: EventStore) -> None:
+class Sessions:
+    def __init__(self, store: EventStore, runs: RunManager, tokens: RunTokens) -> None:
         self.store = store
+        self.runs = runs
+        self.tokens = tokens
 
-    # campaigns ------------------------------------------------------------
-    async def create_campaign(self, user_id: str, name: str, request_id: str | None) -> Doc:
-        campaign_id = str(uuid.uuid4())
-        await self.store.append(
-            campaign_stream(campaign_id),
-            [
-                NewEvent(
-                    EventType.CAMPAIGN_CREATED,
-                    {"id": campaign_id, "user_id": user_id, "name": name},
-                    actor(user_id, request_id),
-                )
-            ],
-            expected_version=0,
-        )
-        return await self.campaign(user_id, campaign_id)
+    # queries ------------------------------------------------------------------------------
+    async def session(self, user_id: str, session_id: str) -> Loaded[SessionState]:
+        return await owned_session(self.store, session_id, user_id)
 
-    async def campaign(self, user_id: str, campaign_id: str) -> Doc:
-        return await owned(self.store, "campaign", campaign_id, user_id)
+    async def sessions(self, user_id: str, campaign_id: str) -> list[SessionRow]:
+        docs = await self.store.list_docs("session", owner=user_id, parent=campaign_id)
+        return [session_of(d).body["row"] for d in docs]
 
-    async def campaigns(self, user_id: str) -> list[Doc]:
-        return await self.store.list_docs("campaign", owner=user_id)
+    async def run(self, user_id: str, run_id: str) -> RunRow:
+        return (await owned_run(self.store, run_id, user_id)).body
 
-    async def delete_campaign(self, user_id: str, campaign_id: str, request_id: str | None) -> None:
-        doc = await self.campaign(user_id, campaign_id)
-        await self.store.append(
-            campaign_stream(campaign_id),
-            [NewEvent(EventType.CAMPAIGN_DELETED, {}, actor(user_id, request_id))],
-            expected_version=doc.version,
-        )
-
-    async def add_node(
-        self,
-        user_id: str,
-        campaign_id: str,
-        name: str | None,
-        position: int | None,
-        request_id: str | None,
-    ) -> dict[str, Any]:
-        node_id = str(uuid.uuid4())
-        for _ in range(CLAIM_RETRIES):
-            doc = await self.campaign(user_id, campaign_id)
-            pos = position if position is not None else len(doc.body["nodes"]) + 1
-            try:
-                await self.store.append(
-                    campaign_stream(campaign_id),
-                    [
-                        NewEvent(
-                            EventType.NODE_ADDED,
-                            {"id": node_id, "name": name, "position": pos, "type": "ai"},
-                            actor(user_id, request_id),
-                        )
-                    ],
-                    expected_version=doc.version,
-                )
-            except ConcurrencyConflict:
-                continue
-            fresh = await self.campaign(user_id, campaign_id)
-            return next(n for n in fresh.body["nodes"] if n["id"] == node_id)
-        raise ConcurrencyConflict(campaign_stream(campaign_id), None, -1)
-
-    # sessions ---------------------------------------------------------------
-    async def session(self, user_id: str, session_id: str) -> Doc:
-        return await owned(self.store, "session", session_id, user_id)
-
-    async def sessions(self, user_id: str, campaign_id: str) -> list[Doc]:
-        return await self.store.list_docs("session", owner=user_id, parent=campaign_id)
-
+    # commands -----------------------------------------------------------------------------
     async def create_session(
         self,
         user_id: str,
@@ -134,8 +75,8 @@ class Service:
         *,
         request_id: str | None = None,
         idempotency_key: str | None = None,
-    ) -> Doc:
-        campaign = await self.campaign(user_id, campaign_id)
+    ) -> Loaded[SessionState]:
+        campaign = await owned_campaign(self.store, campaign_id, user_id)
         if not any(n["id"] == node_id for n in campaign.body["nodes"]):
             raise NotFound(f"node {node_id} is not a sequence node of campaign {campaign_id}")
         session_id = idem_uuid(user_id, idempotency_key, "session") or str(uuid.uuid4())
@@ -153,155 +94,120 @@ class Service:
         self,
         user_id: str,
         session_id: str,
-        fields: dict[str, Any],
+        fields: JsonObject,
         *,
         if_match: int | None = None,
         request_id: str | None = None,
-    ) -> tuple[Doc, str | None]:
-        """Returns the new row and, when the patch cleared ``task_status``, the run to cancel."""
-        doc = await self.session(user_id, session_id)
-        if if_match is not None and if_match != doc.version:
-            raise PreconditionFailed(
-                f"session is at version {doc.version}, not {if_match}: reload and retry"
-            )
-        expected = doc.version if if_match is not None else None
-        cancel = (
-            doc.body["active_run"]
-            if "task_status" in fields and fields["task_status"] is None
-            else None
+    ) -> Loaded[SessionState]:
+        """Write the fields present (an empty PATCH only checks ``If-Match``).
+
+        Without ``If-Match`` the last writer wins; with it, a session that
+        changed since the client's read is a 412 and nothing is written.
+        Clearing ``task_status`` releases the session by hand: the run that
+        held it is canceled.
+        """
+
+        def decide(_session: Loaded[SessionState]) -> list[NewEvent]:
+            if not fields:
+                return []
+            return [
+                NewEvent(EventType.SESSION_PATCHED, {"fields": fields}, actor(user_id, request_id))
+            ]
+
+        decided = await decide_and_append(
+            self.store,
+            session_stream(session_id),
+            lambda: self.session(user_id, session_id),
+            decide,
+            if_match=if_match,
+            last_writer_wins=True,
+            attempts=1,
         )
-        try:
-            await self.store.append(
-                session_stream(session_id),
-                [
-                    NewEvent(
-                        EventType.SESSION_PATCHED, {"fields": fields}, actor(user_id, request_id)
-                    )
-                ],
-                expected_version=expected,
-            )
-        except ConcurrencyConflict as exc:
-            raise PreconditionFailed("the session changed meanwhile: reload and retry") from exc
-        return await self.session(user_id, session_id), cancel
+        if decided.appended is None:
+            return decided.state
+        held_by = decided.state.body["active_run"]
+        if "task_status" in fields and fields["task_status"] is None and held_by is not None:
+            await self.runs.cancel(held_by, "task_status cleared by PATCH")
+        return await self.session(user_id, session_id)
 
     async def delete_session(
-        self, user_id: str, session_id: str, request_id: str | None
-    ) -> str | None:
-        """Tombstones the session; returns the active run to cancel, if any."""
-        doc = await self.session(user_id, session_id)
-        await self.store.append(
+        self, user_id: str, session_id: str, request_id: str | None = None
+    ) -> None:
+        """Tombstones the session (its history stays readable) and cancels its run."""
+        decided = await decide_and_append(
+            self.store,
             session_stream(session_id),
-            [NewEvent(EventType.SESSION_DELETED, {}, actor(user_id, request_id))],
+            lambda: self.session(user_id, session_id),
+            lambda _session: [NewEvent(EventType.SESSION_DELETED, {}, actor(user_id, request_id))],
+            last_writer_wins=True,
         )
-        active: str | None = doc.body["active_run"]
-        return active
+        held_by = decided.state.body["active_run"]
+        if held_by is not None:
+            await self.runs.cancel(held_by, "session deleted")
 
-    # claims -----------------------------------------------------------------------
-    async def claim(
+    async def cancel_run(self, user_id: str, run_id: str) -> RunRow:
+        """Cancel the caller's run; its terminal event frees the session."""
+        await owned_run(self.store, run_id, user_id)
+        await self.runs.cancel(run_id, "canceled by the owner")
+        return await self.run(user_id, run_id)
+
+    # runs -----------------------------------------------------------------------------------
+    async def start_turn(
         self,
         user_id: str,
         session_id: str,
+        ask: TurnRunInput,
         *,
-        kind: str,
-        task_status: str,
-        run_input: dict[str, Any],
         request_id: str | None = None,
         idempotency_key: str | None = None,
-        precheck: Any = None,
-    ) -> Claim:
-        """Atomically mark the session busy and create the run stream, or raise SessionBusy."""
-        purpose = f"{kind}:{session_id}"
-        run_hex = idem_uuid(user_id, idempotency_key, f"run:{purpose}")
-        run_id = "run_" + (uuid.UUID(run_hex).hex if run_hex else uuid.uuid4().hex)
-        claim_id = idem_uuid(user_id, idempotency_key, f"claim:{purpose}")
-        created_id = idem_uuid(user_id, idempotency_key, f"created:{purpose}")
-        meta = actor(user_id, request_id)
-        for _ in range(CLAIM_RETRIES):
-            doc = await self.session(user_id, session_id)
-            if precheck is not None:
-                precheck(doc)
-            busy = doc.body["row"]["task_status"] is not None
-            if busy and doc.body["active_run"] != run_id:
-                raise SessionBusy(
-                    f"Session is busy ({doc.body['row']['task_status']}); "
-                    "wait for task_status to return to null, then retry"
-                )
-            claim_event = NewEvent(
-                EventType.RUN_CLAIMED,
-                {"run_id": run_id, "kind": kind, "task_status": task_status},
-                meta,
-                **({"event_id": claim_id} if claim_id else {}),
-            )
-            created = NewEvent(
-                EventType.RUN_CREATED,
-                {
-                    "run_id": run_id,
-                    "kind": kind,
-                    "session_id": session_id,
-                    "user_id": user_id,
-                    "input": run_input,
-                },
-                {**meta, "session_id": session_id},
-                correlation_id=session_stream(session_id),
-                **({"event_id": created_id} if created_id else {}),
-            )
-            try:
-                results = await self.store.transact(
-                    [
-                        AppendRequest(session_stream(session_id), (claim_event,), doc.version),
-                        AppendRequest(run_stream(run_id), (created,), 0),
-                    ]
-                )
-            except ConcurrencyConflict:
-                continue
-            return Claim(run_id, session_id, user_id, kind, results[0].duplicate)
-        raise SessionBusy("Session is busy: too many concurrent changes, retry")
+    ) -> StartedRun:
+        self.runs.check_capacity()
+        claim = await claim_session(
+            self.store,
+            user_id,
+            session_id,
+            kind="turn",
+            run_input=ask,
+            request_id=request_id,
+            idempotency_key=idempotency_key,
+        )
+        return await self._start(claim, ask)
 
-    async def run(self, user_id: str, run_id: str) -> Doc:
-        return await owned(self.store, "run", run_id, user_id)
+    async def start_examples(
+        self,
+        user_id: str,
+        session_id: str,
+        ask: ExamplesRunInput,
+        *,
+        request_id: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> StartedRun:
+        self.runs.check_capacity()
+        claim = await claim_session(
+            self.store,
+            user_id,
+            session_id,
+            kind="examples",
+            run_input=ask,
+            request_id=request_id,
+            idempotency_key=idempotency_key,
+            precheck=require_skeleton,
+        )
+        return await self._start(claim, ask)
 
-    async def session_as_of(self, user_id: str, session_id: str, position: int) -> dict[str, Any]:
-        """The session state exactly as it was at a global position (time travel).
+    async def _start(self, claim: Claim, ask: RunInput) -> StartedRun:
+        """Start the claimed run (a retried claim's run is already going) and mint its token.
 
-        The owner may look back at a deleted session (auditors); the answer is
-        ``NotFound`` where the session did not exist yet or was already deleted.
-        At or past the last session event the current document is the answer;
-        otherwise the newest snapshot at or before ``position`` plus the
-        session events after it, so the cost is bounded by the snapshot
-        interval, not by the history's length.
+        A run that cannot start gives its claim back before the error goes
+        out, so the session is free to retry at once.
         """
-        doc = await owned(self.store, "session", session_id, user_id, deleted=True)
-        state: dict[str, Any] | None
-        if position >= doc.position:
-            state = doc.body
-        else:
-            state = await self._fold_until(session_stream(session_id), position)
-        if state is None or state["deleted"]:
-            raise NotFound(f"session {session_id} did not exist at position {position}")
-        return state
-
-    async def _fold_until(self, stream: str, position: int) -> dict[str, Any] | None:
-        snap = await self.store.latest_snapshot(stream, "session", max_position=position)
-        state: dict[str, Any] | None = None
-        after = 0
-        if snap is not None:
-            after, _, state = snap
-        while True:
-            events = await self.store.read_stream(
-                stream, after, limit=AS_OF_PAGE, to_position=position
-            )
-            state = fold_session(events, state)
-            if len(events) < AS_OF_PAGE:
-                return state
-            after = events[-1].version
-
-
-def check_no_examples_without_skeleton(doc: Doc) -> None:
-    if doc.body["row"]["skeleton"] is None:
-        raise ValidationFailed("Session has no framework yet. Chat first to create one.")
-
-
-def fold_session(
-    events: Sequence[Any], state: dict[str, Any] | None = None
-) -> dict[str, Any] | None:
-    return fold_session_events(state, events)
+        if not claim.duplicate:
+            try:
+                self.runs.start(claim, ask)
+            except Exception as exc:
+                log.exception("could not start run %s", claim.run_id)
+                await self.runs.release_failed_start(claim, f"the run could not start: {exc!r}")
+                raise SessionStreamError(
+                    "the run could not start; the session is free again"
+                ) from exc
+        return StartedRun(claim.run_id, self.tokens.mint(claim.run_id, claim.user_id))

@@ -14,8 +14,8 @@ from aiohttp.test_utils import TestClient
 
 from sessionstream.core.settings import Settings
 from sessionstream.server.app import create_app
-from sessionstream.server.auth import create_user
 from sessionstream.server.keys import STORE
+from sessionstream.services.accounts import create_user
 
 ON_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 

@@ -10,8 +10,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from sessionstream.server.auth import bearer_token, new_api_token, revoke_token
+from sessionstream.server.auth import bearer_token
 from sessionstream.server.keys import STORE
+from sessionstream.services.accounts import new_api_token, revoke_token
 from tests import serverproc
 from tests.conftest import Api
 from tests.test_realtime import start_turn

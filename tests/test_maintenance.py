@@ -26,8 +26,8 @@ from sessionstream.eventstore.sqlite import SQLiteEventStore
 from sessionstream.eventstore.verify import doc_form
 from sessionstream.projections.session import SessionProjection
 from sessionstream.server.app import create_app
-from sessionstream.server.auth import create_user
 from sessionstream.server.keys import STORE
+from sessionstream.services.accounts import create_user
 from tests.test_history import RevisingEngine
 
 S = "/api/campaigns/ai-chat-sessions"

@@ -444,24 +444,28 @@ async def test_a_lease_can_be_taken_over(nodes: StoreFactory) -> None:
 
 
 async def test_a_dead_nodes_run_is_ended_by_another_node(nodes: StoreFactory) -> None:
+    from sessionstream.services.accounts import RunTokens
+    from sessionstream.services.campaigns import Campaigns
+    from sessionstream.services.claims import claim_session
     from sessionstream.services.runs import RunManager
-    from sessionstream.services.sessions import Service
+    from sessionstream.services.sessions import Sessions
     from tests.scripted_engine import ScriptedEngine
 
     store_a, store_b = await nodes(), await nodes()
-    service = Service(store_a)
-    campaign = await service.create_campaign("u1", "c", None)
-    node = await service.add_node("u1", campaign.key, "n", None, None)
-    session = await service.create_session("u1", campaign.key, node["id"])
-    claim = await service.claim(
-        "u1", session.key, kind="turn", task_status="chat_processing", run_input={}
-    )
     ttl = 0.6
     gate = asyncio.Event()  # never set: the run streams half its words, then hangs
     runs_a = RunManager(
         store_a, ScriptedEngine(gate=gate), node_id="node-a", lease_ttl_s=ttl, coalesce_ms=0
     )
     runs_b = RunManager(store_b, ScriptedEngine(), node_id="node-b", lease_ttl_s=ttl)
+    campaigns = Campaigns(store_a)
+    campaign = await campaigns.create_campaign("u1", "c")
+    node = await campaigns.add_node("u1", campaign.key, "n", None)
+    sessions = Sessions(store_a, runs_a, RunTokens("test-secret-" * 4, 60))
+    session = await sessions.create_session("u1", campaign.key, node["id"])
+    claim = await claim_session(
+        store_a, "u1", session.key, kind="turn", run_input={"message": "hi"}
+    )
     assert runs_a.leases is store_a
     runs_a.start(claim, {"message": "hi"})
     upkeep_a = asyncio.create_task(runs_a.upkeep())

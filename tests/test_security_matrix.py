@@ -474,7 +474,7 @@ async def test_rate_limit_is_per_token_on_every_authenticated_route(
 async def second_token(api: Api) -> str:
     """Another API token of user a, issued the way the CLI issues one."""
     from sessionstream.eventstore.model import NewEvent
-    from sessionstream.server.auth import hash_token, new_api_token
+    from sessionstream.services.accounts import hash_token, new_api_token
 
     token = new_api_token()
     event = NewEvent("token.issued", {"token_hash": hash_token(token)}, {"actor": "system"})

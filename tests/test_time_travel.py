@@ -26,8 +26,7 @@ from sessionstream import projections
 from sessionstream.eventstore.sqlite import SQLiteEventStore
 from sessionstream.projections.session import apply_session, fold_session_events
 from sessionstream.server.app import create_app
-from sessionstream.server.auth import create_user
-from sessionstream.services.sessions import fold_session
+from sessionstream.services.accounts import create_user
 from tests.test_history import RevisingEngine
 from tests.test_projection_properties import histories, recorded
 
@@ -149,8 +148,8 @@ async def scenario(tmp: Path, ops: list[Op]) -> None:
             r = await client.get(f"{S}/{sid}", params={"as_of": event.recorded_at}, headers=d.h)
             at_time = await r.json()
             assert at_time["as_of"] >= head
-            expected = fold_session(
-                await store.read_stream(f"session-{sid}", to_position=at_time["as_of"])
+            expected = fold_session_events(
+                None, await store.read_stream(f"session-{sid}", to_position=at_time["as_of"])
             )
             assert expected is not None and at_time["session"] == expected["row"]
 
@@ -223,7 +222,7 @@ async def test_deleting_every_snapshot_changes_no_answer(
     # and both equal the plain fold of the log, position by position
     events = await store.read_stream(f"session-{sid}")
     for position, (status, body) in with_snapshots.items():
-        state = fold_session([e for e in events if e.position <= position])
+        state = fold_session_events(None, [e for e in events if e.position <= position])
         if state is None or state["deleted"]:
             assert status == 404, position
         else:

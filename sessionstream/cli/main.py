@@ -55,7 +55,7 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
 def users(args: argparse.Namespace, settings: Settings) -> int:
     """Tokens are printed alone on the last line of stdout so scripts can take them."""
     from sessionstream.core.errors import NotFound
-    from sessionstream.server.auth import create_user, issue_token, revoke_token
+    from sessionstream.services.accounts import create_user, issue_token, revoke_token
 
     async def run() -> int:
         async with open_store(settings) as store:

@@ -15,12 +15,13 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
 from sessionstream.cli.commands import command, open_store
 from sessionstream.core.errors import SessionStreamError
+from sessionstream.core.readmodels import SessionState
 from sessionstream.core.settings import Settings
 from sessionstream.core.vocabulary import SESSION_PREFIX, TERMINAL, EventType, session_stream
 from sessionstream.eventstore.base import EventStore
@@ -179,7 +180,7 @@ def pretty(value: Any) -> str:
     return "" if value is None else json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False)
 
 
-def draft_text(row: dict[str, Any]) -> str:
+def draft_text(row: Mapping[str, Any]) -> str:
     if row["draft_subject"] is None and row["draft_body"] is None:
         return ""
     return f"Subject: {row['draft_subject'] or ''}\n\n{row['draft_body'] or ''}"
@@ -189,10 +190,10 @@ def _count(value: Any) -> int:
     return len(value) if isinstance(value, list) else 0
 
 
-def row_changes(event_type: str, old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
+def row_changes(event_type: str, old: SessionState | None, new: SessionState) -> list[str]:
     """What one session event changed, for a person: previews and unified diffs."""
-    before: dict[str, Any] = old["row"] if old else {k: None for k in new["row"]}
-    after = new["row"]
+    before: Mapping[str, Any] = old["row"] if old else {k: None for k in new["row"]}
+    after: Mapping[str, Any] = new["row"]
     lines: list[str] = []
     if old is None:
         lines.append(f"  created for campaign {after['campaign_id']}, node {after['node_id']}")
@@ -236,7 +237,7 @@ def row_changes(event_type: str, old: dict[str, Any] | None, new: dict[str, Any]
     for name in ("title", "task_status"):
         if before[name] != after[name] and old is not None:
             lines.append(f"  {name}: {before[name]!r} -> {after[name]!r}")
-    if new["deleted"] and not (old or {}).get("deleted"):
+    if new["deleted"] and not (old is not None and old["deleted"]):
         lines.append("  session deleted (history kept)")
     return lines
 
@@ -267,7 +268,7 @@ def run_details(event: RecordedEvent) -> list[str]:
 
 def timeline(events: Iterable[RecordedEvent], *, deltas: bool = False) -> Iterator[str]:
     """The readable history of one session and its runs, event by event."""
-    state: dict[str, Any] | None = None
+    state: SessionState | None = None
     streamed: dict[str, list[int]] = {}  # run -> [deltas, characters]
     for event in events:
         head = f"#{event.position:<6} {event.recorded_at}  {who(event):<24} {event.type}"

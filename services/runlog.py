@@ -1,0 +1,122 @@
+"""How a run writes: its own stream at an exact ``seq``, and one ending with its results.
+
+The run task is the only writer of its run stream and appends with an
+expected version, so a terminal event written by someone else (a cancel on
+another node, recovery) makes the task's next append fail: it stops
+(:class:`RunStopped`) instead of writing past the end. The terminal event,
+the durable results on the session stream and the release of the session's
+claim are one transaction, so a run is never over while its session stays
+busy, nor the other way round.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sessionstream.core.errors import ConcurrencyConflict, NotFound
+from sessionstream.core.readmodels import RunRow
+from sessionstream.core.vocabulary import EventType, run_stream, session_stream
+from sessionstream.eventstore.base import EventStore
+from sessionstream.eventstore.model import AppendRequest, NewEvent
+from sessionstream.services.claims import Claim
+from sessionstream.services.decide import decide_and_append
+from sessionstream.services.ownership import Loaded, run_of
+
+#: the statuses of a run that has not ended
+ACTIVE = ("queued", "running")
+
+
+class RunStopped(Exception):
+    """Someone else ended this run (cancel elsewhere, recovery): stop quietly."""
+
+
+@dataclass(slots=True)
+class RunContext:
+    """A run being written: its claim and the ``seq`` its stream is at."""
+
+    claim: Claim
+    seq: int = 1  # run.created is seq 1
+
+    @property
+    def stream(self) -> str:
+        return run_stream(self.claim.run_id)
+
+    def meta(self) -> dict[str, Any]:
+        return {
+            "actor": {"type": "run", "id": self.claim.run_id},
+            "session_id": self.claim.session_id,
+        }
+
+    def event(self, type_: str, data: dict[str, Any]) -> NewEvent:
+        """An event of the run stream, delivered to the session's subscribers too."""
+        return NewEvent(
+            type_, data, self.meta(), correlation_id=session_stream(self.claim.session_id)
+        )
+
+    def session_event(self, type_: str, data: dict[str, Any]) -> NewEvent:
+        return NewEvent(type_, data, self.meta())
+
+    def release(self, outcome: str, session_events: Sequence[NewEvent] = ()) -> AppendRequest:
+        """The run's durable results and the release of its claim, on the session stream."""
+        released = self.session_event(
+            EventType.RUN_RELEASED, {"run_id": self.claim.run_id, "outcome": outcome}
+        )
+        return AppendRequest(session_stream(self.claim.session_id), (*session_events, released))
+
+
+async def append_run(store: EventStore, ctx: RunContext, *events: NewEvent) -> None:
+    try:
+        result = await store.append(ctx.stream, events, expected_version=ctx.seq)
+    except ConcurrencyConflict as exc:
+        raise RunStopped from exc
+    ctx.seq = result.version
+
+
+async def finish(
+    store: EventStore,
+    ctx: RunContext,
+    run_events: Sequence[NewEvent],
+    session_events: Sequence[NewEvent] = (),
+) -> None:
+    """Terminal event and durable results in one transaction."""
+    try:
+        await store.transact(
+            [
+                AppendRequest(ctx.stream, tuple(run_events), ctx.seq),
+                ctx.release(run_events[-1].type, session_events),
+            ]
+        )
+    except ConcurrencyConflict as exc:
+        raise RunStopped from exc
+
+
+async def end_run(store: EventStore, run_id: str, type_: str, data: dict[str, Any]) -> bool:
+    """End a run this task is not executing (orphaned, on a dead node, canceled);
+    False when it has already ended (or never existed)."""
+
+    async def load() -> Loaded[RunRow]:
+        doc = await store.get_doc("run", run_id)
+        if doc is None:
+            raise NotFound(f"run {run_id} not found")
+        return run_of(doc)
+
+    def context(run: Loaded[RunRow]) -> RunContext:
+        row = run.body
+        claim = Claim(run_id, row["session_id"], row["user_id"], row["kind"], False)
+        return RunContext(claim, seq=run.version)
+
+    def decide(run: Loaded[RunRow]) -> list[NewEvent]:
+        if run.body["status"] not in ACTIVE:
+            return []
+        return [context(run).event(type_, data)]
+
+    def release(run: Loaded[RunRow]) -> list[AppendRequest]:
+        return [context(run).release(type_)]
+
+    try:
+        decided = await decide_and_append(store, run_stream(run_id), load, decide, also=release)
+    except (NotFound, ConcurrencyConflict):
+        return False  # gone, or ended by others every time we looked
+    return decided.appended is not None

@@ -1,0 +1,203 @@
+"""One chat turn: the engine's stream of items becomes the run's events.
+
+Text deltas are coalesced (one ``message.delta`` per ``coalesce_s`` window,
+not one per token) so the log stays small while subscribers still see the
+reply grow; skeleton and draft proposals are events of their own. The
+durable results (the user's and the assistant's messages, a new skeleton
+revision, a new draft) land on the session stream: the user's message with
+``run.started``, the rest with the terminal event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+from sessionstream.core.errors import EngineError
+from sessionstream.core.readmodels import SessionRow, TurnOutput, TurnRunInput
+from sessionstream.core.vocabulary import EventType, session_stream
+from sessionstream.engines.base import (
+    DEFAULT_VAR_NAMES,
+    DraftUpdate,
+    Message,
+    ModelEngine,
+    SkeletonUpdate,
+    TextDelta,
+    TurnInput,
+)
+from sessionstream.eventstore.base import EventStore
+from sessionstream.eventstore.model import AppendRequest, NewEvent
+from sessionstream.services.ownership import session_of
+from sessionstream.services.runlog import RunContext, RunStopped, append_run, finish
+
+
+def turn_input(row: SessionRow, ask: TurnRunInput) -> TurnInput:
+    """What the engine may read: the session as it was when the turn started, and the ask."""
+    return TurnInput(
+        message=ask["message"],
+        history=tuple(
+            Message(str(m.get("role", "")), str(m.get("content", "")))
+            for m in (row["messages"] or [])
+            if isinstance(m, dict)
+        ),
+        skeleton=row["skeleton"],
+        framework_version=row["framework_version"] or 0,
+        draft_subject=row["draft_subject"],
+        draft_body=row["draft_body"],
+        available_vars=tuple(ask.get("availableVarNames") or DEFAULT_VAR_NAMES),
+        sample_leads=tuple(ask.get("sampleLeads") or ()),
+        sequence_context=ask.get("sequenceContext"),
+    )
+
+
+async def run_turn(
+    store: EventStore,
+    engine: ModelEngine,
+    ctx: RunContext,
+    ask: TurnRunInput,
+    *,
+    coalesce_s: float,
+    engine_timeout_s: float,
+) -> None:
+    doc = await store.get_doc("session", ctx.claim.session_id)
+    if doc is None:
+        raise RunStopped
+    message = str(ask["message"])
+    inp = turn_input(session_of(doc).body["row"], ask)
+    await store.transact(
+        [
+            AppendRequest(
+                ctx.stream, (ctx.event(EventType.RUN_STARTED, {"kind": "turn"}),), ctx.seq
+            ),
+            AppendRequest(
+                session_stream(ctx.claim.session_id),
+                (
+                    ctx.session_event(
+                        EventType.MESSAGE_APPENDED, {"role": "user", "content": message}
+                    ),
+                ),
+            ),
+        ]
+    )
+    ctx.seq += 1
+    text: list[str] = []
+    pending: list[str] = []
+    last_flush = 0.0
+    skeleton: dict[str, Any] | None = None
+    draft: DraftUpdate | None = None
+    version = inp.framework_version
+
+    async def flush() -> None:
+        nonlocal last_flush
+        if pending:
+            chunk = "".join(pending)
+            pending.clear()
+            await append_run(store, ctx, ctx.event(EventType.MESSAGE_DELTA, {"text": chunk}))
+            last_flush = time.monotonic()
+
+    stream = engine.turn(inp).__aiter__()
+    # The engine's next item is awaited as its own task: a timeout (to flush a
+    # coalescing window, or to detect a hung engine) must never cancel it, since
+    # cancelling an async generator's __anext__ ends the generator for good.
+    next_item: asyncio.Future[Any] | None = None
+    idle_deadline = 0.0
+    try:
+        while True:
+            if next_item is None:
+                next_item = asyncio.ensure_future(stream.__anext__())
+                idle_deadline = time.monotonic() + engine_timeout_s
+            deadline = idle_deadline
+            if pending:
+                deadline = min(deadline, last_flush + coalesce_s)
+            done, _ = await asyncio.wait({next_item}, timeout=max(0.0, deadline - time.monotonic()))
+            if not done:
+                if pending and time.monotonic() >= last_flush + coalesce_s:
+                    await flush()
+                elif time.monotonic() >= idle_deadline:
+                    raise EngineError(f"the model engine sent nothing for {engine_timeout_s:g}s")
+                continue
+            finished, next_item = next_item, None
+            try:
+                item = finished.result()
+            except StopAsyncIteration:
+                break
+            if isinstance(item, TextDelta):
+                if not item.text:
+                    continue
+                text.append(item.text)
+                pending.append(item.text)
+                if time.monotonic() - last_flush >= coalesce_s:
+                    await flush()
+            elif isinstance(item, SkeletonUpdate):
+                await flush()
+                skeleton = item.skeleton
+                version += 1
+                await append_run(
+                    store,
+                    ctx,
+                    ctx.event(
+                        EventType.SKELETON_UPDATED,
+                        {"skeleton": skeleton, "framework_version": version},
+                    ),
+                )
+            elif isinstance(item, DraftUpdate):
+                await flush()
+                draft = item
+                await append_run(
+                    store,
+                    ctx,
+                    ctx.event(
+                        EventType.DRAFT_UPDATED,
+                        {"draft_subject": item.subject, "draft_body": item.body},
+                    ),
+                )
+    finally:
+        if next_item is not None:
+            next_item.cancel()
+        closer = getattr(stream, "aclose", None)
+        if closer is not None:
+            with contextlib.suppress(Exception):
+                await closer()
+    await flush()
+    await _complete(store, ctx, "".join(text), skeleton, draft, version)
+
+
+async def _complete(
+    store: EventStore,
+    ctx: RunContext,
+    reply: str,
+    skeleton: dict[str, Any] | None,
+    draft: DraftUpdate | None,
+    version: int,
+) -> None:
+    """The turn's end: the whole reply on both streams, the revisions on the session."""
+    run_id = ctx.claim.run_id
+    session_events: list[NewEvent] = [
+        ctx.session_event(EventType.MESSAGE_APPENDED, {"role": "assistant", "content": reply})
+    ]
+    if skeleton is not None:
+        session_events.append(
+            ctx.session_event(EventType.SKELETON_REVISED, {"skeleton": skeleton, "run_id": run_id})
+        )
+    if draft is not None:
+        session_events.append(
+            ctx.session_event(
+                EventType.DRAFT_REVISED,
+                {"draft_subject": draft.subject, "draft_body": draft.body, "run_id": run_id},
+            )
+        )
+    output: TurnOutput = {
+        "message": reply,
+        "skeleton_updated": skeleton is not None,
+        "framework_version": version,
+        "draft_updated": draft is not None,
+    }
+    run_events = [
+        ctx.event(
+            EventType.MESSAGE_COMPLETED, {"message": {"role": "assistant", "content": reply}}
+        ),
+        ctx.event(EventType.RUN_COMPLETED, {"output": output}),
+    ]
+    await finish(store, ctx, run_events, session_events)
