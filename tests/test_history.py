@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
+import pytest
+
+from sessionstream.core.errors import ValidationFailed
+from sessionstream.core.readmodels import SessionRow
+from sessionstream.core.vocabulary import EventType
 from sessionstream.engines.base import DraftUpdate, SkeletonUpdate, StreamItem, TextDelta, TurnInput
 from sessionstream.eventstore.model import GENESIS_HASH, RecordedEvent, recompute_hash
 from sessionstream.server.keys import STORE
+from sessionstream.services.history import draft_rollback, skeleton_rollback
 from tests.conftest import Api
 from tests.scripted_engine import ScriptedEngine
 
@@ -426,3 +432,134 @@ async def test_as_of_looks_back_at_a_deleted_session(make_api: Any) -> None:
     now = await api.app[STORE].head_position()
     r = await api.client.get(f"{S}/{sid}", params={"as_of": now}, headers=api.h())
     assert r.status == 404
+
+
+# the rollback deciders, pure (no store, no event loop) ------------------------------------
+def row(**fields: Any) -> SessionRow:
+    base = {
+        "id": "s1",
+        "user_id": "u1",
+        "campaign_id": "c1",
+        "node_id": "n1",
+        "title": None,
+        "messages": None,
+        "draft_subject": None,
+        "draft_body": None,
+        "skeleton": None,
+        "skeleton_history": None,
+        "draft_history": None,
+        "framework_version": None,
+        "generated_examples": None,
+        "task_status": None,
+        "created_at": "t0",
+        "updated_at": "t0",
+    }
+    return cast(SessionRow, {**base, **fields})
+
+
+def v(version: Any, skeleton: Any) -> dict[str, Any]:
+    return {"framework_version": version, "skeleton": skeleton, "replaced_at": "t"}
+
+
+SKELETON_DECISIONS: list[tuple[str, SessionRow, int, Any]] = [
+    (
+        "the newest entry with that version wins (a PATCH may repeat one)",
+        row(
+            skeleton={"v": 3},
+            framework_version=3,
+            skeleton_history=[v(1, {"a": 1}), v(1, {"b": 1})],
+        ),
+        1,
+        (EventType.SKELETON_ROLLED_BACK, {"to_version": 1, "skeleton": {"b": 1}}),
+    ),
+    (
+        "the current version is refused, not appended as a no-op revision",
+        row(skeleton={"v": 2}, framework_version=2, skeleton_history=[v(1, {"a": 1})]),
+        2,
+        "already current",
+    ),
+    (
+        "JSON true is not version 1",
+        row(skeleton={"v": 2}, framework_version=2, skeleton_history=[v(True, {"a": 1})]),
+        1,
+        "not in this session's skeleton_history",
+    ),
+    (
+        "an entry without a skeleton object restores nothing",
+        row(skeleton={"v": 2}, framework_version=2, skeleton_history=[v(1, "text")]),
+        1,
+        "holds no skeleton",
+    ),
+    (
+        "a PATCHed history that is not a list has no versions",
+        row(skeleton={"v": 2}, framework_version=2, skeleton_history=cast(Any, {"1": {}})),
+        1,
+        "not in this session's skeleton_history",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("why", "current", "version", "expected"),
+    SKELETON_DECISIONS,
+    ids=[t[0] for t in SKELETON_DECISIONS],
+)
+def test_skeleton_rollback_decisions(
+    why: str, current: SessionRow, version: int, expected: Any
+) -> None:
+    decide = skeleton_rollback(version)
+    if isinstance(expected, str):
+        with pytest.raises(ValidationFailed, match=expected):
+            decide(current)
+    else:
+        assert decide(current) == expected, why
+
+
+def test_an_unknown_version_lists_the_ones_there_are() -> None:
+    current = row(
+        skeleton={"v": 4}, framework_version=4, skeleton_history=[v(3, {}), v(1, {}), "junk"]
+    )
+    with pytest.raises(ValidationFailed) as caught:
+        skeleton_rollback(2)(current)
+    assert caught.value.details == {"available": [1, 3], "current": 4}
+
+
+DRAFT_DECISIONS: list[tuple[str, list[Any] | None, int, Any]] = [
+    (
+        "an entry is restored by its index",
+        [{"draft_subject": "s0", "draft_body": "b0"}, {"draft_subject": "s1", "draft_body": None}],
+        1,
+        (EventType.DRAFT_ROLLED_BACK, {"index": 1, "draft_subject": "s1", "draft_body": None}),
+    ),
+    ("no history", None, 0, "has 0 entries; index 0 does not exist"),
+    ("past the end", [{"draft_subject": "s", "draft_body": "b"}], 1, "has 1 entries"),
+    ("a PATCHed entry that is no draft", [{"draft_subject": 7, "draft_body": "b"}], 0, "no draft"),
+]
+
+
+@pytest.mark.parametrize(
+    ("why", "history", "index", "expected"), DRAFT_DECISIONS, ids=[t[0] for t in DRAFT_DECISIONS]
+)
+def test_draft_rollback_decisions(
+    why: str, history: list[Any] | None, index: int, expected: Any
+) -> None:
+    decide = draft_rollback(index)
+    current = row(draft_subject="now", draft_body="now", draft_history=history)
+    if isinstance(expected, str):
+        with pytest.raises(ValidationFailed, match=expected):
+            decide(current)
+    else:
+        assert decide(current) == expected, why
+
+
+async def test_an_empty_patch_with_a_stale_tag_says_what_every_stale_tag_says(api: Api) -> None:
+    # the empty PATCH had its own copy of the If-Match rule, without the advice to reload
+    session = await api.session()
+    sid = session["id"]
+    r = await api.client.patch(f"{S}/{sid}", json={"title": "a"}, headers=api.h())
+    for body in ({}, {"title": "b"}):
+        r = await api.client.patch(f"{S}/{sid}", json=body, headers={**api.h(), "If-Match": '"1"'})
+        assert r.status == 412
+        assert (await r.json())["error"]["message"] == (
+            "session is at version 2, not 1: reload and retry"
+        )

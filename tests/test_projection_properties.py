@@ -24,6 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sessionstream import projections
+from sessionstream.core import readmodels
 from sessionstream.eventstore.model import GENESIS_HASH, AppendRequest, NewEvent, RecordedEvent
 from sessionstream.eventstore.projector import fold
 from sessionstream.eventstore.sqlite import SQLiteEventStore
@@ -444,6 +445,83 @@ def test_run_table(specs: list[tuple[str, dict[str, Any]]], expected: dict[str, 
         assert state[key] == value, key
     if len(events) > 1:  # a run's events before its run.created fold to nothing
         assert apply_run(None, events[-1]) is None
+
+
+# the read-model shapes ----------------------------------------------------------------------
+def _fields(shape: Any) -> set[str]:
+    return set(shape.__required_keys__ | shape.__optional_keys__)
+
+
+def test_every_projection_builds_exactly_its_shape_in_core_readmodels() -> None:
+    """The TypedDicts are what every layer reads; a field added on one side only fails here."""
+    user_stream = "user-u1"
+    created = recorded([CREATED, skeleton(A), claim("run_a")])
+    session = fold(SESSION, created)
+    assert session is not None
+    assert set(session) == _fields(readmodels.SessionState)
+    assert set(session["row"]) == _fields(readmodels.SessionRow)
+    run_events = [
+        RecordedEvent(
+            1, "run-run_a", 1, "e1", "run.created", RUN_CREATED[1], {}, STREAM, T(1), "h"
+        ),
+        RecordedEvent(
+            2,
+            "run-run_a",
+            2,
+            "e2",
+            "examples.progress",
+            {"done": 1, "total": 2},
+            {},
+            STREAM,
+            T(2),
+            "h",
+        ),
+    ]
+    run = fold(RunProjection(), run_events)
+    assert run is not None and set(run) == _fields(readmodels.RunRow)
+    assert set(run["progress"]) == _fields(readmodels.RunProgress)
+    campaign_events = [
+        RecordedEvent(
+            1,
+            "campaign-c1",
+            1,
+            "e1",
+            "campaign.created",
+            {"id": "c1", "user_id": "u1", "name": "c"},
+            {},
+            None,
+            T(1),
+            "h",
+        ),
+        RecordedEvent(
+            2,
+            "campaign-c1",
+            2,
+            "e2",
+            "node.added",
+            {"id": "n1", "position": 1},
+            {},
+            None,
+            T(2),
+            "h",
+        ),
+    ]
+    campaign = fold(projections.CampaignProjection(), campaign_events)
+    assert campaign is not None and set(campaign) == _fields(readmodels.Campaign)
+    assert set(campaign["nodes"][0]) == _fields(readmodels.Node)
+    user_events = [
+        RecordedEvent(
+            1, user_stream, 1, "e1", "user.created", {"id": "u1", "name": "a"}, {}, None, T(1), "h"
+        ),
+        RecordedEvent(
+            2, user_stream, 2, "e2", "token.issued", {"token_hash": "ab"}, {}, None, T(2), "h"
+        ),
+    ]
+    user = fold(projections.UserProjection(), user_events)
+    assert user is not None and set(user) == _fields(readmodels.User)
+    token = fold(projections.TokenProjection(), user_events)
+    assert token == {"user_id": "u1", "issued_at": T(2), "revoked": False}
+    assert set(token) == _fields(readmodels.Token)
 
 
 # properties -------------------------------------------------------------------------------
