@@ -1,7 +1,7 @@
 """The ``ModelEngine`` protocol every engine implements.
 
 A run asks an engine for one chat turn (a stream of items) or one per-lead
-example. Engines never touch the log: the run engine in ``server/runs.py``
+example. Engines never touch the log: the run engine in ``services/runs.py``
 turns their items into events, so any engine gets durability, streaming and
 resumption for free.
 """
