@@ -75,6 +75,15 @@ def run_param(request: web.Request) -> str:
     return value
 
 
+def campaign_query(request: web.Request) -> str:
+    campaign_id = request.query.get("campaign_id")
+    if not campaign_id:
+        raise ValidationFailed("campaign_id is required")
+    if not _UUID.match(campaign_id):
+        raise ValidationFailed("campaign_id must be a UUID")
+    return campaign_id.lower()
+
+
 def if_match(request: web.Request) -> int | None:
     raw = request.headers.get("If-Match")
     if raw is None or raw.strip() == "*":
@@ -173,12 +182,7 @@ def campaign_json(campaign: Campaign) -> CampaignJson:
 # sessions -------------------------------------------------------------------------------
 @routes.get(SESSIONS_PATH)
 async def list_sessions(request: web.Request) -> web.Response:
-    campaign_id = request.query.get("campaign_id")
-    if not campaign_id:
-        raise ValidationFailed("campaign_id is required")
-    if not _UUID.match(campaign_id):
-        raise ValidationFailed("campaign_id must be a UUID")
-    rows = await request.app[SESSIONS].sessions(user_id(request), campaign_id.lower())
+    rows = await request.app[SESSIONS].sessions(user_id(request), campaign_query(request))
     return web.json_response({"sessions": rows})
 
 

@@ -19,6 +19,8 @@ from sessionstream.services.ownership import Loaded, campaign_of, owned_campaign
 
 
 class Campaigns:
+    """Campaign and node commands and queries; another user's campaign is ``NotFound``."""
+
     def __init__(self, store: EventStore) -> None:
         self.store = store
 

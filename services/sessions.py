@@ -50,6 +50,8 @@ class StartedRun:
 
 
 class Sessions:
+    """The session commands and queries; runs are started and canceled through ``runs``."""
+
     def __init__(self, store: EventStore, runs: RunManager, tokens: RunTokens) -> None:
         self.store = store
         self.runs = runs
