@@ -133,13 +133,13 @@ async def read_json(request: web.Request) -> Any:
     return value
 
 
-async def parse(request: web.Request, model: type[M]) -> tuple[M, dict[str, Any]]:
-    """Validate the body against ``model``; returns the model and the raw object."""
+async def parse(request: web.Request, model: type[M]) -> M:
+    """The body, validated against ``model``."""
     value = await read_json(request)
     if not isinstance(value, dict):
         raise ValidationFailed("the body must be a JSON object")
     try:
-        return model.model_validate(value), value
+        return model.model_validate(value)
     except ValidationError as exc:
         raise validation_failed(exc) from exc
 

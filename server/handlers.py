@@ -188,7 +188,7 @@ async def list_sessions(request: web.Request) -> web.Response:
 
 @routes.post(SESSIONS_PATH)
 async def create_session(request: web.Request) -> web.Response:
-    body, _ = await parse(request, CreateSession)
+    body = await parse(request, CreateSession)
     session = await request.app[SESSIONS].create_session(
         user_id(request),
         body.campaign_id.lower(),
@@ -213,7 +213,7 @@ async def get_session(request: web.Request) -> web.Response:
 async def patch_session(request: web.Request) -> web.Response:
     session_id = uuid_param(request)
     expected = if_match(request)
-    body, _ = await parse(request, PatchSession)
+    body = await parse(request, PatchSession)
     session = await request.app[SESSIONS].patch_session(
         user_id(request),
         session_id,
@@ -234,7 +234,7 @@ async def delete_session(request: web.Request) -> web.Response:
 @routes.post(SESSIONS_PATH + "/{id}/turn")
 async def turn(request: web.Request) -> web.Response:
     session_id = uuid_param(request)
-    body, _ = await parse(request, TurnRequest)
+    body = await parse(request, TurnRequest)
     started = await request.app[SESSIONS].start_turn(
         user_id(request),
         session_id,
@@ -248,7 +248,7 @@ async def turn(request: web.Request) -> web.Response:
 @routes.post(SESSIONS_PATH + "/{id}/generate-examples")
 async def generate_examples(request: web.Request) -> web.Response:
     session_id = uuid_param(request)
-    body, _ = await parse(request, GenerateExamplesRequest)
+    body = await parse(request, GenerateExamplesRequest)
     started = await request.app[SESSIONS].start_examples(
         user_id(request),
         session_id,
@@ -275,7 +275,7 @@ async def cancel_run(request: web.Request) -> web.Response:
 # campaigns and nodes ----------------------------------------------------------------------
 @routes.post("/api/campaigns")
 async def create_campaign(request: web.Request) -> web.Response:
-    body, _ = await parse(request, CreateCampaign)
+    body = await parse(request, CreateCampaign)
     campaign = await request.app[CAMPAIGNS].create_campaign(
         user_id(request), body.name, request_id(request)
     )
@@ -305,7 +305,7 @@ async def delete_campaign(request: web.Request) -> web.Response:
 @routes.post("/api/campaigns/{id}/nodes")
 async def create_node(request: web.Request) -> web.Response:
     campaign_id = uuid_param(request)
-    body, _ = await parse(request, CreateNode)
+    body = await parse(request, CreateNode)
     node = await request.app[CAMPAIGNS].add_node(
         user_id(request), campaign_id, body.name, body.position, request_id(request)
     )

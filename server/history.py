@@ -69,7 +69,7 @@ async def session_events(request: web.Request) -> web.Response:
 async def rollback_skeleton(request: web.Request) -> web.Response:
     session_id = uuid_param(request)
     expected = if_match(request)
-    body, _ = await parse(request, SkeletonRollback)
+    body = await parse(request, SkeletonRollback)
     session = await request.app[HISTORY].rollback_skeleton(
         user_id(request),
         session_id,
@@ -83,7 +83,7 @@ async def rollback_skeleton(request: web.Request) -> web.Response:
 async def rollback_draft(request: web.Request) -> web.Response:
     session_id = uuid_param(request)
     expected = if_match(request)
-    body, _ = await parse(request, DraftRollback)
+    body = await parse(request, DraftRollback)
     session = await request.app[HISTORY].rollback_draft(
         user_id(request),
         session_id,
