@@ -100,7 +100,7 @@ def fold_rate(events: list[RecordedEvent], bulk: bool) -> float:
 
 
 def bench_fold(sizes: list[int], rounds: int) -> dict[str, Any]:
-    rows = []
+    rows: list[dict[str, Any]] = []
     for size in sizes:
         events = chat_history(size)
         # the two paths agree before either is timed
