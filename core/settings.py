@@ -36,19 +36,14 @@ MIN_SECRET_CHARS = 32
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 
-def _named(env: str | None = None, flag: str | None = None, hint: str | None = None) -> Any:
-    """Field metadata beyond pydantic's: an env name off the prefix rule, a CLI flag,
-    and a hint that follows the problem in an error message."""
-    extra = {"env": env, "flag": flag, "hint": hint}
-    return {key: value for key, value in extra.items() if value is not None}
-
-
 class Settings(BaseSettings):
     """One node's configuration, validated once, then frozen."""
 
     model_config = SettingsConfigDict(
         env_prefix="SESSIONSTREAM_", frozen=True, extra="forbid", allow_inf_nan=False
     )
+    # json_schema_extra carries what pydantic has no word for: "env", a variable off the
+    # prefix rule; "flag", the CLI flag; "hint", said after a problem with the value
 
     # -- storage ---------------------------------------------------------------------------
     db_path: str = Field(
@@ -56,7 +51,7 @@ class Settings(BaseSettings):
         min_length=1,
         description="The SQLite file. A generated run-token secret is kept beside it, "
         "in `<file>.secret`.",
-        json_schema_extra=_named(env="SESSIONSTREAM_DB", flag="--db"),
+        json_schema_extra={"env": "SESSIONSTREAM_DB", "flag": "--db"},
     )
     database_url: str | None = Field(
         default=None,
@@ -65,7 +60,7 @@ class Settings(BaseSettings):
         "`postgresql://user:password@host:port/db`, the same on every node. "
         "`?search_path=NAME` keeps a deployment in schema `NAME` (created if missing), "
         "with its own notification channel.",
-        json_schema_extra=_named(flag="--database-url", hint="(postgresql://...)"),
+        json_schema_extra={"flag": "--database-url", "hint": "(postgresql://...)"},
     )
     secret: str | None = Field(
         default=None,
@@ -74,9 +69,9 @@ class Settings(BaseSettings):
         description="Signs the run-scoped `publicAccessToken`s. Unset, a single node "
         "generates one beside its SQLite file; nodes sharing PostgreSQL must all be given "
         "the same value and refuse to start without it.",
-        json_schema_extra=_named(
-            hint="(HS256 wants a key as long as its hash; try `openssl rand -base64 48`)"
-        ),
+        json_schema_extra={
+            "hint": "(HS256 wants a key as long as its hash; try `openssl rand -base64 48`)"
+        },
     )
 
     # -- the HTTP server -------------------------------------------------------------------
@@ -84,14 +79,14 @@ class Settings(BaseSettings):
         default="127.0.0.1",
         min_length=1,
         description="The address the server listens on.",
-        json_schema_extra=_named(flag="--host"),
+        json_schema_extra={"flag": "--host"},
     )
     port: int = Field(
         default=8080,
         ge=1,
         le=65535,
         description="The port the server listens on.",
-        json_schema_extra=_named(flag="--port"),
+        json_schema_extra={"flag": "--port"},
     )
     max_body_bytes: int = Field(
         default=4 * 1024 * 1024,
@@ -143,7 +138,7 @@ class Settings(BaseSettings):
         description="`offline`: deterministic, no network. `openai`: any "
         "OpenAI-compatible chat-completions endpoint (OpenAI, vLLM, Ollama, llama.cpp, "
         "LiteLLM), set by `SESSIONSTREAM_MODEL`, `OPENAI_BASE_URL` and `OPENAI_API_KEY`.",
-        json_schema_extra=_named(flag="--engine"),
+        json_schema_extra={"flag": "--engine"},
     )
     offline_pace_ms: float = Field(
         default=25.0,
@@ -158,7 +153,7 @@ class Settings(BaseSettings):
         pattern=r"^https?://",
         description="The `openai` engine's endpoint, e.g. `http://127.0.0.1:11434/v1` "
         "for Ollama; unset, the OpenAI API. The OpenAI SDK's own name, so unprefixed.",
-        json_schema_extra=_named(env="OPENAI_BASE_URL", hint="(http:// or https://)"),
+        json_schema_extra={"env": "OPENAI_BASE_URL", "hint": "(http:// or https://)"},
     )
     openai_api_key: str | None = Field(
         default=None,
@@ -166,7 +161,7 @@ class Settings(BaseSettings):
         repr=False,
         description="The `openai` engine's API key: required for the OpenAI API; a local "
         "server at `OPENAI_BASE_URL` ignores it. The OpenAI SDK's own name, so unprefixed.",
-        json_schema_extra=_named(env="OPENAI_API_KEY"),
+        json_schema_extra={"env": "OPENAI_API_KEY"},
     )
     engine_timeout_s: float = Field(
         default=DEFAULT_ENGINE_TIMEOUT_S,
@@ -258,7 +253,7 @@ class Settings(BaseSettings):
     log_level: LogLevel = Field(
         default="INFO",
         description="Level of the JSON log lines written to stderr.",
-        json_schema_extra=_named(flag="--log-level"),
+        json_schema_extra={"flag": "--log-level"},
     )
 
     @field_validator("log_level", mode="before")

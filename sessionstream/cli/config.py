@@ -48,7 +48,8 @@ def _kind(field: FieldInfo) -> str:
     """The type a user writes, with its bounds: ``integer, 1 to 65535``."""
     choices = _choices(field)
     if choices:
-        return " or ".join(f"`{choice}`" for choice in choices)
+        quoted = [f"`{choice}`" for choice in choices]
+        return " or ".join(quoted) if len(quoted) == 2 else "one of " + ", ".join(quoted)
     annotation = field.annotation
     if get_origin(annotation) in (Union, types.UnionType):
         annotation = next(arg for arg in get_args(annotation) if arg is not type(None))
