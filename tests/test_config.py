@@ -150,6 +150,9 @@ def test_the_secret_is_generated_beside_a_single_nodes_db(tmp_path: Path) -> Non
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert settings.resolved_secret() == secret  # kept, not regenerated
     assert Settings(secret=SECRET).resolved_secret() == SECRET
+    assert Settings(secret="s" * 32).resolved_secret() == "s" * 32  # the shortest accepted
+    with pytest.raises(ConfigError, match="SESSIONSTREAM_SECRET must be at least 32"):
+        Settings(secret="s" * 31)
 
 
 def test_nodes_sharing_postgres_need_a_secret() -> None:
