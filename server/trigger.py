@@ -244,15 +244,23 @@ async def run_stream(request: web.Request) -> web.StreamResponse:
             feeds.stats.streams_completed += 1
         else:
             feeds.stats.streams_dropped += 1
-            _drop(request)
+            _drop(request, flush=outcome is not Outcome.TOO_SLOW)
     return response
 
 
-def _drop(request: web.Request) -> None:
-    """End the body without its final chunk: the SDK reconnects instead of finishing."""
+def _drop(request: web.Request, *, flush: bool) -> None:
+    """End the body without its final chunk: the SDK reconnects instead of finishing.
+
+    What is buffered still goes out first, unless the client stopped reading:
+    then the backlog is thrown away with the connection.
+    """
     transport = request.transport
-    if transport is not None:
+    if transport is None:
+        return
+    if flush:
         transport.close()
+    else:
+        transport.abort()
 
 
 async def preflight(request: web.Request) -> web.Response:

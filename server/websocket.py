@@ -9,6 +9,12 @@ closed at once with ``4000 + status`` (4401, 4403, 4404, 4429...), because
 browsers cannot read a handshake's status. A cursor beyond the head gets a
 ``resync`` frame and close 4409: never silently accepted.
 
+Close codes (the README's table is the reference for clients): 1000 "run
+finished" after the terminal event; 1001 shutting down and 1011 server
+error (reconnect and resume); 4400 bad cursor or id, 4401 missing, invalid
+or expired token, 4403 another run's token, 4404 no such run or session,
+4409 resync (final); 4408 too slow and 4429 too many connections (retry).
+
 Delivery and flow control. A connection catches up on its own subscription
 (the hub bounds its buffer and falls back to catch-up reads when it
 overflows). Once caught up it joins its key's ``Fanout``: one task per run
@@ -48,20 +54,6 @@ JOINED = (0, "joined")
 MAX_CLIENT_MESSAGE = 4096
 #: how often a blocked sender looks at its client's backlog (slow clients only)
 DRAIN_POLL_S = 0.01
-
-#: every close code a channel uses, as the README's "Close codes" table documents them
-CLOSE_CODES: dict[int, str] = {
-    1000: "run finished: the terminal event was sent (run channel)",
-    1001: "server shutting down: reconnect and resume",
-    1011: "server error: reconnect and resume",
-    4400: "bad request (a cursor that is not a non-negative integer, a malformed id)",
-    4401: "missing, invalid or expired token",
-    4403: "the token is for another run",
-    4404: "no such run or session (or another user's)",
-    4408: "too slow: the client did not read for ws_send_timeout_s",
-    4409: "resync: the cursor is beyond the head (a resync frame precedes it)",
-    4429: "too many realtime connections (per user or per process)",
-}
 
 End = tuple[int, str] | None
 

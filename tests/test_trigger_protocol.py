@@ -19,8 +19,8 @@ import pytest
 
 from sessionstream.core.errors import ValidationFailed
 from sessionstream.eventstore.model import NewEvent
-from sessionstream.server.frames import chat_stream_event
 from sessionstream.server.cursor import LAST_EVENT_ID, offset_seq, parse_cursor
+from sessionstream.server.frames import chat_stream_event
 from sessionstream.server.keys import RUN_TOKENS, STORE
 from sessionstream.server.realtime import REALTIME
 from sessionstream.server.trigger import TRIGGER
