@@ -16,6 +16,7 @@ refused too: no log holds that many events, and it bounds the parse.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from sessionstream.core.errors import ValidationFailed
 
@@ -39,7 +40,16 @@ def parse_cursor(raw: str | None, name: str) -> int | None:
     return int(value)
 
 
-def channel_cursor(after: str | None, last_event_id: str | None) -> tuple[int, bool]:
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    """Where a client stands, and which of its fields said so (for the messages it gets)."""
+
+    value: int
+    name: str
+    resumed: bool
+
+
+def channel_cursor(after: str | None, last_event_id: str | None) -> Cursor:
     """Where a websocket or SSE channel starts, and whether the client is resuming.
 
     ``Last-Event-ID`` (sent by ``EventSource`` on its own) wins over ``after=``,
@@ -47,9 +57,9 @@ def channel_cursor(after: str | None, last_event_id: str | None) -> tuple[int, b
     """
     resumed = parse_cursor(last_event_id, LAST_EVENT_ID)
     if resumed is not None:
-        return resumed, True
+        return Cursor(resumed, LAST_EVENT_ID, True)
     value = parse_cursor(after, AFTER) or 0
-    return value, value > 0
+    return Cursor(value, AFTER, value > 0)
 
 
 def offset_seq(offset: str) -> int:

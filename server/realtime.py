@@ -38,7 +38,7 @@ from sessionstream.eventstore.base import EventStore
 from sessionstream.server import sse, websocket
 from sessionstream.server.access import Gate, credential, offered_protocols
 from sessionstream.server.admission import Admission
-from sessionstream.server.cursor import channel_cursor
+from sessionstream.server.cursor import AFTER, LAST_EVENT_ID, Cursor, channel_cursor
 from sessionstream.server.fanout import Fanout
 from sessionstream.server.frames import FrameCache
 from sessionstream.server.handlers import run_param, uuid_param
@@ -147,17 +147,22 @@ class Realtime:
         )
 
     @staticmethod
-    def _cursor(request: web.Request, sse: bool) -> tuple[int, bool]:
-        last_event_id = request.headers.get("Last-Event-ID") if sse else None
-        return channel_cursor(request.query.get("after"), last_event_id)
+    def _cursor(request: web.Request, sse: bool) -> Cursor:
+        last_event_id = request.headers.get(LAST_EVENT_ID) if sse else None
+        return channel_cursor(request.query.get(AFTER), last_event_id)
 
     async def resolve_run(self, request: web.Request, sse: bool) -> Channel:
         run_id = run_param(request)
         access = await self.gate.run(self._token(request), run_id, hint=TOKEN_HINT)
-        after, resumed = self._cursor(request, sse)
+        cursor = self._cursor(request, sse)
         compact = request.query.get("compact") in ("1", "true")
         channel = await run_channel(
-            self.store, access, after, cursor="after", resumed=resumed, compact=compact
+            self.store,
+            access,
+            cursor.value,
+            cursor=cursor.name,
+            resumed=cursor.resumed,
+            compact=compact,
         )
         self.stats.compact_starts += int(channel.snapshot is not None)
         return channel
@@ -165,8 +170,10 @@ class Realtime:
     async def resolve_session(self, request: web.Request, sse: bool) -> Channel:
         session_id = uuid_param(request)
         access = await self.gate.session(self._token(request), session_id, hint=TOKEN_HINT)
-        after, resumed = self._cursor(request, sse)
-        return await session_channel(self.store, access, after, cursor="after", resumed=resumed)
+        cursor = self._cursor(request, sse)
+        return await session_channel(
+            self.store, access, cursor.value, cursor=cursor.name, resumed=cursor.resumed
+        )
 
     async def run_channel(self, request: web.Request) -> web.StreamResponse:
         return await self._dispatch(request, self.resolve_run)

@@ -20,6 +20,7 @@ from sessionstream.eventstore.model import NewEvent
 from sessionstream.server.cursor import (
     AFTER,
     LAST_EVENT_ID,
+    Cursor,
     channel_cursor,
     offset_seq,
     parse_cursor,
@@ -190,10 +191,10 @@ def test_one_cursor_rule() -> None:
     for bad in ("1_²", "²_1", "1_-1", "-1_1"):
         with pytest.raises(ValidationFailed):
             offset_seq(bad)
-    assert channel_cursor("5", None) == (5, True)
-    assert channel_cursor("0", None) == (0, False) and channel_cursor(None, None) == (0, False)
-    assert channel_cursor("5", "2") == (2, True)  # Last-Event-ID wins
-    assert channel_cursor("5", " ") == (5, True)  # a blank one is no cursor
+    assert channel_cursor("5", None) == Cursor(5, AFTER, True)
+    assert channel_cursor("0", None) == channel_cursor(None, None) == Cursor(0, AFTER, False)
+    assert channel_cursor("5", "2") == Cursor(2, LAST_EVENT_ID, True)  # Last-Event-ID wins
+    assert channel_cursor("5", " ") == Cursor(5, AFTER, True)  # a blank one is no cursor
 
 
 async def test_every_wire_refuses_a_bad_cursor_with_400(make_api: Any) -> None:
@@ -213,6 +214,18 @@ async def test_every_wire_refuses_a_bad_cursor_with_400(make_api: Any) -> None:
         assert r.status == 400
         code, _ = await close_of(api, f"{path}?after=²", headers=api.h())
         assert code == 4400
+
+
+async def test_a_resync_names_the_field_the_cursor_came_in(make_api: Any) -> None:
+    api: Api = await make_api(engine=ScriptedEngine(), **FAST)
+    run = await fake_run(api)
+    path = f"/api/realtime/runs/{run.id}"
+    r = await api.client.get(path, headers={**SSE, **api.h(), "Last-Event-ID": "99"})
+    error = (await r.json())["error"]
+    assert r.status == 409 and error["details"]["head"] == 2
+    assert error["message"].startswith("Last-Event-ID 99 is beyond")
+    r = await api.client.get(f"{path}?after=99", headers={**SSE, **api.h()})
+    assert (await r.json())["error"]["message"].startswith("after 99 is beyond")
 
 
 # slow readers on the Trigger.dev stream --------------------------------------------------------
