@@ -3,6 +3,8 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# `make serve PORT=9090` when 8080 is taken (or set SESSIONSTREAM_PORT)
+PORT ?=
 
 .PHONY: serve test lint bench install
 
@@ -18,7 +20,7 @@ install: $(STAMP)
 # On first start it creates a user "demo" and prints its API token once.
 serve: $(STAMP)
 	@[ -f sessionstream.db ] || $(BIN)/sessionstream users create demo
-	$(BIN)/sessionstream serve
+	$(BIN)/sessionstream serve $(if $(PORT),--port $(PORT))
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -42,6 +42,7 @@ from aiohttp import web
 
 from bench.common import base_parser, install_uvloop, median, print_table, stopwatch, write_json
 from sessionstream import projections
+from sessionstream.core.readmodels import SessionState
 from sessionstream.core.settings import Settings
 from sessionstream.eventstore.model import AppendRequest, NewEvent, RecordedEvent, row_to_event
 from sessionstream.eventstore.sqlite import SQLiteEventStore
@@ -92,18 +93,18 @@ def fold_rate(events: list[RecordedEvent], bulk: bool) -> float:
         if bulk:
             fold_session_events(None, events)
         else:
-            state: dict[str, Any] | None = None
+            state: SessionState | None = None
             for event in events:
                 state = apply_session(state, event) or state
     return len(events) / elapsed()
 
 
 def bench_fold(sizes: list[int], rounds: int) -> dict[str, Any]:
-    rows = []
+    rows: list[dict[str, Any]] = []
     for size in sizes:
         events = chat_history(size)
         # the two paths agree before either is timed
-        one: dict[str, Any] | None = None
+        one: SessionState | None = None
         for event in events:
             one = apply_session(one, event) or one
         assert fold_session_events(None, events) == one
@@ -113,7 +114,7 @@ def bench_fold(sizes: list[int], rounds: int) -> dict[str, Any]:
         rows.append(
             {
                 "session_events": len(events),
-                "messages": len(one["row"]["messages"]),
+                "messages": len(one["row"]["messages"] or []),
                 "bulk_events_per_s": round(median(bulk)),
                 "per_event_events_per_s": round(median(per_event)),
                 "ratio": round(median(bulk) / median(per_event), 2),

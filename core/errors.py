@@ -107,3 +107,14 @@ class EngineError(SessionStreamError):
 
     status = 502
     code = "engine_error"
+
+
+class ConfigError(SessionStreamError):
+    """A setting that cannot be used, found at start-up before anything is served.
+
+    Library code raises it and never exits: the CLI prints the message as one line
+    and exits 2, while code that builds settings itself (tests, benchmarks) can
+    catch it like any other error. The message names the variable (or flag).
+    """
+
+    code = "config_error"

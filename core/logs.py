@@ -9,6 +9,8 @@ import sys
 import time
 from typing import Any
 
+from sessionstream.core.settings import LogLevel
+
 _SECRETS = re.compile(
     r"(sst_[A-Za-z0-9_\-]{8,}|eyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+"
     r"|(?i:bearer)\s+\S+|token=[^&\s]+)"
@@ -50,12 +52,13 @@ class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
         pass
 
 
-def configure_logging(level: str = "INFO") -> None:
+def configure_logging(level: LogLevel = "INFO") -> None:
+    """JSON lines on stderr at ``level``, already checked by the settings."""
     handler = _Stderr()
     formatter = JsonFormatter()
     formatter.converter = time.gmtime
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    root.setLevel(level)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

@@ -1,7 +1,16 @@
-"""Settings, read once from the environment and CLI flags.
+"""Settings: every variable a user sets, with its type, default, bounds and meaning.
 
-Every name a user sets is spelled once here; the README's configuration
-table mirrors this module.
+Each name is spelled once, here: ``docs/configuration.md`` is rendered from this
+model (``sessionstream config --markdown``, checked by a test) and the CLI's flags
+are declared from its fields. A ``Settings(...)`` built in code holds exactly what
+the code says; only ``Settings.from_env`` reads the environment, so a variable a
+developer exported never leaks into tests or benchmarks that build their own.
+
+The environment is read by a source of our own, not pydantic-settings'
+``EnvSettingsSource``: three published names break the prefix rule
+(``SESSIONSTREAM_DB``, the OpenAI SDK's ``OPENAI_API_KEY`` and ``OPENAI_BASE_URL``),
+and aliasing them there makes the prefixed field name work too once code may set
+the field by name, a second spelling nobody documents.
 """
 
 from __future__ import annotations
@@ -9,89 +18,304 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_core import ErrorDetails
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from sessionstream.core.errors import ConfigError
 
 DEFAULT_DB = "sessionstream.db"
+DEFAULT_MODEL = "gpt-4o-mini"
+DEFAULT_ENGINE_TIMEOUT_S = 60.0
 MIN_SECRET_CHARS = 32
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 
-def env_name(field_name: str) -> str:
-    """The environment variable that sets a field (the README's configuration table)."""
-    return "SESSIONSTREAM_DB" if field_name == "db_path" else f"SESSIONSTREAM_{field_name.upper()}"
+class Settings(BaseSettings):
+    """One node's configuration, validated once, then frozen."""
 
+    model_config = SettingsConfigDict(
+        env_prefix="SESSIONSTREAM_", frozen=True, extra="forbid", allow_inf_nan=False
+    )
+    # json_schema_extra carries what pydantic has no word for: "env", a variable off the
+    # prefix rule; "flag", the CLI flag; "hint", said after a problem with the value
 
-@dataclass(frozen=True, slots=True)
-class Settings:
-    db_path: str = DEFAULT_DB
-    database_url: str | None = None
-    secret: str | None = None
-    engine: str = "offline"
-    offline_pace_ms: float = 25.0
-    host: str = "127.0.0.1"
-    port: int = 8080
-    max_body_bytes: int = 4 * 1024 * 1024
-    max_message_chars: int = 32_000
-    max_leads: int = 100
-    rate_limit: float = 50.0  # requests/s per token; 0 turns it off
-    rate_burst: int = 100
-    auth_failure_rate: float = 2.0  # failed authentications/s per client address
-    auth_failure_burst: int = 20
-    token_cache_s: float = 5.0  # how long a resolved API token is trusted without a lookup
-    run_token_ttl_s: int = 15 * 60
-    max_concurrent_runs: int = 32
-    max_queued_runs: int = 1000  # runs waiting for a slot; beyond, turns get 503
-    max_pending_appends: int = 10_000  # append requests waiting for the writer; beyond, 503
-    max_examples_concurrency: int = 4
-    delta_coalesce_ms: float = 30.0
-    subscriber_queue: int = 1024
-    max_connections_per_user: int = 64
-    max_connections: int = 10_000
-    ws_heartbeat_s: float = 20.0
-    ws_send_timeout_s: float = 5.0
-    ws_close_timeout_s: float = 2.0
-    sse_ping_s: float = 15.0
-    trigger_poll_s: float = 20.0
-    trigger_ping_s: float = 10.0
-    engine_timeout_s: float = 60.0
-    lease_ttl_s: float = 15.0
-    node_id: str = field(default_factory=lambda: f"node-{secrets.token_hex(4)}")
-    log_level: str = "INFO"
+    # -- storage ---------------------------------------------------------------------------
+    db_path: str = Field(
+        default=DEFAULT_DB,
+        min_length=1,
+        description="The SQLite file. A generated run-token secret is kept beside it, "
+        "in `<file>.secret`.",
+        json_schema_extra={"env": "SESSIONSTREAM_DB", "flag": "--db"},
+    )
+    database_url: str | None = Field(
+        default=None,
+        pattern=r"^postgres(ql)?://",
+        description="PostgreSQL instead of SQLite, for the server and every CLI command: "
+        "`postgresql://user:password@host:port/db`, the same on every node. "
+        "`?search_path=NAME` keeps a deployment in schema `NAME` (created if missing), "
+        "with its own notification channel.",
+        json_schema_extra={"flag": "--database-url", "hint": "(postgresql://...)"},
+    )
+    secret: str | None = Field(
+        default=None,
+        min_length=MIN_SECRET_CHARS,
+        repr=False,
+        description="Signs the run-scoped `publicAccessToken`s. Unset, a single node "
+        "generates one beside its SQLite file; nodes sharing PostgreSQL must all be given "
+        "the same value and refuse to start without it.",
+        json_schema_extra={
+            "hint": "(HS256 wants a key as long as its hash; try `openssl rand -base64 48`)"
+        },
+    )
+
+    # -- the HTTP server -------------------------------------------------------------------
+    host: str = Field(
+        default="127.0.0.1",
+        min_length=1,
+        description="The address the server listens on.",
+        json_schema_extra={"flag": "--host"},
+    )
+    port: int = Field(
+        default=8080,
+        ge=1,
+        le=65535,
+        description="The port the server listens on.",
+        json_schema_extra={"flag": "--port"},
+    )
+    max_body_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        ge=1,
+        description="Request body limit (4 MiB); a larger body, chunked ones too, gets "
+        "413 `payload_too_large`.",
+    )
+    max_message_chars: int = Field(
+        default=32_000, ge=1, description="The longest turn message; a longer one gets 400."
+    )
+    max_leads: int = Field(
+        default=100, ge=1, description="Leads in one generate-examples call; more get 400."
+    )
+    rate_limit: float = Field(
+        default=50.0,
+        ge=0,
+        description="Requests per second per credential, realtime channels included; "
+        "beyond, 429 `rate_limited` with `Retry-After`. 0 turns the limit off.",
+    )
+    rate_burst: int = Field(
+        default=100, ge=1, description="Requests a credential may make at once, above the rate."
+    )
+    auth_failure_rate: float = Field(
+        default=2.0,
+        ge=0,
+        description="Failed authentications per second per client address; an address "
+        "past its burst gets 429 before any token lookup, so guessing tokens stays slow. "
+        "Behind a reverse proxy every client shares its address: raise the burst, or set "
+        "0 (off) and limit at the proxy.",
+    )
+    auth_failure_burst: int = Field(
+        default=20, ge=1, description="Failed authentications an address may make at once."
+    )
+    token_cache_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="How long a resolved API token is trusted without a lookup, so a "
+        "revoked token keeps working at most this long; 0 looks every request up.",
+    )
+    run_token_ttl_s: int = Field(
+        default=15 * 60,
+        ge=1,
+        description="Lifetime of a `publicAccessToken`; realtime refuses an expired one with 401.",
+    )
+
+    # -- model engines ---------------------------------------------------------------------
+    engine: Literal["offline", "openai"] = Field(
+        default="offline",
+        description="`offline`: deterministic, no network. `openai`: any "
+        "OpenAI-compatible chat-completions endpoint (OpenAI, vLLM, Ollama, llama.cpp, "
+        "LiteLLM), set by `SESSIONSTREAM_MODEL`, `OPENAI_BASE_URL` and `OPENAI_API_KEY`.",
+        json_schema_extra={"flag": "--engine"},
+    )
+    offline_pace_ms: float = Field(
+        default=25.0,
+        ge=0,
+        description="The offline engine's delay per streamed word; 0 streams as fast as it can.",
+    )
+    model: str = Field(
+        default=DEFAULT_MODEL, min_length=1, description="The model the `openai` engine asks for."
+    )
+    openai_base_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://",
+        description="The `openai` engine's endpoint, e.g. `http://127.0.0.1:11434/v1` "
+        "for Ollama; unset, the OpenAI API. The OpenAI SDK's own name, so unprefixed.",
+        json_schema_extra={"env": "OPENAI_BASE_URL", "hint": "(http:// or https://)"},
+    )
+    openai_api_key: str | None = Field(
+        default=None,
+        min_length=1,
+        repr=False,
+        description="The `openai` engine's API key: required for the OpenAI API; a local "
+        "server at `OPENAI_BASE_URL` ignores it. The OpenAI SDK's own name, so unprefixed.",
+        json_schema_extra={"env": "OPENAI_API_KEY"},
+    )
+    engine_timeout_s: float = Field(
+        default=DEFAULT_ENGINE_TIMEOUT_S,
+        gt=0,
+        description="A model that sends nothing for this long fails the run and frees "
+        "the session; also the `openai` engine's request timeout.",
+    )
+
+    # -- runs ------------------------------------------------------------------------------
+    max_concurrent_runs: int = Field(
+        default=32, ge=1, description="Runs executing at once in this process; more wait in line."
+    )
+    max_queued_runs: int = Field(
+        default=1000,
+        ge=0,
+        description="Runs waiting for a slot; beyond, a turn or generate-examples gets "
+        "503 `overloaded` with `Retry-After`, before anything is written.",
+    )
+    max_examples_concurrency: int = Field(
+        default=4, ge=1, description="Leads generated at once within one examples run."
+    )
+    delta_coalesce_ms: float = Field(
+        default=30.0,
+        ge=0,
+        description="Window in which streamed text is batched into one `message.delta` "
+        "event; 0 writes each delta as it comes.",
+    )
+    max_pending_appends: int = Field(
+        default=10_000,
+        ge=1,
+        description="Appends waiting for the log's single writer; beyond, writes get 503 "
+        "`overloaded`, so memory stays bounded when the disk cannot keep up.",
+    )
+
+    # -- realtime channels -----------------------------------------------------------------
+    subscriber_queue: int = Field(
+        default=1024,
+        ge=1,
+        description="Events buffered per live subscriber; one that overflows falls back "
+        "to catch-up reads from the log.",
+    )
+    max_connections_per_user: int = Field(
+        default=64,
+        ge=1,
+        description="Realtime channels (websocket, SSE, Trigger.dev streams) one user may "
+        "hold; one more is refused with close 4429 or HTTP 429.",
+    )
+    max_connections: int = Field(
+        default=10_000, ge=1, description="Realtime channels per process; one more is refused."
+    )
+    ws_heartbeat_s: float = Field(
+        default=20.0,
+        gt=0,
+        description="Websocket ping interval; a peer that misses a pong is closed.",
+    )
+    ws_send_timeout_s: float = Field(
+        default=5.0, gt=0, description="A websocket whose send blocks this long is closed (4408)."
+    )
+    ws_close_timeout_s: float = Field(
+        default=2.0, gt=0, description="How long a close handshake is waited for."
+    )
+    sse_ping_s: float = Field(
+        default=15.0, gt=0, description="A comment line keeps an idle SSE stream open this often."
+    )
+    trigger_poll_s: float = Field(
+        default=20.0,
+        gt=0,
+        description="Trigger.dev-protocol long-poll duration before an empty answer.",
+    )
+    trigger_ping_s: float = Field(
+        default=10.0, gt=0, description="Keep-alive interval on Trigger.dev-protocol streams."
+    )
+
+    # -- several nodes ---------------------------------------------------------------------
+    lease_ttl_s: float = Field(
+        default=15.0,
+        gt=0,
+        description="Run lease lifetime on PostgreSQL. A node renews its leases every "
+        "TTL/4; a dead node's runs end as `run.failed` (`interrupted`) about 1.25 times the TTL "
+        "after it died. Shorter recovers faster, but a node paused longer than the TTL "
+        "loses its runs.",
+    )
+    node_id: str = Field(
+        default_factory=lambda: f"node-{secrets.token_hex(4)}",
+        min_length=1,
+        description="This node's name in run leases and logs; by default `node-` and "
+        "8 random hex digits, new at every start.",
+    )
+    log_level: LogLevel = Field(
+        default="INFO",
+        description="Level of the JSON log lines written to stderr.",
+        json_schema_extra={"flag": "--log-level"},
+    )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _log_level_in_any_case(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _as_config_error(cls, data: Any, handler: Any) -> Any:
+        """Every way of building settings fails the same way: a ConfigError, one line."""
+        try:
+            return handler(data)
+        except ValidationError as exc:
+            problems = [_problem(error) for error in exc.errors(include_url=False)]
+            raise _config_error(problems) from None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)  # the environment comes in through from_env alone
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        """Every field ``name`` is read from ``SESSIONSTREAM_<NAME>`` (``db_path``: ``_DB``)."""
-        env = os.environ if env is None else env
-        values: dict[str, Any] = {}
-        for name, kind in _FIELD_TYPES.items():
-            raw = env.get(env_name(name))
-            if raw is None or raw == "":
-                continue
-            try:
-                values[name] = kind(raw)
-            except ValueError:
-                raise SystemExit(
-                    f"{env_name(name)}={raw!r} is not a valid {kind.__name__}"
-                ) from None
-        clean = {k: v for k, v in overrides.items() if v is not None}
-        return cls(**{**values, **clean})
+        """The environment (``os.environ`` unless given), with ``overrides`` (CLI flags)
+        on top; an override of None is a flag not given. An error names the flag when
+        the bad value came from one."""
+        given = {name: value for name, value in overrides.items() if value is not None}
+        found = Environment(cls, os.environ if env is None else env)()
+        try:
+            return cls(**{**found, **given})
+        except ConfigError as exc:
+            problems: list[Problem] = exc.details["problems"]
+            raise _config_error(
+                [
+                    replace(p, label=flag_name(p.setting) or p.label) if p.setting in given else p
+                    for p in problems
+                ]
+            ) from None
+
+    def secret_file(self) -> Path:
+        """Where a single node keeps its generated run-token secret. Nodes sharing
+        PostgreSQL have none: each would generate its own, and a run token minted by
+        one node would be refused by the next."""
+        if self.database_url:
+            raise ConfigError(
+                "SESSIONSTREAM_SECRET must be set when nodes share PostgreSQL "
+                "(every node needs the same secret to verify run tokens)"
+            )
+        return Path(f"{self.db_path}.secret")
 
     def resolved_secret(self) -> str:
         """The run-token signing secret; a single node keeps a generated one beside its DB."""
         if self.secret:
-            if len(self.secret) < MIN_SECRET_CHARS:
-                raise SystemExit(
-                    f"SESSIONSTREAM_SECRET must be at least {MIN_SECRET_CHARS} characters "
-                    "(HS256 wants a key as long as its hash; try `openssl rand -base64 48`)"
-                )
             return self.secret
-        if self.database_url:
-            raise SystemExit(
-                "SESSIONSTREAM_SECRET must be set when nodes share PostgreSQL "
-                "(every node needs the same secret to verify run tokens)"
-            )
-        path = Path(f"{self.db_path}.secret")
+        path = self.secret_file()
         if path.exists():
             return path.read_text().strip()
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -102,6 +326,91 @@ class Settings:
         return value
 
 
-_PARSERS: dict[str, type] = {"int": int, "float": float, "str": str, "str | None": str}
-#: field name -> the type its environment variable is parsed as
-_FIELD_TYPES: dict[str, type] = {f.name: _PARSERS[str(f.type)] for f in fields(Settings)}
+class Environment(PydanticBaseSettingsSource):
+    """Reads each setting from exactly one variable, ``env_name(field)``.
+
+    Surrounding whitespace is dropped and an empty variable counts as unset, so
+    ``SESSIONSTREAM_PORT=`` in a compose file means the default, not an error.
+    """
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        super().__init__(settings_cls)
+        self.environ = environ
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        raw = self.environ.get(env_name(field_name), "").strip()
+        return (raw or None), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for name, field in self.settings_cls.model_fields.items():
+            value, key, _ = self.get_field_value(field, name)
+            if value is not None:
+                values[key] = value
+        return values
+
+
+def _extra(name: str, key: str) -> str | None:
+    field = Settings.model_fields.get(name)
+    extra = field.json_schema_extra if field is not None else None
+    value = extra.get(key) if isinstance(extra, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def env_name(name: str) -> str:
+    """The one environment variable that sets field ``name``."""
+    return _extra(name, "env") or f"{Settings.model_config.get('env_prefix', '')}{name.upper()}"
+
+
+def flag_name(name: str) -> str | None:
+    """The CLI flag that overrides field ``name``, if it has one."""
+    return _extra(name, "flag")
+
+
+#: what a user reads for each kind of pydantic error; the rest keep pydantic's words
+_PHRASES = {
+    "int_parsing": "is not a valid integer",
+    "int_type": "is not a valid integer",
+    "int_from_float": "is not a valid integer",
+    "float_parsing": "is not a valid number",
+    "float_type": "is not a valid number",
+    "finite_number": "must be a finite number",
+    "greater_than_equal": "must be at least {ge}",
+    "greater_than": "must be more than {gt}",
+    "less_than_equal": "must be at most {le}",
+    "literal_error": "must be {expected}",
+    "string_too_short": "must be at least {min_length} characters",
+    "string_pattern_mismatch": "is not in the expected form",
+    "extra_forbidden": "is not a setting",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One unusable setting: ``SESSIONSTREAM_PORT='abc' is not a valid integer``."""
+
+    setting: str
+    label: str  # the variable, or the flag when the value came from one
+    value: Any  # None for a secret: its value is never echoed
+    text: str
+
+    def __str__(self) -> str:
+        given = "" if self.value is None else f"={self.value!r}"
+        return f"{self.label}{given} {self.text}"
+
+
+def _problem(error: ErrorDetails) -> Problem:
+    name = str(error["loc"][0]) if error["loc"] else "settings"
+    phrase = _PHRASES.get(error["type"])
+    text = phrase.format(**error.get("ctx", {})) if phrase else error["msg"]
+    field = Settings.model_fields.get(name)
+    if field is None:
+        return Problem(name, name, None, text)
+    hint = _extra(name, "hint")
+    shown = None if field.repr is False else error.get("input")
+    return Problem(name, env_name(name), shown, f"{text} {hint}" if hint else text)
+
+
+def _config_error(problems: list[Problem]) -> ConfigError:
+    """All problems on one line, so a user fixes them in one go."""
+    return ConfigError("; ".join(map(str, problems)), details={"problems": problems})

@@ -11,6 +11,8 @@ when an engine is built, so the offline default works without it.
 Failures become ``EngineError`` with a reason a user can act on; the run layer turns it
 into ``run.failed``. The client never retries on its own: a retried hang looks like a
 slow model, and the run layer is the one place that decides what a failure means.
+A configuration that cannot work (no API key for the OpenAI API, no ``openai``
+package) is a ``ConfigError`` when the engine is built, at start-up, before any run.
 """
 
 from __future__ import annotations
@@ -18,11 +20,12 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sessionstream.core.errors import EngineError
+from sessionstream.core.errors import ConfigError, EngineError
+from sessionstream.core.settings import DEFAULT_ENGINE_TIMEOUT_S, DEFAULT_MODEL, Settings
 from sessionstream.engines.base import (
     DraftUpdate,
     ExampleInput,
@@ -38,8 +41,6 @@ if TYPE_CHECKING:
     from openai import AsyncOpenAI
     from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
 
-DEFAULT_MODEL = "gpt-4o-mini"
-DEFAULT_TIMEOUT_S = 60.0
 #: Local servers (Ollama, llama.cpp, vLLM) ignore the key, but the SDK insists on one.
 LOCAL_API_KEY = "sk-local-no-key"
 _MAX_LEADS_IN_PROMPT = 5
@@ -198,7 +199,7 @@ class OpenAIEngine:
         model: str = DEFAULT_MODEL,
         base_url: str | None = None,
         api_key: str | None = None,
-        timeout_s: float = DEFAULT_TIMEOUT_S,
+        timeout_s: float = DEFAULT_ENGINE_TIMEOUT_S,
         idle_timeout_s: float | None = None,
         max_retries: int = 0,
         temperature: float | None = None,
@@ -206,13 +207,13 @@ class OpenAIEngine:
         try:
             import openai
         except ImportError as exc:
-            raise EngineError(
+            raise ConfigError(
                 "the openai engine needs the openai package: "
                 "pip install 'sessionstream[openai]' (or set SESSIONSTREAM_ENGINE=offline)"
             ) from exc
         if not api_key:
             if base_url is None:
-                raise EngineError(
+                raise ConfigError(
                     "OPENAI_API_KEY is not set; set it, or set OPENAI_BASE_URL to a local "
                     "server (any dummy key works there)"
                 )
@@ -229,23 +230,14 @@ class OpenAIEngine:
         )
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> OpenAIEngine:
-        """Build from ``OPENAI_BASE_URL``, ``OPENAI_API_KEY``, ``SESSIONSTREAM_MODEL``
-        and ``SESSIONSTREAM_ENGINE_TIMEOUT_S``, the names the docs give users."""
-        raw_timeout = environ.get("SESSIONSTREAM_ENGINE_TIMEOUT_S", "").strip()
-        try:
-            timeout_s = float(raw_timeout) if raw_timeout else DEFAULT_TIMEOUT_S
-        except ValueError:
-            raise EngineError(
-                f"SESSIONSTREAM_ENGINE_TIMEOUT_S must be a number of seconds, got {raw_timeout!r}"
-            ) from None
-        if timeout_s <= 0:
-            raise EngineError("SESSIONSTREAM_ENGINE_TIMEOUT_S must be positive")
+    def from_settings(cls, settings: Settings) -> OpenAIEngine:
+        """Build from the settings (``SESSIONSTREAM_MODEL``, ``OPENAI_BASE_URL``,
+        ``OPENAI_API_KEY``, ``SESSIONSTREAM_ENGINE_TIMEOUT_S``), already validated there."""
         return cls(
-            model=environ.get("SESSIONSTREAM_MODEL", "").strip() or DEFAULT_MODEL,
-            base_url=environ.get("OPENAI_BASE_URL", "").strip() or None,
-            api_key=environ.get("OPENAI_API_KEY", "").strip() or None,
-            timeout_s=timeout_s,
+            model=settings.model,
+            base_url=settings.openai_base_url,
+            api_key=settings.openai_api_key,
+            timeout_s=settings.engine_timeout_s,
         )
 
     # -- errors ---------------------------------------------------------------------------

@@ -45,7 +45,7 @@ log = logging.getLogger("sessionstream.app")
 
 
 def make_store(settings: Settings) -> EventStore:
-
+    """PostgreSQL when ``SESSIONSTREAM_DATABASE_URL`` is set, else the SQLite file."""
     if settings.database_url:
         from sessionstream.eventstore.postgres import PostgresEventStore
 
@@ -66,17 +66,14 @@ def make_store(settings: Settings) -> EventStore:
 
 
 def make_engine(settings: Settings) -> ModelEngine:
-    if settings.engine == "offline":
-        from sessionstream.engines.offline import OfflineEngine
-
-        return OfflineEngine(pace_ms=settings.offline_pace_ms)
+    """The configured engine, imported only when chosen (``openai`` is an optional extra)."""
     if settings.engine == "openai":
-        import os
-
         from sessionstream.engines.openai_engine import OpenAIEngine
 
-        return OpenAIEngine.from_env(os.environ)
-    raise SystemExit(f"unknown SESSIONSTREAM_ENGINE {settings.engine!r} (offline or openai)")
+        return OpenAIEngine.from_settings(settings)
+    from sessionstream.engines.offline import OfflineEngine
+
+    return OfflineEngine(pace_ms=settings.offline_pace_ms)
 
 
 #: request ids are this process's random prefix and a counter: unique, 32 hex digits,
@@ -129,6 +126,8 @@ def create_app(
     store: EventStore | None = None,
     engine: ModelEngine | None = None,
 ) -> web.Application:
+    # first: a ConfigError here leaves no store or engine client half-open
+    secret = settings.resolved_secret()
     app = web.Application(
         client_max_size=settings.max_body_bytes,
         middlewares=[edge_middleware, auth_middleware],
@@ -136,7 +135,7 @@ def create_app(
     app[SETTINGS] = settings
     app[STORE] = store or make_store(settings)
     app[ENGINE] = engine or make_engine(settings)
-    app[RUN_TOKENS] = RunTokens(settings.resolved_secret(), settings.run_token_ttl_s)
+    app[RUN_TOKENS] = RunTokens(secret, settings.run_token_ttl_s)
     app[LIMITER] = RateLimiter(settings.rate_limit, settings.rate_burst)
     app[AUTH] = Authenticator(app[STORE], settings.token_cache_s)
     app[AUTH_FAILURES] = RateLimiter(

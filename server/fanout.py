@@ -1,180 +1,34 @@
-"""What a realtime channel is made of: its state, its encoded frames, and the fanout.
+"""One task per run or session writing live events to every caught-up websocket.
 
-A ``Connection`` is one open channel. Each event is encoded once
-(``FrameCache``: the JSON text for SSE and the complete websocket frame) and
-the caught-up subscribers of one run or session share one ``Fanout`` task
-that writes those bytes to each socket. ``server/realtime.py`` authorises,
-admits and catches connections up, then hands them to a fanout.
+Subscribers that keep up share one hub subscription: per event, one task
+wakes and writes the shared frame bytes (``FrameCache``) to each member's
+transport, in place of one task wake-up per subscriber; measured, that is
+what lets one process deliver ~100k frames/s. Only websockets join a fanout:
+their frames are whole on the wire, so the bytes go straight to the
+transport, while an SSE body is chunk-encoded by its response. The
+websocket wire (``server/websocket.py``) catches a connection up on its own
+subscription, then hands it here with ``join_when_caught_up``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import struct
-from dataclasses import dataclass, field
-
-from aiohttp import web
 
 from sessionstream.core.vocabulary import RUN_PREFIX, TERMINAL
 from sessionstream.eventstore.base import EventStore
-from sessionstream.eventstore.hub import Subscription
-from sessionstream.eventstore.model import RecordedEvent
-from sessionstream.server.frames import chat_stream_event, dumps
+from sessionstream.eventstore.hub import LIVE
+from sessionstream.server.frames import FrameCache
+from sessionstream.server.realtime_stats import RealtimeStats
+from sessionstream.server.tail import Connection
 
 log = logging.getLogger("sessionstream.realtime")
 
 #: the reason of the normal close that ends a run channel (clients stop on it)
 RUN_FINISHED = "run finished"
 RUN_END = (1000, RUN_FINISHED)
-
-
-def ws_text_frame(payload: bytes) -> bytes:
-    """One unmasked, final websocket text frame (RFC 6455 5.2), as a server sends it."""
-    size = len(payload)
-    if size < 126:
-        header = bytes((0x81, size))
-    elif size < 1 << 16:
-        header = struct.pack("!BBH", 0x81, 126, size)
-    else:
-        header = struct.pack("!BBQ", 0x81, 127, size)
-    return header + payload
-
-
-class FrameCache:
-    """Each event is encoded once and shared by every subscriber that sends it.
-
-    Both spellings are kept: the JSON text (SSE) and the complete websocket
-    frame, header included, so a websocket send is one ``transport.write``
-    of shared bytes. Keyed by global position (unique in one log); the newest
-    entries cover every live subscriber, and one catching up from further
-    back simply encodes again.
-    """
-
-    __slots__ = ("_frames", "encoded", "hits", "size")
-
-    def __init__(self, size: int = 2048) -> None:
-        self._frames: dict[int, tuple[str, bytes]] = {}
-        self.size = size
-        self.hits = 0
-        self.encoded = 0
-
-    def _entry(self, event: RecordedEvent) -> tuple[str, bytes]:
-        entry = self._frames.get(event.position)
-        if entry is not None:
-            self.hits += 1
-            return entry
-        text = dumps(chat_stream_event(event))
-        entry = (text, ws_text_frame(text.encode()))
-        self.encoded += 1
-        frames = self._frames
-        frames[event.position] = entry
-        if len(frames) > self.size:
-            del frames[next(iter(frames))]
-        return entry
-
-    def text(self, event: RecordedEvent) -> str:
-        return self._entry(event)[0]
-
-    def wire(self, event: RecordedEvent) -> bytes:
-        return self._entry(event)[1]
-
-
-@dataclass(slots=True)
-class RealtimeStats:
-    """Counters and gauges a metrics module (or a test) reads; updated on the hot path."""
-
-    open: dict[tuple[str, str], int] = field(default_factory=dict)  # (channel, transport)
-    opened: dict[tuple[str, str], int] = field(default_factory=dict)
-    by_user: dict[str, int] = field(default_factory=dict)
-    refused: dict[int, int] = field(default_factory=dict)  # HTTP status
-    closes: dict[int, int] = field(default_factory=dict)  # close code sent
-    frames_sent: int = 0
-    resumed: int = 0
-    compact_starts: int = 0
-    resyncs: int = 0
-    too_slow: int = 0
-    lag_fallbacks: int = 0
-    #: caught-up subscribers that joined their key's fanout
-    joined: int = 0
-    #: subscribers handed back from a fanout to their own (catch-up) path: they fell behind
-    detached: int = 0
-
-    @property
-    def connections(self) -> int:
-        return sum(self.open.values())
-
-    def count_close(self, code: int) -> None:
-        self.closes[code] = self.closes.get(code, 0) + 1
-
-
-@dataclass(frozen=True, slots=True)
-class Channel:
-    """A resolved, authorised subscription request: where to start and what to send."""
-
-    kind: str  # "run" | "session"
-    user_id: str
-    keys: frozenset[str]
-    after_position: int
-    #: a finished run whose terminal event the client already has: nothing to send
-    finished: bool = False
-    snapshot: str | None = None
-    snapshot_seq: int = 0
-    expires_at: float | None = None  # epoch seconds, for run tokens
-    resumed: bool = False
-
-
-class Connection:
-    """One open websocket (or SSE) channel and where its frames stand.
-
-    ``cursor`` is the position of the last event written to the client.
-    A connection sends from its own ``subscription`` until it is caught up,
-    then joins its key's ``Fanout`` (``fanout`` set, ``released`` pending)
-    until that hands it back. ``end`` says why the server stopped it.
-    """
-
-    __slots__ = (
-        "channel",
-        "cursor",
-        "end",
-        "fanout",
-        "high",
-        "released",
-        "subscription",
-        "transport",
-        "ws",
-    )
-
-    def __init__(self, channel: Channel, subscription: Subscription) -> None:
-        self.channel = channel
-        self.subscription = subscription
-        self.cursor = channel.after_position
-        self.end: tuple[int, str] | None = None
-        self.fanout: Fanout | None = None
-        self.released: asyncio.Future[tuple[int, str] | None] | None = None
-        self.transport: asyncio.Transport | None = None
-        self.ws: web.WebSocketResponse | None = None
-        self.high = 0
-
-    @property
-    def key(self) -> str:
-        return next(iter(self.channel.keys))
-
-    def stop(self, code: int, reason: str) -> None:
-        """End the channel with ``code`` (0: the client is gone, nothing to send)."""
-        if self.end is None:
-            self.end = (code, reason)
-        self.subscription.close()
-        if self.fanout is not None:
-            self.fanout.release(self, self.end)
-
-
 #: a fanout hands a subscriber back to its own subscription (it fell behind)
 DETACHED = (0, "detached")
-#: the connection now belongs to its key's fanout
-JOINED = (0, "joined")
-#: the close code of a connection whose client went away: nothing to send
-GONE = 0
 
 
 class Fanout:
@@ -259,3 +113,32 @@ class Fanout:
                 self.release(conn, DETACHED)
             if self.registry.get(self.key) is self:
                 del self.registry[self.key]
+
+
+def join_when_caught_up(
+    conn: Connection,
+    fanouts: dict[str, Fanout],
+    store: EventStore,
+    stats: RealtimeStats,
+    frames: FrameCache,
+) -> bool:
+    """Hand a caught-up connection to its key's fanout when their cursors meet.
+
+    Delivery stays exactly once and in order because a connection joins only
+    at the fanout's own cursor; a fanout is started at the cursor of the first
+    connection that is live with nothing pending.
+    """
+    subscription = conn.subscription
+    if subscription.state != LIVE or subscription.pending_live():
+        return False
+    key = conn.key
+    fanout = fanouts.get(key)
+    if fanout is None or not fanout.open:
+        fanout = fanouts[key] = Fanout(store, stats, frames, fanouts, key, conn.cursor)
+    elif fanout.cursor != conn.cursor:
+        return False  # not at the same event yet; try again after the next one
+    subscription.close()
+    stats.lag_fallbacks += subscription.lag_fallbacks
+    fanout.join(conn)
+    stats.joined += 1
+    return True

@@ -1,18 +1,27 @@
-"""``ChatStreamEvent``: the one frame shape every channel sends.
+"""``ChatStreamEvent``: the one frame shape every channel sends, encoded once per event.
 
 ``{"type", "runId", "sessionId", "seq", "position", "at", "data"}`` where
 ``seq`` is the event's version in its own stream (a run's seq on run
 channels) and ``position`` its global log position (the cursor of session
 channels). Websockets, SSE and the Trigger.dev-compatible stream all build
-frames here so they can never disagree.
+frames here so they can never disagree, and share the bytes: an event sent
+to a thousand subscribers is serialised once (``FrameCache``).
 """
 
 from __future__ import annotations
 
 import json
+import struct
+from collections.abc import Sequence
 from typing import Any
 
-from sessionstream.core.vocabulary import RUN_PREFIX, SESSION_PREFIX, stream_key
+from sessionstream.core.vocabulary import (
+    RUN_PREFIX,
+    SESSION_PREFIX,
+    TERMINAL,
+    EventType,
+    stream_key,
+)
 from sessionstream.eventstore.model import RecordedEvent
 
 
@@ -43,3 +52,104 @@ def chat_stream_event(event: RecordedEvent) -> dict[str, Any]:
 def dumps(value: Any) -> str:
     """Compact JSON, UTF-8 as is: the spelling of every frame on the wire."""
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def compact_frame(events: Sequence[RecordedEvent]) -> dict[str, Any] | None:
+    """One ``message.snapshot`` frame folding a run's events so far (terminal ones excluded).
+
+    Its ``seq`` and ``position`` are those of the last folded event, so a
+    client resumes from it exactly as from any other frame; the terminal
+    event is always sent as its own frame, because the end of a run is an
+    event and never inferred.
+    """
+    folded = [e for e in events if e.type not in TERMINAL]
+    if not folded:
+        return None
+    last = folded[-1]
+    data: dict[str, Any] = {
+        "text": "",
+        "status": "queued",
+        "message": None,
+        "skeleton": None,
+        "draft": None,
+        "progress": None,
+        "examples": [],
+    }
+    text: list[str] = []
+    for event in folded:
+        kind = event.type
+        if kind == EventType.MESSAGE_DELTA:
+            text.append(str(event.data.get("text", "")))
+        elif kind == EventType.RUN_STARTED:
+            data["status"] = "running"
+        elif kind == EventType.MESSAGE_COMPLETED:
+            data["message"] = event.data.get("message")
+        elif kind == EventType.SKELETON_UPDATED:
+            data["skeleton"] = event.data
+        elif kind == EventType.DRAFT_UPDATED:
+            data["draft"] = event.data
+        elif kind == EventType.EXAMPLES_PROGRESS:
+            data["progress"] = event.data
+        elif kind == EventType.EXAMPLE_GENERATED:
+            data["examples"].append(event.data)
+    data["text"] = "".join(text)
+    return {
+        "type": EventType.MESSAGE_SNAPSHOT,
+        "runId": run_id_of(last),
+        "sessionId": session_id_of(last),
+        "seq": last.version,
+        "position": last.position,
+        "at": last.recorded_at,
+        "data": data,
+    }
+
+
+def ws_text_frame(payload: bytes) -> bytes:
+    """One unmasked, final websocket text frame (RFC 6455 5.2), as a server sends it."""
+    size = len(payload)
+    if size < 126:
+        header = bytes((0x81, size))
+    elif size < 1 << 16:
+        header = struct.pack("!BBH", 0x81, 126, size)
+    else:
+        header = struct.pack("!BBQ", 0x81, 127, size)
+    return header + payload
+
+
+class FrameCache:
+    """Each event is encoded once and shared by every subscriber that sends it.
+
+    Both spellings are kept: the JSON text (both SSE wires) and the complete
+    websocket frame, header included, so a websocket send is one
+    ``transport.write`` of shared bytes. Keyed by global position (unique in
+    one log); the newest entries cover every live subscriber, and one catching
+    up from further back simply encodes again.
+    """
+
+    __slots__ = ("_frames", "encoded", "hits", "size")
+
+    def __init__(self, size: int = 2048) -> None:
+        self._frames: dict[int, tuple[str, bytes]] = {}
+        self.size = size
+        self.hits = 0
+        self.encoded = 0
+
+    def _entry(self, event: RecordedEvent) -> tuple[str, bytes]:
+        entry = self._frames.get(event.position)
+        if entry is not None:
+            self.hits += 1
+            return entry
+        text = dumps(chat_stream_event(event))
+        entry = (text, ws_text_frame(text.encode()))
+        self.encoded += 1
+        frames = self._frames
+        frames[event.position] = entry
+        if len(frames) > self.size:
+            del frames[next(iter(frames))]
+        return entry
+
+    def text(self, event: RecordedEvent) -> str:
+        return self._entry(event)[0]
+
+    def wire(self, event: RecordedEvent) -> bytes:
+        return self._entry(event)[1]

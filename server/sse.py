@@ -8,26 +8,29 @@ event is ``id: <cursor>`` (the run's ``seq`` on a run channel, the global
 
 A run's stream ends after its terminal event. ``EventSource`` reconnects
 after any end, so a request whose cursor is already at a finished run's
-terminal event gets ``204 No Content``, which tells it to stop. A client
-that does not read is cut off (there is no close code in HTTP) after
-``ws_send_timeout_s``; it resumes from its last id.
+terminal event gets ``204 No Content``, which tells it to stop. A channel
+the server stops (shutdown, token expiry) ends too; the reconnect is then
+refused or served elsewhere. A client that does not read is cut off (there
+is no close code in HTTP) after ``ws_send_timeout_s``; it resumes from its
+last id.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from sessionstream.core.vocabulary import TERMINAL, EventType
-from sessionstream.server.fanout import Channel, Connection
+from sessionstream.core.errors import SessionStreamError
+from sessionstream.core.vocabulary import EventType
+from sessionstream.eventstore.model import RecordedEvent
+from sessionstream.server.pump import Outcome, pump
+from sessionstream.server.tail import Channel
 
 if TYPE_CHECKING:
     from sessionstream.server.realtime import Realtime
 
-PING = b": ping\n\n"
 HEADERS = {
     "Content-Type": "text/event-stream",
     "Cache-Control": "no-store",
@@ -40,63 +43,48 @@ def sse_frame(cursor: int, event_type: str, data: str) -> bytes:
     return f"id: {cursor}\nevent: {event_type}\ndata: {data}\n\n".encode()
 
 
-async def serve_sse(
-    realtime: Realtime, request: web.Request, channel: Channel
-) -> web.StreamResponse:
+async def serve(rt: Realtime, request: web.Request, channel: Channel) -> web.StreamResponse:
     if channel.finished:
         return web.Response(status=204, headers={"Cache-Control": "no-store"})
+    frames = rt.frames
+    by_seq = channel.kind == "run"
+
+    def encode(event: RecordedEvent) -> bytes:
+        cursor = event.version if by_seq else event.position
+        return sse_frame(cursor, event.type, frames.text(event))
+
+    first = None
+    if channel.snapshot is not None:
+        first = sse_frame(channel.snapshot_seq, EventType.MESSAGE_SNAPSHOT, channel.snapshot)
     response = web.StreamResponse(headers=HEADERS)
-    with realtime.admit(channel, "sse"), realtime.connection(channel) as conn:
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(
+                rt.admission.admit(channel.user_id, channel.kind, "sse", resumed=channel.resumed)
+            )
+        except SessionStreamError as exc:
+            rt.refused(request, exc)
+            raise
+        conn = stack.enter_context(rt.tails.open(channel))
         await response.prepare(request)
         try:
-            if not await _pump(realtime, request, response, conn):
-                transport = request.transport
-                if transport is not None:
-                    transport.abort()  # too slow: drop it and its backlog
-                return response
+            outcome = await pump(
+                conn,
+                response,
+                encode,
+                rt.stats,
+                ping_s=rt.sse_ping_s,
+                send_timeout_s=rt.send_timeout_s,
+                first=first,
+            )
         except ConnectionError:
             return response  # the client went away; it resumes with Last-Event-ID
+        if outcome is Outcome.TOO_SLOW:
+            rt.stats.too_slow += 1
+            transport = request.transport
+            if transport is not None:
+                transport.abort()  # drop it and its backlog
+            return response
         with contextlib.suppress(ConnectionError):
             await response.write_eof()
     return response
-
-
-async def _pump(
-    realtime: Realtime, request: web.Request, response: web.StreamResponse, conn: Connection
-) -> bool:
-    """Send until the terminal event or until stopped; False when the client is too slow."""
-    channel = conn.channel
-    by_seq = channel.kind == "run"
-    stats, frames = realtime.stats, realtime.frames
-    if channel.snapshot is not None:
-        frame = sse_frame(channel.snapshot_seq, EventType.MESSAGE_SNAPSHOT, channel.snapshot)
-        if not await _write(realtime, response, frame):
-            return False
-        stats.frames_sent += 1
-    subscription = conn.subscription
-    while True:
-        try:
-            async with asyncio.timeout(realtime.sse_ping_s):
-                event = await anext(subscription)
-        except TimeoutError:
-            if not await _write(realtime, response, PING):
-                return False
-            continue
-        except StopAsyncIteration:
-            return True  # stopped: shutdown, token expiry or the client left
-        cursor = event.version if by_seq else event.position
-        if not await _write(realtime, response, sse_frame(cursor, event.type, frames.text(event))):
-            return False
-        stats.frames_sent += 1
-        if by_seq and event.type in TERMINAL:
-            return True
-
-
-async def _write(realtime: Realtime, response: web.StreamResponse, data: bytes) -> bool:
-    try:
-        async with asyncio.timeout(realtime.send_timeout_s):
-            await response.write(data)
-    except TimeoutError:
-        realtime.stats.too_slow += 1
-        return False
-    return True

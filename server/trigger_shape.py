@@ -1,8 +1,9 @@
 """The Trigger.dev realtime protocol's data, as pure functions of the run read model.
 
 A run becomes one ``TaskRun`` row of an Electric shape (``run_row``, every
-value spelled as Postgres text), offsets map to the run's seq, and each run
-event is one SSE frame. ``server/trigger.py`` serves them.
+value spelled as Postgres text), its offset carries the run's seq (read back
+by ``server.cursor.offset_seq``), and each run event is one SSE chunk.
+``server/trigger.py`` serves them.
 """
 
 from __future__ import annotations
@@ -14,8 +15,7 @@ from typing import Any
 
 from sessionstream.core.errors import ValidationFailed
 from sessionstream.core.vocabulary import TERMINAL, EventType
-from sessionstream.eventstore.model import RecordedEvent
-from sessionstream.server.frames import chat_stream_event, dumps
+from sessionstream.server.frames import dumps
 from sessionstream.services.runs import INTERRUPTED
 
 #: the stream key advertised in ``realtimeStreams``; any other key serves the same stream
@@ -146,13 +146,6 @@ def row_offset(run: Mapping[str, Any]) -> str:
     return f"{_ms(run.get('updated_at'))}_{int(run['seq'])}"
 
 
-def offset_seq(offset: str) -> int:
-    head, sep, seq = offset.partition("_")
-    if not sep or not head.isdigit() or not seq.isdigit():
-        raise ValidationFailed(f"offset must be -1 or <n>_<seq>, got '{offset[:40]}'")
-    return int(seq)
-
-
 def shape_body(run_id: str, row: dict[str, str | None] | None, operation: str) -> str:
     messages: list[dict[str, Any]] = []
     if row is not None:
@@ -162,17 +155,9 @@ def shape_body(run_id: str, row: dict[str, str | None] | None, operation: str) -
     return dumps(messages)
 
 
-def sse_frame(event: RecordedEvent) -> bytes:
-    return f"id: {event.version}\ndata: {dumps(chat_stream_event(event))}\n\n".encode()
-
-
-def parse_last_event_id(raw: str | None) -> int | None:
-    if raw is None or raw.strip() == "":
-        return None
-    value = raw.strip()
-    if not value.lstrip("-").isdigit():
-        raise ValidationFailed(f"Last-Event-ID must be a run seq (an integer), got '{value[:40]}'")
-    return max(0, int(value))
+def stream_frame(seq: int, chat_stream_event: str) -> bytes:
+    """One chunk of the SDK's "v1" stream: the run's seq as the id, the frame as the data."""
+    return f"id: {seq}\ndata: {chat_stream_event}\n\n".encode()
 
 
 def parse_timeout_seconds(raw: str | None) -> float | None:

@@ -114,6 +114,7 @@ async def test_patch_semantics(api: Api) -> None:
     assert row["draft_body"] is None and row["title"] == "Intro"
     # unknown keys and wrong types are 400 and change nothing
     before = (await (await api.client.get(url, headers=api.h())).json())["session"]
+    bad: object
     for bad in (
         {"nope": 1},
         {"title": 5},

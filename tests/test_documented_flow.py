@@ -9,7 +9,7 @@ from typing import Any
 from tests.conftest import Api
 
 S = "/api/campaigns/ai-chat-sessions"
-LEADS = [
+LEADS: list[dict[str, Any]] = [
     {
         "id": "lead-1",
         "first_name": "Dana",

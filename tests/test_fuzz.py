@@ -13,13 +13,13 @@ import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias, cast
 
 import hypothesis
 import pytest
 import schemathesis
 from hypothesis import strategies as st
-from schemathesis import Case, CheckContext, Response
+from schemathesis import CheckContext, GenerationMode, Response
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
@@ -27,6 +27,7 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
+from schemathesis.specs.openapi.schemas import OpenApiSchema
 
 from sessionstream.core.settings import Settings
 from sessionstream.server.app import create_app
@@ -36,6 +37,9 @@ from tests.torture.report import report
 
 MAX_EXAMPLES = 30
 STATEFUL_EXAMPLES = 80
+#: every case here is an OpenAPI operation's; the alias keeps the tests' source (and so
+#: hypothesis's derandomized seed, a digest of it) as it was
+Case: TypeAlias = schemathesis.Case[Any]
 counts = {"stateless": 0, "stateful": 0}
 #: (run, operation, status) -> responses, to show the fuzzer reached real resources
 statuses: Counter[tuple[str, str, int]] = Counter()
@@ -101,7 +105,7 @@ rejection.expected_statuses = [*rejection.expected_statuses, "412"]
 #: stateful chains need valid steps to get anywhere (a 201 to follow a link from)
 chains = schemathesis.openapi.from_dict(DOCUMENT)
 chains.config.generation.update(
-    modes=["positive"],
+    modes=[GenerationMode.POSITIVE],
     database="none",
     with_security_parameters=False,
     allow_extra_parameters=False,
@@ -124,7 +128,7 @@ LIFECYCLE = (
     "getRun",
     "cancelRun",
 )
-chains = chains.include(operation_id=list(LIFECYCLE))
+chains = cast(OpenApiSchema, chains.include(operation_id=list(LIFECYCLE)))
 
 
 def real_id(live: Live, path: str) -> str:

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from sessionstream.core.errors import EngineError
+from sessionstream.core.errors import ConfigError, EngineError
+from sessionstream.core.settings import DEFAULT_MODEL, Settings
 from sessionstream.engines.base import (
     DraftUpdate,
     ExampleInput,
@@ -19,7 +20,8 @@ from sessionstream.engines.base import (
     TextDelta,
     TurnInput,
 )
-from sessionstream.engines.openai_engine import DEFAULT_MODEL, OpenAIEngine
+from sessionstream.engines.openai_engine import OpenAIEngine
+from sessionstream.server.app import make_engine
 from tests.fake_openai import (
     Error,
     FakeOpenAI,
@@ -313,25 +315,45 @@ async def test_example_hang_times_out() -> None:
         await engine.aclose()
 
 
-async def test_from_env() -> None:
-    engine = OpenAIEngine.from_env(
+async def test_from_settings() -> None:
+    local = Settings.from_env(
         {
             "OPENAI_BASE_URL": "http://127.0.0.1:11434/v1",
             "SESSIONSTREAM_MODEL": "llama3.1",
             "SESSIONSTREAM_ENGINE_TIMEOUT_S": "12.5",
         }
     )
+    engine = OpenAIEngine.from_settings(local)
     try:
         assert (engine.model, engine.timeout_s, engine.idle_timeout_s) == ("llama3.1", 12.5, 12.5)
         assert engine.base_url == "http://127.0.0.1:11434/v1"  # no key needed for local servers
     finally:
         await engine.aclose()
-    defaults = OpenAIEngine.from_env({"OPENAI_API_KEY": "sk-test"})
+    defaults = OpenAIEngine.from_settings(Settings.from_env({"OPENAI_API_KEY": "sk-test"}))
     try:
         assert (defaults.model, defaults.timeout_s) == (DEFAULT_MODEL, 60.0)
+        assert defaults._client.api_key == "sk-test"
     finally:
         await defaults.aclose()
-    with pytest.raises(EngineError, match="OPENAI_API_KEY is not set"):
-        OpenAIEngine.from_env({})
-    with pytest.raises(EngineError, match="must be a number"):
-        OpenAIEngine.from_env({"OPENAI_API_KEY": "k", "SESSIONSTREAM_ENGINE_TIMEOUT_S": "soon"})
+    with pytest.raises(ConfigError, match="OPENAI_API_KEY is not set"):
+        OpenAIEngine.from_settings(Settings.from_env({}))
+
+
+@pytest.mark.parametrize(
+    ("raw", "problem"), [("soon", "is not a valid number"), ("0", "must be more than 0")]
+)
+def test_a_bad_engine_timeout_is_refused_with_the_settings(raw: str, problem: str) -> None:
+    """The engine's own parser refused a timeout of 0 that the settings let through;
+    the settings refuse it now, for the engine and the run layer alike."""
+    with pytest.raises(ConfigError, match=f"SESSIONSTREAM_ENGINE_TIMEOUT_S='{raw}' {problem}"):
+        Settings.from_env({"OPENAI_API_KEY": "k", "SESSIONSTREAM_ENGINE_TIMEOUT_S": raw})
+
+
+async def test_make_engine_builds_the_configured_openai_engine() -> None:
+    settings = Settings(engine="openai", openai_api_key="sk-x", model="m", engine_timeout_s=3.0)
+    engine = make_engine(settings)
+    try:
+        assert isinstance(engine, OpenAIEngine)
+        assert (engine.model, engine.timeout_s, engine.base_url) == ("m", 3.0, None)
+    finally:
+        await engine.aclose()

@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 
 from sessionstream import projections
 from sessionstream.core import readmodels
+from sessionstream.core.readmodels import SessionState
 from sessionstream.eventstore.model import GENESIS_HASH, AppendRequest, NewEvent, RecordedEvent
 from sessionstream.eventstore.projector import fold
 from sessionstream.eventstore.sqlite import SQLiteEventStore
@@ -342,7 +343,7 @@ def test_apply_returns_new_state_and_never_mutates() -> None:
     events = recorded(
         [CREATED, claim("run_a"), skeleton(A), draft("s", "b"), examples([E1]), skeleton(B)]
     )
-    state: dict[str, Any] | None = None
+    state: SessionState | None = None
     for event in events:
         before = copy.deepcopy(state)
         after = apply_session(state, event)

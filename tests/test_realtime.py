@@ -18,15 +18,11 @@ import jwt
 import pytest
 
 from sessionstream.core.vocabulary import TERMINAL
-from sessionstream.server.frames import chat_stream_event
+from sessionstream.server.access import credential
+from sessionstream.server.frames import chat_stream_event, compact_frame
 from sessionstream.server.keys import RUN_TOKENS, STORE
-from sessionstream.server.realtime import (
-    REALTIME,
-    REALTIME_STATS,
-    SUBPROTOCOL,
-    compact_frame,
-    credential,
-)
+from sessionstream.server.realtime import REALTIME, REALTIME_STATS
+from sessionstream.server.websocket import SUBPROTOCOL
 from tests.conftest import Api
 from tests.scripted_engine import ScriptedEngine
 

@@ -502,7 +502,7 @@ async def test_realtime_connections_are_capped_per_user_with_retry_after(
     await asyncio.sleep(0.1)
     r = await api.client.get(live, headers=api.h())
     assert r.status == 429 and int(r.headers["Retry-After"]) >= 1, r.status
-    assert (await r.json())["error"]["code"] == "rate_limited"
+    assert (await r.json())["error"]["code"] == "too_many_connections"
     # another user is unaffected
     r = await api.client.get(url, headers=api.h(api.token_b))
     assert r.status == 404

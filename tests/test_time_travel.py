@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 import tests.conftest as conf
 from sessionstream import projections
+from sessionstream.core.readmodels import SessionState
 from sessionstream.eventstore.sqlite import SQLiteEventStore
 from sessionstream.projections.session import apply_session, fold_session_events
 from sessionstream.server.app import create_app
@@ -239,11 +240,11 @@ def test_bulk_fold_equals_event_by_event_and_changes_nothing(
 ) -> None:
     events = recorded(specs)
     data_before = copy.deepcopy([e.data for e in events])
-    reference: dict[str, Any] | None = None
+    reference: SessionState | None = None
     for event in events:
         reference = apply_session(reference, event) or reference
     assert fold_session_events(None, events) == reference
-    prefix: dict[str, Any] | None = None
+    prefix: SessionState | None = None
     for event in events[:cut]:
         prefix = apply_session(prefix, event) or prefix
     frozen = copy.deepcopy(prefix)

@@ -19,13 +19,13 @@ import pytest
 
 from sessionstream.core.errors import ValidationFailed
 from sessionstream.eventstore.model import NewEvent
+from sessionstream.server.cursor import LAST_EVENT_ID, offset_seq, parse_cursor
 from sessionstream.server.frames import chat_stream_event
 from sessionstream.server.keys import RUN_TOKENS, STORE
+from sessionstream.server.realtime import REALTIME
 from sessionstream.server.trigger import TRIGGER
 from sessionstream.server.trigger_shape import (
     COLUMNS,
-    offset_seq,
-    parse_last_event_id,
     parse_timeout_seconds,
     pg_array,
     run_row,
@@ -122,10 +122,10 @@ def test_small_parsers() -> None:
     for bad in ("12", "x_1", "1_", "_3"):
         with pytest.raises(ValidationFailed):
             offset_seq(bad)
-    assert parse_last_event_id(None) is None and parse_last_event_id(" 4 ") == 4
-    assert parse_last_event_id("-3") == 0
-    with pytest.raises(ValidationFailed):
-        parse_last_event_id("1736950000000-0")
+    assert parse_cursor(None, LAST_EVENT_ID) is None and parse_cursor(" 4 ", LAST_EVENT_ID) == 4
+    for bad in ("1736950000000-0", "-3"):
+        with pytest.raises(ValidationFailed):
+            parse_cursor(bad, LAST_EVENT_ID)
     assert parse_timeout_seconds("0.2") == 1.0 and parse_timeout_seconds("9999") == 600.0
     with pytest.raises(ValidationFailed):
         parse_timeout_seconds("soon")
@@ -468,7 +468,7 @@ async def test_shutdown_releases_held_requests_at_once(make_api: Any) -> None:
     poll = asyncio.create_task(live(api, run, snap.headers["electric-offset"]))
     await asyncio.sleep(0.1)
     started = time.perf_counter()
-    await api.app[TRIGGER].shutdown(api.app)
+    await api.app[REALTIME].shutdown(api.app)
     _, body = await poll
     assert body == [{"headers": {"control": "up-to-date"}}]
     with pytest.raises(aiohttp.ClientPayloadError):

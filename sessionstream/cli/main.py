@@ -2,6 +2,8 @@
 
 Every command takes ``--db PATH`` (SQLite) or ``--database-url URL``
 (PostgreSQL), also read from ``SESSIONSTREAM_DB`` / ``SESSIONSTREAM_DATABASE_URL``.
+A configuration error is one line on stderr and exit status 2; every setting is
+in docs/configuration.md.
 """
 
 from __future__ import annotations
@@ -11,21 +13,17 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
-from sessionstream.cli import maintenance, operations
+from sessionstream.cli import config, maintenance, operations
 from sessionstream.cli.commands import COMMANDS, command, open_store
+from sessionstream.core.errors import ConfigError
 from sessionstream.core.logs import configure_logging
 from sessionstream.core.settings import Settings
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
-    return Settings.from_env(
-        db_path=getattr(args, "db", None),
-        database_url=getattr(args, "database_url", None),
-        host=getattr(args, "host", None),
-        port=getattr(args, "port", None),
-        engine=getattr(args, "engine", None),
-        log_level=getattr(args, "log_level", None),
-    )
+    """The environment, with the flags this command was given on top."""
+    flags = (*config.COMMON_FLAGS, *config.SERVE_FLAGS)
+    return Settings.from_env(**{name: getattr(args, name, None) for name in flags})
 
 
 @command("serve")
@@ -91,15 +89,11 @@ def users(args: argparse.Namespace, settings: Settings) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sessionstream", description=__doc__)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--db", help="SQLite file (default sessionstream.db)")
-    common.add_argument("--database-url", help="postgresql://... (shared by several nodes)")
-    common.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR")
+    config.add_flags(common, config.COMMON_FLAGS)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("serve", parents=[common], help="run the HTTP and websocket server")
-    p.add_argument("--host")
-    p.add_argument("--port", type=int)
-    p.add_argument("--engine", choices=["offline", "openai"])
+    config.add_flags(p, config.SERVE_FLAGS)
 
     p = sub.add_parser("users", parents=[common], help="manage users")
     users_sub = p.add_subparsers(dest="action", required=True)
@@ -118,15 +112,21 @@ def build_parser() -> argparse.ArgumentParser:
     # maintenance and operations commands are declared beside the code they drive
     maintenance.add_commands(sub, common)
     operations.add_commands(sub, common)
+    config.add_commands(sub, common)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    settings = settings_from(args)
-    configure_logging(settings.log_level)  # every command logs as `serve` does: JSON lines
-    return COMMANDS[args.command](args, settings)
+    try:
+        settings = settings_from(args)
+        configure_logging(settings.log_level)  # every command logs as `serve` does: JSON lines
+        return COMMANDS[args.command](args, settings)
+    except ConfigError as exc:
+        # the message names the variable and says what is wrong; a traceback adds nothing
+        print(f"error: {exc.message}", file=sys.stderr)
+        return config.CONFIG_ERROR_EXIT
 
 
 if __name__ == "__main__":  # pragma: no cover
