@@ -165,7 +165,10 @@ async function generateExamples() {
 function startRename() {
   const title = $('session-title');
   const input = el('input', { class: 'rename', testid: 'rename-input', value: state.row.title || '', maxlength: 200 });
+  let finished = false; // replacing the input blurs it: Enter must not finish twice
   const finish = async (save) => {
+    if (finished) return;
+    finished = true;
     input.replaceWith(title);
     if (!save) return;
     await guard(async () => {

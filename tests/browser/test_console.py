@@ -18,59 +18,19 @@ from typing import Any
 import pytest
 
 from tests.browser.conftest import OUTPUT, REPO, Server, shot
+from tests.browser.console_page import (
+    S,
+    connect,
+    send_turn,
+    stored,
+    tid,
+    wait_turn_done,
+    wait_words,
+)
 
 pytestmark = pytest.mark.browser
 
-S = "/api/campaigns/ai-chat-sessions"
-T = '[data-testid="{}"]'
 LEAD_FIELDS = ("id", "first_name", "last_name", "company", "position")
-
-
-def tid(name: str) -> str:
-    return T.format(name)
-
-
-def connect(page: Any, server: Server, token: str | None = None, fragment: str = "") -> None:
-    page.goto(server.url + "/" + fragment)
-    page.fill(tid("token-input"), token or server.token)
-    page.click(tid("token-save"))
-
-
-def send_turn(page: Any, text: str) -> str:
-    """Type a message, press Send; returns the run id the server answered with."""
-    page.fill(tid("turn-input"), text)
-    with page.expect_response(
-        lambda r: r.url.endswith("/turn") and r.request.method == "POST"
-    ) as answer:
-        page.click(tid("turn-send"))
-    assert answer.value.status == 200, answer.value.text()
-    return str(answer.value.json()["runId"])
-
-
-def wait_words(page: Any, at_least: int) -> str:
-    """Wait until the streaming bubble shows some words; returns its text then."""
-    page.wait_for_function(
-        """n => {
-            const t = document.querySelector(
-                '[data-testid="streaming-message"] [data-testid="message-text"]');
-            return t && t.textContent.trim().split(/\\s+/).length >= n;
-        }""",
-        arg=at_least,
-    )
-    return str(page.text_content(f"{tid('streaming-message')} {tid('message-text')}"))
-
-
-def wait_turn_done(page: Any, messages: int) -> None:
-    page.wait_for_function(
-        """n => document.querySelectorAll('[data-testid="message"]').length === n
-            && !document.querySelector('[data-testid="streaming-message"]')
-            && document.querySelector('[data-testid="task-status"]').dataset.status === 'idle'""",
-        arg=messages,
-    )
-
-
-def stored(server: Server, sid: str) -> dict[str, Any]:
-    return dict(server.api("GET", f"{S}/{sid}")["session"])
 
 
 def test_documented_flow_by_clicking_and_typing(page_factory: Any, server: Server) -> None:
