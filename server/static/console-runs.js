@@ -31,7 +31,7 @@ function sizeText(run) {
 
 function engineText(run) {
   if (run.engine || run.model) return [run.engine, run.model].filter(Boolean).join(' · ');
-  return 'engine not recorded';
+  return 'not recorded'; // the run's events do not say; kind and times come from them
 }
 
 /** Play `run`'s deltas back at their recorded pace; returns {stop(), trace}. */

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.browser.conftest import REPO, Server, shot
+from tests.browser.conftest import OUTPUT, REPO, Server, shot
 
 S = "/api/campaigns/ai-chat-sessions"
 DOC_IMAGES = REPO / "docs" / "img"
@@ -131,11 +131,15 @@ def assert_no_horizontal_overflow(page: Any, where: str) -> None:
     assert found["scroll"] <= 0 and not found["offenders"], f"{where}: {found}"
 
 
-def doc_shot(page: Any, name: str, *, full_page: bool = False) -> Path:
-    """A screenshot for test-output/, copied to docs/img/ when the docs are being refreshed."""
-    path = shot(page, name, full_page=full_page)
+def doc_shot(page: Any, name: str, *, element: str | None = None) -> Path:
+    """A screenshot (of the viewport, or of one element) for test-output/, copied to
+    docs/img/ when the docs are being refreshed."""
+    if element is None:
+        path = shot(page, name, full_page=False)
+    else:
+        path = OUTPUT / f"{name}.png"
+        page.locator(element).screenshot(path=str(path))
     if UPDATE_DOCS:
         DOC_IMAGES.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, DOC_IMAGES / f"{name}.png")
     return path
-

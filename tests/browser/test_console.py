@@ -261,3 +261,41 @@ def test_api_errors_are_shown_as_messages(page_factory: Any, server: Server) -> 
     body = json.loads(answer.value.text())
     assert body["error"]["code"] in page.text_content(tid("error-text"))
     assert stored(server, session["id"])["messages"] is None
+
+
+def test_sample_leads_are_off_by_default(page_factory: Any, server: Server) -> None:
+    """The leads table fills the Examples tab; it steers a chat only when asked to."""
+    session = server.session_with_node("Finance")
+    page = page_factory()
+    ids = session["campaign_id"], session["node_id"], session["id"]
+    connect(page, server, fragment="#campaign={}&node={}&session={}".format(*ids))
+    page.wait_for_selector(f'{tid("conn-state")}[data-state="live"]')
+    assert not page.is_checked(tid("turn-sample-leads"))
+    def column(name: str) -> set[str]:
+        return {str(v) for v in page.eval_on_selector_all(tid(name), "xs => xs.map(x => x.value)")}
+
+    companies, positions = column("lead-company"), column("lead-position")
+    assert companies, "the leads table has companies that could leak into a chat"
+    briefs = (
+        "Write an intro email for heads of finance at mid-size manufacturers",
+        "We are Ledgerly: close the books 3 days faster. CTA: a 20 minute demo. Tone: direct.",
+    )
+    for index, brief in enumerate(briefs):
+        page.fill(tid("turn-input"), brief)
+        with page.expect_request(lambda r: r.url.endswith("/turn")) as sent:
+            page.click(tid("turn-send"))
+        assert "sampleLeads" not in (sent.value.post_data_json or {})
+        wait_turn_done(page, 2 * (index + 1))
+    replies = " ".join(m["content"] for m in stored(server, session["id"])["messages"])
+    leaked = [w for w in companies | positions if re.search(rf"\b{re.escape(w)}\b", replies)]
+    assert not leaked, replies
+
+    # ticked, the table goes out as sample leads (without the ids)
+    page.click("summary >> text=Options")
+    page.check(tid("turn-sample-leads"))
+    page.fill(tid("turn-input"), "Mention a customer by name")
+    with page.expect_request(lambda r: r.url.endswith("/turn")) as sent:
+        page.click(tid("turn-send"))
+    leads = (sent.value.post_data_json or {})["sampleLeads"]
+    assert {lead["company"] for lead in leads} == companies and all("id" not in x for x in leads)
+    wait_turn_done(page, 6)
