@@ -16,8 +16,8 @@ import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +104,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 class WrongKeyProvider(BaseHTTPRequestHandler):
     """An OpenAI-compatible provider that answers every request 401, as for a wrong key."""
 
-    def do_POST(self) -> None:  # noqa: N802 (http.server's spelling)
+    def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
         body = json.dumps(
             {

@@ -36,7 +36,9 @@ def open_session(page: Any, server: Server, session: dict[str, Any]) -> None:
 
 def wait_log(page: Any) -> None:
     """Until the session's event log has loaded (what the runs, notes and audit fold)."""
-    page.wait_for_function("() => { const l = window.__sessionstream.log(); return l && l.loaded; }")
+    page.wait_for_function(
+        "() => { const l = window.__sessionstream.log(); return l && l.loaded; }"
+    )
 
 
 def send_turn(page: Any, text: str) -> str:
@@ -120,7 +122,8 @@ OVERFLOW = """() => {
                 break;
             }
         }
-        if (!clipped) out.push(`${node.tagName.toLowerCase()}.${node.className} ${Math.round(box.right)}`);
+        const name = `${node.tagName.toLowerCase()}.${node.className}`;
+        if (!clipped) out.push(`${name} ${Math.round(box.right)}`);
     }
     return {scroll: document.documentElement.scrollWidth - width, offenders: out.slice(0, 10)};
 }"""

@@ -271,6 +271,7 @@ def test_sample_leads_are_off_by_default(page_factory: Any, server: Server) -> N
     connect(page, server, fragment="#campaign={}&node={}&session={}".format(*ids))
     page.wait_for_selector(f'{tid("conn-state")}[data-state="live"]')
     assert not page.is_checked(tid("turn-sample-leads"))
+
     def column(name: str) -> set[str]:
         return {str(v) for v in page.eval_on_selector_all(tid(name), "xs => xs.map(x => x.value)")}
 

@@ -90,7 +90,9 @@ def test_a_failure_in_another_tab_shows_in_this_one(
     note = f'{tid("run-failure")}[data-run-id="{run_id}"]'
     page.wait_for_selector(note)
     wait_idle(server, session["id"])
-    assert page.text_content(f"{note} {tid('run-failure-reason')}") == run_of(server, run_id)["error"]
+    assert (
+        page.text_content(f"{note} {tid('run-failure-reason')}") == run_of(server, run_id)["error"]
+    )
 
 
 def test_session_busy_stays_until_the_session_is_idle(page_factory: Any, server: Server) -> None:
@@ -161,7 +163,7 @@ def test_one_success_does_not_hide_another_failure(page_factory: Any, server: Se
     page.fill(tid("rename-input"), "Renamed")
     with page.expect_response(lambda r: r.request.method == "PATCH"):
         page.press(tid("rename-input"), "Enter")
-    page.wait_for_selector(f'{tid("session-title")} >> text=Renamed')
+    page.wait_for_selector(f"{tid('session-title')} >> text=Renamed")
     assert page.is_visible(item)
     # the turn succeeding clears it
     page.fill(tid("turn-vars"), "first_name, company")

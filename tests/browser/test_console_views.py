@@ -101,7 +101,11 @@ def test_replay_plays_a_reply_at_its_recorded_pace(
     page_factory: Any, server: Server, worked: dict[str, Any]
 ) -> None:
     log = events(server, worked["id"])
-    turns = [e["data"]["run_id"] for e in log if e["type"] == "run.claimed" and e["data"]["kind"] == "turn"]
+    turns = [
+        e["data"]["run_id"]
+        for e in log
+        if e["type"] == "run.claimed" and e["data"]["kind"] == "turn"
+    ]
     run_id = turns[-1]
     mine = run_events(log, run_id)
     started = stamp(next(e for e in mine if e["type"] == "run.started")["recorded_at"])
@@ -166,7 +170,9 @@ def test_history_labels_rollbacks_diffs_revisions_and_flags_a_stale_draft(
     assert all(r["left"] == r["right"] for r in rows if r["kind"] == "same")
     assert sum(r["kind"] == "same" for r in rows) == lcs_length(left, right)
     # a field is in a changed row exactly when v1 and v2 disagree on it
-    changed = {k for k in history[1].keys() | history[2].keys() if history[1].get(k) != history[2].get(k)}
+    changed = {
+        k for k in history[1].keys() | history[2].keys() if history[1].get(k) != history[2].get(k)
+    }
     assert changed, "v1 and v2 differ"
     touched = {
         field_of(side)
@@ -193,13 +199,13 @@ def test_history_labels_rollbacks_diffs_revisions_and_flags_a_stale_draft(
         page.click(f'{tid("skeleton-rollback")}[data-version="2"]')
     page.wait_for_selector(f'{tid("skeleton-version")}.current[data-version="{current + 1}"]')
     page.wait_for_selector(
-        f'{tid("skeleton-version")}.current {tid("rollback-label")} >> text=rollback to v2'
+        f"{tid('skeleton-version')}.current {tid('rollback-label')} >> text=rollback to v2"
     )
     assert page.locator(tid("draft-mismatch")).count() == 0
     page.reload()
     page.wait_for_selector(f'{tid("conn-state")}[data-state="live"]')
     page.click(tid("tab-history"))
-    page.wait_for_selector(f'{tid("skeleton-version")}.current {tid("rollback-label")}')
+    page.wait_for_selector(f"{tid('skeleton-version')}.current {tid('rollback-label')}")
     assert page.locator(tid("draft-mismatch")).count() == 0
 
 
@@ -227,7 +233,9 @@ def skeleton_lines(value: Any, path: str = "") -> list[str]:
     if isinstance(value, list):
         if not value:
             return [f"{path}: []"]
-        return [line for i, item in enumerate(value) for line in skeleton_lines(item, f"{path}[{i}]")]
+        return [
+            line for i, item in enumerate(value) for line in skeleton_lines(item, f"{path}[{i}]")
+        ]
     if isinstance(value, dict):
         if not value:
             return [f"{path}: {{}}"] if path else []
@@ -263,8 +271,10 @@ def test_line_diff_is_minimal_on_random_texts(page_factory: Any, server: Server)
     page.goto(server.url + "/")
     rng = random.Random(16)
     cases = [
-        ([rng.choice("abc") for _ in range(rng.randint(0, 12))],
-         [rng.choice("abc") for _ in range(rng.randint(0, 12))])
+        (
+            [rng.choice("abc") for _ in range(rng.randint(0, 12))],
+            [rng.choice("abc") for _ in range(rng.randint(0, 12))],
+        )
         for _ in range(300)
     ]
     results = page.evaluate(
@@ -285,7 +295,9 @@ def test_line_diff_is_minimal_on_random_texts(page_factory: Any, server: Server)
 def actor_label(actor: Any) -> str:
     if not actor:
         return "unknown"
-    return f"{actor.get('type') or '?'} {str(actor.get('id') or '').removeprefix('run_')[:8]}".strip()
+    return (
+        f"{actor.get('type') or '?'} {str(actor.get('id') or '').removeprefix('run_')[:8]}".strip()
+    )
 
 
 def audit_types_fit(page: Any) -> list[str]:
@@ -312,13 +324,20 @@ def test_audit_is_newest_first_filterable_and_never_cuts_a_type(
     open_session(page, server, worked)
     page.click(tid("tab-audit"))
     page.wait_for_selector(tid("audit-row"))
-    positions = [int(p) for p in page.eval_on_selector_all(tid("audit-row"), "rs => rs.map(r => r.dataset.position)")]
+    positions = [
+        int(p)
+        for p in page.eval_on_selector_all(
+            tid("audit-row"), "rs => rs.map(r => r.dataset.position)"
+        )
+    ]
     kept = [e["position"] for e in log if e["type"] != "message.delta"]
     assert positions == sorted(kept, reverse=True), "newest first, text deltas hidden"
     assert audit_types_fit(page) == []
 
     def shown() -> list[dict[str, str]]:
-        return list(page.eval_on_selector_all(tid("audit-row"), "rs => rs.map(r => ({...r.dataset}))"))
+        return list(
+            page.eval_on_selector_all(tid("audit-row"), "rs => rs.map(r => ({...r.dataset}))")
+        )
 
     page.select_option(tid("audit-filter-type"), "message.delta")
     rows = shown()
@@ -329,7 +348,9 @@ def test_audit_is_newest_first_filterable_and_never_cuts_a_type(
     someone = actor_label(next(e["actor"] for e in log if e["type"] == "session.created"))
     page.select_option(tid("audit-filter-actor"), someone)
     rows = shown()
-    expected = [e for e in log if actor_label(e["actor"]) == someone and e["type"] != "message.delta"]
+    expected = [
+        e for e in log if actor_label(e["actor"]) == someone and e["type"] != "message.delta"
+    ]
     assert [int(r["position"]) for r in rows] == [e["position"] for e in reversed(expected)]
     page.select_option(tid("audit-filter-actor"), "")
 

@@ -28,7 +28,8 @@ PAGE = """<!doctype html><meta charset=utf-8><pre id=out></pre>
   window.RESULT = {frames: [], text: '', error: null, done: false};
   try {
     const { streamRun } = await import(cfg.module);
-    for await (const frame of streamRun({ baseUrl: cfg.baseUrl, runId: cfg.runId, token: cfg.token })) {
+    const run = { baseUrl: cfg.baseUrl, runId: cfg.runId, token: cfg.token };
+    for await (const frame of streamRun(run)) {
       window.RESULT.frames.push({ seq: frame.seq, type: frame.type });
       if (frame.type === 'message.delta') {
         window.RESULT.text += frame.data.text;
@@ -49,9 +50,9 @@ def other_origin() -> Iterator[tuple[str, dict[str, str]]]:
     config: dict[str, str] = {}
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             cfg = json.dumps(config).replace("</", "<\\/")
-            body = f'<script type=application/json id=cfg>{cfg}</script>{PAGE}'.encode()
+            body = f"<script type=application/json id=cfg>{cfg}</script>{PAGE}".encode()
             self.send_response(200)
             self.send_header("Content-Type", "text/html; charset=utf-8")
             self.send_header("Content-Length", str(len(body)))
@@ -77,9 +78,13 @@ def test_the_module_has_cors_headers(server: Server) -> None:
     )
     with urllib.request.urlopen(request, timeout=10) as response:
         assert response.headers["Access-Control-Allow-Origin"] == "*"
-        assert response.headers["Content-Type"].startswith(("text/javascript", "application/javascript"))
+        assert response.headers["Content-Type"].startswith(
+            ("text/javascript", "application/javascript")
+        )
     with urllib.request.urlopen(server.url + "/static/console.js", timeout=10) as response:
-        assert response.headers.get("Access-Control-Allow-Origin") is None, "the console's own stay same-origin"
+        assert response.headers.get("Access-Control-Allow-Origin") is None, (
+            "the console's own stay same-origin"
+        )
 
 
 def test_a_page_of_another_origin_imports_it_and_streams_a_run(
