@@ -4,8 +4,12 @@
 ``configure({baseURL, accessToken})`` then
 ``for await (const part of runs.subscribeToRun(runId).withStreams())``.
 ``tests/trigger_sdk/browser-app.mjs`` is a React page using
-``useRealtimeRunWithStreams``, bundled with esbuild and opened in headless
-Chromium from another origin, so CORS is exercised for real.
+``useRealtimeRunWithStreams``, or ``useRealtimeRun`` with ``useRealtimeStream``
+(auth as options or from ``TriggerAuthContext.Provider``), bundled with
+esbuild and opened in headless Chromium from another origin, so CORS is
+exercised for real; the browser tests also give it a refused token, a token
+that expires mid-run (with and without ``refreshAccessToken``) and a network
+drop mid-stream (``DroppingProxy``).
 The packages are installed once per lockfile into
 ``~/.cache/sessionstream-trigger-sdk/<hash>`` (``npm ci``), so only the first
 run pays for the download. Skipped when ``node`` (or, for the browser test,

@@ -141,7 +141,10 @@ def doc_shot(page: Any, name: str, *, element: str | None = None) -> Path:
         path = shot(page, name, full_page=False)
     else:
         path = OUTPUT / f"{name}.png"
+        # the sticky top bar would be drawn over an element scrolled under it
+        page.evaluate("document.querySelector('.topbar').style.position = 'static'")
         page.locator(element).screenshot(path=str(path))
+        page.evaluate("document.querySelector('.topbar').style.position = ''")
     if UPDATE_DOCS:
         DOC_IMAGES.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, DOC_IMAGES / f"{name}.png")
