@@ -8,7 +8,8 @@
 // the console already reads them for the audit view.
 
 const RUN_STREAM = 'run-';
-const TERMINAL = new Set(['run.completed', 'run.failed', 'run.canceled']);
+/** A run ends with exactly one of these (core/vocabulary.py TERMINAL); the console's one copy. */
+export const TERMINAL = new Set(['run.completed', 'run.failed', 'run.canceled']);
 const ms = (stamp) => {
   const t = Date.parse(stamp);
   return Number.isNaN(t) ? null : t;

@@ -9,8 +9,8 @@
 
 import { renderLists, reloadSessions, writeHash } from './console-lists.js';
 import { SessionLog } from './console-log.js';
-import { endedBadly, revisionsOf, runsOf } from './console-model.js';
-import { $, BASE, TERMINAL, errors, guard, onCause, report, state } from './console-state.js';
+import { TERMINAL, endedBadly, revisionsOf, runsOf } from './console-model.js';
+import { $, BASE, errors, guard, onCause, report, state } from './console-state.js';
 import { renderLog, renderSession, updateStreamingBubble } from './console-views.js';
 
 const CONN_LABELS = {

@@ -7,7 +7,6 @@ import { Errors, causeOf } from './console-errors.js';
 
 export const $ = (id) => byTestId(id);
 export const BASE = window.location.origin;
-export const TERMINAL = new Set(['run.completed', 'run.failed', 'run.canceled']);
 
 export const state = {
   api: null,
