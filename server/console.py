@@ -1,9 +1,9 @@
-"""The web console at ``/``: one static page for trying sessions in a browser.
+"""What browsers load from us: the web console at ``/`` and the browser module's headers.
 
-The page is plain HTML, CSS and ES modules with no build step; everything it
-does goes through the public HTTP API and the realtime channels with the API
-token the user pastes (kept in ``sessionStorage`` by the page, never sent as
-a cookie). This module only serves the page shell, with headers that keep a
+The console is plain HTML, CSS and ES modules with no build step; everything
+it does goes through the public HTTP API and the realtime channels with the
+API token the user pastes (kept in ``sessionStorage`` by the page, never sent
+as a cookie). This module serves the page shell, with headers that keep a
 page holding a bearer token from being framed, sniffed or leaking its URL,
 and a Content-Security-Policy that allows scripts and styles from this
 origin only (the page builds its DOM with ``textContent``, never
@@ -11,7 +11,14 @@ origin only (the page builds its DOM with ``textContent``, never
 
 ``/static/`` (the console's modules beside the browser realtime client
 ``sessionstream.js``) is served by ``server.realtime``, the owner of that
-client; this module adds only ``/``.
+client. This module adds the one header that client needs to be useful
+outside our own pages: a module script from another origin is fetched in
+CORS mode, and without ``Access-Control-Allow-Origin`` the browser refuses
+to run it, so a user's app could not ``import`` it. ``*`` is safe there: the
+file is public, the same for everyone, and is fetched without credentials.
+The module opens only websockets, which are not subject to CORS, so nothing
+else it reaches needs the header. The console's own modules keep the
+same-origin default.
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ from pathlib import Path
 from aiohttp import web
 
 INDEX = Path(__file__).resolve().parent / "static" / "index.html"
+#: the browser realtime client, importable from any origin
+BROWSER_MODULE = "/static/sessionstream.js"
 
 #: same-origin scripts, styles, images and sockets only; no framing, no plugins
 CSP = "; ".join(
@@ -51,5 +60,13 @@ async def console_page(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(INDEX, headers=HEADERS)
 
 
+async def _module_cors(request: web.Request, response: web.StreamResponse) -> None:
+    """Let pages of any origin import the browser module (its 304s included)."""
+    if request.path == BROWSER_MODULE:
+        response.headers["Access-Control-Allow-Origin"] = "*"
+        response.headers["X-Content-Type-Options"] = "nosniff"
+
+
 def install(app: web.Application) -> None:
     app.router.add_get("/", console_page)
+    app.on_response_prepare.append(_module_cors)

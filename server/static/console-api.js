@@ -1,7 +1,8 @@
 // The HTTP API as the console uses it. Every failure becomes an ApiError with
 // the server's {error: {code, message, details}} (or a network/parse error
 // dressed the same way), so the page can always show a sentence, never a
-// blank screen.
+// blank screen. `onAnswer` hears of every answer, error statuses included:
+// an answer of any kind proves the server reachable again.
 
 const SESSIONS = '/api/campaigns/ai-chat-sessions';
 
@@ -16,9 +17,10 @@ export class ApiError extends Error {
 }
 
 export class Api {
-  constructor(baseUrl, token) {
+  constructor(baseUrl, token, { onAnswer = () => {} } = {}) {
     this.baseUrl = baseUrl;
     this.token = token;
+    this.onAnswer = onAnswer;
   }
 
   async request(method, path, body) {
@@ -37,6 +39,7 @@ export class Api {
     } catch (exc) {
       throw new ApiError(0, 'network_error', `Could not reach the server (${exc.message}).`);
     }
+    this.onAnswer();
     let payload = null;
     const text = await response.text();
     if (text) {

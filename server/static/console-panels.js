@@ -2,9 +2,30 @@
 // They hold no state; console.js decides what to show and calls them again
 // whenever it changes. All server text goes through el()/highlight() (text nodes).
 
-import { el, formatClock, formatTime, highlight, mount, pretty, shortId } from './console-dom.js';
+import { el, highlight, mount, pretty } from './console-dom.js';
 
 // chat -----------------------------------------------------------------------------
+
+const NOTE_TITLES = {
+  'failed:turn': 'The reply failed',
+  'failed:examples': 'Generating examples failed',
+  'canceled:turn': 'The reply was canceled',
+  'canceled:examples': 'Generating examples was canceled',
+};
+
+/**
+ * A run that ended badly, as a message in the chat where its reply would have
+ * been: what failed and the reason its run.failed (or run.canceled) event gives.
+ */
+export function runNote(run) {
+  const title = NOTE_TITLES[`${run.status}:${run.kind}`] || `The run ${run.status}`;
+  return el('article', {
+    class: `msg msg-assistant msg-note note-${run.status}`, testid: 'run-failure', role: 'status',
+    dataset: { runId: run.id, status: run.status },
+  },
+  el('header', { class: 'msg-role' }, title),
+  el('div', { class: 'msg-text', testid: 'run-failure-reason' }, run.error || 'no reason recorded'));
+}
 
 /** One chat bubble; `streaming` adds the live caret and the run id. */
 export function messageBubble(role, content, { streaming = false, runId = null, state = null } = {}) {
@@ -107,83 +128,6 @@ function textOf(value) {
   return typeof value === 'string' ? value : pretty(value);
 }
 
-// history ----------------------------------------------------------------------------
-
-/** What tells one skeleton version from another: subject, tone, length, call to action. */
-function skeletonSummary(skeleton) {
-  const facts = [skeleton.tone, skeleton.length, skeleton.cta_type].filter((v) => typeof v === 'string' && v);
-  return [
-    el('div', { class: 'tl-body subject' }, highlight(textOf(skeleton.subject || skeleton.hook || ''))),
-    facts.length ? el('div', { class: 'muted small' }, facts.join(' · ')) : null,
-    skeleton.call_to_action ? el('div', { class: 'small' }, highlight(textOf(skeleton.call_to_action))) : null,
-    skeleton.body ? el('details', {}, el('summary', {}, 'Body template'),
-      el('div', { class: 'template small' }, highlight(textOf(skeleton.body)))) : null,
-  ];
-}
-
-/** Skeleton versions newest first, each with a rollback button; then draft versions. */
-export function renderHistory(container, row, { busy, onRollbackSkeleton, onRollbackDraft }) {
-  const skeletonItems = [];
-  if (row.skeleton) {
-    skeletonItems.push(el('li', { class: 'tl-item current', testid: 'skeleton-version',
-      dataset: { version: String(row.framework_version ?? '') } },
-    el('div', { class: 'tl-head' }, el('span', { class: 'badge' }, `v${row.framework_version}`),
-      el('span', { class: 'tl-title' }, 'current'),
-      el('span', { class: 'muted small' }, formatTime(row.updated_at))),
-    skeletonSummary(row.skeleton)));
-  }
-  const history = Array.isArray(row.skeleton_history) ? row.skeleton_history : [];
-  for (const entry of [...history].reverse()) {
-    const version = entry.framework_version;
-    const skeleton = entry.skeleton || {};
-    skeletonItems.push(el('li', { class: 'tl-item', testid: 'skeleton-version',
-      dataset: { version: String(version) } },
-    el('div', { class: 'tl-head' }, el('span', { class: 'badge' }, `v${version}`),
-      el('span', { class: 'muted small' }, `replaced ${formatTime(entry.replaced_at)}`),
-      el('button', {
-        type: 'button', class: 'small', testid: 'skeleton-rollback',
-        dataset: { version: String(version) }, disabled: busy,
-        title: `Make version ${version} current again (as a new revision)`,
-        onclick: () => onRollbackSkeleton(version),
-      }, `Roll back to v${version}`)),
-    skeletonSummary(skeleton)));
-  }
-  const draftItems = [];
-  if (row.draft_subject || row.draft_body) {
-    draftItems.push(el('li', { class: 'tl-item current', testid: 'draft-version', dataset: { index: 'current' } },
-      el('div', { class: 'tl-head' }, el('span', { class: 'tl-title' }, 'current')),
-      el('div', { class: 'tl-body subject' }, highlight(row.draft_subject || '')),
-      el('details', {}, el('summary', {}, 'Body'),
-        el('div', { class: 'template small' }, highlight(row.draft_body || '')))));
-  }
-  const drafts = Array.isArray(row.draft_history) ? row.draft_history : [];
-  for (let index = drafts.length - 1; index >= 0; index -= 1) {
-    const entry = drafts[index];
-    draftItems.push(el('li', { class: 'tl-item', testid: 'draft-version', dataset: { index: String(index) } },
-      el('div', { class: 'tl-head' }, el('span', { class: 'badge' }, `#${index}`),
-        el('span', { class: 'muted small' }, `replaced ${formatTime(entry.replaced_at)}`),
-        el('button', {
-          type: 'button', class: 'small', testid: 'draft-rollback', dataset: { index: String(index) },
-          disabled: busy, title: 'Make this draft current again (as a new revision)',
-          onclick: () => onRollbackDraft(index),
-        }, 'Restore')),
-      el('div', { class: 'tl-body subject' }, highlight(entry.draft_subject || '')),
-      el('details', {}, el('summary', {}, 'Body'),
-        el('div', { class: 'template small' }, highlight(entry.draft_body || '')))));
-  }
-  mount(
-    container,
-    el('h3', {}, 'Skeleton versions'),
-    skeletonItems.length
-      ? el('ol', { class: 'timeline', testid: 'skeleton-history' }, skeletonItems)
-      : el('p', { class: 'muted' }, 'No skeleton yet.'),
-    el('h3', {}, 'Draft versions'),
-    draftItems.length
-      ? el('ol', { class: 'timeline', testid: 'draft-history' }, draftItems)
-      : el('p', { class: 'muted' }, 'No draft yet.'),
-  );
-}
-
 // examples ---------------------------------------------------------------------------
 
 export function renderProgress(bar, label, done, total, state) {
@@ -213,43 +157,4 @@ export function renderExamples(container, examples, pendingIds = []) {
   mount(container, el('table', { class: 'examples', testid: 'examples-table' },
     el('thead', {}, el('tr', {}, el('th', {}, 'Lead'), el('th', {}, 'Example'))),
     el('tbody', {}, rows)));
-}
-
-// audit ------------------------------------------------------------------------------
-
-function actorText(actor) {
-  if (!actor) return '';
-  if (typeof actor === 'string') return actor;
-  return `${actor.type || '?'} ${shortId(String(actor.id || '').replace(/^run_/, ''))}`;
-}
-
-export function renderAudit(tbody, events, { hideDeltas }) {
-  const shown = hideDeltas ? events.filter((e) => e.type !== 'message.delta') : events;
-  const rows = [];
-  for (const event of shown) {
-    const detail = el('tr', { class: 'audit-detail', testid: 'audit-detail', hidden: true },
-      el('td', { colspan: 6 },
-        el('div', { class: 'mono small muted' }, `hash ${event.hash || '-'}`),
-        event.event_id ? el('div', { class: 'mono small muted' }, `event ${event.event_id}`) : null,
-        el('pre', { class: 'json' }, pretty(event.data))));
-    const toggle = el('button', {
-      type: 'button', class: 'small ghost', testid: 'audit-toggle', 'aria-expanded': 'false',
-      title: 'data and hash',
-      onclick: () => {
-        detail.hidden = !detail.hidden;
-        toggle.setAttribute('aria-expanded', String(!detail.hidden));
-        toggle.textContent = detail.hidden ? '▸' : '▾';
-        if (!detail.hidden) detail.scrollIntoView({ block: 'nearest' });
-      },
-    }, '▸');
-    rows.push(el('tr', { testid: 'audit-row', dataset: { type: event.type, position: String(event.position) } },
-      el('td', { class: 'mono' }, String(event.position)),
-      el('td', { class: 'mono small' }, `${event.stream_id.split('-')[0]} v${event.version}`),
-      el('td', {}, el('span', { class: `etype t-${event.type.split('.')[0]}` }, event.type)),
-      el('td', { class: 'small', title: event.actor ? pretty(event.actor) : '' }, actorText(event.actor)),
-      el('td', { class: 'small', title: event.recorded_at || '' }, formatClock(event.recorded_at)),
-      el('td', {}, toggle)), detail);
-  }
-  mount(tbody, rows);
-  return shown.length;
 }

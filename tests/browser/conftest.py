@@ -1,8 +1,10 @@
 """Browser fixtures: one real server process and one headless Chromium per module.
 
 The server is ``python -m sessionstream serve`` on a temporary SQLite file with
-the offline engine paced (30 ms a word) so replies visibly stream; the browser
-is Debian's Chromium driven by Playwright (never ``playwright install``).
+the offline engine paced (30 ms a word) so replies visibly stream;
+``failing_server`` is the same with the OpenAI-compatible engine pointed at a
+local provider that refuses every request the way a wrong API key is refused.
+The browser is Debian's Chromium driven by Playwright (never ``playwright install``).
 Screenshots and the server log go to ``test-output/console/`` (gitignored).
 """
 
@@ -10,10 +12,12 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +99,56 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     log.write_bytes(b"")
     with ServerProcess(store_args, env=env, log_path=log) as proc:
         yield Server(proc, token)
+
+
+class WrongKeyProvider(BaseHTTPRequestHandler):
+    """An OpenAI-compatible provider that answers every request 401, as for a wrong key."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        body = json.dumps(
+            {
+                "error": {
+                    "message": "Incorrect API key provided: sk-wrong. You can find your API key "
+                    "at your provider's dashboard.",
+                    "type": "invalid_request_error",
+                    "param": None,
+                    "code": "invalid_api_key",
+                }
+            }
+        ).encode()
+        self.send_response(401)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def failing_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server whose model provider refuses every request: every run fails."""
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    provider = ThreadingHTTPServer(("127.0.0.1", 0), WrongKeyProvider)
+    thread = threading.Thread(target=provider.serve_forever, daemon=True)
+    thread.start()
+    db = tmp_path_factory.mktemp("failing") / "failing.db"
+    store_args = ["--db", str(db)]
+    env = base_env(
+        SESSIONSTREAM_ENGINE="openai",
+        OPENAI_BASE_URL=f"http://127.0.0.1:{provider.server_address[1]}/v1",
+        OPENAI_API_KEY="sk-wrong",
+        SESSIONSTREAM_MODEL="gpt-test",
+    )
+    token = create_user(store_args, "failure-tester")
+    try:
+        with ServerProcess(store_args, env=env, log_path=OUTPUT / "failing-server.log") as proc:
+            yield Server(proc, token)
+    finally:
+        provider.shutdown()
+        provider.server_close()
 
 
 @pytest.fixture(scope="module")

@@ -18,59 +18,19 @@ from typing import Any
 import pytest
 
 from tests.browser.conftest import OUTPUT, REPO, Server, shot
+from tests.browser.console_page import (
+    S,
+    connect,
+    send_turn,
+    stored,
+    tid,
+    wait_turn_done,
+    wait_words,
+)
 
 pytestmark = pytest.mark.browser
 
-S = "/api/campaigns/ai-chat-sessions"
-T = '[data-testid="{}"]'
 LEAD_FIELDS = ("id", "first_name", "last_name", "company", "position")
-
-
-def tid(name: str) -> str:
-    return T.format(name)
-
-
-def connect(page: Any, server: Server, token: str | None = None, fragment: str = "") -> None:
-    page.goto(server.url + "/" + fragment)
-    page.fill(tid("token-input"), token or server.token)
-    page.click(tid("token-save"))
-
-
-def send_turn(page: Any, text: str) -> str:
-    """Type a message, press Send; returns the run id the server answered with."""
-    page.fill(tid("turn-input"), text)
-    with page.expect_response(
-        lambda r: r.url.endswith("/turn") and r.request.method == "POST"
-    ) as answer:
-        page.click(tid("turn-send"))
-    assert answer.value.status == 200, answer.value.text()
-    return str(answer.value.json()["runId"])
-
-
-def wait_words(page: Any, at_least: int) -> str:
-    """Wait until the streaming bubble shows some words; returns its text then."""
-    page.wait_for_function(
-        """n => {
-            const t = document.querySelector(
-                '[data-testid="streaming-message"] [data-testid="message-text"]');
-            return t && t.textContent.trim().split(/\\s+/).length >= n;
-        }""",
-        arg=at_least,
-    )
-    return str(page.text_content(f"{tid('streaming-message')} {tid('message-text')}"))
-
-
-def wait_turn_done(page: Any, messages: int) -> None:
-    page.wait_for_function(
-        """n => document.querySelectorAll('[data-testid="message"]').length === n
-            && !document.querySelector('[data-testid="streaming-message"]')
-            && document.querySelector('[data-testid="task-status"]').dataset.status === 'idle'""",
-        arg=messages,
-    )
-
-
-def stored(server: Server, sid: str) -> dict[str, Any]:
-    return dict(server.api("GET", f"{S}/{sid}")["session"])
 
 
 def test_documented_flow_by_clicking_and_typing(page_factory: Any, server: Server) -> None:
@@ -301,3 +261,42 @@ def test_api_errors_are_shown_as_messages(page_factory: Any, server: Server) -> 
     body = json.loads(answer.value.text())
     assert body["error"]["code"] in page.text_content(tid("error-text"))
     assert stored(server, session["id"])["messages"] is None
+
+
+def test_sample_leads_are_off_by_default(page_factory: Any, server: Server) -> None:
+    """The leads table fills the Examples tab; it steers a chat only when asked to."""
+    session = server.session_with_node("Finance")
+    page = page_factory()
+    ids = session["campaign_id"], session["node_id"], session["id"]
+    connect(page, server, fragment="#campaign={}&node={}&session={}".format(*ids))
+    page.wait_for_selector(f'{tid("conn-state")}[data-state="live"]')
+    assert not page.is_checked(tid("turn-sample-leads"))
+
+    def column(name: str) -> set[str]:
+        return {str(v) for v in page.eval_on_selector_all(tid(name), "xs => xs.map(x => x.value)")}
+
+    companies, positions = column("lead-company"), column("lead-position")
+    assert companies, "the leads table has companies that could leak into a chat"
+    briefs = (
+        "Write an intro email for heads of finance at mid-size manufacturers",
+        "We are Ledgerly: close the books 3 days faster. CTA: a 20 minute demo. Tone: direct.",
+    )
+    for index, brief in enumerate(briefs):
+        page.fill(tid("turn-input"), brief)
+        with page.expect_request(lambda r: r.url.endswith("/turn")) as sent:
+            page.click(tid("turn-send"))
+        assert "sampleLeads" not in (sent.value.post_data_json or {})
+        wait_turn_done(page, 2 * (index + 1))
+    replies = " ".join(m["content"] for m in stored(server, session["id"])["messages"])
+    leaked = [w for w in companies | positions if re.search(rf"\b{re.escape(w)}\b", replies)]
+    assert not leaked, replies
+
+    # ticked, the table goes out as sample leads (without the ids)
+    page.click("summary >> text=Options")
+    page.check(tid("turn-sample-leads"))
+    page.fill(tid("turn-input"), "Mention a customer by name")
+    with page.expect_request(lambda r: r.url.endswith("/turn")) as sent:
+        page.click(tid("turn-send"))
+    leads = (sent.value.post_data_json or {})["sampleLeads"]
+    assert {lead["company"] for lead in leads} == companies and all("id" not in x for x in leads)
+    wait_turn_done(page, 6)
