@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import shutil
 import sqlite3
 from pathlib import Path
@@ -112,6 +113,8 @@ def _check_disk(settings: Settings) -> Check:
 
 @command("doctor")
 def doctor(args: argparse.Namespace, settings: Settings) -> int:
+    for client in ("httpx", "httpx2"):  # the SDKs' HTTP clients log every probe at INFO
+        logging.getLogger(client).setLevel(logging.WARNING)
     async def probe() -> tuple[list[Check], list[Check]]:
         return await _check_engine(settings), await _check_store(settings)
 
