@@ -35,6 +35,7 @@ from sessionstream.engines.provider import (
     LOCAL_API_KEY,
     Endpoint,
     ProviderEngine,
+    shown_url,
 )
 
 if TYPE_CHECKING:
@@ -128,7 +129,7 @@ class AnthropicEngine(ProviderEngine):
         )
         self.endpoint = Endpoint(
             provider="Anthropic API",
-            base_url=(base_url or ANTHROPIC_API_URL).rstrip("/"),
+            base_url=shown_url(base_url or ANTHROPIC_API_URL),
             model=model,
             url_var="ANTHROPIC_BASE_URL",
             key_var="ANTHROPIC_API_KEY",

@@ -29,6 +29,7 @@ from sessionstream.engines.provider import (
     LOCAL_API_KEY,
     Endpoint,
     ProviderEngine,
+    shown_url,
 )
 
 if TYPE_CHECKING:
@@ -94,7 +95,7 @@ class OpenAIEngine(ProviderEngine):
         )
         self.endpoint = Endpoint(
             provider="OpenAI-compatible provider",
-            base_url=str(self._client.base_url).rstrip("/"),
+            base_url=shown_url(str(self._client.base_url)),
             model=model,
             url_var="OPENAI_BASE_URL",
             key_var="OPENAI_API_KEY",

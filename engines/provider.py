@@ -26,6 +26,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Protocol, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 from sessionstream.core.errors import EngineError
 from sessionstream.engines.base import ExampleInput, ExampleResult, StreamItem, TurnInput
@@ -129,6 +130,16 @@ class Endpoint:
             f"{what} in the middle of the reply ({detail})",
             "Try again; if it persists, check the provider's status.",
         )
+
+
+def shown_url(url: str) -> str:
+    """``url`` as a failure reason may show it to the session's user: without a password
+    or token a gateway's URL may carry (``https://user:secret@host/v1?key=...``)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    netloc += f":{parts.port}" if parts.port else ""
+    return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
 
 
 def _why(cause: BaseException) -> str:

@@ -27,6 +27,7 @@ from sessionstream.engines.base import (
     TextDelta,
     TurnInput,
 )
+from sessionstream.engines.provider import shown_url
 from sessionstream.server.app import make_engine
 from tests.conftest import Api
 from tests.fake_anthropic import (
@@ -289,6 +290,23 @@ async def test_unreachable_and_unresolvable_providers() -> None:
             await engine.aclose()
         assert info.value.message.startswith(f"Anthropic API at {url} (model {MODEL}): cannot")
         assert why in info.value.message and "Check ANTHROPIC_BASE_URL" in info.value.message
+
+
+async def test_a_reason_never_shows_credentials_in_the_url() -> None:
+    """A run's reason reaches the session's user; a gateway URL may carry a secret."""
+    async with run_fake_anthropic() as (base_url, server):
+        port = base_url.rsplit(":", 1)[1]
+        secret_url = f"http://gateway:s3cret@127.0.0.1:{port}"
+        engine = new_engine(secret_url, timeout_s=2.0)
+        server.script(bad_key())
+        try:
+            with pytest.raises(EngineError, match="API key refused") as info:
+                await collect(engine)
+        finally:
+            await engine.aclose()
+    assert info.value.message.startswith(f"Anthropic API at http://127.0.0.1:{port} (model ")
+    assert "s3cret" not in str(info.value.message) + str(info.value.details)
+    assert shown_url("https://u:p@[::1]:8443/v1/?token=t0ken") == "https://[::1]:8443/v1"
 
 
 # -- building it -------------------------------------------------------------------------
