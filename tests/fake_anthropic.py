@@ -72,7 +72,15 @@ class Hang:
     """Send the response headers of a stream, then nothing at all."""
 
 
-Behaviour = Reply | Error | Hang
+@dataclass(frozen=True)
+class Raw:
+    """Answer 200 with this body verbatim: what a server that is not the API might send."""
+
+    body: str
+    content_type: str = "text/event-stream"
+
+
+Behaviour = Reply | Error | Hang | Raw
 
 
 def overloaded() -> Error:
@@ -138,6 +146,8 @@ class FakeAnthropic:
         behaviour = self.queue.popleft()
         if isinstance(behaviour, Error):
             return _error(behaviour)
+        if isinstance(behaviour, Raw):
+            return web.Response(text=behaviour.body, content_type=behaviour.content_type)
         model = str(body.get("model", "claude-fake-1"))
         if isinstance(behaviour, Hang):
             resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})

@@ -35,6 +35,7 @@ from tests.fake_anthropic import (
     Error,
     FakeAnthropic,
     Hang,
+    Raw,
     Reply,
     ToolUse,
     bad_key,
@@ -229,6 +230,18 @@ FAILURES: list[tuple[str, Behaviour, str, str]] = [
     ("overload", overloaded(), r"overloaded \(HTTP 529: Overloaded\)", "Try again"),
     ("bad key", bad_key(), r"API key refused \(HTTP 401: invalid x-api-key\)", "ANTHROPIC_API_KEY"),
     (
+        "key without access",
+        Error(403, "permission_error", "Your API key does not have permission"),
+        r"access denied \(HTTP 403: Your API key does not have permission\)",
+        f"Check that the key in ANTHROPIC_API_KEY may use model {MODEL}.",
+    ),
+    (
+        "rate limit",
+        Error(429, "rate_limit_error", "Number of request tokens has exceeded your limit"),
+        r"rate limited \(HTTP 429: Number of request tokens",
+        "Wait and try again",
+    ),
+    (
         "unknown model",
         Error(404, "not_found_error", "model: claude-nope"),
         r"not found \(HTTP 404: model: claude-nope\)",
@@ -245,6 +258,18 @@ FAILURES: list[tuple[str, Behaviour, str, str]] = [
         Reply(text="a reply that is cut", cut_after_events=6),
         r"malformed stream \(the stream ended before message_stop\)",
         "ANTHROPIC_BASE_URL",
+    ),
+    (
+        "not JSON",
+        Raw('event: message_start\ndata: {"type": "message_start", "message": {oops\n\n'),
+        r"malformed stream \(Expecting property name",
+        "Check that ANTHROPIC_BASE_URL points at the Anthropic Messages API",
+    ),
+    (
+        "an HTML page",
+        Raw("<html><body>Welcome</body></html>", "text/html"),
+        r"malformed stream \(the stream ended before message_stop\)",
+        "(without /v1: the SDK adds it)",
     ),
     ("hang after the headers", Hang(), r"sent nothing for 0\.3s", "SESSIONSTREAM_ENGINE_TIMEOUT_S"),
     (

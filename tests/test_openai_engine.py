@@ -382,6 +382,12 @@ FAILURES: list[tuple[str, Behaviour, str, str]] = [
         "Check OPENAI_API_KEY.",
     ),
     (
+        "key without access",
+        Error(403, "Project does not have access to model `m-1`", "invalid_request_error"),
+        r"access denied \(HTTP 403: Project does not have access to model `m-1`\)",
+        "Check that the key in OPENAI_API_KEY may use model m-1.",
+    ),
+    (
         "unknown model",
         Error(404, "The model `x` does not exist", "invalid_request_error", "model_not_found"),
         r"not found \(HTTP 404: The model `x` does not exist\)",
