@@ -115,6 +115,7 @@ def _check_disk(settings: Settings) -> Check:
 def doctor(args: argparse.Namespace, settings: Settings) -> int:
     for client in ("httpx", "httpx2"):  # the SDKs' HTTP clients log every probe at INFO
         logging.getLogger(client).setLevel(logging.WARNING)
+
     async def probe() -> tuple[list[Check], list[Check]]:
         return await _check_engine(settings), await _check_store(settings)
 
