@@ -36,6 +36,7 @@ from sessionstream.engines.base import (
     TextDelta,
     TurnInput,
 )
+from sessionstream.engines.provider import stalled
 from sessionstream.eventstore.base import EventStore
 from sessionstream.eventstore.leases import LeaseStore
 from sessionstream.eventstore.model import AppendRequest, NewEvent
@@ -322,9 +323,7 @@ class RunManager:
                     if pending and time.monotonic() >= last_flush + self.coalesce_s:
                         await flush()
                     elif time.monotonic() >= idle_deadline:
-                        raise EngineError(
-                            f"the model engine sent nothing for {self.engine_timeout_s:g}s"
-                        )
+                        raise stalled(self.engine, self.engine_timeout_s)
                     continue
                 finished, next_item = next_item, None
                 try:
@@ -458,9 +457,7 @@ class RunManager:
                 for index, lead in enumerate(leads):
                     group.create_task(one(index, lead))
         except* TimeoutError as eg:
-            raise EngineError(
-                f"the model engine took longer than {self.engine_timeout_s:g}s for a lead"
-            ) from eg.exceptions[0]
+            raise stalled(self.engine, self.engine_timeout_s, lead=True) from eg.exceptions[0]
         except* RunStopped as eg:
             raise RunStopped from eg.exceptions[0]
         except* EngineError as eg:
