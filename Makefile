@@ -11,7 +11,7 @@ PORT ?=
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev,postgres,openai]'
+	$(BIN)/pip install -q -e '.[dev,postgres,openai,anthropic]'
 	touch $(STAMP)
 
 install: $(STAMP)

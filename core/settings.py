@@ -7,10 +7,11 @@ the code says; only ``Settings.from_env`` reads the environment, so a variable a
 developer exported never leaks into tests or benchmarks that build their own.
 
 The environment is read by a source of our own, not pydantic-settings'
-``EnvSettingsSource``: three published names break the prefix rule
-(``SESSIONSTREAM_DB``, the OpenAI SDK's ``OPENAI_API_KEY`` and ``OPENAI_BASE_URL``),
-and aliasing them there makes the prefixed field name work too once code may set
-the field by name, a second spelling nobody documents.
+``EnvSettingsSource``: five published names break the prefix rule
+(``SESSIONSTREAM_DB``, the OpenAI SDK's ``OPENAI_API_KEY`` and ``OPENAI_BASE_URL``,
+the Anthropic SDK's ``ANTHROPIC_API_KEY`` and ``ANTHROPIC_BASE_URL``), and aliasing
+them there makes the prefixed field name work too once code may set the field by
+name, a second spelling nobody documents.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from sessionstream.core.errors import ConfigError
 
 DEFAULT_DB = "sessionstream.db"
 DEFAULT_MODEL = "gpt-4o-mini"
+DEFAULT_ANTHROPIC_MODEL = "claude-haiku-5-5"
 DEFAULT_ENGINE_TIMEOUT_S = 60.0
 MIN_SECRET_CHARS = 32
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
@@ -133,11 +135,14 @@ class Settings(BaseSettings):
     )
 
     # -- model engines ---------------------------------------------------------------------
-    engine: Literal["offline", "openai"] = Field(
+    engine: Literal["offline", "openai", "anthropic"] = Field(
         default="offline",
         description="`offline`: deterministic, no network. `openai`: any "
         "OpenAI-compatible chat-completions endpoint (OpenAI, vLLM, Ollama, llama.cpp, "
-        "LiteLLM), set by `SESSIONSTREAM_MODEL`, `OPENAI_BASE_URL` and `OPENAI_API_KEY`.",
+        "LiteLLM), set by `SESSIONSTREAM_MODEL`, `OPENAI_BASE_URL` and `OPENAI_API_KEY`. "
+        "`anthropic`: Claude through the Anthropic Messages API, set by "
+        "`SESSIONSTREAM_MODEL`, `ANTHROPIC_BASE_URL` and `ANTHROPIC_API_KEY` "
+        "(`pip install 'sessionstream[anthropic]'`).",
         json_schema_extra={"flag": "--engine"},
     )
     offline_pace_ms: float = Field(
@@ -146,7 +151,10 @@ class Settings(BaseSettings):
         description="The offline engine's delay per streamed word; 0 streams as fast as it can.",
     )
     model: str = Field(
-        default=DEFAULT_MODEL, min_length=1, description="The model the `openai` engine asks for."
+        default=DEFAULT_MODEL,
+        min_length=1,
+        description=f"The model the `openai` and `anthropic` engines ask for. Unset, "
+        f"`{DEFAULT_MODEL}` for `openai` and `{DEFAULT_ANTHROPIC_MODEL}` for `anthropic`.",
     )
     openai_base_url: str | None = Field(
         default=None,
@@ -163,11 +171,27 @@ class Settings(BaseSettings):
         "server at `OPENAI_BASE_URL` ignores it. The OpenAI SDK's own name, so unprefixed.",
         json_schema_extra={"env": "OPENAI_API_KEY"},
     )
+    anthropic_base_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://",
+        description="The `anthropic` engine's endpoint, without `/v1` (the SDK adds it); "
+        "unset, `https://api.anthropic.com`. The Anthropic SDK's own name, so unprefixed.",
+        json_schema_extra={"env": "ANTHROPIC_BASE_URL", "hint": "(http:// or https://)"},
+    )
+    anthropic_api_key: str | None = Field(
+        default=None,
+        min_length=1,
+        repr=False,
+        description="The `anthropic` engine's API key: required for the Anthropic API; a "
+        "server at `ANTHROPIC_BASE_URL` that needs none is sent a dummy. The Anthropic "
+        "SDK's own name, so unprefixed.",
+        json_schema_extra={"env": "ANTHROPIC_API_KEY"},
+    )
     engine_timeout_s: float = Field(
         default=DEFAULT_ENGINE_TIMEOUT_S,
         gt=0,
         description="A model that sends nothing for this long fails the run and frees "
-        "the session; also the `openai` engine's request timeout.",
+        "the session; also the `openai` and `anthropic` engines' request timeout.",
     )
 
     # -- runs ------------------------------------------------------------------------------
@@ -260,6 +284,15 @@ class Settings(BaseSettings):
     @classmethod
     def _log_level_in_any_case(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _model_for_the_engine(cls, data: Any) -> Any:
+        """One variable names the model for either provider, so its default follows the
+        engine: a Claude engine asking for an OpenAI model could never work."""
+        if isinstance(data, dict) and data.get("engine") == "anthropic" and not data.get("model"):
+            return {**data, "model": DEFAULT_ANTHROPIC_MODEL}
+        return data
 
     @model_validator(mode="wrap")
     @classmethod

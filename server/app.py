@@ -66,11 +66,16 @@ def make_store(settings: Settings) -> EventStore:
 
 
 def make_engine(settings: Settings) -> ModelEngine:
-    """The configured engine, imported only when chosen (``openai`` is an optional extra)."""
+    """The configured engine, imported only when chosen (each provider's SDK is an
+    optional extra)."""
     if settings.engine == "openai":
         from sessionstream.engines.openai_engine import OpenAIEngine
 
         return OpenAIEngine.from_settings(settings)
+    if settings.engine == "anthropic":
+        from sessionstream.engines.anthropic_engine import AnthropicEngine
+
+        return AnthropicEngine.from_settings(settings)
     from sessionstream.engines.offline import OfflineEngine
 
     return OfflineEngine(pace_ms=settings.offline_pace_ms)

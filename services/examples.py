@@ -16,6 +16,7 @@ from sessionstream.core.errors import EngineError
 from sessionstream.core.readmodels import ExamplesOutput, ExamplesRunInput, JsonObject, SessionRow
 from sessionstream.core.vocabulary import EventType
 from sessionstream.engines.base import DEFAULT_VAR_NAMES, ExampleInput, ExampleResult, ModelEngine
+from sessionstream.engines.provider import stalled
 from sessionstream.eventstore.base import EventStore
 from sessionstream.services.ownership import session_of
 from sessionstream.services.runlog import RunContext, RunStopped, append_run, finish
@@ -86,9 +87,7 @@ async def run_examples(
             for index, lead in enumerate(leads):
                 group.create_task(one(index, lead))
     except* TimeoutError as eg:
-        raise EngineError(
-            f"the model engine took longer than {engine_timeout_s:g}s for a lead"
-        ) from eg.exceptions[0]
+        raise stalled(engine, engine_timeout_s, lead=True) from eg.exceptions[0]
     except* RunStopped as eg:
         raise RunStopped from eg.exceptions[0]
     except* EngineError as eg:

@@ -15,7 +15,6 @@ import contextlib
 import time
 from typing import Any
 
-from sessionstream.core.errors import EngineError
 from sessionstream.core.readmodels import SessionRow, TurnOutput, TurnRunInput
 from sessionstream.core.vocabulary import EventType, session_stream
 from sessionstream.engines.base import (
@@ -27,6 +26,7 @@ from sessionstream.engines.base import (
     TextDelta,
     TurnInput,
 )
+from sessionstream.engines.provider import stalled
 from sessionstream.eventstore.base import EventStore
 from sessionstream.eventstore.model import AppendRequest, NewEvent
 from sessionstream.services.ownership import session_of
@@ -116,7 +116,7 @@ async def run_turn(
                 if pending and time.monotonic() >= last_flush + coalesce_s:
                     await flush()
                 elif time.monotonic() >= idle_deadline:
-                    raise EngineError(f"the model engine sent nothing for {engine_timeout_s:g}s")
+                    raise stalled(engine, engine_timeout_s)
                 continue
             finished, next_item = next_item, None
             try:

@@ -6,7 +6,8 @@ tool-call arguments split over several chunks, OpenAI's error JSON) and does wha
 test scripts, including the failures real providers have (429, 500, hangs).
 
 Use ``async with run_fake_openai() as (base_url, fake):`` then ``fake.script(...)``;
-each request takes the next scripted behaviour, in order.
+each chat request takes the next scripted behaviour, in order. ``GET /v1/models`` lists
+``fake.models`` (what ``doctor`` asks), unless ``fake.refuse`` refuses every request.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ class Reply:
     pace_s: float = 0.0
     #: send an in-stream ``{"error": ...}`` event after this many chunks
     stream_error_after: int | None = None
+    #: end the stream after this many chunks, with no finish_reason and no ``[DONE]``
+    cut_after_chunks: int | None = None
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,18 @@ class Hang:
     """Accept the request and never answer (not even headers)."""
 
 
-Behaviour = Reply | Error | Hang
+@dataclass(frozen=True)
+class Raw:
+    """Answer 200 with this body verbatim: what a server that is not the API might send."""
+
+    body: str
+    content_type: str = "text/event-stream"
+
+
+Behaviour = Reply | Error | Hang | Raw
+
+#: the models ``GET /v1/models`` lists unless a test says otherwise
+MODELS = ("fake-model", "llama3.1:latest")
 
 
 def rate_limited(message: str = "Rate limit reached for requests") -> Error:
@@ -79,6 +93,9 @@ class FakeOpenAI:
         self.queue: deque[Behaviour] = deque()
         #: the JSON body of every request, in arrival order
         self.requests: list[dict[str, Any]] = []
+        self.models: tuple[str, ...] = MODELS
+        #: when set, every request is refused with this (e.g. a 401)
+        self.refuse: Error | None = None
         # Set on shutdown so hung handlers return and the server stops at once.
         self.released = asyncio.Event()
 
@@ -88,11 +105,20 @@ class FakeOpenAI:
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self.handle)
+        app.router.add_get("/v1/models", self.list_models)
         return app
+
+    async def list_models(self, request: web.Request) -> web.Response:
+        if self.refuse is not None:
+            return _error(self.refuse)
+        data = [{"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in self.models]
+        return web.json_response({"object": "list", "data": data})
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.requests.append(body)
+        if self.refuse is not None:
+            return _error(self.refuse)
         if not self.queue:
             return _error(Error(500, "fake server: no scripted behaviour left"))
         behaviour = self.queue.popleft()
@@ -101,6 +127,8 @@ class FakeOpenAI:
             raise web.HTTPServiceUnavailable()
         if isinstance(behaviour, Error):
             return _error(behaviour)
+        if isinstance(behaviour, Raw):
+            return web.Response(text=behaviour.body, content_type=behaviour.content_type)
         model = str(body.get("model", "fake-model"))
         if body.get("stream"):
             return await self._stream(request, behaviour, model)
@@ -113,10 +141,13 @@ class FakeOpenAI:
             if reply.hang_after_chunks is not None and n >= reply.hang_after_chunks:
                 await self.released.wait()
                 return resp
+            if reply.cut_after_chunks is not None and n >= reply.cut_after_chunks:
+                break
             if reply.stream_error_after is not None and n >= reply.stream_error_after:
                 err = {"error": {"message": "fake stream failure", "type": "server_error"}}
                 await resp.write(f"data: {json.dumps(err)}\n\n".encode())
-                break
+                await resp.write_eof()
+                return resp
             await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
             if reply.pace_s:
                 await asyncio.sleep(reply.pace_s)

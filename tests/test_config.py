@@ -26,6 +26,7 @@ SAMPLES = {
     "secret": SECRET,
     "engine": "openai",
     "openai_base_url": "http://127.0.0.1:11434/v1",
+    "anthropic_base_url": "http://127.0.0.1:4000",
     "log_level": "DEBUG",
 }
 
@@ -57,6 +58,8 @@ def test_every_setting_is_read_from_its_variable_and_documented(name: str) -> No
         ("db_path", "SESSIONSTREAM_DB", "SESSIONSTREAM_DB_PATH"),
         ("openai_api_key", "OPENAI_API_KEY", "SESSIONSTREAM_OPENAI_API_KEY"),
         ("openai_base_url", "OPENAI_BASE_URL", "SESSIONSTREAM_OPENAI_BASE_URL"),
+        ("anthropic_api_key", "ANTHROPIC_API_KEY", "SESSIONSTREAM_ANTHROPIC_API_KEY"),
+        ("anthropic_base_url", "ANTHROPIC_BASE_URL", "SESSIONSTREAM_ANTHROPIC_BASE_URL"),
     ],
 )
 def test_names_off_the_prefix_rule_have_one_spelling(name: str, var: str, not_read: str) -> None:
@@ -103,7 +106,7 @@ def test_a_settings_built_in_code_ignores_the_environment(monkeypatch: Any) -> N
         ),
         (
             {"SESSIONSTREAM_ENGINE": "gpt"},
-            "SESSIONSTREAM_ENGINE='gpt' must be 'offline' or 'openai'",
+            "SESSIONSTREAM_ENGINE='gpt' must be 'offline', 'openai' or 'anthropic'",
         ),
         (
             {"SESSIONSTREAM_DATABASE_URL": "mysql://db/x"},
@@ -196,7 +199,7 @@ def _cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Complete
         (
             {"SESSIONSTREAM_ENGINE": "gpt"},
             [],
-            "error: SESSIONSTREAM_ENGINE='gpt' must be 'offline' or 'openai'",
+            "error: SESSIONSTREAM_ENGINE='gpt' must be 'offline', 'openai' or 'anthropic'",
         ),
         ({}, ["--port", "0"], "error: --port='0' must be at least 1"),
         # found by library code after the settings loaded, reported the same way
@@ -205,6 +208,12 @@ def _cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Complete
             [],
             "error: OPENAI_API_KEY is not set; set it, or set OPENAI_BASE_URL to a local server "
             "(any dummy key works there)",
+        ),
+        (
+            {"SESSIONSTREAM_ENGINE": "anthropic"},
+            [],
+            "error: ANTHROPIC_API_KEY is not set; set it, or set ANTHROPIC_BASE_URL to a server "
+            "that needs no key (a gateway that adds it, or a local fake)",
         ),
         (
             {

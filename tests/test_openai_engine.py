@@ -1,14 +1,18 @@
-"""The openai engine against a local fake provider, through the real SDK and real HTTP."""
+"""The openai engine against a local fake provider, through the real SDK and real HTTP;
+its failures as a run's reason through the app, and ``doctor`` with the fake up and down."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from sessionstream.cli.main import main
 from sessionstream.core.errors import ConfigError, EngineError
 from sessionstream.core.settings import DEFAULT_MODEL, Settings
 from sessionstream.engines.base import (
@@ -22,10 +26,13 @@ from sessionstream.engines.base import (
 )
 from sessionstream.engines.openai_engine import OpenAIEngine
 from sessionstream.server.app import make_engine
+from tests.conftest import Api
 from tests.fake_openai import (
+    Behaviour,
     Error,
     FakeOpenAI,
     Hang,
+    Raw,
     Reply,
     ToolCall,
     rate_limited,
@@ -33,6 +40,8 @@ from tests.fake_openai import (
 )
 
 pytest.importorskip("openai")
+
+S = "/api/campaigns/ai-chat-sessions"
 
 SKELETON: dict[str, Any] = {
     "hook": "Saw %company% is hiring SDRs",
@@ -166,19 +175,23 @@ async def test_server_error_is_an_engine_error(fake: tuple[OpenAIEngine, FakeOpe
 async def test_error_event_inside_the_stream(fake: tuple[OpenAIEngine, FakeOpenAI]) -> None:
     engine, server = fake
     server.script(Reply(content="partial reply", stream_error_after=3))
-    with pytest.raises(EngineError, match="fake stream failure"):
+    with pytest.raises(EngineError, match=r"in the middle of the reply \(fake stream failure\)"):
         await collect(engine)
 
 
 async def test_unreachable_provider() -> None:
     async with run_fake_openai() as (base_url, _):
         pass  # the port is free again
-    engine = OpenAIEngine(base_url=base_url, api_key="dummy", timeout_s=2.0)
-    try:
-        with pytest.raises(EngineError, match="cannot reach provider"):
-            await collect(engine)
-    finally:
-        await engine.aclose()
+    for url, why in ((base_url, "connection refused"), ("http://no-such-host.invalid/v1", "host")):
+        engine = OpenAIEngine(base_url=url, api_key="dummy", timeout_s=2.0)
+        try:
+            with pytest.raises(EngineError, match="cannot reach it") as info:
+                await collect(engine)
+        finally:
+            await engine.aclose()
+        message = info.value.message
+        assert message.startswith(f"OpenAI-compatible provider at {url} (model {DEFAULT_MODEL}):")
+        assert why in message and "Check OPENAI_BASE_URL" in message
 
 
 async def test_hang_before_headers_times_out() -> None:
@@ -186,7 +199,7 @@ async def test_hang_before_headers_times_out() -> None:
         engine = OpenAIEngine(base_url=base_url, api_key="dummy", timeout_s=0.3)
         server.script(Hang())
         started = time.monotonic()
-        with pytest.raises(EngineError, match=r"timed out after 0\.3s"):
+        with pytest.raises(EngineError, match=r"sent nothing for 0\.3s\. Check that it is up"):
             await collect(engine)
         assert time.monotonic() - started < 3
         await engine.aclose()
@@ -198,7 +211,7 @@ async def test_hang_mid_stream_times_out() -> None:
         server.script(Reply(content="a long reply that stops", piece=2, hang_after_chunks=4))
         received: list[StreamItem] = []
         started = time.monotonic()
-        with pytest.raises(EngineError, match=r"timed out after 0\.3s"):
+        with pytest.raises(EngineError, match=r"sent nothing for 0\.3s in the middle of its"):
             async for item in engine.turn(turn_input()):
                 received.append(item)
         assert time.monotonic() - started < 3
@@ -310,7 +323,7 @@ async def test_example_hang_times_out() -> None:
     async with run_fake_openai() as (base_url, server):
         engine = OpenAIEngine(base_url=base_url, api_key="dummy", timeout_s=0.3)
         server.script(Hang())
-        with pytest.raises(EngineError, match="timed out"):
+        with pytest.raises(EngineError, match=r"sent nothing for 0\.3s"):
             await engine.example(example_input())
         await engine.aclose()
 
@@ -357,3 +370,172 @@ async def test_make_engine_builds_the_configured_openai_engine() -> None:
         assert (engine.model, engine.timeout_s, engine.base_url) == ("m", 3.0, None)
     finally:
         await engine.aclose()
+
+
+# -- every failure names the URL and the model, and what to check -------------------------
+
+FAILURES: list[tuple[str, Behaviour, str, str]] = [
+    (
+        "bad key",
+        Error(401, "Incorrect API key provided", "invalid_request_error", "invalid_api_key"),
+        r"API key refused \(HTTP 401: Incorrect API key provided\)",
+        "Check OPENAI_API_KEY.",
+    ),
+    (
+        "key without access",
+        Error(403, "Project does not have access to model `m-1`", "invalid_request_error"),
+        r"access denied \(HTTP 403: Project does not have access to model `m-1`\)",
+        "Check that the key in OPENAI_API_KEY may use model m-1.",
+    ),
+    (
+        "unknown model",
+        Error(404, "The model `x` does not exist", "invalid_request_error", "model_not_found"),
+        r"not found \(HTTP 404: The model `x` does not exist\)",
+        "SESSIONSTREAM_MODEL names a model it serves",
+    ),
+    ("rate limit", rate_limited(), r"rate limited \(HTTP 429: Rate limit reached", "try again"),
+    ("overload", Error(503, "overloaded"), r"overloaded \(HTTP 503: overloaded\)", "Try again"),
+    ("server error", Error(500, "boom"), r"server error \(HTTP 500: boom\)", "Try again"),
+    (
+        "not JSON",
+        Raw("data: {not json\n\n"),
+        r"malformed stream \(Expecting property name",
+        "Check that OPENAI_BASE_URL points at an OpenAI-compatible chat-completions API",
+    ),
+    (
+        "an HTML page",
+        Raw("<html><body>Welcome</body></html>", "text/html"),
+        r"malformed stream \(the stream ended before the reply was complete\)",
+        "OPENAI_BASE_URL",
+    ),
+    (
+        "stream cut off",
+        Reply(content="a reply that is cut", cut_after_chunks=4),
+        r"malformed stream \(the stream ended before the reply was complete\)",
+        "OPENAI_BASE_URL",
+    ),
+    ("hang", Hang(), r"sent nothing for 0\.3s", "SESSIONSTREAM_ENGINE_TIMEOUT_S"),
+]
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "what", "advice"), [f[1:] for f in FAILURES], ids=[f[0] for f in FAILURES]
+)
+async def test_a_provider_failure_says_what_where_and_what_to_check(
+    behaviour: Behaviour, what: str, advice: str
+) -> None:
+    async with run_fake_openai() as (base_url, server):
+        engine = OpenAIEngine(base_url=base_url, api_key="dummy", model="m-1", timeout_s=0.3)
+        server.script(behaviour)
+        try:
+            with pytest.raises(EngineError, match=what) as info:
+                await collect(engine)
+        finally:
+            await engine.aclose()
+        message = info.value.message
+        assert message.startswith(f"OpenAI-compatible provider at {base_url} (model m-1): ")
+        assert advice in message
+        assert len(server.requests) == 1  # no silent retries
+
+
+async def test_a_base_url_without_v1_says_so() -> None:
+    """The likeliest wrong URL: the server's root, where the SDK's paths find nothing."""
+    async with run_fake_openai() as (base_url, _):
+        root = base_url.removesuffix("/v1")
+        engine = OpenAIEngine(base_url=root, api_key="dummy", model="m-1", timeout_s=2.0)
+        try:
+            with pytest.raises(EngineError) as info:
+                await collect(engine)
+        finally:
+            await engine.aclose()
+    assert info.value.message == (
+        f"OpenAI-compatible provider at {root} (model m-1): not found (HTTP 404: 404: Not Found). "
+        "Check that OPENAI_BASE_URL is the API's base URL (it usually ends in /v1) and that "
+        "SESSIONSTREAM_MODEL names a model it serves."
+    )
+    assert info.value.details == {"base_url": root, "model": "m-1", "status": 404}
+
+
+async def test_the_openai_api_is_named_when_no_url_is_set() -> None:
+    engine = OpenAIEngine(api_key="sk-x", model="m-1")
+    try:
+        assert engine.endpoint.base_url == "https://api.openai.com/v1"
+    finally:
+        await engine.aclose()
+
+
+async def test_check_lists_the_models() -> None:
+    async with run_fake_openai() as (base_url, server):
+        for model, served in (("fake-model", True), ("llama3.1", True), ("gpt-9", False)):
+            engine = OpenAIEngine(base_url=base_url, api_key="dummy", model=model)
+            try:
+                if served:
+                    assert await engine.check() == f"{base_url} answers and serves model {model}"
+                else:
+                    with pytest.raises(EngineError, match="model not served") as info:
+                        await engine.check()
+                    assert "it lists 2: fake-model, llama3.1:latest" in info.value.message
+            finally:
+                await engine.aclose()
+        server.refuse = Error(401, "Incorrect API key provided")
+        engine = OpenAIEngine(base_url=base_url, api_key="dummy", model="fake-model")
+        try:
+            with pytest.raises(EngineError, match="API key refused"):
+                await engine.check()
+        finally:
+            await engine.aclose()
+
+
+# -- doctor and the app -------------------------------------------------------------------
+
+
+async def test_doctor_checks_the_provider(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Run in a thread, as doctor runs its own event loop while the fake serves on ours."""
+
+    async def doctor(base_url: str) -> tuple[int, str]:
+        monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+        monkeypatch.setenv("SESSIONSTREAM_SECRET", "s" * 40)
+        monkeypatch.setenv("SESSIONSTREAM_ENGINE", "openai")
+        monkeypatch.setenv("SESSIONSTREAM_MODEL", "fake-model")
+        monkeypatch.setenv("OPENAI_BASE_URL", base_url)
+        code = await asyncio.to_thread(main, ["doctor", "--db", str(tmp_path / "d.db")])
+        return code, capsys.readouterr().out
+
+    async with run_fake_openai() as (base_url, _):
+        code, out = await doctor(base_url)
+        assert code == 0, out
+        assert "OK    engine    openai (model fake-model)" in out
+        assert f"OK    provider  {base_url} answers and serves model fake-model" in out
+    code, out = await doctor(base_url)
+    assert code == 1, out
+    assert (
+        f"FAIL  provider  OpenAI-compatible provider at {base_url} (model fake-model): "
+        "cannot reach it (connection refused)"
+    ) in out
+
+
+async def test_a_wrong_url_fails_the_run_with_the_reason_and_frees_the_session(
+    make_api: Any,
+) -> None:
+    async with run_fake_openai() as (base_url, fake):
+        root = base_url.removesuffix("/v1")
+        engine = OpenAIEngine(base_url=root, api_key="dummy", model="m-1", timeout_s=5)
+        api: Api = await make_api(engine=engine)
+        sid = (await api.session())["id"]
+        r = await api.client.post(f"{S}/{sid}/turn", json={"message": "hi"}, headers=api.h())
+        assert r.status == 200, await r.text()
+        run_id = (await r.json())["runId"]
+        for _ in range(200):
+            r = await api.client.get(f"/api/runs/{run_id}", headers=api.h())
+            run = (await r.json())["run"]
+            if run["status"] not in ("queued", "running"):
+                break
+            await asyncio.sleep(0.02)
+        assert run["status"] == "failed", run
+        assert run["error"].startswith(f"OpenAI-compatible provider at {root} (model m-1): ")
+        assert "HTTP 404" in run["error"] and "/v1" in run["error"]
+        r = await api.client.get(f"{S}/{sid}", headers=api.h())
+        assert (await r.json())["session"]["task_status"] is None
+        assert fake.requests == []  # the requests went to the root, where nothing answers

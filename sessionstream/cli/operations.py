@@ -1,38 +1,64 @@
-"""Operator commands: ``doctor`` (is this node healthy?) and ``backup`` (online copy)."""
+"""Operator commands: ``doctor`` (is this node healthy?) and ``backup`` (online copy).
+
+``doctor`` asks a model provider one cheap question when the engine is not offline: a
+provider that is down, a wrong URL, key or model is the likeliest first failure with a
+real model, and a doctor that says "healthy" then is worse than none.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import shutil
 import sqlite3
 from pathlib import Path
 from typing import Any
 
 from sessionstream.cli.commands import command, open_store
-from sessionstream.core.errors import ConfigError
+from sessionstream.core.errors import ConfigError, EngineError
 from sessionstream.core.settings import Settings
+
+Check = tuple[str, str, str]  # level (ok, warn, fail), what, detail
 
 MIN_FREE_BYTES = 512 * 1024 * 1024
 
 
 def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
-    sub.add_parser("doctor", parents=[common], help="check configuration, database, disk, schema")
+    sub.add_parser(
+        "doctor",
+        parents=[common],
+        help="check configuration, model provider, database, disk, schema",
+    )
     p = sub.add_parser("backup", parents=[common], help="online backup of the SQLite file")
     p.add_argument("path", help="where to write the copy")
 
 
-def _check_config(settings: Settings) -> list[tuple[str, str, str]]:
-    """What settings validation cannot see: an installed engine, where the secret lives."""
-    checks: list[tuple[str, str, str]] = []
+async def _check_engine(settings: Settings) -> list[Check]:
+    """The engine builds (its SDK is installed, its key set); a provider answers."""
+    from sessionstream.engines.provider import ProviderEngine
+    from sessionstream.server.app import make_engine
+
     try:
-        if settings.engine == "openai":
-            import openai  # noqa: F401
-        else:
-            import sessionstream.engines.offline  # noqa: F401
-        checks.append(("ok", "engine", settings.engine))
-    except ImportError as exc:
-        checks.append(("fail", "engine", f"{settings.engine}: {exc}"))
+        engine = make_engine(settings)
+    except ConfigError as exc:
+        return [("fail", "engine", f"{settings.engine}: {exc.message}")]
+    try:
+        if not isinstance(engine, ProviderEngine):
+            return [("ok", "engine", settings.engine)]
+        checks: list[Check] = [("ok", "engine", f"{settings.engine} (model {settings.model})")]
+        try:
+            checks.append(("ok", "provider", await engine.check()))
+        except EngineError as exc:
+            checks.append(("fail", "provider", exc.message))
+        return checks
+    finally:
+        await engine.aclose()
+
+
+def _check_config(settings: Settings) -> list[Check]:
+    """What settings validation cannot see: where the secret lives, a limit turned off."""
+    checks: list[Check] = []
     if settings.secret:
         checks.append(("ok", "secret", "SESSIONSTREAM_SECRET is set"))
     else:
@@ -48,8 +74,8 @@ def _check_config(settings: Settings) -> list[tuple[str, str, str]]:
     return checks
 
 
-async def _check_store(settings: Settings) -> list[tuple[str, str, str]]:
-    checks: list[tuple[str, str, str]] = []
+async def _check_store(settings: Settings) -> list[Check]:
+    checks: list[Check] = []
     store = open_store(settings)
     try:
         await store.open()
@@ -78,7 +104,7 @@ async def _check_store(settings: Settings) -> list[tuple[str, str, str]]:
     return checks
 
 
-def _check_disk(settings: Settings) -> tuple[str, str, str]:
+def _check_disk(settings: Settings) -> Check:
     where = Path(settings.db_path).resolve().parent if not settings.database_url else Path.cwd()
     free = shutil.disk_usage(where).free
     level = "ok" if free >= MIN_FREE_BYTES else "fail"
@@ -87,9 +113,14 @@ def _check_disk(settings: Settings) -> tuple[str, str, str]:
 
 @command("doctor")
 def doctor(args: argparse.Namespace, settings: Settings) -> int:
-    checks = _check_config(settings)
-    checks.append(_check_disk(settings))
-    checks.extend(asyncio.run(_check_store(settings)))
+    for client in ("httpx", "httpx2"):  # the SDKs' HTTP clients log every probe at INFO
+        logging.getLogger(client).setLevel(logging.WARNING)
+
+    async def probe() -> tuple[list[Check], list[Check]]:
+        return await _check_engine(settings), await _check_store(settings)
+
+    engine, store = asyncio.run(probe())
+    checks = [*engine, *_check_config(settings), _check_disk(settings), *store]
     width = max(len(name) for _, name, _ in checks)
     for level, name, detail in checks:
         print(f"{level.upper():5} {name:<{width}}  {detail}")
