@@ -42,7 +42,7 @@ throwaway schema of the local ``test`` database, or
 appends on fresh copies (medians); maintenance commands run once a size.
 Progress goes to stderr.
 
-    python -m bench.scale [--rounds 3] [--quick] [--sizes 1e4,1e5,1e6] [--postgres]
+    python -m bench.scale [--rounds 5] [--quick] [--sizes 1e4,1e5,1e6] [--postgres]
 
 ``--quick`` builds 10^3 and 10^4 and measures one round (a smoke test).
 """
@@ -286,7 +286,7 @@ def targets(rows: dict[str, dict[str, Any]], sizes: list[int]) -> dict[str, dict
 
 
 def main() -> None:
-    parser = base_parser(__doc__)
+    parser = base_parser(__doc__, rounds=5)
     parser.add_argument("--sizes", help="events per store, e.g. 1e4,1e5,1e6 (the default)")
     parser.add_argument("--cache", type=Path, help="where built stores are kept")
     parser.add_argument("--rebuild", action="store_true", help="build the stores again")

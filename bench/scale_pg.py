@@ -4,7 +4,8 @@ The log measured on SQLite is exported (``sessionstream export``, already
 timed there) and loaded with ``sessionstream import --database-url``: the
 project's own write path for moving a log between backends, which keeps
 every event, position and hash, so both backends are measured on the same
-log. The schema is named in the URL's ``search_path`` and dropped afterwards.
+log. The schema is named in the URL's ``search_path``, analysed after the
+import and dropped afterwards.
 Appends repeat on the one imported schema (re-importing 10^6 events per
 round would take longer than the rest together), so later rounds see a few
 thousand more events than the first.
@@ -69,6 +70,18 @@ async def throwaway_schema() -> AsyncIterator[str]:
         await conn.close()
 
 
+async def analyze(url: str) -> None:
+    """Table statistics now, as autovacuum would gather them in a while: the figures are
+    then of a settled database, not of whichever moment autovacuum picks during a round."""
+    import asyncpg
+
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("ANALYZE")
+    finally:
+        await conn.close()
+
+
 async def _appends(url: str, appenders: int, per_appender: int, singles: int) -> dict[str, float]:
     from sessionstream.eventstore.postgres import PostgresEventStore
 
@@ -84,6 +97,7 @@ async def _measure(
     async with throwaway_schema() as url:
         progress(f"postgres {built.events:,} events: importing {export.name}")
         imported = cli("import", "--database-url", url, str(export))
+        await analyze(url)
         values: dict[str, list[float]] = {}
         for n in range(rounds):
             progress(f"postgres {built.events:,} events: reads and appends, round {n + 1}")
