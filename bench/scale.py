@@ -32,8 +32,9 @@ that improved between them is carried flat), which says how a trend
 continues, not what 10^7 will measure.
 
 Built stores are cached in ``--cache`` (default: $TMPDIR/sessionstream-scale),
-keyed by size, by the workload's version and by a digest of the code that
-writes them, so a rerun measures the same stores without rebuilding;
+keyed by size and by a digest of the code that writes them (the builder,
+and the store, projections, engines and services), so a rerun measures the
+same stores without rebuilding;
 ``--rebuild`` builds them again. ``--postgres`` also loads the smallest log and
 the largest up to 10^6 into PostgreSQL (``sessionstream import`` into a
 throwaway schema of the local ``test`` database, or
