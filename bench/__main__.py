@@ -7,6 +7,9 @@ every ``bench/results/*.json`` is collected into ``bench/results/summary.json``
 and ``bench/results/SUMMARY.md``, with the machine they ran on (cores, RAM,
 CPU model, Python, date), since the figures only mean something beside it.
 
+``scale`` (how every cost grows from 10^4 to 10^6 events; about 25 minutes)
+runs only when named: ``python -m bench --only scale``.
+
     python -m bench [--quick] [--only append,load] [--skip load] [--summarize]
 """
 
@@ -29,9 +32,13 @@ from bench.common import RESULTS, format_cell
 
 BENCH = Path(__file__).parent
 #: modules here that are helpers, not benchmarks
-HELPERS = frozenset({"__init__", "__main__", "common", "http"})
+HELPERS = frozenset(
+    {"__init__", "__main__", "common", "http", "scale_build", "scale_measure", "scale_pg"}
+)
 #: the order benchmarks run in; any other script found in bench/ runs after these
 ORDER = ("append", "runs", "stream", "history", "load", "append_pg", "stream_pg")
+#: run only when named in ``--only``: ``scale`` builds a 10^6-event store (about 25 minutes)
+OPT_IN = frozenset({"scale"})
 TIMEOUT_S = {"default": 3600.0, "quick": 900.0}
 
 
@@ -211,6 +218,8 @@ def main() -> None:
     if args.only:
         wanted = set(args.only.split(","))
         names = [n for n in names if n in wanted]
+    else:
+        names = [n for n in names if n not in OPT_IN]
     skipped = set(filter(None, args.skip.split(",")))
     has_pg = postgres_reachable()
     # with --summarize every result counts as this run's: nothing was re-measured

@@ -47,6 +47,12 @@ def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
 
 
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q`` quantile (0..1) by nearest rank: a sample that was measured, never a blend."""
+    ordered = sorted(values)
+    return float(ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))])
+
+
 def install_uvloop() -> bool:
     """Run on uvloop, as ``sessionstream serve`` does, when it is installed."""
     try:
