@@ -42,7 +42,7 @@ from sessionstream.core.settings import Settings
 from sessionstream.core.vocabulary import RUN_PREFIX, TERMINAL, EventType
 from sessionstream.eventstore.sqlite import SQLiteEventStore
 from sessionstream.server.app import create_app
-from sessionstream.server.auth import create_user
+from sessionstream.services.accounts import create_user
 
 SESSIONS = "/api/campaigns/ai-chat-sessions"
 SECRET = "bench-scale-secret-0123456789abcdef0123"
