@@ -43,6 +43,7 @@ class UserProjection(PerStream):
 class TokenProjection:
     kind = "token"
     version = 1
+    snapshots = False
 
     def key(self, event: RecordedEvent) -> str | None:
         if event.type in (EventType.TOKEN_ISSUED, EventType.TOKEN_REVOKED):

@@ -243,6 +243,7 @@ class SessionProjection(PerStream):
     prefix = PREFIX
     kind = "session"
     version = 1
+    snapshots = True  # time travel (as_of) folds from the newest snapshot
 
     def apply(self, state: dict[str, Any] | None, event: RecordedEvent) -> dict[str, Any] | None:
         return apply_session(state, event)
