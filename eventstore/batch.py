@@ -212,6 +212,19 @@ class BatchPlanner:
         self._outcomes: list[Outcome] = []
 
     # the protocol a backend drives ------------------------------------------------
+    def decide(self, requests: Sequence[AppendRequest]) -> Decision:
+        """Decide one caller's group; changes nothing until :meth:`accept`.
+
+        Raises :class:`Unknown` when it needs a fact first; every refusal is
+        in the decision's ``outcome``.
+        """
+        try:
+            return self._decide(requests)
+        except SessionStreamError as exc:
+            return Decision(exc)
+        except (TypeError, ValueError) as exc:  # data with no JSON or UTF-8 form
+            return Decision(ValidationFailed(f"append rejected: {exc}"))
+
     def learn(self, asked: Iterable[str], found: Iterable[RecordedEvent]) -> None:
         """The answer to ``Unknown("events", ids)``: which of the asked ids are stored."""
         self._asked.update(asked)
@@ -248,22 +261,9 @@ class BatchPlanner:
         )
 
     # the rules ----------------------------------------------------------------------
-    def decide(self, requests: Sequence[AppendRequest]) -> Decision:
-        """Decide one caller's group; changes nothing until :meth:`accept`.
-
-        Raises :class:`Unknown` when it needs a fact first; every refusal is
-        in the decision's ``outcome``. This is the hot loop of every append
-        (tens of thousands of events a second on one core): keep it free of
-        calls and allocations it can avoid.
-        """
-        try:
-            return self._decide(requests)
-        except SessionStreamError as exc:
-            return Decision(exc)
-        except (TypeError, ValueError) as exc:  # data with no JSON or UTF-8 form
-            return Decision(ValidationFailed(f"append rejected: {exc}"))
-
     def _decide(self, requests: Sequence[AppendRequest]) -> Decision:
+        # the hot loop of every append (tens of thousands of events a second on
+        # one core): keep it free of calls and allocations it can avoid
         head = self._head
         base, batch_heads, known = self._base, self._streams, self._known
         planned: dict[str, RecordedEvent] = {}

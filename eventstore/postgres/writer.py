@@ -91,8 +91,10 @@ class Facts:
         series: Iterable[Series] = (),
     ) -> None:
         """Read these rows in one round trip (and the head)."""
+        docs, series = set(docs), set(series)
+        # text PostgreSQL cannot take cannot be stored either: asked, and absent
         keys = sorted(d for d in docs if storable(d[1]))
-        marks = sorted(series)
+        marks = sorted(m for m in series if storable(m[0]))
         row = await conn.fetchrow(
             sql.READ_BATCH_STATE,
             list(ids),
@@ -114,8 +116,8 @@ class Facts:
             self.docs[(doc.kind, doc.key)] = doc
         for snap_row in row["snapshots"] or ():
             self.snapshots[(snap_row[0], snap_row[1])] = snap_row[2]
-        self.asked_docs.update(docs)  # a key PostgreSQL cannot hold is not there either
-        self.asked_snapshots.update(marks)
+        self.asked_docs.update(docs)
+        self.asked_snapshots.update(series)
 
     async def answer(self, conn: asyncpg.Connection, unknown: Unknown) -> None:
         if unknown.what == "doc":
