@@ -52,6 +52,7 @@ from types import MappingProxyType
 from typing import Any, NamedTuple
 
 from sessionstream.core.errors import ConcurrencyConflict, SessionStreamError, ValidationFailed
+from sessionstream.eventstore.groupcommit import Outcome
 from sessionstream.eventstore.model import (
     GENESIS_HASH,
     AppendRequest,
@@ -69,9 +70,6 @@ from sessionstream.eventstore.snapshots import (
     SnapshotPolicy,
     no_snapshots_yet,
 )
-
-#: a caller's answer: its results, or why its group was refused
-Outcome = list[AppendResult] | SessionStreamError
 
 
 class StreamHead(NamedTuple):

@@ -30,14 +30,13 @@ from sessionstream.core.errors import ValidationFailed
 from sessionstream.eventstore.batch import (
     BatchPlan,
     BatchPlanner,
-    Outcome,
     StreamHead,
     Unknown,
     check_import,
     check_request,
     check_text,
 )
-from sessionstream.eventstore.groupcommit import Pending
+from sessionstream.eventstore.groupcommit import Outcome, Pending
 from sessionstream.eventstore.model import Doc, RecordedEvent, row_to_doc, row_to_event, utc_now
 from sessionstream.eventstore.postgres import schema as sql
 from sessionstream.eventstore.projector import Projection, Refold
