@@ -17,7 +17,7 @@ database's ``UNIQUE (event_id)`` is what catches a retry.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -106,11 +106,10 @@ class Row:
     log: tuple[tuple[str, tuple[str, ...]], ...]
     batch: tuple[tuple[AppendRequest, ...], ...]
     answers: tuple[Answer, ...]
-    #: optimistic: the ids it must ask about (in order), at most
+    #: optimistic: the ids it asks about, in order (and nothing else)
     asks: tuple[tuple[str, ...], ...] = ()
     #: optimistic: a stored id is planned afresh; the database's UNIQUE refuses it
     backstop: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 XY = (("X", ("a", "b")), ("Y", ("c",)))  # X at version 2 (positions 1, 2), Y at 1 (3)
@@ -354,7 +353,7 @@ def drive(
     batch: Sequence[Sequence[AppendRequest]],
     stored: dict[str, RecordedEvent],
 ) -> list[tuple[str, ...]]:
-    """What a backend does: decide each group, answering the planner's questions."""
+    """What a backend does: decide each group, answering the planner's questions. Returns the questions."""
     asked: list[tuple[str, ...]] = []
     for group in batch:
         while True:
