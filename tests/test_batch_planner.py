@@ -353,7 +353,7 @@ def drive(
     batch: Sequence[Sequence[AppendRequest]],
     stored: dict[str, RecordedEvent],
 ) -> list[tuple[str, ...]]:
-    """What a backend does: decide each group, answering the planner's questions. Returns the questions."""
+    """What a backend does: decide each group, answering (and returning) its questions."""
     asked: list[tuple[str, ...]] = []
     for group in batch:
         while True:
