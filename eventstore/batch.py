@@ -211,13 +211,62 @@ class BatchPlanner:
 
     # the protocol a backend drives ------------------------------------------------
     def decide(self, requests: Sequence[AppendRequest]) -> Decision:
-        """Decide one caller's group; changes nothing until :meth:`accept`.
+        """Decide one caller's group (the rules above); changes nothing until :meth:`accept`.
 
         Raises :class:`Unknown` when it needs a fact first; every refusal is
-        in the decision's ``outcome``.
+        in the decision's ``outcome``. This is the hot loop of every append
+        (tens of thousands of events a second on one core): keep it free of
+        calls and allocations it can avoid.
         """
         try:
-            return self._decide(requests)
+            head = self._head
+            base, batch_heads, known = self._base, self._streams, self._known
+            planned: dict[str, RecordedEvent] = {}
+            streams: dict[str, StreamHead] = {}
+            results: list[AppendResult] = []
+            fresh: list[RecordedEvent] = []
+            for request in requests:
+                stream_id = request.stream_id
+                ids = [e.event_id for e in request.events]
+                check_request(request, ids)
+                current = (
+                    streams.get(stream_id)
+                    or batch_heads.get(stream_id)
+                    or base.get(stream_id)
+                    or NO_HEAD
+                )
+                expected = request.expected_version
+                mismatch = expected is not None and expected != current.version
+                found: dict[str, RecordedEvent] = {}
+                for event_id in ids:
+                    hit = planned.get(event_id) or known.get(event_id)
+                    if hit is not None:
+                        found[event_id] = hit
+                if (found or mismatch) and self.optimistic:
+                    missing = [i for i in ids if i not in found and i not in self._asked]
+                    if missing:
+                        raise Unknown("events", tuple(missing))
+                if found:
+                    results.append(_retry(request, ids, found, current.version))
+                    continue
+                if mismatch:
+                    assert expected is not None
+                    raise ConcurrencyConflict(stream_id, expected, current.version)
+                records = record_request(
+                    request, head=head, version=current.version, prev_hash=current.hash, at=self.at
+                )
+                last = records[-1]
+                head = last.position
+                streams[stream_id] = StreamHead(last.version, last.hash)
+                for record in records:
+                    planned[record.event_id] = record
+                results.append(AppendResult(stream_id, tuple(records), last.version))
+                fresh.extend(records)
+            if not fresh:
+                return Decision(results)
+            docs = self.projector.project(fresh)
+            snapshots = self._policy.due(fresh, docs, self._marks) if docs else ()
+            return Decision(results, tuple(fresh), streams, docs, tuple(snapshots), head)
         except SessionStreamError as exc:
             return Decision(exc)
         except (TypeError, ValueError) as exc:  # data with no JSON or UTF-8 form
@@ -257,59 +306,6 @@ class BatchPlanner:
             list(self._snapshots.values()),
             self._head,
         )
-
-    # the rules ----------------------------------------------------------------------
-    def _decide(self, requests: Sequence[AppendRequest]) -> Decision:
-        # the hot loop of every append (tens of thousands of events a second on
-        # one core): keep it free of calls and allocations it can avoid
-        head = self._head
-        base, batch_heads, known = self._base, self._streams, self._known
-        planned: dict[str, RecordedEvent] = {}
-        streams: dict[str, StreamHead] = {}
-        results: list[AppendResult] = []
-        fresh: list[RecordedEvent] = []
-        for request in requests:
-            stream_id = request.stream_id
-            ids = [e.event_id for e in request.events]
-            check_request(request, ids)
-            current = (
-                streams.get(stream_id)
-                or batch_heads.get(stream_id)
-                or base.get(stream_id)
-                or NO_HEAD
-            )
-            expected = request.expected_version
-            mismatch = expected is not None and expected != current.version
-            found: dict[str, RecordedEvent] = {}
-            for event_id in ids:
-                hit = planned.get(event_id) or known.get(event_id)
-                if hit is not None:
-                    found[event_id] = hit
-            if (found or mismatch) and self.optimistic:
-                missing = [i for i in ids if i not in found and i not in self._asked]
-                if missing:
-                    raise Unknown("events", tuple(missing))
-            if found:
-                results.append(_retry(request, ids, found, current.version))
-                continue
-            if mismatch:
-                assert expected is not None
-                raise ConcurrencyConflict(stream_id, expected, current.version)
-            records = record_request(
-                request, head=head, version=current.version, prev_hash=current.hash, at=self.at
-            )
-            last = records[-1]
-            head = last.position
-            streams[stream_id] = StreamHead(last.version, last.hash)
-            for record in records:
-                planned[record.event_id] = record
-            results.append(AppendResult(stream_id, tuple(records), last.version))
-            fresh.extend(records)
-        if not fresh:
-            return Decision(results)
-        docs = self.projector.project(fresh)
-        snapshots = self._policy.due(fresh, docs, self._marks) if docs else ()
-        return Decision(results, tuple(fresh), streams, docs, tuple(snapshots), head)
 
 
 def _retry(
