@@ -237,13 +237,15 @@ class BatchPlanner:
                 )
                 expected = request.expected_version
                 mismatch = expected is not None and expected != current.version
-                found: dict[str, RecordedEvent] = {}
+                found: dict[str, RecordedEvent] | None = None
                 for event_id in ids:
                     hit = planned.get(event_id) or known.get(event_id)
                     if hit is not None:
+                        if found is None:
+                            found = {}
                         found[event_id] = hit
                 if (found or mismatch) and self.optimistic:
-                    missing = [i for i in ids if i not in found and i not in self._asked]
+                    missing = [i for i in ids if i not in (found or ()) and i not in self._asked]
                     if missing:
                         raise Unknown("events", tuple(missing))
                 if found:

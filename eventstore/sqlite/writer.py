@@ -102,7 +102,7 @@ def write_rows(
     """What a plan (or one group of it) writes: one ``executemany`` per table."""
     if records:
         conn.executemany(INSERT_EVENT, [event_row(r) for r in records])
-        conn.executemany(UPSERT_STREAM, [(k, v.version, v.hash) for k, v in streams.items()])
+        conn.executemany(UPSERT_STREAM, [(k, *v) for k, v in streams.items()])
     doc_rows = [doc_row(d) for d in docs]
     if doc_rows:
         conn.executemany(UPSERT_DOC, doc_rows)
@@ -242,8 +242,13 @@ class SQLiteWriter:
     def _write_planned(self, conn: sqlite3.Connection, batch: list[Pending], at: str) -> BatchPlan:
         """The fast path: decide the whole batch, then write it at once."""
         planner = self._planner(conn, batch, at, optimistic=True)
+        decide, accept = planner.decide, planner.accept
         for pending in batch:
-            planner.accept(self._decide(conn, planner, pending))
+            try:
+                decision = decide(pending.requests)
+            except Unknown:  # rare: a retry or a conflict (the hot loop stays one call)
+                decision = self._decide(conn, planner, pending)
+            accept(decision)
         plan = planner.plan()
         write_rows(conn, plan.records, plan.streams, plan.docs, plan.snapshots)
         return plan
