@@ -336,7 +336,9 @@ def build_log(
     log: Sequence[tuple[str, Sequence[str]]],
 ) -> tuple[int, dict[str, StreamHead], dict[str, RecordedEvent]]:
     """The log's head, stream heads and events by id after appending ``log`` in order."""
-    head, heads, stored = 0, {}, {}
+    head = 0
+    heads: dict[str, StreamHead] = {}
+    stored: dict[str, RecordedEvent] = {}
     for stream, ids in log:
         current = heads.get(stream, NO_HEAD)
         records = record_request(
