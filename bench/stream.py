@@ -67,6 +67,7 @@ class StampEngine:
     """Words that are their own emission time; waits for ``/bench/go`` before the first."""
 
     name = "stamp"
+    model: str | None = None
 
     def __init__(self, words: int, pace_s: float, stagger: bool) -> None:
         self.words = words

@@ -85,8 +85,19 @@ class ExampleResult:
     missing: tuple[str, ...] = field(default=())
 
 
+def served_by(engine: ModelEngine) -> dict[str, str | None]:
+    """What a run records of the engine that served it: ``{"engine", "model"}``."""
+    return {"engine": engine.name, "model": engine.model}
+
+
 class ModelEngine(Protocol):
     name: str
+
+    @property
+    def model(self) -> str | None:
+        """The provider's model, or None for an engine with no model to name. Recorded on
+        each run, so an auditor (and the console's runs list) can tell what wrote a reply."""
+        ...
 
     def turn(self, inp: TurnInput) -> AsyncIterator[StreamItem]:
         """Stream one assistant turn. Raise ``EngineError`` on provider failure."""

@@ -169,6 +169,7 @@ class OfflineEngine:
     """The default ``ModelEngine``: same input, same output, streamed word by word."""
 
     name = "offline"
+    model: str | None = None
 
     def __init__(self, pace_ms: float = 0) -> None:
         self.pace_s = max(0.0, float(pace_ms)) / 1000.0

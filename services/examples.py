@@ -15,7 +15,13 @@ from typing import Any, cast
 from sessionstream.core.errors import EngineError
 from sessionstream.core.readmodels import ExamplesOutput, ExamplesRunInput, JsonObject, SessionRow
 from sessionstream.core.vocabulary import EventType
-from sessionstream.engines.base import DEFAULT_VAR_NAMES, ExampleInput, ExampleResult, ModelEngine
+from sessionstream.engines.base import (
+    DEFAULT_VAR_NAMES,
+    ExampleInput,
+    ExampleResult,
+    ModelEngine,
+    served_by,
+)
 from sessionstream.engines.provider import stalled
 from sessionstream.eventstore.base import EventStore
 from sessionstream.services.ownership import session_of
@@ -50,7 +56,9 @@ async def run_examples(
     row = session_of(doc).body["row"]
     leads = list(ask["leads"])
     total = len(leads)
-    await append_run(store, ctx, ctx.event(EventType.RUN_STARTED, {"kind": "examples"}))
+    await append_run(
+        store, ctx, ctx.event(EventType.RUN_STARTED, {"kind": "examples", **served_by(engine)})
+    )
     await append_run(
         store, ctx, ctx.event(EventType.EXAMPLES_PROGRESS, {"done": 0, "total": total})
     )

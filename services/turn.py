@@ -25,6 +25,7 @@ from sessionstream.engines.base import (
     SkeletonUpdate,
     TextDelta,
     TurnInput,
+    served_by,
 )
 from sessionstream.engines.provider import stalled
 from sessionstream.eventstore.base import EventStore
@@ -69,7 +70,9 @@ async def run_turn(
     await store.transact(
         [
             AppendRequest(
-                ctx.stream, (ctx.event(EventType.RUN_STARTED, {"kind": "turn"}),), ctx.seq
+                ctx.stream,
+                (ctx.event(EventType.RUN_STARTED, {"kind": "turn", **served_by(engine)}),),
+                ctx.seq,
             ),
             AppendRequest(
                 session_stream(ctx.claim.session_id),

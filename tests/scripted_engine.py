@@ -20,6 +20,7 @@ from sessionstream.engines.base import (
 
 class ScriptedEngine:
     name = "scripted"
+    model: str | None = None
 
     def __init__(
         self,
