@@ -53,7 +53,7 @@ from bench.common import (
 from sessionstream import projections
 from sessionstream.eventstore.model import NewEvent, utc_now
 from sessionstream.eventstore.sqlite import SQLiteEventStore
-from sessionstream.eventstore.sqlite_schema import SCHEMA
+from sessionstream.eventstore.sqlite.schema import SCHEMA
 
 CONCURRENCY = (1, 10, 100)
 #: events per measurement, by number of appenders (``--quick`` takes a quarter)

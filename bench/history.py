@@ -46,7 +46,7 @@ from sessionstream.core.readmodels import SessionState
 from sessionstream.core.settings import Settings
 from sessionstream.eventstore.model import AppendRequest, NewEvent, RecordedEvent, row_to_event
 from sessionstream.eventstore.sqlite import SQLiteEventStore
-from sessionstream.eventstore.sqlite_schema import EVENT_COLUMNS
+from sessionstream.eventstore.sqlite.schema import EVENT_COLUMNS
 from sessionstream.projections.session import apply_session, fold_session_events
 from sessionstream.server.app import create_app
 from sessionstream.services.accounts import create_user

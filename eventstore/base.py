@@ -9,7 +9,15 @@ guarantees below are what commands, projections and subscribers rely on.
 - ``expected_version`` is checked inside the transaction; a mismatch raises
   ``ConcurrencyConflict``, never a partial write.
 - An event whose ``event_id`` is already stored makes its request an
-  idempotent no-op that returns the stored records.
+  idempotent no-op that returns the stored records, whatever version it
+  expected. A request whose ids are stored only in part, or on another
+  stream, raises ``ValidationFailed``.
+- A request that repeats an event id, or whose stream id, event ids, types or
+  correlation ids hold a NUL or a lone surrogate, can never be stored: it
+  raises ``ValidationFailed`` whatever it expected.
+- Appends are group-committed: a ``transact`` that fails, fails alone; the
+  others queued with it commit. Both backends decide a batch with the one
+  planner in ``eventstore/batch.py``, where these rules are written down.
 - ``subscribe`` delivers every event after the cursor exactly once, in
   position order, catching up from the store and then live.
 """

@@ -1,17 +1,26 @@
-"""Applying pure projections to events inside a backend's append transaction.
+"""Applying pure projections to events inside a backend's transaction.
 
-Backends call :class:`BatchProjector` for the events of one append request;
-it folds them into read-model documents through the projections' pure
-``apply`` and hands back the documents to upsert. Keeping this here (not in a
-backend) means SQLite and PostgreSQL fold identically.
+The batch planner (``eventstore/batch.py``) calls :class:`BatchProjector` for
+the events of each caller's group; it folds them into read-model documents
+through the projections' pure ``apply`` and hands back the documents to
+upsert. Rebuilds and imports fold recorded events with :class:`Refold`.
+Keeping this here (not in a backend) means SQLite and PostgreSQL fold
+identically.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from sessionstream.eventstore.model import Doc, DocIndex, RecordedEvent
+from sessionstream.eventstore.snapshots import (
+    LastSnapshot,
+    Marks,
+    Snapshot,
+    SnapshotPolicy,
+    no_snapshots_yet,
+)
 
 
 class Projection(Protocol):
@@ -19,6 +28,8 @@ class Projection(Protocol):
 
     kind: str
     version: int
+    #: whether its documents are also kept as snapshots (``eventstore/snapshots.py``)
+    snapshots: bool
 
     def key(self, event: RecordedEvent) -> str | None:
         """The document this event changes, or None when it is not ours."""
@@ -32,6 +43,11 @@ class Projection(Protocol):
 
 
 DocLoader = Callable[[str, str], Doc | None]
+
+
+def no_docs_yet(kind: str, key: str) -> Doc | None:
+    """A ``DocLoader`` for empty read-model tables (a rebuild)."""
+    return None
 
 
 class BatchProjector:
@@ -65,13 +81,46 @@ class BatchProjector:
                 )
         return changed
 
-    def keep(self, docs: dict[tuple[str, str], Doc]) -> None:
+    def keep(self, docs: Mapping[tuple[str, str], Doc]) -> None:
         """Make a successful request's documents visible to later requests of the batch."""
         self._committed.update(docs)
 
     @property
     def documents(self) -> list[Doc]:
         return list(self._committed.values())
+
+
+class Refold:
+    """Recorded events folded a page at a time: the documents and snapshots to write.
+
+    Rebuilds and imports take snapshots after every event, where a live
+    append of one event at a time would have taken them.
+    """
+
+    def __init__(
+        self,
+        projections: Sequence[Projection],
+        snapshot_every: int,
+        *,
+        load: DocLoader = no_docs_yet,
+        last_snapshot: LastSnapshot = no_snapshots_yet,
+    ) -> None:
+        self.projector = BatchProjector(projections, load)
+        self._policy = SnapshotPolicy(projections, snapshot_every)
+        self._marks = Marks(last_snapshot)
+
+    def page(self, events: Iterable[RecordedEvent]) -> tuple[list[Doc], list[Snapshot]]:
+        """Each document the page changed (once, as it ends) and the snapshots due."""
+        changed: dict[tuple[str, str], Doc] = {}
+        snapshots: list[Snapshot] = []
+        for event in events:
+            docs = self.projector.project((event,))
+            self.projector.keep(docs)
+            changed.update(docs)
+            due = self._policy.due((event,), docs, self._marks)
+            self._marks.taken(due)
+            snapshots.extend(due)
+        return list(changed.values()), snapshots
 
 
 def fold(

@@ -33,7 +33,7 @@ from sessionstream.eventstore.model import (
     canonical_json,
     recompute_hash,
 )
-from sessionstream.eventstore.projector import BatchProjector, Projection
+from sessionstream.eventstore.projector import Projection, Refold
 
 #: problems kept in a report; counting goes on past it
 MAX_PROBLEMS = 100
@@ -268,16 +268,15 @@ async def verify_store(
     """
     projections = tuple(store.projections if projections is None else projections)
     chain = ChainCheck(allow_gaps=allow_gaps)
-    projector = BatchProjector(projections, lambda kind, key: None)
+    refold = Refold(projections, snapshot_every=0)  # as a rebuild folds; snapshots unchecked
     folded: dict[tuple[str, str], Doc] = {}
 
     async def read_to(target: int) -> None:
         async for page in _pages(store, chain.last_position, target):
             for event in page:
                 chain.feed(event)
-                docs = projector.project([event])
-                projector.keep(docs)
-                folded.update(docs)
+            docs, _ = refold.page(page)
+            folded.update(((d.kind, d.key), d) for d in docs)
             if progress is not None:
                 progress("events", chain.events)
 

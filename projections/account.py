@@ -42,6 +42,7 @@ class UserProjection(PerStream[User]):
 class TokenProjection(Typed[Token]):
     kind = "token"
     version = 1
+    snapshots = False
 
     def key(self, event: RecordedEvent) -> str | None:
         if event.type in (EventType.TOKEN_ISSUED, EventType.TOKEN_REVOKED):

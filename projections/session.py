@@ -235,6 +235,7 @@ class SessionProjection(PerStream[SessionState]):
     prefix = PREFIX
     kind = "session"
     version = 1
+    snapshots = True  # time travel (as_of) folds from the newest snapshot
 
     def evolve(self, state: SessionState | None, event: RecordedEvent) -> SessionState | None:
         return apply_session(state, event)

@@ -43,6 +43,7 @@ class PerStream(Typed[S]):
     """The document key is the stream's id after ``prefix``; other streams are ignored."""
 
     prefix: ClassVar[str]
+    snapshots = False
 
     def key(self, event: RecordedEvent) -> str | None:
         return stream_key(event.stream_id, self.prefix)

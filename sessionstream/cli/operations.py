@@ -96,7 +96,7 @@ async def _check_store(settings: Settings) -> list[Check]:
             mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
         finally:
             conn.close()
-        from sessionstream.eventstore.sqlite_schema import SCHEMA_VERSION
+        from sessionstream.eventstore.sqlite.schema import SCHEMA_VERSION
 
         level = "ok" if version == SCHEMA_VERSION else "fail"
         checks.append((level, "schema", f"version {version} (this build: {SCHEMA_VERSION})"))

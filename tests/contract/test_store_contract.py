@@ -330,6 +330,69 @@ async def test_a_retry_batched_with_fresh_appends_changes_only_what_is_new(
     assert_gapless(await store.read_all(0))
 
 
+async def test_retries_of_one_append_batched_together_are_all_no_ops(store: EventStore) -> None:
+    """A stale retry of part of an append and a retry of all of it, in one batch.
+
+    The SQLite planned batch looked up only the stale retry's ids and then
+    refused the whole retry as "some ids stored, others not"; every retry of
+    stored events is a no-op (``base.py``)."""
+    stream = f"retries-{uuid.uuid4().hex[:8]}"
+    events = [ev(i=0), ev(i=1)]
+    first = await store.append(stream, events, expected_version=NO_STREAM)
+    head = await store.head_position()
+    part, whole, fresh = await asyncio.gather(
+        store.append(stream, events[:1], expected_version=NO_STREAM),
+        store.append(stream, events, expected_version=1),
+        store.append(stream, [ev(i=2)], expected_version=2),
+    )
+    assert part.duplicate and list(part.events) == list(first.events[:1])
+    assert whole.duplicate and list(whole.events) == list(first.events)
+    assert not fresh.duplicate and fresh.version == 3
+    assert await store.head_position() == head + 1
+
+
+async def test_a_request_repeating_an_event_id_is_malformed_whatever_it_expects(
+    store: EventStore,
+) -> None:
+    """Refused as malformed (never a conflict worth retrying), and alone.
+
+    SQLite checked the expected version first and answered a conflict;
+    PostgreSQL refused the request. Both refuse it now."""
+    stream = f"twice-{uuid.uuid4().hex[:8]}"
+    await store.append(stream, [ev()], expected_version=NO_STREAM)
+    repeated = ev(i=1)
+    for expected in (NO_STREAM, 1, None, 5):
+        outcomes = await asyncio.gather(
+            store.append(stream, [repeated, repeated], expected_version=expected),
+            store.append(f"{stream}-other", [ev()]),
+            return_exceptions=True,
+        )
+        assert isinstance(outcomes[0], ValidationFailed), (expected, outcomes[0])
+        assert not isinstance(outcomes[1], BaseException), outcomes[1]
+    assert await store.stream_version(stream) == 1
+    assert (await store.append(stream, [repeated], expected_version=1)).version == 2
+
+
+async def test_text_no_backend_can_store_fails_only_its_request(store: EventStore) -> None:
+    """A NUL in a type, stream id or correlation id; a lone surrogate anywhere.
+
+    PostgreSQL cannot store a NUL and refused it; SQLite stored it, so a log
+    could not move between them. Every backend refuses it now."""
+    outcomes = await asyncio.gather(
+        store.append("s-1", [NewEvent("bad\x00type", {})]),
+        store.append("s-\x00", [NewEvent("x", {})]),
+        store.append("s-2", [NewEvent("x", {}, correlation_id="session-\x00")]),
+        store.append("s-3", [NewEvent("x", {"text": "\ud800"})]),
+        store.append("s-4", [NewEvent("x", {"text": "ok ünïcode \x00 escaped in JSON"})]),
+        return_exceptions=True,
+    )
+    for outcome in outcomes[:4]:
+        assert isinstance(outcome, ValidationFailed), outcome
+    assert not isinstance(outcomes[4], BaseException), outcomes[4]
+    (event,) = await store.read_all()
+    assert event.data == {"text": "ok ünïcode \x00 escaped in JSON"} and event.position == 1
+
+
 async def test_a_request_without_events_is_rejected(store: EventStore) -> None:
     with pytest.raises(SessionStreamError):
         await store.append("empty-stream", [])

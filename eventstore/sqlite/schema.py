@@ -1,8 +1,8 @@
 """The SQLite file's layout: schema, statements, row codecs and error translation.
 
 Everything here describes the file, not how the store drives it
-(``eventstore/sqlite.py``), so maintenance tools and benchmarks can read and
-write the same tables without a store.
+(``store.py``, ``writer.py``, ``reader.py`` beside it), so maintenance tools and
+benchmarks can read and write the same tables without a store.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Any
 
 from sessionstream.core.errors import SessionStreamError, StorageUnavailable
 from sessionstream.eventstore.model import Doc, RecordedEvent
+from sessionstream.eventstore.snapshots import Snapshot
 
 SCHEMA_VERSION = 1
 
@@ -128,8 +129,8 @@ def event_row(r: RecordedEvent) -> tuple[Any, ...]:
     )
 
 
-def snapshot_row(stream_id: str, doc: Doc) -> tuple[Any, ...]:
-    return (stream_id, doc.kind, doc.version, doc.position, json.dumps(doc.body))
+def snapshot_row(s: Snapshot) -> tuple[Any, ...]:
+    return (s.stream_id, s.kind, s.version, s.position, json.dumps(s.state))
 
 
 def translate_sqlite_error(exc: sqlite3.Error) -> SessionStreamError:

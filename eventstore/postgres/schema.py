@@ -1,4 +1,4 @@
-"""The PostgreSQL schema as numbered migrations, applied at ``open()``.
+"""The PostgreSQL schema as numbered migrations, applied at ``open()``; its statements and codecs.
 
 Several nodes may start at once against an empty database, so the whole
 migration runs in one transaction under a transaction-scoped advisory lock
@@ -13,9 +13,14 @@ key; ``position_at`` compares RFC 3339 strings).
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from sessionstream.core.errors import StorageUnavailable
+from sessionstream.eventstore.batch import StreamHead
+from sessionstream.eventstore.model import Doc, RecordedEvent
+from sessionstream.eventstore.snapshots import Snapshot
 
 #: arbitrary first key of the two-key advisory lock (the second is the schema's hash)
 MIGRATION_LOCK = 0x5E55
@@ -158,8 +163,10 @@ WITH ev AS (
     FROM docs d JOIN unnest($3::text[], $4::text[]) AS k(kind, key)
         ON d.kind = k.kind AND d.key = k.key
 ), sn AS (
-    SELECT stream_id, MAX(version) AS version FROM snapshots
-    WHERE kind = 'session' AND stream_id = ANY($5::text[]) GROUP BY stream_id
+    SELECT s.stream_id, s.kind, MAX(s.version) AS version
+    FROM snapshots s JOIN unnest($5::text[], $6::text[]) AS k(stream_id, kind)
+        ON s.stream_id = k.stream_id AND s.kind = k.kind
+    GROUP BY s.stream_id, s.kind
 )
 SELECT (SELECT head FROM log_head WHERE id = 1) AS head,
        (SELECT array_agg(ev ORDER BY position) FROM ev) AS events,
@@ -221,3 +228,68 @@ RECORD_META = (
     "INSERT INTO meta (key, value) SELECT * FROM unnest($1::text[], $2::text[]) "
     "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
 )
+
+
+# codecs: a batch's rows as the column arrays its statements ``unnest`` --------------------------
+
+
+def dumps(value: Any) -> str:
+    # ASCII escapes: a lone surrogate in user text cannot break the encoding
+    return json.dumps(value, separators=(",", ":"))
+
+
+def doc_arrays(docs: Sequence[Doc]) -> list[list[Any]]:
+    """Column arrays for an ``unnest`` upsert of documents ($1-$10)."""
+    return [
+        [d.kind for d in docs],
+        [d.key for d in docs],
+        [d.index.owner for d in docs],
+        [d.index.parent for d in docs],
+        [d.index.created_at for d in docs],
+        [d.index.active for d in docs],
+        [d.index.deleted for d in docs],
+        [d.version for d in docs],
+        [d.position for d in docs],
+        [dumps(d.body) for d in docs],
+    ]
+
+
+def snapshot_arrays(snapshots: Sequence[Snapshot]) -> list[list[Any]]:
+    return [
+        [s.stream_id for s in snapshots],
+        [s.kind for s in snapshots],
+        [s.version for s in snapshots],
+        [s.position for s in snapshots],
+        [dumps(s.state) for s in snapshots],
+    ]
+
+
+def write_batch_args(
+    records: Sequence[RecordedEvent],
+    streams: Mapping[str, StreamHead],
+    docs: Sequence[Doc],
+    snapshots: Iterable[Snapshot],
+    head: int,
+    channel: str,
+) -> list[Any]:
+    """The parameters of :data:`WRITE_BATCH`, in order."""
+    heads = sorted(streams.items())
+    return [
+        *doc_arrays(docs),
+        [r.position for r in records],
+        [r.stream_id for r in records],
+        [r.version for r in records],
+        [r.event_id for r in records],
+        [r.type for r in records],
+        [dumps(r.data) for r in records],
+        [dumps(r.metadata) for r in records],
+        [r.correlation_id for r in records],
+        [r.recorded_at for r in records],
+        [r.hash for r in records],
+        [k for k, _ in heads],
+        [v.version for _, v in heads],
+        [v.hash for _, v in heads],
+        *snapshot_arrays(list(snapshots)),
+        head,
+        channel,
+    ]

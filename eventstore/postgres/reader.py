@@ -1,0 +1,142 @@
+"""The PostgreSQL store's reads, on a connection pool.
+
+Every read sees committed data, so a read on any node after a successful
+write on any node sees it. There is no document cache: another node may have
+written since.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import asyncpg
+
+from sessionstream.core.errors import StorageUnavailable
+from sessionstream.eventstore.model import Doc, RecordedEvent, row_to_doc, row_to_event
+from sessionstream.eventstore.postgres.errors import DRIVER_ERRORS, translate_pg_error
+from sessionstream.eventstore.postgres.schema import DOC_COLUMNS, EVENT_COLUMNS
+
+
+class PostgresReader:
+    """The read half of the store contract (and the queries others need), on a pool."""
+
+    def __init__(self) -> None:
+        self.pool: asyncpg.Pool | None = None
+
+    def require_pool(self) -> asyncpg.Pool:
+        if self.pool is None:
+            raise StorageUnavailable("the event store is not open")
+        return self.pool
+
+    async def fetch(self, query: str, *args: Any) -> list[Any]:
+        try:
+            return list(await self.require_pool().fetch(query, *args))
+        except DRIVER_ERRORS as exc:
+            raise translate_pg_error(exc) from exc
+
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        try:
+            return await self.require_pool().fetchval(query, *args)
+        except DRIVER_ERRORS as exc:
+            raise translate_pg_error(exc) from exc
+
+    async def read_stream(
+        self,
+        stream_id: str,
+        after_version: int = 0,
+        *,
+        limit: int | None = None,
+        to_position: int | None = None,
+    ) -> list[RecordedEvent]:
+        query = f"SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = $1 AND version > $2"
+        args: list[Any] = [stream_id, after_version]
+        if to_position is not None:
+            args.append(to_position)
+            query += f" AND position <= ${len(args)}"
+        query += " ORDER BY version"
+        if limit is not None:
+            args.append(limit)
+            query += f" LIMIT ${len(args)}"
+        return [row_to_event(r) for r in await self.fetch(query, *args)]
+
+    async def read_all(
+        self,
+        after_position: int = 0,
+        *,
+        limit: int = 1000,
+        keys: frozenset[str] | None = None,
+        to_position: int | None = None,
+    ) -> list[RecordedEvent]:
+        query = f"SELECT {EVENT_COLUMNS} FROM events WHERE position > $1"
+        args: list[Any] = [after_position]
+        if keys is not None:
+            if not keys:
+                return []
+            args.append(list(keys))
+            query += f" AND (stream_id = ANY(${len(args)}) OR correlation_id = ANY(${len(args)}))"
+        if to_position is not None:
+            args.append(to_position)
+            query += f" AND position <= ${len(args)}"
+        args.append(limit)
+        query += f" ORDER BY position LIMIT ${len(args)}"
+        return [row_to_event(r) for r in await self.fetch(query, *args)]
+
+    async def head_position(self) -> int:
+        return int(await self.fetchval("SELECT head FROM log_head WHERE id = 1"))
+
+    async def stream_version(self, stream_id: str) -> int:
+        value = await self.fetchval("SELECT version FROM streams WHERE stream_id = $1", stream_id)
+        return int(value or 0)
+
+    async def position_of(self, stream_id: str, version: int) -> int | None:
+        value = await self.fetchval(
+            "SELECT position FROM events WHERE stream_id = $1 AND version = $2", stream_id, version
+        )
+        return None if value is None else int(value)
+
+    async def position_at(self, timestamp: str) -> int:
+        value = await self.fetchval(
+            "SELECT COALESCE(MAX(position), 0) FROM events WHERE recorded_at <= $1", timestamp
+        )
+        return int(value)
+
+    async def get_doc(self, kind: str, key: str) -> Doc | None:
+        rows = await self.fetch(
+            f"SELECT {DOC_COLUMNS} FROM docs WHERE kind = $1 AND key = $2", kind, key
+        )
+        return row_to_doc(rows[0]) if rows else None
+
+    async def list_docs(
+        self,
+        kind: str,
+        *,
+        owner: str | None = None,
+        parent: str | None = None,
+        active: bool | None = None,
+        include_deleted: bool = False,
+    ) -> list[Doc]:
+        query = f"SELECT {DOC_COLUMNS} FROM docs WHERE kind = $1"
+        args: list[Any] = [kind]
+        for column, value in (("owner", owner), ("parent", parent), ("active", active)):
+            if value is not None:
+                args.append(value)
+                query += f" AND {column} = ${len(args)}"
+        if not include_deleted:
+            query += " AND NOT deleted"
+        query += " ORDER BY created_at NULLS FIRST, key"
+        return [row_to_doc(r) for r in await self.fetch(query, *args)]
+
+    async def latest_snapshot(
+        self, stream_id: str, kind: str, *, max_position: int | None = None
+    ) -> tuple[int, int, dict[str, Any]] | None:
+        query = "SELECT version, position, state FROM snapshots WHERE stream_id = $1 AND kind = $2"
+        args: list[Any] = [stream_id, kind]
+        if max_position is not None:
+            args.append(max_position)
+            query += f" AND position <= ${len(args)}"
+        query += " ORDER BY version DESC LIMIT 1"
+        rows = await self.fetch(query, *args)
+        if not rows:
+            return None
+        return int(rows[0][0]), int(rows[0][1]), json.loads(rows[0][2])

@@ -1,0 +1,378 @@
+"""PostgreSQL backend: several nodes, one log, the same contract as SQLite.
+
+Writes. One writer task per process group-commits whatever append requests
+are queued, as the SQLite backend does; ``writer.py`` decides and writes each
+batch in one transaction under the cluster-wide ``log_head`` lock, which
+makes positions gapless and in commit order: a reader that sees position *n*
+has seen every position before it, which is what makes tailing by position
+safe. Reads (``reader.py``) use a pool and see committed data.
+
+Streaming. After each commit the new head is ``NOTIFY``-ed. One pump task per
+process (``pump.py``) publishes to the local hub, in position order with no
+gaps, whatever committed anywhere: events committed by this process are
+handed to it directly, everything else is read from the log when a
+notification (or the one-second safety poll) says the head moved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import asyncpg
+
+from sessionstream.core.errors import SessionStreamError, StorageUnavailable
+from sessionstream.eventstore.base import EventStore
+from sessionstream.eventstore.model import AppendRequest, AppendResult, Doc, RecordedEvent
+from sessionstream.eventstore.postgres import schema as sql
+from sessionstream.eventstore.postgres.errors import DRIVER_ERRORS, translate_pg_error
+from sessionstream.eventstore.postgres.pump import LogPump
+from sessionstream.eventstore.postgres.reader import PostgresReader
+from sessionstream.eventstore.postgres.writer import PostgresWriter
+from sessionstream.eventstore.projector import Projection
+
+log = logging.getLogger("sessionstream.eventstore.postgres")
+
+
+class PostgresEventStore(EventStore):
+    def __init__(
+        self,
+        dsn: str,
+        projections: Sequence[Projection] = (),
+        *,
+        schema: str | None = None,
+        snapshot_every: int = 200,
+        max_batch: int = 2000,
+        max_pending: int = 10_000,
+        max_queue: int = 1024,
+        pool_size: int = 10,
+        poll_interval_s: float = 1.0,
+        command_timeout_s: float = 60.0,
+        on_batch: Callable[[int, int], None] | None = None,
+        **_sqlite_only: Any,  # readers, cache_size, busy_retries: meaningless here
+    ) -> None:
+        super().__init__(
+            projections, max_queue=max_queue, max_batch=max_batch, max_pending=max_pending
+        )
+        self.dsn = dsn
+        self.schema = schema
+        self.snapshot_every = snapshot_every
+        self.pool_size = pool_size
+        self.poll_interval_s = poll_interval_s
+        self.command_timeout_s = command_timeout_s
+        #: called after each batch with (callers answered, events appended)
+        self.on_batch = on_batch
+        self._reader = PostgresReader()
+        self._writer = PostgresWriter(
+            self.projections, snapshot_every, lambda: self._connect("writer")
+        )
+        self._lconn: asyncpg.Connection | None = None
+        self._writer_task: asyncio.Task[None] | None = None
+        self._pump_task: asyncio.Task[None] | None = None
+        self.pump = LogPump(self.hub, self._read_after, self._poll, poll_interval_s=poll_interval_s)
+        self._open = False
+        self._closing = False
+
+    @property
+    def channel(self) -> str:
+        """The ``LISTEN``/``NOTIFY`` channel of this store's schema."""
+        return self._writer.channel
+
+    # lifecycle -----------------------------------------------------------
+    async def open(self) -> None:
+        if self._open:
+            return
+        self._closing = False
+        try:
+            first = await asyncpg.connect(self.dsn, timeout=self.command_timeout_s)
+            try:
+                if self.schema is None:
+                    self.schema = await _first_schema(first)
+                ran = await sql.migrate(first, self.schema)
+                if ran:
+                    log.info("applied %d migration(s) to schema %s", ran, self.schema)
+            finally:
+                await first.close()
+            self._writer.channel = sql.channel_for(self.schema)
+            self._reader.pool = await asyncpg.create_pool(
+                self.dsn,
+                min_size=1,
+                max_size=self.pool_size,
+                server_settings=self._settings("reader"),
+                command_timeout=self.command_timeout_s,
+            )
+            await self._writer.connection()
+            await self._listen()
+            head = await self._reader.head_position()
+        except DRIVER_ERRORS as exc:
+            await self._close_connections()
+            raise translate_pg_error(exc) from exc
+        self.hub.published_position = head
+        self.pump.head_moved(head)  # a NOTIFY may have come in already
+        self._writer_task = asyncio.create_task(self._writer_loop(), name="pg-writer")
+        self._pump_task = asyncio.create_task(self.pump.run(), name="pg-pump")
+        self._open = True
+        try:
+            if await self._stale_projections():
+                count = await self._rebuild(only_if_stale=True)
+                if count:  # a new, empty store has nothing to refold
+                    log.info(
+                        "projection versions changed: rebuilt read models from %d events", count
+                    )
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        if not self._open:
+            return
+        self._open = False
+        self._closing = True
+        await self.commits.drained()  # every queued append gets its answer first
+        for task in (self._writer_task, self._pump_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._writer_task = self._pump_task = None
+        await self._close_connections()
+
+    async def _close_connections(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._writer.close()
+        if self._lconn is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._lconn.close(), 5)
+            self._lconn = None
+        if self._reader.pool is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._reader.pool.close(), 5)
+            self._reader.pool = None
+
+    def _settings(self, role: str) -> dict[str, str]:
+        assert self.schema is not None
+        return {
+            "search_path": sql.quote_ident(self.schema),
+            "application_name": f"sessionstream-{role}",
+            # a client that vanishes mid-append (a partitioned node) must not keep
+            # the cluster-wide log_head lock until TCP notices: the server ends it
+            "idle_in_transaction_session_timeout": "10s",
+        }
+
+    async def _connect(self, role: str) -> asyncpg.Connection:
+        return await asyncpg.connect(
+            self.dsn,
+            server_settings=self._settings(role),
+            command_timeout=self.command_timeout_s,
+            timeout=self.command_timeout_s,
+        )
+
+    async def _listen(self) -> None:
+        conn = await self._connect("listener")
+        await conn.add_listener(self.channel, self._on_notify)
+        self._lconn = conn
+
+    def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        with contextlib.suppress(ValueError):
+            self.pump.head_moved(int(payload))
+
+    async def _stale_projections(self, conn: asyncpg.Connection | None = None) -> list[str]:
+        """Kinds whose projection version differs from the one the read models were built by."""
+        query = "SELECT key, value FROM meta"
+        rows = await (conn.fetch(query) if conn is not None else self._reader.fetch(query))
+        stored = {r[0]: r[1] for r in rows}
+        return [
+            p.kind for p in self.projections if stored.get(f"projection:{p.kind}") != str(p.version)
+        ]
+
+    async def _read_after(self, position: int) -> list[RecordedEvent]:
+        return await self._reader.read_all(position, limit=1000)
+
+    async def _poll(self) -> int:
+        """The pump's safety net under NOTIFY: listen again if need be, read the head."""
+        if self._lconn is None or self._lconn.is_closed():
+            self._lconn = None
+            try:
+                await self._listen()
+            except DRIVER_ERRORS as exc:
+                raise translate_pg_error(exc) from exc
+        return await self._reader.head_position()
+
+    # writes ---------------------------------------------------------------
+    async def transact(self, requests: Sequence[AppendRequest]) -> list[AppendResult]:
+        if not self._open or self._closing:
+            raise StorageUnavailable("the event store is not open")
+        return await self.commits.submit(requests)
+
+    async def _writer_loop(self) -> None:
+        commits = self.commits
+        while True:
+            batch = await commits.next_batch()
+            try:
+                outcomes, runs = await self._writer.write_batch(batch)
+            except BaseException as exc:  # never leave a caller waiting
+                if not isinstance(exc, SessionStreamError):
+                    log.warning("append batch failed: %r", exc)
+                commits.fail(batch, translate_pg_error(exc))
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                continue
+            for run in runs:
+                self.pump.committed(run)
+            appended = commits.answer(batch, outcomes)
+            if self.on_batch is not None:
+                self.on_batch(len(batch), appended)
+
+    async def import_events(self, events: Sequence[RecordedEvent]) -> None:
+        if not self._open or self._closing:
+            raise StorageUnavailable("the event store is not open")
+        if not events:
+            return
+        events = list(events)
+        await self.commits.drained()  # appends already queued land first
+        try:
+            async with self._reader.require_pool().acquire() as conn, conn.transaction():
+                await conn.execute("SELECT head FROM log_head WHERE id = 1 FOR UPDATE")
+                await self._writer.import_events(conn, events)
+        except DRIVER_ERRORS as exc:
+            raise translate_pg_error(exc) from exc
+        self.pump.committed(events)
+
+    async def rebuild(self) -> int:
+        return await self._rebuild(only_if_stale=False)
+
+    async def _rebuild(self, *, only_if_stale: bool) -> int:
+        """Refold every read model under the head lock (appends wait meanwhile)."""
+        try:
+            async with self._reader.require_pool().acquire() as conn, conn.transaction():
+                await conn.execute("SELECT head FROM log_head WHERE id = 1 FOR UPDATE")
+                if only_if_stale and not await self._stale_projections(conn):
+                    return 0  # another node rebuilt while this one waited
+                await conn.execute("DELETE FROM docs")
+                await conn.execute("DELETE FROM snapshots")
+                count = await self._writer.refold(conn)
+                await conn.execute(
+                    sql.RECORD_META,
+                    [f"projection:{p.kind}" for p in self.projections],
+                    [str(p.version) for p in self.projections],
+                )
+                return count
+        except DRIVER_ERRORS as exc:
+            raise translate_pg_error(exc) from exc
+
+    # reads (reader.py) ------------------------------------------------------
+    async def read_stream(
+        self,
+        stream_id: str,
+        after_version: int = 0,
+        *,
+        limit: int | None = None,
+        to_position: int | None = None,
+    ) -> list[RecordedEvent]:
+        return await self._reader.read_stream(
+            stream_id, after_version, limit=limit, to_position=to_position
+        )
+
+    async def read_all(
+        self,
+        after_position: int = 0,
+        *,
+        limit: int = 1000,
+        keys: frozenset[str] | None = None,
+        to_position: int | None = None,
+    ) -> list[RecordedEvent]:
+        return await self._reader.read_all(
+            after_position, limit=limit, keys=keys, to_position=to_position
+        )
+
+    async def head_position(self) -> int:
+        return await self._reader.head_position()
+
+    async def stream_version(self, stream_id: str) -> int:
+        return await self._reader.stream_version(stream_id)
+
+    async def position_of(self, stream_id: str, version: int) -> int | None:
+        return await self._reader.position_of(stream_id, version)
+
+    async def position_at(self, timestamp: str) -> int:
+        return await self._reader.position_at(timestamp)
+
+    async def get_doc(self, kind: str, key: str) -> Doc | None:
+        return await self._reader.get_doc(kind, key)
+
+    async def list_docs(
+        self,
+        kind: str,
+        *,
+        owner: str | None = None,
+        parent: str | None = None,
+        active: bool | None = None,
+        include_deleted: bool = False,
+    ) -> list[Doc]:
+        return await self._reader.list_docs(
+            kind, owner=owner, parent=parent, active=active, include_deleted=include_deleted
+        )
+
+    async def latest_snapshot(
+        self, stream_id: str, kind: str, *, max_position: int | None = None
+    ) -> tuple[int, int, dict[str, Any]] | None:
+        return await self._reader.latest_snapshot(stream_id, kind, max_position=max_position)
+
+    # leases (see eventstore/leases.py) -------------------------------------------
+    async def acquire_lease(self, run_id: str, node_id: str, ttl_s: float) -> None:
+        await self.renew_leases([run_id], node_id, ttl_s)
+
+    async def renew_leases(self, run_ids: Sequence[str], node_id: str, ttl_s: float) -> None:
+        if not run_ids:
+            return
+        await self._reader.fetch(
+            "INSERT INTO leases (run_id, node_id, expires_at) "
+            "SELECT r, $2, now() + make_interval(secs => $3) FROM unnest($1::text[]) AS r "
+            "ON CONFLICT (run_id) DO UPDATE SET node_id = excluded.node_id, "
+            "expires_at = excluded.expires_at",
+            list(run_ids),
+            node_id,
+            ttl_s,
+        )
+
+    async def release_lease(self, run_id: str) -> None:
+        await self._reader.fetch("DELETE FROM leases WHERE run_id = $1", run_id)
+
+    async def expired_leases(self, runs: Mapping[str, str | None], grace_s: float) -> set[str]:
+        if not runs:
+            return set()
+        ids = list(runs)
+        rows = await self._reader.fetch(
+            "SELECT r.run_id FROM unnest($1::text[], $2::text[]) AS r(run_id, active_at) "
+            "LEFT JOIN leases l ON l.run_id = r.run_id "
+            "WHERE CASE WHEN l.run_id IS NULL "
+            "THEN r.active_at IS NULL "
+            "OR r.active_at::timestamptz < now() - make_interval(secs => $3) "
+            "ELSE l.expires_at <= now() END",
+            ids,
+            [runs[i] for i in ids],
+            grace_s,
+        )
+        return {r[0] for r in rows}
+
+    async def lease_holders(self) -> dict[str, str]:
+        """run id -> node id of every live lease (operators and tests)."""
+        rows = await self._reader.fetch(
+            "SELECT run_id, node_id FROM leases WHERE expires_at > now()"
+        )
+        return {r[0]: r[1] for r in rows}
+
+
+async def _first_schema(conn: asyncpg.Connection) -> str:
+    """The schema the DSN points at (``?search_path=...``), else ``public``."""
+    path = str(await conn.fetchval("SELECT current_setting('search_path')"))
+    for entry in path.split(","):
+        name = entry.strip()
+        if name.startswith('"') and name.endswith('"'):
+            name = name[1:-1].replace('""', '"')
+        if name and name != "$user":
+            return name
+    return "public"

@@ -1,0 +1,300 @@
+"""The PostgreSQL store's writer: a batch in four round trips, whatever its size.
+
+Lock the ``log_head`` row; read everything the batch needs (stored event ids,
+stream heads, documents, snapshot marks) in one query; have the batch planner
+(``eventstore/batch.py``) decide every request; write events, stream heads,
+documents, snapshots, the new head and the ``NOTIFY`` in one statement of
+array ``unnest``s; commit.
+
+Every append on every node locks the same row first, so appends are
+serialised across the cluster and positions are handed out gapless and in
+commit order, and the state read after the lock is current: the planner
+decides in Python exactly what the database would. Documents are read up
+front by probing the projections with the batch's new events; one a
+projection keys differently once recorded is asked for (``Unknown``) and read
+then. The database's unique constraints stay as the backstop: if they reject
+the batch, it is rolled back and retried one caller per transaction, so a bad
+request still fails alone. Rebuilds and imports run here too, under the same
+lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import asyncpg
+
+from sessionstream.core.errors import ValidationFailed
+from sessionstream.eventstore.batch import (
+    BatchPlan,
+    BatchPlanner,
+    StreamHead,
+    Unknown,
+    check_import,
+    check_request,
+    check_text,
+)
+from sessionstream.eventstore.groupcommit import Outcome, Pending
+from sessionstream.eventstore.model import Doc, RecordedEvent, row_to_doc, row_to_event, utc_now
+from sessionstream.eventstore.postgres import schema as sql
+from sessionstream.eventstore.projector import Projection, Refold
+from sessionstream.eventstore.snapshots import Ident, Series, SnapshotPolicy
+
+#: a rebuild folds the log this many events at a time, each document written once per page
+REBUILD_PAGE = 5000
+
+
+class Rejected(Exception):
+    """The database refused a batch's writes (a constraint the plan did not foresee)."""
+
+
+def storable(text: str) -> bool:
+    """Whether PostgreSQL can take this text as a query parameter at all."""
+    try:
+        check_text(text)
+    except ValidationFailed:
+        return False
+    return True
+
+
+@dataclass(slots=True)
+class Facts:
+    """What the database holds for one batch, read under the head lock."""
+
+    head: int = 0
+    events: dict[str, RecordedEvent] = field(default_factory=dict)
+    streams: dict[str, StreamHead] = field(default_factory=dict)
+    docs: dict[Ident, Doc] = field(default_factory=dict)
+    snapshots: dict[Series, int] = field(default_factory=dict)
+    asked_docs: set[Ident] = field(default_factory=set)
+    asked_snapshots: set[Series] = field(default_factory=set)
+
+    def doc(self, kind: str, key: str) -> Doc | None:
+        if (kind, key) not in self.asked_docs:
+            raise Unknown("doc", (kind, key))
+        return self.docs.get((kind, key))
+
+    def last_snapshot(self, stream_id: str, kind: str) -> int:
+        if (stream_id, kind) not in self.asked_snapshots:
+            raise Unknown("snapshot", (stream_id, kind))
+        return self.snapshots.get((stream_id, kind), 0)
+
+    async def read(
+        self,
+        conn: asyncpg.Connection,
+        ids: Iterable[str] = (),
+        streams: Iterable[str] = (),
+        docs: Iterable[Ident] = (),
+        series: Iterable[Series] = (),
+    ) -> None:
+        """Read these rows in one round trip (and the head)."""
+        docs, series = set(docs), set(series)
+        # text PostgreSQL cannot take cannot be stored either: asked, and absent
+        keys = sorted(d for d in docs if storable(d[1]))
+        marks = sorted(m for m in series if storable(m[0]))
+        row = await conn.fetchrow(
+            sql.READ_BATCH_STATE,
+            list(ids),
+            list(streams),
+            [k[0] for k in keys],
+            [k[1] for k in keys],
+            [m[0] for m in marks],
+            [m[1] for m in marks],
+        )
+        assert row is not None
+        self.head = int(row["head"])
+        for event_row in row["events"] or ():
+            event = row_to_event(event_row)
+            self.events[event.event_id] = event
+        for stream_row in row["streams"] or ():
+            self.streams[stream_row[0]] = StreamHead(stream_row[1], stream_row[2])
+        for doc_row in row["docs"] or ():
+            doc = row_to_doc(doc_row)
+            self.docs[(doc.kind, doc.key)] = doc
+        for snap_row in row["snapshots"] or ():
+            self.snapshots[(snap_row[0], snap_row[1])] = snap_row[2]
+        self.asked_docs.update(docs)
+        self.asked_snapshots.update(series)
+
+    async def answer(self, conn: asyncpg.Connection, unknown: Unknown) -> None:
+        if unknown.what == "doc":
+            await self.read(conn, docs=[unknown.ident])
+        elif unknown.what == "snapshot":
+            await self.read(conn, series=[unknown.ident])
+        else:  # the planner asks about event ids only when it plans optimistic
+            raise AssertionError(f"unexpected question {unknown.what}")
+
+
+class PostgresWriter:
+    """The writer connection and what runs on it, one batch at a time."""
+
+    def __init__(
+        self,
+        projections: Sequence[Projection],
+        snapshot_every: int,
+        connect: Callable[[], Awaitable[asyncpg.Connection]],
+    ) -> None:
+        self.projections = tuple(projections)
+        self.snapshot_every = snapshot_every
+        self.policy = SnapshotPolicy(projections, snapshot_every)
+        #: the ``NOTIFY`` channel of the store's schema
+        self.channel = ""
+        #: the writer connection, reopened when lost
+        self.conn: asyncpg.Connection | None = None
+        self._connect = connect
+
+    async def connection(self) -> asyncpg.Connection:
+        if self.conn is None or self.conn.is_closed():
+            self.conn = None
+            self.conn = await self._connect()
+        return self.conn
+
+    async def close(self) -> None:
+        if self.conn is not None:
+            conn, self.conn = self.conn, None
+            await asyncio.wait_for(conn.close(), 5)
+
+    async def write_batch(
+        self, batch: list[Pending]
+    ) -> tuple[list[Outcome], list[list[RecordedEvent]]]:
+        """Outcomes in batch order and the committed events as contiguous runs."""
+        try:
+            plan = await self._write_once(batch)
+            return plan.outcomes, [plan.records] if plan.records else []
+        except Rejected as exc:
+            if len(batch) == 1:
+                return [ValidationFailed(f"append rejected by the store: {exc}")], []
+        # one caller per transaction, so the one the database refuses fails alone
+        outcomes: list[Outcome] = []
+        runs: list[list[RecordedEvent]] = []
+        for pending in batch:
+            try:
+                plan = await self._write_once([pending])
+            except Rejected as exc:
+                outcomes.append(ValidationFailed(f"append rejected by the store: {exc}"))
+                continue
+            outcomes.extend(plan.outcomes)
+            if plan.records:
+                runs.append(plan.records)
+        return outcomes, runs
+
+    async def _write_once(self, batch: Sequence[Pending]) -> BatchPlan:
+        conn = await self.connection()
+        try:
+            await conn.execute(sql.LOCK_HEAD)
+            plan = await self._plan(conn, batch)
+            if plan.records:
+                args = sql.write_batch_args(
+                    plan.records, plan.streams, plan.docs, plan.snapshots, plan.head, self.channel
+                )
+                try:
+                    await conn.execute(sql.WRITE_BATCH, *args)
+                except (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError) as exc:
+                    await conn.execute("ROLLBACK")
+                    raise Rejected(str(exc)) from exc
+            await conn.execute("COMMIT")
+        except BaseException:
+            if not conn.is_closed() and conn.is_in_transaction():
+                try:
+                    await asyncio.shield(conn.execute("ROLLBACK"))
+                except Exception:
+                    conn.terminate()
+            raise
+        return plan
+
+    async def _plan(self, conn: asyncpg.Connection, batch: Sequence[Pending]) -> BatchPlan:
+        at = utc_now()
+        ids: set[str] = set()
+        streams: set[str] = set()
+        probes: list[RecordedEvent] = []
+        for pending in batch:
+            for request in pending.requests:
+                try:
+                    check_request(request, [e.event_id for e in request.events])
+                except ValidationFailed:
+                    continue  # refused before any fact is needed; PostgreSQL may not take it
+                streams.add(request.stream_id)
+                for new in request.events:
+                    ids.add(new.event_id)
+                    probes.append(
+                        RecordedEvent(
+                            0, request.stream_id, 0, new.event_id, new.type, new.data,
+                            new.metadata, new.correlation_id, at, "",
+                        )
+                    )  # fmt: skip
+        facts = Facts()
+        await facts.read(conn, ids, streams, self._doc_keys(probes), self.policy.series(probes))
+        planner = BatchPlanner(
+            facts.head,
+            facts.streams,
+            facts.events,
+            at=at,
+            projections=self.projections,
+            load_doc=facts.doc,
+            snapshot_every=self.snapshot_every,
+            last_snapshot=facts.last_snapshot,
+        )
+        for pending in batch:
+            while True:
+                try:
+                    decision = planner.decide(pending.requests)
+                    break
+                except Unknown as unknown:  # a projection keyed an event unlike its probe
+                    await facts.answer(conn, unknown)
+            planner.accept(decision)
+        return planner.plan()
+
+    def _doc_keys(self, events: Iterable[RecordedEvent]) -> set[Ident]:
+        keys: set[Ident] = set()
+        for event in events:
+            for projection in self.projections:
+                key = projection.key(event)
+                if key is not None:
+                    keys.add((projection.kind, key))
+        return keys
+
+    # import and rebuild (the caller holds the head lock) ------------------------------------
+    async def import_events(self, conn: asyncpg.Connection, events: list[RecordedEvent]) -> None:
+        """``EventStore.import_events`` inside the caller's transaction."""
+        facts = Facts()
+        stream_ids = {e.stream_id for e in events if storable(e.stream_id)}
+        ids = {e.event_id for e in events if storable(e.event_id)}
+        await facts.read(conn, ids, stream_ids, self._doc_keys(events), self.policy.series(events))
+        after = check_import(events, facts.head, facts.streams, facts.events)
+        while True:
+            refold = Refold(
+                self.projections,
+                self.snapshot_every,
+                load=facts.doc,
+                last_snapshot=facts.last_snapshot,
+            )
+            try:
+                docs, snapshots = refold.page(events)
+                break
+            except Unknown as unknown:
+                await facts.answer(conn, unknown)
+        args = sql.write_batch_args(
+            events, after, docs, snapshots, events[-1].position, self.channel
+        )
+        try:
+            await conn.execute(sql.WRITE_BATCH, *args)
+        except (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError) as exc:
+            raise ValidationFailed(f"import rejected by the store: {exc}") from exc
+
+    async def refold(self, conn: asyncpg.Connection) -> int:
+        """Fold the whole log into emptied read-model tables; returns the events folded."""
+        refold = Refold(self.projections, self.snapshot_every)
+        count = after = 0
+        query = (
+            f"SELECT {sql.EVENT_COLUMNS} FROM events WHERE position > $1 ORDER BY position LIMIT $2"
+        )
+        while rows := await conn.fetch(query, after, REBUILD_PAGE):
+            docs, snapshots = refold.page(row_to_event(r) for r in rows)
+            await conn.execute(
+                sql.WRITE_DOCS, *sql.doc_arrays(docs), *sql.snapshot_arrays(snapshots)
+            )
+            count += len(rows)
+            after = rows[-1][0]
+        return count

@@ -1,0 +1,181 @@
+"""The SQLite store's reads: a few aiosqlite connections beside the writer's.
+
+WAL lets readers run while the writer writes; each query executes and fetches
+in one thread hop (see :meth:`SQLiteReader._fetchall`). Documents the writer
+just committed are served from the event loop's :class:`DocCache` without a
+hop at all.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from typing import Any
+
+import aiosqlite
+
+from sessionstream.core.errors import StorageUnavailable
+from sessionstream.eventstore.model import Doc, RecordedEvent, row_to_doc, row_to_event
+from sessionstream.eventstore.sqlite.cache import DocCache
+from sessionstream.eventstore.sqlite.schema import (
+    DOC_COLUMNS,
+    EVENT_COLUMNS,
+    translate_sqlite_error,
+)
+
+
+class SQLiteReader:
+    """The read half of the store contract, on read-only connections (event loop only)."""
+
+    def __init__(self, path: str, *, connections: int, cache_size: int) -> None:
+        self.path = path
+        self.connections = connections
+        #: documents recently written by this process (``DocCache``)
+        self.cache = DocCache(cache_size)
+        self._conns: list[aiosqlite.Connection] = []
+        self._next = 0
+
+    async def open(self) -> None:
+        for _ in range(self.connections):
+            conn = await aiosqlite.connect(self.path)
+            self._conns.append(conn)
+            await conn.execute("PRAGMA busy_timeout=5000")
+            await conn.execute("PRAGMA query_only=1")
+
+    async def close(self) -> None:
+        for conn in self._conns:
+            await conn.close()
+        self._conns.clear()
+
+    def _conn(self) -> aiosqlite.Connection:
+        if not self._conns:
+            raise StorageUnavailable("the event store is not open")
+        self._next = (self._next + 1) % len(self._conns)
+        return self._conns[self._next]
+
+    async def _fetchall(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        # Execute and fetch in one thread hop. A statement left open between two
+        # hops holds its read snapshot, and another query started on the same
+        # connection meanwhile shares that (older) snapshot: it could miss an
+        # append acknowledged just before it, breaking read-after-write.
+        try:
+            return list(await self._conn().execute_fetchall(sql, params))
+        except sqlite3.Error as exc:
+            raise translate_sqlite_error(exc) from exc
+
+    async def read_stream(
+        self,
+        stream_id: str,
+        after_version: int = 0,
+        *,
+        limit: int | None = None,
+        to_position: int | None = None,
+    ) -> list[RecordedEvent]:
+        sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = ? AND version > ?"
+        params: list[Any] = [stream_id, after_version]
+        if to_position is not None:
+            sql += " AND position <= ?"
+            params.append(to_position)
+        sql += " ORDER BY version"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        return [row_to_event(r) for r in await self._fetchall(sql, params)]
+
+    async def read_all(
+        self,
+        after_position: int = 0,
+        *,
+        limit: int = 1000,
+        keys: frozenset[str] | None = None,
+        to_position: int | None = None,
+    ) -> list[RecordedEvent]:
+        sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE position > ?"
+        params: list[Any] = [after_position]
+        if keys is not None:
+            if not keys:
+                return []
+            marks = ",".join("?" * len(keys))
+            sql += f" AND (stream_id IN ({marks}) OR correlation_id IN ({marks}))"
+            params.extend(keys)
+            params.extend(keys)
+        if to_position is not None:
+            sql += " AND position <= ?"
+            params.append(to_position)
+        sql += " ORDER BY position LIMIT ?"
+        params.append(limit)
+        return [row_to_event(r) for r in await self._fetchall(sql, params)]
+
+    async def head_position(self) -> int:
+        rows = await self._fetchall("SELECT COALESCE(MAX(position), 0) FROM events", ())
+        return int(rows[0][0])
+
+    async def stream_version(self, stream_id: str) -> int:
+        rows = await self._fetchall("SELECT version FROM streams WHERE stream_id = ?", (stream_id,))
+        return int(rows[0][0]) if rows else 0
+
+    async def position_of(self, stream_id: str, version: int) -> int | None:
+        rows = await self._fetchall(
+            "SELECT position FROM events WHERE stream_id = ? AND version = ?",
+            (stream_id, version),
+        )
+        return int(rows[0][0]) if rows else None
+
+    async def position_at(self, timestamp: str) -> int:
+        rows = await self._fetchall(
+            "SELECT COALESCE(MAX(position), 0) FROM events WHERE recorded_at <= ?", (timestamp,)
+        )
+        return int(rows[0][0])
+
+    async def get_doc(self, kind: str, key: str) -> Doc | None:
+        cached = self.cache.get((kind, key))
+        if cached is not None:
+            return cached
+        rows = await self._fetchall(
+            f"SELECT {DOC_COLUMNS} FROM docs WHERE kind = ? AND key = ?", (kind, key)
+        )
+        if not rows:
+            return None
+        doc = row_to_doc(rows[0])
+        self.cache.put(doc)
+        return doc
+
+    async def list_docs(
+        self,
+        kind: str,
+        *,
+        owner: str | None = None,
+        parent: str | None = None,
+        active: bool | None = None,
+        include_deleted: bool = False,
+    ) -> list[Doc]:
+        sql = f"SELECT {DOC_COLUMNS} FROM docs WHERE kind = ?"
+        params: list[Any] = [kind]
+        if owner is not None:
+            sql += " AND owner = ?"
+            params.append(owner)
+        if parent is not None:
+            sql += " AND parent = ?"
+            params.append(parent)
+        if active is not None:
+            sql += " AND active = ?"
+            params.append(int(active))
+        if not include_deleted:
+            sql += " AND deleted = 0"
+        sql += " ORDER BY created_at, key"
+        return [row_to_doc(r) for r in await self._fetchall(sql, params)]
+
+    async def latest_snapshot(
+        self, stream_id: str, kind: str, *, max_position: int | None = None
+    ) -> tuple[int, int, dict[str, Any]] | None:
+        sql = "SELECT version, position, state FROM snapshots WHERE stream_id = ? AND kind = ?"
+        params: list[Any] = [stream_id, kind]
+        if max_position is not None:
+            sql += " AND position <= ?"
+            params.append(max_position)
+        sql += " ORDER BY version DESC LIMIT 1"
+        rows = await self._fetchall(sql, params)
+        if not rows:
+            return None
+        return int(rows[0][0]), int(rows[0][1]), json.loads(rows[0][2])

@@ -1,0 +1,224 @@
+"""The SQLite event store: the writer thread and the readers, wired to the contract.
+
+Appends queue in :class:`GroupCommit`; one writer task takes whatever is
+queued and hands the whole batch to the writer thread in one hop
+(``writer.py``), then answers each caller and publishes what committed to the
+hub in position order. Reads go to ``reader.py``'s connections, never the
+writer's. ``synchronous=FULL`` makes an acknowledged append survive a power
+cut; group commit amortises the fsync over the batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sqlite3
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sessionstream.core.errors import SessionStreamError, StorageUnavailable
+from sessionstream.eventstore.base import EventStore
+from sessionstream.eventstore.model import AppendRequest, AppendResult, Doc, RecordedEvent
+from sessionstream.eventstore.projector import Projection
+from sessionstream.eventstore.sqlite.reader import SQLiteReader
+from sessionstream.eventstore.sqlite.schema import translate_sqlite_error
+from sessionstream.eventstore.sqlite.writer import SQLiteWriter
+
+log = logging.getLogger("sessionstream.eventstore")
+
+T = TypeVar("T")
+
+
+class SQLiteEventStore(EventStore):
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        projections: Sequence[Projection] = (),
+        *,
+        snapshot_every: int = 200,
+        max_batch: int = 2000,
+        max_pending: int = 10_000,
+        readers: int = 2,
+        cache_size: int = 10_000,
+        busy_retries: int = 3,
+        max_queue: int = 1024,
+        on_batch: Callable[[int, int], None] | None = None,
+    ) -> None:
+        super().__init__(
+            projections, max_queue=max_queue, max_batch=max_batch, max_pending=max_pending
+        )
+        self.path = str(path)
+        self.snapshot_every = snapshot_every
+        self.busy_retries = busy_retries
+        #: called after each batch with (callers answered, events appended)
+        self.on_batch = on_batch
+        self._writer = SQLiteWriter(
+            self.path,
+            self.projections,
+            snapshot_every=snapshot_every,
+            busy_retries=busy_retries,
+            cache_size=cache_size,
+        )
+        self._reader = SQLiteReader(self.path, connections=readers, cache_size=cache_size)
+        self._writer_task: asyncio.Task[None] | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._closing = False
+        self._open = False
+
+    @property
+    def _wconn(self) -> sqlite3.Connection | None:
+        """The writer's connection (fault-injection tests swap it)."""
+        return self._writer.conn
+
+    @_wconn.setter
+    def _wconn(self, conn: sqlite3.Connection | None) -> None:
+        self._writer.conn = conn
+
+    # lifecycle -----------------------------------------------------------
+    async def open(self) -> None:
+        if self._open:
+            return
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="sessionstream-writer")
+        await self._in_writer(self._writer.open)
+        await self._reader.open()
+        self.hub.published_position = await self.head_position()
+        self._writer_task = asyncio.create_task(self._writer_loop(), name="sqlite-writer")
+        self._open = True
+        stale = await self._in_writer(self._writer.stale_projections)
+        if stale:
+            if self.hub.published_position:  # a new, empty store has nothing to refold
+                log.info("projection versions changed (%s): rebuilding read models", stale)
+            await self.rebuild()  # on an empty store this just records the versions
+
+    async def close(self) -> None:
+        if not self._open:
+            return
+        self._open = False
+        self._closing = True
+        if self._writer_task is not None:
+            await self.commits.drained()  # every queued append gets its answer first
+            self._writer_task.cancel()
+            try:
+                await self._writer_task
+            except asyncio.CancelledError:
+                pass
+        await self._reader.close()
+        if self._executor is not None:
+            await self._in_writer(self._writer.close)
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    async def _in_writer(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn`` on the writer thread: the only thread that touches its connection."""
+        if self._executor is None:
+            raise StorageUnavailable("the event store is not open")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    # writes ---------------------------------------------------------------
+    async def transact(self, requests: Sequence[AppendRequest]) -> list[AppendResult]:
+        if not self._open or self._closing:
+            raise StorageUnavailable("the event store is not open")
+        return await self.commits.submit(requests)
+
+    async def _writer_loop(self) -> None:
+        commits = self.commits
+        while True:
+            batch = await commits.next_batch()
+            try:
+                plan = await self._in_writer(self._writer.write_batch, batch)
+            except BaseException as exc:  # never leave a caller waiting
+                commits.fail(
+                    batch,
+                    exc
+                    if isinstance(exc, SessionStreamError)
+                    else translate_sqlite_error(
+                        exc if isinstance(exc, sqlite3.Error) else sqlite3.Error(str(exc))
+                    ),
+                )
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                continue
+            self._reader.cache.put_all(plan.docs)
+            commits.answer(batch, plan.outcomes)
+            self.hub.publish(plan.records)  # the batch's new events, in position order
+            if self.on_batch is not None:
+                self.on_batch(len(batch), len(plan.records))
+
+    async def import_events(self, events: Sequence[RecordedEvent]) -> None:
+        if not self._open or self._closing:
+            raise StorageUnavailable("the event store is not open")
+        if not events:
+            return
+        await self.commits.drained()  # appends already queued land first
+        try:
+            await self._in_writer(self._writer.import_events, list(events))
+        finally:
+            self._reader.cache.clear()
+        self.hub.publish(events)
+
+    async def rebuild(self) -> int:
+        self._reader.cache.clear()
+        return await self._in_writer(self._writer.rebuild)
+
+    # reads (reader.py) ------------------------------------------------------
+    async def read_stream(
+        self,
+        stream_id: str,
+        after_version: int = 0,
+        *,
+        limit: int | None = None,
+        to_position: int | None = None,
+    ) -> list[RecordedEvent]:
+        return await self._reader.read_stream(
+            stream_id, after_version, limit=limit, to_position=to_position
+        )
+
+    async def read_all(
+        self,
+        after_position: int = 0,
+        *,
+        limit: int = 1000,
+        keys: frozenset[str] | None = None,
+        to_position: int | None = None,
+    ) -> list[RecordedEvent]:
+        return await self._reader.read_all(
+            after_position, limit=limit, keys=keys, to_position=to_position
+        )
+
+    async def head_position(self) -> int:
+        return await self._reader.head_position()
+
+    async def stream_version(self, stream_id: str) -> int:
+        return await self._reader.stream_version(stream_id)
+
+    async def position_of(self, stream_id: str, version: int) -> int | None:
+        return await self._reader.position_of(stream_id, version)
+
+    async def position_at(self, timestamp: str) -> int:
+        return await self._reader.position_at(timestamp)
+
+    async def get_doc(self, kind: str, key: str) -> Doc | None:
+        return await self._reader.get_doc(kind, key)
+
+    async def list_docs(
+        self,
+        kind: str,
+        *,
+        owner: str | None = None,
+        parent: str | None = None,
+        active: bool | None = None,
+        include_deleted: bool = False,
+    ) -> list[Doc]:
+        return await self._reader.list_docs(
+            kind, owner=owner, parent=parent, active=active, include_deleted=include_deleted
+        )
+
+    async def latest_snapshot(
+        self, stream_id: str, kind: str, *, max_position: int | None = None
+    ) -> tuple[int, int, dict[str, Any]] | None:
+        return await self._reader.latest_snapshot(stream_id, kind, max_position=max_position)

@@ -1,0 +1,52 @@
+"""What only the SQLite writer has: its sure path, when the database refuses a plan.
+
+The planner decides a batch without looking its event ids up (``optimistic``);
+when the database refuses the batch's write the writer redoes it with every id
+looked up and each caller's group in its own savepoint. The store contract
+(``tests/contract/``) covers a retry that takes that path; this covers a row
+no plan can foresee, as ``test_postgres_specific`` does for PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+from sessionstream import projections
+from sessionstream.core.errors import ValidationFailed
+from sessionstream.eventstore.model import NewEvent
+from sessionstream.eventstore.sqlite import SQLiteEventStore
+
+
+async def test_a_request_the_database_refuses_fails_alone(tmp_path: Path) -> None:
+    store = SQLiteEventStore(tmp_path / "s.db", projections.ALL)
+    await store.open()
+    try:
+        await store.append("s-0", [NewEvent("x", {})])
+        conn = sqlite3.connect(store.path)
+        try:  # a row the writer cannot foresee: the stream head does not know it
+            conn.execute(
+                "INSERT INTO events VALUES (1000, 'rogue', 1, 'rogue-1', 'x', '{}', '{}', "
+                "NULL, '2020-01-01T00:00:00.000Z', '')"
+            )
+            conn.commit()
+        finally:
+            conn.close()
+        retried = NewEvent("x", {"n": 0})
+        await store.append("s-3", [retried])
+        outcomes = await asyncio.gather(
+            store.append("s-1", [NewEvent("x", {})]),
+            store.append("rogue", [NewEvent("x", {})]),
+            store.append("s-2", [NewEvent("x", {})], expected_version=0),
+            store.append("s-3", [retried]),  # a retry: a no-op on the sure path too
+            return_exceptions=True,
+        )
+        assert isinstance(outcomes[1], ValidationFailed), outcomes[1]
+        ok = [o for o in outcomes if not isinstance(o, BaseException)]
+        assert len(ok) == 3 and ok[2].duplicate
+        assert sorted(e.position for o in ok[:2] for e in o.events) == [1002, 1003]
+        assert await store.stream_version("rogue") == 0
+        assert [e.stream_id for e in await store.read_all(1001)] == ["s-1", "s-2"]
+    finally:
+        await store.close()
