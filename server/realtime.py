@@ -36,8 +36,9 @@ from aiohttp import hdrs, web
 from sessionstream.core.errors import SessionStreamError
 from sessionstream.eventstore.base import EventStore
 from sessionstream.server import sse, websocket
-from sessionstream.server.access import Gate, credential, offered_protocols
+from sessionstream.server.access import Gate
 from sessionstream.server.admission import Admission
+from sessionstream.server.auth import channel_credential
 from sessionstream.server.cursor import AFTER, LAST_EVENT_ID, Cursor, channel_cursor
 from sessionstream.server.fanout import Fanout
 from sessionstream.server.frames import FrameCache
@@ -139,21 +140,13 @@ class Realtime:
 
     # the /api/realtime channels ------------------------------------------------------------
     @staticmethod
-    def _token(request: web.Request) -> str | None:
-        return credential(
-            request.headers.get(hdrs.AUTHORIZATION),
-            offered_protocols(request.headers),
-            request.query.get("token"),
-        )
-
-    @staticmethod
     def _cursor(request: web.Request, sse: bool) -> Cursor:
         last_event_id = request.headers.get(LAST_EVENT_ID) if sse else None
         return channel_cursor(request.query.get(AFTER), last_event_id)
 
     async def resolve_run(self, request: web.Request, sse: bool) -> Channel:
         run_id = run_param(request)
-        access = await self.gate.run(self._token(request), run_id, hint=TOKEN_HINT)
+        access = await self.gate.run(channel_credential(request), run_id, hint=TOKEN_HINT)
         cursor = self._cursor(request, sse)
         compact = request.query.get("compact") in ("1", "true")
         channel = await run_channel(
@@ -169,7 +162,7 @@ class Realtime:
 
     async def resolve_session(self, request: web.Request, sse: bool) -> Channel:
         session_id = uuid_param(request)
-        access = await self.gate.session(self._token(request), session_id, hint=TOKEN_HINT)
+        access = await self.gate.session(channel_credential(request), session_id, hint=TOKEN_HINT)
         cursor = self._cursor(request, sse)
         return await session_channel(
             self.store, access, cursor.value, cursor=cursor.name, resumed=cursor.resumed
