@@ -5,9 +5,11 @@ authorises a channel (``server/access.py``), its ``admission`` holds one count
 of open connections against the per-user and per-process limits
 (``server/admission.py``), its ``tails`` turn a cursor into a tail of the log
 and stop them all at shutdown (``server/tail.py``), and its ``frames`` encode
-each event once for every subscriber. The wires are thin encoders on it:
-websockets (``server/websocket.py``), server-sent events (``server/sse.py``)
-and the Trigger.dev feeds (``server/trigger.py``).
+each event once for every subscriber; the app's ``Revocations``
+(``server/revocation.py``) stop the channels whose API token has been
+revoked. The wires are thin encoders on it: websockets
+(``server/websocket.py``), server-sent events (``server/sse.py``) and the
+Trigger.dev feeds (``server/trigger.py``).
 
 ``GET /api/realtime/runs/{runId}``
     Every event of one run, resumable by the run's ``seq`` (``after=``), with
@@ -47,6 +49,7 @@ from sessionstream.server.keys import AUTH, AUTH_FAILURES, RUN_TOKENS, SETTINGS,
 from sessionstream.server.metrics import REGISTRY
 from sessionstream.server.ratelimit import RateLimiter
 from sessionstream.server.realtime_stats import RealtimeCollector, RealtimeStats
+from sessionstream.server.revocation import Revocations
 from sessionstream.server.tail import (
     Channel,
     Connection,
@@ -192,6 +195,7 @@ class Realtime:
 
 REALTIME = web.AppKey("realtime", Realtime)
 REALTIME_STATS = web.AppKey("realtime_stats", RealtimeStats)
+REVOCATIONS = web.AppKey("revocations", Revocations)
 
 
 async def _register_metrics(app: web.Application) -> None:
@@ -213,6 +217,9 @@ def install(app: web.Application) -> None:
     )
     app[REALTIME] = realtime
     app[REALTIME_STATS] = realtime.stats
+    revocations = Revocations(realtime.tails, app[AUTH], interval_s=settings.token_cache_s)
+    app[REVOCATIONS] = revocations
+    app.cleanup_ctx.append(revocations.ctx)
     app.router.add_get("/api/realtime/runs/{run_id}", realtime.run_channel, allow_head=False)
     app.router.add_get("/api/realtime/sessions/{id}", realtime.session_channel, allow_head=False)
     app.router.add_static("/static/", STATIC_DIR, append_version=False)
