@@ -90,6 +90,13 @@ class Settings(BaseSettings):
         description="The port the server listens on.",
         json_schema_extra={"flag": "--port"},
     )
+    keepalive_s: float = Field(
+        default=15.0,
+        gt=0,
+        description="How long a connection that sends no request is kept open: a new "
+        "one that never sends its first request, or one idle between requests. Without "
+        "it an unauthenticated idle connection held a slot 75 s.",
+    )
     max_body_bytes: int = Field(
         default=4 * 1024 * 1024,
         ge=1,

@@ -119,6 +119,14 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
         metrics.observe_request(request, status, started)
 
 
+#: what the ``Server`` header says: aiohttp's default names the Python and aiohttp versions
+SERVER = "sessionstream"
+
+
+async def _server_header(_request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["Server"] = SERVER
+
+
 async def healthz(request: web.Request) -> web.Response:
     store = request.app[STORE]
     head = await store.head_position()
@@ -164,6 +172,7 @@ def create_app(
     app[HISTORY] = History(app[STORE])
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_runs_ctx)
+    app.on_response_prepare.append(_server_header)
     app.router.add_get("/healthz", healthz)
     app.router.add_routes(api_routes)
     # feature modules register their own routes; each is one concept
