@@ -10,7 +10,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 
-from aiohttp import web
+from aiohttp import web, web_response
 
 from sessionstream import projections
 from sessionstream.core.settings import Settings
@@ -119,12 +119,12 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
         metrics.observe_request(request, status, started)
 
 
-#: what the ``Server`` header says: aiohttp's default names the Python and aiohttp versions
+#: what the ``Server`` header says. aiohttp's default names the Python and aiohttp
+#: versions, which tells a prober which advisories apply. The default is aiohttp's
+#: module constant rather than a response hook because aiohttp answers a malformed
+#: request (400) itself, before any application hook could see the response.
 SERVER = "sessionstream"
-
-
-async def _server_header(_request: web.Request, response: web.StreamResponse) -> None:
-    response.headers["Server"] = SERVER
+setattr(web_response, "SERVER_SOFTWARE", SERVER)  # noqa: B010 - not exported, so not typed
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -172,7 +172,6 @@ def create_app(
     app[HISTORY] = History(app[STORE])
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_runs_ctx)
-    app.on_response_prepare.append(_server_header)
     app.router.add_get("/healthz", healthz)
     app.router.add_routes(api_routes)
     # feature modules register their own routes; each is one concept

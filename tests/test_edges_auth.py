@@ -292,8 +292,9 @@ async def test_the_server_header_names_no_versions(make_api: Any) -> None:
         assert "Python" not in server and "aiohttp" not in server, (path, server)
 
 
-def test_an_idle_connection_is_closed_after_the_keepalive(tmp_path: Path) -> None:
-    """A connection that never sends a request is closed after ``keepalive_s`` (it was 75 s)."""
+def test_an_idle_connection_is_closed_and_no_answer_names_versions(tmp_path: Path) -> None:
+    """A connection that never sends a request is closed after ``keepalive_s`` (it was 75 s);
+    the 400 aiohttp writes itself for a malformed request names no versions either."""
     store = ["--db", str(tmp_path / "idle.db")]
     env = serverproc.base_env(SESSIONSTREAM_KEEPALIVE_S="1")
     server = serverproc.ServerProcess(store, env=env, log_path=tmp_path / "server.log").start()
@@ -303,5 +304,11 @@ def test_an_idle_connection_is_closed_after_the_keepalive(tmp_path: Path) -> Non
             opened = time.monotonic()
             assert idle.recv(1) == b""  # closed by the server, not by our timeout
             assert time.monotonic() - opened < 5
+        for raw in (b"GARBAGE\r\n\r\n", b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n"):
+            with socket.create_connection((host, int(port)), timeout=10) as conn:
+                conn.sendall(raw)
+                head = conn.recv(4096).split(b"\r\n\r\n")[0].decode()
+            assert head.startswith("HTTP/1.0 400"), head
+            assert "Server: sessionstream" in head and "aiohttp" not in head, head
     finally:
         server.stop()

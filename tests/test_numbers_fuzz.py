@@ -136,11 +136,11 @@ anything = st.text(alphabet=st.characters(exclude_categories=["Cc", "Cs"]), min_
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Live, str, str]]:
-    env = {
-        "SESSIONSTREAM_OFFLINE_PACE_MS": "0",
-        "SESSIONSTREAM_TRIGGER_POLL_S": "0.05",
-    }
-    with live_server(tmp_path_factory.mktemp("numbers"), **env) as server:
+    with live_server(
+        tmp_path_factory.mktemp("numbers"),
+        SESSIONSTREAM_OFFLINE_PACE_MS="0",
+        SESSIONSTREAM_TRIGGER_POLL_S="0.05",  # a long-poll at the head answers at once
+    ) as server:
         sid = server.seeded_a.session_id
         status, started, _ = server.call(
             server.token_a, "POST", f"{SESSIONS}/{sid}/turn", {"message": "hello"}
