@@ -133,7 +133,9 @@ class Settings(BaseSettings):
         default=5.0,
         ge=0,
         description="How long a resolved API token is trusted without a lookup, so a "
-        "revoked token keeps working at most this long; 0 looks every request up.",
+        "revoked token keeps working at most this long; 0 looks every request up. Open "
+        "realtime channels are checked this often (at least every 1 s): those opened with "
+        "a revoked token, or with a run token it minted, close with 4401.",
     )
     run_token_ttl_s: int = Field(
         default=15 * 60,
