@@ -90,6 +90,13 @@ class Settings(BaseSettings):
         description="The port the server listens on.",
         json_schema_extra={"flag": "--port"},
     )
+    keepalive_s: float = Field(
+        default=15.0,
+        gt=0,
+        description="How long a connection that sends no request is kept open: a new "
+        "one that never sends its first request, or one idle between requests. Without "
+        "it an unauthenticated idle connection held a slot 75 s.",
+    )
     max_body_bytes: int = Field(
         default=4 * 1024 * 1024,
         ge=1,
@@ -126,7 +133,9 @@ class Settings(BaseSettings):
         default=5.0,
         ge=0,
         description="How long a resolved API token is trusted without a lookup, so a "
-        "revoked token keeps working at most this long; 0 looks every request up.",
+        "revoked token keeps working at most this long; 0 looks every request up. Open "
+        "realtime channels are checked this often (at least every 1 s): those opened with "
+        "a revoked token, or with a run token it minted, close with 4401.",
     )
     run_token_ttl_s: int = Field(
         default=15 * 60,

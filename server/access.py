@@ -8,61 +8,34 @@ is read-only for one run, never for the session around it. Ownership is
 one that does not exist.
 
 The websocket channels, their SSE twins and the Trigger.dev feeds all
-authorise here; they differ only in where the token travels (``credential``).
+authorise here; they differ only in where the token travels
+(``server.auth.credential``). A run token is refused (401) once the API
+token it was minted with is revoked, here at open and by
+``server/revocation.py`` while the channel is open.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-
-import jwt
-from aiohttp import hdrs
 
 from sessionstream.core.errors import Unauthorized
 from sessionstream.eventstore.base import EventStore
 from sessionstream.eventstore.model import Doc
-from sessionstream.server.auth import bearer_token
 from sessionstream.services.accounts import TOKEN_PREFIX, Authenticator, RunTokens
 from sessionstream.services.ownership import owned
-
-#: a websocket subprotocol that carries a token: ``bearer.<token>``
-BEARER_PREFIX = "bearer."
 
 
 @dataclass(frozen=True, slots=True)
 class Access:
-    """An authorised caller and the resource it may read."""
+    """An authorised caller, the resource it may read, and what its right hangs on."""
 
     doc: Doc
     user_id: str
+    #: the API token the channel's right comes from (``accounts.token_ref``), directly
+    #: or through the run token it minted; revoking it ends the channel
+    token_ref: str
     #: epoch seconds at which the run token ends the channel; None for an API token
     expires_at: float | None = None
-
-
-def offered_protocols(headers: Mapping[str, str]) -> list[str]:
-    raw = headers.get(hdrs.SEC_WEBSOCKET_PROTOCOL, "")
-    return [p.strip() for p in raw.split(",") if p.strip()]
-
-
-def credential(
-    authorization: str | None, protocols: Sequence[str], query_token: str | None
-) -> str | None:
-    """The token a client sent: ``Authorization: Bearer``, a subprotocol, or ``?token=``.
-
-    A subprotocol entry is ``bearer.<token>``; a bare token is accepted too,
-    since some clients offer the token itself as the protocol. Browsers cannot
-    set headers on a websocket, hence the other two places.
-    """
-    token = bearer_token(authorization)
-    if token:
-        return token
-    for proto in protocols:
-        if proto.startswith(BEARER_PREFIX) and len(proto) > len(BEARER_PREFIX):
-            return proto[len(BEARER_PREFIX) :]
-        if proto.startswith(TOKEN_PREFIX) or RunTokens.looks_like_jwt(proto):
-            return proto
-    return query_token or None
 
 
 class Gate:
@@ -77,16 +50,14 @@ class Gate:
         """The run ``run_id`` for the holder of ``token``; ``hint`` says how to send one."""
         if not token:
             raise Unauthorized(hint)
-        expires_at: float | None = None
         if token.startswith(TOKEN_PREFIX):
-            user_id = (await self.auth.principal(token)).user_id
-        else:
-            user_id = self.tokens.verify(token, run_id)
-            # verified just above; read again only for the expiry it carries
-            claims = jwt.decode(token, options={"verify_signature": False})
-            expires_at = float(claims["exp"])
-        doc = await owned(self.store, "run", run_id, user_id)
-        return Access(doc, user_id, expires_at)
+            principal = await self.auth.principal(token)
+            doc = await owned(self.store, "run", run_id, principal.user_id)
+            return Access(doc, principal.user_id, principal.token_ref)
+        claims = self.tokens.verify(token, run_id)
+        doc = await owned(self.store, "run", run_id, claims.user_id)
+        await self.auth.require_active(claims.user_id, claims.token_ref)
+        return Access(doc, claims.user_id, claims.token_ref, claims.expires_at)
 
     async def session(self, token: str | None, session_id: str, *, hint: str) -> Access:
         """The session ``session_id`` for the holder of the owner's API token."""
@@ -94,6 +65,6 @@ class Gate:
             raise Unauthorized(hint)
         if not token.startswith(TOKEN_PREFIX):
             raise Unauthorized("the session channel takes the owner's API token (sst_...)")
-        user_id = (await self.auth.principal(token)).user_id
-        doc = await owned(self.store, "session", session_id, user_id)
-        return Access(doc, user_id)
+        principal = await self.auth.principal(token)
+        doc = await owned(self.store, "session", session_id, principal.user_id)
+        return Access(doc, principal.user_id, principal.token_ref)

@@ -10,7 +10,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 
-from aiohttp import web
+from aiohttp import web, web_response
 
 from sessionstream import projections
 from sessionstream.core.settings import Settings
@@ -117,6 +117,14 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
         raise
     finally:
         metrics.observe_request(request, status, started)
+
+
+#: what the ``Server`` header says. aiohttp's default names the Python and aiohttp
+#: versions, which tells a prober which advisories apply. The default is aiohttp's
+#: module constant rather than a response hook because aiohttp answers a malformed
+#: request (400) itself, before any application hook could see the response.
+SERVER = "sessionstream"
+setattr(web_response, "SERVER_SOFTWARE", SERVER)  # noqa: B010 - not exported, so not typed
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -1,24 +1,36 @@
-"""Authentication at the HTTP edge: the bearer header and the middleware that checks it.
+"""Authentication at the HTTP edge: where a credential travels, and the middleware.
 
 Who a token belongs to is decided by ``services/accounts.py``; this module
 only reads the credential off a request, rates the attempt and stores the
 principal on the request for the handlers.
+
+The request limiter keys on the credential as the request will be
+authenticated with it (``limiter_key``): the token a channel resolves, or
+the client's address when there is none. It used to key on the raw
+``Authorization`` text on the realtime routes, so ``Bearer`` followed by a
+different number of spaces each time, or a junk ``Authorization`` header
+beside ``?token=``, got a fresh bucket for every request.
 """
 
 from __future__ import annotations
 
-from aiohttp import web
+from collections.abc import Mapping, Sequence
+
+from aiohttp import hdrs, web
 
 from sessionstream.core.errors import Unauthorized
 from sessionstream.server.errors import Handler
 from sessionstream.server.keys import AUTH, AUTH_FAILURES, LIMITER, PRINCIPAL
-from sessionstream.services.accounts import hash_token
+from sessionstream.services.accounts import TOKEN_PREFIX, RunTokens, hash_token
 
 #: paths that authenticate themselves (run tokens, websockets) or need no auth
 PUBLIC_PREFIXES = ("/api/realtime/", "/realtime/", "/static/", "/metrics", "/healthz")
 PUBLIC_PATHS = frozenset({"/", "/api/openapi.json", "/healthz", "/readyz"})
 #: channels that check their own tokens; their requests still count against the token's rate
 REALTIME_PREFIXES = ("/api/realtime/", "/realtime/")
+TRIGGER_PREFIX = "/realtime/"
+#: a websocket subprotocol that carries a token: ``bearer.<token>``
+BEARER_PREFIX = "bearer."
 
 
 def bearer_token(header: str | None) -> str:
@@ -38,15 +50,50 @@ def required_bearer(header: str | None) -> str:
     return token
 
 
-def _channel_credential(request: web.Request) -> str:
-    """What a realtime request authenticates with (only ever hashed, for the limiter)."""
-    return (
-        request.headers.get("Authorization")
-        or request.query.get("token")
-        or request.headers.get("Sec-WebSocket-Protocol")
-        or request.remote
-        or "anonymous"
+def offered_protocols(headers: Mapping[str, str]) -> list[str]:
+    raw = headers.get(hdrs.SEC_WEBSOCKET_PROTOCOL, "")
+    return [p.strip() for p in raw.split(",") if p.strip()]
+
+
+def credential(
+    authorization: str | None, protocols: Sequence[str], query_token: str | None
+) -> str | None:
+    """The token a client sent: ``Authorization: Bearer``, a subprotocol, or ``?token=``.
+
+    A subprotocol entry is ``bearer.<token>``; a bare token is accepted too,
+    since some clients offer the token itself as the protocol. Browsers cannot
+    set headers on a websocket, hence the other two places.
+    """
+    token = bearer_token(authorization)
+    if token:
+        return token
+    for proto in protocols:
+        if proto.startswith(BEARER_PREFIX) and len(proto) > len(BEARER_PREFIX):
+            return proto[len(BEARER_PREFIX) :]
+        if proto.startswith(TOKEN_PREFIX) or RunTokens.looks_like_jwt(proto):
+            return proto
+    return query_token or None
+
+
+def channel_credential(request: web.Request) -> str | None:
+    """The token a realtime request authenticates with, wherever it travels.
+
+    The Trigger.dev feeds (``/realtime/v1/``) take the ``Authorization``
+    header only, as the SDK sends it; the ``/api/realtime/`` channels take
+    any of the three places ``credential`` reads.
+    """
+    if request.path.startswith(TRIGGER_PREFIX):
+        return bearer_token(request.headers.get(hdrs.AUTHORIZATION)) or None
+    return credential(
+        request.headers.get(hdrs.AUTHORIZATION),
+        offered_protocols(request.headers),
+        request.query.get("token"),
     )
+
+
+def limiter_key(token: str | None, address: str) -> str:
+    """The request limiter's bucket: the token's hash, or the address of a client with none."""
+    return hash_token(token) if token else f"address:{address}"
 
 
 @web.middleware
@@ -71,17 +118,16 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if path.startswith(REALTIME_PREFIXES):
         # channels check their own tokens; a reconnect storm is rated like any request
         failures.refuse_if_empty(address)
-        app[LIMITER].check(hash_token(_channel_credential(request)))
+        app[LIMITER].check(limiter_key(channel_credential(request), address))
         try:
             return await handler(request)
         except Unauthorized:
             failures.check(address)
             raise
-    header = request.headers.get("Authorization")
     try:
-        token = required_bearer(header)
+        token = required_bearer(request.headers.get(hdrs.AUTHORIZATION))
     except Unauthorized:
-        app[LIMITER].check(hash_token(header or address))
+        app[LIMITER].check(limiter_key(None, address))
         failures.check(address)
         raise
     digest = hash_token(token)

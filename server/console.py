@@ -28,8 +28,9 @@ from pathlib import Path
 from aiohttp import web
 
 INDEX = Path(__file__).resolve().parent / "static" / "index.html"
+STATIC_PREFIX = "/static/"
 #: the browser realtime client, importable from any origin
-BROWSER_MODULE = "/static/sessionstream.js"
+BROWSER_MODULE = STATIC_PREFIX + "sessionstream.js"
 
 #: same-origin scripts, styles, images and sockets only; no framing, no plugins
 CSP = "; ".join(
@@ -60,13 +61,20 @@ async def console_page(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(INDEX, headers=HEADERS)
 
 
-async def _module_cors(request: web.Request, response: web.StreamResponse) -> None:
-    """Let pages of any origin import the browser module (its 304s included)."""
+#: what every file under ``/static/`` gets: the page's own headers but its cache rule,
+#: so ``/static/index.html`` is no easier to frame than ``/`` (it used to be)
+STATIC_HEADERS = {k: v for k, v in HEADERS.items() if k != "Cache-Control"}
+
+
+async def _static_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """Page headers on every static file; pages of any origin may import the browser module."""
+    if not request.path.startswith(STATIC_PREFIX):
+        return
+    response.headers.update(STATIC_HEADERS)
     if request.path == BROWSER_MODULE:
         response.headers["Access-Control-Allow-Origin"] = "*"
-        response.headers["X-Content-Type-Options"] = "nosniff"
 
 
 def install(app: web.Application) -> None:
     app.router.add_get("/", console_page)
-    app.on_response_prepare.append(_module_cors)
+    app.on_response_prepare.append(_static_headers)

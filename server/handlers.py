@@ -26,6 +26,7 @@ from sessionstream.core.readmodels import (
 from sessionstream.core.settings import Settings
 from sessionstream.server.errors import parse
 from sessionstream.server.keys import CAMPAIGNS, HISTORY, PRINCIPAL, REQUEST_ID, SESSIONS, SETTINGS
+from sessionstream.server.numbers import is_natural, natural
 from sessionstream.server.schemas import (
     UUID_PATTERN,
     CampaignJson,
@@ -43,8 +44,6 @@ from sessionstream.services.sessions import StartedRun
 routes = web.RouteTableDef()
 _UUID = re.compile(UUID_PATTERN)
 _RUN_ID = re.compile(r"^run_[0-9a-f]{32}$")
-#: a log position in a signed 64-bit column
-_POSITION = re.compile(r"^[0-9]{1,18}$")
 SESSIONS_PATH = "/api/campaigns/ai-chat-sessions"
 
 
@@ -63,14 +62,14 @@ def idempotency_key(request: web.Request) -> str | None:
 
 def uuid_param(request: web.Request, name: str = "id") -> str:
     value = request.match_info[name]
-    if not _UUID.match(value):
+    if not _UUID.fullmatch(value):
         raise ValidationFailed(f"{name} must be a UUID, got '{value[:64]}'")
     return value.lower()
 
 
 def run_param(request: web.Request) -> str:
     value = request.match_info["run_id"]
-    if not _RUN_ID.match(value):
+    if not _RUN_ID.fullmatch(value):
         raise NotFound(f"run {value[:64]} not found")
     return value
 
@@ -79,25 +78,31 @@ def campaign_query(request: web.Request) -> str:
     campaign_id = request.query.get("campaign_id")
     if not campaign_id:
         raise ValidationFailed("campaign_id is required")
-    if not _UUID.match(campaign_id):
+    if not _UUID.fullmatch(campaign_id):
         raise ValidationFailed("campaign_id must be a UUID")
     return campaign_id.lower()
 
 
 def if_match(request: web.Request) -> int | None:
+    """The session version ``If-Match`` names; 412 for a tag that is not one of ours.
+
+    A tag that is not a version (``"v7"``, ``"²"``, 19 digits) can never
+    match, so it fails the precondition (RFC 9110, section 13.1.1) rather
+    than being a malformed request.
+    """
     raw = request.headers.get("If-Match")
-    if raw is None or raw.strip() == "*":
+    if raw is None or raw.strip(" \t") == "*":
         return None
-    value = raw.strip().removeprefix("W/").strip('"')
-    if not value.isdigit():
-        raise PreconditionFailed(f"If-Match must be a session version (an ETag), got {raw!r}")
+    value = raw.strip(" \t").removeprefix("W/").strip('"')
+    if not is_natural(value):
+        raise PreconditionFailed(f"If-Match must be a session version (an ETag), got {raw[:40]!r}")
     return int(value)
 
 
 def as_of_param(raw: str) -> int | datetime:
     """``as_of`` is a global log position or an RFC 3339 time with a zone."""
-    if _POSITION.match(raw):
-        return int(raw)
+    if raw.strip(" \t").isascii() and raw.strip(" \t").isdigit():
+        return natural(raw, "as_of")
     try:
         moment = datetime.fromisoformat(raw.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError as exc:
@@ -239,6 +244,7 @@ async def turn(request: web.Request) -> web.Response:
         user_id(request),
         session_id,
         turn_ask(body, request.app[SETTINGS]),
+        token_ref=request[PRINCIPAL].token_ref,
         request_id=request_id(request),
         idempotency_key=idempotency_key(request),
     )
@@ -253,6 +259,7 @@ async def generate_examples(request: web.Request) -> web.Response:
         user_id(request),
         session_id,
         examples_ask(body, request.app[SETTINGS]),
+        token_ref=request[PRINCIPAL].token_ref,
         request_id=request_id(request),
         idempotency_key=idempotency_key(request),
     )

@@ -10,11 +10,8 @@
 
 from __future__ import annotations
 
-import re
-
 from aiohttp import web
 
-from sessionstream.core.errors import ValidationFailed
 from sessionstream.eventstore.model import RecordedEvent
 from sessionstream.server.errors import parse
 from sessionstream.server.handlers import (
@@ -26,11 +23,11 @@ from sessionstream.server.handlers import (
     uuid_param,
 )
 from sessionstream.server.keys import HISTORY
+from sessionstream.server.numbers import MAX_VALUE, optional_natural
 from sessionstream.server.schemas import DraftRollback, EventJson, SkeletonRollback
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
-_COUNT = re.compile(r"^[0-9]{1,18}$")
 
 
 def event_json(event: RecordedEvent) -> EventJson:
@@ -50,17 +47,13 @@ def event_json(event: RecordedEvent) -> EventJson:
 
 
 def query_int(request: web.Request, name: str, default: int, low: int, high: int) -> int:
-    raw = request.query.get(name)
-    if raw is None or raw == "":
-        return default
-    if not _COUNT.match(raw) or not low <= int(raw) <= high:
-        raise ValidationFailed(f"{name} must be an integer from {low} to {high}, got {raw[:40]!r}")
-    return int(raw)
+    value = optional_natural(request.query.get(name), name, low=low, high=high)
+    return default if value is None else value
 
 
 async def session_events(request: web.Request) -> web.Response:
     session_id = uuid_param(request)
-    after = query_int(request, "after", 0, 0, 10**18 - 1)
+    after = query_int(request, "after", 0, 0, MAX_VALUE)
     limit = query_int(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
     page = await request.app[HISTORY].events(user_id(request), session_id, after, limit)
     return web.json_response({"events": [event_json(e) for e in page.events], "next": page.next})

@@ -5,9 +5,11 @@ authorises a channel (``server/access.py``), its ``admission`` holds one count
 of open connections against the per-user and per-process limits
 (``server/admission.py``), its ``tails`` turn a cursor into a tail of the log
 and stop them all at shutdown (``server/tail.py``), and its ``frames`` encode
-each event once for every subscriber. The wires are thin encoders on it:
-websockets (``server/websocket.py``), server-sent events (``server/sse.py``)
-and the Trigger.dev feeds (``server/trigger.py``).
+each event once for every subscriber; the app's ``Revocations``
+(``server/revocation.py``) stop the channels whose API token has been
+revoked. The wires are thin encoders on it: websockets
+(``server/websocket.py``), server-sent events (``server/sse.py``) and the
+Trigger.dev feeds (``server/trigger.py``).
 
 ``GET /api/realtime/runs/{runId}``
     Every event of one run, resumable by the run's ``seq`` (``after=``), with
@@ -36,8 +38,9 @@ from aiohttp import hdrs, web
 from sessionstream.core.errors import SessionStreamError
 from sessionstream.eventstore.base import EventStore
 from sessionstream.server import sse, websocket
-from sessionstream.server.access import Gate, credential, offered_protocols
+from sessionstream.server.access import Gate
 from sessionstream.server.admission import Admission
+from sessionstream.server.auth import channel_credential
 from sessionstream.server.cursor import AFTER, LAST_EVENT_ID, Cursor, channel_cursor
 from sessionstream.server.fanout import Fanout
 from sessionstream.server.frames import FrameCache
@@ -46,6 +49,7 @@ from sessionstream.server.keys import AUTH, AUTH_FAILURES, RUN_TOKENS, SETTINGS,
 from sessionstream.server.metrics import REGISTRY
 from sessionstream.server.ratelimit import RateLimiter
 from sessionstream.server.realtime_stats import RealtimeCollector, RealtimeStats
+from sessionstream.server.revocation import Revocations
 from sessionstream.server.tail import (
     Channel,
     Connection,
@@ -139,21 +143,13 @@ class Realtime:
 
     # the /api/realtime channels ------------------------------------------------------------
     @staticmethod
-    def _token(request: web.Request) -> str | None:
-        return credential(
-            request.headers.get(hdrs.AUTHORIZATION),
-            offered_protocols(request.headers),
-            request.query.get("token"),
-        )
-
-    @staticmethod
     def _cursor(request: web.Request, sse: bool) -> Cursor:
         last_event_id = request.headers.get(LAST_EVENT_ID) if sse else None
         return channel_cursor(request.query.get(AFTER), last_event_id)
 
     async def resolve_run(self, request: web.Request, sse: bool) -> Channel:
         run_id = run_param(request)
-        access = await self.gate.run(self._token(request), run_id, hint=TOKEN_HINT)
+        access = await self.gate.run(channel_credential(request), run_id, hint=TOKEN_HINT)
         cursor = self._cursor(request, sse)
         compact = request.query.get("compact") in ("1", "true")
         channel = await run_channel(
@@ -169,7 +165,7 @@ class Realtime:
 
     async def resolve_session(self, request: web.Request, sse: bool) -> Channel:
         session_id = uuid_param(request)
-        access = await self.gate.session(self._token(request), session_id, hint=TOKEN_HINT)
+        access = await self.gate.session(channel_credential(request), session_id, hint=TOKEN_HINT)
         cursor = self._cursor(request, sse)
         return await session_channel(
             self.store, access, cursor.value, cursor=cursor.name, resumed=cursor.resumed
@@ -199,6 +195,7 @@ class Realtime:
 
 REALTIME = web.AppKey("realtime", Realtime)
 REALTIME_STATS = web.AppKey("realtime_stats", RealtimeStats)
+REVOCATIONS = web.AppKey("revocations", Revocations)
 
 
 async def _register_metrics(app: web.Application) -> None:
@@ -220,6 +217,9 @@ def install(app: web.Application) -> None:
     )
     app[REALTIME] = realtime
     app[REALTIME_STATS] = realtime.stats
+    revocations = Revocations(realtime.tails, app[AUTH], interval_s=settings.token_cache_s)
+    app[REVOCATIONS] = revocations
+    app.cleanup_ctx.append(revocations.ctx)
     app.router.add_get("/api/realtime/runs/{run_id}", realtime.run_channel, allow_head=False)
     app.router.add_get("/api/realtime/sessions/{id}", realtime.session_channel, allow_head=False)
     app.router.add_static("/static/", STATIC_DIR, append_version=False)

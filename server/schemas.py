@@ -18,6 +18,9 @@ UUID_PATTERN = (
 )
 Uuid = Annotated[str, Field(pattern=UUID_PATTERN)]
 SafeInt = Annotated[StrictInt, Field(ge=-9007199254740991, le=9007199254740991)]
+#: the template variables a model may use; a turn and generate-examples bound them alike
+#: (generate-examples once took 100,000 names, or one of 3,000,000 characters)
+VarNames = Annotated[list[Annotated[StrictStr, Field(max_length=100)]], Field(max_length=200)]
 
 
 class Lead(BaseModel):
@@ -67,9 +70,7 @@ class PatchSession(BaseModel):
 
 class TurnRequest(BaseModel):
     message: Annotated[StrictStr, Field(min_length=1)]
-    availableVarNames: list[Annotated[StrictStr, Field(max_length=100)]] | None = Field(
-        default=None, max_length=200
-    )
+    availableVarNames: VarNames | None = None
     sampleLeads: list[Lead] | None = Field(default=None, max_length=100)
     sequenceContext: SequenceContext | None = None
 
@@ -78,7 +79,7 @@ class GenerateExamplesRequest(BaseModel):
     leads: Annotated[list[Lead], Field(min_length=1)]
     sequenceContext: SequenceContext | None = None
     isFirstBatch: StrictBool | None = None
-    availableVarNames: list[StrictStr] | None = None
+    availableVarNames: VarNames | None = None
 
 
 class CreateCampaign(BaseModel):

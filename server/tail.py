@@ -60,6 +60,8 @@ class Channel:
     user_id: str
     keys: frozenset[str]
     after_position: int
+    #: the API token the right to read comes from (``Access.token_ref``)
+    token_ref: str
     #: a finished run whose terminal event the client already has: nothing to send
     finished: bool = False
     snapshot: str | None = None
@@ -91,9 +93,9 @@ async def run_channel(
         if after > head:
             raise Resync(f"{cursor} {after} is beyond the run's last event (seq {head})", head=head)
     keys = frozenset({stream})
-    user_id, expires_at = access.user_id, access.expires_at
+    user_id, ref, expires_at = access.user_id, access.token_ref, access.expires_at
     if run["status"] not in ACTIVE and after >= head:
-        return Channel("run", user_id, keys, 0, finished=True, resumed=resumed)
+        return Channel("run", user_id, keys, 0, ref, finished=True, resumed=resumed)
     if compact and after == 0:
         snapshot = compact_frame(await store.read_stream(stream))
         if snapshot is not None:
@@ -102,12 +104,13 @@ async def run_channel(
                 user_id,
                 keys,
                 int(snapshot["position"]),
+                ref,
                 snapshot=dumps(snapshot),
                 snapshot_seq=int(snapshot["seq"]),
                 expires_at=expires_at,
             )
     position = await run_start(store, stream, after, head=head)
-    return Channel("run", user_id, keys, position, expires_at=expires_at, resumed=resumed)
+    return Channel("run", user_id, keys, position, ref, expires_at=expires_at, resumed=resumed)
 
 
 async def run_start(store: EventStore, stream: str, after: int, *, head: int) -> int:
@@ -127,7 +130,7 @@ async def session_channel(
         if after > head:
             raise Resync(f"{cursor} {after} is beyond the log's head (position {head})", head=head)
     keys = frozenset({session_stream(access.doc.key)})
-    return Channel("session", access.user_id, keys, after, resumed=resumed)
+    return Channel("session", access.user_id, keys, after, access.token_ref, resumed=resumed)
 
 
 class Connection:

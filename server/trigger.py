@@ -38,14 +38,14 @@ import logging
 import random
 import time
 
-from aiohttp import hdrs, web
+from aiohttp import web
 
 from sessionstream.core.errors import Forbidden, Unauthorized, ValidationFailed
 from sessionstream.core.vocabulary import run_stream as run_stream_id
 from sessionstream.eventstore.base import EventStore
 from sessionstream.eventstore.model import Doc, RecordedEvent
 from sessionstream.server.access import Access
-from sessionstream.server.auth import bearer_token
+from sessionstream.server.auth import channel_credential
 from sessionstream.server.cursor import FIRST_OFFSET, LAST_EVENT_ID, offset_seq, parse_cursor
 from sessionstream.server.keys import SETTINGS
 from sessionstream.server.metrics import REGISTRY
@@ -92,9 +92,8 @@ class TriggerFeeds:
         self.stats = TriggerStats()
 
     async def authorize(self, request: web.Request, run_id: str) -> Access:
-        token = bearer_token(request.headers.get(hdrs.AUTHORIZATION))
         try:
-            return await self.core.gate.run(token, run_id, hint=TOKEN_HINT)
+            return await self.core.gate.run(channel_credential(request), run_id, hint=TOKEN_HINT)
         except (Unauthorized, Forbidden) as exc:
             self.stats.refused[exc.status] = self.stats.refused.get(exc.status, 0) + 1
             log.warning("refused %s %s: %s", request.method, request.path, exc.message)
@@ -180,7 +179,10 @@ async def _wait_for_change(feeds: TriggerFeeds, access: Access, seen: int) -> bo
     # A poll admitted with a valid token runs its window out: ending it at the token's
     # expiry would make the SDK's next poll a 401 that its shape feed never refreshes
     # from, while its stream feed does. The window is short and the answer is one row.
-    channel = Channel("run", access.user_id, frozenset({stream}), start)
+    # Revocation still ends it (token_ref).
+    channel = Channel(
+        "run", access.user_id, frozenset({stream}), start, token_ref=access.token_ref
+    )
     with (
         core.admission.admit(access.user_id, "run", TRIGGER_POLL),
         core.tails.open(channel) as conn,

@@ -13,9 +13,9 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from sessionstream.core.errors import ValidationFailed
 from sessionstream.core.vocabulary import TERMINAL, EventType
 from sessionstream.server.frames import dumps
+from sessionstream.server.numbers import seconds
 from sessionstream.services.runs import INTERRUPTED
 
 #: the stream key advertised in ``realtimeStreams``; any other key serves the same stream
@@ -161,10 +161,7 @@ def stream_frame(seq: int, chat_stream_event: str) -> bytes:
 
 
 def parse_timeout_seconds(raw: str | None) -> float | None:
-    if raw is None or raw.strip() == "":
+    """``Timeout-Seconds`` held to 1-600, as the Trigger.dev server holds it."""
+    if raw is None or raw.strip(" \t") == "":
         return None
-    try:
-        value = float(raw)
-    except ValueError as exc:
-        raise ValidationFailed("Timeout-Seconds must be a number of seconds (1-600)") from exc
-    return min(600.0, max(1.0, value))
+    return min(600.0, max(1.0, seconds(raw, "Timeout-Seconds")))

@@ -6,6 +6,14 @@ lookup is by hash and the final comparison is constant-time. Run tokens
 SDK carries (issuer, audience, ``exp``, ``pub``, ``scopes``), scoped to one
 run and read-only, so browser code written for that SDK works unchanged.
 
+A run token also names the API token that started its run (``tok``: the
+first 16 hex digits of that token's sha256, never the token or its whole
+hash), so revoking an API token ends the run tokens minted with it too: the
+realtime channels check the reference when they open and on a timer
+(``server/revocation.py``). Only ``read:runs:<runId>`` is a scope, matched
+exactly; the Trigger.dev cloud's wildcards (``read:all``, ``read:runs``)
+were never documented here and are refused.
+
 No HTTP here: the CLI creates users and tokens with these commands, and the
 server's middleware reads the bearer header and asks :class:`Authenticator`.
 """
@@ -42,9 +50,20 @@ def new_api_token() -> str:
     return TOKEN_PREFIX + secrets.token_urlsafe(32)
 
 
+#: hex digits of an API token's sha256 that name it in run tokens and open channels
+REF_CHARS: Final = 16
+
+
+def token_ref(digest: str) -> str:
+    """The short reference to the API token whose sha256 is ``digest``."""
+    return digest[:REF_CHARS]
+
+
 @dataclass(frozen=True, slots=True)
 class Principal:
     user_id: str
+    #: ``token_ref`` of the API token that authenticated: what run tokens minted with it carry
+    token_ref: str
 
 
 def _system() -> dict[str, Any]:
@@ -100,7 +119,7 @@ async def principal_for_token(
     doc = await store.get_doc("token", digest)
     if doc is None or doc.index.deleted or not hmac.compare_digest(doc.key, digest):
         raise Unauthorized("unknown API token")
-    return Principal(cast(Token, doc.body)["user_id"])
+    return Principal(cast(Token, doc.body)["user_id"], token_ref(digest))
 
 
 class Authenticator:
@@ -119,6 +138,8 @@ class Authenticator:
         self.ttl_s = ttl_s
         self.max_entries = max_entries
         self._hits: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
+        #: per user: the refs of their active tokens, and until when they are trusted
+        self._refs: OrderedDict[str, tuple[frozenset[str], float]] = OrderedDict()
 
     def cached(self, digest: str) -> Principal | None:
         """The principal of a token (by its hash) resolved less than ``ttl_s`` ago."""
@@ -140,8 +161,55 @@ class Authenticator:
             self._hits.popitem(last=False)
         return principal
 
+    async def active_refs(self, user_id: str) -> frozenset[str]:
+        """The ``token_ref`` of each of ``user_id``'s active API tokens, read now.
+
+        What was cached for a token that is gone is dropped, so the HTTP API
+        refuses it from this moment too, not only once its cache entry ends.
+        """
+        docs = await self.store.list_docs("token", owner=user_id)
+        refs = frozenset(token_ref(doc.key) for doc in docs)
+        before = self._refs.pop(user_id, None)
+        if self.ttl_s > 0:
+            self._refs[user_id] = (refs, time.monotonic() + self.ttl_s)
+            while len(self._refs) > self.max_entries:
+                self._refs.popitem(last=False)
+        if before is not None and before[0] - refs:
+            gone = tuple(before[0] - refs)
+            for digest in [d for d in self._hits if d.startswith(gone)]:
+                del self._hits[digest]
+        return refs
+
+    async def require_active(self, user_id: str, ref: str) -> None:
+        """Refuse (401) a run token whose API token has been revoked.
+
+        Trusted for ``ttl_s`` like a resolved API token: a Trigger.dev client
+        re-authorises every long-poll, and one lookup per poll would cost as
+        much as the poll.
+        """
+        hit = self._refs.get(user_id)
+        refs = hit[0] if hit is not None and hit[1] > time.monotonic() else None
+        if refs is None or ref not in refs:
+            refs = await self.active_refs(user_id)
+        if ref not in refs:
+            raise Unauthorized("the API token this run token was minted with has been revoked")
+
 
 # run tokens ----------------------------------------------------------------------------------
+def run_scope(run_id: str) -> str:
+    """The one scope a run token has: read that run."""
+    return f"read:runs:{run_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class RunToken:
+    """What a verified run token says: whose run, minted with which API token, until when."""
+
+    user_id: str
+    token_ref: str
+    expires_at: float
+
+
 class RunTokens:
     """Mints and verifies ``publicAccessToken``s."""
 
@@ -149,7 +217,8 @@ class RunTokens:
         self._secret = secret
         self.ttl_s = ttl_s
 
-    def mint(self, run_id: str, user_id: str, *, ttl_s: int | None = None) -> str:
+    def mint(self, run_id: str, user_id: str, *, token_ref: str, ttl_s: int | None = None) -> str:
+        """A token that reads ``run_id``, for as long as the API token ``token_ref`` is active."""
         now = int(time.time())
         claims: dict[str, Any] = {
             "iss": JWT_ISSUER,
@@ -158,12 +227,18 @@ class RunTokens:
             "iat": now,
             "exp": now + (self.ttl_s if ttl_s is None else ttl_s),
             "pub": True,
-            "scopes": [f"read:runs:{run_id}"],
+            "scopes": [run_scope(run_id)],
+            "tok": token_ref,
         }
         return jwt.encode(claims, self._secret, algorithm="HS256")
 
-    def verify(self, token: str, run_id: str) -> str:
-        """The user id the token was minted for, if it may read ``run_id``."""
+    def verify(self, token: str, run_id: str) -> RunToken:
+        """What the token says, if it may read ``run_id`` (401 invalid, 403 another run's).
+
+        ``scopes`` must be a list of strings, one of them exactly
+        ``read:runs:<run_id>``: a string scope used to be searched as text,
+        so ``"x read:all y"`` passed.
+        """
         try:
             claims = jwt.decode(
                 token,
@@ -171,20 +246,23 @@ class RunTokens:
                 algorithms=["HS256"],  # never let the token pick its algorithm
                 audience=JWT_AUDIENCE,
                 issuer=JWT_ISSUER,
-                options={"require": ["exp", "iss", "aud", "scopes"]},
+                options={"require": ["exp", "iss", "aud", "sub", "scopes", "tok"]},
             )
         except jwt.ExpiredSignatureError as exc:
             raise Unauthorized("the run token has expired") from exc
         except jwt.InvalidTokenError as exc:
             raise Unauthorized("the run token is invalid") from exc
-        scopes = claims.get("scopes") or []
-        wanted = f"read:runs:{run_id}"
+        scopes, user_id, ref = claims["scopes"], claims["sub"], claims["tok"]
         if (
-            not any(hmac.compare_digest(str(s), wanted) for s in scopes)
-            and "read:all" not in scopes
+            not isinstance(scopes, list)
+            or not all(isinstance(scope, str) for scope in scopes)
+            or not isinstance(user_id, str)
+            or not isinstance(ref, str)
         ):
+            raise Unauthorized("the run token is invalid")
+        if run_scope(run_id) not in scopes:
             raise Forbidden("this token is for another run")
-        return str(claims.get("sub", ""))
+        return RunToken(user_id, ref, float(claims["exp"]))
 
     @staticmethod
     def looks_like_jwt(token: str) -> bool:

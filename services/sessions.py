@@ -160,6 +160,7 @@ class Sessions:
         session_id: str,
         ask: TurnRunInput,
         *,
+        token_ref: str,
         request_id: str | None = None,
         idempotency_key: str | None = None,
     ) -> StartedRun:
@@ -173,7 +174,7 @@ class Sessions:
             request_id=request_id,
             idempotency_key=idempotency_key,
         )
-        return await self._start(claim, ask)
+        return await self._start(claim, ask, token_ref)
 
     async def start_examples(
         self,
@@ -181,6 +182,7 @@ class Sessions:
         session_id: str,
         ask: ExamplesRunInput,
         *,
+        token_ref: str,
         request_id: str | None = None,
         idempotency_key: str | None = None,
     ) -> StartedRun:
@@ -195,10 +197,13 @@ class Sessions:
             idempotency_key=idempotency_key,
             precheck=require_skeleton,
         )
-        return await self._start(claim, ask)
+        return await self._start(claim, ask, token_ref)
 
-    async def _start(self, claim: Claim, ask: RunInput) -> StartedRun:
+    async def _start(self, claim: Claim, ask: RunInput, token_ref: str) -> StartedRun:
         """Start the claimed run (a retried claim's run is already going) and mint its token.
+
+        The token names the API token that asked (``token_ref``): revoking
+        that one ends this one too.
 
         A run that cannot start gives its claim back before the error goes
         out, so the session is free to retry at once.
@@ -212,4 +217,5 @@ class Sessions:
                 raise SessionStreamError(
                     "the run could not start; the session is free again"
                 ) from exc
-        return StartedRun(claim.run_id, self.tokens.mint(claim.run_id, claim.user_id))
+        token = self.tokens.mint(claim.run_id, claim.user_id, token_ref=token_ref)
+        return StartedRun(claim.run_id, token)

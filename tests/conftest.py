@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient
 from sessionstream.core.settings import Settings
 from sessionstream.server.app import create_app
 from sessionstream.server.keys import STORE
-from sessionstream.services.accounts import create_user
+from sessionstream.services.accounts import create_user, hash_token, token_ref
 
 ON_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -44,6 +44,10 @@ class Api:
 
     def h(self, token: str | None = None) -> dict[str, str]:
         return {"Authorization": f"Bearer {token or self.token_a}"}
+
+    def ref(self, token: str | None = None) -> str:
+        """What a run token minted with ``token`` (alice's by default) names it by."""
+        return token_ref(hash_token(token or self.token_a))
 
     async def campaign_and_node(self, token: str | None = None) -> tuple[str, str]:
         r = await self.client.post("/api/campaigns", json={"name": "Q3"}, headers=self.h(token))

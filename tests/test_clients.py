@@ -151,7 +151,7 @@ async def test_refusals_raise_clear_errors(make_api: Any) -> None:
     b = await start_turn(api, token=api.token_b)
     await wait_idle(api, a.session_id)
     url = base_url(api)
-    expired = api.app[RUN_TOKENS].mint(a.run_id, api.user_a, ttl_s=-10)
+    expired = api.app[RUN_TOKENS].mint(a.run_id, api.user_a, token_ref=api.ref(), ttl_s=-10)
     cases = [
         (a.run_id, "not-a-token", 401),
         (a.run_id, expired, 401),

@@ -18,7 +18,7 @@ import jwt
 import pytest
 
 from sessionstream.core.vocabulary import TERMINAL
-from sessionstream.server.access import credential
+from sessionstream.server.auth import credential
 from sessionstream.server.frames import chat_stream_event, compact_frame
 from sessionstream.server.keys import RUN_TOKENS, STORE
 from sessionstream.server.realtime import REALTIME, REALTIME_STATS
@@ -234,7 +234,7 @@ def forged(token: str) -> str:
 
 async def test_every_refusal_over_websocket_sse_and_http(two_runs: tuple[Api, Turn, Turn]) -> None:
     api, a, b = two_runs
-    expired = api.app[RUN_TOKENS].mint(a.run_id, api.user_a, ttl_s=-10)
+    expired = api.app[RUN_TOKENS].mint(a.run_id, api.user_a, token_ref=api.ref(), ttl_s=-10)
     run = f"/api/realtime/runs/{a.run_id}"
     sess = f"/api/realtime/sessions/{a.session_id}"
     cases = [
@@ -282,7 +282,7 @@ async def test_run_token_expiring_mid_stream_closes_4401(make_api: Any) -> None:
     gate = asyncio.Event()
     api: Api = await make_api(engine=ScriptedEngine(words=10, gate=gate))
     turn = await start_turn(api)
-    short = api.app[RUN_TOKENS].mint(turn.run_id, api.user_a, ttl_s=1)
+    short = api.app[RUN_TOKENS].mint(turn.run_id, api.user_a, token_ref=api.ref(), ttl_s=1)
     started = time.monotonic()
     frames, code, _ = await collect(api, f"/api/realtime/runs/{turn.run_id}?token={short}")
     assert code == 4401 and 0 < len(frames) and time.monotonic() - started < 5

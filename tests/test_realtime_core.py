@@ -183,8 +183,9 @@ async def test_shutdown_turns_new_trigger_feeds_away_like_channels(make_api: Any
 def test_one_cursor_rule() -> None:
     assert parse_cursor(None, AFTER) is None and parse_cursor("  ", AFTER) is None
     assert parse_cursor(" 7 ", AFTER) == 7 and parse_cursor("007", AFTER) == 7
-    assert parse_cursor("9" * 20, AFTER) == int("9" * 20)
-    for bad in ("-3", "+3", "3.0", "²", "٣", "1e3", "9" * 21, "0x10"):
+    # at most 18 digits, as every number on the wire (the cursors allowed 20, history 18)
+    assert parse_cursor("9" * 18, AFTER) == int("9" * 18)
+    for bad in ("-3", "+3", "3.0", "²", "٣", "1e3", "9" * 19, "9" * 21, "0x10", "--5", "5\u3000"):
         with pytest.raises(ValidationFailed) as err:
             parse_cursor(bad, LAST_EVENT_ID)
         assert err.value.message.startswith("Last-Event-ID must be a non-negative integer")

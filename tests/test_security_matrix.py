@@ -253,7 +253,7 @@ async def test_http_matrix(world: World, request: pytest.FixtureRequest) -> None
 def trigger_cases(world: World) -> list[tuple[str, dict[str, str], int]]:
     api = world.api
     tokens = api.app[RUN_TOKENS]
-    expired = tokens.mint(world.a["run"], api.user_a, ttl_s=-10)
+    expired = tokens.mint(world.a["run"], api.user_a, token_ref=api.ref(), ttl_s=-10)
 
     def bearer(token: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {token}"}
@@ -327,7 +327,7 @@ async def test_realtime_websocket_matrix(world: World) -> None:
         pytest.skip("this build has no websocket channels")
     tokens = api.app[RUN_TOKENS]
     run_a, run_b = world.a["run"], world.b["run"]
-    expired = tokens.mint(run_a, api.user_a, ttl_s=-10)
+    expired = tokens.mint(run_a, api.user_a, token_ref=api.ref(), ttl_s=-10)
     run_path = f"/api/realtime/runs/{run_a}"
     unknown = f"run_{uuid.uuid4().hex}"
     session_path = f"/api/realtime/sessions/{world.a['session']}"
@@ -528,9 +528,13 @@ async def test_realtime_connects_count_against_the_token_rate(
         if doc is not None and doc.body["status"] not in ("queued", "running"):
             break
         await asyncio.sleep(0.01)
+    # one bucket per credential, whichever wire it travels on: each wire gets its own token
     channels = [
         (f"/realtime/v1/runs/{run_id}?offset=-1", {"Authorization": f"Bearer {run_token}"}),
-        (f"/api/realtime/runs/{run_id}?token={run_token}", {"Accept": "text/event-stream"}),
+        (
+            f"/api/realtime/runs/{run_id}?token={await second_token(api)}",
+            {"Accept": "text/event-stream"},
+        ),
         (
             f"/api/realtime/sessions/{sid}",
             {**api.h(await second_token(api)), "Accept": "text/event-stream"},

@@ -140,7 +140,7 @@ class FakeRun:
         self.id = "run_" + uuid.uuid4().hex
         self.session_id = str(uuid.uuid4())
         self.kind = kind
-        self.token = api.app[RUN_TOKENS].mint(self.id, api.user_a)
+        self.token = api.app[RUN_TOKENS].mint(self.id, api.user_a, token_ref=api.ref())
 
     @property
     def stream(self) -> str:
@@ -330,7 +330,7 @@ async def test_tokens_are_checked_on_every_endpoint(make_api: Any) -> None:
     api: Api = await make_api(engine=ScriptedEngine(), **FAST)
     run = await fake_run(api)
     other = await fake_run(api)
-    expired = api.app[RUN_TOKENS].mint(run.id, api.user_a, ttl_s=-30)
+    expired = api.app[RUN_TOKENS].mint(run.id, api.user_a, token_ref=api.ref(), ttl_s=-30)
     unknown = "run_" + uuid.uuid4().hex
     for url in (feed_url(run.id, offset="-1"), f"/realtime/v1/streams/{run.id}/chat"):
         cases = [
@@ -352,7 +352,8 @@ async def test_tokens_are_checked_on_every_endpoint(make_api: Any) -> None:
         await owner.content.readuntil(b"\n\n")  # a snapshot, or the stream's first frame
         owner.close()
     r = await api.client.get(
-        feed_url(unknown, offset="-1"), headers=run.h(api.app[RUN_TOKENS].mint(unknown, "u"))
+        feed_url(unknown, offset="-1"),
+        headers=run.h(api.app[RUN_TOKENS].mint(unknown, "u", token_ref=api.ref())),
     )
     assert r.status == 404
     refused = api.app[TRIGGER].stats.refused

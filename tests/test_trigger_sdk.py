@@ -477,7 +477,7 @@ def token_route(api: Api, run_id: str, ttl_s: int) -> Any:
     """The page's backend: a publicAccessToken for the run, minted when asked."""
 
     async def mint(_request: web.Request) -> web.Response:
-        token = api.app[RUN_TOKENS].mint(run_id, api.user_a, ttl_s=ttl_s)
+        token = api.app[RUN_TOKENS].mint(run_id, api.user_a, token_ref=api.ref(), ttl_s=ttl_s)
         return web.json_response({"token": token}, headers={"Cache-Control": "no-store"})
 
     return mint

@@ -45,7 +45,14 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
         f"(store: {where}, engine: {settings.engine})",
         flush=True,
     )
-    web.run_app(app, host=settings.host, port=settings.port, print=None, shutdown_timeout=10)
+    web.run_app(
+        app,
+        host=settings.host,
+        port=settings.port,
+        print=None,
+        shutdown_timeout=10,
+        keepalive_timeout=settings.keepalive_s,
+    )
     return 0
 
 
