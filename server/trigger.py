@@ -180,9 +180,7 @@ async def _wait_for_change(feeds: TriggerFeeds, access: Access, seen: int) -> bo
     # expiry would make the SDK's next poll a 401 that its shape feed never refreshes
     # from, while its stream feed does. The window is short and the answer is one row.
     # Revocation still ends it (token_ref).
-    channel = Channel(
-        "run", access.user_id, frozenset({stream}), start, token_ref=access.token_ref
-    )
+    channel = Channel("run", access.user_id, frozenset({stream}), start, token_ref=access.token_ref)
     with (
         core.admission.admit(access.user_id, "run", TRIGGER_POLL),
         core.tails.open(channel) as conn,
@@ -194,7 +192,7 @@ async def _wait_for_change(feeds: TriggerFeeds, access: Access, seen: int) -> bo
                         return True
         except TimeoutError:
             return False
-    return False  # stopped: shutdown
+    return False  # stopped: shutdown or revocation
 
 
 async def run_stream(request: web.Request) -> web.StreamResponse:
