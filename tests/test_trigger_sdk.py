@@ -130,6 +130,7 @@ class GatedEngine:
     """Holds a turn after ``run.started`` until the test opens the gate."""
 
     name = "gated"
+    model: str | None = None
 
     def __init__(self, inner: Any, gate: asyncio.Event) -> None:
         self.inner = inner
