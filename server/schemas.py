@@ -24,18 +24,8 @@ Timestamp = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
 SafeInt = Annotated[StrictInt, Field(ge=-9007199254740991, le=9007199254740991)]
 
 
-def _non_empty(name: str) -> dict[str, Any]:
-    return {"required": [name], "properties": {name: {"type": "string", "minLength": 1}}}
-
-
 class Lead(BaseModel):
-    """A lead; a generate-examples lead needs a non-empty ``id`` or ``lead_id`` (the
-    documented API accepts either), which the schema says so clients learn it up front."""
-
-    model_config = ConfigDict(
-        extra="allow",
-        json_schema_extra={"anyOf": [_non_empty("id"), _non_empty("lead_id")]},
-    )
+    model_config = ConfigDict(extra="allow")
 
     id: StrictStr | None = None
     lead_id: StrictStr | None = None
@@ -47,6 +37,20 @@ class Lead(BaseModel):
     headline: StrictStr | None = None
     linkedin_url: StrictStr | None = None
     custom_fields: dict[str, Any] | None = None
+
+
+def _non_empty(name: str) -> dict[str, Any]:
+    return {"required": [name], "properties": {name: {"type": "string", "minLength": 1}}}
+
+
+class ExampleLead(Lead):
+    """A lead to write an example for: it needs a non-empty ``id`` or ``lead_id`` (the
+    documented API accepts either), which the schema says so clients learn it up front."""
+
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={"anyOf": [_non_empty("id"), _non_empty("lead_id")]},
+    )
 
 
 class SequenceContext(BaseModel):
@@ -112,7 +116,7 @@ class TurnRequest(BaseModel):
 
 
 class GenerateExamplesRequest(BaseModel):
-    leads: Annotated[list[Lead], Field(min_length=1)]
+    leads: Annotated[list[ExampleLead], Field(min_length=1)]
     sequenceContext: SequenceContext | None = None
     isFirstBatch: StrictBool | None = None
     availableVarNames: list[StrictStr] | None = None

@@ -39,8 +39,10 @@ async def test_items_formats_and_run_and_event_fields_are_declared(api: Api) -> 
     run = schemas["RunOut"]["properties"]
     assert {"started_at", "finished_at", "output", "progress"} <= set(run)
     assert "actor" in schemas["EventOut"]["properties"]
-    lead = schemas["Lead"]
+    lead = schemas["ExampleLead"]
     assert {tuple(branch["required"]) for branch in lead["anyOf"]} == {("id",), ("lead_id",)}
+    assert "company" in lead["properties"]
+    assert "anyOf" not in schemas["Lead"]  # a turn's sample leads need no id
 
 
 async def test_the_limits_are_the_configured_ones(make_api: Any) -> None:
