@@ -26,8 +26,8 @@ import pytest
 from openapi_core import OpenAPI
 from werkzeug.datastructures import Headers, ImmutableMultiDict
 
-from sessionstream.server.app import create_app
 import tests.conftest as conf
+from sessionstream.server.app import create_app
 from tests.torture.live import Live, live_server
 
 PACKAGE = "sessionstream_generated_client"
