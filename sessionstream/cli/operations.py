@@ -155,6 +155,8 @@ def backup(args: argparse.Namespace, settings: Settings) -> int:
     target = Path(args.path)
     if target.exists():
         return _fail(f"{target} exists; refusing to overwrite it")
+    if not target.parent.is_dir():
+        return _fail(f"no directory {target.parent} to write {target.name} into")
     source = sqlite3.connect(settings.db_path)
     dest = sqlite3.connect(target)
     try:
