@@ -117,5 +117,5 @@ def test_backup_errors_are_one_line_on_stderr(tmp_path: Path, capsys: Any) -> No
 def test_backup_into_a_missing_directory_is_one_line(tmp_path: Path, capsys: Any) -> None:
     db = str(tmp_path / "x.db")
     assert _run(capsys, "users", "create", "me", "--db", db)[0] == 0
-    code, out, err = _run(capsys, "backup", str(tmp_path / "nowhere" / "c.db"), "--db", db)
+    code, _, err = _run(capsys, "backup", str(tmp_path / "nowhere" / "c.db"), "--db", db)
     assert code == 2 and err.startswith("error: no directory") and err.count("\n") == 1
