@@ -110,13 +110,6 @@ CAMPAIGNS = {
 }
 #: the highest log position a cursor may name (a signed 64-bit column, checked by the handler)
 MAX_POSITION = 10**18 - 1
-IDEMPOTENCY_KEY = {
-    "name": "Idempotency-Key",
-    "in": "header",
-    "required": False,
-    "description": "A retry with the same key returns the first response and starts nothing new",
-    "schema": {"type": "string"},
-}
 ETAG = {
     "ETag": {
         "description": "The session's version, to send back as If-Match",
@@ -243,7 +236,6 @@ def build_document(settings: Settings) -> dict[str, Any]:
                 session,
                 status="201",
                 body=schemas.CreateSession,
-                params=[IDEMPOTENCY_KEY],
                 op_id="createSession",
                 links={
                     **_links(SESSION_OPS, SESSION_ID),
@@ -273,7 +265,7 @@ def build_document(settings: Settings) -> dict[str, Any]:
                 "Run one chat turn",
                 run,
                 body=schemas.TurnRequest,
-                params=[UUID_PARAM, IDEMPOTENCY_KEY],
+                params=[UUID_PARAM],
                 extra=("409", "500"),
                 op_id="startTurn",
                 links=_links(("getRun", "cancelRun"), {"path.run_id": "$response.body#/runId"}),
@@ -284,7 +276,7 @@ def build_document(settings: Settings) -> dict[str, Any]:
                 "Generate per-lead examples",
                 run,
                 body=schemas.GenerateExamplesRequest,
-                params=[UUID_PARAM, IDEMPOTENCY_KEY],
+                params=[UUID_PARAM],
                 extra=("409", "500"),
                 op_id="generateExamples",
                 links=_links(("getRun", "cancelRun"), {"path.run_id": "$response.body#/runId"}),

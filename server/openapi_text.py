@@ -9,6 +9,14 @@ from __future__ import annotations
 
 from typing import Final
 
+#: The ``Idempotency-Key`` header, in prose: declared as a parameter, every stateful
+#: fuzz replay of a case re-sent a key the first run had used and got the first
+#: answer back, so replays diverged (hypothesis reports that as a flaky strategy).
+IDEMPOTENT = (
+    "An `Idempotency-Key` header makes it safe to retry: a retry with the same key "
+    "returns the first response and starts nothing new."
+)
+
 #: the document's tags, in the order a reader meets them
 TAGS: Final = (
     ("sessions", "The documented AI chat session API: the row, a turn, examples."),
@@ -27,8 +35,7 @@ OPERATIONS: Final[dict[str, tuple[str, str]]] = {
     "createSession": (
         "sessions",
         "An empty session for a node of one of the caller's campaigns; no model work "
-        "happens. The `ETag` header carries its version. With an `Idempotency-Key`, a "
-        "retry returns the first response and creates nothing new.",
+        "happens. The `ETag` header carries its version. " + IDEMPOTENT,
     ),
     "getSession": (
         "sessions",
@@ -51,13 +58,13 @@ OPERATIONS: Final[dict[str, tuple[str, str]]] = {
         "Claims the session (`task_status` becomes `chat_processing`, 409 while it is "
         "set) and starts a chat turn; answers at once with the run's id and a token for "
         "its realtime stream. If the run cannot be started the claim is released before "
-        "the 500, so the session can be retried.",
+        "the 500, so the session can be retried. " + IDEMPOTENT,
     ),
     "generateExamples": (
         "sessions",
         "Claims the session (`generating_examples`) and writes one example per lead from "
         "the current skeleton (400 without one); `isFirstBatch` false appends to "
-        "`generated_examples` instead of replacing them.",
+        "`generated_examples` instead of replacing them. " + IDEMPOTENT,
     ),
     "sessionEvents": (
         "history",

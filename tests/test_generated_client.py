@@ -173,25 +173,31 @@ def test_the_generated_client_runs_the_documented_flow(
         .sync(id=campaign.id, client=client, body=models.CreateNode(name="intro"))
         .node
     )
+    # its own client: the generated with_headers() also changes the shared httpx client's
+    retrying = generated.AuthenticatedClient(
+        base_url=live.base_url,
+        token=live.token_a,
+        headers={"Idempotency-Key": "create-1"},
+        raise_on_unexpected_status=True,
+        httpx_args={"event_hooks": {"response": [checked]}},
+    )
     session = (
         api["create_session"]
         .sync(
-            client=client,
+            client=retrying,
             body=models.CreateSession(campaign_id=str(campaign.id), node_id=str(node.id)),
-            idempotency_key="create-1",
         )
         .session
     )
     again = (
         api["create_session"]
         .sync(
-            client=client,
+            client=retrying,
             body=models.CreateSession(campaign_id=str(campaign.id), node_id=str(node.id)),
-            idempotency_key="create-1",
         )
         .session
     )
-    assert again.id == session.id  # the declared Idempotency-Key works as documented
+    assert again.id == session.id  # Idempotency-Key works as the description says
 
     def wait_idle() -> Any:
         for _ in range(600):
@@ -215,6 +221,8 @@ def test_the_generated_client_runs_the_documented_flow(
     started = turn(
         "We are Acme Analytics. Proof: customers cut reporting time by 40%. CTA: a 15 minute call."
     )
+    wait_idle()
+    started = turn("Make it shorter and more formal")  # the README's three turns
     row = wait_idle()
     assert row.framework_version is not None and row.draft_subject
     run = api["get_run"].sync(run_id=started.run_id, client=client).run
@@ -254,3 +262,5 @@ def test_the_generated_client_runs_the_documented_flow(
     # every operation the flow used answered, and every answer matched the document
     assert {status for _, _, status in checked.seen} >= {200, 201, 404}
     assert len(checked.seen) >= 20
+    for used in (client, retrying):
+        used.get_httpx_client().close()
