@@ -45,6 +45,10 @@ routes = web.RouteTableDef()
 _UUID = re.compile(UUID_PATTERN)
 _RUN_ID = re.compile(r"^run_[0-9a-f]{32}$")
 SESSIONS_PATH = "/api/campaigns/ai-chat-sessions"
+#: a campaign is never the sessions collection: without the lookahead a method the
+#: collection does not allow (DELETE) fell through to this route as campaign
+#: "ai-chat-sessions" and answered 400 where 405 is right
+CAMPAIGN_PATH = "/api/campaigns/{id:(?!ai-chat-sessions$)[^/]+}"
 
 
 # parsing ----------------------------------------------------------------------------------
@@ -295,13 +299,13 @@ async def list_campaigns(request: web.Request) -> web.Response:
     return web.json_response({"campaigns": [campaign_json(c) for c in campaigns]})
 
 
-@routes.get("/api/campaigns/{id}")
+@routes.get(CAMPAIGN_PATH)
 async def get_campaign(request: web.Request) -> web.Response:
     campaign = await request.app[CAMPAIGNS].campaign(user_id(request), uuid_param(request))
     return web.json_response({"campaign": campaign_json(campaign.body)})
 
 
-@routes.delete("/api/campaigns/{id}")
+@routes.delete(CAMPAIGN_PATH)
 async def delete_campaign(request: web.Request) -> web.Response:
     await request.app[CAMPAIGNS].delete_campaign(
         user_id(request), uuid_param(request), request_id(request)

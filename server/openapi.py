@@ -11,7 +11,10 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel
 
+from sessionstream.core.settings import Settings
 from sessionstream.server import schemas
+from sessionstream.server.keys import SETTINGS
+from sessionstream.server.openapi_text import OPERATIONS, TAGS
 from sessionstream.server.schemas import UUID_PATTERN
 
 REF = "#/components/schemas/{model}"
@@ -29,6 +32,8 @@ MODELS: tuple[type[BaseModel], ...] = (
     schemas.SessionEnvelope,
     schemas.SessionList,
     schemas.RunStarted,
+    schemas.RunEnvelope,
+    schemas.EventPage,
     schemas.Success,
     schemas.ErrorEnvelope,
 )
@@ -58,9 +63,8 @@ UUID_PARAM = {
     "name": "id",
     "in": "path",
     "required": True,
-    "schema": {"type": "string", "pattern": UUID_PATTERN},
+    "schema": {"type": "string", "format": "uuid", "pattern": UUID_PATTERN},
 }
-OBJ: dict[str, Any] = {"type": "object"}
 RUN_ID_PARAM = {
     "name": "run_id",
     "in": "path",
@@ -68,15 +72,17 @@ RUN_ID_PARAM = {
     "schema": {"type": "string", "pattern": "^run_[0-9a-f]{32}$"},
 }
 _NULLABLE_STR: dict[str, Any] = {"type": ["string", "null"]}
+_UUID: dict[str, Any] = {"type": "string", "format": "uuid"}
+_TIME: dict[str, Any] = {"type": "string", "format": "date-time"}
 CAMPAIGN_ITEM: dict[str, Any] = {
     "type": "object",
     "required": ["id", "user_id", "name", "created_at", "updated_at", "node_count"],
     "properties": {
-        "id": {"type": "string"},
-        "user_id": {"type": "string"},
+        "id": _UUID,
+        "user_id": _UUID,
         "name": {"type": "string"},
-        "created_at": {"type": "string"},
-        "updated_at": {"type": "string"},
+        "created_at": _TIME,
+        "updated_at": _TIME,
         "node_count": {"type": "integer"},
     },
 }
@@ -85,8 +91,8 @@ NODE_ITEM = {
     "type": "object",
     "required": ["id", "campaign_id", "position"],
     "properties": {
-        "id": {"type": "string"},
-        "campaign_id": {"type": "string"},
+        "id": _UUID,
+        "campaign_id": _UUID,
         "name": _NULLABLE_STR,
         "position": {"type": "integer"},
     },
@@ -102,50 +108,13 @@ CAMPAIGNS = {
     "required": ["campaigns"],
     "properties": {"campaigns": {"type": "array", "items": CAMPAIGN_ITEM}},
 }
-RUN = {
-    "type": "object",
-    "required": ["run"],
-    "properties": {
-        "run": {
-            "type": "object",
-            "required": ["id", "runId", "sessionId", "kind", "status", "seq", "created_at"],
-            "properties": {
-                "id": {"type": "string"},
-                "runId": {"type": "string"},
-                "sessionId": {"type": "string"},
-                "kind": {"enum": ["turn", "examples"]},
-                "status": {"enum": ["queued", "running", "completed", "failed", "canceled"]},
-                "seq": {"type": "integer"},
-                "created_at": {"type": "string"},
-                "error": _NULLABLE_STR,
-            },
-        }
-    },
-}
-
-
-EVENTS = {
-    "type": "object",
-    "required": ["events", "next"],
-    "properties": {
-        "events": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "required": ["position", "stream_id", "version", "type", "data", "hash"],
-                "properties": {
-                    "position": {"type": "integer"},
-                    "stream_id": {"type": "string"},
-                    "version": {"type": "integer"},
-                    "type": {"type": "string"},
-                    "data": {"type": "object"},
-                    "recorded_at": {"type": "string"},
-                    "hash": {"type": "string"},
-                },
-            },
-        },
-        "next": {"type": ["integer", "null"]},
-    },
+#: the highest log position a cursor may name (a signed 64-bit column, checked by the handler)
+MAX_POSITION = 10**18 - 1
+ETAG = {
+    "ETag": {
+        "description": "The session's version, to send back as If-Match",
+        "schema": {"type": "string"},
+    }
 }
 IF_MATCH = {
     "name": "If-Match",
@@ -190,6 +159,8 @@ def _op(
     links: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     success: dict[str, Any] = {"description": "OK", "content": _json(ok)}
+    if ok == _ref(schemas.SessionEnvelope):
+        success["headers"] = ETAG
     if links:
         success["links"] = links
     op: dict[str, Any] = {
@@ -201,7 +172,12 @@ def _op(
         op["operationId"] = op_id
     for code in extra:
         op["responses"][code] = _error(
-            {"409": "Session busy", "412": "Stale If-Match"}.get(code, "Error")
+            {
+                "409": "Session busy",
+                "412": "Stale If-Match",
+                "500": "The run could not be started; the claim was released, so the "
+                "session can be retried",
+            }.get(code, "Error")
         )
     if body is not None:
         op["requestBody"] = {"required": True, "content": _json(_ref(body))}
@@ -210,15 +186,35 @@ def _op(
     return op
 
 
-def build_document() -> dict[str, Any]:
+def _limits(components: dict[str, Any], settings: Settings) -> None:
+    """The configured limits the handlers enforce, so a client learns them up front."""
+    message = components["TurnRequest"]["properties"]["message"]
+    message["maxLength"] = settings.max_message_chars
+    leads = components["GenerateExamplesRequest"]["properties"]["leads"]
+    leads["maxItems"] = settings.max_leads
+
+
+def _describe(paths: dict[str, Any]) -> None:
+    """Tags and descriptions (``server/openapi_text.py``) on every operation."""
+    for item in paths.values():
+        for op in item.values():
+            tag, description = OPERATIONS.get(op["operationId"], ("", ""))
+            if tag:
+                op["tags"] = [tag]
+                op["description"] = description
+
+
+def build_document(settings: Settings) -> dict[str, Any]:
     components: dict[str, Any] = {}
     for model in MODELS:
         schema = model.model_json_schema(ref_template=REF)
         components.update(schema.pop("$defs", {}))
         components[model.__name__] = schema
+    _limits(components, settings)
     sessions = "/api/campaigns/ai-chat-sessions"
     session = _ref(schemas.SessionEnvelope)
     run = _ref(schemas.RunStarted)
+    run_row = _ref(schemas.RunEnvelope)
     campaign_param = {**UUID_PARAM}
     paths: dict[str, Any] = {
         sessions: {
@@ -231,7 +227,7 @@ def build_document() -> dict[str, Any]:
                         "name": "campaign_id",
                         "in": "query",
                         "required": True,
-                        "schema": {"type": "string", "pattern": UUID_PATTERN},
+                        "schema": {"type": "string", "format": "uuid", "pattern": UUID_PATTERN},
                     }
                 ],
             ),
@@ -270,7 +266,7 @@ def build_document() -> dict[str, Any]:
                 run,
                 body=schemas.TurnRequest,
                 params=[UUID_PARAM],
-                extra=("409",),
+                extra=("409", "500"),
                 op_id="startTurn",
                 links=_links(("getRun", "cancelRun"), {"path.run_id": "$response.body#/runId"}),
             )
@@ -281,7 +277,7 @@ def build_document() -> dict[str, Any]:
                 run,
                 body=schemas.GenerateExamplesRequest,
                 params=[UUID_PARAM],
-                extra=("409",),
+                extra=("409", "500"),
                 op_id="generateExamples",
                 links=_links(("getRun", "cancelRun"), {"path.run_id": "$response.body#/runId"}),
             )
@@ -309,11 +305,16 @@ def build_document() -> dict[str, Any]:
         sessions + "/{id}/events": {
             "get": _op(
                 "The session's events (audit log)",
-                EVENTS,
+                _ref(schemas.EventPage),
                 op_id="sessionEvents",
                 params=[
                     UUID_PARAM,
-                    {"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                    {
+                        "name": "after",
+                        "in": "query",
+                        "description": "The log position to read after: a page's `next`",
+                        "schema": {"type": "integer", "minimum": 0, "maximum": MAX_POSITION},
+                    },
                     {
                         "name": "limit",
                         "in": "query",
@@ -371,17 +372,18 @@ def build_document() -> dict[str, Any]:
             ),
         },
         "/api/runs/{run_id}": {
-            "get": _op("A run's status", RUN, params=[RUN_ID_PARAM], op_id="getRun"),
+            "get": _op("A run's status", run_row, params=[RUN_ID_PARAM], op_id="getRun"),
         },
         "/api/runs/{run_id}/cancel": {
             "post": _op(
                 "Cancel a run; frees its session",
-                RUN,
+                run_row,
                 params=[RUN_ID_PARAM],
                 op_id="cancelRun",
             ),
         },
     }
+    _describe(paths)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -390,6 +392,7 @@ def build_document() -> dict[str, Any]:
             "description": "Event-sourced AI chat sessions with realtime streaming.",
         },
         "servers": [{"url": "/"}],
+        "tags": [{"name": name, "description": text} for name, text in TAGS],
         "paths": paths,
         "components": {
             "schemas": components,
@@ -403,5 +406,5 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 def install(app: web.Application) -> None:
-    app[DOC] = build_document()
+    app[DOC] = build_document(app[SETTINGS])
     app.router.add_get("/api/openapi.json", openapi)

@@ -10,13 +10,17 @@ from typing import Annotated, Any, Literal, TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
-from sessionstream.core.readmodels import JsonObject, RunRow, TaskStatus
+from sessionstream.core.readmodels import JsonObject, RunKind, RunRow, RunStatus, TaskStatus
 
 UUID_PATTERN = (
     r"^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[1-8][0-9a-fA-F]{3}-[89abAB][0-9a-fA-F]{3}-"
     r"[0-9a-fA-F]{12}|00000000-0000-0000-0000-000000000000|ffffffff-ffff-ffff-ffff-ffffffffffff)$"
 )
-Uuid = Annotated[str, Field(pattern=UUID_PATTERN)]
+Uuid = Annotated[str, Field(pattern=UUID_PATTERN, json_schema_extra={"format": "uuid"})]
+#: the same in a response: what a generated client may parse as a UUID
+UuidOut = Annotated[str, Field(json_schema_extra={"format": "uuid"})]
+#: RFC 3339 UTC, as every stored time is written (``2026-01-01T12:00:00.000000Z``)
+Timestamp = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
 SafeInt = Annotated[StrictInt, Field(ge=-9007199254740991, le=9007199254740991)]
 #: the template variables a model may use; a turn and generate-examples bound them alike
 #: (generate-examples once took 100,000 names, or one of 3,000,000 characters)
@@ -38,12 +42,49 @@ class Lead(BaseModel):
     custom_fields: dict[str, Any] | None = None
 
 
+def _non_empty(name: str) -> dict[str, Any]:
+    return {"required": [name], "properties": {name: {"type": "string", "minLength": 1}}}
+
+
+class ExampleLead(Lead):
+    """A lead to write an example for: it needs a non-empty ``id`` or ``lead_id`` (the
+    documented API accepts either), which the schema says so clients learn it up front."""
+
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={"anyOf": [_non_empty("id"), _non_empty("lead_id")]},
+    )
+
+
 class SequenceContext(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     position: Annotated[StrictInt, Field(ge=0, le=9007199254740991)] | None = None
     total_nodes: Annotated[StrictInt, Field(ge=0, le=9007199254740991)] | None = None
     prior_nodes: list[dict[str, Any]] | None = None
+
+
+class Message(BaseModel):
+    """One chat message, ``{role, content}`` as the documented session row has it.
+
+    A PATCH used to take any object here, which the row's documented shape (and every
+    reader of it: the engines, ``replay``) does not; a client's other keys still ride along.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    role: StrictStr
+    content: StrictStr
+
+
+class Example(BaseModel):
+    """One generated example, ``{lead_id, subject, body}``; other keys ride along."""
+
+    model_config = ConfigDict(extra="allow")
+
+    lead_id: StrictStr
+    subject: StrictStr
+    body: StrictStr
 
 
 class CreateSession(BaseModel):
@@ -56,7 +97,7 @@ class PatchSession(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    messages: list[dict[str, Any]] | None = None
+    messages: list[Message] | None = None
     title: StrictStr | None = None
     draft_subject: StrictStr | None = None
     draft_body: StrictStr | None = None
@@ -64,7 +105,7 @@ class PatchSession(BaseModel):
     skeleton_history: list[dict[str, Any]] | None = None
     draft_history: list[dict[str, Any]] | None = None
     framework_version: SafeInt | None = None
-    generated_examples: list[dict[str, Any]] | None = None
+    generated_examples: list[Example] | None = None
     task_status: TaskStatus | None = None
 
 
@@ -76,7 +117,7 @@ class TurnRequest(BaseModel):
 
 
 class GenerateExamplesRequest(BaseModel):
-    leads: Annotated[list[Lead], Field(min_length=1)]
+    leads: Annotated[list[ExampleLead], Field(min_length=1)]
     sequenceContext: SequenceContext | None = None
     isFirstBatch: StrictBool | None = None
     availableVarNames: VarNames | None = None
@@ -103,22 +144,22 @@ class DraftRollback(BaseModel):
 
 
 class SessionOut(BaseModel):
-    id: str
-    user_id: str
-    campaign_id: str
-    node_id: str
+    id: UuidOut
+    user_id: UuidOut
+    campaign_id: UuidOut
+    node_id: UuidOut
     title: str | None
-    messages: list[dict[str, Any]] | None
+    messages: list[Message] | None
     draft_subject: str | None
     draft_body: str | None
     skeleton: dict[str, Any] | None
     skeleton_history: list[dict[str, Any]] | None
     draft_history: list[dict[str, Any]] | None
     framework_version: int | None
-    generated_examples: list[dict[str, Any]] | None
+    generated_examples: list[Example] | None
     task_status: TaskStatus | None
-    created_at: str
-    updated_at: str
+    created_at: Timestamp
+    updated_at: Timestamp
 
 
 class SessionEnvelope(BaseModel):
@@ -132,6 +173,80 @@ class SessionList(BaseModel):
 class RunStarted(BaseModel):
     runId: str
     publicAccessToken: str
+
+
+class RunProgressOut(BaseModel):
+    done: int | None
+    total: int | None
+
+
+class TurnOutputOut(BaseModel):
+    """What a completed turn did."""
+
+    message: str
+    skeleton_updated: bool
+    framework_version: int
+    draft_updated: bool
+
+
+class ExamplesOutputOut(BaseModel):
+    """What a completed example batch did; ``missing_variables``: lead id -> the
+    template variables that lead could not fill."""
+
+    examples: int
+    missing_variables: dict[str, list[str]]
+
+
+class RunOut(BaseModel):
+    """A run, folded from its stream; ``seq`` is that stream's version."""
+
+    id: Annotated[str, Field(pattern=r"^run_[0-9a-f]{32}$")]
+    runId: Annotated[str, Field(pattern=r"^run_[0-9a-f]{32}$")]
+    sessionId: UuidOut
+    session_id: UuidOut | None = None
+    user_id: UuidOut | None = None
+    kind: RunKind
+    status: RunStatus
+    seq: int
+    created_at: Timestamp
+    started_at: Timestamp | None = None
+    finished_at: Timestamp | None = None
+    updated_at: Timestamp | None = None
+    error: str | None = None
+    progress: RunProgressOut | None = None
+    output: TurnOutputOut | ExamplesOutputOut | None = None
+
+
+class RunEnvelope(BaseModel):
+    run: RunOut
+
+
+class ActorOut(BaseModel):
+    """Who appended an event: a user, a run, or the system (``id`` says which)."""
+
+    type: str
+    id: str
+
+
+class EventOut(BaseModel):
+    """One audit-log entry, with everything its hash covers."""
+
+    position: int
+    stream_id: str
+    version: int
+    type: str
+    data: dict[str, Any]
+    actor: ActorOut | str | None = None
+    recorded_at: Timestamp
+    hash: str
+    event_id: UuidOut | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class EventPage(BaseModel):
+    events: list[EventOut]
+    #: the position to pass as ``after`` for the next page, or null at the end
+    next: Annotated[int, Field(ge=0)] | None
 
 
 class Success(BaseModel):

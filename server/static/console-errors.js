@@ -27,7 +27,7 @@ function sentence(error) {
   const code = error && error.code ? `${error.code}: ` : '';
   let message = (error && error.message) || String(error);
   if (error && error.status === 401) {
-    message += '. Check the token: `sessionstream users create NAME` prints one.';
+    message += '. Check the token: `.venv/bin/sessionstream users create NAME` prints one.';
   }
   return code + message;
 }

@@ -219,7 +219,7 @@ function wire() {
   onSubmit('token-form', () => {
     const token = $('token-input').value.trim();
     if (!token) {
-      report({ code: 'no_token', message: 'Paste an API token first (sessionstream users create NAME prints one).' }, 'connect');
+      report({ code: 'no_token', message: 'Paste an API token first (.venv/bin/sessionstream users create NAME prints one).' }, 'connect');
       return;
     }
     sessionStorage.setItem(TOKEN_KEY, token);

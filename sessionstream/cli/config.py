@@ -14,7 +14,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 from annotated_types import Ge, Gt, Le, MinLen
 from pydantic.fields import FieldInfo
 
-from sessionstream.cli.commands import command
+from sessionstream.cli.commands import command, described
 from sessionstream.core.settings import Settings, env_name, flag_name
 
 #: settings every command takes as a flag, and those only ``serve`` takes
@@ -134,7 +134,11 @@ def config(args: argparse.Namespace, settings: Settings) -> int:
 
 def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
-        "config", parents=[common], help="print the settings in effect (secrets masked)"
+        "config",
+        parents=[common],
+        **described(
+            "print the settings in effect (secrets masked)", "0, 2 when a setting cannot be used"
+        ),
     )
     p.add_argument(
         "--markdown",

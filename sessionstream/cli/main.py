@@ -14,7 +14,13 @@ import sys
 from collections.abc import Sequence
 
 from sessionstream.cli import config, maintenance, operations
-from sessionstream.cli.commands import COMMANDS, command, open_store
+from sessionstream.cli.commands import (
+    COMMANDS,
+    command,
+    described,
+    exit_codes,
+    open_store,
+)
 from sessionstream.core.errors import ConfigError
 from sessionstream.core.logs import configure_logging
 from sessionstream.core.settings import Settings
@@ -94,25 +100,61 @@ def users(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sessionstream", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="sessionstream",
+        description="An event-sourced session store with realtime streaming. "
+        "`sessionstream COMMAND --help` says what a command does and exits with.",
+        epilog=exit_codes(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     common = argparse.ArgumentParser(add_help=False)
     config.add_flags(common, config.COMMON_FLAGS)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("serve", parents=[common], help="run the HTTP and websocket server")
+    p = sub.add_parser(
+        "serve",
+        parents=[common],
+        **described(
+            "run the HTTP and websocket server",
+            "0 after a clean shutdown (Ctrl-C or SIGTERM), 2 when it cannot start",
+        ),
+    )
     config.add_flags(p, config.SERVE_FLAGS)
 
-    p = sub.add_parser("users", parents=[common], help="manage users")
+    p = sub.add_parser(
+        "users",
+        parents=[common],
+        **described(
+            "create users, list them, issue and revoke their API tokens",
+            "0 when done, 1 for an unknown user or token, 2 on bad usage",
+        ),
+    )
     users_sub = p.add_subparsers(dest="action", required=True)
-    create = users_sub.add_parser("create", parents=[common], help="create a user and token")
+    create = users_sub.add_parser(
+        "create",
+        parents=[common],
+        **described("create a user and print its first token (alone on the last line)", "0 or 2"),
+    )
     create.add_argument("name")
-    users_sub.add_parser("list", parents=[common], help="every user: id, active tokens, name")
-    token = users_sub.add_parser("token", parents=[common], help="issue another token for a user")
+    users_sub.add_parser(
+        "list", parents=[common], **described("every user: id, active tokens, name", "0 or 2")
+    )
+    token = users_sub.add_parser(
+        "token",
+        parents=[common],
+        **described(
+            "issue another token for a user (alone on the last line)",
+            "0, 1 for an unknown user, 2 on bad usage",
+        ),
+    )
     token.add_argument("user_id")
     revoke = users_sub.add_parser(
         "revoke",
         parents=[common],
-        help="revoke a token (servers stop accepting it within SESSIONSTREAM_TOKEN_CACHE_S)",
+        **described(
+            "revoke a token (servers stop accepting it within SESSIONSTREAM_TOKEN_CACHE_S)",
+            "0, 1 for a token that is not known, 2 on bad usage",
+        ),
     )
     revoke.add_argument("token", nargs="?", help="the token; read from stdin when omitted")
 

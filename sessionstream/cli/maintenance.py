@@ -13,17 +13,24 @@ import asyncio
 import difflib
 import json
 import os
+import shlex
 import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
-from sessionstream.cli.commands import command, open_store
+from sessionstream.cli.commands import command, described, open_store
 from sessionstream.core.errors import SessionStreamError
 from sessionstream.core.readmodels import SessionState
 from sessionstream.core.settings import Settings
-from sessionstream.core.vocabulary import SESSION_PREFIX, TERMINAL, EventType, session_stream
+from sessionstream.core.vocabulary import (
+    SESSION_PREFIX,
+    TERMINAL,
+    EventType,
+    campaign_stream,
+    session_stream,
+)
 from sessionstream.eventstore.base import EventStore
 from sessionstream.eventstore.model import RecordedEvent
 from sessionstream.eventstore.transfer import (
@@ -44,7 +51,13 @@ PAGE = 5000
 
 def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
-        "verify", parents=[common], help="check hash chains, positions and every read model"
+        "verify",
+        parents=[common],
+        **described(
+            "check hash chains, positions and every read model",
+            "0 when everything checks, 1 naming the first problems found, "
+            "2 when there is no database",
+        ),
     )
     p.add_argument(
         "--allow-gaps",
@@ -52,18 +65,45 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         help="accept positions that skip numbers (a store imported from a scoped export)",
     )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    sub.add_parser("rebuild", parents=[common], help="drop every read model and refold the log")
+    sub.add_parser(
+        "rebuild",
+        parents=[common],
+        **described(
+            "drop every read model and refold the log",
+            "0 after refolding, 2 when there is no database",
+        ),
+    )
     p = sub.add_parser(
-        "replay", parents=[common], help="a session's history as a readable timeline"
+        "replay",
+        parents=[common],
+        **described(
+            "print a session's history as a readable timeline",
+            "0, 1 when the log has no such session, 2 when there is no database",
+        ),
     )
     p.add_argument("session_id")
     p.add_argument("--deltas", action="store_true", help="show every streamed text delta")
-    p = sub.add_parser("export", parents=[common], help="write the log (or part of it) as NDJSON")
+    p = sub.add_parser(
+        "export",
+        parents=[common],
+        **described(
+            "write the log, one campaign or one session as NDJSON",
+            "0, 1 for a campaign or session the log does not have, "
+            "2 when there is no database or --out exists",
+        ),
+    )
     scope = p.add_mutually_exclusive_group()
     scope.add_argument("--campaign", help="the campaign, its sessions and their runs")
     scope.add_argument("--session", help="the session and its runs")
     p.add_argument("--out", help="file to write (default: standard output)")
-    p = sub.add_parser("import", parents=[common], help="load an NDJSON export into an empty store")
+    p = sub.add_parser(
+        "import",
+        parents=[common],
+        **described(
+            "load an NDJSON export into an empty store and fold its read models",
+            "0 once imported, 2 for a missing or malformed file or a store that is not empty",
+        ),
+    )
     p.add_argument("file", help="a file written by 'sessionstream export'")
 
 
@@ -332,13 +372,18 @@ def export_(args: argparse.Namespace, settings: Settings) -> int:
     if target is not None and target.exists():
         return _fail(f"{target} exists; refusing to overwrite it")
 
-    async def work(store: EventStore) -> tuple[str, int]:
+    async def work(store: EventStore) -> tuple[str, int] | str:
         if args.campaign:
             scope = await campaign_scope(store, args.campaign.lower())
+            stream = campaign_stream(args.campaign.lower())
         elif args.session:
             scope = session_scope(args.session.lower())
+            stream = session_stream(args.session.lower())
         else:
-            scope = whole_log()
+            scope, stream = whole_log(), None
+        if stream is not None and await store.stream_version(stream) == 0:
+            # an empty file and exit 0 read as "exported, it was empty": a typo went unseen
+            return f"no {scope.name} in this log"
         if target is None:
             return scope.name, await export(store, scope, sys.stdout)
         partial = target.with_name(target.name + ".partial")
@@ -349,10 +394,28 @@ def export_(args: argparse.Namespace, settings: Settings) -> int:
         os.replace(partial, target)
         return scope.name, count
 
-    name, count = asyncio.run(_with_store(settings, work))
+    done: tuple[str, int] | str = asyncio.run(_with_store(settings, work))
+    if isinstance(done, str):
+        return _fail(done, 1)
+    name, count = done
     where = target or "standard output"
     print(f"exported {count:,} events of {name} to {where}", file=sys.stderr)
     return 0
+
+
+def verify_command(settings: Settings, *, gaps: bool) -> str:
+    """The verify command for the store just imported into, as the user can paste it:
+    the installed script, the same store, and ``--allow-gaps`` for a scoped export
+    (without it, verify rejects the positions a scoped export skips)."""
+    if not settings.database_url:
+        where = f"--db {shlex.quote(settings.db_path)}"
+    elif os.environ.get("SESSIONSTREAM_DATABASE_URL") == settings.database_url:
+        where = '--database-url "$SESSIONSTREAM_DATABASE_URL"'
+    else:  # the URL may hold a password: name it, never print it
+        where = "--database-url URL"
+    script = Path(sys.argv[0]) if sys.argv and sys.argv[0].endswith("sessionstream") else None
+    program = shlex.quote(str(script)) if script is not None else ".venv/bin/sessionstream"
+    return f"{program} verify {where}" + (" --allow-gaps" if gaps else "")
 
 
 def _lines(path: Path) -> Iterator[str]:
@@ -383,8 +446,7 @@ def import_(args: argparse.Namespace, settings: Settings) -> int:
         f"(positions {plan.first:,}..{plan.last:,}); read models folded",
         file=out,
     )
-    hint = " --allow-gaps" if plan.gaps else ""
     if plan.gaps:
         print(f"positions skip {plan.gaps} time(s): this was a scoped export", file=out)
-    print(f"check it with: sessionstream verify{hint}", file=out)
+    print(f"check it with: {verify_command(settings, gaps=bool(plan.gaps))}", file=out)
     return 0

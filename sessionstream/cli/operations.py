@@ -12,10 +12,11 @@ import asyncio
 import logging
 import shutil
 import sqlite3
+import sys
 from pathlib import Path
 from typing import Any
 
-from sessionstream.cli.commands import command, open_store
+from sessionstream.cli.commands import command, described, open_store
 from sessionstream.core.errors import ConfigError, EngineError
 from sessionstream.core.settings import Settings
 
@@ -28,9 +29,19 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     sub.add_parser(
         "doctor",
         parents=[common],
-        help="check configuration, model provider, database, disk, schema",
+        **described(
+            "check configuration, model provider, database, disk, schema",
+            "0 when healthy, 1 when a check fails, 2 on a bad setting",
+        ),
     )
-    p = sub.add_parser("backup", parents=[common], help="online backup of the SQLite file")
+    p = sub.add_parser(
+        "backup",
+        parents=[common],
+        **described(
+            "copy the SQLite file while the server keeps writing",
+            "0, 2 on PostgreSQL, when there is no database or when PATH exists",
+        ),
+    )
     p.add_argument("path", help="where to write the copy")
 
 
@@ -129,15 +140,23 @@ def doctor(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if failed else 0
 
 
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
 @command("backup")
 def backup(args: argparse.Namespace, settings: Settings) -> int:
     if settings.database_url:
-        print("PostgreSQL deployments back up with pg_dump / pg_basebackup")
-        return 2
+        return _fail("PostgreSQL deployments back up with pg_dump / pg_basebackup")
+    if not Path(settings.db_path).is_file():
+        # sqlite3.connect would create an empty file and fail on its missing table
+        return _fail(f"no database at {settings.db_path} (pass --db PATH)")
     target = Path(args.path)
     if target.exists():
-        print(f"{target} exists; refusing to overwrite it")
-        return 2
+        return _fail(f"{target} exists; refusing to overwrite it")
+    if not target.parent.is_dir():
+        return _fail(f"no directory {target.parent} to write {target.name} into")
     source = sqlite3.connect(settings.db_path)
     dest = sqlite3.connect(target)
     try:
