@@ -80,6 +80,24 @@ CAMPAIGN_ITEM: dict[str, Any] = {
         "node_count": {"type": "integer"},
     },
 }
+#: ``next``: the ``after`` of the following page; null on the last page, absent without ``limit``
+NEXT: dict[str, Any] = {"type": ["string", "null"]}
+PAGE_PARAMS: list[dict[str, Any]] = [
+    {
+        "name": "limit",
+        "in": "query",
+        "required": False,
+        "description": "A page of at most this many items, with `next`; without it, every item",
+        "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+    },
+    {
+        "name": "after",
+        "in": "query",
+        "required": False,
+        "description": "The opaque `next` of the previous page (400 if this list did not give it)",
+        "schema": {"type": "string"},
+    },
+]
 CAMPAIGN = {"type": "object", "required": ["campaign"], "properties": {"campaign": CAMPAIGN_ITEM}}
 NODE_ITEM = {
     "type": "object",
@@ -95,12 +113,12 @@ NODE = {"type": "object", "required": ["node"], "properties": {"node": NODE_ITEM
 NODES = {
     "type": "object",
     "required": ["nodes"],
-    "properties": {"nodes": {"type": "array", "items": NODE_ITEM}},
+    "properties": {"nodes": {"type": "array", "items": NODE_ITEM}, "next": NEXT},
 }
 CAMPAIGNS = {
     "type": "object",
     "required": ["campaigns"],
-    "properties": {"campaigns": {"type": "array", "items": CAMPAIGN_ITEM}},
+    "properties": {"campaigns": {"type": "array", "items": CAMPAIGN_ITEM}, "next": NEXT},
 }
 RUN = {
     "type": "object",
@@ -232,7 +250,8 @@ def build_document() -> dict[str, Any]:
                         "in": "query",
                         "required": True,
                         "schema": {"type": "string", "pattern": UUID_PATTERN},
-                    }
+                    },
+                    *PAGE_PARAMS,
                 ],
             ),
             "post": _op(
@@ -323,7 +342,7 @@ def build_document() -> dict[str, Any]:
             )
         },
         "/api/campaigns": {
-            "get": _op("List campaigns", CAMPAIGNS, op_id="listCampaigns"),
+            "get": _op("List campaigns", CAMPAIGNS, params=PAGE_PARAMS, op_id="listCampaigns"),
             "post": _op(
                 "Create a campaign",
                 CAMPAIGN,
@@ -349,7 +368,7 @@ def build_document() -> dict[str, Any]:
             "get": _op(
                 "List a campaign's sequence nodes",
                 NODES,
-                params=[campaign_param],
+                params=[campaign_param, *PAGE_PARAMS],
                 op_id="listNodes",
             ),
             "post": _op(

@@ -126,6 +126,8 @@ class SessionEnvelope(BaseModel):
 
 class SessionList(BaseModel):
     sessions: list[SessionOut]
+    #: the ``after`` of the following page; null on the last page, absent without ``limit``
+    next: str | None = None
 
 
 class RunStarted(BaseModel):
