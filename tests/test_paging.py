@@ -155,9 +155,7 @@ async def test_bad_limits_and_forged_cursors_are_400(api: Api) -> None:
 async def test_another_users_cursor_reveals_nothing(api: Api) -> None:
     for i in range(3):
         await api.client.post("/api/campaigns", json={"name": f"a{i}"}, headers=api.h())
-        await api.client.post(
-            "/api/campaigns", json={"name": f"b{i}"}, headers=api.h(api.token_b)
-        )
+        await api.client.post("/api/campaigns", json={"name": f"b{i}"}, headers=api.h(api.token_b))
     r = await api.client.get("/api/campaigns", params={"limit": "1"}, headers=api.h())
     alices = (await r.json())["next"]
     assert alices is not None
