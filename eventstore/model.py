@@ -117,6 +117,13 @@ class AppendResult:
     version: int
     #: True when every event id was already in the log (an idempotent retry)
     duplicate: bool = False
+    #: the read-model documents the caller's appends folded to, as committed (none
+    #: for a retry): a command answers from them instead of reading them back
+    docs: tuple[Doc, ...] = ()
+
+    def doc(self, kind: str, key: str) -> Doc | None:
+        """The ``kind`` document ``key`` this append folded, if it did."""
+        return next((d for d in self.docs if d.key == key and d.kind == kind), None)
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,7 +27,7 @@ from sessionstream.core.readmodels import (
 )
 from sessionstream.core.vocabulary import EventType, session_stream
 from sessionstream.eventstore.base import EventStore
-from sessionstream.eventstore.model import Doc, NewEvent
+from sessionstream.eventstore.model import AppendResult, Doc, NewEvent
 from sessionstream.services.accounts import RunTokens
 from sessionstream.services.claims import Claim, claim_session, require_skeleton
 from sessionstream.services.decide import actor, decide_and_append, idem_uuid
@@ -116,8 +116,8 @@ class Sessions:
             actor(user_id, request_id),
             **({"event_id": event_id} if event_id else {}),
         )
-        await self.store.append(session_stream(session_id), [event], expected_version=0)
-        return await self.session(user_id, session_id)
+        appended = await self.store.append(session_stream(session_id), [event], expected_version=0)
+        return await self._written(appended, user_id, session_id)
 
     async def patch_session(
         self,
@@ -157,7 +157,18 @@ class Sessions:
         held_by = decided.state.body["active_run"]
         if "task_status" in fields and fields["task_status"] is None and held_by is not None:
             await self.runs.cancel(held_by, "task_status cleared by PATCH")
-        return await self.session(user_id, session_id)
+            return await self.session(user_id, session_id)  # the cancel wrote after us
+        return await self._written(decided.appended, user_id, session_id)
+
+    async def _written(
+        self, appended: AppendResult, user_id: str, session_id: str
+    ) -> Loaded[SessionState]:
+        """The session as the append folded it; read back only after an idempotent retry
+        (which folded nothing), through the ownership check a retry must pass again."""
+        doc = appended.doc("session", session_id)
+        if doc is None:
+            return await self.session(user_id, session_id)
+        return session_of(doc)
 
     async def delete_session(
         self, user_id: str, session_id: str, request_id: str | None = None

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from sessionstream.core.errors import ValidationFailed
 from sessionstream.services import paging
 from sessionstream.services.paging import Cursors, Listing
 from tests.conftest import Api
@@ -181,7 +182,7 @@ def test_cursor_codec_round_trips_and_binds_its_list() -> None:
     token = cursors.encode(mine, mark)
     assert cursors.decode(mine, token) == mark
     for scope in (Listing("session", "u2", "c1").scope, Listing("session", "u1", "c2").scope):
-        with pytest.raises(paging.ValidationFailed):
+        with pytest.raises(ValidationFailed):
             cursors.decode(scope, token)
-    with pytest.raises(paging.ValidationFailed):
+    with pytest.raises(ValidationFailed):
         Cursors("another secret" * 3).decode(mine, token)
