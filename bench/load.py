@@ -473,9 +473,10 @@ def report(result: dict[str, Any]) -> None:
         )
         for name, e in result["endpoints"].items()
     ]
-    print_table(
-        ("endpoint", "count", "errors", "409s", "per s", "p50 ms", "p95 ms", "p99 ms"), rows
-    )
+    if rows:  # none with --targets-only
+        print_table(
+            ("endpoint", "count", "errors", "409s", "per s", "p50 ms", "p95 ms", "p99 ms"), rows
+        )
     print(
         f"events written: {result['events_written']:,} ({result['events_per_s']:,.0f}/s); "
         f"websocket frames received: {result['frames_received']:,}; errors: {result['errors']}"
