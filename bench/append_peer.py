@@ -58,8 +58,7 @@ def peer_bulk(count: int, workdir: Path) -> float:
     recorder = _recorder(workdir / "peer.db")
     originator = uuid.uuid4()
     events = [
-        StoredEvent(originator, i + 1, TOPIC, json.dumps(payload(i)).encode())
-        for i in range(count)
+        StoredEvent(originator, i + 1, TOPIC, json.dumps(payload(i)).encode()) for i in range(count)
     ]
     began = time.perf_counter()
     recorder.insert_events(events)
@@ -72,8 +71,7 @@ def peer_sequential(count: int, workdir: Path) -> float:
     recorder = _recorder(workdir / "peer.db")
     originator = uuid.uuid4()
     events = [
-        StoredEvent(originator, i + 1, TOPIC, json.dumps(payload(i)).encode())
-        for i in range(count)
+        StoredEvent(originator, i + 1, TOPIC, json.dumps(payload(i)).encode()) for i in range(count)
     ]
     began = time.perf_counter()
     for event in events:

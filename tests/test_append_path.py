@@ -56,7 +56,7 @@ def test_projector_folds_interleaved_streams_as_the_reference_fold() -> None:
     from sessionstream.eventstore.projector import BatchProjector, fold
 
     at = "2026-01-01T00:00:00.000Z"
-    raw = [
+    raw: list[tuple[str, str, dict[str, Any]]] = [
         (
             "session-s1",
             EventType.SESSION_CREATED,
@@ -80,7 +80,7 @@ def test_projector_folds_interleaved_streams_as_the_reference_fold() -> None:
         )
     docs = BatchProjector(projections.ALL, lambda kind, key: None).project(events)
     for projection in projections.ALL:
-        for key in {projection.key(e) for e in events} - {None}:
+        for key in {k for e in events if (k := projection.key(e)) is not None}:
             doc = docs.get((projection.kind, key))
             reference = fold(projection, [e for e in events if projection.key(e) == key])
             assert (doc.body if doc else None) == reference, (projection.kind, key)
