@@ -85,3 +85,40 @@ def test_projector_folds_interleaved_streams_as_the_reference_fold() -> None:
             reference = fold(projection, [e for e in events if projection.key(e) == key])
             assert (doc.body if doc else None) == reference, (projection.kind, key)
     assert {kind for kind, _ in docs} == {"session", "token", "campaign"}
+
+
+def test_no_snapshot_lookup_until_a_stream_could_be_due() -> None:
+    """A young stream's append asks nothing about snapshots; at ``every`` one is taken."""
+    from sessionstream import projections
+    from sessionstream.core.vocabulary import EventType, session_stream
+    from sessionstream.eventstore.batch import BatchPlanner
+    from sessionstream.eventstore.model import AppendRequest
+
+    asked: list[tuple[str, str]] = []
+
+    def last_snapshot(stream_id: str, kind: str) -> int:
+        asked.append((stream_id, kind))
+        return 0
+
+    def created() -> NewEvent:
+        return NewEvent(
+            EventType.SESSION_CREATED,
+            {"id": "s", "user_id": "u", "campaign_id": "c", "node_id": "n"},
+        )
+
+    def patched(i: int) -> NewEvent:
+        return NewEvent(EventType.SESSION_PATCHED, {"fields": {"title": str(i)}})
+
+    planner = BatchPlanner(
+        0,
+        {},
+        at="2026-01-01T00:00:00.000Z",
+        projections=projections.ALL,
+        snapshot_every=3,
+        last_snapshot=last_snapshot,
+    )
+    young = planner.decide([AppendRequest(session_stream("s"), (created(), patched(1)), 0)])
+    assert young.snapshots == () and asked == []
+    planner.accept(young)
+    due = planner.decide([AppendRequest(session_stream("s"), (patched(2),), 2)])
+    assert [s.version for s in due.snapshots] == [3] and asked == [(session_stream("s"), "session")]
