@@ -12,7 +12,16 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from sessionstream.server import schemas
-from sessionstream.server.schemas import UUID_PATTERN
+from sessionstream.server.schemas import (
+    CAMPAIGN,
+    CAMPAIGNS,
+    EVENTS,
+    NODE,
+    NODES,
+    PAGE_PARAMS,
+    RUN,
+    UUID_PATTERN,
+)
 
 REF = "#/components/schemas/{model}"
 DOC = web.AppKey("openapi_document", dict)
@@ -60,110 +69,11 @@ UUID_PARAM = {
     "required": True,
     "schema": {"type": "string", "pattern": UUID_PATTERN},
 }
-OBJ: dict[str, Any] = {"type": "object"}
 RUN_ID_PARAM = {
     "name": "run_id",
     "in": "path",
     "required": True,
     "schema": {"type": "string", "pattern": "^run_[0-9a-f]{32}$"},
-}
-_NULLABLE_STR: dict[str, Any] = {"type": ["string", "null"]}
-CAMPAIGN_ITEM: dict[str, Any] = {
-    "type": "object",
-    "required": ["id", "user_id", "name", "created_at", "updated_at", "node_count"],
-    "properties": {
-        "id": {"type": "string"},
-        "user_id": {"type": "string"},
-        "name": {"type": "string"},
-        "created_at": {"type": "string"},
-        "updated_at": {"type": "string"},
-        "node_count": {"type": "integer"},
-    },
-}
-#: ``next``: the ``after`` of the following page; null on the last page, absent without ``limit``
-NEXT: dict[str, Any] = {"type": ["string", "null"]}
-PAGE_PARAMS: list[dict[str, Any]] = [
-    {
-        "name": "limit",
-        "in": "query",
-        "required": False,
-        "description": "A page of at most this many items, with `next`; without it, every item",
-        "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
-    },
-    {
-        "name": "after",
-        "in": "query",
-        "required": False,
-        "description": "The opaque `next` of the previous page (400 if this list did not give it)",
-        "schema": {"type": "string"},
-    },
-]
-CAMPAIGN = {"type": "object", "required": ["campaign"], "properties": {"campaign": CAMPAIGN_ITEM}}
-NODE_ITEM = {
-    "type": "object",
-    "required": ["id", "campaign_id", "position"],
-    "properties": {
-        "id": {"type": "string"},
-        "campaign_id": {"type": "string"},
-        "name": _NULLABLE_STR,
-        "position": {"type": "integer"},
-    },
-}
-NODE = {"type": "object", "required": ["node"], "properties": {"node": NODE_ITEM}}
-NODES = {
-    "type": "object",
-    "required": ["nodes"],
-    "properties": {"nodes": {"type": "array", "items": NODE_ITEM}, "next": NEXT},
-}
-CAMPAIGNS = {
-    "type": "object",
-    "required": ["campaigns"],
-    "properties": {"campaigns": {"type": "array", "items": CAMPAIGN_ITEM}, "next": NEXT},
-}
-RUN = {
-    "type": "object",
-    "required": ["run"],
-    "properties": {
-        "run": {
-            "type": "object",
-            "required": ["id", "runId", "sessionId", "kind", "status", "seq", "created_at"],
-            "properties": {
-                "id": {"type": "string"},
-                "runId": {"type": "string"},
-                "sessionId": {"type": "string"},
-                "kind": {"enum": ["turn", "examples"]},
-                "status": {"enum": ["queued", "running", "completed", "failed", "canceled"]},
-                "seq": {"type": "integer"},
-                "created_at": {"type": "string"},
-                "error": _NULLABLE_STR,
-            },
-        }
-    },
-}
-
-
-EVENTS = {
-    "type": "object",
-    "required": ["events", "next"],
-    "properties": {
-        "events": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "required": ["position", "stream_id", "version", "type", "data", "hash"],
-                "properties": {
-                    "position": {"type": "integer"},
-                    "stream_id": {"type": "string"},
-                    "version": {"type": "integer"},
-                    "type": {"type": "string"},
-                    "data": {"type": "object"},
-                    "recorded_at": {"type": "string"},
-                    "hash": {"type": "string"},
-                },
-            },
-        },
-        "next": {"type": ["integer", "null"]},
-    },
 }
 IF_MATCH = {
     "name": "If-Match",
