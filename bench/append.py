@@ -20,10 +20,14 @@ same minute, and reports events/s for 1, 10 and 100 concurrent appenders
   throwaway schema of ``SESSIONSTREAM_BENCH_DATABASE_URL`` (default the local
   ``test`` database). Target: at least 2x eventsourcing at 100 appenders.
 
+- ``peer``: the ``eventsourcing`` SQLite recorder's own workloads, one
+  append of 10,000 events and 100 sequential single appends, beside that
+  recorder (``bench/append_peer.py``). Target: at least 1.0x on both.
+
 Add a backend by writing two small ``Series`` functions and appending a
 ``Comparison`` to ``COMPARISONS``; the table and the JSON pick it up.
 
-    python -m bench.append [--rounds 3] [--quick] [--only sqlite] [--no-uvloop]
+    python -m bench.append [--rounds 3] [--quick] [--only sqlite|postgres|peer] [--no-uvloop]
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from bench import append_peer
 from bench.common import (
     RESULTS,
     base_parser,
@@ -349,6 +354,7 @@ def main() -> None:
     rounds = 1 if args.quick else args.rounds
     loop = "asyncio" if args.no_uvloop or not install_uvloop() else "uvloop"
     results: dict[str, Any] = {}
+    peer: dict[str, Any] = {}
     for comparison in COMPARISONS:
         if args.only and comparison.name not in args.only:
             continue
@@ -358,6 +364,10 @@ def main() -> None:
             continue
         print(f"{comparison.name}: {comparison.subject} vs {comparison.baseline}")
         results[comparison.name] = run(comparison, rounds, args.quick)
+    if not args.only or "peer" in args.only:
+        reason = append_peer.unavailable()
+        print(f"skipping peer: {reason}" if reason else "peer: the eventsourcing SQLite recorder")
+        peer = {} if reason else append_peer.run(rounds)
     print()
     table = [
         (
@@ -373,6 +383,18 @@ def main() -> None:
     print_table(("backend", "appenders", "store ev/s", "baseline ev/s", "ratio"), table)
     for name, result in results.items():
         print(f"{name}: target {result['target']}: {'met' if result['met'] else 'MISSED'}")
+    for name, row in peer.items():
+        print(
+            f"peer {name} ({row['events']:,} events): {row['subject_events_per_s']:,} vs "
+            f"{row['baseline_events_per_s']:,} ev/s, {row['ratio']:.2f}x: "
+            f"target {row['target']}: {'met' if row['met'] else 'MISSED'}"
+        )
+    if peer:
+        results["peer"] = {
+            "subject": "SQLiteEventStore.append",
+            "baseline": "eventsourcing SQLiteApplicationRecorder.insert_events",
+            "rows": peer,
+        }
     if args.only:  # keep the other comparisons' last results
         results = {**previous_comparisons(), **results}
     write_json(

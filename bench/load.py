@@ -303,23 +303,32 @@ async def python_client(base_url: str, calls: list[Call], seconds: float) -> tup
 
 
 async def measure_targets(
-    server: Server, seats: list[Seat], workdir: Path, rounds: int, seconds: float
+    server: Server,
+    seats: list[Seat],
+    workdir: Path,
+    rounds: int,
+    seconds: float,
+    client: str,
+    only: str | None = None,
 ) -> dict[str, Any]:
+    """The targets with one load client (``wrk`` or ``python``); ``only`` keeps series
+    whose name starts with it (``patch``: the write path alone)."""
     base = server.base_url
     servers = {
         "service": server,
-        "read": start_baseline("read", workdir / "baseline-read.db"),
-        "write": start_baseline("write", workdir / "baseline-write.db"),
+        "read": start_baseline("read", workdir / f"baseline-read-{client}.db"),
+        "write": start_baseline("write", workdir / f"baseline-write-{client}.db"),
     }
     samples: dict[str, list[float]] = defaultdict(list)
-    client = "wrk -t1" if WRK else "aiohttp (wrk missing: the client caps the rates)"
+    use_wrk = client == "wrk"
+    series = {k: v for k, v in target_calls(seats).items() if only is None or k.startswith(only)}
     try:
         for _ in range(rounds):
-            for name, (which, calls) in target_calls(seats).items():
+            for name, (which, calls) in series.items():
                 url = servers[which].base_url
                 before = await head(base) if name == "patch_session" else 0
                 began = time.perf_counter()
-                if WRK:
+                if use_wrk:
                     rate, summary = await wrk(url, calls, clients=TARGET_CLIENTS, seconds=seconds)
                     errors, sample = summary["errors"], str(summary)
                 else:
@@ -336,6 +345,8 @@ async def measure_targets(
         servers["write"].stop()
 
     def target(subject: str, baseline: str, what: str, unit: str) -> dict[str, Any]:
+        if not samples[subject] or not samples[baseline]:
+            return {"what": what, "unit": unit, "target": None, "met": None, "skipped": True}
         s, b = median(samples[subject]), median(samples[baseline])
         ratio = s / b if b else 0.0
         return {
@@ -351,7 +362,7 @@ async def measure_targets(
 
     return {
         "clients": TARGET_CLIENTS,
-        "load_client": client,
+        "load_client": "wrk -t1" if use_wrk else "aiohttp (Python)",
         "seconds": seconds,
         "rounds": rounds,
         "get_session": target(
@@ -391,6 +402,15 @@ async def measure_targets(
 
 
 # main -----------------------------------------------------------------------------------
+def load_clients(choice: str) -> list[str]:
+    """``both`` (the default) measures with wrk and with the Python client, wrk permitting."""
+    if choice in ("wrk", "both") and not WRK:
+        if choice == "wrk":
+            raise SystemExit("wrk is not installed (apt-get install -y wrk)")
+        return ["python"]
+    return ["wrk", "python"] if choice == "both" else [choice]
+
+
 async def run(args: Any) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp:
         workdir = Path(tmp)
@@ -401,11 +421,16 @@ async def run(args: Any) -> dict[str, Any]:
             seats = await seed(server.base_url, tokens, SESSIONS_PER_USER)
             load = Load(server.base_url, seats)
             head_before = await head(server.base_url)
-            elapsed = await load.run(args.clients, args.duration)
+            elapsed = await load.run(args.clients, 0.0 if args.targets_only else args.duration)
             events = await head(server.base_url) - head_before
             # fresh sessions: rows the size of the baseline's, not grown by a minute of turns
             fresh = await seed(server.base_url, tokens, SESSIONS_PER_USER)
-            targets = await measure_targets(server, fresh, workdir, args.rounds, args.seconds)
+            targets = {
+                client: await measure_targets(
+                    server, fresh, workdir, args.rounds, args.seconds, client, args.only
+                )
+                for client in load_clients(args.client)
+            }
         finally:
             server.stop()
             log = (workdir / "log").read_text(errors="replace")
@@ -448,31 +473,29 @@ def report(result: dict[str, Any]) -> None:
         )
         for name, e in result["endpoints"].items()
     ]
-    print_table(
-        ("endpoint", "count", "errors", "409s", "per s", "p50 ms", "p95 ms", "p99 ms"), rows
-    )
+    if rows:  # none with --targets-only
+        print_table(
+            ("endpoint", "count", "errors", "409s", "per s", "p50 ms", "p95 ms", "p99 ms"), rows
+        )
     print(
         f"events written: {result['events_written']:,} ({result['events_per_s']:,.0f}/s); "
         f"websocket frames received: {result['frames_received']:,}; errors: {result['errors']}"
     )
-    t = result["targets"]
-    print(
-        f"\nHTTP targets ({t['clients']} clients of {t['load_client']}, "
-        f"median of {t['rounds']} x {t['seconds']} s)"
-    )
-    print_table(
-        ("target", "unit", "sessionstream", "baseline", "ratio", "goal", "met"),
-        [
-            (key, t[key]["unit"], t[key]["subject"], t[key]["baseline"], t[key]["ratio"])
-            + ((">= 1.5", t[key]["met"]) if t[key]["target"] else ("(context)", "-"))
-            for key in (
-                "get_session",
-                "get_session_vs_one_hop",
-                "get_session_vs_ceiling",
-                "patch_session",
-            )
-        ],
-    )
+    for t in result["targets"].values():
+        print(
+            f"\nHTTP targets ({t['clients']} clients of {t['load_client']}, "
+            f"median of {t['rounds']} x {t['seconds']} s)"
+        )
+        keys = ("get_session", "get_session_vs_one_hop", "get_session_vs_ceiling", "patch_session")
+        print_table(
+            ("target", "unit", "sessionstream", "baseline", "ratio", "goal", "met"),
+            [
+                (key, t[key]["unit"], t[key]["subject"], t[key]["baseline"], t[key]["ratio"])
+                + ((">= 1.5", t[key]["met"]) if t[key]["target"] else ("(context)", "-"))
+                for key in keys
+                if not t[key].get("skipped")
+            ],
+        )
     for name, e in result["endpoints"].items():
         for sample in e["error_samples"]:
             print(f"  error ({name}): {sample}")
@@ -483,6 +506,14 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of mixed load")
     parser.add_argument("--clients", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=5.0, help="per target measurement")
+    parser.add_argument(
+        "--client",
+        choices=("both", "wrk", "python"),
+        default="both",
+        help="load client(s) for the HTTP targets (both: wrk, if installed, then Python)",
+    )
+    parser.add_argument("--targets-only", action="store_true", help="skip the mixed load")
+    parser.add_argument("--only", help="measure only the target series starting with this")
     args = parser.parse_args()
     if args.quick:
         args.duration, args.rounds, args.seconds = 10.0, 1, 3.0

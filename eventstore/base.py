@@ -149,8 +149,17 @@ class EventStore(ABC):
         parent: str | None = None,
         active: bool | None = None,
         include_deleted: bool = False,
+        after: tuple[str, str] | None = None,
+        limit: int | None = None,
     ) -> list[Doc]:
-        """Documents ordered by ``created_at`` then key (a stable tie-break)."""
+        """Documents ordered by ``created_at`` then key (a stable tie-break).
+
+        ``after`` is the ``(created_at, key)`` of the last document a caller
+        already has: the list goes on strictly after it (keyset paging, so a
+        page costs the same at any depth and documents created meanwhile are
+        neither skipped nor repeated). Documents without ``created_at`` sort
+        first and are never after a mark. ``limit`` bounds the page.
+        """
 
     @abstractmethod
     async def rebuild(self) -> int:

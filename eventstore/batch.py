@@ -268,6 +268,14 @@ class BatchPlanner:
                 return Decision(results)
             docs = self.projector.project(fresh)
             snapshots = self._policy.due(fresh, docs, self._marks) if docs else ()
+            if docs:  # each caller gets the documents it folded: no read after the write
+                folded = tuple(docs.values())
+                results = [
+                    r
+                    if r.duplicate
+                    else AppendResult(r.stream_id, r.events, r.version, False, folded)
+                    for r in results
+                ]
             return Decision(results, tuple(fresh), streams, docs, tuple(snapshots), head)
         except SessionStreamError as exc:
             return Decision(exc)

@@ -96,9 +96,16 @@ class SnapshotPolicy:
                 if key is not None:
                     streams[(projection.kind, key)] = event.stream_id
         snapshots = []
+        every = self.every
         for ident, stream_id in streams.items():
             doc = docs.get(ident)
-            if doc is not None and doc.version - last(stream_id, doc.kind) >= self.every:
+            # below ``every`` none can be due (a mark is never negative): no lookup,
+            # which spared a young session's PATCH one statement per append
+            if (
+                doc is not None
+                and doc.version >= every
+                and doc.version - last(stream_id, doc.kind) >= every
+            ):
                 snapshots.append(Snapshot(stream_id, doc.kind, doc.version, doc.position, doc.body))
         return snapshots
 

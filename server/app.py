@@ -38,6 +38,7 @@ from sessionstream.server.ratelimit import RateLimiter
 from sessionstream.services.accounts import Authenticator, RunTokens
 from sessionstream.services.campaigns import Campaigns
 from sessionstream.services.history import History
+from sessionstream.services.paging import Cursors
 from sessionstream.services.runs import RunManager
 from sessionstream.services.sessions import Sessions
 
@@ -167,8 +168,9 @@ def create_app(
         node_id=settings.node_id,
         lease_ttl_s=settings.lease_ttl_s,
     )
-    app[SESSIONS] = Sessions(app[STORE], app[RUNS], app[RUN_TOKENS])
-    app[CAMPAIGNS] = Campaigns(app[STORE])
+    cursors = Cursors(secret)  # list cursors hold across restarts and nodes, as run tokens do
+    app[SESSIONS] = Sessions(app[STORE], app[RUNS], app[RUN_TOKENS], cursors)
+    app[CAMPAIGNS] = Campaigns(app[STORE], cursors)
     app[HISTORY] = History(app[STORE])
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_runs_ctx)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
-from typing import cast
+from typing import Any, TypeVar, cast
 
 from aiohttp import web
 
@@ -39,7 +40,10 @@ from sessionstream.server.schemas import (
     TurnRequest,
 )
 from sessionstream.services.ownership import Loaded
+from sessionstream.services.paging import MAX_LIMIT, Page
 from sessionstream.services.sessions import StartedRun
+
+T = TypeVar("T")
 
 routes = web.RouteTableDef()
 _UUID = re.compile(UUID_PATTERN)
@@ -119,6 +123,18 @@ def as_of_param(raw: str) -> int | datetime:
     return moment
 
 
+def limit_query(request: web.Request) -> int | None:
+    """``limit``: a page size from 1 to ``MAX_LIMIT``; absent, the whole list."""
+    raw = request.query.get("limit")
+    # present but blank is a 400, not "the whole list": a client that sent limit meant a page
+    return None if raw is None else natural(raw, "limit", low=1, high=MAX_LIMIT)
+
+
+def after_query(request: web.Request) -> str | None:
+    """``after``: the ``next`` cursor of the previous page, opaque to the client."""
+    return request.query.get("after") or None
+
+
 def turn_ask(body: TurnRequest, settings: Settings) -> TurnRunInput:
     if len(body.message) > settings.max_message_chars:
         raise ValidationFailed(f"message is longer than {settings.max_message_chars} characters")
@@ -167,6 +183,42 @@ def session_response(session: Loaded[SessionState], status: int = 200) -> web.Re
     )
 
 
+def page_response(name: str, page: Page[T], item: Callable[[T], Any] | None = None) -> web.Response:
+    items = page.items if item is None else [item(x) for x in page.items]
+    return web.json_response({name: items, "next": page.next})
+
+
+async def streamed_list(
+    request: web.Request,
+    name: str,
+    chunks: AsyncIterator[list[T]],
+    item: Callable[[T], Any] | None = None,
+) -> web.StreamResponse:
+    """``{name: [...]}`` written a chunk at a time, so a long list never sits in memory whole.
+
+    The first chunk is read before the status goes out: an error there is
+    still an ordinary error response.
+    """
+    chunk = await anext(chunks, None)
+    response = web.StreamResponse(headers={"Content-Type": "application/json; charset=utf-8"})
+    if rid := request_id(request):
+        response.headers["X-Request-Id"] = rid
+    await response.prepare(request)
+    if request.method == "HEAD":  # the status and headers only: a body would corrupt the wire
+        await response.write_eof()
+        return response
+    await response.write(b'{"' + name.encode() + b'":[')
+    separator = b""
+    while chunk is not None:
+        encoded = ",".join(json.dumps(x if item is None else item(x)) for x in chunk)
+        await response.write(separator + encoded.encode())
+        separator = b","
+        chunk = await anext(chunks, None)
+    await response.write(b"]}")
+    await response.write_eof()
+    return response
+
+
 def run_json(row: RunRow) -> RunJson:
     return {**row, "runId": row["id"], "sessionId": row["session_id"]}
 
@@ -190,9 +242,14 @@ def campaign_json(campaign: Campaign) -> CampaignJson:
 
 # sessions -------------------------------------------------------------------------------
 @routes.get(SESSIONS_PATH)
-async def list_sessions(request: web.Request) -> web.Response:
-    rows = await request.app[SESSIONS].sessions(user_id(request), campaign_query(request))
-    return web.json_response({"sessions": rows})
+async def list_sessions(request: web.Request) -> web.StreamResponse:
+    user, campaign_id = user_id(request), campaign_query(request)
+    limit, after = limit_query(request), after_query(request)
+    if limit is None:
+        chunks = request.app[SESSIONS].every_session(user, campaign_id, after)
+        return await streamed_list(request, "sessions", chunks)
+    page = await request.app[SESSIONS].sessions(user, campaign_id, limit, after)
+    return page_response("sessions", page)
 
 
 @routes.post(SESSIONS_PATH)
@@ -294,9 +351,13 @@ async def create_campaign(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/campaigns")
-async def list_campaigns(request: web.Request) -> web.Response:
-    campaigns = await request.app[CAMPAIGNS].campaigns(user_id(request))
-    return web.json_response({"campaigns": [campaign_json(c) for c in campaigns]})
+async def list_campaigns(request: web.Request) -> web.StreamResponse:
+    user, limit, after = user_id(request), limit_query(request), after_query(request)
+    if limit is None:
+        chunks = request.app[CAMPAIGNS].every_campaign(user, after)
+        return await streamed_list(request, "campaigns", chunks, campaign_json)
+    page = await request.app[CAMPAIGNS].campaigns(user, limit, after)
+    return page_response("campaigns", page, campaign_json)
 
 
 @routes.get(CAMPAIGN_PATH)
@@ -325,5 +386,10 @@ async def create_node(request: web.Request) -> web.Response:
 
 @routes.get("/api/campaigns/{id}/nodes")
 async def list_nodes(request: web.Request) -> web.Response:
-    nodes = await request.app[CAMPAIGNS].nodes(user_id(request), uuid_param(request))
-    return web.json_response({"nodes": nodes})
+    campaign_id, limit = uuid_param(request), limit_query(request)
+    page = await request.app[CAMPAIGNS].nodes(
+        user_id(request), campaign_id, limit, after_query(request)
+    )
+    if limit is None:
+        return web.json_response({"nodes": page.items})
+    return page_response("nodes", page)

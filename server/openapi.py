@@ -15,7 +15,14 @@ from sessionstream.core.settings import Settings
 from sessionstream.server import schemas
 from sessionstream.server.keys import SETTINGS
 from sessionstream.server.openapi_text import OPERATIONS, TAGS
-from sessionstream.server.schemas import UUID_PATTERN
+from sessionstream.server.schemas import (
+    CAMPAIGN,
+    CAMPAIGNS,
+    NODE,
+    NODES,
+    PAGE_PARAMS,
+    UUID_PATTERN,
+)
 
 REF = "#/components/schemas/{model}"
 DOC = web.AppKey("openapi_document", dict)
@@ -70,43 +77,6 @@ RUN_ID_PARAM = {
     "in": "path",
     "required": True,
     "schema": {"type": "string", "pattern": "^run_[0-9a-f]{32}$"},
-}
-_NULLABLE_STR: dict[str, Any] = {"type": ["string", "null"]}
-_UUID: dict[str, Any] = {"type": "string", "format": "uuid"}
-_TIME: dict[str, Any] = {"type": "string", "format": "date-time"}
-CAMPAIGN_ITEM: dict[str, Any] = {
-    "type": "object",
-    "required": ["id", "user_id", "name", "created_at", "updated_at", "node_count"],
-    "properties": {
-        "id": _UUID,
-        "user_id": _UUID,
-        "name": {"type": "string"},
-        "created_at": _TIME,
-        "updated_at": _TIME,
-        "node_count": {"type": "integer"},
-    },
-}
-CAMPAIGN = {"type": "object", "required": ["campaign"], "properties": {"campaign": CAMPAIGN_ITEM}}
-NODE_ITEM = {
-    "type": "object",
-    "required": ["id", "campaign_id", "position"],
-    "properties": {
-        "id": _UUID,
-        "campaign_id": _UUID,
-        "name": _NULLABLE_STR,
-        "position": {"type": "integer"},
-    },
-}
-NODE = {"type": "object", "required": ["node"], "properties": {"node": NODE_ITEM}}
-NODES = {
-    "type": "object",
-    "required": ["nodes"],
-    "properties": {"nodes": {"type": "array", "items": NODE_ITEM}},
-}
-CAMPAIGNS = {
-    "type": "object",
-    "required": ["campaigns"],
-    "properties": {"campaigns": {"type": "array", "items": CAMPAIGN_ITEM}},
 }
 #: the highest log position a cursor may name (a signed 64-bit column, checked by the handler)
 MAX_POSITION = 10**18 - 1
@@ -228,7 +198,8 @@ def build_document(settings: Settings) -> dict[str, Any]:
                         "in": "query",
                         "required": True,
                         "schema": {"type": "string", "format": "uuid", "pattern": UUID_PATTERN},
-                    }
+                    },
+                    *PAGE_PARAMS,
                 ],
             ),
             "post": _op(
@@ -324,7 +295,7 @@ def build_document(settings: Settings) -> dict[str, Any]:
             )
         },
         "/api/campaigns": {
-            "get": _op("List campaigns", CAMPAIGNS, op_id="listCampaigns"),
+            "get": _op("List campaigns", CAMPAIGNS, params=PAGE_PARAMS, op_id="listCampaigns"),
             "post": _op(
                 "Create a campaign",
                 CAMPAIGN,
@@ -350,7 +321,7 @@ def build_document(settings: Settings) -> dict[str, Any]:
             "get": _op(
                 "List a campaign's sequence nodes",
                 NODES,
-                params=[campaign_param],
+                params=[campaign_param, *PAGE_PARAMS],
                 op_id="listNodes",
             ),
             "post": _op(

@@ -168,6 +168,8 @@ class SessionEnvelope(BaseModel):
 
 class SessionList(BaseModel):
     sessions: list[SessionOut]
+    #: the ``after`` of the following page; null on the last page, absent without ``limit``
+    next: str | None = None
 
 
 class RunStarted(BaseModel):
@@ -293,3 +295,61 @@ class EventJson(TypedDict):
     hash: str
     event_id: str
     metadata: JsonObject
+
+
+# their JSON schemas, for the OpenAPI document ----------------------------------------------
+_NULLABLE_STR: dict[str, Any] = {"type": ["string", "null"]}
+_UUID: dict[str, Any] = {"type": "string", "format": "uuid"}
+_TIME: dict[str, Any] = {"type": "string", "format": "date-time"}
+CAMPAIGN_ITEM: dict[str, Any] = {
+    "type": "object",
+    "required": ["id", "user_id", "name", "created_at", "updated_at", "node_count"],
+    "properties": {
+        "id": _UUID,
+        "user_id": _UUID,
+        "name": {"type": "string"},
+        "created_at": _TIME,
+        "updated_at": _TIME,
+        "node_count": {"type": "integer"},
+    },
+}
+#: ``next``: the ``after`` of the following page; null on the last page, absent without ``limit``
+NEXT: dict[str, Any] = {"type": ["string", "null"]}
+PAGE_PARAMS: list[dict[str, Any]] = [
+    {
+        "name": "limit",
+        "in": "query",
+        "required": False,
+        "description": "A page of at most this many items, with `next`; without it, every item",
+        "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+    },
+    {
+        "name": "after",
+        "in": "query",
+        "required": False,
+        "description": "The opaque `next` of the previous page (400 if this list did not give it)",
+        "schema": {"type": "string"},
+    },
+]
+CAMPAIGN = {"type": "object", "required": ["campaign"], "properties": {"campaign": CAMPAIGN_ITEM}}
+NODE_ITEM = {
+    "type": "object",
+    "required": ["id", "campaign_id", "position"],
+    "properties": {
+        "id": _UUID,
+        "campaign_id": _UUID,
+        "name": _NULLABLE_STR,
+        "position": {"type": "integer"},
+    },
+}
+NODE = {"type": "object", "required": ["node"], "properties": {"node": NODE_ITEM}}
+NODES = {
+    "type": "object",
+    "required": ["nodes"],
+    "properties": {"nodes": {"type": "array", "items": NODE_ITEM}, "next": NEXT},
+}
+CAMPAIGNS = {
+    "type": "object",
+    "required": ["campaigns"],
+    "properties": {"campaigns": {"type": "array", "items": CAMPAIGN_ITEM}, "next": NEXT},
+}

@@ -8,21 +8,30 @@ version: two concurrent additions never get the same position.
 
 from __future__ import annotations
 
+import secrets
 import uuid
+from collections.abc import AsyncIterator
 
 from sessionstream.core.readmodels import Campaign, Node
 from sessionstream.core.vocabulary import EventType, campaign_stream
 from sessionstream.eventstore.base import EventStore
-from sessionstream.eventstore.model import NewEvent
+from sessionstream.eventstore.model import Doc, NewEvent
 from sessionstream.services.decide import actor, decide_and_append
 from sessionstream.services.ownership import Loaded, campaign_of, owned_campaign
+from sessionstream.services.paging import Cursors, Listing, Page, Pager
+
+
+def _body(doc: Doc) -> Campaign:
+    return campaign_of(doc).body
 
 
 class Campaigns:
     """Campaign and node commands and queries; another user's campaign is ``NotFound``."""
 
-    def __init__(self, store: EventStore) -> None:
+    def __init__(self, store: EventStore, cursors: Cursors | None = None) -> None:
+        """``cursors`` signs list cursors; without one they hold for this process only."""
         self.store = store
+        self.pager = Pager(store, cursors or Cursors(secrets.token_urlsafe(32)))
 
     async def create_campaign(
         self, user_id: str, name: str, request_id: str | None = None
@@ -44,9 +53,15 @@ class Campaigns:
     async def campaign(self, user_id: str, campaign_id: str) -> Loaded[Campaign]:
         return await owned_campaign(self.store, campaign_id, user_id)
 
-    async def campaigns(self, user_id: str) -> list[Campaign]:
-        docs = await self.store.list_docs("campaign", owner=user_id)
-        return [campaign_of(d).body for d in docs]
+    async def campaigns(self, user_id: str, limit: int, after: str | None = None) -> Page[Campaign]:
+        """A page of the caller's campaigns, oldest first."""
+        return await self.pager.page(Listing("campaign", user_id), limit, after, _body)
+
+    def every_campaign(
+        self, user_id: str, after: str | None = None
+    ) -> AsyncIterator[list[Campaign]]:
+        """All of them, a bounded chunk at a time."""
+        return self.pager.chunks(Listing("campaign", user_id), after, _body)
 
     async def delete_campaign(
         self, user_id: str, campaign_id: str, request_id: str | None = None
@@ -62,8 +77,15 @@ class Campaigns:
             attempts=1,
         )
 
-    async def nodes(self, user_id: str, campaign_id: str) -> list[Node]:
-        return (await self.campaign(user_id, campaign_id)).body["nodes"]
+    async def nodes(
+        self, user_id: str, campaign_id: str, limit: int | None = None, after: str | None = None
+    ) -> Page[Node]:
+        """A page of a campaign's nodes in the order they were added (all of them without
+        ``limit``); they live in the campaign's document, so a page is a slice of it."""
+        nodes = (await self.campaign(user_id, campaign_id)).body["nodes"]
+        listing = Listing("node", user_id, campaign_id)
+        size = len(nodes) if limit is None else limit
+        return self.pager.within(listing, nodes, size, after, lambda n: n["id"])
 
     async def add_node(
         self,

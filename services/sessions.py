@@ -10,7 +10,9 @@ its ``publicAccessToken``. The HTTP handlers only parse and serialise.
 from __future__ import annotations
 
 import logging
+import secrets
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from sessionstream.core.errors import NotFound, SessionStreamError
@@ -25,7 +27,7 @@ from sessionstream.core.readmodels import (
 )
 from sessionstream.core.vocabulary import EventType, session_stream
 from sessionstream.eventstore.base import EventStore
-from sessionstream.eventstore.model import NewEvent
+from sessionstream.eventstore.model import AppendResult, Doc, NewEvent
 from sessionstream.services.accounts import RunTokens
 from sessionstream.services.claims import Claim, claim_session, require_skeleton
 from sessionstream.services.decide import actor, decide_and_append, idem_uuid
@@ -36,6 +38,7 @@ from sessionstream.services.ownership import (
     owned_session,
     session_of,
 )
+from sessionstream.services.paging import Cursors, Listing, Page, Pager
 from sessionstream.services.runs import RunManager
 
 log = logging.getLogger("sessionstream.runs")
@@ -49,21 +52,45 @@ class StartedRun:
     public_access_token: str
 
 
+def _sessions(user_id: str, campaign_id: str) -> Listing:
+    return Listing("session", user_id, campaign_id)
+
+
+def _row(doc: Doc) -> SessionRow:
+    return session_of(doc).body["row"]
+
+
 class Sessions:
     """The session commands and queries; runs are started and canceled through ``runs``."""
 
-    def __init__(self, store: EventStore, runs: RunManager, tokens: RunTokens) -> None:
+    def __init__(
+        self,
+        store: EventStore,
+        runs: RunManager,
+        tokens: RunTokens,
+        cursors: Cursors | None = None,
+    ) -> None:
+        """``cursors`` signs list cursors; without one they hold for this process only."""
         self.store = store
         self.runs = runs
         self.tokens = tokens
+        self.pager = Pager(store, cursors or Cursors(secrets.token_urlsafe(32)))
 
     # queries ------------------------------------------------------------------------------
     async def session(self, user_id: str, session_id: str) -> Loaded[SessionState]:
         return await owned_session(self.store, session_id, user_id)
 
-    async def sessions(self, user_id: str, campaign_id: str) -> list[SessionRow]:
-        docs = await self.store.list_docs("session", owner=user_id, parent=campaign_id)
-        return [session_of(d).body["row"] for d in docs]
+    async def sessions(
+        self, user_id: str, campaign_id: str, limit: int, after: str | None = None
+    ) -> Page[SessionRow]:
+        """A page of the caller's sessions of a campaign, oldest first."""
+        return await self.pager.page(_sessions(user_id, campaign_id), limit, after, _row)
+
+    def every_session(
+        self, user_id: str, campaign_id: str, after: str | None = None
+    ) -> AsyncIterator[list[SessionRow]]:
+        """All of them (the documented list without ``limit``), a bounded chunk at a time."""
+        return self.pager.chunks(_sessions(user_id, campaign_id), after, _row)
 
     async def run(self, user_id: str, run_id: str) -> RunRow:
         return (await owned_run(self.store, run_id, user_id)).body
@@ -89,8 +116,8 @@ class Sessions:
             actor(user_id, request_id),
             **({"event_id": event_id} if event_id else {}),
         )
-        await self.store.append(session_stream(session_id), [event], expected_version=0)
-        return await self.session(user_id, session_id)
+        appended = await self.store.append(session_stream(session_id), [event], expected_version=0)
+        return await self._written(appended, user_id, session_id)
 
     async def patch_session(
         self,
@@ -130,7 +157,18 @@ class Sessions:
         held_by = decided.state.body["active_run"]
         if "task_status" in fields and fields["task_status"] is None and held_by is not None:
             await self.runs.cancel(held_by, "task_status cleared by PATCH")
-        return await self.session(user_id, session_id)
+            return await self.session(user_id, session_id)  # the cancel wrote after us
+        return await self._written(decided.appended, user_id, session_id)
+
+    async def _written(
+        self, appended: AppendResult, user_id: str, session_id: str
+    ) -> Loaded[SessionState]:
+        """The session as the append folded it; read back only after an idempotent retry
+        (which folded nothing), through the ownership check a retry must pass again."""
+        doc = appended.doc("session", session_id)
+        if doc is None:
+            return await self.session(user_id, session_id)
+        return session_of(doc)
 
     async def delete_session(
         self, user_id: str, session_id: str, request_id: str | None = None

@@ -115,6 +115,8 @@ class PostgresReader:
         parent: str | None = None,
         active: bool | None = None,
         include_deleted: bool = False,
+        after: tuple[str, str] | None = None,
+        limit: int | None = None,
     ) -> list[Doc]:
         query = f"SELECT {DOC_COLUMNS} FROM docs WHERE kind = $1"
         args: list[Any] = [kind]
@@ -124,7 +126,13 @@ class PostgresReader:
                 query += f" AND {column} = ${len(args)}"
         if not include_deleted:
             query += " AND NOT deleted"
+        if after is not None:
+            args.extend(after)
+            query += f" AND (created_at, key) > (${len(args) - 1}, ${len(args)})"
         query += " ORDER BY created_at NULLS FIRST, key"
+        if limit is not None:
+            args.append(limit)
+            query += f" LIMIT ${len(args)}"
         return [row_to_doc(r) for r in await self.fetch(query, *args)]
 
     async def latest_snapshot(

@@ -149,6 +149,8 @@ class SQLiteReader:
         parent: str | None = None,
         active: bool | None = None,
         include_deleted: bool = False,
+        after: tuple[str, str] | None = None,
+        limit: int | None = None,
     ) -> list[Doc]:
         sql = f"SELECT {DOC_COLUMNS} FROM docs WHERE kind = ?"
         params: list[Any] = [kind]
@@ -163,7 +165,14 @@ class SQLiteReader:
             params.append(int(active))
         if not include_deleted:
             sql += " AND deleted = 0"
+        if after is not None:
+            # a row value: SQLite seeks ``docs_listing`` to the mark
+            sql += " AND (created_at, key) > (?, ?)"
+            params.extend(after)
         sql += " ORDER BY created_at, key"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
         return [row_to_doc(r) for r in await self._fetchall(sql, params)]
 
     async def latest_snapshot(

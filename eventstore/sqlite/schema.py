@@ -115,14 +115,15 @@ def doc_row(doc: Doc) -> tuple[Any, ...]:
 
 
 def event_row(r: RecordedEvent) -> tuple[Any, ...]:
+    data, metadata = r.encoded or (_dumps(r.data), _dumps(r.metadata))
     return (
         r.position,
         r.stream_id,
         r.version,
         r.event_id,
         r.type,
-        _dumps(r.data),
-        _dumps(r.metadata),
+        data,
+        metadata,
         r.correlation_id,
         r.recorded_at,
         r.hash,

@@ -213,9 +213,17 @@ class SQLiteEventStore(EventStore):
         parent: str | None = None,
         active: bool | None = None,
         include_deleted: bool = False,
+        after: tuple[str, str] | None = None,
+        limit: int | None = None,
     ) -> list[Doc]:
         return await self._reader.list_docs(
-            kind, owner=owner, parent=parent, active=active, include_deleted=include_deleted
+            kind,
+            owner=owner,
+            parent=parent,
+            active=active,
+            include_deleted=include_deleted,
+            after=after,
+            limit=limit,
         )
 
     async def latest_snapshot(
