@@ -28,10 +28,10 @@ from sessionstream.core.errors import SessionStreamError, StorageUnavailable
 from sessionstream.eventstore.base import EventStore
 from sessionstream.eventstore.model import AppendRequest, AppendResult, Doc, RecordedEvent
 from sessionstream.eventstore.postgres import schema as sql
-from sessionstream.eventstore.postgres.tree import PostgresTree
 from sessionstream.eventstore.postgres.errors import DRIVER_ERRORS, translate_pg_error
 from sessionstream.eventstore.postgres.pump import LogPump
 from sessionstream.eventstore.postgres.reader import PostgresReader
+from sessionstream.eventstore.postgres.tree import PostgresTree
 from sessionstream.eventstore.postgres.writer import PostgresWriter
 from sessionstream.eventstore.projector import Projection
 
