@@ -60,7 +60,7 @@ class Signer:
     @classmethod
     def from_skey(cls, text: str) -> Signer:
         """Read ``PRIVATE+KEY+<name>+<hash>+<base64(0x01 || seed)>``."""
-        parts = text.strip().split("+")
+        parts = text.strip().split("+", 4)
         if len(parts) != 5 or parts[:2] != ["PRIVATE", "KEY"]:
             raise ValidationFailed("a log signing key reads PRIVATE+KEY+<name>+<hash>+<key>")
         raw = base64.b64decode(parts[4])
@@ -103,7 +103,7 @@ class Verifier:
 
     @classmethod
     def from_vkey(cls, text: str) -> Verifier:
-        parts = text.strip().split("+")
+        parts = text.strip().split("+", 2)
         if len(parts) != 3:
             raise ValidationFailed("a verifier key reads <name>+<hash>+<key>")
         try:
