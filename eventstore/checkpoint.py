@@ -17,7 +17,12 @@ from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+)
 
 from sessionstream.core.errors import ValidationFailed
 
@@ -75,8 +80,6 @@ class Signer:
         return self.key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
 
     def skey(self) -> str:
-        from cryptography.hazmat.primitives.serialization import NoEncryption, PrivateFormat
-
         seed = self.key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
         hashed = _key_hash(self.name, self.public_bytes()).hex()
         return f"PRIVATE+KEY+{self.name}+{hashed}+{base64.b64encode(ED25519 + seed).decode()}"
@@ -88,8 +91,11 @@ class Signer:
         return f"{self.name}+{hashed}+{base64.b64encode(ED25519 + public).decode()}"
 
     def sign(self, checkpoint: Checkpoint) -> str:
-        """The checkpoint as a signed note (its origin must be the key's name)."""
-        body = checkpoint.body()
+        """The checkpoint as a signed note (its origin is the key's name)."""
+        return self.sign_text(checkpoint.body())
+
+    def sign_text(self, body: str) -> str:
+        """Any note text (ending in a newline) with this key's signature line."""
         signature = self.key.sign(body.encode())
         blob = _key_hash(self.name, self.public_bytes()) + signature
         return f"{body}\n{DASH}{self.name} {base64.b64encode(blob).decode()}\n"
@@ -119,6 +125,10 @@ class Verifier:
 
     def open(self, note: str) -> Checkpoint:
         """The checkpoint a note carries, if this key signed it; else ``ValidationFailed``."""
+        return parse_body(self.verified_text(note))
+
+    def verified_text(self, note: str) -> str:
+        """A note's text, if this key signed it; else ``ValidationFailed``."""
         body, sep, signatures = note.partition("\n\n")
         if not sep or not body:
             raise ValidationFailed("not a signed note: no blank line before the signatures")
@@ -136,7 +146,7 @@ class Verifier:
                 self.key.verify(blob[4:], body.encode())
             except InvalidSignature as exc:
                 raise ValidationFailed("the checkpoint's signature does not verify") from exc
-            return parse_body(body)
+            return body
         raise ValidationFailed(f"the checkpoint carries no signature by {self.name}")
 
 

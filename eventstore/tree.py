@@ -71,12 +71,16 @@ class LogTree(ABC):
 
     async def inclusion(self, position: int, size: int) -> list[bytes]:
         """The audit path of the event at ``position`` in the tree of ``size``."""
+        if not 0 < position <= size:
+            raise ValidationFailed(f"position {position} is not in a tree of {size} events")
         await self._covered(size)
         ranges = merkle.inclusion_ranges(position - 1, size)
         found = await self.block_hashes(merkle.needed_blocks(ranges), size)
         return merkle.resolve(ranges, found)
 
     async def consistency(self, old: int, new: int) -> list[bytes]:
+        if not 0 < old <= new:
+            raise ValidationFailed("a consistency proof needs 0 < first size <= second size")
         await self._covered(new)
         ranges = merkle.consistency_ranges(old, new)
         found = await self.block_hashes(merkle.needed_blocks(ranges), new)
