@@ -25,6 +25,13 @@ RunStatus = Literal["queued", "running", "completed", "failed", "canceled"]
 
 
 # sessions --------------------------------------------------------------------------------
+class ForkedFrom(TypedDict):
+    """Where a forked session started: the source and the log position it copied."""
+
+    session_id: str
+    position: int
+
+
 class SessionRow(TypedDict):
     """The documented session row: what ``GET .../ai-chat-sessions/{id}`` answers.
 
@@ -50,6 +57,8 @@ class SessionRow(TypedDict):
     task_status: TaskStatus | None
     created_at: str
     updated_at: str
+    #: only on a session forked from another (``session.forked``)
+    forked_from: NotRequired[ForkedFrom]
 
 
 class SessionState(TypedDict):

@@ -85,6 +85,12 @@ class Settings(BaseSettings):
         "nodes sharing PostgreSQL must all be given the same value.",
         json_schema_extra={"hint": "(print one with `sessionstream checkpoint --new-key NAME`)"},
     )
+    checkpoint_interval_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="How often the server records a signed checkpoint of the log "
+        "(`GET /api/log/checkpoint`); `sessionstream checkpoint` records one on demand.",
+    )
 
     # -- the HTTP server -------------------------------------------------------------------
     host: str = Field(
@@ -356,6 +362,8 @@ class Settings(BaseSettings):
 
     def log_key_file(self) -> Path:
         """Where a single node keeps its generated checkpoint signing key."""
+        if self.db_path == ":memory:":
+            raise ConfigError("an in-memory database has no file to keep a log key beside")
         if self.database_url:
             raise ConfigError(
                 "SESSIONSTREAM_LOG_KEY must be set to sign checkpoints when nodes share "

@@ -94,6 +94,14 @@ class SkeletonRollback(BaseModel):
     framework_version: SafeInt
 
 
+class ForkRequest(BaseModel):
+    """Where to fork from: a log position or a version of the session's stream."""
+
+    position: Annotated[StrictInt, Field(ge=1, le=9007199254740991)] | None = None
+    version: Annotated[StrictInt, Field(ge=1, le=9007199254740991)] | None = None
+    node_id: str | None = None
+
+
 class DraftRollback(BaseModel):
     index: Annotated[StrictInt, Field(ge=0)]
 

@@ -39,7 +39,7 @@ class SQLiteTree(LogTree):
         self._run = run
 
     async def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        return await self._run(fn)  # type: ignore[arg-type,return-value]
+        return await self._run(fn)  # type: ignore[return-value]
 
     async def _size(self) -> int:
         def read(conn: sqlite3.Connection) -> int:

@@ -45,8 +45,8 @@ def path(m: int, d: list[bytes]) -> list[bytes]:
         return []
     k = k_of(len(d))
     if m < k:
-        return path(m, d[:k]) + [mth(d[k:])]
-    return path(m - k, d[k:]) + [mth(d[:k])]
+        return [*path(m, d[:k]), mth(d[k:])]
+    return [*path(m - k, d[k:]), mth(d[:k])]
 
 
 def subproof(m: int, d: list[bytes], b: bool) -> list[bytes]:
@@ -56,8 +56,8 @@ def subproof(m: int, d: list[bytes], b: bool) -> list[bytes]:
         return [] if b else [mth(d)]
     k = k_of(n)
     if m <= k:
-        return subproof(m, d[:k], b) + [mth(d[k:])]
-    return subproof(m - k, d[k:], False) + [mth(d[:k])]
+        return [*subproof(m, d[:k], b), mth(d[k:])]
+    return [*subproof(m - k, d[k:], False), mth(d[:k])]
 
 
 def rfc_verify_inclusion(
@@ -117,9 +117,10 @@ def rfc_verify_consistency(
 
 async def fill(store: EventStore, batches: int) -> list[bytes]:
     for i in range(batches):
-        await store.append(f"s-{i % 5}", [NewEvent("x", {"i": i, "j": j}) for j in range(i % 4 + 1)])
-    events = await store.read_all(0, limit=100_000)
-    return [bytes.fromhex(e.hash) for e in events]
+        await store.append(
+            f"s-{i % 5}", [NewEvent("x", {"i": i, "j": j}) for j in range(i % 4 + 1)]
+        )
+    return [bytes.fromhex(e.hash) for e in await store.read_all(0, limit=100_000)]
 
 
 async def test_roots_and_proofs_are_the_rfcs(store: EventStore) -> None:
