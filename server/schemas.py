@@ -109,6 +109,44 @@ class DraftRollback(BaseModel):
 # responses (documented shapes; used for the OpenAPI document) ---------------------
 
 
+class ForkedFromOut(BaseModel):
+    session_id: str
+    position: int
+
+
+class FieldChangeOut(BaseModel):
+    field: str
+    before: Any
+    after: Any
+
+
+class SessionDiffOut(BaseModel):
+    """What changed between two versions: skeleton fields, unified diffs, messages added."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    from_: int = Field(alias="from")
+    to: int
+    skeleton: list[FieldChangeOut]
+    draft_subject: str
+    draft_body: str
+    messages_added: list[dict[str, Any]]
+
+
+class InclusionProofOut(BaseModel):
+    position: int
+    leaf_index: int
+    tree_size: int
+    leaf_hash: str
+    hashes: list[str]
+
+
+class ConsistencyProofOut(BaseModel):
+    first: int
+    second: int
+    hashes: list[str]
+
+
 class SessionOut(BaseModel):
     id: str
     user_id: str
@@ -126,6 +164,8 @@ class SessionOut(BaseModel):
     task_status: TaskStatus | None
     created_at: str
     updated_at: str
+    #: only on a fork: the source session and the log position it was copied at
+    forked_from: ForkedFromOut | None = None
 
 
 class SessionEnvelope(BaseModel):
