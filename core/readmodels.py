@@ -32,7 +32,7 @@ class ForkedFrom(TypedDict):
     position: int
 
 
-class SessionRow(TypedDict):
+class SessionFields(TypedDict):
     """The documented session row: what ``GET .../ai-chat-sessions/{id}`` answers.
 
     History entries keep the version they had: ``skeleton_history`` holds
@@ -57,8 +57,14 @@ class SessionRow(TypedDict):
     task_status: TaskStatus | None
     created_at: str
     updated_at: str
+
+
+class SessionRow(SessionFields, total=False):
+    """The row, and what only some rows carry (``total=False`` is what the runtime
+    sees; ``NotRequired`` under postponed annotations is not)."""
+
     #: only on a session forked from another (``session.forked``)
-    forked_from: NotRequired[ForkedFrom]
+    forked_from: ForkedFrom
 
 
 class SessionState(TypedDict):
