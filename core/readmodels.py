@@ -25,7 +25,14 @@ RunStatus = Literal["queued", "running", "completed", "failed", "canceled"]
 
 
 # sessions --------------------------------------------------------------------------------
-class SessionRow(TypedDict):
+class ForkedFrom(TypedDict):
+    """Where a forked session started: the source and the log position it copied."""
+
+    session_id: str
+    position: int
+
+
+class SessionFields(TypedDict):
     """The documented session row: what ``GET .../ai-chat-sessions/{id}`` answers.
 
     History entries keep the version they had: ``skeleton_history`` holds
@@ -50,6 +57,14 @@ class SessionRow(TypedDict):
     task_status: TaskStatus | None
     created_at: str
     updated_at: str
+
+
+class SessionRow(SessionFields, total=False):
+    """The row, and what only some rows carry (``total=False`` is what the runtime
+    sees; ``NotRequired`` under postponed annotations is not)."""
+
+    #: only on a session forked from another (``session.forked``)
+    forked_from: ForkedFrom
 
 
 class SessionState(TypedDict):

@@ -75,6 +75,22 @@ class Settings(BaseSettings):
             "hint": "(HS256 wants a key as long as its hash; try `openssl rand -base64 48`)"
         },
     )
+    log_key: str | None = Field(
+        default=None,
+        repr=False,
+        pattern=r"^PRIVATE\+KEY\+[^+\s]+\+[0-9a-f]{8}\+[A-Za-z0-9+/=]+$",
+        description="The Ed25519 key that signs the log's checkpoints, as a C2SP/Go note "
+        "signing key (`PRIVATE+KEY+<name>+<hash>+<key>`; `<name>` is the log's origin). "
+        "Unset, a single node generates one beside its SQLite file, in `<file>.logkey`; "
+        "nodes sharing PostgreSQL must all be given the same value.",
+        json_schema_extra={"hint": "(print one with `sessionstream checkpoint --new-key NAME`)"},
+    )
+    checkpoint_interval_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="How often the server records a signed checkpoint of the log "
+        "(`GET /api/log/checkpoint`); `sessionstream checkpoint` records one on demand.",
+    )
 
     # -- the HTTP server -------------------------------------------------------------------
     host: str = Field(
@@ -352,6 +368,17 @@ class Settings(BaseSettings):
                 "(every node needs the same secret to verify run tokens)"
             )
         return Path(f"{self.db_path}.secret")
+
+    def log_key_file(self) -> Path:
+        """Where a single node keeps its generated checkpoint signing key."""
+        if self.db_path == ":memory:":
+            raise ConfigError("an in-memory database has no file to keep a log key beside")
+        if self.database_url:
+            raise ConfigError(
+                "SESSIONSTREAM_LOG_KEY must be set to sign checkpoints when nodes share "
+                "PostgreSQL (every node signs as the same log)"
+            )
+        return Path(f"{self.db_path}.logkey")
 
     def resolved_secret(self) -> str:
         """The run-token signing secret; a single node keeps a generated one beside its DB."""

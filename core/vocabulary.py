@@ -26,6 +26,8 @@ class EventType(StrEnum):
     NODE_ADDED = "node.added"
     # the session stream: durable results
     SESSION_CREATED = "session.created"
+    #: a session's first event when it starts as a copy of another as of a position
+    SESSION_FORKED = "session.forked"
     SESSION_PATCHED = "session.patched"
     SESSION_DELETED = "session.deleted"
     MESSAGE_APPENDED = "message.appended"

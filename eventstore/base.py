@@ -39,9 +39,13 @@ from sessionstream.eventstore.model import (
     RecordedEvent,
 )
 from sessionstream.eventstore.projector import Projection
+from sessionstream.eventstore.tree import LogTree
 
 
 class EventStore(ABC):
+    #: the log's Merkle tree and its signed checkpoints (``eventstore/tree.py``)
+    tree: LogTree
+
     def __init__(
         self,
         projections: Sequence[Projection] = (),

@@ -26,8 +26,10 @@ from typing import IO
 
 from sessionstream.core.errors import ValidationFailed
 from sessionstream.core.vocabulary import campaign_stream, session_stream
+from sessionstream.eventstore.audit import HEADER, PROOF, header_line, proof_field
 from sessionstream.eventstore.base import EventStore
 from sessionstream.eventstore.model import RecordedEvent
+from sessionstream.eventstore.tree import StoredCheckpoint
 
 PAGE = 5000
 #: keys per ``read_all`` call; a bigger scope reads the log and filters
@@ -57,9 +59,12 @@ def whole_log() -> Scope:
     return Scope("the whole log", None)
 
 
-async def events_in(store: EventStore, scope: Scope) -> AsyncIterator[RecordedEvent]:
-    """The scope's events in position order, a page at a time, up to today's head."""
-    head = await store.head_position()
+async def events_in(
+    store: EventStore, scope: Scope, head: int | None = None
+) -> AsyncIterator[RecordedEvent]:
+    """The scope's events in position order, a page at a time, up to ``head`` (today's)."""
+    if head is None:
+        head = await store.head_position()
     keys = scope.keys
     wide = keys is not None and len(keys) > MAX_KEYS
     after = 0
@@ -79,11 +84,27 @@ def encode(event: RecordedEvent) -> str:
     return json.dumps(event.to_json(), ensure_ascii=False, separators=(",", ":"))
 
 
-async def export(store: EventStore, scope: Scope, out: IO[str]) -> int:
-    """Write the scope's events as NDJSON; returns how many."""
+async def export(
+    store: EventStore, scope: Scope, out: IO[str], checkpoint: StoredCheckpoint | None = None
+) -> int:
+    """Write the scope's events as NDJSON; returns how many.
+
+    With a ``checkpoint`` the export is what an auditor needs offline
+    (``eventstore/audit.py``): the signed note on the first line, the events up
+    to its size, and in a scoped export each event's inclusion proof.
+    """
     count = 0
-    async for event in events_in(store, scope):
-        out.write(encode(event) + "\n")
+    scoped = scope.keys is not None
+    if checkpoint is not None:
+        out.write(header_line(checkpoint.note, scoped=scoped) + "\n")
+    head = checkpoint.size if checkpoint is not None else None
+    async for event in events_in(store, scope, head):
+        if checkpoint is not None and scoped:
+            obj = event.to_json()
+            obj[PROOF] = proof_field(await store.tree.inclusion(event.position, checkpoint.size))
+            out.write(json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n")
+        else:
+            out.write(encode(event) + "\n")
         count += 1
     return count
 
@@ -97,6 +118,8 @@ def decode_lines(lines: Iterable[str]) -> Iterator[RecordedEvent]:
             obj = json.loads(line)
             if not isinstance(obj, dict):
                 raise TypeError("not a JSON object")
+            if number == 1 and HEADER in obj:  # the signed checkpoint: audit.py reads it
+                continue
             event = RecordedEvent.from_json(obj)
         except (ValueError, TypeError, KeyError) as exc:
             raise ValidationFailed(f"line {number} is not an exported event: {exc}") from exc

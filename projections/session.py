@@ -24,6 +24,7 @@ Session stream event types (data):
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Mapping
 from typing import Any, Final, Literal, cast, get_args
 
@@ -72,6 +73,9 @@ def empty_row(data: Mapping[str, Any], at: str) -> SessionRow:
         "updated_at": at,
     }
 
+
+#: the event types a session stream can start with
+FIRST = frozenset({EventType.SESSION_CREATED, EventType.SESSION_FORKED})
 
 #: event types this projection folds; any other leaves the state as it is
 KNOWN = frozenset(
@@ -183,14 +187,49 @@ def _private(state: SessionState) -> SessionState:
     }
 
 
+def forked_row(data: Mapping[str, Any], at: str) -> SessionRow:
+    """A fork's row: the source's content as of the fork, under the fork's own identity.
+
+    The copied content comes in the event (``data["row"]``), so the fork's
+    fold needs no other stream; it starts idle whatever the source was doing.
+    """
+    row = empty_row(data, at)
+    copied = data["row"]
+    for name in COPIED:
+        row[name] = copy.deepcopy(copied.get(name))  # type: ignore[literal-required]
+    row["forked_from"] = {
+        "session_id": data["forked_from"]["session_id"],
+        "position": data["forked_from"]["position"],
+    }
+    return row
+
+
+#: what a fork copies from its source's row (identity, status and times are its own)
+COPIED: tuple[str, ...] = (
+    "title",
+    "messages",
+    "draft_subject",
+    "draft_body",
+    "skeleton",
+    "skeleton_history",
+    "draft_history",
+    "framework_version",
+    "generated_examples",
+)
+
+
+def _first(event: RecordedEvent) -> SessionState:
+    if event.type == EventType.SESSION_FORKED:
+        row = forked_row(event.data, event.recorded_at)
+    else:
+        row = empty_row(event.data, event.recorded_at)
+    return {"row": row, "active_run": None, "deleted": False}
+
+
 def apply_session(state: SessionState | None, event: RecordedEvent) -> SessionState | None:
     """Fold one session-stream event; returns a new state, never mutates ``state``."""
-    if event.type == EventType.SESSION_CREATED:
-        return {
-            "row": empty_row(event.data, event.recorded_at),
-            "active_run": None,
-            "deleted": False,
-        }
+    if event.type in FIRST:
+        return _first(event)
     if state is None:
         return None
     if event.type not in KNOWN:
@@ -216,8 +255,8 @@ def fold_session_events(
     owned: set[str] = set()
     mine = False  # whether ``current`` is this fold's private copy
     for event in events:
-        if event.type == EventType.SESSION_CREATED:
-            current = apply_session(None, event)
+        if event.type in FIRST:
+            current = _first(event)
             owned = set()
             mine = True
             continue

@@ -16,7 +16,7 @@ from sessionstream import projections
 from sessionstream.core.settings import Settings
 from sessionstream.engines.base import ModelEngine
 from sessionstream.eventstore.base import EventStore
-from sessionstream.server import console, history, metrics, openapi, realtime, trigger
+from sessionstream.server import console, history, metrics, openapi, proofs, realtime, trigger
 from sessionstream.server.auth import auth_middleware
 from sessionstream.server.errors import Handler, error_for
 from sessionstream.server.handlers import routes as api_routes
@@ -177,7 +177,7 @@ def create_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_routes(api_routes)
     # feature modules register their own routes; each is one concept
-    for module in (history, realtime, trigger, console, metrics, openapi):
+    for module in (history, proofs, realtime, trigger, console, metrics, openapi):
         module.install(app)
     return app
 

@@ -6,6 +6,10 @@
 - ``POST .../{id}/skeleton/rollback {"framework_version": N}`` and
   ``POST .../{id}/draft/rollback {"index": N}``: make an earlier skeleton or
   draft current again as a new revision (``services/history.py``).
+- ``POST .../{id}/fork {"position"} | {"version"}``: a new session of the caller's
+  as the source was at that point (``services/fork.py``), 201.
+- ``GET .../{id}/diff?from=V1&to=V2``: what changed between two versions
+  (``services/diff.py``).
 """
 
 from __future__ import annotations
@@ -22,9 +26,11 @@ from sessionstream.server.handlers import (
     user_id,
     uuid_param,
 )
-from sessionstream.server.keys import HISTORY
+from sessionstream.server.keys import HISTORY, STORE
 from sessionstream.server.numbers import MAX_VALUE, optional_natural
-from sessionstream.server.schemas import DraftRollback, EventJson, SkeletonRollback
+from sessionstream.server.schemas import DraftRollback, EventJson, ForkRequest, SkeletonRollback
+from sessionstream.services.diff import session_diff
+from sessionstream.services.fork import fork_session
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -87,7 +93,43 @@ async def rollback_draft(request: web.Request) -> web.Response:
     return session_response(session)
 
 
+async def fork(request: web.Request) -> web.Response:
+    session_id = uuid_param(request)
+    body = await parse(request, ForkRequest)
+    session = await fork_session(
+        request.app[STORE],
+        user_id(request),
+        session_id,
+        position=body.position,
+        version=body.version,
+        node_id=body.node_id,
+        request_id=request_id(request),
+    )
+    return session_response(session, status=201)
+
+
+async def diff(request: web.Request) -> web.Response:
+    session_id = uuid_param(request)
+    first = query_int(request, "from", 1, 1, 10**15)
+    last = query_int(request, "to", 1, 1, 10**15)
+    found = await session_diff(request.app[STORE], user_id(request), session_id, first, last)
+    return web.json_response(
+        {
+            "from": found.from_version,
+            "to": found.to_version,
+            "skeleton": [
+                {"field": c.field, "before": c.before, "after": c.after} for c in found.skeleton
+            ],
+            "draft_subject": found.subject,
+            "draft_body": found.body,
+            "messages_added": list(found.messages_added),
+        }
+    )
+
+
 def install(app: web.Application) -> None:
     app.router.add_get(SESSIONS_PATH + "/{id}/events", session_events)
     app.router.add_post(SESSIONS_PATH + "/{id}/skeleton/rollback", rollback_skeleton)
     app.router.add_post(SESSIONS_PATH + "/{id}/draft/rollback", rollback_draft)
+    app.router.add_post(SESSIONS_PATH + "/{id}/fork", fork)
+    app.router.add_get(SESSIONS_PATH + "/{id}/diff", diff)

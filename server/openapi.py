@@ -36,6 +36,10 @@ MODELS: tuple[type[BaseModel], ...] = (
     schemas.CreateNode,
     schemas.SkeletonRollback,
     schemas.DraftRollback,
+    schemas.ForkRequest,
+    schemas.SessionDiffOut,
+    schemas.InclusionProofOut,
+    schemas.ConsistencyProofOut,
     schemas.SessionEnvelope,
     schemas.SessionList,
     schemas.RunStarted,
@@ -271,6 +275,87 @@ def build_document(settings: Settings) -> dict[str, Any]:
                 params=[UUID_PARAM, IF_MATCH],
                 extra=("409", "412"),
                 op_id="rollbackDraft",
+            )
+        },
+        sessions + "/{id}/fork": {
+            "post": _op(
+                "Fork the session as it was at a log position or a version (a new session)",
+                session,
+                status="201",
+                body=schemas.ForkRequest,
+                params=[UUID_PARAM],
+                op_id="forkSession",
+                links=_links(SESSION_OPS, SESSION_ID),
+            )
+        },
+        sessions + "/{id}/diff": {
+            "get": _op(
+                "What changed between two versions of the session",
+                _ref(schemas.SessionDiffOut),
+                op_id="sessionDiff",
+                params=[
+                    UUID_PARAM,
+                    *(
+                        {
+                            "name": name,
+                            "in": "query",
+                            "required": True,
+                            "schema": {"type": "integer", "minimum": 1},
+                        }
+                        for name in ("from", "to")
+                    ),
+                ],
+            )
+        },
+        "/api/log/checkpoint": {
+            "get": {
+                "summary": "The newest signed checkpoint of the log (C2SP tlog-checkpoint)",
+                "operationId": "logCheckpoint",
+                "security": [{"bearer": []}],
+                "responses": {
+                    "200": {
+                        "description": "A C2SP signed note: origin, size, root, signature",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    **ERRORS,
+                },
+            }
+        },
+        "/api/log/inclusion": {
+            "get": _op(
+                "The inclusion proof of one of the caller's events (hashes only)",
+                _ref(schemas.InclusionProofOut),
+                op_id="logInclusion",
+                params=[
+                    {
+                        "name": "position",
+                        "in": "query",
+                        "required": True,
+                        "schema": {"type": "integer", "minimum": 1},
+                    },
+                    {
+                        "name": "size",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 0},
+                    },
+                ],
+            )
+        },
+        "/api/log/consistency": {
+            "get": _op(
+                "A consistency proof between two tree sizes (RFC 9162 2.1.4)",
+                _ref(schemas.ConsistencyProofOut),
+                op_id="logConsistency",
+                params=[
+                    {
+                        "name": name,
+                        "in": "query",
+                        "required": True,
+                        "schema": {"type": "integer", "minimum": 1},
+                    }
+                    for name in ("first", "second")
+                ],
             )
         },
         sessions + "/{id}/events": {

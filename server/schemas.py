@@ -136,11 +136,57 @@ class SkeletonRollback(BaseModel):
     framework_version: SafeInt
 
 
+class ForkRequest(BaseModel):
+    """Where to fork from: a log position or a version of the session's stream."""
+
+    position: Annotated[StrictInt, Field(ge=1, le=9007199254740991)] | None = None
+    version: Annotated[StrictInt, Field(ge=1, le=9007199254740991)] | None = None
+    node_id: str | None = None
+
+
 class DraftRollback(BaseModel):
     index: Annotated[StrictInt, Field(ge=0)]
 
 
 # responses (documented shapes; used for the OpenAPI document) ---------------------
+
+
+class ForkedFromOut(BaseModel):
+    session_id: str
+    position: int
+
+
+class FieldChangeOut(BaseModel):
+    field: str
+    before: Any
+    after: Any
+
+
+class SessionDiffOut(BaseModel):
+    """What changed between two versions: skeleton fields, unified diffs, messages added."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    from_: int = Field(alias="from")
+    to: int
+    skeleton: list[FieldChangeOut]
+    draft_subject: str
+    draft_body: str
+    messages_added: list[dict[str, Any]]
+
+
+class InclusionProofOut(BaseModel):
+    position: int
+    leaf_index: int
+    tree_size: int
+    leaf_hash: str
+    hashes: list[str]
+
+
+class ConsistencyProofOut(BaseModel):
+    first: int
+    second: int
+    hashes: list[str]
 
 
 class SessionOut(BaseModel):
@@ -160,6 +206,8 @@ class SessionOut(BaseModel):
     task_status: TaskStatus | None
     created_at: Timestamp
     updated_at: Timestamp
+    #: only on a fork: the source session and the log position it was copied at
+    forked_from: ForkedFromOut | None = None
 
 
 class SessionEnvelope(BaseModel):

@@ -28,6 +28,8 @@ SAMPLES = {
     "openai_base_url": "http://127.0.0.1:11434/v1",
     "anthropic_base_url": "http://127.0.0.1:4000",
     "log_level": "DEBUG",
+    # golang.org/x/mod/sumdb/note's documented example key
+    "log_key": "PRIVATE+KEY+PeterNeumann+c74f20a3+AYEKFALVFGyNhPJEMzD1QIDr+Y7hfZx09iUvxdXHKDFz",
 }
 
 

@@ -319,7 +319,7 @@ def test_export_import_verify_rebuild_roundtrip(golden: Any, tmp_path: Path, cap
     assert code == 0
     (events,) = sql(db, "SELECT COUNT(*) FROM events")[0]
     assert f"exported {events:,} events" in err
-    assert len(dump.read_text().splitlines()) == events
+    assert len(dump.read_text().splitlines()) == events + 1  # the signed checkpoint first
     copy = tmp_path / "copy.db"
     code, out, _ = cli(capsys, "import", str(dump), "--db", str(copy))
     assert code == 0, out
@@ -347,7 +347,9 @@ def test_scoped_exports(golden: Any, tmp_path: Path, capsys: Any) -> None:
     def exported(*scope: str) -> list[dict[str, Any]]:
         out = tmp_path / f"{'-'.join(scope) or 'all'}.ndjson"
         assert cli(capsys, "export", "--db", str(db), "--out", str(out), *scope)[0] == 0
-        return [json.loads(line) for line in out.read_text().splitlines()]
+        lines = out.read_text().splitlines()
+        assert "checkpoint" in json.loads(lines[0])  # the signed checkpoint first
+        return [json.loads(line) for line in lines[1:]]
 
     campaign = exported("--campaign", ids["campaign_a"])
     streams = {e["stream_id"] for e in campaign}
@@ -494,7 +496,7 @@ async def _pg_docs(url: str) -> dict[tuple[str, str], str]:
 
 @pytest.mark.postgres
 def test_postgres_import_verify_rebuild_and_tamper(
-    golden: Any, tmp_path: Path, capsys: Any, pg_url: tuple[str, str]
+    golden: Any, tmp_path: Path, capsys: Any, pg_url: tuple[str, str], monkeypatch: Any
 ) -> None:
     url, schema = pg_url
     db = copy_db(golden, tmp_path)
@@ -508,6 +510,8 @@ def test_postgres_import_verify_rebuild_and_tamper(
     assert cli(capsys, "rebuild", "--database-url", url)[0] == 0
     assert asyncio.run(_pg_docs(url)) == all_docs(db)
     again = tmp_path / "again.ndjson"
+    # signed with the SQLite file's key, PostgreSQL's tree gives the very same checkpoint
+    monkeypatch.setenv("SESSIONSTREAM_LOG_KEY", Path(f"{db}.logkey").read_text().strip())
     assert cli(capsys, "export", "--database-url", url, "--out", str(again))[0] == 0
     assert again.read_text() == dump.read_text()
     # tampering is named the same way on PostgreSQL

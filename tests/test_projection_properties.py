@@ -460,7 +460,28 @@ def test_every_projection_builds_exactly_its_shape_in_core_readmodels() -> None:
     session = fold(SESSION, created)
     assert session is not None
     assert set(session) == _fields(readmodels.SessionState)
-    assert set(session["row"]) == _fields(readmodels.SessionRow)
+    assert set(session["row"]) == readmodels.SessionRow.__required_keys__
+    # a fork's row has every field, the optional ``forked_from`` too
+    source = {**session["row"]}
+    forked = fold(
+        SESSION,
+        recorded(
+            [
+                (
+                    "session.forked",
+                    {
+                        **CREATED[1],
+                        "row": source,
+                        "forked_from": {"session_id": "s0", "position": 3},
+                    },
+                )
+            ]
+        ),
+    )
+    assert forked is not None
+    assert set(forked["row"]) == _fields(readmodels.SessionRow)
+    assert set(forked["row"]["forked_from"]) == _fields(readmodels.ForkedFrom)
+    assert forked["row"]["skeleton"] == source["skeleton"]
     run_events = [
         RecordedEvent(
             1, "run-run_a", 1, "e1", "run.created", RUN_CREATED[1], {}, STREAM, T(1), "h"

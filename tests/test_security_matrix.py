@@ -88,6 +88,13 @@ MATRIX: dict[tuple[str, str], Entry] = {
     ("POST", S + "/{id}/draft/rollback"): Entry(
         "owner", "examples_session", {"index": 0}, ok=(200, 400, 409)
     ),
+    ("POST", S + "/{id}/fork"): Entry("owner", "session", {"version": 1}, ok=(201,)),
+    ("GET", S + "/{id}/diff"): Entry("owner", "session", query="from=1&to=1"),
+    # the log's checkpoint and proofs: hashes only; a proof only of the caller's positions
+    # (position 1 is the first user's ``user.created``)
+    ("GET", "/api/log/checkpoint"): Entry("list"),
+    ("GET", "/api/log/inclusion"): Entry("list", query="position=1"),
+    ("GET", "/api/log/consistency"): Entry("list", query="first=1&second=1"),
     # runs
     ("GET", "/api/runs/{run_id}"): Entry("owner", "run"),
     ("POST", "/api/runs/{run_id}/cancel"): Entry("owner", "run"),

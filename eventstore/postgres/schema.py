@@ -93,6 +93,23 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX leases_node ON leases (node_id);
     """,
+    # 3: the log's Merkle tree (eventstore/tree.py) and its signed checkpoints
+    """
+    CREATE TABLE merkle_nodes (
+        level INTEGER NOT NULL,
+        idx   BIGINT NOT NULL,
+        hash  BYTEA NOT NULL,
+        PRIMARY KEY (level, idx)
+    );
+    CREATE TABLE checkpoints (
+        size        BIGINT PRIMARY KEY,
+        root        BYTEA NOT NULL,
+        note        TEXT NOT NULL,
+        recorded_at TEXT NOT NULL
+    );
+    -- the row integration locks: one process at a time moves the tree's size
+    INSERT INTO meta (key, value) VALUES ('merkle:size', '0') ON CONFLICT DO NOTHING;
+    """,
 )
 
 LATEST = len(MIGRATIONS)

@@ -31,6 +31,7 @@ from sessionstream.eventstore.postgres import schema as sql
 from sessionstream.eventstore.postgres.errors import DRIVER_ERRORS, translate_pg_error
 from sessionstream.eventstore.postgres.pump import LogPump
 from sessionstream.eventstore.postgres.reader import PostgresReader
+from sessionstream.eventstore.postgres.tree import PostgresTree
 from sessionstream.eventstore.postgres.writer import PostgresWriter
 from sessionstream.eventstore.projector import Projection
 
@@ -66,6 +67,7 @@ class PostgresEventStore(EventStore):
         #: called after each batch with (callers answered, events appended)
         self.on_batch = on_batch
         self._reader = PostgresReader()
+        self.tree = PostgresTree(lambda: self._reader.pool)
         self._writer = PostgresWriter(
             self.projections, snapshot_every, lambda: self._connect("writer")
         )

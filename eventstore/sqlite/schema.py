@@ -66,6 +66,18 @@ CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS merkle_nodes (
+    level INTEGER NOT NULL,
+    idx   INTEGER NOT NULL,
+    hash  BLOB NOT NULL,
+    PRIMARY KEY (level, idx)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS checkpoints (
+    size        INTEGER PRIMARY KEY,
+    root        BLOB NOT NULL,
+    note        TEXT NOT NULL,
+    recorded_at TEXT NOT NULL
+);
 """
 
 EVENT_COLUMNS = (

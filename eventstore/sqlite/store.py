@@ -25,6 +25,7 @@ from sessionstream.eventstore.model import AppendRequest, AppendResult, Doc, Rec
 from sessionstream.eventstore.projector import Projection
 from sessionstream.eventstore.sqlite.reader import SQLiteReader
 from sessionstream.eventstore.sqlite.schema import translate_sqlite_error
+from sessionstream.eventstore.sqlite.tree import SQLiteTree
 from sessionstream.eventstore.sqlite.writer import SQLiteWriter
 
 log = logging.getLogger("sessionstream.eventstore")
@@ -63,6 +64,7 @@ class SQLiteEventStore(EventStore):
             cache_size=cache_size,
         )
         self._reader = SQLiteReader(self.path, connections=readers, cache_size=cache_size)
+        self.tree = SQLiteTree(lambda fn: self._in_writer(fn, self._writer._connection()))
         self._writer_task: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._closing = False

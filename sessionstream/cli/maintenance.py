@@ -20,6 +20,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
+from sessionstream.cli.audit import export_checkpoint, import_problems
 from sessionstream.cli.commands import command, described, open_store
 from sessionstream.core.errors import SessionStreamError
 from sessionstream.core.readmodels import SessionState
@@ -105,6 +106,12 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         ),
     )
     p.add_argument("file", help="a file written by 'sessionstream export'")
+    p.add_argument("--public-key", help="also check the export's signature with this vkey file")
+    p.add_argument(
+        "--unverified",
+        action="store_true",
+        help="import even if the export fails 'verify-export' against its own checkpoint",
+    )
 
 
 def _fail(message: str, code: int = 2) -> int:
@@ -384,11 +391,13 @@ def export_(args: argparse.Namespace, settings: Settings) -> int:
         if stream is not None and await store.stream_version(stream) == 0:
             # an empty file and exit 0 read as "exported, it was empty": a typo went unseen
             return f"no {scope.name} in this log"
+        pending = export_checkpoint(settings, store)
+        signed = await pending if pending is not None else None
         if target is None:
-            return scope.name, await export(store, scope, sys.stdout)
+            return scope.name, await export(store, scope, sys.stdout, signed)
         partial = target.with_name(target.name + ".partial")
         with partial.open("w", encoding="utf-8") as out:
-            count = await export(store, scope, out)
+            count = await export(store, scope, out, signed)
             out.flush()
             os.fsync(out.fileno())
         os.replace(partial, target)
@@ -432,6 +441,15 @@ def import_(args: argparse.Namespace, settings: Settings) -> int:
         plan = check(decode_lines(_lines(source)))
     except (SessionStreamError, UnicodeDecodeError) as exc:
         return _fail(f"{source}: {exc}")
+    if not args.unverified:
+        try:
+            problems = import_problems(source, args.public_key)
+        except (SessionStreamError, OSError) as exc:
+            return _fail(f"{source}: {exc}")
+        if problems:
+            for problem in problems[:20]:
+                print(f"FAIL {problem}", file=sys.stderr)
+            return _fail(f"{source} fails verify-export; nothing imported (--unverified to force)")
 
     async def work(store: EventStore) -> int:
         return await import_into(store, decode_lines(_lines(source)))
