@@ -77,7 +77,7 @@ def clean_value(value: Any) -> str | None:
         text = f"{value:g}"
     else:
         return None
-    text = "".join(ch for ch in " ".join(text.split()) if ch >= " ")
+    text = " ".join("".join(ch for ch in text if ch >= " " or ch.isspace()).split())
     return text or None
 
 
