@@ -490,3 +490,30 @@ def test_session_projection_identity() -> None:
     assert projection.index(state) == DocIndex(
         owner="u1", parent="c1", created_at=T(1), active=True, deleted=False
     )
+
+
+#: API.md, PATCH: "Fields: messages, title, draft_subject, draft_body, skeleton,
+#: skeleton_history, draft_history, framework_version, generated_examples, task_status"
+#: and "explicit null writes null"
+PATCH_TABLE: list[tuple[str, Any]] = [
+    ("messages", [{"role": "user", "content": "hi"}]),
+    ("title", "Q3 intro"),
+    ("draft_subject", "Hello"),
+    ("draft_body", "Body"),
+    ("skeleton", A),
+    ("skeleton_history", [{"framework_version": 1, "skeleton": B, "replaced_at": T(1)}]),
+    ("draft_history", [{"draft_subject": "s", "draft_body": "b", "replaced_at": T(1)}]),
+    ("framework_version", 7),
+    ("generated_examples", [{"lead_id": "l1", "subject": "s", "body": "b"}]),
+    ("task_status", "chat"),
+]
+
+
+@pytest.mark.parametrize(("field", "value"), PATCH_TABLE, ids=[f for f, _ in PATCH_TABLE])
+def test_patch_writes_each_documented_field(field: str, value: Any) -> None:
+    for folder in (_time_travel, lambda specs: fold(SessionProjection(), recorded(specs))):
+        state = folder([CREATED, patch(**{field: value})])
+        assert state is not None and state["row"][field] == value, field  # type: ignore[literal-required]
+        cleared = folder([CREATED, patch(**{field: value}), patch(**{field: None})])
+        assert cleared is not None and cleared["row"][field] is None  # type: ignore[literal-required]
+        assert cleared["row"]["updated_at"] == T(3)

@@ -213,7 +213,8 @@ def test_render_rules(template: Any, lead: Any, text: str, missing: tuple[str, .
 
 
 def test_fallbacks_never_carry_variable_syntax() -> None:
-    out = render("%company% / %tier% / %x%", {}, fallbacks={"company": "%{acme}& co", "tier": 3})
+    loose: dict[str, Any] = {"company": "%{acme}& co", "tier": 3}  # JSON from a client
+    out = render("%company% / %tier% / %x%", {}, fallbacks=loose)
     assert out == Rendered("acme co / 3 /", ("company", "tier", "x"))
     out = render("%tier%!", {}, fallbacks={"tier": True, 5: "x"})  # type: ignore[dict-item]
     assert out == Rendered("!", ("tier",))
