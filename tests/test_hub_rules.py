@@ -242,3 +242,36 @@ async def test_closing_while_a_page_is_read_stops() -> None:
     with pytest.raises(StopAsyncIteration):
         await sub.__anext__()
     assert hub.listener_count == 0
+
+
+async def test_a_keyed_subscription_reads_only_its_keys_with_the_default_page() -> None:
+    log = Log([ev(1, "session-s1"), ev(2, "session-s2"), ev(3, "run-r1", correlation="session-s1")])
+    hub = Hub()
+    sub = subscribe(log, hub, keys=frozenset({"session-s1"}))
+    assert sub.pending_live() == 0  # no listener yet
+    assert await take(sub, 2) == [1, 3]
+    assert log.reads == [(0, 500)]
+    await until_live(sub)
+    sub.close()
+    assert sub.pending_live() == 0
+
+
+async def test_every_fall_back_is_counted() -> None:
+    log = Log()
+    hub = Hub(max_queue=1)
+    subs = [subscribe(log, hub), subscribe(log, hub)]
+    position = 0
+    for round_ in (1, 2):
+        for sub in subs:
+            await until_live(sub)
+        burst = [ev(position + 1), ev(position + 2)]  # two into a buffer of one
+        position += 2
+        log.events.extend(burst)
+        hub.publish(burst)
+        for sub in subs:
+            got = [(await asyncio.wait_for(sub._test_task, 2)).position]  # type: ignore[attr-defined]
+            assert got + await take(sub, 1) == [position - 1, position]
+            assert sub.lag_fallbacks == round_
+        assert hub.lag_fallbacks == 2 * round_
+    for sub in subs:
+        sub.close()

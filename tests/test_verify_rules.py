@@ -331,3 +331,55 @@ async def test_gaps_allowed_is_reported(tmp_path: Path, allow: bool) -> None:
         assert (await verify_store(store, allow_gaps=allow)).gaps_allowed is allow
     finally:
         await store.close()
+
+
+def test_differing_fields_of_odd_bodies_and_encodings() -> None:
+    odd = Doc("session", "k", [1], 1, 1)  # type: ignore[arg-type]
+    assert differing_fields(odd, Doc("session", "k", [1], 1, 1)) == []  # type: ignore[arg-type]
+    assert differing_fields(doc("k", {}), odd) == ["body"]
+    two = compare_docs("session", [doc("k", {"x": 1, "y": 1})], {"k": doc("k", {"x": 2, "y": 2})})
+    assert two[0].message == "session k: differs from a fresh fold of its events (x, y)"
+    # equal as Python values, spelled differently when stored: nothing to name but that
+    stored = doc("k", {"x": 1}, active=1)
+    (problem,) = compare_docs("session", [stored], {"k": doc("k", {"x": 1}, active=True)})
+    assert problem.message == "session k: differs from a fresh fold of its events (encoding)"
+
+
+class Counting:
+    """A store that counts its ``read_all`` calls, and can commit just after the head is read."""
+
+    def __init__(self, store: SQLiteEventStore, commit_after_head: bool = False) -> None:
+        self._store, self.reads, self.heads = store, 0, 0
+        self.commit_after_head = commit_after_head
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def read_all(self, after: int = 0, **kw: Any) -> list[RecordedEvent]:
+        self.reads += 1
+        return await self._store.read_all(after, **kw)
+
+    async def head_position(self) -> int:
+        self.heads += 1
+        head = await self._store.head_position()
+        if self.commit_after_head and self.heads == 1:
+            await self._store.append("campaign-late", [campaign("late")])
+        return head
+
+
+async def test_the_log_is_read_in_pages_up_to_the_head_seen(tmp_path: Path) -> None:
+    store = SQLiteEventStore(tmp_path / "big.db", projections.ALL)
+    await store.open()
+    try:
+        await store.append("campaign-c1", [campaign("c1"), *[node(f"n{i}") for i in range(1200)]])
+        counting = Counting(store)
+        report = await verify_store(counting, projections=[])  # type: ignore[arg-type]
+        assert report.ok and report.events == 1201
+        assert counting.reads == 1  # one page of up to 5,000 events, no empty read after it
+        late = Counting(store, commit_after_head=True)
+        report = await verify_store(late)  # type: ignore[arg-type]
+        # the first round stops at the head it saw; the late event's document is newer,
+        # so a second round reads on to it
+        assert report.ok and late.heads == 2 and report.events == 1202
+    finally:
+        await store.close()
