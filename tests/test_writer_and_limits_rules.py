@@ -221,3 +221,16 @@ def test_the_clock_defaults_to_monotonic() -> None:
         limiter.check("k")
     with pytest.raises(RateLimited):
         limiter.refuse_if_empty("k")
+
+
+def test_refuse_if_empty_counts_each_refusal_and_never_refuses_an_unseen_key() -> None:
+    limiter = RateLimiter(rate=1.0, burst=1)
+    assert limiter.max_keys == 100_000  # the documented memory bound
+    limiter.check("k", now=0.0)
+    for expected in (1, 2):
+        with pytest.raises(RateLimited):
+            limiter.refuse_if_empty("k", now=0.0)
+        assert limiter.limited == expected
+    empty = RateLimiter(rate=1.0, burst=0)  # even a bucket that starts empty:
+    empty.refuse_if_empty("new", now=0.0)  # a key never seen has spent nothing
+    assert empty.limited == 0
