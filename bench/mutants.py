@@ -56,6 +56,9 @@ EQUIVALENT: dict[str, str] = {
     "sessionstream.eventstore.hub.xǁ_Listenerǁ__init____mutmut_4": (
         "lagged = None instead of False: only ever tested for truth"
     ),
+    "sessionstream.server.ratelimit.xǁRateLimiterǁcheck__mutmut_25": (
+        "popitem(last=None): None is as false as False, the oldest key goes"
+    ),
 }
 
 

@@ -234,3 +234,13 @@ def test_refuse_if_empty_counts_each_refusal_and_never_refuses_an_unseen_key() -
     empty = RateLimiter(rate=1.0, burst=0)  # even a bucket that starts empty:
     empty.refuse_if_empty("new", now=0.0)  # a key never seen has spent nothing
     assert empty.limited == 0
+
+
+async def test_an_answer_per_caller_or_none() -> None:
+    commit = GroupCommit(max_batch=10)
+    tasks = await queued(commit, 2)
+    batch = await commit.next_batch()
+    with pytest.raises(ValueError):  # a writer bug must not leave a caller unanswered
+        commit.answer(batch, [[result("a", 1)]])
+    commit.fail(batch[1:], Overloaded("x"))
+    await asyncio.gather(*tasks, return_exceptions=True)
