@@ -56,6 +56,27 @@ EQUIVALENT: dict[str, str] = {
     "sessionstream.eventstore.hub.xǁ_Listenerǁ__init____mutmut_4": (
         "lagged = None instead of False: only ever tested for truth"
     ),
+    "sessionstream.eventstore.hub.xǁHubǁpublish__mutmut_2": (
+        "position >= published_position: an equal position assigns the same value"
+    ),
+    "sessionstream.projections.session.x__own__mutmut_5": (
+        "owned.add(None): the list is copied again before each append, same result, slower"
+    ),
+    **{
+        name: "typing.cast does nothing at run time: its type argument is never read"
+        for name in (
+            "sessionstream.projections.session.x__own__mutmut_6",
+            "sessionstream.projections.session.x__own__mutmut_10",
+            "sessionstream.projections.session.x__own__mutmut_11",
+            "sessionstream.projections.session.x__own__mutmut_12",
+            "sessionstream.projections.session.x__step__mutmut_15",
+            "sessionstream.projections.run.x_apply_run__mutmut_83",
+            "sessionstream.projections.run.x_apply_run__mutmut_101",
+            "sessionstream.projections.run.x_apply_run__mutmut_105",
+            "sessionstream.projections.run.x_apply_run__mutmut_106",
+            "sessionstream.projections.run.x_apply_run__mutmut_107",
+        )
+    },
     "sessionstream.server.ratelimit.xǁRateLimiterǁcheck__mutmut_25": (
         "popitem(last=None): None is as false as False, the oldest key goes"
     ),

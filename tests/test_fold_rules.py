@@ -517,3 +517,27 @@ def test_patch_writes_each_documented_field(field: str, value: Any) -> None:
         cleared = folder([CREATED, patch(**{field: value}), patch(**{field: None})])
         assert cleared is not None and cleared["row"][field] is None  # type: ignore[literal-required]
         assert cleared["row"]["updated_at"] == T(3)
+
+
+def test_patch_rules_the_mutants_found() -> None:
+    for folder in (_time_travel, lambda specs: fold(SessionProjection(), recorded(specs))):
+        # a draft with only a subject is still a draft: a revision keeps it in history
+        state = folder([CREATED, patch(draft_subject="s0"), draft("s1", "b1")])
+        assert state is not None
+        assert state["row"]["draft_history"] == [
+            {"draft_subject": "s0", "draft_body": None, "replaced_at": T(3)}
+        ]
+        # a patch without fields changes nothing but the time
+        state = folder([CREATED, patch(title="t"), ("session.patched", {})])
+        assert state is not None
+        assert (state["row"]["title"], state["row"]["updated_at"]) == ("t", T(3))
+    # a list this fold already extends, replaced by a PATCH: the PATCH's list is never changed
+    given = [{"role": "user", "content": "patched"}]
+    state = _time_travel(
+        [CREATED, message("user", "a"), patch(messages=given), message("user", "b")]
+    )
+    assert given == [{"role": "user", "content": "patched"}]
+    assert state is not None and [m["content"] for m in state["row"]["messages"] or []] == [
+        "patched",
+        "b",
+    ]
