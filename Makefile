@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # `make serve PORT=9090` when 8080 is taken (or set SESSIONSTREAM_PORT)
 PORT ?=
 
-.PHONY: serve test lint bench install
+.PHONY: serve test lint bench install mutants
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -33,3 +33,12 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# Mutation testing of the core rules against their fast tests (not part of `make test`):
+# the modules and test files are in pyproject.toml [tool.mutmut]; the scores go to
+# bench/results/mutants.json (docs/explanation/mutation-testing.md). JOBS=2 by default.
+mutants: $(STAMP)
+	@[ -x $(BIN)/mutmut ] || $(BIN)/pip install -q 'mutmut==3.8.1'
+	rm -rf mutants
+	$(BIN)/mutmut run --max-children $(or $(JOBS),2)
+	$(BIN)/python -m bench.mutants --label after

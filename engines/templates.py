@@ -10,6 +10,7 @@ here too, because deciding where a block starts and ends is a template question.
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections.abc import Callable, Iterable
@@ -77,7 +78,7 @@ def clean_value(value: Any) -> str | None:
         text = f"{value:g}"
     else:
         return None
-    text = "".join(ch for ch in " ".join(text.split()) if ch >= " ")
+    text = " ".join("".join(ch for ch in text if ch >= " " or ch.isspace()).split())
     return text or None
 
 
@@ -214,6 +215,6 @@ def fill_blocks(template: Any, fill: Callable[[int, str], str]) -> str:
 
     A dangling ``&&`` (an unclosed block) is dropped so no marker leaks into an email.
     """
-    counter = iter(range(1 << 30))
+    counter = itertools.count()
     text = BLOCK_RE.sub(lambda m: fill(next(counter), m.group(1).strip()), _as_text(template))
     return text.replace("&&", "")

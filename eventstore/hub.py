@@ -70,10 +70,9 @@ class Hub:
         return len(self._everything) + sum(len(s) for s in self._by_key.values())
 
     def queued_events(self) -> int:
-        total = sum(len(listener.buffer) for listener in self._everything)
-        for listeners in self._by_key.values():
-            total += sum(len(listener.buffer) for listener in listeners)
-        return total
+        """Events buffered for all listeners, each listener once whatever its key count."""
+        listeners = self._everything.union(*self._by_key.values())
+        return sum(len(listener.buffer) for listener in listeners)
 
     def register(self, keys: frozenset[str] | None) -> _Listener:
         listener = _Listener(keys, self.max_queue)

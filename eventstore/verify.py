@@ -187,14 +187,15 @@ def differing_fields(stored: Doc, fresh: Doc) -> list[str]:
         names.append("index columns")
     a, b = stored.body, fresh.body
     if isinstance(a, dict) and isinstance(b, dict):
-        inner_a = a.get("row", a) if isinstance(a.get("row"), dict) else a
-        inner_b = b.get("row", b) if isinstance(b.get("row"), dict) else b
-        for key in sorted(set(inner_a) | set(inner_b)):
-            if canonical_json(inner_a.get(key)) != canonical_json(inner_b.get(key)):
-                names.append(key)
-        for key in sorted(set(a) | set(b)):
-            if key != "row" and canonical_json(a.get(key)) != canonical_json(b.get(key)):
-                names.append(key)
+        # a session body nests its row: name the row's fields, then the rest; each key once
+        nested = isinstance(a.get("row"), dict) and isinstance(b.get("row"), dict)
+        parts = (
+            [(a["row"], b["row"]), ({**a, "row": None}, {**b, "row": None})] if nested else [(a, b)]
+        )
+        for x, y in parts:
+            for key in sorted(set(x) | set(y)):
+                if canonical_json(x.get(key)) != canonical_json(y.get(key)):
+                    names.append(key)
     elif canonical_json(a) != canonical_json(b):
         names.append("body")
     return names

@@ -49,8 +49,8 @@ Patchable = Literal[
     "task_status",
 ]
 PATCHABLE: Final = frozenset[str](get_args(Patchable))
-#: the row's lists a fold extends
-ListField = Literal["messages", "skeleton_history", "draft_history", "generated_examples"]
+#: the row's lists a fold extends in place (examples are always replaced by a new list)
+ListField = Literal["messages", "skeleton_history", "draft_history"]
 
 
 def empty_row(data: Mapping[str, Any], at: str) -> SessionRow:
@@ -119,7 +119,6 @@ def _revise_skeleton(row: SessionRow, skeleton: Any, at: str, owned: set[str]) -
     row["skeleton"] = skeleton
     row["framework_version"] = (row["framework_version"] or 0) + 1
     row["generated_examples"] = None
-    owned.discard("generated_examples")
 
 
 def _revise_draft(row: SessionRow, subject: Any, body: Any, at: str, owned: set[str]) -> None:
@@ -151,7 +150,6 @@ def _step(state: SessionState, owned: set[str], event: RecordedEvent) -> None:
                 owned.discard(name)  # the event's own object: never change it
         if "skeleton" in fields and "generated_examples" not in fields:
             row["generated_examples"] = None
-            owned.discard("generated_examples")
         if "task_status" in fields and fields["task_status"] is None:
             state["active_run"] = None
     elif kind == EventType.RUN_CLAIMED:
@@ -168,7 +166,6 @@ def _step(state: SessionState, owned: set[str], event: RecordedEvent) -> None:
         if not data.get("replace", True):
             examples = list(row["generated_examples"] or []) + examples
         row["generated_examples"] = examples
-        owned.add("generated_examples")
     elif kind == EventType.RUN_RELEASED:
         if state["active_run"] == data["run_id"]:
             row["task_status"] = None

@@ -173,3 +173,75 @@ def test_render_of_clean_input_leaves_no_variables(parts: list[str], lead: dict[
 def test_restrict_to_never_leaves_a_disallowed_variable(template: str, allowed: list[str]) -> None:
     out = restrict_to(template, allowed)
     assert set(variables_in(out)) <= set(allowed)
+
+
+@pytest.mark.parametrize(
+    ("template", "lead", "text", "missing"),
+    [
+        # the one-space boundary: two words are a first and a last name
+        ("%first_name%|%last_name%", {"full_name": "Ana Ruiz"}, "Ana|Ruiz", ()),
+        ("%last_name%.", {"full_name": "Ana"}, ".", ("last_name",)),
+        ("%first_name% %last_name%", {"full_name": " "}, "there", ("first_name", "last_name")),
+        ("%full_name%", {"last_name": "Ruiz"}, "Ruiz", ()),
+        ("%full_name%", {"first_name": "", "last_name": "Ruiz"}, "Ruiz", ()),
+        # a yes/no field is not text: the lead lacks a word for it, so it gets a fallback,
+        # never "True" or "False" pasted into an email
+        ("VIP: %vip%!", {"custom_fields": {"vip": True}}, "VIP:!", ("vip",)),
+        ("%Vip%", {"custom_fields": {"VIP": False}}, "", ("Vip",)),
+        ("%trial%", {"trial": True}, "", ("trial",)),
+        # a standard field takes text only; a custom field of the same name may be a number
+        ("%company%", {"company": 42}, "your team", ("company",)),
+        ("%company%", {"company": 42, "custom_fields": {"company": "Acme"}}, "Acme", ()),
+        ("%seats%", {"seats": 40}, "40", ()),
+        ("%big%", {"custom_fields": {"big": 1e21}}, "1e+21", ()),
+        ("%inf%", {"custom_fields": {"inf": float("inf")}}, "", ("inf",)),
+        ("%x%", {"custom_fields": {"X": None, "x ": "no", "x": "yes"}}, "yes", ()),
+        ("%X%", {"custom_fields": {"x": None, "X2": "no", "x2": 1}}, "", ("X",)),
+        # control characters go before spaces are collapsed: no stray space is left
+        ("<%X%>", {"custom_fields": {"y": 1, "x": "\x07 a\tb\x1b "}}, "<a b>", ()),
+        ("%a%", {"custom_fields": {"a": "\x01\x02"}}, "", ("a",)),
+        ("[%a%]", {"a": "x"}, "[x]", ()),
+        ("a\x00b %first_name%", ANA, "ab Ana", ()),
+        ("%nick%, hi", {}, ", hi", ("nick",)),
+        ("x %nick% , y", {}, "x , y", ("nick",)),  # the template's own space stays
+        ("x\t%nick%\ty", {}, "x y", ("nick",)),
+        ("x%nick%y", {}, "xy", ("nick",)),
+    ],
+)
+def test_render_rules(template: Any, lead: Any, text: str, missing: tuple[str, ...]) -> None:
+    assert render(template, lead) == Rendered(text, missing)
+
+
+def test_fallbacks_never_carry_variable_syntax() -> None:
+    loose: dict[str, Any] = {"company": "%{acme}& co", "tier": 3}  # JSON from a client
+    out = render("%company% / %tier% / %x%", {}, fallbacks=loose)
+    assert out == Rendered("acme co / 3 /", ("company", "tier", "x"))
+    out = render("%tier%!", {}, fallbacks={"tier": True, 5: "x"})  # type: ignore[dict-item]
+    assert out == Rendered("!", ("tier",))
+    assert render("%first_name%", {}, fallbacks="junk").text == "there"  # type: ignore[arg-type]
+
+
+def test_restrict_to_uses_the_fallbacks_given() -> None:
+    out = restrict_to(
+        "Hi %first_name% at {{company}} (%tier%)",
+        ["first_name", 7],  # type: ignore[list-item]
+        fallbacks={"company": "your {shop}", "tier": "%gold%"},
+    )
+    assert out == "Hi %first_name% at your shop (gold)"
+    assert restrict_to("a\x00b %tier% c", [], fallbacks={"tier": "x"}) == "ab x c"
+
+
+def test_lead_value_derivations() -> None:
+    assert lead_value({"full_name": "Ana  Maria Ruiz"}, "last_name") == "Maria Ruiz"
+    assert lead_value({"full_name": "Ana"}, "first_name") == "Ana"
+    assert lead_value({"full_name": "Ana"}, "last_name") is None
+    assert lead_value({"full_name": "Ana Ruiz"}, "company") is None
+    assert lead_value({"first_name": "Ana", "last_name": "Ruiz"}, "full_name") == "Ana Ruiz"
+    assert lead_value([], "first_name") is None
+
+
+def test_canonical_and_blocks_of_non_text() -> None:
+    assert canonical(None) == "" and canonical(7) == "7"
+    assert blocks_in(None) == [] and blocks_in("&&  a \n b &&") == ["a \n b"]
+    assert fill_blocks("&&x&&&&y&&", lambda i, s: f"{i}{s}") == "0x1y"
+    assert variables_in("{{a}} %b% {{ a }}") == ["a", "b"]

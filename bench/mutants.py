@@ -1,0 +1,150 @@
+"""The mutation score of each core module, from a finished ``mutmut run`` (``make mutants``).
+
+mutmut keeps one ``<file>.meta`` per mutated file under ``mutants/``: the exit
+code of the tests against each mutant. This turns them into the table of
+``docs/explanation/mutation-testing.md``: per module, how many mutants the fast
+tests detect (killed or timed out) out of those that can be detected at all.
+
+Equivalent mutants (no test can tell them from the original, because the
+program means the same) are listed in ``EQUIVALENT`` with the reason, and left
+out of the denominator; nothing else is.
+
+    python -m bench.mutants --label after   # merges into bench/results/mutants.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+MODULES = (
+    "projections/session.py",
+    "projections/run.py",
+    "projections/account.py",
+    "projections/campaign.py",
+    "eventstore/hub.py",
+    "eventstore/groupcommit.py",
+    "server/ratelimit.py",
+    "engines/templates.py",
+    "eventstore/verify.py",
+)
+
+#: mutmut's exit codes (mutmut/stats.py); a timeout counts as detected, as in the issue
+STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped"}
+STATUS.update(dict.fromkeys((36, 24, -24, 152, 255), "timeout"))
+STATUS.update(dict.fromkeys((-11, -9), "segfault"))
+DETECTED = frozenset({"killed", "timeout", "segfault"})
+
+_S = "sessionstream.projections.session.x_fold_session_events__mutmut_"
+_COPY = (
+    "fold_session_events only copies the state once more: the result is the same, "
+    "the fold is slower (a copy per event instead of one per fold)"
+)
+#: mutant -> why no test can catch it (the program means the same either way). The
+#: names are mutmut's and follow the code: after a change to one of these functions,
+#: check with `mutmut show <name>` that each still names the mutant described.
+EQUIVALENT: dict[str, str] = {
+    _S + "2": "owned = None at the start: it is reset before first use, as mine starts False",
+    _S + "3": "mine = None at the start: as falsy as False",
+    _S + "11": "mine = None after session.created: " + _COPY,
+    _S + "12": "mine = False after session.created: " + _COPY,
+    _S + "22": "mine = None after the first copy: " + _COPY,
+    _S + "23": "mine = False after the first copy: " + _COPY,
+    "sessionstream.eventstore.hub.xǁ_Listenerǁ__init____mutmut_4": (
+        "lagged = None instead of False: only ever tested for truth"
+    ),
+    "sessionstream.eventstore.hub.xǁHubǁpublish__mutmut_2": (
+        "position >= published_position: an equal position assigns the same value"
+    ),
+    "sessionstream.projections.session.x__own__mutmut_5": (
+        "owned.add(None): the list is copied again before each append, same result, slower"
+    ),
+    **{
+        name: "typing.cast does nothing at run time: its type argument is never read"
+        for name in (
+            "sessionstream.projections.session.x__own__mutmut_6",
+            "sessionstream.projections.session.x__own__mutmut_10",
+            "sessionstream.projections.session.x__own__mutmut_11",
+            "sessionstream.projections.session.x__own__mutmut_12",
+            "sessionstream.projections.session.x__step__mutmut_15",
+            "sessionstream.projections.run.x_apply_run__mutmut_83",
+            "sessionstream.projections.run.x_apply_run__mutmut_101",
+            "sessionstream.projections.run.x_apply_run__mutmut_105",
+            "sessionstream.projections.run.x_apply_run__mutmut_106",
+            "sessionstream.projections.run.x_apply_run__mutmut_107",
+        )
+    },
+    "sessionstream.server.ratelimit.xǁRateLimiterǁcheck__mutmut_25": (
+        "popitem(last=None): None is as false as False, the oldest key goes"
+    ),
+}
+
+
+def module_of(mutant: str) -> str:
+    """``sessionstream.projections.session.x_apply__mutmut_3`` -> ``projections/session.py``."""
+    parts = mutant.split(".")
+    return "/".join(parts[1:-1]) + ".py"
+
+
+def score(mutants_dir: Path) -> dict[str, dict[str, Any]]:
+    by_module: dict[str, Counter[str]] = {m: Counter() for m in MODULES}
+    equivalent: dict[str, list[str]] = {m: [] for m in MODULES}
+    for meta in sorted(mutants_dir.glob("sessionstream/**/*.py.meta")):
+        codes: dict[str, int | None] = json.loads(meta.read_text())["exit_code_by_key"]
+        for mutant, code in codes.items():
+            module = module_of(mutant)
+            if module not in by_module:
+                continue
+            status = "not checked" if code is None else STATUS.get(code, "suspicious")
+            if mutant in EQUIVALENT and status not in DETECTED:
+                equivalent[module].append(mutant)
+                status = "equivalent"
+            by_module[module][status] += 1
+    table: dict[str, dict[str, Any]] = {}
+    for module, counts in by_module.items():
+        total = sum(counts.values())
+        detected = sum(counts[s] for s in DETECTED)
+        countable = total - counts["equivalent"]
+        table[module] = {
+            "mutants": total,
+            "detected": detected,
+            "equivalent": counts["equivalent"],
+            "survived": counts["survived"],
+            "no_tests": counts["no tests"],
+            "not_checked": counts["not checked"],
+            "score": round(100 * detected / countable, 1) if countable else None,
+            "equivalent_mutants": sorted(equivalent[module]),
+        }
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--label", default="after", help="before | after (merged by label)")
+    parser.add_argument("--mutants", type=Path, default=Path("mutants"))
+    parser.add_argument("--out", type=Path, default=Path("bench/results/mutants.json"))
+    parser.add_argument("--note", default="", help="how this run was made, kept with it")
+    args = parser.parse_args(argv)
+    table = score(args.mutants)
+    results: dict[str, Any] = json.loads(args.out.read_text()) if args.out.exists() else {}
+    results.setdefault("tool", "mutmut 3.8.1 (make mutants)")
+    results.setdefault("equivalent", {})
+    results["equivalent"].update(EQUIVALENT)
+    results.setdefault("runs", {})[args.label] = {"note": args.note, "modules": table}
+    args.out.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    width = max(len(m) for m in MODULES)
+    print(f"{'module':{width}}  mutants  detected  equiv  score   ({args.label})")
+    for module, row in table.items():
+        pct = "-" if row["score"] is None else f"{row['score']:.1f}%"
+        print(
+            f"{module:{width}}  {row['mutants']:7}  {row['detected']:8}  "
+            f"{row['equivalent']:5}  {pct:>6}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
