@@ -27,7 +27,7 @@ from sessionstream.server.handlers import (
     uuid_param,
 )
 from sessionstream.server.keys import HISTORY, STORE
-from sessionstream.server.numbers import MAX_VALUE, optional_natural
+from sessionstream.server.numbers import MAX_VALUE, natural, optional_natural
 from sessionstream.server.schemas import DraftRollback, EventJson, ForkRequest, SkeletonRollback
 from sessionstream.services.diff import session_diff
 from sessionstream.services.fork import fork_session
@@ -110,8 +110,11 @@ async def fork(request: web.Request) -> web.Response:
 
 async def diff(request: web.Request) -> web.Response:
     session_id = uuid_param(request)
-    first = query_int(request, "from", 1, 1, 10**15)
-    last = query_int(request, "to", 1, 1, 10**15)
+    # both ends are required, as the document says: a diff against a guessed end is a
+    # different question from the one the client meant to ask
+    first, last = (
+        natural(request.query.get(name, ""), name, low=1, high=MAX_VALUE) for name in ("from", "to")
+    )
     found = await session_diff(request.app[STORE], user_id(request), session_id, first, last)
     return web.json_response(
         {

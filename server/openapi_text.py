@@ -23,10 +23,36 @@ TAGS: Final = (
     ("history", "Every event of a session and its runs; rollbacks as new revisions."),
     ("runs", "A turn or an example batch: its status, and cancelling it."),
     ("campaigns", "sessionstream's minimal campaigns and sequence nodes a session needs."),
+    ("log", "Signed checkpoints and Merkle proofs over the whole log, for auditors."),
 )
 
 #: operationId -> (tag, description)
 OPERATIONS: Final[dict[str, tuple[str, str]]] = {
+    "forkSession": (
+        "history",
+        "A new session of the caller's, whose state is the source's as of a log position "
+        "or session version; its row names the source in `forked_from`. The source is "
+        "untouched, and a run in progress on it does not block the fork.",
+    ),
+    "sessionDiff": (
+        "history",
+        "What changed between two versions of a session: skeleton fields, the draft's "
+        "subject and body as a unified diff, and the messages added.",
+    ),
+    "logCheckpoint": (
+        "log",
+        "The log's newest signed checkpoint (tree size and root hash) as a C2SP signed "
+        "note, for auditors who verify exports offline.",
+    ),
+    "logInclusion": (
+        "log",
+        "An RFC 9162 inclusion proof for one of the caller's own events: hashes only, "
+        "never data.",
+    ),
+    "logConsistency": (
+        "log",
+        "An RFC 9162 consistency proof between two tree sizes: that the log only grew.",
+    ),
     "listSessions": (
         "sessions",
         "The caller's sessions of one campaign, oldest first (`created_at` ascending); "
