@@ -91,9 +91,15 @@ def test_runs_list_says_what_each_runs_events_say(
             words = len("".join(e["data"]["text"] for e in deltas).split())
             assert size.get_attribute("data-words") == str(words)
             assert f"{words} words" in size.text_content()
-        engines = {e["data"][k] for e in mine for k in ("engine", "model") if k in e["data"]}
+        # the engine, then its model, as run.started records them (an offline run: no model)
+        served = [
+            e["data"][k]
+            for e in mine
+            for k in ("engine", "model")
+            if isinstance(e["data"].get(k), str)
+        ]
         engine = card.locator(tid("run-engine")).text_content()
-        assert engine == (" · ".join(sorted(engines)) if engines else "not recorded")
+        assert engine == (" · ".join(dict.fromkeys(served)) or "not recorded")
     doc_shot(page, "console-runs")
 
 
