@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,6 +29,7 @@ from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from sessionstream.core.errors import ConfigError
+from sessionstream.core.problems import Problem, config_error, phrase
 
 DEFAULT_DB = "sessionstream.db"
 DEFAULT_MODEL = "gpt-4o-mini"
@@ -321,13 +322,13 @@ class Settings(BaseSettings):
 
     @model_validator(mode="wrap")
     @classmethod
-    def _as_config_error(cls, data: Any, handler: Any) -> Any:
+    def _asconfig_error(cls, data: Any, handler: Any) -> Any:
         """Every way of building settings fails the same way: a ConfigError, one line."""
         try:
             return handler(data)
         except ValidationError as exc:
             problems = [_problem(error) for error in exc.errors(include_url=False)]
-            raise _config_error(problems) from None
+            raise config_error(problems) from None
 
     @classmethod
     def settings_customise_sources(
@@ -351,7 +352,7 @@ class Settings(BaseSettings):
             return cls(**{**found, **given})
         except ConfigError as exc:
             problems: list[Problem] = exc.details["problems"]
-            raise _config_error(
+            raise config_error(
                 [
                     replace(p, label=flag_name(p.setting) or p.label) if p.setting in given else p
                     for p in problems
@@ -436,50 +437,12 @@ def flag_name(name: str) -> str | None:
     return _extra(name, "flag")
 
 
-#: what a user reads for each kind of pydantic error; the rest keep pydantic's words
-_PHRASES = {
-    "int_parsing": "is not a valid integer",
-    "int_type": "is not a valid integer",
-    "int_from_float": "is not a valid integer",
-    "float_parsing": "is not a valid number",
-    "float_type": "is not a valid number",
-    "finite_number": "must be a finite number",
-    "greater_than_equal": "must be at least {ge}",
-    "greater_than": "must be more than {gt}",
-    "less_than_equal": "must be at most {le}",
-    "literal_error": "must be {expected}",
-    "string_too_short": "must be at least {min_length} characters",
-    "string_pattern_mismatch": "is not in the expected form",
-    "extra_forbidden": "is not a setting",
-}
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    """One unusable setting: ``SESSIONSTREAM_PORT='abc' is not a valid integer``."""
-
-    setting: str
-    label: str  # the variable, or the flag when the value came from one
-    value: Any  # None for a secret: its value is never echoed
-    text: str
-
-    def __str__(self) -> str:
-        given = "" if self.value is None else f"={self.value!r}"
-        return f"{self.label}{given} {self.text}"
-
-
 def _problem(error: ErrorDetails) -> Problem:
     name = str(error["loc"][0]) if error["loc"] else "settings"
-    phrase = _PHRASES.get(error["type"])
-    text = phrase.format(**error.get("ctx", {})) if phrase else error["msg"]
+    text = phrase(error)
     field = Settings.model_fields.get(name)
     if field is None:
         return Problem(name, name, None, text)
     hint = _extra(name, "hint")
     shown = None if field.repr is False else error.get("input")
     return Problem(name, env_name(name), shown, f"{text} {hint}" if hint else text)
-
-
-def _config_error(problems: list[Problem]) -> ConfigError:
-    """All problems on one line, so a user fixes them in one go."""
-    return ConfigError("; ".join(map(str, problems)), details={"problems": problems})
