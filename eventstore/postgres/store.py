@@ -25,7 +25,8 @@ from typing import Any
 import asyncpg
 
 from sessionstream.core.errors import SessionStreamError, StorageUnavailable
-from sessionstream.eventstore.model import AppendRequest, AppendResult, RecordedEvent
+from sessionstream.eventstore.base import EventStore
+from sessionstream.eventstore.model import AppendRequest, AppendResult, Doc, RecordedEvent
 from sessionstream.eventstore.postgres import schema as sql
 from sessionstream.eventstore.postgres.errors import DRIVER_ERRORS, translate_pg_error
 from sessionstream.eventstore.postgres.pump import LogPump
@@ -33,12 +34,11 @@ from sessionstream.eventstore.postgres.reader import PostgresReader
 from sessionstream.eventstore.postgres.tree import PostgresTree
 from sessionstream.eventstore.postgres.writer import PostgresWriter
 from sessionstream.eventstore.projector import Projection
-from sessionstream.eventstore.reads import ReaderBackedStore
 
 log = logging.getLogger("sessionstream.eventstore.postgres")
 
 
-class PostgresEventStore(ReaderBackedStore[PostgresReader]):
+class PostgresEventStore(EventStore):
     def __init__(
         self,
         dsn: str,
@@ -266,6 +266,70 @@ class PostgresEventStore(ReaderBackedStore[PostgresReader]):
             raise translate_pg_error(exc) from exc
 
     # reads (reader.py) ------------------------------------------------------
+    async def read_stream(
+        self,
+        stream_id: str,
+        after_version: int = 0,
+        *,
+        limit: int | None = None,
+        to_position: int | None = None,
+    ) -> list[RecordedEvent]:
+        return await self._reader.read_stream(
+            stream_id, after_version, limit=limit, to_position=to_position
+        )
+
+    async def read_all(
+        self,
+        after_position: int = 0,
+        *,
+        limit: int = 1000,
+        keys: frozenset[str] | None = None,
+        to_position: int | None = None,
+    ) -> list[RecordedEvent]:
+        return await self._reader.read_all(
+            after_position, limit=limit, keys=keys, to_position=to_position
+        )
+
+    async def head_position(self) -> int:
+        return await self._reader.head_position()
+
+    async def stream_version(self, stream_id: str) -> int:
+        return await self._reader.stream_version(stream_id)
+
+    async def position_of(self, stream_id: str, version: int) -> int | None:
+        return await self._reader.position_of(stream_id, version)
+
+    async def position_at(self, timestamp: str) -> int:
+        return await self._reader.position_at(timestamp)
+
+    async def get_doc(self, kind: str, key: str) -> Doc | None:
+        return await self._reader.get_doc(kind, key)
+
+    async def list_docs(
+        self,
+        kind: str,
+        *,
+        owner: str | None = None,
+        parent: str | None = None,
+        active: bool | None = None,
+        include_deleted: bool = False,
+        after: tuple[str, str] | None = None,
+        limit: int | None = None,
+    ) -> list[Doc]:
+        return await self._reader.list_docs(
+            kind,
+            owner=owner,
+            parent=parent,
+            active=active,
+            include_deleted=include_deleted,
+            after=after,
+            limit=limit,
+        )
+
+    async def latest_snapshot(
+        self, stream_id: str, kind: str, *, max_position: int | None = None
+    ) -> tuple[int, int, dict[str, Any]] | None:
+        return await self._reader.latest_snapshot(stream_id, kind, max_position=max_position)
 
     # leases (see eventstore/leases.py) -------------------------------------------
     async def acquire_lease(self, run_id: str, node_id: str, ttl_s: float) -> None:

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sessionstream.core.errors import SessionStreamError, StorageUnavailable
-from sessionstream.eventstore.model import AppendRequest, AppendResult, RecordedEvent
+from sessionstream.eventstore.base import EventStore
+from sessionstream.eventstore.model import AppendRequest, AppendResult, Doc, RecordedEvent
 from sessionstream.eventstore.projector import Projection
-from sessionstream.eventstore.reads import ReaderBackedStore
 from sessionstream.eventstore.sqlite.reader import SQLiteReader
 from sessionstream.eventstore.sqlite.schema import translate_sqlite_error
 from sessionstream.eventstore.sqlite.tree import SQLiteTree
@@ -33,7 +33,7 @@ log = logging.getLogger("sessionstream.eventstore")
 T = TypeVar("T")
 
 
-class SQLiteEventStore(ReaderBackedStore[SQLiteReader]):
+class SQLiteEventStore(EventStore):
     def __init__(
         self,
         path: str | os.PathLike[str],
@@ -168,3 +168,67 @@ class SQLiteEventStore(ReaderBackedStore[SQLiteReader]):
         return await self._in_writer(self._writer.rebuild)
 
     # reads (reader.py) ------------------------------------------------------
+    async def read_stream(
+        self,
+        stream_id: str,
+        after_version: int = 0,
+        *,
+        limit: int | None = None,
+        to_position: int | None = None,
+    ) -> list[RecordedEvent]:
+        return await self._reader.read_stream(
+            stream_id, after_version, limit=limit, to_position=to_position
+        )
+
+    async def read_all(
+        self,
+        after_position: int = 0,
+        *,
+        limit: int = 1000,
+        keys: frozenset[str] | None = None,
+        to_position: int | None = None,
+    ) -> list[RecordedEvent]:
+        return await self._reader.read_all(
+            after_position, limit=limit, keys=keys, to_position=to_position
+        )
+
+    async def head_position(self) -> int:
+        return await self._reader.head_position()
+
+    async def stream_version(self, stream_id: str) -> int:
+        return await self._reader.stream_version(stream_id)
+
+    async def position_of(self, stream_id: str, version: int) -> int | None:
+        return await self._reader.position_of(stream_id, version)
+
+    async def position_at(self, timestamp: str) -> int:
+        return await self._reader.position_at(timestamp)
+
+    async def get_doc(self, kind: str, key: str) -> Doc | None:
+        return await self._reader.get_doc(kind, key)
+
+    async def list_docs(
+        self,
+        kind: str,
+        *,
+        owner: str | None = None,
+        parent: str | None = None,
+        active: bool | None = None,
+        include_deleted: bool = False,
+        after: tuple[str, str] | None = None,
+        limit: int | None = None,
+    ) -> list[Doc]:
+        return await self._reader.list_docs(
+            kind,
+            owner=owner,
+            parent=parent,
+            active=active,
+            include_deleted=include_deleted,
+            after=after,
+            limit=limit,
+        )
+
+    async def latest_snapshot(
+        self, stream_id: str, kind: str, *, max_position: int | None = None
+    ) -> tuple[int, int, dict[str, Any]] | None:
+        return await self._reader.latest_snapshot(stream_id, kind, max_position=max_position)
