@@ -46,8 +46,7 @@ OPERATIONS: Final[dict[str, tuple[str, str]]] = {
     ),
     "logInclusion": (
         "log",
-        "An RFC 9162 inclusion proof for one of the caller's own events: hashes only, "
-        "never data.",
+        "An RFC 9162 inclusion proof for one of the caller's own events: hashes only, never data.",
     ),
     "logConsistency": (
         "log",
