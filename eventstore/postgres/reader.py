@@ -15,7 +15,7 @@ import asyncpg
 from sessionstream.core.errors import StorageUnavailable
 from sessionstream.eventstore.model import Doc, RecordedEvent, row_to_doc, row_to_event
 from sessionstream.eventstore.postgres.errors import DRIVER_ERRORS, translate_pg_error
-from sessionstream.eventstore.postgres.schema import DOC_COLUMNS, EVENT_COLUMNS
+from sessionstream.eventstore.postgres.schema import DOC_COLUMNS, EVENT_COLUMNS, POSITION_AT
 
 
 class PostgresReader:
@@ -96,9 +96,7 @@ class PostgresReader:
         return None if value is None else int(value)
 
     async def position_at(self, timestamp: str) -> int:
-        value = await self.fetchval(
-            "SELECT COALESCE(MAX(position), 0) FROM events WHERE recorded_at <= $1", timestamp
-        )
+        value = await self.fetchval(POSITION_AT, timestamp)  # a seek: eventstore/clock.py
         return int(value)
 
     async def get_doc(self, kind: str, key: str) -> Doc | None:

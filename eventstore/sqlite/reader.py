@@ -21,6 +21,7 @@ from sessionstream.eventstore.sqlite.cache import DocCache
 from sessionstream.eventstore.sqlite.schema import (
     DOC_COLUMNS,
     EVENT_COLUMNS,
+    POSITION_AT,
     translate_sqlite_error,
 )
 
@@ -123,9 +124,7 @@ class SQLiteReader:
         return int(rows[0][0]) if rows else None
 
     async def position_at(self, timestamp: str) -> int:
-        rows = await self._fetchall(
-            "SELECT COALESCE(MAX(position), 0) FROM events WHERE recorded_at <= ?", (timestamp,)
-        )
+        rows = await self._fetchall(POSITION_AT, (timestamp,))  # a seek: eventstore/clock.py
         return int(rows[0][0])
 
     async def get_doc(self, kind: str, key: str) -> Doc | None:
