@@ -160,10 +160,27 @@ _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_asci
 #: a JSON string as the canonical encoder spells it (not ASCII-escaped)
 _string = json.encoder.encode_basestring
 
+#: ``_CANONICAL``'s C encoder, built once. ``JSONEncoder.encode`` builds a new
+#: one (and a dict of ids for its circular check) on every call, which was two
+#: thirds of the cost of encoding a small event. Without the shared dict it is
+#: safe on every thread; a cycle then ends in ``RecursionError``, turned back
+#: into the ``ValueError`` the standard encoder raises.
+_make_encoder: Any = getattr(json.encoder, "c_make_encoder", None)  # untyped in typeshed
+_C_ENCODER = (
+    _make_encoder(None, _CANONICAL.default, _string, None, ":", ",", True, False, True)
+    if _make_encoder is not None
+    else None
+)
+
 
 def canonical_json(value: Any) -> str:
     """One spelling per value, so hashes are reproducible anywhere."""
-    return _CANONICAL.encode(value)
+    if _C_ENCODER is None:  # pragma: no cover - CPython always has the C encoder
+        return _CANONICAL.encode(value)
+    try:
+        return "".join(_C_ENCODER(value, 0))
+    except RecursionError:
+        raise ValueError("circular reference or nesting too deep to encode") from None
 
 
 def event_hash(
@@ -187,54 +204,59 @@ def event_hash(
 def record_event(
     new: NewEvent, *, position: int, stream_id: str, version: int, prev_hash: str, at: str
 ) -> RecordedEvent:
-    """A new event as stored: its place in the log and its link in the stream's chain.
-
-    ``data`` and ``metadata`` are encoded once, and the hashed bytes are put
-    together from those two texts: exactly what :func:`event_hash` encodes
-    (a JSON array with these separators is its items joined by commas), at
-    half the encoding. Encoding was the largest share of a bulk append's
-    CPU (bench/append_peer.py); the row then stores the same canonical text.
-    """
-    data = _CANONICAL.encode(new.data)
-    metadata = _CANONICAL.encode(new.metadata)
-    body = (
-        f"[{_string(stream_id)},{version},{_string(new.event_id)},{_string(new.type)},"
-        f"{data},{metadata},{_string(at)}]"
-    )
-    return RecordedEvent(
-        position,
-        stream_id,
-        version,
-        new.event_id,
-        new.type,
-        new.data,
-        new.metadata,
-        new.correlation_id,
-        at,
-        hashlib.sha256(prev_hash.encode() + body.encode()).hexdigest(),
-        (data, metadata),
-    )
+    """A new event as stored: its place in the log and its link in the stream's chain."""
+    request = AppendRequest(stream_id, (new,))
+    return record_request(
+        request, head=position - 1, version=version - 1, prev_hash=prev_hash, at=at
+    )[0]
 
 
 def record_request(
     request: AppendRequest, *, head: int, version: int, prev_hash: str, at: str
 ) -> list[RecordedEvent]:
     """A request's events as stored, after log position ``head`` and its stream's
-    ``version`` whose hash is ``prev_hash``."""
+    ``version`` whose hash is ``prev_hash``.
+
+    ``data`` and ``metadata`` are encoded once, and the hashed bytes are put
+    together from those two texts: exactly what :func:`event_hash` encodes
+    (a JSON array with these separators is its items joined by commas), at
+    half the encoding. The parts every event of the request shares (stream
+    id, time) are spelled once. Encoding was the largest share of a bulk
+    append's CPU (docs/explanation/append-path.md); the row then stores the
+    same canonical text.
+    """
+    stream_id = request.stream_id
+    prefix = f"[{_string(stream_id)},"
+    suffix = f",{_string(at)}]"
+    encode, string, sha256 = canonical_json, _string, hashlib.sha256
     records: list[RecordedEvent] = []
+    append = records.append
     for new in request.events:
         head += 1
         version += 1
-        record = record_event(
-            new,
-            position=head,
-            stream_id=request.stream_id,
-            version=version,
-            prev_hash=prev_hash,
-            at=at,
+        data = encode(new.data)
+        metadata = encode(new.metadata)
+        event_id, type_ = new.event_id, new.type
+        body = (
+            f"{prev_hash}{prefix}{version},{string(event_id)},{string(type_)},"
+            f"{data},{metadata}{suffix}"
         )
-        records.append(record)
-        prev_hash = record.hash
+        prev_hash = sha256(body.encode()).hexdigest()
+        append(
+            RecordedEvent(
+                head,
+                stream_id,
+                version,
+                event_id,
+                type_,
+                new.data,
+                new.metadata,
+                new.correlation_id,
+                at,
+                prev_hash,
+                (data, metadata),
+            )
+        )
     return records
 
 
