@@ -246,6 +246,23 @@ class Settings(BaseSettings):
         "`overloaded`, so memory stays bounded when the disk cannot keep up.",
     )
 
+    # -- memory per request ------------------------------------------------------------------
+    page_bytes: int = Field(
+        default=1024 * 1024,
+        ge=1,
+        description="Bytes of stored event JSON one page holds at most: the events "
+        "endpoint and every realtime catch-up read stop before it (1 MiB), whatever their "
+        "row limit. An event larger than this still comes, alone, so a reader always "
+        "moves on.",
+    )
+    catchup_reads: int = Field(
+        default=4,
+        ge=1,
+        description="Catch-up pages read at the same time for all realtime channels "
+        "together; the others queue, so many clients replaying a large history hold "
+        "a few pages, not one each, and the event loop stays free.",
+    )
+
     # -- realtime channels -----------------------------------------------------------------
     subscriber_queue: int = Field(
         default=1024,

@@ -3,7 +3,9 @@
 A subscription is a tail of the log from a cursor. It moves through explicit
 states:
 
-``catching_up``  reading pages from the store after its cursor;
+``catching_up``  reading pages from the store after its cursor (pages bounded
+                 in rows and bytes, admitted a few at a time by the store's
+                 ``catchup`` semaphore);
 ``handover``     registered with the hub, reading the store once more so an
                  event committed between the last page and registration is
                  not lost (anything also buffered is skipped by cursor);
@@ -164,7 +166,14 @@ class Subscription:
                 listener.wakeup.clear()
                 await listener.wakeup.wait()
                 continue
-            page = await self._store.read_all(self.cursor, limit=self._page_size, keys=self.keys)
+            store = self._store
+            async with store.catchup:  # a crowd catching up reads a few pages at a time
+                page = await store.read_page(
+                    self.cursor,
+                    max_rows=self._page_size,
+                    max_bytes=store.page_bytes,
+                    keys=self.keys,
+                )
             if self.state == CLOSED:
                 raise StopAsyncIteration
             if page:

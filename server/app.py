@@ -55,6 +55,8 @@ def make_store(settings: Settings) -> EventStore:
             projections.ALL,
             max_queue=settings.subscriber_queue,
             max_pending=settings.max_pending_appends,
+            page_bytes=settings.page_bytes,
+            catchup_reads=settings.catchup_reads,
         )
     from sessionstream.eventstore.sqlite import SQLiteEventStore
 
@@ -63,6 +65,8 @@ def make_store(settings: Settings) -> EventStore:
         projections.ALL,
         max_queue=settings.subscriber_queue,
         max_pending=settings.max_pending_appends,
+        page_bytes=settings.page_bytes,
+        catchup_reads=settings.catchup_reads,
     )
 
 

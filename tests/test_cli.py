@@ -99,7 +99,7 @@ def test_the_import_hint_names_the_store_and_runs_as_printed(
     assert "--allow-gaps" not in argv  # the whole log has no gaps
     assert _run(capsys, *argv[1:])[0] == 0
     monkeypatch.setenv("SESSIONSTREAM_DATABASE_URL", "postgresql://u:secret@db/x")
-    from sessionstream.cli.maintenance import verify_command
+    from sessionstream.cli.transfer import verify_command
     from sessionstream.core.settings import Settings
 
     settings = Settings.from_env()

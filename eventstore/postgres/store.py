@@ -25,8 +25,14 @@ from typing import Any
 import asyncpg
 
 from sessionstream.core.errors import SessionStreamError, StorageUnavailable
-from sessionstream.eventstore.base import EventStore
-from sessionstream.eventstore.model import AppendRequest, AppendResult, Doc, RecordedEvent
+from sessionstream.eventstore.base import DEFAULT_CATCHUP_READS, DEFAULT_PAGE_BYTES, EventStore
+from sessionstream.eventstore.model import (
+    AppendRequest,
+    AppendResult,
+    Doc,
+    RecordedEvent,
+    StoredEvent,
+)
 from sessionstream.eventstore.postgres import schema as sql
 from sessionstream.eventstore.postgres.errors import DRIVER_ERRORS, translate_pg_error
 from sessionstream.eventstore.postgres.pump import LogPump
@@ -49,6 +55,8 @@ class PostgresEventStore(EventStore):
         max_batch: int = 2000,
         max_pending: int = 10_000,
         max_queue: int = 1024,
+        page_bytes: int = DEFAULT_PAGE_BYTES,
+        catchup_reads: int = DEFAULT_CATCHUP_READS,
         pool_size: int = 10,
         poll_interval_s: float = 1.0,
         command_timeout_s: float = 60.0,
@@ -56,7 +64,12 @@ class PostgresEventStore(EventStore):
         **_sqlite_only: Any,  # readers, cache_size, busy_retries: meaningless here
     ) -> None:
         super().__init__(
-            projections, max_queue=max_queue, max_batch=max_batch, max_pending=max_pending
+            projections,
+            max_queue=max_queue,
+            max_batch=max_batch,
+            max_pending=max_pending,
+            page_bytes=page_bytes,
+            catchup_reads=catchup_reads,
         )
         self.dsn = dsn
         self.schema = schema
@@ -288,6 +301,23 @@ class PostgresEventStore(EventStore):
     ) -> list[RecordedEvent]:
         return await self._reader.read_all(
             after_position, limit=limit, keys=keys, to_position=to_position
+        )
+
+    async def read_page(
+        self,
+        after_position: int,
+        *,
+        max_rows: int,
+        max_bytes: int,
+        keys: frozenset[str] | None = None,
+        to_position: int | None = None,
+    ) -> list[StoredEvent]:
+        return await self._reader.read_page(
+            after_position,
+            max_rows=max_rows,
+            max_bytes=max_bytes,
+            keys=keys,
+            to_position=to_position,
         )
 
     async def head_position(self) -> int:

@@ -20,8 +20,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sessionstream.core.errors import SessionStreamError, StorageUnavailable
-from sessionstream.eventstore.base import EventStore
-from sessionstream.eventstore.model import AppendRequest, AppendResult, Doc, RecordedEvent
+from sessionstream.eventstore.base import DEFAULT_CATCHUP_READS, DEFAULT_PAGE_BYTES, EventStore
+from sessionstream.eventstore.model import (
+    AppendRequest,
+    AppendResult,
+    Doc,
+    RecordedEvent,
+    StoredEvent,
+)
 from sessionstream.eventstore.projector import Projection
 from sessionstream.eventstore.sqlite.reader import SQLiteReader
 from sessionstream.eventstore.sqlite.schema import translate_sqlite_error
@@ -46,10 +52,17 @@ class SQLiteEventStore(EventStore):
         cache_size: int = 10_000,
         busy_retries: int = 3,
         max_queue: int = 1024,
+        page_bytes: int = DEFAULT_PAGE_BYTES,
+        catchup_reads: int = DEFAULT_CATCHUP_READS,
         on_batch: Callable[[int, int], None] | None = None,
     ) -> None:
         super().__init__(
-            projections, max_queue=max_queue, max_batch=max_batch, max_pending=max_pending
+            projections,
+            max_queue=max_queue,
+            max_batch=max_batch,
+            max_pending=max_pending,
+            page_bytes=page_bytes,
+            catchup_reads=catchup_reads,
         )
         self.path = str(path)
         self.snapshot_every = snapshot_every
@@ -190,6 +203,23 @@ class SQLiteEventStore(EventStore):
     ) -> list[RecordedEvent]:
         return await self._reader.read_all(
             after_position, limit=limit, keys=keys, to_position=to_position
+        )
+
+    async def read_page(
+        self,
+        after_position: int,
+        *,
+        max_rows: int,
+        max_bytes: int,
+        keys: frozenset[str] | None = None,
+        to_position: int | None = None,
+    ) -> list[StoredEvent]:
+        return await self._reader.read_page(
+            after_position,
+            max_rows=max_rows,
+            max_bytes=max_bytes,
+            keys=keys,
+            to_position=to_position,
         )
 
     async def head_position(self) -> int:
