@@ -334,3 +334,128 @@ async def test_a_node_whose_pump_cannot_restart_is_unhealthy_and_names_it(
     await wait_for(lambda: store.supervisor.unhealthy() == {}, within=15)
     r = await client.get("/healthz")
     assert r.status == 200
+
+
+# run upkeep: lease renewal and run recovery -----------------------------------------------------
+
+
+@pytest.mark.postgres
+async def test_lease_renewal_restarts_and_the_run_keeps_its_lease_and_its_events(
+    pg_nodes: StoreFactory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from sessionstream.eventstore.postgres import PostgresEventStore
+    from sessionstream.services.claims import claim_session
+    from sessionstream.services.runs import RunManager
+    from tests.scripted_engine import ScriptedEngine
+
+    store = await pg_nodes()
+    assert isinstance(store, PostgresEventStore)
+    ttl = 0.6
+    gate = asyncio.Event()  # the run streams half its words, then waits for the test
+    runs = RunManager(
+        store, ScriptedEngine(gate=gate), node_id="node-a", lease_ttl_s=ttl, coalesce_ms=0
+    )
+    session_id = await _session(store)
+    claim = await claim_session(store, "u1", session_id, kind="turn", run_input={"message": "hi"})
+    sub = Subscriber(store, 0, frozenset({f"run-{claim.run_id}"}))
+    runs.start(claim, {"message": "hi"})
+    deadline = time.monotonic() + 10
+    while await store.lease_holders() != {claim.run_id: "node-a"}:  # taken by the run
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
+    renew = Once(store.renew_leases)
+    monkeypatch.setattr(store, "renew_leases", renew)
+    upkeep = asyncio.create_task(runs.upkeep())
+    try:
+        await asyncio.sleep(4 * ttl)  # renewal crashed once: the lease would have expired
+        assert renew.calls >= 3
+        assert store.supervisor.crashes["lease-renewal"] == 1
+        assert await store.lease_holders() == {claim.run_id: "node-a"}
+        run = await store.get_doc("run", claim.run_id)
+        assert run is not None and run.body["status"] == "running"
+        gate.set()
+        await wait_for(lambda: not runs.is_local(claim.run_id))
+    finally:
+        upkeep.cancel()
+        await asyncio.gather(upkeep, return_exceptions=True)
+        await runs.shutdown()
+    stream = await store.read_stream(f"run-{claim.run_id}")
+    assert stream[-1].type == "run.completed"
+    exactly_once(await sub.until(len(stream)), stream)
+    await sub.stop()
+    crash_logged(caplog, "lease-renewal")
+
+
+async def test_run_recovery_restarts_and_ends_a_run_whose_end_was_not_written(
+    sqlite_store: SQLiteEventStore,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from sessionstream.core.vocabulary import EventType
+    from sessionstream.services.claims import claim_session
+    from sessionstream.services.runs import RunManager
+    from tests.scripted_engine import ScriptedEngine
+
+    store = sqlite_store
+    runs = RunManager(store, ScriptedEngine())
+    session_id = await _session(store)
+    head = await store.head_position()
+    sub = Subscriber(store, head, frozenset({f"session-{session_id}"}))
+    claim = await claim_session(store, "u1", session_id, kind="turn", run_input={"message": "hi"})
+    # the run's own end could not be written: upkeep must write it
+    runs._unended[claim.run_id] = (EventType.RUN_FAILED, {"error": "storage was down"})
+    monkeypatch.setattr(runs, "retry_unended", Once(runs.retry_unended))
+    upkeep = asyncio.create_task(runs.upkeep())
+    try:
+        await wait_for(lambda: not runs._unended, within=15)
+    finally:
+        upkeep.cancel()
+        await asyncio.gather(upkeep, return_exceptions=True)
+    assert store.supervisor.crashes["run-recovery"] == 1
+    run = await store.get_doc("run", claim.run_id)
+    assert run is not None and run.body["status"] == "failed"
+    expected = await store.read_all(head, keys=frozenset({f"session-{session_id}"}))
+    assert [e.type for e in expected][-2:] == ["run.failed", "run.released"]
+    exactly_once(await sub.until(len(expected)), expected)
+    await sub.stop()
+    crash_logged(caplog, "run-recovery")
+
+
+async def _session(store: EventStore) -> str:
+    from sessionstream.services.accounts import RunTokens
+    from sessionstream.services.campaigns import Campaigns
+    from sessionstream.services.runs import RunManager
+    from sessionstream.services.sessions import Sessions
+    from tests.scripted_engine import ScriptedEngine
+
+    campaigns = Campaigns(store)
+    campaign = await campaigns.create_campaign("u1", "c")
+    node = await campaigns.add_node("u1", campaign.key, "n", None)
+    runs = RunManager(store, ScriptedEngine())
+    sessions = Sessions(store, runs, RunTokens("test-secret-" * 4, 60))
+    session = await sessions.create_session("u1", campaign.key, node["id"])
+    return session.key
+
+
+# checkpoints -----------------------------------------------------------------------------------
+async def test_the_checkpoint_loop_restarts_and_records_again(
+    sqlite_store: SQLiteEventStore,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from sessionstream.eventstore.checkpoint import Signer
+    from sessionstream.services import proofs
+
+    store = sqlite_store
+    sub = Subscriber(store, 0)
+    record = Once(proofs.record_checkpoint)
+    monkeypatch.setattr(proofs, "record_checkpoint", record)
+    async with proofs.checkpoints(store, Signer.generate("test"), 0.05):
+        appended = await append_some(store, 5)
+        await wait_for(lambda: record.calls >= 3)
+        kept = await store.tree.checkpoint()
+        assert kept is not None
+    assert store.supervisor.crashes["checkpoints"] == 1
+    exactly_once(await sub.until(5), appended)
+    await sub.stop()
+    crash_logged(caplog, "checkpoints")
