@@ -235,6 +235,7 @@ class PostgresEventStore(EventStore):
             return
         events = list(events)
         await self.commits.drained()  # appends already queued land first
+        self._writer.forget()
         try:
             async with self._reader.require_pool().acquire() as conn, conn.transaction():
                 await conn.execute("SELECT head FROM log_head WHERE id = 1 FOR UPDATE")
@@ -248,6 +249,7 @@ class PostgresEventStore(EventStore):
 
     async def _rebuild(self, *, only_if_stale: bool) -> int:
         """Refold every read model under the head lock (appends wait meanwhile)."""
+        self._writer.forget()
         try:
             async with self._reader.require_pool().acquire() as conn, conn.transaction():
                 await conn.execute("SELECT head FROM log_head WHERE id = 1 FOR UPDATE")
