@@ -32,7 +32,8 @@ same minute, and reports events/s for 1, 10 and 100 concurrent appenders
 Add a backend by writing two small ``Series`` functions and appending a
 ``Comparison`` to ``COMPARISONS``; the table and the JSON pick it up.
 
-    python -m bench.append [--rounds 3] [--quick] [--only sqlite|postgres|peer|peer-pg] [--no-uvloop]
+    python -m bench.append [--rounds 3] [--quick] [--no-uvloop]
+        [--only sqlite|postgres|peer|peer-pg]
 """
 
 from __future__ import annotations

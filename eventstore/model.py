@@ -10,7 +10,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from sessionstream.core.ids import uuid7
 
@@ -292,6 +292,96 @@ def row_to_event(row: Sequence[Any]) -> RecordedEvent:
         recorded_at=row[8],
         hash=row[9],
     )
+
+
+class StoredEvent(RecordedEvent):
+    """An event read from the log by a page, whose ``data`` is parsed on first use.
+
+    Pages mostly send events on as JSON, and the row already holds that JSON:
+    parsing it only to encode it again is what made memory follow stored data.
+    A stored 3 MB ``[{}, {}, ...]`` parses into a million dicts (~90 MB), so
+    a 9-event page took 635 MB and every channel catching up from 0 as much
+    again. ``data_json`` hands the stored text on untouched; ``data`` still
+    works, parsing it once. Equal to the ``RecordedEvent`` with the same fields.
+    """
+
+    __slots__ = ("_raw",)
+    _raw: str
+
+    @property
+    def data(self) -> dict[str, Any]:
+        value: dict[str, Any] | None = _DATA_SLOT.__get__(self, StoredEvent)
+        if value is None:
+            value = json.loads(self._raw)
+            _DATA_SLOT.__set__(self, value)
+        return value
+
+    @data.setter
+    def data(self, value: dict[str, Any] | None) -> None:
+        # the dataclass __init__ sets every field; None means "not parsed yet"
+        _DATA_SLOT.__set__(self, value)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RecordedEvent):
+            return NotImplemented
+        return _compared(self) == _compared(other)
+
+    __hash__ = RecordedEvent.__hash__
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> StoredEvent:
+        """An event from a row in ``EVENT_COLUMNS`` order, its data left as the row has it."""
+        event = cls(
+            position=row[0],
+            stream_id=row[1],
+            version=row[2],
+            event_id=row[3],
+            type=row[4],
+            data=cast("dict[str, Any]", None),
+            metadata=json.loads(row[6]),
+            correlation_id=row[7],
+            recorded_at=row[8],
+            hash=row[9],
+        )
+        object.__setattr__(event, "_raw", row[5])
+        return event
+
+
+#: the slot ``RecordedEvent.data`` lives in, under ``StoredEvent``'s property
+_DATA_SLOT: Any = RecordedEvent.__dict__["data"]
+
+
+def _compared(event: RecordedEvent) -> tuple[Any, ...]:
+    return (
+        event.position,
+        event.stream_id,
+        event.version,
+        event.event_id,
+        event.type,
+        event.data,
+        event.metadata,
+        event.correlation_id,
+        event.recorded_at,
+        event.hash,
+    )
+
+
+def data_json(event: RecordedEvent) -> str | None:
+    """JSON text of ``event.data`` the event already holds, if any (no encoding, no parse).
+
+    A page's event holds its row's text; a just-appended one the canonical
+    text its hash was computed over. Either spells the same value.
+    """
+    raw: str | None = getattr(event, "_raw", None)
+    if raw is not None:
+        return raw
+    return event.encoded[0] if event.encoded is not None else None
+
+
+def data_size(event: RecordedEvent) -> int:
+    """About how many bytes ``event`` takes as JSON, for byte-budgeted pages and caches."""
+    text = data_json(event)
+    return len(text) if text is not None else len(canonical_json(event.data))
 
 
 def row_to_doc(row: Sequence[Any]) -> Doc:

@@ -335,13 +335,13 @@ class RunJson(RunRow):
 
 
 class EventJson(TypedDict):
-    """One audit-log entry: the event with everything its hash covers."""
+    """One audit-log entry but its ``data`` (spliced in as stored text): the event with
+    everything its hash covers."""
 
     position: int
     stream_id: str
     version: int
     type: str
-    data: JsonObject
     actor: Any
     recorded_at: str
     hash: str
