@@ -34,6 +34,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
+from sessionstream.core.supervisor import Supervisor
 from sessionstream.eventstore.groupcommit import GroupCommit
 from sessionstream.eventstore.hub import Hub, Subscription
 from sessionstream.eventstore.model import (
@@ -76,6 +77,9 @@ class EventStore(ABC):
         self.catchup = asyncio.Semaphore(catchup_reads)
         #: appends wait here for the backend's single writer (``max_pending`` at most)
         self.commits = GroupCommit(max_batch, max_pending)
+        #: runs this store's writer and pump, and (in a server) every other background
+        #: task of the node: one place says which of them is down (``core/supervisor.py``)
+        self.supervisor = Supervisor()
 
     # lifecycle -----------------------------------------------------------
     @abstractmethod
@@ -161,6 +165,19 @@ class EventStore(ABC):
         (``StoredEvent``)."""
 
     @abstractmethod
+    async def read_by_stream(
+        self,
+        after: tuple[str, int] = ("", 0),
+        *,
+        limit: int = 1000,
+        to_position: int | None = None,
+    ) -> list[RecordedEvent]:
+        """Events ordered by (stream id, version), strictly after ``after``: each
+        stream's events together, streams in code-point order of their ids. A
+        seek on the ``(stream_id, version)`` index, so ``verify`` and ``rebuild``
+        fold one stream at a time whatever the size of the log."""
+
+    @abstractmethod
     async def head_position(self) -> int: ...
 
     @abstractmethod
@@ -198,6 +215,14 @@ class EventStore(ABC):
         neither skipped nor repeated). Documents without ``created_at`` sort
         first and are never after a mark. ``limit`` bounds the page.
         """
+
+    @abstractmethod
+    async def scan_docs(
+        self, kind: str, *, after: str | None = None, limit: int = 100
+    ) -> list[Doc]:
+        """Every stored document of one kind (deleted ones too) in key order, strictly
+        after the key ``after``; never cached. ``verify`` walks it beside the log read
+        by stream: a document keyed by its stream comes in the same order."""
 
     @abstractmethod
     async def rebuild(self) -> int:
