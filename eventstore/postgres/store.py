@@ -46,6 +46,8 @@ log = logging.getLogger("sessionstream.eventstore.postgres")
 
 
 class PostgresEventStore(EventStore):
+    delivery_tasks = ("pg-writer", "pg-pump")
+
     def __init__(
         self,
         dsn: str,
@@ -93,6 +95,11 @@ class PostgresEventStore(EventStore):
         self.pump = LogPump(self.hub, self._read_after, self._poll, poll_interval_s=poll_interval_s)
         self._open = False
         self._closing = False
+
+    def known_head(self) -> int:
+        """The head ``NOTIFY``, this node's commits and the poll told the pump of: it
+        moves on while a stalled pump's published position does not."""
+        return max(self.pump.target, self.hub.published_position)
 
     @property
     def channel(self) -> str:
