@@ -317,6 +317,26 @@ class Settings(BaseSettings):
         description="This node's name in run leases and logs; by default `node-` and "
         "8 random hex digits, new at every start.",
     )
+    task_restart_bound_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="A background task (the log's writer, the event pump, run upkeep...) "
+        "that keeps crashing for this long makes `/healthz` answer 503 and name it, so a "
+        "load balancer stops sending this node clients.",
+    )
+    task_backoff_max_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="Longest wait before a crashed background task is restarted; the wait "
+        "doubles from 50 ms at each crash in a row.",
+    )
+    delivery_heartbeat_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="How often every open realtime channel gets a heartbeat carrying this "
+        "node's delivery position and the log head it knows, so a client can tell a quiet "
+        "channel from a node that stopped delivering.",
+    )
     log_level: LogLevel = Field(
         default="INFO",
         description="Level of the JSON log lines written to stderr.",

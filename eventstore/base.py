@@ -34,6 +34,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
+from sessionstream.core.supervisor import Supervisor
 from sessionstream.eventstore.groupcommit import GroupCommit
 from sessionstream.eventstore.hub import Hub, Subscription
 from sessionstream.eventstore.model import (
@@ -76,6 +77,9 @@ class EventStore(ABC):
         self.catchup = asyncio.Semaphore(catchup_reads)
         #: appends wait here for the backend's single writer (``max_pending`` at most)
         self.commits = GroupCommit(max_batch, max_pending)
+        #: runs this store's writer and pump, and (in a server) every other background
+        #: task of the node: one place says which of them is down (``core/supervisor.py``)
+        self.supervisor = Supervisor()
 
     # lifecycle -----------------------------------------------------------
     @abstractmethod

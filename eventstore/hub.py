@@ -97,23 +97,27 @@ class Hub:
                     del self._by_key[key]
 
     def publish(self, events: Iterable[RecordedEvent]) -> None:
-        """Deliver committed events; callers publish in position order."""
+        """Deliver committed events; callers publish in position order.
+
+        ``published_position`` moves past an event only once every listener
+        has it: if a push raises, the supervised caller publishes again from
+        there, and listeners that already had the event skip it by cursor.
+        """
         by_key = self._by_key
         for event in events:
-            if event.position > self.published_position:
-                self.published_position = event.position
             for listener in self._everything:
                 listener.push(event)
-            if not by_key:
-                continue
-            targets = by_key.get(event.stream_id)
-            if event.correlation_id is not None:
-                extra = by_key.get(event.correlation_id)
-                if extra:
-                    targets = extra if not targets else targets | extra
-            if targets:
-                for listener in targets:
-                    listener.push(event)
+            if by_key:
+                targets = by_key.get(event.stream_id)
+                if event.correlation_id is not None:
+                    extra = by_key.get(event.correlation_id)
+                    if extra:
+                        targets = extra if not targets else targets | extra
+                if targets:
+                    for listener in targets:
+                        listener.push(event)
+            if event.position > self.published_position:
+                self.published_position = event.position
 
 
 class Subscription:

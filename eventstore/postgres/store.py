@@ -26,6 +26,7 @@ import asyncpg
 
 from sessionstream.core.errors import SessionStreamError, StorageUnavailable
 from sessionstream.eventstore.base import DEFAULT_CATCHUP_READS, DEFAULT_PAGE_BYTES, EventStore
+from sessionstream.eventstore.groupcommit import Outcome, Pending
 from sessionstream.eventstore.model import (
     AppendRequest,
     AppendResult,
@@ -87,6 +88,8 @@ class PostgresEventStore(EventStore):
         self._lconn: asyncpg.Connection | None = None
         self._writer_task: asyncio.Task[None] | None = None
         self._pump_task: asyncio.Task[None] | None = None
+        #: a committed batch whose callers were not answered yet (see ``_writer_loop``)
+        self._unanswered: tuple[list[Pending], list[Outcome]] | None = None
         self.pump = LogPump(self.hub, self._read_after, self._poll, poll_interval_s=poll_interval_s)
         self._open = False
         self._closing = False
@@ -127,8 +130,8 @@ class PostgresEventStore(EventStore):
             raise translate_pg_error(exc) from exc
         self.hub.published_position = head
         self.pump.head_moved(head)  # a NOTIFY may have come in already
-        self._writer_task = asyncio.create_task(self._writer_loop(), name="pg-writer")
-        self._pump_task = asyncio.create_task(self.pump.run(), name="pg-pump")
+        self._writer_task = self.supervisor.spawn("pg-writer", self._writer_loop)
+        self._pump_task = self.supervisor.spawn("pg-pump", self.pump.run)
         self._open = True
         try:
             if await self._stale_projections():
@@ -223,7 +226,17 @@ class PostgresEventStore(EventStore):
         return await self.commits.submit(requests)
 
     async def _writer_loop(self) -> None:
+        """Group-commit forever; supervised, so a crash resumes here.
+
+        A crash after a commit leaves that batch's callers unanswered: they
+        get their outcomes first. Its events need no republishing: the pump
+        reads whatever committed past the hub's position (``NOTIFY`` and its
+        poll tell it the head moved).
+        """
         commits = self.commits
+        unanswered, self._unanswered = self._unanswered, None
+        if unanswered is not None:
+            commits.answer(*unanswered)
         while True:
             batch = await commits.next_batch()
             try:
@@ -235,8 +248,10 @@ class PostgresEventStore(EventStore):
                 if isinstance(exc, asyncio.CancelledError):
                     raise
                 continue
+            self._unanswered = (batch, outcomes)
             for run in runs:
                 self.pump.committed(run)
+            self._unanswered = None
             appended = commits.answer(batch, outcomes)
             if self.on_batch is not None:
                 self.on_batch(len(batch), appended)
