@@ -165,6 +165,19 @@ class EventStore(ABC):
         (``StoredEvent``)."""
 
     @abstractmethod
+    async def read_by_stream(
+        self,
+        after: tuple[str, int] = ("", 0),
+        *,
+        limit: int = 1000,
+        to_position: int | None = None,
+    ) -> list[RecordedEvent]:
+        """Events ordered by (stream id, version), strictly after ``after``: each
+        stream's events together, streams in code-point order of their ids. A
+        seek on the ``(stream_id, version)`` index, so ``verify`` and ``rebuild``
+        fold one stream at a time whatever the size of the log."""
+
+    @abstractmethod
     async def head_position(self) -> int: ...
 
     @abstractmethod
@@ -202,6 +215,14 @@ class EventStore(ABC):
         neither skipped nor repeated). Documents without ``created_at`` sort
         first and are never after a mark. ``limit`` bounds the page.
         """
+
+    @abstractmethod
+    async def scan_docs(
+        self, kind: str, *, after: str | None = None, limit: int = 100
+    ) -> list[Doc]:
+        """Every stored document of one kind (deleted ones too) in key order, strictly
+        after the key ``after``; never cached. ``verify`` walks it beside the log read
+        by stream: a document keyed by its stream comes in the same order."""
 
     @abstractmethod
     async def rebuild(self) -> int:

@@ -40,11 +40,11 @@ from sessionstream.eventstore.clock import exceptions, stamp
 from sessionstream.eventstore.groupcommit import Outcome, Pending
 from sessionstream.eventstore.model import Doc, RecordedEvent, row_to_doc, row_to_event, utc_now
 from sessionstream.eventstore.postgres import schema as sql
-from sessionstream.eventstore.projector import Projection, Refold
-from sessionstream.eventstore.snapshots import Ident, Series, SnapshotPolicy
+from sessionstream.eventstore.projector import Projection, Refold, StreamFold
+from sessionstream.eventstore.snapshots import Ident, Series, Snapshot, SnapshotPolicy
 
-#: a rebuild folds the log this many events at a time, each document written once per page
-REBUILD_PAGE = 5000
+#: a rebuild reads the log this many events at a time, stream by stream (``StreamFold``)
+REBUILD_PAGE = 2000
 
 
 class Rejected(Exception):
@@ -293,17 +293,29 @@ class PostgresWriter:
             raise ValidationFailed(f"import rejected by the store: {exc}") from exc
 
     async def refold(self, conn: asyncpg.Connection) -> int:
-        """Fold the whole log into emptied read-model tables; returns the events folded."""
-        refold = Refold(self.projections, self.snapshot_every)
-        count = after = 0
+        """Fold the whole log into emptied read-model tables, stream by stream
+        (``StreamFold``: one page and one stream's documents in memory); returns
+        the events folded."""
+        fold = StreamFold(self.projections, self.snapshot_every)
+        count = 0
+        mark: tuple[str, int] = ("", 0)
         query = (
-            f"SELECT {sql.EVENT_COLUMNS} FROM events WHERE position > $1 ORDER BY position LIMIT $2"
+            f"SELECT {sql.EVENT_COLUMNS} FROM events WHERE (stream_id, version) > ($1, $2) "
+            "ORDER BY stream_id, version LIMIT $3"
         )
-        while rows := await conn.fetch(query, after, REBUILD_PAGE):
-            docs, snapshots = refold.page(row_to_event(r) for r in rows)
+        while rows := await conn.fetch(query, *mark, REBUILD_PAGE):
+            events = [row_to_event(r) for r in rows]
+            await self._write_docs(conn, *fold.feed(events))
+            count += len(events)
+            mark = (events[-1].stream_id, events[-1].version)
+        await self._write_docs(conn, *fold.finish())
+        return count
+
+    @staticmethod
+    async def _write_docs(
+        conn: asyncpg.Connection, docs: list[Doc], snapshots: list[Snapshot]
+    ) -> None:
+        if docs or snapshots:
             await conn.execute(
                 sql.WRITE_DOCS, *sql.doc_arrays(docs), *sql.snapshot_arrays(snapshots)
             )
-            count += len(rows)
-            after = rows[-1][0]
-        return count
