@@ -22,7 +22,6 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 
@@ -123,10 +122,7 @@ async def open_channels(ws_url: str, count: int, expect: int) -> list[list[int]]
 def test_reading_back_large_payloads_is_bounded_by_the_request(tmp_path: Path) -> None:
     store = ["--db", str(tmp_path / "probe.db")]
     token = create_user(store)
-    env = base_env(
-        SESSIONSTREAM_PATCH_MAX_ITEMS=str(ITEMS),
-        SESSIONSTREAM_USER_QUOTA_BYTES="0",
-    )
+    env = base_env(SESSIONSTREAM_PATCH_MAX_ITEMS=str(ITEMS))
     with ServerProcess(store, env=env, log_path=tmp_path / "server.log") as server:
         assert server.proc is not None
         pid, base = server.proc.pid, server.base_url
