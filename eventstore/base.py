@@ -58,6 +58,8 @@ DEFAULT_CATCHUP_READS = 4
 class EventStore(ABC):
     #: the log's Merkle tree and its signed checkpoints (``eventstore/tree.py``)
     tree: LogTree
+    #: the supervised tasks live delivery stops without (heartbeats say when one is down)
+    delivery_tasks: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -236,6 +238,15 @@ class EventStore(ABC):
         """(version, position, state) of the newest usable snapshot, if any."""
 
     # subscriptions -------------------------------------------------------------
+    def known_head(self) -> int:
+        """The newest position this process knows was committed, without a query.
+
+        Beside ``hub.published_position`` (what it delivered) it tells a
+        stalled delivery from a quiet log: a backend whose events reach the
+        hub through a pump knows of commits the pump has not published yet.
+        """
+        return self.hub.published_position
+
     def subscribe(
         self, after_position: int = 0, *, keys: frozenset[str] | None = None
     ) -> Subscription:

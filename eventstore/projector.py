@@ -52,6 +52,20 @@ def no_docs_yet(kind: str, key: str) -> Doc | None:
     return None
 
 
+def interested(projections: Sequence[Projection], stream_id: str) -> tuple[Projection, ...]:
+    """The projections that may key an event of ``stream_id``.
+
+    A projection of one stream family names its ``prefix``; asking it of
+    every event of another stream was a tenth of a bulk append's CPU.
+    Projections without one are asked of every event.
+    """
+    return tuple(
+        p
+        for p in projections
+        if not isinstance(prefix := getattr(p, "prefix", None), str) or stream_id.startswith(prefix)
+    )
+
+
 class BatchProjector:
     """Folds events into documents, with an overlay so a failed request leaves nothing."""
 
@@ -60,29 +74,15 @@ class BatchProjector:
         self._load = load
         self._committed: dict[tuple[str, str], Doc] = {}
 
-    def _interested(self, stream_id: str) -> tuple[Projection, ...]:
-        """The projections that may key an event of ``stream_id``.
-
-        A projection of one stream family names its ``prefix``; asking it of
-        every event of another stream was a tenth of a bulk append's CPU.
-        Projections without one are asked of every event.
-        """
-        return tuple(
-            p
-            for p in self._projections
-            if not isinstance(prefix := getattr(p, "prefix", None), str)
-            or stream_id.startswith(prefix)
-        )
-
     def project(self, events: Iterable[RecordedEvent]) -> dict[tuple[str, str], Doc]:
         """Fold ``events`` and return the documents they changed (not yet kept)."""
         changed: dict[tuple[str, str], Doc] = {}
-        stream_id, interested = None, self._projections
+        stream_id, interested_in = None, self._projections
         for event in events:
             if event.stream_id != stream_id:  # a batch holds runs of one stream's events
                 stream_id = event.stream_id
-                interested = self._interested(stream_id)
-            for projection in interested:
+                interested_in = interested(self._projections, stream_id)
+            for projection in interested_in:
                 key = projection.key(event)
                 if key is None:
                     continue

@@ -583,3 +583,142 @@ async def test_the_revocation_sweep_restarts_and_still_closes_a_revoked_channel(
     assert [f["position"] for f in got] == [e.position for e in stored]
     assert any(f["runId"] == turn.run_id for f in got)
     crash_logged(caplog, "revocation-sweep")
+
+
+# heartbeats: a subscriber tells "no events" from "no delivery" ----------------------------------
+async def _next_heartbeat(ws: Any, within: float = 10.0) -> dict[str, Any]:
+    import json
+
+    import aiohttp
+
+    deadline = time.monotonic() + within
+    while True:
+        assert time.monotonic() < deadline, "no heartbeat came"
+        message = await ws.receive(timeout=within)
+        assert message.type == aiohttp.WSMsgType.TEXT, message
+        frame: dict[str, Any] = json.loads(message.data)
+        if frame["type"] == "heartbeat":
+            return frame
+
+
+async def test_every_wire_carries_the_nodes_delivery_position_in_its_heartbeat(
+    make_api: Any,
+) -> None:
+    from sessionstream.server.keys import STORE
+    from sessionstream.server.realtime import REALTIME
+    from tests.scripted_engine import ScriptedEngine
+
+    rt = _realtime_helpers()
+    api = await make_api(engine=ScriptedEngine(words=5), delivery_heartbeat_s=0.05, sse_ping_s=0.05)
+    store = api.app[STORE]
+    session = await api.session()
+    async with api.client.ws_connect(
+        f"/api/realtime/sessions/{session['id']}", headers=api.h()
+    ) as ws:
+        beat = await _next_heartbeat(ws)
+        assert set(beat) == {"type", "delivered", "head", "stalled", "at"}  # no seq, position
+        assert beat["delivered"] == beat["head"] == store.hub.published_position
+        assert beat["stalled"] is False
+        turn = await rt.start_turn(api, session["id"])
+        await rt.wait_idle(api, session["id"])
+        head = store.hub.published_position
+        later = await _next_heartbeat(ws)
+        while later["delivered"] < head:  # beats sent while the turn ran were still queued
+            later = await _next_heartbeat(ws)
+        assert later["delivered"] == later["head"] == head > beat["delivered"]
+    assert api.app[REALTIME].heartbeats.sent >= 2
+
+    # SSE: the keep-alive comment is followed by a heartbeat event without an id
+    r = await api.client.get(
+        f"/api/realtime/sessions/{session['id']}?after={store.hub.published_position}",
+        headers={**rt.SSE, **api.h()},
+    )
+    block = await asyncio.wait_for(r.content.readuntil(b"\n\n"), 5)
+    r.close()
+    lines = block.decode().splitlines()
+    assert lines[0] == ": ping" and lines[1] == "event: heartbeat"
+    assert not any(line.startswith("id:") for line in lines)
+    assert '"delivered":' in lines[2] and lines[2].startswith("data: {")
+
+    # Trigger.dev: only inside the comment its SDK ignores
+    r = await api.client.get(
+        f"/realtime/v1/streams/{turn.run_id}/chat",
+        headers={"Authorization": f"Bearer {turn.token}", "Last-Event-ID": "1"},
+    )
+    assert r.status == 200
+    r.close()
+
+
+@pytest.mark.postgres
+async def test_a_heartbeat_says_stalled_when_the_pump_is_down_and_the_head_moved_on(
+    pg_schema: str, tmp_path: Path, aiohttp_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sessionstream.server.app import create_app
+    from sessionstream.server.keys import STORE
+    from sessionstream.services.accounts import create_user
+    from tests.conftest import Api, test_settings
+    from tests.pg import url_with_schema
+
+    settings = test_settings(
+        tmp_path, database_url=url_with_schema(pg_schema), delivery_heartbeat_s=0.05
+    )
+    app = create_app(settings)
+    client = await aiohttp_client(app)
+    store = app[STORE]
+    user_a, token_a = await create_user(store, "alice")
+    user_b, token_b = await create_user(store, "bob")
+    api = Api(client, app, token_a, token_b, user_a, user_b)
+    session = await api.session()
+    async with client.ws_connect(f"/api/realtime/sessions/{session['id']}", headers=api.h()) as ws:
+        beat = await _next_heartbeat(ws)
+        assert beat["stalled"] is False and beat["delivered"] == beat["head"]
+        monkeypatch.setattr(store.pump, "drain", Always())  # type: ignore[attr-defined]
+        await store.append("s-4", [NewEvent("thing.happened", {})])
+        beat = await _next_heartbeat(ws)
+        while not beat["stalled"]:
+            beat = await _next_heartbeat(ws)
+        assert beat["head"] > beat["delivered"]
+        monkeypatch.undo()  # the pump comes back: delivery catches up, the stall ends
+        while beat["stalled"] or beat["delivered"] < beat["head"]:
+            beat = await _next_heartbeat(ws)
+
+
+async def test_the_heartbeat_task_restarts_and_beats_again(
+    make_api: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import json
+
+    from sessionstream.server.heartbeat import Heartbeats
+    from sessionstream.server.keys import STORE
+    from tests.scripted_engine import ScriptedEngine
+
+    rt = _realtime_helpers()
+    once = Once(Heartbeats.beat)
+
+    def beat(heartbeats: Heartbeats) -> int:
+        result: int = once(heartbeats)
+        return result
+
+    monkeypatch.setattr(Heartbeats, "beat", beat)
+    api = await make_api(engine=ScriptedEngine(words=5), delivery_heartbeat_s=0.05)
+    store = api.app[STORE]
+    session = await api.session()
+    after = store.hub.published_position
+    events: list[dict[str, Any]] = []
+    async with api.client.ws_connect(
+        f"/api/realtime/sessions/{session['id']}?after={after}", headers=api.h()
+    ) as ws:
+        await rt.start_turn(api, session["id"])
+        await rt.wait_idle(api, session["id"])
+        head = store.hub.published_position
+        while True:  # every event, then a heartbeat that has delivered them all
+            message = await ws.receive(timeout=10)
+            frame = json.loads(message.data)
+            if frame["type"] != "heartbeat":
+                events.append(frame)
+            elif frame["delivered"] >= head:
+                break
+    assert once.calls >= 2 and store.supervisor.crashes["heartbeat"] == 1
+    stored = await store.read_all(after, keys=frozenset({f"session-{session['id']}"}))
+    assert [f["position"] for f in events] == [e.position for e in stored]
+    crash_logged(caplog, "heartbeat")

@@ -41,6 +41,8 @@ T = TypeVar("T")
 
 
 class SQLiteEventStore(EventStore):
+    delivery_tasks = ("sqlite-writer",)
+
     def __init__(
         self,
         path: str | os.PathLike[str],
