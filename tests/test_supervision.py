@@ -722,3 +722,36 @@ async def test_the_heartbeat_task_restarts_and_beats_again(
     stored = await store.read_all(after, keys=frozenset({f"session-{session['id']}"}))
     assert [f["position"] for f in events] == [e.position for e in stored]
     crash_logged(caplog, "heartbeat")
+
+
+async def test_a_token_expiry_timer_that_raises_is_retried_and_still_closes_4401(
+    make_api: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from sessionstream.server.keys import RUN_TOKENS, STORE
+    from sessionstream.server.tail import Connection
+    from tests.scripted_engine import ScriptedEngine
+
+    rt = _realtime_helpers()
+    gate = asyncio.Event()
+    api = await make_api(engine=ScriptedEngine(words=10, gate=gate))
+    real_stop = Connection.stop
+    once = Once(real_stop)  # the expiry's stop raises once; every other stop is real
+
+    def stop(conn: Connection, code: int, reason: str) -> None:
+        (once if code == 4401 else real_stop)(conn, code, reason)
+
+    monkeypatch.setattr(Connection, "stop", stop)
+    turn = await rt.start_turn(api)
+    short = api.app[RUN_TOKENS].mint(turn.run_id, api.user_a, token_ref=api.ref(), ttl_s=1)
+    path = f"/api/realtime/runs/{turn.run_id}"
+    owner = asyncio.create_task(rt.collect(api, path, headers=api.h()))
+    frames, code, _ = await rt.collect(api, f"{path}?token={short}")
+    assert code == 4401 and once.calls == 2
+    assert api.app[STORE].supervisor.crashes["token-expiry"] == 1
+    assert [f["seq"] for f in frames] == list(range(1, len(frames) + 1))
+    gate.set()
+    everything, code, _ = await owner
+    assert code == 1000
+    stored = await api.app[STORE].read_stream(f"run-{turn.run_id}")
+    assert [f["seq"] for f in everything] == [e.version for e in stored]
+    crash_logged(caplog, "token-expiry")
