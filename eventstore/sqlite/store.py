@@ -256,8 +256,11 @@ class SQLiteEventStore(EventStore):
         *,
         limit: int = 1000,
         to_position: int | None = None,
+        max_bytes: int | None = None,
     ) -> list[RecordedEvent]:
-        return await self._reader.read_by_stream(after, limit=limit, to_position=to_position)
+        return await self._reader.read_by_stream(
+            after, limit=limit, to_position=to_position, max_bytes=max_bytes
+        )
 
     async def head_position(self) -> int:
         return await self._reader.head_position()
