@@ -55,6 +55,7 @@ def make_store(settings: Settings) -> EventStore:
             projections.ALL,
             max_queue=settings.subscriber_queue,
             max_pending=settings.max_pending_appends,
+            compact_runs=not settings.keep_raw_deltas,
         )
     from sessionstream.eventstore.sqlite import SQLiteEventStore
 
@@ -63,6 +64,7 @@ def make_store(settings: Settings) -> EventStore:
         projections.ALL,
         max_queue=settings.subscriber_queue,
         max_pending=settings.max_pending_appends,
+        compact_runs=not settings.keep_raw_deltas,
     )
 
 

@@ -25,10 +25,13 @@ from typing import Any
 import asyncpg
 
 from sessionstream.core.errors import SessionStreamError, StorageUnavailable
+from sessionstream.eventstore import packed_reads
 from sessionstream.eventstore.base import EventStore
 from sessionstream.eventstore.model import AppendRequest, AppendResult, Doc, RecordedEvent
+from sessionstream.eventstore.packing import finished_runs
 from sessionstream.eventstore.postgres import schema as sql
 from sessionstream.eventstore.postgres.errors import DRIVER_ERRORS, translate_pg_error
+from sessionstream.eventstore.postgres.packs import PostgresPacks, compact
 from sessionstream.eventstore.postgres.pump import LogPump
 from sessionstream.eventstore.postgres.reader import PostgresReader
 from sessionstream.eventstore.postgres.tree import PostgresTree
@@ -53,6 +56,7 @@ class PostgresEventStore(EventStore):
         poll_interval_s: float = 1.0,
         command_timeout_s: float = 60.0,
         on_batch: Callable[[int, int], None] | None = None,
+        compact_runs: bool = True,
         **_sqlite_only: Any,  # readers, cache_size, busy_retries: meaningless here
     ) -> None:
         super().__init__(
@@ -66,7 +70,11 @@ class PostgresEventStore(EventStore):
         self.command_timeout_s = command_timeout_s
         #: called after each batch with (callers answered, events appended)
         self.on_batch = on_batch
+        #: pack a run's token deltas once it ends (``eventstore/packing.py``); False keeps rows
+        self.compact_runs = compact_runs
         self._reader = PostgresReader()
+        #: the packs beside the log, read through the pool
+        self.packs = PostgresPacks(self._reader.fetch)
         self.tree = PostgresTree(lambda: self._reader.pool)
         self._writer = PostgresWriter(
             self.projections, snapshot_every, lambda: self._connect("writer")
@@ -191,7 +199,7 @@ class PostgresEventStore(EventStore):
         ]
 
     async def _read_after(self, position: int) -> list[RecordedEvent]:
-        return await self._reader.read_all(position, limit=1000)
+        return await self.read_all(position, limit=1000)  # another node's packs too
 
     async def _poll(self) -> int:
         """The pump's safety net under NOTIFY: listen again if need be, read the head."""
@@ -227,6 +235,12 @@ class PostgresEventStore(EventStore):
             appended = commits.answer(batch, outcomes)
             if self.on_batch is not None:
                 self.on_batch(len(batch), appended)
+            ended = [s for run in runs for s in finished_runs(run)] if self.compact_runs else []
+            if ended:  # after every caller has its answer; the next batch waits for it
+                try:
+                    await self.compact(ended)
+                except Exception:  # the deltas stay rows: nothing is lost
+                    log.exception("compacting %d finished run(s) failed", len(ended))
 
     async def import_events(self, events: Sequence[RecordedEvent]) -> None:
         if not self._open or self._closing:
@@ -242,6 +256,13 @@ class PostgresEventStore(EventStore):
         except DRIVER_ERRORS as exc:
             raise translate_pg_error(exc) from exc
         self.pump.committed(events)
+
+    async def compact(self, stream_ids: Sequence[str]) -> int:
+        try:
+            async with self._reader.require_pool().acquire() as conn:
+                return await compact(conn, stream_ids)
+        except DRIVER_ERRORS as exc:
+            raise translate_pg_error(exc) from exc
 
     async def rebuild(self) -> int:
         return await self._rebuild(only_if_stale=False)
@@ -274,8 +295,11 @@ class PostgresEventStore(EventStore):
         limit: int | None = None,
         to_position: int | None = None,
     ) -> list[RecordedEvent]:
-        return await self._reader.read_stream(
+        stored = await self._reader.read_stream(
             stream_id, after_version, limit=limit, to_position=to_position
+        )
+        return await packed_reads.read_stream(
+            self.packs, stored, stream_id, after_version, limit, to_position
         )
 
     async def read_all(
@@ -286,8 +310,11 @@ class PostgresEventStore(EventStore):
         keys: frozenset[str] | None = None,
         to_position: int | None = None,
     ) -> list[RecordedEvent]:
-        return await self._reader.read_all(
+        stored = await self._reader.read_all(
             after_position, limit=limit, keys=keys, to_position=to_position
+        )
+        return await packed_reads.read_all(
+            self.packs, stored, after_position, limit, keys, to_position
         )
 
     async def head_position(self) -> int:
@@ -297,10 +324,12 @@ class PostgresEventStore(EventStore):
         return await self._reader.stream_version(stream_id)
 
     async def position_of(self, stream_id: str, version: int) -> int | None:
-        return await self._reader.position_of(stream_id, version)
+        found = await self._reader.position_of(stream_id, version)
+        return await packed_reads.position_of(found, stream_id, version, self.read_stream)
 
     async def position_at(self, timestamp: str) -> int:
-        return await self._reader.position_at(timestamp)
+        stored = await self._reader.position_at(timestamp)
+        return await packed_reads.position_at(self.packs, stored, timestamp)
 
     async def get_doc(self, kind: str, key: str) -> Doc | None:
         return await self._reader.get_doc(kind, key)

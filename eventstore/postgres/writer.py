@@ -40,6 +40,7 @@ from sessionstream.eventstore.clock import exceptions, stamp
 from sessionstream.eventstore.groupcommit import Outcome, Pending
 from sessionstream.eventstore.model import Doc, RecordedEvent, row_to_doc, row_to_event, utc_now
 from sessionstream.eventstore.postgres import schema as sql
+from sessionstream.eventstore.postgres.packs import merged_page
 from sessionstream.eventstore.projector import Projection, Refold
 from sessionstream.eventstore.snapshots import Ident, Series, SnapshotPolicy
 
@@ -296,14 +297,11 @@ class PostgresWriter:
         """Fold the whole log into emptied read-model tables; returns the events folded."""
         refold = Refold(self.projections, self.snapshot_every)
         count = after = 0
-        query = (
-            f"SELECT {sql.EVENT_COLUMNS} FROM events WHERE position > $1 ORDER BY position LIMIT $2"
-        )
-        while rows := await conn.fetch(query, after, REBUILD_PAGE):
-            docs, snapshots = refold.page(row_to_event(r) for r in rows)
+        while rows := await merged_page(conn, after, REBUILD_PAGE):  # packed deltas too
+            docs, snapshots = refold.page(rows)
             await conn.execute(
                 sql.WRITE_DOCS, *sql.doc_arrays(docs), *sql.snapshot_arrays(snapshots)
             )
             count += len(rows)
-            after = rows[-1][0]
+            after = rows[-1].position
         return count

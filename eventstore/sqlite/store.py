@@ -20,9 +20,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sessionstream.core.errors import SessionStreamError, StorageUnavailable
+from sessionstream.eventstore import packed_reads
 from sessionstream.eventstore.base import EventStore
 from sessionstream.eventstore.model import AppendRequest, AppendResult, Doc, RecordedEvent
+from sessionstream.eventstore.packing import finished_runs
 from sessionstream.eventstore.projector import Projection
+from sessionstream.eventstore.sqlite.packs import SQLitePacks
 from sessionstream.eventstore.sqlite.reader import SQLiteReader
 from sessionstream.eventstore.sqlite.schema import translate_sqlite_error
 from sessionstream.eventstore.sqlite.tree import SQLiteTree
@@ -47,6 +50,7 @@ class SQLiteEventStore(EventStore):
         busy_retries: int = 3,
         max_queue: int = 1024,
         on_batch: Callable[[int, int], None] | None = None,
+        compact_runs: bool = True,
     ) -> None:
         super().__init__(
             projections, max_queue=max_queue, max_batch=max_batch, max_pending=max_pending
@@ -56,6 +60,8 @@ class SQLiteEventStore(EventStore):
         self.busy_retries = busy_retries
         #: called after each batch with (callers answered, events appended)
         self.on_batch = on_batch
+        #: pack a run's token deltas once it ends (``eventstore/packing.py``); False keeps rows
+        self.compact_runs = compact_runs
         self._writer = SQLiteWriter(
             self.path,
             self.projections,
@@ -64,6 +70,8 @@ class SQLiteEventStore(EventStore):
             cache_size=cache_size,
         )
         self._reader = SQLiteReader(self.path, connections=readers, cache_size=cache_size)
+        #: the packs beside the log, read on the readers' connections
+        self.packs = SQLitePacks(self._reader.rows)
         self.tree = SQLiteTree(lambda fn: self._in_writer(fn, self._writer._connection()))
         self._writer_task: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -150,6 +158,12 @@ class SQLiteEventStore(EventStore):
             self.hub.publish(plan.records)  # the batch's new events, in position order
             if self.on_batch is not None:
                 self.on_batch(len(batch), len(plan.records))
+            ended = finished_runs(plan.records) if self.compact_runs else []
+            if ended:  # after every caller has its answer; the next batch waits for it
+                try:
+                    await self._in_writer(self._writer.compact, ended)
+                except Exception:  # the deltas stay rows: nothing is lost
+                    log.exception("compacting %d finished run(s) failed", len(ended))
 
     async def import_events(self, events: Sequence[RecordedEvent]) -> None:
         if not self._open or self._closing:
@@ -162,6 +176,9 @@ class SQLiteEventStore(EventStore):
         finally:
             self._reader.cache.clear()
         self.hub.publish(events)
+
+    async def compact(self, stream_ids: Sequence[str]) -> int:
+        return await self._in_writer(self._writer.compact, list(stream_ids))
 
     async def rebuild(self) -> int:
         self._reader.cache.clear()
@@ -176,8 +193,11 @@ class SQLiteEventStore(EventStore):
         limit: int | None = None,
         to_position: int | None = None,
     ) -> list[RecordedEvent]:
-        return await self._reader.read_stream(
+        stored = await self._reader.read_stream(
             stream_id, after_version, limit=limit, to_position=to_position
+        )
+        return await packed_reads.read_stream(
+            self.packs, stored, stream_id, after_version, limit, to_position
         )
 
     async def read_all(
@@ -188,8 +208,11 @@ class SQLiteEventStore(EventStore):
         keys: frozenset[str] | None = None,
         to_position: int | None = None,
     ) -> list[RecordedEvent]:
-        return await self._reader.read_all(
+        stored = await self._reader.read_all(
             after_position, limit=limit, keys=keys, to_position=to_position
+        )
+        return await packed_reads.read_all(
+            self.packs, stored, after_position, limit, keys, to_position
         )
 
     async def head_position(self) -> int:
@@ -199,10 +222,12 @@ class SQLiteEventStore(EventStore):
         return await self._reader.stream_version(stream_id)
 
     async def position_of(self, stream_id: str, version: int) -> int | None:
-        return await self._reader.position_of(stream_id, version)
+        found = await self._reader.position_of(stream_id, version)
+        return await packed_reads.position_of(found, stream_id, version, self.read_stream)
 
     async def position_at(self, timestamp: str) -> int:
-        return await self._reader.position_at(timestamp)
+        stored = await self._reader.position_at(timestamp)
+        return await packed_reads.position_at(self.packs, stored, timestamp)
 
     async def get_doc(self, kind: str, key: str) -> Doc | None:
         return await self._reader.get_doc(kind, key)

@@ -44,6 +44,7 @@ from sessionstream.eventstore.model import (
 from sessionstream.eventstore.projector import Projection, Refold
 from sessionstream.eventstore.snapshots import Snapshot
 from sessionstream.eventstore.sqlite.cache import DocCache
+from sessionstream.eventstore.sqlite.packs import compact, merged_page
 from sessionstream.eventstore.sqlite.schema import (
     DOC_COLUMNS,
     EVENT_COLUMNS,
@@ -152,7 +153,7 @@ class SQLiteWriter:
                 f"{SCHEMA_VERSION}; upgrade sessionstream"
             )
         conn.executescript(SCHEMA)
-        if version == 1:  # written before appends clamped their time: find where it fell back
+        if 0 < version < 2:  # written before appends clamped their time: find where it fell back
             conn.executemany(INSERT_CLOCK_EXCEPTION, conn.execute(EXCEPTIONS_OF_LOG).fetchall())
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         self.conn = conn
@@ -290,6 +291,28 @@ class SQLiteWriter:
         )
         return row_to_doc(row) if row else None
 
+    def compact(self, stream_ids: Sequence[str]) -> int:
+        """Pack the deltas of runs that just ended (``eventstore/packing.py``).
+
+        Its own transaction after the batch that ended them, without an fsync
+        of its own (``synchronous=NORMAL``): the next append's commit makes it
+        durable, and a compaction lost to a crash only leaves the deltas as rows.
+        """
+        conn = self._connection()
+        conn.execute("PRAGMA synchronous=NORMAL")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                moved = compact(conn, stream_ids)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        finally:
+            conn.execute("PRAGMA synchronous=FULL")
+        return moved
+
     # import and rebuild -----------------------------------------------------------------------
     def import_events(self, events: list[RecordedEvent]) -> None:
         """``EventStore.import_events`` in one transaction (the rules: ``check_import``)."""
@@ -333,9 +356,7 @@ class SQLiteWriter:
             conn.execute("DELETE FROM snapshots")
             refold = Refold(self.projections, self.snapshot_every)  # on empty tables
             count = after = 0
-            sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?"
-            while rows := conn.execute(sql, (after, REBUILD_PAGE)).fetchall():
-                events = [row_to_event(r) for r in rows]
+            while events := merged_page(conn, after, REBUILD_PAGE):  # packed deltas too
                 write_rows(conn, (), {}, *refold.page(events))
                 count += len(events)
                 after = events[-1].position
