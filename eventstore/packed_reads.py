@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
-from sessionstream.eventstore.model import RecordedEvent
+from sessionstream.eventstore.model import RecordedEvent, StoredEvent, canonical_json
 from sessionstream.eventstore.packing import (
     NO_BOUND,
     may_hold_packs,
@@ -105,3 +105,53 @@ async def position_at(source: PackSource, stored: int, timestamp: str) -> int:
         e.position for e in packed if stored < e.position <= bound and e.recorded_at <= timestamp
     ]
     return max([stored, *later])
+
+
+async def read_page(
+    source: PackSource,
+    stored: Sequence[StoredEvent],
+    after: int,
+    max_rows: int,
+    keys: frozenset[str] | None,
+    to_position: int | None,
+) -> list[StoredEvent]:
+    """A ``read_page`` from its stored rows and the packs up to its last row.
+
+    A page may end early for its byte budget, so it cannot say whether rows
+    follow; but a packed delta always has a stored event after it (its run's
+    terminal one, which matches the same keys), so packs past the page's last
+    row belong to a later page. Packed deltas are small: they are counted in
+    ``max_rows``, not in the byte budget.
+    """
+    if keys is not None and not keys:
+        return list(stored)
+    if stored:
+        bound = stored[-1].position
+        if keys is None:
+            bound = min(bound, max(after + max_rows, stored[0].position))
+    else:
+        bound = NO_BOUND if to_position is None else to_position
+    if bound <= after:
+        return list(stored)
+    packed = unpack_all(await source.packs_between(after, bound, keys))
+    if not packed:
+        return list(stored)
+    merged = merge_page(stored, packed, after=after, bound=bound, limit=max_rows, keys=keys)
+    return [e if isinstance(e, StoredEvent) else as_stored(e) for e in merged]
+
+
+def as_stored(event: RecordedEvent) -> StoredEvent:
+    return StoredEvent.from_row(
+        (
+            event.position,
+            event.stream_id,
+            event.version,
+            event.event_id,
+            event.type,
+            canonical_json(event.data),
+            canonical_json(event.metadata),
+            event.correlation_id,
+            event.recorded_at,
+            event.hash,
+        )
+    )
