@@ -284,6 +284,9 @@ class PostgresEventStore(EventStore):
         except DRIVER_ERRORS as exc:
             raise translate_pg_error(exc) from exc
         self.pump.committed(events)
+        ended = finished_runs(events) if self.compact_runs else []
+        if ended:  # an imported log is packed as the one it came from was
+            await self.compact(ended)
 
     async def compact(self, stream_ids: Sequence[str]) -> int:
         try:

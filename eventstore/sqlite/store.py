@@ -32,6 +32,8 @@ from sessionstream.eventstore.model import (
 )
 from sessionstream.eventstore.packing import finished_runs
 from sessionstream.eventstore.projector import Projection
+from sessionstream.eventstore.sqlite.checkpointer import INTERVAL_S as CHECKPOINT_INTERVAL_S
+from sessionstream.eventstore.sqlite.checkpointer import Checkpointer
 from sessionstream.eventstore.sqlite.packs import SQLitePacks
 from sessionstream.eventstore.sqlite.reader import SQLiteReader
 from sessionstream.eventstore.sqlite.schema import translate_sqlite_error
@@ -60,6 +62,7 @@ class SQLiteEventStore(EventStore):
         catchup_reads: int = DEFAULT_CATCHUP_READS,
         on_batch: Callable[[int, int], None] | None = None,
         compact_runs: bool = True,
+        checkpoint_interval_s: float = CHECKPOINT_INTERVAL_S,
     ) -> None:
         super().__init__(
             projections,
@@ -87,6 +90,8 @@ class SQLiteEventStore(EventStore):
         #: the packs beside the log, read on the readers' connections
         self.packs = SQLitePacks(self._reader.rows)
         self.tree = SQLiteTree(lambda fn: self._in_writer(fn, self._writer._connection()))
+        #: the WAL checkpoint policy: a thread of its own, off the append path
+        self.checkpointer = Checkpointer(self.path, interval_s=checkpoint_interval_s)
         self._writer_task: asyncio.Task[None] | None = None
         #: a committed batch whose callers were not answered yet (see ``_resume``)
         self._unanswered: tuple[list[Pending], list[Outcome]] | None = None
@@ -111,6 +116,7 @@ class SQLiteEventStore(EventStore):
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="sessionstream-writer")
         await self._in_writer(self._writer.open)
+        self.checkpointer.start()
         await self._reader.open()
         self.hub.published_position = await self.head_position()
         self._writer_task = self.supervisor.spawn("sqlite-writer", self._writer_loop)
@@ -134,6 +140,7 @@ class SQLiteEventStore(EventStore):
             except asyncio.CancelledError:
                 pass
         await self._reader.close()
+        await asyncio.to_thread(self.checkpointer.stop)
         if self._executor is not None:
             await self._in_writer(self._writer.close)
             self._executor.shutdown(wait=True)
@@ -215,6 +222,9 @@ class SQLiteEventStore(EventStore):
         finally:
             self._reader.cache.clear()
         self.hub.publish(events)
+        ended = finished_runs(events) if self.compact_runs else []
+        if ended:  # an imported log is packed as the one it came from was
+            await self.compact(ended)
 
     async def compact(self, stream_ids: Sequence[str]) -> int:
         return await self._in_writer(self._writer.compact, list(stream_ids))

@@ -44,6 +44,7 @@ from sessionstream.eventstore.model import (
 from sessionstream.eventstore.projector import Projection, Refold
 from sessionstream.eventstore.snapshots import Snapshot
 from sessionstream.eventstore.sqlite.cache import DocCache
+from sessionstream.eventstore.sqlite.checkpointer import JOURNAL_SIZE_LIMIT
 from sessionstream.eventstore.sqlite.packs import compact, merged_page
 from sessionstream.eventstore.sqlite.schema import (
     DOC_COLUMNS,
@@ -145,6 +146,9 @@ class SQLiteWriter:
         conn.execute("PRAGMA busy_timeout=5000")
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
+        # checkpoints run on their own thread (checkpointer.py), never inside an append
+        conn.execute("PRAGMA wal_autocheckpoint=0")
+        conn.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             conn.close()
