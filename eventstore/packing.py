@@ -268,3 +268,26 @@ def merge_stream(
 def unpack_all(rows: Iterable[tuple[str, str | None, bytes]]) -> list[RecordedEvent]:
     """Every event of ``(stream_id, correlation_id, body)`` pack rows."""
     return [e for stream_id, corr, body in rows for e in unpack(stream_id, corr, bytes(body))]
+
+
+def merge_by_stream(
+    stored: Sequence[RecordedEvent],
+    packed: Iterable[RecordedEvent],
+    mark: tuple[str, int],
+) -> list[RecordedEvent]:
+    """A page of the log in ``(stream_id, version)`` order (a rebuild's), with the packed
+    deltas that fall inside it: after ``mark`` and up to its last stored row.
+
+    A packed delta always has a stored event after it in its stream (the
+    terminal one), so the deltas of a stream the page holds no row of belong to
+    a later page; ``packed`` need only hold the packs of the page's streams.
+    """
+    if not stored:
+        return []
+    last = (stored[-1].stream_id, stored[-1].version)
+    keyed = {(e.stream_id, e.version): e for e in stored}
+    for e in packed:
+        key = (e.stream_id, e.version)
+        if mark < key <= last:
+            keyed.setdefault(key, e)
+    return [keyed[k] for k in sorted(keyed)]

@@ -19,9 +19,9 @@ from sessionstream.eventstore.packing import (
     NO_BOUND,
     PACKED_TYPE,
     block_of,
-    merge_page,
+    may_hold_packs,
+    merge_by_stream,
     pack_stream,
-    page_bound,
     unpack_all,
 )
 from sessionstream.eventstore.postgres.schema import EVENT_COLUMNS
@@ -95,13 +95,13 @@ async def compact(conn: asyncpg.Connection, stream_ids: Iterable[str]) -> int:
     return moved
 
 
-async def merged_page(conn: Any, after: int, limit: int) -> list[RecordedEvent]:
-    """``read_all(after, limit=limit)`` on this connection or pool: rows and packs."""
-    stored = [row_to_event(r) for r in await conn.fetch(PAGE, after, limit)]
-    bound = page_bound(stored, after, limit, None, None)
-    sql, params = packs_between(after, bound, None)
-    packed = unpack_all(await conn.fetch(sql, *params))
-    return merge_page(stored, packed, after=after, bound=bound, limit=limit, keys=None)
+async def with_packs(
+    conn: Any, page: list[RecordedEvent], mark: tuple[str, int]
+) -> list[RecordedEvent]:
+    """A rebuild's page in ``(stream_id, version)`` order, its streams' packed deltas in it."""
+    streams = sorted({e.stream_id for e in page if may_hold_packs(e.stream_id)})
+    rows = [row for s in streams for row in await conn.fetch(PACKS_OF, s)]
+    return merge_by_stream(page, unpack_all(rows), mark) if rows else page
 
 
 async def merged_hashes(conn: Any, start: int, end: int) -> Sequence[tuple[int, str]]:

@@ -17,9 +17,9 @@ from sessionstream.eventstore.packing import (
     PACKED_TYPE,
     Pack,
     block_of,
-    merge_page,
+    may_hold_packs,
+    merge_by_stream,
     pack_stream,
-    page_bound,
     unpack_all,
 )
 from sessionstream.eventstore.sqlite.schema import EVENT_COLUMNS
@@ -98,13 +98,13 @@ def compact(conn: sqlite3.Connection, stream_ids: Iterable[str]) -> int:
     return moved
 
 
-def merged_page(conn: sqlite3.Connection, after: int, limit: int) -> list[RecordedEvent]:
-    """``read_all(after, limit=limit)`` on this connection: stored rows and packs."""
-    stored = [row_to_event(r) for r in conn.execute(PAGE, (after, limit))]
-    bound = page_bound(stored, after, limit, None, None)
-    sql, params = packs_between_sql(after, bound, None)
-    packed = unpack_all(conn.execute(sql, params))
-    return merge_page(stored, packed, after=after, bound=bound, limit=limit, keys=None)
+def with_packs(
+    conn: sqlite3.Connection, page: list[RecordedEvent], mark: tuple[str, int]
+) -> list[RecordedEvent]:
+    """A rebuild's page in ``(stream_id, version)`` order, its streams' packed deltas in it."""
+    streams = sorted({e.stream_id for e in page if may_hold_packs(e.stream_id)})
+    rows = [row for s in streams for row in conn.execute(PACKS_OF, (s,))]
+    return merge_by_stream(page, unpack_all(rows), mark) if rows else page
 
 
 def merged_hashes(conn: sqlite3.Connection, start: int, end: int) -> Sequence[tuple[int, str]]:
