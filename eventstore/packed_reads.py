@@ -16,9 +16,11 @@ from sessionstream.eventstore.model import RecordedEvent, StoredEvent, canonical
 from sessionstream.eventstore.packing import (
     NO_BOUND,
     may_hold_packs,
+    merge_by_stream,
     merge_page,
     merge_stream,
     page_bound,
+    stream_bound,
     unpack_all,
 )
 
@@ -32,6 +34,9 @@ class PackSource(Protocol):
     async def packs_between(
         self, after: int, bound: int, keys: frozenset[str] | None
     ) -> Sequence[PackRow]: ...
+
+    async def packs_of_streams(self, low: str, high: str) -> Sequence[PackRow]:
+        """The packs of every stream id from ``low`` to ``high``, both included."""
 
     async def next_stored(self, position: int) -> int | None:
         """The first position above ``position`` that is an event row."""
@@ -155,3 +160,18 @@ def as_stored(event: RecordedEvent) -> StoredEvent:
             event.hash,
         )
     )
+
+
+async def read_by_stream(
+    source: PackSource,
+    stored: Sequence[RecordedEvent],
+    after: tuple[str, int],
+    limit: int,
+    to_position: int | None,
+) -> list[RecordedEvent]:
+    """A ``read_by_stream`` page from its rows and the packs of the streams it spans."""
+    bound = stream_bound(stored, after, len(stored) >= limit)
+    rows = await source.packs_of_streams(after[0], bound[0])
+    if not rows:
+        return list(stored)
+    return merge_by_stream(stored, unpack_all(rows), after, bound, to_position)

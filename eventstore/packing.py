@@ -270,24 +270,36 @@ def unpack_all(rows: Iterable[tuple[str, str | None, bytes]]) -> list[RecordedEv
     return [e for stream_id, corr, body in rows for e in unpack(stream_id, corr, bytes(body))]
 
 
+def stream_bound(
+    stored: Sequence[RecordedEvent], mark: tuple[str, int], full: bool
+) -> tuple[str, int]:
+    """The last ``(stream_id, version)`` a stream-ordered page holds, packed deltas included.
+
+    A full page ends at its last row: what follows is the next page's. One that
+    is not full is the end of what was asked for, so it takes the rest of its
+    last stream too: deltas after that stream's last row up to ``to_position``
+    (their terminal event lies beyond it).
+    """
+    if not stored:
+        return (mark[0], NO_BOUND)
+    last = stored[-1]
+    return (last.stream_id, last.version if full else NO_BOUND)
+
+
 def merge_by_stream(
     stored: Sequence[RecordedEvent],
     packed: Iterable[RecordedEvent],
     mark: tuple[str, int],
+    bound: tuple[str, int],
+    to_position: int | None = None,
 ) -> list[RecordedEvent]:
-    """A page of the log in ``(stream_id, version)`` order (a rebuild's), with the packed
-    deltas that fall inside it: after ``mark`` and up to its last stored row.
-
-    A packed delta always has a stored event after it in its stream (the
-    terminal one), so the deltas of a stream the page holds no row of belong to
-    a later page; ``packed`` need only hold the packs of the page's streams.
-    """
-    if not stored:
-        return []
-    last = (stored[-1].stream_id, stored[-1].version)
+    """A page of the log in ``(stream_id, version)`` order (``read_by_stream``, a
+    rebuild's) with the packed deltas inside it: after ``mark``, up to ``bound``
+    (:func:`stream_bound`), at or before ``to_position``. ``packed`` must hold the
+    packs of every stream from ``mark``'s to ``bound``'s."""
     keyed = {(e.stream_id, e.version): e for e in stored}
     for e in packed:
         key = (e.stream_id, e.version)
-        if mark < key <= last:
+        if mark < key <= bound and (to_position is None or e.position <= to_position):
             keyed.setdefault(key, e)
     return [keyed[k] for k in sorted(keyed)]

@@ -19,15 +19,16 @@ from sessionstream.eventstore.packing import (
     NO_BOUND,
     PACKED_TYPE,
     block_of,
-    may_hold_packs,
     merge_by_stream,
     pack_stream,
+    stream_bound,
     unpack_all,
 )
 from sessionstream.eventstore.postgres.schema import EVENT_COLUMNS
 
 PACK_ROW = "stream_id, correlation_id, body"
 PACKS_OF = f"SELECT {PACK_ROW} FROM packs WHERE stream_id = $1 ORDER BY block"
+PACKS_OF_STREAMS = f"SELECT {PACK_ROW} FROM packs WHERE stream_id BETWEEN $1 AND $2"
 PACKS_BETWEEN = f"SELECT {PACK_ROW} FROM packs WHERE block BETWEEN $1 AND $2"
 PACKS_BETWEEN_KEYED = (
     f"SELECT {PACK_ROW} FROM packs WHERE stream_id = ANY($3::text[]) AND block BETWEEN $1 AND $2 "
@@ -64,6 +65,9 @@ class PostgresPacks:
         query, params = packs_between(after, bound, keys)
         return await self._fetch(query, *params)
 
+    async def packs_of_streams(self, low: str, high: str) -> list[Any]:
+        return await self._fetch(PACKS_OF_STREAMS, low, high)
+
     async def next_stored(self, position: int) -> int | None:
         rows = await self._fetch("SELECT min(position) FROM events WHERE position > $1", position)
         return None if rows[0][0] is None else int(rows[0][0])
@@ -96,12 +100,12 @@ async def compact(conn: asyncpg.Connection, stream_ids: Iterable[str]) -> int:
 
 
 async def with_packs(
-    conn: Any, page: list[RecordedEvent], mark: tuple[str, int]
+    conn: Any, page: list[RecordedEvent], mark: tuple[str, int], full: bool
 ) -> list[RecordedEvent]:
-    """A rebuild's page in ``(stream_id, version)`` order, its streams' packed deltas in it."""
-    streams = sorted({e.stream_id for e in page if may_hold_packs(e.stream_id)})
-    rows = [row for s in streams for row in await conn.fetch(PACKS_OF, s)]
-    return merge_by_stream(page, unpack_all(rows), mark) if rows else page
+    """A rebuild's page in ``(stream_id, version)`` order, with its packed deltas."""
+    bound = stream_bound(page, mark, full)
+    rows = await conn.fetch(PACKS_OF_STREAMS, mark[0], bound[0])
+    return merge_by_stream(page, unpack_all(rows), mark, bound) if rows else page
 
 
 async def merged_hashes(conn: Any, start: int, end: int) -> Sequence[tuple[int, str]]:

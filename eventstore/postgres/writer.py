@@ -394,7 +394,9 @@ class PostgresWriter:
             "ORDER BY stream_id, version LIMIT $3"
         )
         while rows := await conn.fetch(query, *mark, REBUILD_PAGE):
-            events = await with_packs(conn, [row_to_event(r) for r in rows], mark)
+            events = await with_packs(
+                conn, [row_to_event(r) for r in rows], mark, len(rows) >= REBUILD_PAGE
+            )
             await self._write_docs(conn, *fold.feed(events))
             count += len(events)
             mark = (events[-1].stream_id, events[-1].version)

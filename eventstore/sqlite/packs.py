@@ -17,9 +17,9 @@ from sessionstream.eventstore.packing import (
     PACKED_TYPE,
     Pack,
     block_of,
-    may_hold_packs,
     merge_by_stream,
     pack_stream,
+    stream_bound,
     unpack_all,
 )
 from sessionstream.eventstore.sqlite.schema import EVENT_COLUMNS
@@ -30,6 +30,7 @@ INSERT_PACK = (
     "events, body) VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
 PACKS_OF = f"SELECT {PACK_ROW} FROM packs WHERE stream_id = ? ORDER BY block"
+PACKS_OF_STREAMS = f"SELECT {PACK_ROW} FROM packs WHERE stream_id BETWEEN ? AND ?"
 PACKS_BETWEEN = f"SELECT {PACK_ROW} FROM packs WHERE block BETWEEN ? AND ?"
 STREAM_EVENTS = f"SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = ? ORDER BY version"
 PAGE = f"SELECT {EVENT_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?"
@@ -65,6 +66,9 @@ class SQLitePacks:
     async def packs_between(self, after: int, bound: int, keys: frozenset[str] | None) -> list[Any]:
         return await self._rows(*packs_between_sql(after, bound, keys))
 
+    async def packs_of_streams(self, low: str, high: str) -> list[Any]:
+        return await self._rows(PACKS_OF_STREAMS, (low, high))
+
     async def next_stored(self, position: int) -> int | None:
         rows = await self._rows("SELECT MIN(position) FROM events WHERE position > ?", (position,))
         return None if rows[0][0] is None else int(rows[0][0])
@@ -99,12 +103,12 @@ def compact(conn: sqlite3.Connection, stream_ids: Iterable[str]) -> int:
 
 
 def with_packs(
-    conn: sqlite3.Connection, page: list[RecordedEvent], mark: tuple[str, int]
+    conn: sqlite3.Connection, page: list[RecordedEvent], mark: tuple[str, int], full: bool
 ) -> list[RecordedEvent]:
-    """A rebuild's page in ``(stream_id, version)`` order, its streams' packed deltas in it."""
-    streams = sorted({e.stream_id for e in page if may_hold_packs(e.stream_id)})
-    rows = [row for s in streams for row in conn.execute(PACKS_OF, (s,))]
-    return merge_by_stream(page, unpack_all(rows), mark) if rows else page
+    """A rebuild's page in ``(stream_id, version)`` order, with its packed deltas."""
+    bound = stream_bound(page, mark, full)
+    rows = conn.execute(PACKS_OF_STREAMS, (mark[0], bound[0])).fetchall()
+    return merge_by_stream(page, unpack_all(rows), mark, bound) if rows else page
 
 
 def merged_hashes(conn: sqlite3.Connection, start: int, end: int) -> Sequence[tuple[int, str]]:

@@ -293,7 +293,8 @@ class SQLiteEventStore(EventStore):
         limit: int = 1000,
         to_position: int | None = None,
     ) -> list[RecordedEvent]:
-        return await self._reader.read_by_stream(after, limit=limit, to_position=to_position)
+        stored = await self._reader.read_by_stream(after, limit=limit, to_position=to_position)
+        return await packed_reads.read_by_stream(self.packs, stored, after, limit, to_position)
 
     async def head_position(self) -> int:
         return await self._reader.head_position()

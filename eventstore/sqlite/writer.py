@@ -367,7 +367,9 @@ class SQLiteWriter:
             count = 0
             mark: tuple[str, int] = ("", 0)
             while rows := conn.execute(BY_STREAM, (*mark, REBUILD_PAGE)).fetchall():
-                events = with_packs(conn, [row_to_event(r) for r in rows], mark)
+                events = with_packs(
+                    conn, [row_to_event(r) for r in rows], mark, len(rows) >= REBUILD_PAGE
+                )
                 write_rows(conn, (), {}, *fold.feed(events))
                 count += len(events)
                 mark = (events[-1].stream_id, events[-1].version)

@@ -131,6 +131,16 @@ async def test_replay_after_compaction_equals_replay_before(
     assert await store.read_stream(RUN, to_position=middle) == [
         e for e in before_stream if e.position <= middle
     ]
+    by_stream: list[RecordedEvent] = []  # verify's order: stream by stream, small pages
+    while page := await store.read_by_stream(
+        (by_stream[-1].stream_id, by_stream[-1].version) if by_stream else ("", 0), limit=4
+    ):
+        by_stream.extend(page)
+    assert by_stream == sorted(after_log, key=lambda e: (e.stream_id, e.version))
+    cut = await store.read_by_stream(("", 0), limit=10_000, to_position=middle)
+    assert cut == sorted(
+        (e for e in before_log if e.position <= middle), key=lambda e: (e.stream_id, e.version)
+    )
     for event in after_log[::5]:  # as_of by time lands on packed deltas too
         expected = max(e.position for e in after_log if e.recorded_at <= event.recorded_at)
         assert await store.position_at(event.recorded_at) == expected
