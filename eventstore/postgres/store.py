@@ -222,7 +222,10 @@ class PostgresEventStore(EventStore):
         ]
 
     async def _read_after(self, position: int) -> list[RecordedEvent]:
-        return await self.read_all(position, limit=1000)  # another node's packs too
+        # another node's events, as the pump publishes them: a page bounded in bytes,
+        # data left as stored for the frames that splice it; another node's packs too
+        page = await self.read_page(position, max_rows=1000, max_bytes=self.page_bytes)
+        return list(page)
 
     async def _poll(self) -> int:
         """The pump's safety net under NOTIFY: listen again if need be, read the head."""
@@ -414,6 +417,7 @@ class PostgresEventStore(EventStore):
         include_deleted: bool = False,
         after: tuple[str, str] | None = None,
         limit: int | None = None,
+        max_bytes: int | None = None,
     ) -> list[Doc]:
         return await self._reader.list_docs(
             kind,
@@ -423,6 +427,7 @@ class PostgresEventStore(EventStore):
             include_deleted=include_deleted,
             after=after,
             limit=limit,
+            max_bytes=max_bytes,
         )
 
     async def scan_docs(

@@ -323,6 +323,7 @@ class SQLiteEventStore(EventStore):
         include_deleted: bool = False,
         after: tuple[str, str] | None = None,
         limit: int | None = None,
+        max_bytes: int | None = None,
     ) -> list[Doc]:
         return await self._reader.list_docs(
             kind,
@@ -332,6 +333,7 @@ class SQLiteEventStore(EventStore):
             include_deleted=include_deleted,
             after=after,
             limit=limit,
+            max_bytes=max_bytes,
         )
 
     async def scan_docs(
