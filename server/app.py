@@ -45,8 +45,9 @@ from sessionstream.services.sessions import Sessions
 log = logging.getLogger("sessionstream.app")
 
 
-def make_store(settings: Settings) -> EventStore:
-    """PostgreSQL when ``SESSIONSTREAM_DATABASE_URL`` is set, else the SQLite file."""
+def make_store(settings: Settings, *, serving: bool = False) -> EventStore:
+    """PostgreSQL when ``SESSIONSTREAM_DATABASE_URL`` is set, else the SQLite file,
+    which a server (``serving``) holds exclusively while it runs."""
     if settings.database_url:
         from sessionstream.eventstore.postgres import PostgresEventStore
 
@@ -63,6 +64,7 @@ def make_store(settings: Settings) -> EventStore:
         projections.ALL,
         max_queue=settings.subscriber_queue,
         max_pending=settings.max_pending_appends,
+        exclusive=serving,
     )
 
 
@@ -147,7 +149,7 @@ def create_app(
         middlewares=[edge_middleware, auth_middleware],
     )
     app[SETTINGS] = settings
-    app[STORE] = store or make_store(settings)
+    app[STORE] = store or make_store(settings, serving=True)
     app[ENGINE] = engine or make_engine(settings)
     app[RUN_TOKENS] = RunTokens(secret, settings.run_token_ttl_s)
     app[LIMITER] = RateLimiter(settings.rate_limit, settings.rate_burst)

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sessionstream.cli.commands import command, described, open_store
+from sessionstream.cli.commands import command, described, missing_db, open_store
 from sessionstream.core.errors import ConfigError, SessionStreamError
 from sessionstream.core.settings import Settings
 from sessionstream.eventstore.audit import Export, read_export, verify_export
@@ -67,6 +67,8 @@ def checkpoint(args: argparse.Namespace, settings: Settings) -> int:
     if args.new_key:
         print(Signer.generate(args.new_key).skey())
         return 0
+    if missing := missing_db(settings):  # before a key is generated beside a typo
+        return _fail(missing)
     signer = load_signer(settings)
     if args.public_key:
         print(signer.vkey())

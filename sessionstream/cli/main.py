@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
+import signal
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from sessionstream.cli import audit, config, maintenance, operations
 from sessionstream.cli.commands import (
@@ -34,32 +37,65 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 @command("serve")
 def serve(args: argparse.Namespace, settings: Settings) -> int:
-    from aiohttp import web
-
-    from sessionstream.server.app import create_app
-
     try:
         import uvloop
 
         uvloop.install()
     except ImportError:  # pragma: no cover - uvloop is optional
         pass
+    from sessionstream.server.app import create_app
+
     app = create_app(settings)
-    where = (settings.database_url and "PostgreSQL") or settings.db_path
-    print(
-        f"sessionstream on http://{settings.host}:{settings.port} "
-        f"(store: {where}, engine: {settings.engine})",
-        flush=True,
-    )
-    web.run_app(
-        app,
-        host=settings.host,
-        port=settings.port,
-        print=None,
-        shutdown_timeout=10,
-        keepalive_timeout=settings.keepalive_s,
-    )
+    asyncio.run(_serve(app, settings))
     return 0
+
+
+async def _serve(app: Any, settings: Settings) -> None:
+    """Start (open the store, which takes its lock; recover), bind, and only then say
+    where it listens; run until SIGINT or SIGTERM. A failure to start is a ConfigError:
+    one line, exit 2, no traceback."""
+    from aiohttp import web
+
+    runner = web.AppRunner(app, keepalive_timeout=settings.keepalive_s, shutdown_timeout=10)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await runner.setup()
+        site = web.TCPSite(runner, settings.host, settings.port)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise ConfigError(bind_problem(settings, exc)) from None
+        where = (settings.database_url and "PostgreSQL") or settings.db_path
+        print(
+            f"sessionstream on http://{settings.host}:{settings.port} "
+            f"(store: {where}, engine: {settings.engine})",
+            flush=True,
+        )
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+def bind_problem(settings: Settings, exc: OSError) -> str:
+    """The one line for a port that cannot be listened on, naming what to change."""
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"port {settings.port} is in use on {settings.host}; "
+            "pass --port or set SESSIONSTREAM_PORT"
+        )
+    if exc.errno == errno.EACCES:
+        return (
+            f"not allowed to listen on port {settings.port}; "
+            "pass --port or set SESSIONSTREAM_PORT (above 1023)"
+        )
+    reason = exc.strerror or str(exc)
+    return (
+        f"cannot listen on {settings.host}:{settings.port}: {reason}; "
+        "check --host (SESSIONSTREAM_HOST) and --port (SESSIONSTREAM_PORT)"
+    )
 
 
 @command("users")
@@ -69,7 +105,7 @@ def users(args: argparse.Namespace, settings: Settings) -> int:
     from sessionstream.services.accounts import create_user, issue_token, revoke_token
 
     async def run() -> int:
-        async with open_store(settings) as store:
+        async with open_store(settings, create=args.action == "create") as store:
             try:
                 if args.action == "create":
                     user_id, token = await create_user(store, args.name)

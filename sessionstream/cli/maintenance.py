@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from sessionstream.cli.audit import export_checkpoint, import_problems
-from sessionstream.cli.commands import command, described, open_store
+from sessionstream.cli.commands import command, described, missing_db, open_store
 from sessionstream.core.errors import SessionStreamError
 from sessionstream.core.readmodels import SessionState
 from sessionstream.core.settings import Settings
@@ -119,17 +119,8 @@ def _fail(message: str, code: int = 2) -> int:
     return code
 
 
-def _missing_db(settings: Settings, *, create: bool = False) -> str | None:
-    """A SQLite path that does not exist is a typo, not a database to create (except import)."""
-    if settings.database_url or create or settings.db_path == ":memory:":
-        return None
-    if not Path(settings.db_path).exists():
-        return f"no database at {settings.db_path} (pass --db PATH or --database-url URL)"
-    return None
-
-
-async def _with_store(settings: Settings, work: Any) -> Any:
-    store: EventStore = open_store(settings)
+async def _with_store(settings: Settings, work: Any, *, create: bool = False) -> Any:
+    store: EventStore = open_store(settings, create=create)
     await store.open()
     try:
         return await work(store)
@@ -171,7 +162,7 @@ def describe(report: VerifyReport) -> list[str]:
 
 @command("verify")
 def verify(args: argparse.Namespace, settings: Settings) -> int:
-    if missing := _missing_db(settings):
+    if missing := missing_db(settings):
         return _fail(missing)
 
     async def work(store: EventStore) -> VerifyReport:
@@ -188,7 +179,7 @@ def verify(args: argparse.Namespace, settings: Settings) -> int:
 # rebuild -----------------------------------------------------------------------------
 @command("rebuild")
 def rebuild(args: argparse.Namespace, settings: Settings) -> int:
-    if missing := _missing_db(settings):
+    if missing := missing_db(settings):
         return _fail(missing)
 
     async def work(store: EventStore) -> int:
@@ -343,7 +334,7 @@ def timeline(events: Iterable[RecordedEvent], *, deltas: bool = False) -> Iterat
 
 @command("replay")
 def replay(args: argparse.Namespace, settings: Settings) -> int:
-    if missing := _missing_db(settings):
+    if missing := missing_db(settings):
         return _fail(missing)
     session_id = args.session_id.lower()
 
@@ -373,7 +364,7 @@ def replay(args: argparse.Namespace, settings: Settings) -> int:
 # export / import ---------------------------------------------------------------------
 @command("export")
 def export_(args: argparse.Namespace, settings: Settings) -> int:
-    if missing := _missing_db(settings):
+    if missing := missing_db(settings):
         return _fail(missing)
     target = Path(args.out) if args.out else None
     if target is not None and target.exists():
@@ -396,7 +387,7 @@ def export_(args: argparse.Namespace, settings: Settings) -> int:
         if target is None:
             return scope.name, await export(store, scope, sys.stdout, signed)
         partial = target.with_name(target.name + ".partial")
-        with partial.open("w", encoding="utf-8") as out:
+        with _private(partial) as out:
             count = await export(store, scope, out, signed)
             out.flush()
             os.fsync(out.fileno())
@@ -410,6 +401,13 @@ def export_(args: argparse.Namespace, settings: Settings) -> int:
     where = target or "standard output"
     print(f"exported {count:,} events of {name} to {where}", file=sys.stderr)
     return 0
+
+
+def _private(path: Path) -> TextIO:
+    """``path`` opened for writing, readable by its owner alone: an export is the log."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # a partial file left by an earlier attempt keeps its old mode
+    return os.fdopen(fd, "w", encoding="utf-8")
 
 
 def verify_command(settings: Settings, *, gaps: bool) -> str:
@@ -455,7 +453,7 @@ def import_(args: argparse.Namespace, settings: Settings) -> int:
         return await import_into(store, decode_lines(_lines(source)))
 
     try:
-        count: int = asyncio.run(_with_store(settings, work))
+        count: int = asyncio.run(_with_store(settings, work, create=True))
     except SessionStreamError as exc:
         return _fail(str(exc))
     out: TextIO = sys.stdout
