@@ -414,7 +414,8 @@ def main() -> None:
         for name, result in results.items()
         for row in result["rows"]
     ]
-    print_table(("backend", "appenders", "store ev/s", "baseline ev/s", "ratio"), table)
+    if table:  # ``--only peer`` has no concurrency rows
+        print_table(("backend", "appenders", "store ev/s", "baseline ev/s", "ratio"), table)
     for name, result in results.items():
         print(f"{name}: target {result['target']}: {'met' if result['met'] else 'MISSED'}")
     for name, row in peer.items():

@@ -246,6 +246,23 @@ class Settings(BaseSettings):
         "`overloaded`, so memory stays bounded when the disk cannot keep up.",
     )
 
+    # -- memory per request ------------------------------------------------------------------
+    page_bytes: int = Field(
+        default=1024 * 1024,
+        ge=1,
+        description="Bytes of stored event JSON one page holds at most: the events "
+        "endpoint and every realtime catch-up read stop before it (1 MiB), whatever their "
+        "row limit. An event larger than this still comes, alone, so a reader always "
+        "moves on.",
+    )
+    catchup_reads: int = Field(
+        default=4,
+        ge=1,
+        description="Catch-up pages read at the same time for all realtime channels "
+        "together; the others queue, so many clients replaying a large history hold "
+        "a few pages, not one each, and the event loop stays free.",
+    )
+
     # -- realtime channels -----------------------------------------------------------------
     subscriber_queue: int = Field(
         default=1024,
@@ -299,6 +316,26 @@ class Settings(BaseSettings):
         min_length=1,
         description="This node's name in run leases and logs; by default `node-` and "
         "8 random hex digits, new at every start.",
+    )
+    task_restart_bound_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="A background task (the log's writer, the event pump, run upkeep...) "
+        "that keeps crashing for this long makes `/healthz` answer 503 and name it, so a "
+        "load balancer stops sending this node clients.",
+    )
+    task_backoff_max_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="Longest wait before a crashed background task is restarted; the wait "
+        "doubles from 50 ms at each crash in a row.",
+    )
+    delivery_heartbeat_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="How often every open realtime channel gets a heartbeat carrying this "
+        "node's delivery position and the log head it knows, so a client can tell a quiet "
+        "channel from a node that stopped delivering.",
     )
     log_level: LogLevel = Field(
         default="INFO",

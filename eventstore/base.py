@@ -20,14 +20,21 @@ guarantees below are what commands, projections and subscribers rely on.
   planner in ``eventstore/batch.py``, where these rules are written down.
 - ``subscribe`` delivers every event after the cursor exactly once, in
   position order, catching up from the store and then live.
+- A page of the log is bounded in bytes as well as rows (``read_page``), so
+  what one read holds in memory follows the request, never the stored data;
+  and at most ``catchup_reads`` catch-up pages are read at once, so a crowd of
+  subscribers starting from 0 queue for the store instead of each holding a
+  page of a large history at the same moment.
 """
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
+from sessionstream.core.supervisor import Supervisor
 from sessionstream.eventstore.groupcommit import GroupCommit
 from sessionstream.eventstore.hub import Hub, Subscription
 from sessionstream.eventstore.model import (
@@ -37,9 +44,15 @@ from sessionstream.eventstore.model import (
     Doc,
     NewEvent,
     RecordedEvent,
+    StoredEvent,
 )
 from sessionstream.eventstore.projector import Projection
 from sessionstream.eventstore.tree import LogTree
+
+#: the bytes of stored JSON one page of events holds at most (one larger event goes alone)
+DEFAULT_PAGE_BYTES = 1024 * 1024
+#: catch-up pages read at the same time, across every subscription of a store
+DEFAULT_CATCHUP_READS = 4
 
 
 class EventStore(ABC):
@@ -53,11 +66,20 @@ class EventStore(ABC):
         max_queue: int = 1024,
         max_batch: int = 2000,
         max_pending: int = 10_000,
+        page_bytes: int = DEFAULT_PAGE_BYTES,
+        catchup_reads: int = DEFAULT_CATCHUP_READS,
     ) -> None:
         self.projections = tuple(projections)
         self.hub = Hub(max_queue=max_queue)
+        #: the byte budget of a catch-up or response page (``read_page``)
+        self.page_bytes = page_bytes
+        #: admits catch-up page reads, ``catchup_reads`` at a time (``Subscription``)
+        self.catchup = asyncio.Semaphore(catchup_reads)
         #: appends wait here for the backend's single writer (``max_pending`` at most)
         self.commits = GroupCommit(max_batch, max_pending)
+        #: runs this store's writer and pump, and (in a server) every other background
+        #: task of the node: one place says which of them is down (``core/supervisor.py``)
+        self.supervisor = Supervisor()
 
     # lifecycle -----------------------------------------------------------
     @abstractmethod
@@ -125,6 +147,22 @@ class EventStore(ABC):
     ) -> list[RecordedEvent]:
         """Events after ``after_position`` in order; with ``keys``, only those
         whose stream or correlation id is one of them."""
+
+    @abstractmethod
+    async def read_page(
+        self,
+        after_position: int,
+        *,
+        max_rows: int,
+        max_bytes: int,
+        keys: frozenset[str] | None = None,
+        to_position: int | None = None,
+    ) -> list[StoredEvent]:
+        """Like ``read_all``, but a page also ends before its stored JSON (data and
+        metadata) passes ``max_bytes``; its first event comes whatever its size, so a
+        reader always moves on. The budget is summed in the query: rows past it are
+        never fetched, and ``data`` stays the stored text until someone reads it
+        (``StoredEvent``)."""
 
     @abstractmethod
     async def head_position(self) -> int: ...

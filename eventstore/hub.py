@@ -3,7 +3,9 @@
 A subscription is a tail of the log from a cursor. It moves through explicit
 states:
 
-``catching_up``  reading pages from the store after its cursor;
+``catching_up``  reading pages from the store after its cursor (pages bounded
+                 in rows and bytes, admitted a few at a time by the store's
+                 ``catchup`` semaphore);
 ``handover``     registered with the hub, reading the store once more so an
                  event committed between the last page and registration is
                  not lost (anything also buffered is skipped by cursor);
@@ -95,23 +97,27 @@ class Hub:
                     del self._by_key[key]
 
     def publish(self, events: Iterable[RecordedEvent]) -> None:
-        """Deliver committed events; callers publish in position order."""
+        """Deliver committed events; callers publish in position order.
+
+        ``published_position`` moves past an event only once every listener
+        has it: if a push raises, the supervised caller publishes again from
+        there, and listeners that already had the event skip it by cursor.
+        """
         by_key = self._by_key
         for event in events:
-            if event.position > self.published_position:
-                self.published_position = event.position
             for listener in self._everything:
                 listener.push(event)
-            if not by_key:
-                continue
-            targets = by_key.get(event.stream_id)
-            if event.correlation_id is not None:
-                extra = by_key.get(event.correlation_id)
-                if extra:
-                    targets = extra if not targets else targets | extra
-            if targets:
-                for listener in targets:
-                    listener.push(event)
+            if by_key:
+                targets = by_key.get(event.stream_id)
+                if event.correlation_id is not None:
+                    extra = by_key.get(event.correlation_id)
+                    if extra:
+                        targets = extra if not targets else targets | extra
+                if targets:
+                    for listener in targets:
+                        listener.push(event)
+            if event.position > self.published_position:
+                self.published_position = event.position
 
 
 class Subscription:
@@ -164,7 +170,14 @@ class Subscription:
                 listener.wakeup.clear()
                 await listener.wakeup.wait()
                 continue
-            page = await self._store.read_all(self.cursor, limit=self._page_size, keys=self.keys)
+            store = self._store
+            async with store.catchup:  # a crowd catching up reads a few pages at a time
+                page = await store.read_page(
+                    self.cursor,
+                    max_rows=self._page_size,
+                    max_bytes=store.page_bytes,
+                    keys=self.keys,
+                )
             if self.state == CLOSED:
                 raise StopAsyncIteration
             if page:

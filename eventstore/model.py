@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
+
+from sessionstream.core.ids import uuid7
 
 #: ``expected_version`` meaning "do not check".
 ANY_VERSION: int | None = None
@@ -22,16 +23,13 @@ GENESIS_HASH = "0" * 64
 
 
 def new_event_id() -> str:
-    """A random (version 4) UUID, spelled as ``str(uuid.uuid4())`` spells it.
+    """A time-ordered (version 7) UUID, spelled as ``str(uuid.UUID(...))`` spells it.
 
-    Every event gets one, so it is built from the bytes directly: a third of
-    the cost of going through ``uuid.UUID``, with the same 122 random bits.
+    The id is the key of the events' unique index: a random one dirtied a
+    random leaf page per event, a time-ordered one appends at the index's
+    right edge (``core/ids.py``).
     """
-    b = bytearray(os.urandom(16))
-    b[6] = (b[6] & 0x0F) | 0x40  # version 4
-    b[8] = (b[8] & 0x3F) | 0x80  # RFC 4122 variant
-    h = b.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    return uuid7()
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,10 +160,27 @@ _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_asci
 #: a JSON string as the canonical encoder spells it (not ASCII-escaped)
 _string = json.encoder.encode_basestring
 
+#: ``_CANONICAL``'s C encoder, built once. ``JSONEncoder.encode`` builds a new
+#: one (and a dict of ids for its circular check) on every call, which was two
+#: thirds of the cost of encoding a small event. Without the shared dict it is
+#: safe on every thread; a cycle then ends in ``RecursionError``, turned back
+#: into the ``ValueError`` the standard encoder raises.
+_make_encoder: Any = getattr(json.encoder, "c_make_encoder", None)  # untyped in typeshed
+_C_ENCODER = (
+    _make_encoder(None, _CANONICAL.default, _string, None, ":", ",", True, False, True)
+    if _make_encoder is not None
+    else None
+)
+
 
 def canonical_json(value: Any) -> str:
     """One spelling per value, so hashes are reproducible anywhere."""
-    return _CANONICAL.encode(value)
+    if _C_ENCODER is None:  # pragma: no cover - CPython always has the C encoder
+        return _CANONICAL.encode(value)
+    try:
+        return "".join(_C_ENCODER(value, 0))
+    except RecursionError:
+        raise ValueError("circular reference or nesting too deep to encode") from None
 
 
 def event_hash(
@@ -189,54 +204,59 @@ def event_hash(
 def record_event(
     new: NewEvent, *, position: int, stream_id: str, version: int, prev_hash: str, at: str
 ) -> RecordedEvent:
-    """A new event as stored: its place in the log and its link in the stream's chain.
-
-    ``data`` and ``metadata`` are encoded once, and the hashed bytes are put
-    together from those two texts: exactly what :func:`event_hash` encodes
-    (a JSON array with these separators is its items joined by commas), at
-    half the encoding. Encoding was the largest share of a bulk append's
-    CPU (bench/append_peer.py); the row then stores the same canonical text.
-    """
-    data = _CANONICAL.encode(new.data)
-    metadata = _CANONICAL.encode(new.metadata)
-    body = (
-        f"[{_string(stream_id)},{version},{_string(new.event_id)},{_string(new.type)},"
-        f"{data},{metadata},{_string(at)}]"
-    )
-    return RecordedEvent(
-        position,
-        stream_id,
-        version,
-        new.event_id,
-        new.type,
-        new.data,
-        new.metadata,
-        new.correlation_id,
-        at,
-        hashlib.sha256(prev_hash.encode() + body.encode()).hexdigest(),
-        (data, metadata),
-    )
+    """A new event as stored: its place in the log and its link in the stream's chain."""
+    request = AppendRequest(stream_id, (new,))
+    return record_request(
+        request, head=position - 1, version=version - 1, prev_hash=prev_hash, at=at
+    )[0]
 
 
 def record_request(
     request: AppendRequest, *, head: int, version: int, prev_hash: str, at: str
 ) -> list[RecordedEvent]:
     """A request's events as stored, after log position ``head`` and its stream's
-    ``version`` whose hash is ``prev_hash``."""
+    ``version`` whose hash is ``prev_hash``.
+
+    ``data`` and ``metadata`` are encoded once, and the hashed bytes are put
+    together from those two texts: exactly what :func:`event_hash` encodes
+    (a JSON array with these separators is its items joined by commas), at
+    half the encoding. The parts every event of the request shares (stream
+    id, time) are spelled once. Encoding was the largest share of a bulk
+    append's CPU (docs/explanation/append-path.md); the row then stores the
+    same canonical text.
+    """
+    stream_id = request.stream_id
+    prefix = f"[{_string(stream_id)},"
+    suffix = f",{_string(at)}]"
+    encode, string, sha256 = canonical_json, _string, hashlib.sha256
     records: list[RecordedEvent] = []
+    append = records.append
     for new in request.events:
         head += 1
         version += 1
-        record = record_event(
-            new,
-            position=head,
-            stream_id=request.stream_id,
-            version=version,
-            prev_hash=prev_hash,
-            at=at,
+        data = encode(new.data)
+        metadata = encode(new.metadata)
+        event_id, type_ = new.event_id, new.type
+        body = (
+            f"{prev_hash}{prefix}{version},{string(event_id)},{string(type_)},"
+            f"{data},{metadata}{suffix}"
         )
-        records.append(record)
-        prev_hash = record.hash
+        prev_hash = sha256(body.encode()).hexdigest()
+        append(
+            RecordedEvent(
+                head,
+                stream_id,
+                version,
+                event_id,
+                type_,
+                new.data,
+                new.metadata,
+                new.correlation_id,
+                at,
+                prev_hash,
+                (data, metadata),
+            )
+        )
     return records
 
 
@@ -272,6 +292,96 @@ def row_to_event(row: Sequence[Any]) -> RecordedEvent:
         recorded_at=row[8],
         hash=row[9],
     )
+
+
+class StoredEvent(RecordedEvent):
+    """An event read from the log by a page, whose ``data`` is parsed on first use.
+
+    Pages mostly send events on as JSON, and the row already holds that JSON:
+    parsing it only to encode it again is what made memory follow stored data.
+    A stored 3 MB ``[{}, {}, ...]`` parses into a million dicts (~90 MB), so
+    a 9-event page took 635 MB and every channel catching up from 0 as much
+    again. ``data_json`` hands the stored text on untouched; ``data`` still
+    works, parsing it once. Equal to the ``RecordedEvent`` with the same fields.
+    """
+
+    __slots__ = ("_raw",)
+    _raw: str
+
+    @property
+    def data(self) -> dict[str, Any]:
+        value: dict[str, Any] | None = _DATA_SLOT.__get__(self, StoredEvent)
+        if value is None:
+            value = json.loads(self._raw)
+            _DATA_SLOT.__set__(self, value)
+        return value
+
+    @data.setter
+    def data(self, value: dict[str, Any] | None) -> None:
+        # the dataclass __init__ sets every field; None means "not parsed yet"
+        _DATA_SLOT.__set__(self, value)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RecordedEvent):
+            return NotImplemented
+        return _compared(self) == _compared(other)
+
+    __hash__ = RecordedEvent.__hash__
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> StoredEvent:
+        """An event from a row in ``EVENT_COLUMNS`` order, its data left as the row has it."""
+        event = cls(
+            position=row[0],
+            stream_id=row[1],
+            version=row[2],
+            event_id=row[3],
+            type=row[4],
+            data=cast("dict[str, Any]", None),
+            metadata=json.loads(row[6]),
+            correlation_id=row[7],
+            recorded_at=row[8],
+            hash=row[9],
+        )
+        object.__setattr__(event, "_raw", row[5])
+        return event
+
+
+#: the slot ``RecordedEvent.data`` lives in, under ``StoredEvent``'s property
+_DATA_SLOT: Any = RecordedEvent.__dict__["data"]
+
+
+def _compared(event: RecordedEvent) -> tuple[Any, ...]:
+    return (
+        event.position,
+        event.stream_id,
+        event.version,
+        event.event_id,
+        event.type,
+        event.data,
+        event.metadata,
+        event.correlation_id,
+        event.recorded_at,
+        event.hash,
+    )
+
+
+def data_json(event: RecordedEvent) -> str | None:
+    """JSON text of ``event.data`` the event already holds, if any (no encoding, no parse).
+
+    A page's event holds its row's text; a just-appended one the canonical
+    text its hash was computed over. Either spells the same value.
+    """
+    raw: str | None = getattr(event, "_raw", None)
+    if raw is not None:
+        return raw
+    return event.encoded[0] if event.encoded is not None else None
+
+
+def data_size(event: RecordedEvent) -> int:
+    """About how many bytes ``event`` takes as JSON, for byte-budgeted pages and caches."""
+    text = data_json(event)
+    return len(text) if text is not None else len(canonical_json(event.data))
 
 
 def row_to_doc(row: Sequence[Any]) -> Doc:

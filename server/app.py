@@ -56,6 +56,8 @@ def make_store(settings: Settings, *, serving: bool = False) -> EventStore:
             projections.ALL,
             max_queue=settings.subscriber_queue,
             max_pending=settings.max_pending_appends,
+            page_bytes=settings.page_bytes,
+            catchup_reads=settings.catchup_reads,
         )
     from sessionstream.eventstore.sqlite import SQLiteEventStore
 
@@ -64,6 +66,8 @@ def make_store(settings: Settings, *, serving: bool = False) -> EventStore:
         projections.ALL,
         max_queue=settings.subscriber_queue,
         max_pending=settings.max_pending_appends,
+        page_bytes=settings.page_bytes,
+        catchup_reads=settings.catchup_reads,
         exclusive=serving,
     )
 
@@ -131,9 +135,35 @@ setattr(web_response, "SERVER_SOFTWARE", SERVER)  # noqa: B010 - not exported, s
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """503 naming every background task that has not come back within its bound.
+
+    A node whose event pump is dead still serves reads, so only the
+    supervisor can say it is not fit for clients (``core/supervisor.py``).
+    """
     store = request.app[STORE]
+    supervisor = store.supervisor
+    failing = supervisor.unhealthy()
+    if failing:
+        names = sorted(failing)
+        message = (
+            f"background task(s) {', '.join(names)} have not restarted within "
+            f"{supervisor.restart_bound_s:g}s"
+        )
+        return web.json_response(
+            {
+                "status": "unhealthy",
+                "failing": {name: round(failing[name], 1) for name in names},
+                "error": {"code": "unhealthy", "message": message},
+            },
+            status=503,
+            headers={"Cache-Control": "no-store"},
+        )
     head = await store.head_position()
-    return web.json_response({"status": "ok", "head_position": head})
+    restarting = sorted(n for n in list(supervisor.tasks) if supervisor.down(n) is not None)
+    body: dict[str, object] = {"status": "ok", "head_position": head}
+    if restarting:
+        body["restarting"] = restarting
+    return web.json_response(body)
 
 
 def create_app(
@@ -150,6 +180,10 @@ def create_app(
     )
     app[SETTINGS] = settings
     app[STORE] = store or make_store(settings, serving=True)
+    # the store's supervisor is the node's: its writer and pump, and every task below
+    supervisor = app[STORE].supervisor
+    supervisor.restart_bound_s = settings.task_restart_bound_s
+    supervisor.backoff_max_s = settings.task_backoff_max_s
     app[ENGINE] = engine or make_engine(settings)
     app[RUN_TOKENS] = RunTokens(secret, settings.run_token_ttl_s)
     app[LIMITER] = RateLimiter(settings.rate_limit, settings.rate_burst)
@@ -195,7 +229,7 @@ async def _runs_ctx(app: web.Application) -> AsyncIterator[None]:
     recovered = await runs.recover_orphans()
     if recovered:
         log.warning("recovered %d interrupted run(s) at start-up", recovered)
-    upkeep = asyncio.create_task(runs.upkeep(), name="run-upkeep")
+    upkeep = asyncio.create_task(runs.upkeep(), name="run-upkeep")  # spawns supervised loops
     yield
     upkeep.cancel()
     with contextlib.suppress(asyncio.CancelledError):

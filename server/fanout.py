@@ -13,16 +13,14 @@ subscription, then hands it here with ``join_when_caught_up``.
 from __future__ import annotations
 
 import asyncio
-import logging
 
 from sessionstream.core.vocabulary import RUN_PREFIX, TERMINAL
 from sessionstream.eventstore.base import EventStore
 from sessionstream.eventstore.hub import LIVE
+from sessionstream.eventstore.model import RecordedEvent
 from sessionstream.server.frames import FrameCache
 from sessionstream.server.realtime_stats import RealtimeStats
 from sessionstream.server.tail import Connection
-
-log = logging.getLogger("sessionstream.realtime")
 
 #: the reason of the normal close that ends a run channel (clients stop on it)
 RUN_FINISHED = "run finished"
@@ -61,7 +59,10 @@ class Fanout:
         self.ends_runs = key.startswith(RUN_PREFIX)
         self.members: dict[Connection, None] = {}
         self.subscription = store.subscribe(cursor, keys=frozenset({key}))
-        self.task = asyncio.create_task(self._run(), name=f"fanout {key}")
+        # supervised, not restarted: a crash hands every member back to its own
+        # subscription at its own cursor (``_finish``), and the next one to catch up
+        # starts a new fanout; no member misses or repeats an event
+        self.task = store.supervisor.spawn(f"fanout {key}", self._run, kind="fanout", restart=False)
 
     def join(self, conn: Connection) -> None:
         conn.fanout = self
@@ -83,36 +84,41 @@ class Fanout:
         self.subscription.close()
 
     async def _run(self) -> None:
-        stats, frames = self.stats, self.frames
         try:
             async for event in self.subscription:
-                wire = frames.wire(event)
                 end = RUN_END if self.ends_runs and event.type in TERMINAL else None
-                for conn in list(self.members):
-                    transport, ws = conn.transport, conn.ws
-                    if transport is None or ws is None or ws.closed or transport.is_closing():
-                        self.release(conn, None)
-                    elif transport.get_write_buffer_size() > conn.high:
-                        stats.detached += 1
-                        self.release(conn, DETACHED)
-                    else:
-                        transport.write(wire)
-                        stats.frames_sent += 1
-                        conn.cursor = event.position
-                        if end is not None:
-                            self.release(conn, end)
+                self._deliver(event, end)
                 self.cursor = event.position
                 if end is not None:
                     break
-        except Exception:
-            log.exception("fanout of %s failed; its subscribers continue on their own", self.key)
         finally:
-            self.close()
-            self.stats.lag_fallbacks += self.subscription.lag_fallbacks
-            for conn in list(self.members):
+            self._finish()
+
+    def _deliver(self, event: RecordedEvent, end: tuple[int, str] | None) -> None:
+        stats, wire = self.stats, self.frames.wire(event)
+        for conn in list(self.members):
+            transport, ws = conn.transport, conn.ws
+            if transport is None or ws is None or ws.closed or transport.is_closing():
+                self.release(conn, None)
+            elif transport.get_write_buffer_size() > conn.high:
+                stats.detached += 1
                 self.release(conn, DETACHED)
-            if self.registry.get(self.key) is self:
-                del self.registry[self.key]
+            else:
+                transport.write(wire)
+                stats.frames_sent += 1
+                conn.cursor = event.position
+                if end is not None:
+                    self.release(conn, end)
+
+    def _finish(self) -> None:
+        """Members left are handed back: each resumes from its own cursor, which is
+        exact even when a crash came halfway through writing one event to them all."""
+        self.close()
+        self.stats.lag_fallbacks += self.subscription.lag_fallbacks
+        for conn in list(self.members):
+            self.release(conn, DETACHED)
+        if self.registry.get(self.key) is self:
+            del self.registry[self.key]
 
 
 def join_when_caught_up(

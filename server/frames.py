@@ -22,7 +22,7 @@ from sessionstream.core.vocabulary import (
     EventType,
     stream_key,
 )
-from sessionstream.eventstore.model import RecordedEvent
+from sessionstream.eventstore.model import RecordedEvent, data_json
 
 
 def run_id_of(event: RecordedEvent) -> str | None:
@@ -47,6 +47,24 @@ def chat_stream_event(event: RecordedEvent) -> dict[str, Any]:
         "at": event.recorded_at,
         "data": event.data,
     }
+
+
+def frame_text(event: RecordedEvent) -> str:
+    """``chat_stream_event(event)`` as JSON, its ``data`` spliced in as the text the
+    event holds (``data_json``): a catch-up frame never parses a stored payload
+    only to encode it again (a 3 MB list of ``{}`` is ~90 MB of dicts)."""
+    data = data_json(event)
+    if data is None:
+        return dumps(chat_stream_event(event))
+    head = {
+        "type": event.type,
+        "runId": run_id_of(event),
+        "sessionId": session_id_of(event),
+        "seq": event.version,
+        "position": event.position,
+        "at": event.recorded_at,
+    }
+    return f'{dumps(head)[:-1]},"data":{data}}}'
 
 
 def dumps(value: Any) -> str:
@@ -123,14 +141,19 @@ class FrameCache:
     websocket frame, header included, so a websocket send is one
     ``transport.write`` of shared bytes. Keyed by global position (unique in
     one log); the newest entries cover every live subscriber, and one catching
-    up from further back simply encodes again.
+    up from further back simply encodes again. Bounded in entries and in
+    bytes: a few stored multi-megabyte payloads must not pin a cache's worth
+    of them (a frame larger than the whole budget is not kept at all).
     """
 
-    __slots__ = ("_frames", "encoded", "hits", "size")
+    __slots__ = ("_frames", "bytes", "encoded", "hits", "max_bytes", "size")
 
-    def __init__(self, size: int = 2048) -> None:
+    def __init__(self, size: int = 2048, max_bytes: int = 16 * 1024 * 1024) -> None:
         self._frames: dict[int, tuple[str, bytes]] = {}
         self.size = size
+        self.max_bytes = max_bytes
+        #: bytes the cached frames hold (text and websocket frame)
+        self.bytes = 0
         self.hits = 0
         self.encoded = 0
 
@@ -139,13 +162,18 @@ class FrameCache:
         if entry is not None:
             self.hits += 1
             return entry
-        text = dumps(chat_stream_event(event))
+        text = frame_text(event)
         entry = (text, ws_text_frame(text.encode()))
         self.encoded += 1
+        cost = len(text) + len(entry[1])
+        if cost > self.max_bytes:
+            return entry
         frames = self._frames
         frames[event.position] = entry
-        if len(frames) > self.size:
-            del frames[next(iter(frames))]
+        self.bytes += cost
+        while len(frames) > self.size or self.bytes > self.max_bytes:
+            old_text, old_frame = frames.pop(next(iter(frames)))
+            self.bytes -= len(old_text) + len(old_frame)
         return entry
 
     def text(self, event: RecordedEvent) -> str:

@@ -29,6 +29,7 @@ from sessionstream.server.errors import parse
 from sessionstream.server.keys import CAMPAIGNS, HISTORY, PRINCIPAL, REQUEST_ID, SESSIONS, SETTINGS
 from sessionstream.server.numbers import is_natural, natural
 from sessionstream.server.schemas import (
+    MAX_IDEMPOTENCY_KEY,
     UUID_PATTERN,
     CampaignJson,
     CreateCampaign,
@@ -65,7 +66,12 @@ def request_id(request: web.Request) -> str | None:
 
 
 def idempotency_key(request: web.Request) -> str | None:
-    return request.headers.get("Idempotency-Key")
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and len(key) > MAX_IDEMPOTENCY_KEY:
+        raise ValidationFailed(
+            f"Idempotency-Key is {len(key)} characters; at most {MAX_IDEMPOTENCY_KEY}"
+        )
+    return key
 
 
 def uuid_param(request: web.Request, name: str = "id") -> str:

@@ -82,6 +82,23 @@ class _LevelCollector(Collector):
         overloaded.add_metric(["runs"], runs.refused)
         overloaded.add_metric(["appends"], app[STORE].commits.refused)
         yield overloaded
+        supervisor = app[STORE].supervisor
+        crashes = CounterMetricFamily(
+            "sessionstream_task_crashes",
+            "Unexpected exceptions in background tasks, each logged and the task restarted",
+            labels=["task"],
+        )
+        for kind, count in sorted(supervisor.crashes.items()):
+            crashes.add_metric([kind], count)
+        yield crashes
+        down = GaugeMetricFamily(
+            "sessionstream_task_down",
+            "1 while a background task is crashing and has not run steadily since",
+            labels=["task"],
+        )
+        for name in sorted(supervisor.tasks):
+            down.add_metric([name], 0.0 if supervisor.down(name) is None else 1.0)
+        yield down
         yield CounterMetricFamily(
             "sessionstream_rate_limited",
             "Requests refused with 429 (per-credential rate or failed-authentication rate)",

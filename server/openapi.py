@@ -18,6 +18,7 @@ from sessionstream.server.openapi_text import OPERATIONS, TAGS
 from sessionstream.server.schemas import (
     CAMPAIGN,
     CAMPAIGNS,
+    MAX_IDEMPOTENCY_KEY,
     NODE,
     NODES,
     PAGE_PARAMS,
@@ -96,6 +97,16 @@ IF_MATCH = {
     "required": False,
     "description": "The session version (its ETag) the change is based on",
     "schema": {"type": "string"},
+}
+#: on every operation that starts something: a retry with the same key answers the first
+#: response again (``services/claims.py``, ``services/sessions.py``)
+IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "Any string of the client's: a retry with the same key returns the first "
+    "response and starts nothing new",
+    "schema": {"type": "string", "maxLength": MAX_IDEMPOTENCY_KEY},
 }
 AS_OF = {
     "name": "as_of",
@@ -211,6 +222,7 @@ def build_document(settings: Settings) -> dict[str, Any]:
                 session,
                 status="201",
                 body=schemas.CreateSession,
+                params=[IDEMPOTENCY_KEY],
                 op_id="createSession",
                 links={
                     **_links(SESSION_OPS, SESSION_ID),
@@ -240,7 +252,7 @@ def build_document(settings: Settings) -> dict[str, Any]:
                 "Run one chat turn",
                 run,
                 body=schemas.TurnRequest,
-                params=[UUID_PARAM],
+                params=[UUID_PARAM, IDEMPOTENCY_KEY],
                 extra=("409", "500"),
                 op_id="startTurn",
                 links=_links(("getRun", "cancelRun"), {"path.run_id": "$response.body#/runId"}),
@@ -251,7 +263,7 @@ def build_document(settings: Settings) -> dict[str, Any]:
                 "Generate per-lead examples",
                 run,
                 body=schemas.GenerateExamplesRequest,
-                params=[UUID_PARAM],
+                params=[UUID_PARAM, IDEMPOTENCY_KEY],
                 extra=("409", "500"),
                 op_id="generateExamples",
                 links=_links(("getRun", "cancelRun"), {"path.run_id": "$response.body#/runId"}),

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from typing import Final
 
-#: The ``Idempotency-Key`` header, in prose: declared as a parameter, every stateful
-#: fuzz replay of a case re-sent a key the first run had used and got the first
-#: answer back, so replays diverged (hypothesis reports that as a flaky strategy).
+#: The ``Idempotency-Key`` header, in prose beside its declared parameter, because a
+#: client generator turns the description into the method's docstring.
 IDEMPOTENT = (
     "An `Idempotency-Key` header makes it safe to retry: a retry with the same key "
     "returns the first response and starts nothing new."
@@ -46,8 +45,7 @@ OPERATIONS: Final[dict[str, tuple[str, str]]] = {
     ),
     "logInclusion": (
         "log",
-        "An RFC 9162 inclusion proof for one of the caller's own events: hashes only, "
-        "never data.",
+        "An RFC 9162 inclusion proof for one of the caller's own events: hashes only, never data.",
     ),
     "logConsistency": (
         "log",

@@ -93,6 +93,7 @@ class Realtime:
         sse_ping_s: float = 15.0,
     ) -> None:
         self.store = store
+        self.supervisor = store.supervisor
         self.gate = gate
         self.auth_failures = auth_failures
         self.heartbeat_s = heartbeat_s

@@ -29,6 +29,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from sessionstream.core.errors import SessionStreamError
+from sessionstream.server.keys import STORE
 from sessionstream.server.tail import Connection, Tails
 from sessionstream.services.accounts import Authenticator
 
@@ -75,14 +76,12 @@ class Revocations:
     async def _every_interval(self) -> None:
         while True:
             await asyncio.sleep(self.interval_s)
-            try:
-                await self.sweep()
-            except Exception:  # one failed sweep must not end revocation for the process
-                log.exception("the revocation sweep failed")
+            await self.sweep()
 
-    async def ctx(self, _app: web.Application) -> AsyncIterator[None]:
-        """The sweep runs while the app does; it is owned here, cancelled and awaited."""
-        task = asyncio.create_task(self._every_interval(), name="revocation-sweep")
+    async def ctx(self, app: web.Application) -> AsyncIterator[None]:
+        """The sweep runs while the app does, under the node's supervisor: a sweep that
+        crashes is logged, counted and restarted, never the end of revocation."""
+        task = app[STORE].supervisor.spawn("revocation-sweep", self._every_interval)
         yield
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

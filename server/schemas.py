@@ -25,6 +25,10 @@ SafeInt = Annotated[StrictInt, Field(ge=-9007199254740991, le=9007199254740991)]
 #: the template variables a model may use; a turn and generate-examples bound them alike
 #: (generate-examples once took 100,000 names, or one of 3,000,000 characters)
 VarNames = Annotated[list[Annotated[StrictStr, Field(max_length=100)]], Field(max_length=200)]
+#: the longest ``Idempotency-Key`` kept (the OpenAPI document declares it): a key is a
+#: client's retry token, hashed into ids and never stored, but every header the API
+#: reads is bounded by what it documents
+MAX_IDEMPOTENCY_KEY = 255
 
 
 class Lead(BaseModel):
@@ -331,13 +335,13 @@ class RunJson(RunRow):
 
 
 class EventJson(TypedDict):
-    """One audit-log entry: the event with everything its hash covers."""
+    """One audit-log entry but its ``data`` (spliced in as stored text): the event with
+    everything its hash covers."""
 
     position: int
     stream_id: str
     version: int
     type: str
-    data: JsonObject
     actor: Any
     recorded_at: str
     hash: str

@@ -48,6 +48,8 @@ if TYPE_CHECKING:
 
 SUBPROTOCOL = "sessionstream.v1"
 TOO_SLOW = (4408, "too slow")
+#: the close of a connection whose sender crashed: the client reconnects and resumes
+SERVER_ERROR = (1011, "server error; resume")
 #: the connection now belongs to its key's fanout
 JOINED = (0, "joined")
 #: clients send nothing that matters; keep what they may send small
@@ -102,7 +104,12 @@ async def serve(rt: Realtime, request: web.Request, resolve: Resolver) -> web.We
         conn = stack.enter_context(rt.tails.open(channel))
         # The sender is its own task, so waking it per event resumes two frames,
         # not the whole middleware stack; this task only reads (pongs, the close).
-        sender = asyncio.create_task(_sender(rt, ws, request, conn))
+        sender = rt.supervisor.spawn(
+            "ws-sender",
+            lambda: _sender(rt, ws, request, conn),
+            restart=False,
+            on_crash=lambda _exc: _close_crashed(rt, ws, request),
+        )
         try:
             async for _message in ws:
                 pass  # clients send nothing that matters
@@ -142,6 +149,17 @@ async def _sender(
         return  # the client went away mid-send
     if end is not None and not ws.closed:
         await _close(rt, ws, request, *end)
+
+
+def _close_crashed(rt: Realtime, ws: web.WebSocketResponse, request: web.Request) -> None:
+    """A sender that crashed sends nothing more: close with 1011 so the client resumes
+    from its last frame (here or on another node) instead of waiting on a dead socket."""
+    if not ws.closed:
+        rt.supervisor.spawn(
+            "ws-close",
+            lambda: _close(rt, ws, request, *SERVER_ERROR),
+            restart=False,
+        )
 
 
 def _unless_gone(end: End) -> End:

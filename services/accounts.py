@@ -24,7 +24,6 @@ import hashlib
 import hmac
 import secrets
 import time
-import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Final, cast
@@ -32,6 +31,7 @@ from typing import Any, Final, cast
 import jwt
 
 from sessionstream.core.errors import Forbidden, NotFound, Unauthorized
+from sessionstream.core.ids import uuid7
 from sessionstream.core.readmodels import Token
 from sessionstream.core.vocabulary import EventType, user_stream
 from sessionstream.eventstore.base import EventStore
@@ -74,7 +74,7 @@ def _system() -> dict[str, Any]:
 # commands ------------------------------------------------------------------------------------
 async def create_user(store: EventStore, name: str) -> tuple[str, str]:
     """Append a user and a first token; returns (user_id, token). The token is never stored."""
-    user_id = str(uuid.uuid4())
+    user_id = uuid7()
     token = new_api_token()
     await store.append(
         user_stream(user_id),

@@ -9,9 +9,9 @@ version: two concurrent additions never get the same position.
 from __future__ import annotations
 
 import secrets
-import uuid
 from collections.abc import AsyncIterator
 
+from sessionstream.core.ids import uuid7
 from sessionstream.core.readmodels import Campaign, Node
 from sessionstream.core.vocabulary import EventType, campaign_stream
 from sessionstream.eventstore.base import EventStore
@@ -36,7 +36,7 @@ class Campaigns:
     async def create_campaign(
         self, user_id: str, name: str, request_id: str | None = None
     ) -> Loaded[Campaign]:
-        campaign_id = str(uuid.uuid4())
+        campaign_id = uuid7()
         await self.store.append(
             campaign_stream(campaign_id),
             [
@@ -95,7 +95,7 @@ class Campaigns:
         position: int | None,
         request_id: str | None = None,
     ) -> Node:
-        node_id = str(uuid.uuid4())
+        node_id = uuid7()
 
         def decide(campaign: Loaded[Campaign]) -> list[NewEvent]:
             at = position if position is not None else len(campaign.body["nodes"]) + 1

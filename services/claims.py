@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from sessionstream.core.errors import SessionBusy, ValidationFailed
+from sessionstream.core.ids import uuid7_hex
 from sessionstream.core.readmodels import RunInput, RunKind, SessionRow, SessionState, TaskStatus
 from sessionstream.core.vocabulary import EventType, run_stream, session_stream
 from sessionstream.eventstore.base import EventStore
@@ -73,7 +74,7 @@ async def claim_session(
     """
     purpose = f"{kind}:{session_id}"
     run_hex = idem_uuid(user_id, idempotency_key, f"run:{purpose}")
-    run_id = "run_" + (uuid.UUID(run_hex).hex if run_hex else uuid.uuid4().hex)
+    run_id = "run_" + (uuid.UUID(run_hex).hex if run_hex else uuid7_hex())
     claim_id = idem_uuid(user_id, idempotency_key, f"claim:{purpose}")
     created_id = idem_uuid(user_id, idempotency_key, f"created:{purpose}")
     meta = actor(user_id, request_id)

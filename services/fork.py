@@ -14,9 +14,8 @@ into it: the fork starts idle.
 
 from __future__ import annotations
 
-import uuid
-
 from sessionstream.core.errors import NotFound, ValidationFailed
+from sessionstream.core.ids import uuid7
 from sessionstream.core.readmodels import SessionState
 from sessionstream.core.vocabulary import EventType, session_stream
 from sessionstream.eventstore.base import EventStore
@@ -63,7 +62,7 @@ async def fork_session(
         campaign = await owned_campaign(store, campaign_id, user_id)
         if not any(n["id"] == node_id for n in campaign.body["nodes"]):
             raise NotFound(f"node {node_id} is not a sequence node of campaign {campaign_id}")
-    fork_id = str(uuid.uuid4())
+    fork_id = uuid7()
     event = NewEvent(
         EventType.SESSION_FORKED,
         {

@@ -141,14 +141,23 @@ class History:
         self.store = store
 
     async def events(self, user_id: str, session_id: str, after: int, limit: int) -> EventsPage:
-        """A page of the session's events, its runs' included, in log order."""
+        """A page of the session's events, its runs' included, in log order.
+
+        At most ``limit`` events and the store's page byte budget (one larger
+        event comes alone), their data left as stored text for the response to
+        splice in. A page shorter than ``limit`` looks one event further only to
+        say whether it is the last (``next`` null).
+        """
         await owned_session(self.store, session_id, user_id, deleted=True)
-        page = await self.store.read_all(
-            after, limit=limit + 1, keys=frozenset({session_stream(session_id)})
+        store, keys = self.store, frozenset({session_stream(session_id)})
+        page: list[RecordedEvent] = list(
+            await store.read_page(after, max_rows=limit + 1, max_bytes=store.page_bytes, keys=keys)
         )
         if len(page) > limit:
             page = page[:limit]
             return EventsPage(page, page[-1].position)
+        if page and await store.read_page(page[-1].position, max_rows=1, max_bytes=0, keys=keys):
+            return EventsPage(page, page[-1].position)  # cut by the byte budget
         return EventsPage(page, None)
 
     async def session_as_of(self, user_id: str, session_id: str, at: int | datetime) -> AsOf:

@@ -136,13 +136,12 @@ async def checkpoints(
 
     async def loop() -> None:
         while True:
-            try:
-                await record_checkpoint(store, signer)
-            except Exception:  # a failed round is logged; the next one tries again
-                log.exception("recording a checkpoint failed")
+            await record_checkpoint(store, signer)
             await asyncio.sleep(every_s)
 
-    task = asyncio.create_task(loop(), name="checkpoints")
+    # a round that fails is logged and counted by the supervisor, which starts the loop
+    # again after its backoff: the next round is never skipped for good
+    task = store.supervisor.spawn("checkpoints", loop)
     try:
         yield task
     finally:

@@ -274,17 +274,44 @@ class RunManager:
 
     async def upkeep(self) -> None:
         """Forever: retry runs whose end could not be written; with leases, renew this
-        node's and end dead nodes' runs (every quarter TTL)."""
+        node's (every quarter TTL) and end dead nodes' runs.
+
+        Renewal and recovery are two tasks under the store's supervisor, so a
+        crash in recovery never delays a renewal (a late renewal loses this
+        node its runs) and each is restarted, counted and, if it keeps
+        failing, named by ``/healthz``. Cancelling ``upkeep`` stops both.
+        """
+        supervisor = self.store.supervisor
+        tasks = [supervisor.spawn("run-recovery", self._recovery_loop)]
+        if self.leases is not None:
+            tasks.append(supervisor.spawn("lease-renewal", self._renewal_loop))
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _renewal_loop(self) -> None:
+        """Renew first: after a crash the leases may be close to expiring."""
+        assert self.leases is not None
+        while True:
+            try:
+                await self.leases.renew_leases(list(self._tasks), self.node_id, self.lease_ttl_s)
+            except SessionStreamError as exc:
+                log.warning("lease renewal failed (%s); retrying", exc.message)
+            await asyncio.sleep(self.upkeep_s)
+
+    async def _recovery_loop(self) -> None:
         while True:
             await asyncio.sleep(self.upkeep_s)
             await self.retry_unended()
             if self.leases is None:
                 continue
             try:
-                await self.leases.renew_leases(list(self._tasks), self.node_id, self.lease_ttl_s)
                 recovered = await self.recover_orphans()
             except SessionStreamError as exc:
-                log.warning("lease upkeep failed (%s); retrying", exc.message)
+                log.warning("run recovery failed (%s); retrying", exc.message)
                 continue
             if recovered:
                 log.warning("ended %d run(s) whose node stopped renewing its lease", recovered)

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import logging
 import secrets
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from sessionstream.core.errors import NotFound, SessionStreamError
+from sessionstream.core.ids import uuid7
 from sessionstream.core.readmodels import (
     ExamplesRunInput,
     JsonObject,
@@ -108,7 +108,7 @@ class Sessions:
         campaign = await owned_campaign(self.store, campaign_id, user_id)
         if not any(n["id"] == node_id for n in campaign.body["nodes"]):
             raise NotFound(f"node {node_id} is not a sequence node of campaign {campaign_id}")
-        session_id = idem_uuid(user_id, idempotency_key, "session") or str(uuid.uuid4())
+        session_id = idem_uuid(user_id, idempotency_key, "session") or uuid7()
         event_id = idem_uuid(user_id, idempotency_key, EventType.SESSION_CREATED)
         event = NewEvent(
             EventType.SESSION_CREATED,

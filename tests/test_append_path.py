@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -46,6 +47,22 @@ def test_record_hash_is_the_canonical_hash(
     assert record.hash == recompute_hash(GENESIS_HASH, record)
     assert record.encoded == (canonical_json(data), canonical_json(metadata))
     assert json.loads(record.encoded[0]) == data
+
+
+@given(value=JSON)
+def test_canonical_json_spells_values_as_the_standard_encoder(value: Any) -> None:
+    """The encoder built once spells every value as ``json.dumps`` with the same options."""
+    expected = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    assert canonical_json(value) == expected
+
+
+def test_canonical_json_refuses_a_cycle_as_a_value_error() -> None:
+    """A cycle is bad data (``ValueError``, which the planner refuses alone), not a crash."""
+    looped: list[Any] = []
+    looped.append(looped)
+    with pytest.raises(ValueError):
+        canonical_json({"a": looped})
+    assert canonical_json({"b": [1], "a": None}) == '{"a":null,"b":[1]}'
 
 
 def test_projector_folds_interleaved_streams_as_the_reference_fold() -> None:

@@ -80,7 +80,7 @@ def test_export_of_an_unknown_campaign_or_session_is_an_error(tmp_path: Path, ca
     # the whole log of the same store still exports, and exits 0
     code, out, err = _run(capsys, "export", "--db", db)
     # the user and its token, after the line holding the signed checkpoint
-    assert code == 0 and out.count("\n") == 3 and out.startswith("{\"checkpoint\""), err
+    assert code == 0 and out.count("\n") == 3 and out.startswith('{"checkpoint"'), err
 
 
 def test_the_import_hint_names_the_store_and_runs_as_printed(
@@ -99,7 +99,7 @@ def test_the_import_hint_names_the_store_and_runs_as_printed(
     assert "--allow-gaps" not in argv  # the whole log has no gaps
     assert _run(capsys, *argv[1:])[0] == 0
     monkeypatch.setenv("SESSIONSTREAM_DATABASE_URL", "postgresql://u:secret@db/x")
-    from sessionstream.cli.maintenance import verify_command
+    from sessionstream.cli.transfer import verify_command
     from sessionstream.core.settings import Settings
 
     settings = Settings.from_env()

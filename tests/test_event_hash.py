@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import time
 import uuid
 from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
 
+from sessionstream.core.ids import uuid7, uuid7_hex
 from sessionstream.eventstore.model import canonical_json, event_hash, new_event_id
 
 json_values = st.recursive(
@@ -65,16 +67,26 @@ def test_a_known_event_keeps_its_hash() -> None:
     assert got == hashlib.sha256(("0" * 64 + body).encode()).hexdigest()
 
 
-def test_new_event_ids_are_random_version_4_uuids() -> None:
+def test_new_event_ids_are_version_7_uuids_that_sort_by_time() -> None:
+    before = time.time_ns() // 1_000_000
     ids = [new_event_id() for _ in range(2000)]
+    after = time.time_ns() // 1_000_000
     assert len(set(ids)) == len(ids)
     for text in ids:
         parsed = uuid.UUID(text)
-        assert (parsed.version, parsed.variant) == (4, uuid.RFC_4122)
-        assert str(parsed) == text  # spelled exactly as str(uuid.uuid4()) spells it
-    # every bit outside the version and variant fields varies
-    fixed = ~((0xF << 76) | (0x3 << 62)) & (2**128 - 1)
+        assert (parsed.version, parsed.variant) == (7, uuid.RFC_4122)
+        assert str(parsed) == text  # spelled exactly as str(uuid.UUID(...)) spells it
+        assert before <= parsed.int >> 80 <= after  # the millisecond it was made
+    # every bit below the timestamp outside the version and variant fields varies
+    fixed = ((1 << 80) - 1) & ~((0xF << 76) | (0x3 << 62))
     first, varying = uuid.UUID(ids[0]).int, 0
     for text in ids[1:]:
-        varying |= first ^ uuid.UUID(text).int
+        varying |= (first ^ uuid.UUID(text).int) & ((1 << 80) - 1)
     assert varying == fixed
+
+
+def test_ids_made_in_a_later_millisecond_sort_after_earlier_ones() -> None:
+    early = [uuid7(1_700_000_000_000) for _ in range(50)]
+    late = [uuid7(1_700_000_000_001) for _ in range(50)]
+    assert max(early) < min(late)
+    assert uuid7_hex(1_700_000_000_000)[:12] == f"{1_700_000_000_000:012x}"

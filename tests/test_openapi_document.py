@@ -9,6 +9,7 @@ from openapi_spec_validator import validate
 
 from sessionstream.server.openapi import DOC
 from sessionstream.server.openapi_text import OPERATIONS, TAGS
+from sessionstream.server.schemas import MAX_IDEMPOTENCY_KEY
 from tests.conftest import Api
 
 S = "/api/campaigns/ai-chat-sessions"
@@ -60,6 +61,23 @@ async def test_the_limits_are_the_configured_ones(make_api: Any) -> None:
     turn = doc["paths"][S + "/{id}/turn"]["post"]
     assert "500" in turn["responses"] and "409" in turn["responses"]
     assert "Idempotency-Key" in turn["description"]
+    for path, method in (
+        (S, "post"),
+        (S + "/{id}/turn", "post"),
+        (S + "/{id}/generate-examples", "post"),
+    ):
+        declared = {p["name"]: p for p in doc["paths"][path][method]["parameters"]}
+        assert declared["Idempotency-Key"]["in"] == "header", path
+        assert declared["Idempotency-Key"]["schema"]["maxLength"] == MAX_IDEMPOTENCY_KEY
+    # and the bound it declares is the one enforced, with nothing started
+    r = await api.client.post(
+        f"{S}/{session['id']}/turn",
+        json={"message": "hi"},
+        headers={**api.h(), "Idempotency-Key": "k" * (MAX_IDEMPOTENCY_KEY + 1)},
+    )
+    assert r.status == 400 and (await r.json())["error"]["code"] == "validation_error"
+    row = await api.client.get(f"{S}/{session['id']}", headers=api.h())
+    assert (await row.json())["session"]["task_status"] is None
     get = doc["paths"][S + "/{id}"]["get"]["responses"]["200"]
     assert "ETag" in get["headers"]
 

@@ -6,8 +6,16 @@ import asyncpg
 
 from sessionstream.core.errors import SessionStreamError, StorageUnavailable
 
-#: what asyncpg raises when the database, or the way to it, fails
-DRIVER_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+#: what asyncpg raises when the database, or the way to it, fails; ``InternalClientError``
+#: ("cannot switch to state ...") comes from a connection broken mid-protocol (a frozen
+#: primary in a failover) and once killed a node's event pump
+DRIVER_ERRORS = (
+    OSError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    TimeoutError,
+)
 
 
 def translate_pg_error(exc: BaseException) -> SessionStreamError:
@@ -20,7 +28,7 @@ def translate_pg_error(exc: BaseException) -> SessionStreamError:
     if state == "25006":
         return StorageUnavailable("the database is read-only (a standby?): nothing was written")
     if state.startswith(("08", "57")) or isinstance(
-        exc, OSError | TimeoutError | asyncpg.InterfaceError
+        exc, OSError | TimeoutError | asyncpg.InterfaceError | asyncpg.InternalClientError
     ):
         return StorageUnavailable(f"lost the PostgreSQL connection ({exc}); retry")
     if state.startswith("53"):

@@ -60,15 +60,23 @@ class LogPump:
         self._wake.set()
 
     async def run(self) -> None:
-        """Publish forever; owned and cancelled by the store."""
-        last_poll = time.monotonic()
+        """Publish forever; the store's supervisor owns it and calls it again after a crash.
+
+        Everything the pump knows lives on the object, and the hub's
+        published position is where publishing resumes, so a restarted pump
+        goes on from the last position it delivered: subscribers stay
+        registered on the hub meanwhile and get the next position next. It
+        polls the head at once, in case the crash swallowed a notification.
+        """
+        last_poll: float | None = None
+        self._wake.set()
         while True:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.poll_interval_s):
                     await self._wake.wait()
             self._wake.clear()
             try:
-                if time.monotonic() - last_poll >= self.poll_interval_s:
+                if last_poll is None or time.monotonic() - last_poll >= self.poll_interval_s:
                     last_poll = time.monotonic()
                     self.head_moved(await self._poll())
                 await self.drain()

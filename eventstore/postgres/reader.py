@@ -13,9 +13,15 @@ from typing import Any
 import asyncpg
 
 from sessionstream.core.errors import StorageUnavailable
-from sessionstream.eventstore.model import Doc, RecordedEvent, row_to_doc, row_to_event
+from sessionstream.eventstore.model import (
+    Doc,
+    RecordedEvent,
+    StoredEvent,
+    row_to_doc,
+    row_to_event,
+)
 from sessionstream.eventstore.postgres.errors import DRIVER_ERRORS, translate_pg_error
-from sessionstream.eventstore.postgres.schema import DOC_COLUMNS, EVENT_COLUMNS
+from sessionstream.eventstore.postgres.schema import DOC_COLUMNS, EVENT_COLUMNS, POSITION_AT
 
 
 class PostgresReader:
@@ -82,6 +88,39 @@ class PostgresReader:
         query += f" ORDER BY position LIMIT ${len(args)}"
         return [row_to_event(r) for r in await self.fetch(query, *args)]
 
+    async def read_page(
+        self,
+        after_position: int,
+        *,
+        max_rows: int,
+        max_bytes: int,
+        keys: frozenset[str] | None = None,
+        to_position: int | None = None,
+    ) -> list[StoredEvent]:
+        """See ``EventStore.read_page``: sizes first (``octet_length`` reads a TOASTed
+        value's size without fetching it), then only the rows inside the budget."""
+        args: list[Any] = [after_position]
+        where = "position > $1"
+        if keys is not None:
+            if not keys:
+                return []
+            args.append(list(keys))
+            where += f" AND (stream_id = ANY(${len(args)}) OR correlation_id = ANY(${len(args)}))"
+        if to_position is not None:
+            args.append(to_position)
+            where += f" AND position <= ${len(args)}"
+        args.extend((max_rows, max_bytes))
+        query = (
+            "WITH sized AS (SELECT position, octet_length(data) + octet_length(metadata) AS size "
+            f"FROM events WHERE {where} ORDER BY position LIMIT ${len(args) - 1}), "
+            "running AS (SELECT position, SUM(size) OVER (ORDER BY position) AS total, "
+            "ROW_NUMBER() OVER (ORDER BY position) AS n FROM sized) "
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE position IN "
+            f"(SELECT position FROM running WHERE n = 1 OR total <= ${len(args)}) "
+            "ORDER BY position"
+        )
+        return [StoredEvent.from_row(r) for r in await self.fetch(query, *args)]
+
     async def head_position(self) -> int:
         return int(await self.fetchval("SELECT head FROM log_head WHERE id = 1"))
 
@@ -96,9 +135,7 @@ class PostgresReader:
         return None if value is None else int(value)
 
     async def position_at(self, timestamp: str) -> int:
-        value = await self.fetchval(
-            "SELECT COALESCE(MAX(position), 0) FROM events WHERE recorded_at <= $1", timestamp
-        )
+        value = await self.fetchval(POSITION_AT, timestamp)  # a seek: eventstore/clock.py
         return int(value)
 
     async def get_doc(self, kind: str, key: str) -> Doc | None:

@@ -19,6 +19,7 @@ from typing import Any
 
 from sessionstream.core.errors import StorageUnavailable
 from sessionstream.eventstore.batch import StreamHead
+from sessionstream.eventstore.clock import EXCEPTIONS_OF_LOG
 from sessionstream.eventstore.model import Doc, RecordedEvent
 from sessionstream.eventstore.snapshots import Snapshot
 
@@ -110,6 +111,17 @@ MIGRATIONS: tuple[str, ...] = (
     -- the row integration locks: one process at a time moves the tree's size
     INSERT INTO meta (key, value) VALUES ('merkle:size', '0') ON CONFLICT DO NOTHING;
     """,
+    # 4: time as an index seek (eventstore/clock.py): the events written before appends
+    # clamped their time whose time fell back, and the index ordered as the seek reads it
+    f"""
+    CREATE TABLE clock_exceptions (
+        position    BIGINT PRIMARY KEY,
+        recorded_at TEXT COLLATE "C" NOT NULL
+    );
+    INSERT INTO clock_exceptions (position, recorded_at) {EXCEPTIONS_OF_LOG};
+    DROP INDEX events_recorded_at;
+    CREATE INDEX events_recorded_at ON events (recorded_at, position);
+    """,
 )
 
 LATEST = len(MIGRATIONS)
@@ -186,6 +198,7 @@ WITH ev AS (
     GROUP BY s.stream_id, s.kind
 )
 SELECT (SELECT head FROM log_head WHERE id = 1) AS head,
+       (SELECT max(recorded_at) FROM events) AS newest,
        (SELECT array_agg(ev ORDER BY position) FROM ev) AS events,
        (SELECT array_agg(st) FROM st) AS streams,
        (SELECT array_agg(dk) FROM dk) AS docs,
@@ -239,6 +252,19 @@ WITH d AS (
 INSERT INTO snapshots (stream_id, kind, version, position, state)
 SELECT * FROM unnest($11::text[], $12::text[], $13::int[], $14::bigint[], $15::text[])
 {_SNAPSHOT_UPSERT}
+"""
+
+INSERT_CLOCK_EXCEPTIONS = (
+    "INSERT INTO clock_exceptions (position, recorded_at) "
+    "SELECT * FROM unnest($1::bigint[], $2::text[]) ON CONFLICT (position) DO NOTHING"
+)
+#: the last position recorded at or before a time: the index's seek, or a later exception
+POSITION_AT = """
+SELECT COALESCE(GREATEST(
+    (SELECT position FROM events WHERE recorded_at <= $1
+     ORDER BY recorded_at DESC, position DESC LIMIT 1),
+    (SELECT max(position) FROM clock_exceptions WHERE recorded_at <= $1)
+), 0)
 """
 
 RECORD_META = (

@@ -25,8 +25,15 @@ from typing import Any
 import asyncpg
 
 from sessionstream.core.errors import SessionStreamError, StorageUnavailable
-from sessionstream.eventstore.base import EventStore
-from sessionstream.eventstore.model import AppendRequest, AppendResult, Doc, RecordedEvent
+from sessionstream.eventstore.base import DEFAULT_CATCHUP_READS, DEFAULT_PAGE_BYTES, EventStore
+from sessionstream.eventstore.groupcommit import Outcome, Pending
+from sessionstream.eventstore.model import (
+    AppendRequest,
+    AppendResult,
+    Doc,
+    RecordedEvent,
+    StoredEvent,
+)
 from sessionstream.eventstore.postgres import schema as sql
 from sessionstream.eventstore.postgres.errors import DRIVER_ERRORS, translate_pg_error
 from sessionstream.eventstore.postgres.pump import LogPump
@@ -49,6 +56,8 @@ class PostgresEventStore(EventStore):
         max_batch: int = 2000,
         max_pending: int = 10_000,
         max_queue: int = 1024,
+        page_bytes: int = DEFAULT_PAGE_BYTES,
+        catchup_reads: int = DEFAULT_CATCHUP_READS,
         pool_size: int = 10,
         poll_interval_s: float = 1.0,
         command_timeout_s: float = 60.0,
@@ -56,7 +65,12 @@ class PostgresEventStore(EventStore):
         **_sqlite_only: Any,  # readers, cache_size, busy_retries: meaningless here
     ) -> None:
         super().__init__(
-            projections, max_queue=max_queue, max_batch=max_batch, max_pending=max_pending
+            projections,
+            max_queue=max_queue,
+            max_batch=max_batch,
+            max_pending=max_pending,
+            page_bytes=page_bytes,
+            catchup_reads=catchup_reads,
         )
         self.dsn = dsn
         self.schema = schema
@@ -74,6 +88,8 @@ class PostgresEventStore(EventStore):
         self._lconn: asyncpg.Connection | None = None
         self._writer_task: asyncio.Task[None] | None = None
         self._pump_task: asyncio.Task[None] | None = None
+        #: a committed batch whose callers were not answered yet (see ``_writer_loop``)
+        self._unanswered: tuple[list[Pending], list[Outcome]] | None = None
         self.pump = LogPump(self.hub, self._read_after, self._poll, poll_interval_s=poll_interval_s)
         self._open = False
         self._closing = False
@@ -114,8 +130,8 @@ class PostgresEventStore(EventStore):
             raise translate_pg_error(exc) from exc
         self.hub.published_position = head
         self.pump.head_moved(head)  # a NOTIFY may have come in already
-        self._writer_task = asyncio.create_task(self._writer_loop(), name="pg-writer")
-        self._pump_task = asyncio.create_task(self.pump.run(), name="pg-pump")
+        self._writer_task = self.supervisor.spawn("pg-writer", self._writer_loop)
+        self._pump_task = self.supervisor.spawn("pg-pump", self.pump.run)
         self._open = True
         try:
             if await self._stale_projections():
@@ -210,7 +226,17 @@ class PostgresEventStore(EventStore):
         return await self.commits.submit(requests)
 
     async def _writer_loop(self) -> None:
+        """Group-commit forever; supervised, so a crash resumes here.
+
+        A crash after a commit leaves that batch's callers unanswered: they
+        get their outcomes first. Its events need no republishing: the pump
+        reads whatever committed past the hub's position (``NOTIFY`` and its
+        poll tell it the head moved).
+        """
         commits = self.commits
+        unanswered, self._unanswered = self._unanswered, None
+        if unanswered is not None:
+            commits.answer(*unanswered)
         while True:
             batch = await commits.next_batch()
             try:
@@ -222,8 +248,10 @@ class PostgresEventStore(EventStore):
                 if isinstance(exc, asyncio.CancelledError):
                     raise
                 continue
+            self._unanswered = (batch, outcomes)
             for run in runs:
                 self.pump.committed(run)
+            self._unanswered = None
             appended = commits.answer(batch, outcomes)
             if self.on_batch is not None:
                 self.on_batch(len(batch), appended)
@@ -288,6 +316,23 @@ class PostgresEventStore(EventStore):
     ) -> list[RecordedEvent]:
         return await self._reader.read_all(
             after_position, limit=limit, keys=keys, to_position=to_position
+        )
+
+    async def read_page(
+        self,
+        after_position: int,
+        *,
+        max_rows: int,
+        max_bytes: int,
+        keys: frozenset[str] | None = None,
+        to_position: int | None = None,
+    ) -> list[StoredEvent]:
+        return await self._reader.read_page(
+            after_position,
+            max_rows=max_rows,
+            max_bytes=max_bytes,
+            keys=keys,
+            to_position=to_position,
         )
 
     async def head_position(self) -> int:

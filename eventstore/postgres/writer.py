@@ -36,6 +36,7 @@ from sessionstream.eventstore.batch import (
     check_request,
     check_text,
 )
+from sessionstream.eventstore.clock import exceptions, stamp
 from sessionstream.eventstore.groupcommit import Outcome, Pending
 from sessionstream.eventstore.model import Doc, RecordedEvent, row_to_doc, row_to_event, utc_now
 from sessionstream.eventstore.postgres import schema as sql
@@ -64,6 +65,8 @@ class Facts:
     """What the database holds for one batch, read under the head lock."""
 
     head: int = 0
+    #: the log's newest recorded_at (None: no event yet)
+    newest: str | None = None
     events: dict[str, RecordedEvent] = field(default_factory=dict)
     streams: dict[str, StreamHead] = field(default_factory=dict)
     docs: dict[Ident, Doc] = field(default_factory=dict)
@@ -105,6 +108,7 @@ class Facts:
         )
         assert row is not None
         self.head = int(row["head"])
+        self.newest = row["newest"]
         for event_row in row["events"] or ():
             event = row_to_event(event_row)
             self.events[event.event_id] = event
@@ -230,7 +234,7 @@ class PostgresWriter:
             facts.head,
             facts.streams,
             facts.events,
-            at=at,
+            at=stamp(at, facts.newest),
             projections=self.projections,
             load_doc=facts.doc,
             snapshot_every=self.snapshot_every,
@@ -263,6 +267,11 @@ class PostgresWriter:
         ids = {e.event_id for e in events if storable(e.event_id)}
         await facts.read(conn, ids, stream_ids, self._doc_keys(events), self.policy.series(events))
         after = check_import(events, facts.head, facts.streams, facts.events)
+        late = exceptions(events, facts.newest)[0]
+        if late:
+            await conn.execute(
+                sql.INSERT_CLOCK_EXCEPTIONS, [p for p, _ in late], [t for _, t in late]
+            )
         while True:
             refold = Refold(
                 self.projections,

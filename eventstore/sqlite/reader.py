@@ -16,11 +16,18 @@ from typing import Any
 import aiosqlite
 
 from sessionstream.core.errors import StorageUnavailable
-from sessionstream.eventstore.model import Doc, RecordedEvent, row_to_doc, row_to_event
+from sessionstream.eventstore.model import (
+    Doc,
+    RecordedEvent,
+    StoredEvent,
+    row_to_doc,
+    row_to_event,
+)
 from sessionstream.eventstore.sqlite.cache import DocCache
 from sessionstream.eventstore.sqlite.schema import (
     DOC_COLUMNS,
     EVENT_COLUMNS,
+    POSITION_AT,
     translate_sqlite_error,
 )
 
@@ -107,6 +114,41 @@ class SQLiteReader:
         params.append(limit)
         return [row_to_event(r) for r in await self._fetchall(sql, params)]
 
+    async def read_page(
+        self,
+        after_position: int,
+        *,
+        max_rows: int,
+        max_bytes: int,
+        keys: frozenset[str] | None = None,
+        to_position: int | None = None,
+    ) -> list[StoredEvent]:
+        """See ``EventStore.read_page``. One statement, so one snapshot and one thread hop:
+        the sizes of at most ``max_rows`` rows are summed first (integers only), then just
+        the rows inside the budget are fetched, their data left unparsed."""
+        where = "position > ?"
+        params: list[Any] = [after_position]
+        if keys is not None:
+            if not keys:
+                return []
+            marks = ",".join("?" * len(keys))
+            where += f" AND (stream_id IN ({marks}) OR correlation_id IN ({marks}))"
+            params.extend(keys)
+            params.extend(keys)
+        if to_position is not None:
+            where += " AND position <= ?"
+            params.append(to_position)
+        params.extend((max_rows, max_bytes))
+        sql = (
+            "WITH sized AS (SELECT position, length(data) + length(metadata) AS size "
+            f"FROM events WHERE {where} ORDER BY position LIMIT ?), "
+            "running AS (SELECT position, SUM(size) OVER (ORDER BY position) AS total, "
+            "ROW_NUMBER() OVER (ORDER BY position) AS n FROM sized) "
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE position IN "
+            "(SELECT position FROM running WHERE n = 1 OR total <= ?) ORDER BY position"
+        )
+        return [StoredEvent.from_row(r) for r in await self._fetchall(sql, params)]
+
     async def head_position(self) -> int:
         rows = await self._fetchall("SELECT COALESCE(MAX(position), 0) FROM events", ())
         return int(rows[0][0])
@@ -123,9 +165,7 @@ class SQLiteReader:
         return int(rows[0][0]) if rows else None
 
     async def position_at(self, timestamp: str) -> int:
-        rows = await self._fetchall(
-            "SELECT COALESCE(MAX(position), 0) FROM events WHERE recorded_at <= ?", (timestamp,)
-        )
+        rows = await self._fetchall(POSITION_AT, (timestamp,))  # a seek: eventstore/clock.py
         return int(rows[0][0])
 
     async def get_doc(self, kind: str, key: str) -> Doc | None:

@@ -15,7 +15,8 @@ from sessionstream.core.errors import SessionStreamError, StorageUnavailable
 from sessionstream.eventstore.model import Doc, RecordedEvent
 from sessionstream.eventstore.snapshots import Snapshot
 
-SCHEMA_VERSION = 1
+#: 2: ``clock_exceptions`` (``eventstore/clock.py``); a version 1 file gets it on open
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -72,6 +73,11 @@ CREATE TABLE IF NOT EXISTS merkle_nodes (
     hash  BLOB NOT NULL,
     PRIMARY KEY (level, idx)
 ) WITHOUT ROWID;
+-- events whose recorded_at is below an earlier position's (eventstore/clock.py)
+CREATE TABLE IF NOT EXISTS clock_exceptions (
+    position    INTEGER PRIMARY KEY,
+    recorded_at TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS checkpoints (
     size        INTEGER PRIMARY KEY,
     root        BLOB NOT NULL,
@@ -98,6 +104,22 @@ UPSERT_DOC = (
     "active = excluded.active, deleted = excluded.deleted, "
     "version = excluded.version, position = excluded.position, body = excluded.body"
 )
+#: the log's head and newest time, under the write lock: two seeks (``eventstore/clock.py``)
+HEAD_AND_CLOCK = (
+    "SELECT (SELECT COALESCE(MAX(position), 0) FROM events), (SELECT MAX(recorded_at) FROM events)"
+)
+INSERT_CLOCK_EXCEPTION = (
+    "INSERT OR REPLACE INTO clock_exceptions (position, recorded_at) VALUES (?, ?)"
+)
+#: the last position recorded at or before a time: the index's seek, or a later exception
+POSITION_AT = """
+SELECT COALESCE(MAX(p), 0) FROM (
+    SELECT (SELECT position FROM events WHERE recorded_at <= ?1
+            ORDER BY recorded_at DESC, position DESC LIMIT 1) AS p
+    UNION ALL
+    SELECT MAX(position) FROM clock_exceptions WHERE recorded_at <= ?1
+)
+"""
 LAST_SNAPSHOT = "SELECT COALESCE(MAX(version), 0) FROM snapshots WHERE stream_id = ? AND kind = ?"
 INSERT_SNAPSHOT = (
     "INSERT OR REPLACE INTO snapshots(stream_id, kind, version, position, state) "

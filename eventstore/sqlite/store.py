@@ -28,8 +28,15 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sessionstream.core.errors import SessionStreamError, StorageUnavailable
-from sessionstream.eventstore.base import EventStore
-from sessionstream.eventstore.model import AppendRequest, AppendResult, Doc, RecordedEvent
+from sessionstream.eventstore.base import DEFAULT_CATCHUP_READS, DEFAULT_PAGE_BYTES, EventStore
+from sessionstream.eventstore.groupcommit import Outcome, Pending
+from sessionstream.eventstore.model import (
+    AppendRequest,
+    AppendResult,
+    Doc,
+    RecordedEvent,
+    StoredEvent,
+)
 from sessionstream.eventstore.projector import Projection
 from sessionstream.eventstore.sqlite import files
 from sessionstream.eventstore.sqlite.reader import SQLiteReader
@@ -65,11 +72,18 @@ class SQLiteEventStore(EventStore):
         cache_size: int = 10_000,
         busy_retries: int = 3,
         max_queue: int = 1024,
+        page_bytes: int = DEFAULT_PAGE_BYTES,
+        catchup_reads: int = DEFAULT_CATCHUP_READS,
         on_batch: Callable[[int, int], None] | None = None,
         exclusive: bool = False,
     ) -> None:
         super().__init__(
-            projections, max_queue=max_queue, max_batch=max_batch, max_pending=max_pending
+            projections,
+            max_queue=max_queue,
+            max_batch=max_batch,
+            max_pending=max_pending,
+            page_bytes=page_bytes,
+            catchup_reads=catchup_reads,
         )
         self.path = str(path)
         self.snapshot_every = snapshot_every
@@ -86,6 +100,8 @@ class SQLiteEventStore(EventStore):
         self._reader = SQLiteReader(self.path, connections=readers, cache_size=cache_size)
         self.tree = SQLiteTree(lambda fn: self._in_writer(fn, self._writer._connection()))
         self._writer_task: asyncio.Task[None] | None = None
+        #: a committed batch whose callers were not answered yet (see ``_resume``)
+        self._unanswered: tuple[list[Pending], list[Outcome]] | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._closing = False
         self._open = False
@@ -135,7 +151,7 @@ class SQLiteEventStore(EventStore):
         await self._in_writer(self._writer.open)
         await self._reader.open()
         self.hub.published_position = await self.head_position()
-        self._writer_task = asyncio.create_task(self._writer_loop(), name="sqlite-writer")
+        self._writer_task = self.supervisor.spawn("sqlite-writer", self._writer_loop)
         self._open = True
         stale = await self._in_writer(self._writer.stale_projections)
         if stale:
@@ -191,7 +207,9 @@ class SQLiteEventStore(EventStore):
         return await self.commits.submit(requests)
 
     async def _writer_loop(self) -> None:
+        """Group-commit forever; supervised, so a crash resumes here with ``_resume``."""
         commits = self.commits
+        await self._resume()
         while True:
             batch = await commits.next_batch()
             try:
@@ -208,11 +226,32 @@ class SQLiteEventStore(EventStore):
                 if isinstance(exc, asyncio.CancelledError):
                     raise
                 continue
+            self._unanswered = (batch, plan.outcomes)
             self._reader.cache.put_all(plan.docs)
+            self._unanswered = None
             commits.answer(batch, plan.outcomes)
             self.hub.publish(plan.records)  # the batch's new events, in position order
             if self.on_batch is not None:
                 self.on_batch(len(batch), len(plan.records))
+
+    async def _resume(self) -> None:
+        """After a crash past a commit: answer its callers, publish what the hub missed.
+
+        The batch committed, so its callers get their outcomes (with the read
+        cache emptied first: it may hold part of the batch). Subscribers get
+        every event after the hub's published position, read back from the
+        log, so none of them misses one; a first start has nothing to do.
+        """
+        unanswered, self._unanswered = self._unanswered, None
+        if unanswered is not None:
+            self._reader.cache.clear()
+            self.commits.answer(*unanswered)
+        head = await self.head_position()
+        while self.hub.published_position < head:
+            page = await self.read_all(self.hub.published_position, limit=1000)
+            if not page:
+                break
+            self.hub.publish(page)
 
     async def import_events(self, events: Sequence[RecordedEvent]) -> None:
         if not self._open or self._closing:
@@ -253,6 +292,23 @@ class SQLiteEventStore(EventStore):
     ) -> list[RecordedEvent]:
         return await self._reader.read_all(
             after_position, limit=limit, keys=keys, to_position=to_position
+        )
+
+    async def read_page(
+        self,
+        after_position: int,
+        *,
+        max_rows: int,
+        max_bytes: int,
+        keys: frozenset[str] | None = None,
+        to_position: int | None = None,
+    ) -> list[StoredEvent]:
+        return await self._reader.read_page(
+            after_position,
+            max_rows=max_rows,
+            max_bytes=max_bytes,
+            keys=keys,
+            to_position=to_position,
         )
 
     async def head_position(self) -> int:

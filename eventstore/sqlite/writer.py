@@ -32,6 +32,7 @@ from sessionstream.eventstore.batch import (
     Unknown,
     check_import,
 )
+from sessionstream.eventstore.clock import EXCEPTIONS_OF_LOG, exceptions, stamp
 from sessionstream.eventstore.groupcommit import Pending
 from sessionstream.eventstore.model import (
     Doc,
@@ -46,6 +47,8 @@ from sessionstream.eventstore.sqlite.cache import DocCache
 from sessionstream.eventstore.sqlite.schema import (
     DOC_COLUMNS,
     EVENT_COLUMNS,
+    HEAD_AND_CLOCK,
+    INSERT_CLOCK_EXCEPTION,
     INSERT_EVENT,
     INSERT_SNAPSHOT,
     LAST_SNAPSHOT,
@@ -62,7 +65,6 @@ from sessionstream.eventstore.sqlite.schema import (
 
 log = logging.getLogger("sessionstream.eventstore")
 
-HEAD = "SELECT COALESCE(MAX(position), 0) FROM events"
 #: a rebuild folds the log this many events at a time, each document written once per page
 REBUILD_PAGE = 5000
 
@@ -153,6 +155,8 @@ class SQLiteWriter:
                     f"{SCHEMA_VERSION}; upgrade sessionstream"
                 )
             conn.executescript(SCHEMA)
+            if version == 1:  # written before appends clamped their time: find where it fell back
+                conn.executemany(INSERT_CLOCK_EXCEPTION, conn.execute(EXCEPTIONS_OF_LOG).fetchall())
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except BaseException as exc:
             conn.close()  # a file that is not a database, or not writable: nothing left open
@@ -217,7 +221,7 @@ class SQLiteWriter:
         self, conn: sqlite3.Connection, batch: list[Pending], at: str, *, optimistic: bool
     ) -> BatchPlanner:
         """A planner on what the transaction sees (the write lock is held)."""
-        head = conn.execute(HEAD).fetchone()[0]
+        head, newest = conn.execute(HEAD_AND_CLOCK).fetchone()
         streams = read_stream_heads(conn, {r.stream_id for p in batch for r in p.requests})
         stored: dict[str, RecordedEvent] = {}
         if not optimistic:
@@ -231,7 +235,7 @@ class SQLiteWriter:
             head,
             streams,
             stored,
-            at=at,
+            at=stamp(at, newest),
             optimistic=optimistic,
             projections=self.projections,
             load_doc=self._load_doc,
@@ -301,9 +305,10 @@ class SQLiteWriter:
         self._cache.clear()
         conn.execute("BEGIN IMMEDIATE")
         try:
-            head = conn.execute(HEAD).fetchone()[0]
+            head, newest = conn.execute(HEAD_AND_CLOCK).fetchone()
             streams = read_stream_heads(conn, {e.stream_id for e in events})
             after = check_import(events, head, streams)  # a stored id: UNIQUE refuses it
+            conn.executemany(INSERT_CLOCK_EXCEPTION, exceptions(events, newest)[0])
             try:
                 conn.executemany(INSERT_EVENT, [event_row(e) for e in events])
             except sqlite3.IntegrityError as exc:

@@ -71,6 +71,9 @@ export class Api {
   sessions(campaignId) { return this.request('GET', `${SESSIONS}?campaign_id=${enc(campaignId)}`); }
   session(id) { return this.request('GET', `${SESSIONS}/${enc(id)}`); }
   run(runId) { return this.request('GET', `/api/runs/${enc(runId)}`); }
+  diff(id, from, to) {
+    return this.request('GET', `${SESSIONS}/${enc(id)}/diff?from=${from}&to=${to}`);
+  }
   events(id, after = 0, limit = 200) {
     return this.request('GET', `${SESSIONS}/${enc(id)}/events?after=${after}&limit=${limit}`);
   }
@@ -97,6 +100,7 @@ export class Api {
   rollbackDraft(id, index) {
     return this.request('POST', `${SESSIONS}/${enc(id)}/draft/rollback`, { index });
   }
+  fork(id, position) { return this.request('POST', `${SESSIONS}/${enc(id)}/fork`, { position }); }
   cancelRun(runId) { return this.request('POST', `/api/runs/${enc(runId)}/cancel`); }
 }
 

@@ -1,6 +1,7 @@
 // Side-by-side diffs of two revisions, computed in the browser from the session
-// row the console already holds (skeleton_history, draft_history), so no diff
-// endpoint is needed and a diff costs no request.
+// row the console already holds (skeleton_history, draft_history). The history
+// view asks the server (GET .../diff) whenever both revisions are events of the
+// session; this is for the ones no event names: a draft_history a PATCH wrote whole.
 //
 // Lines are matched by a longest common subsequence: skeletons and drafts are
 // tens of lines, so the O(n*m) table takes microseconds, and an LCS is

@@ -1,7 +1,10 @@
 // The History tab: skeleton and draft revisions, newest first, each labelled
-// with where it came from (a run's revision, a rollback, an edit), rollback
-// buttons, side-by-side diffs between any two revisions, and a notice when a
-// skeleton rollback left a draft that was written for another skeleton.
+// with where it came from (a run's revision, a rollback, an edit), rollback and
+// "fork from here" buttons, the diff between any two revisions, and a notice
+// when a skeleton rollback left a draft that was written for another skeleton.
+// The diff is the server's (GET .../diff, services/diff.py), so every client
+// reads the same answer; only a revision no event names (a draft_history written
+// whole by a PATCH) falls back to comparing its text here, side by side.
 // (container, data, callbacks) -> DOM, like console-panels.js.
 
 import { diffLines, draftLines, skeletonLines } from './console-diff.js';
@@ -85,8 +88,54 @@ function picker(testid, versions, selected, onchange) {
     versions.map((v) => el('option', { value: v.key, selected: v.key === selected }, v.current ? `${v.label} (current)` : v.label)));
 }
 
-/** The compare box: two pickers and the diff of the two revisions they name. */
-function compareBox(kind, versions, pick, toLines, onCompare) {
+const shown = (value) => (typeof value === 'string' ? value : JSON.stringify(value, null, 1));
+
+/** A unified diff's lines, each with its kind: a hunk header, a removal, an addition, context. */
+function unifiedLines(text) {
+  return (text || '').split('\n').filter((line) => line !== '').map((line) => {
+    if (line.startsWith('---') || line.startsWith('+++')) return { kind: 'file', line };
+    if (line.startsWith('@@')) return { kind: 'hunk', line };
+    if (line.startsWith('-')) return { kind: 'del', line };
+    if (line.startsWith('+')) return { kind: 'add', line };
+    return { kind: 'same', line };
+  });
+}
+
+/** The server's diff of two revisions: changed skeleton fields, or the draft's unified diffs. */
+function serverDiff(kind, answer) {
+  if (answer.state === 'loading') {
+    return el('p', { class: 'muted small', testid: `${kind}-diff-loading` }, 'Comparing…');
+  }
+  if (answer.state === 'error') {
+    return el('p', { class: 'run-error', testid: `${kind}-diff-error` }, answer.message);
+  }
+  const { diff } = answer;
+  const summary = (count, noun) => el('p', { class: 'muted small', testid: `${kind}-diff-summary` },
+    count ? `${count} ${noun}${count === 1 ? '' : 's'} differ` : 'No differences.');
+  if (kind === 'skeleton') {
+    return el('div', { class: 'diff-wrap', testid: 'skeleton-diff', dataset: { from: diff.from, to: diff.to } },
+      summary(diff.skeleton.length, 'field'),
+      diff.skeleton.length ? el('table', { class: 'fields' },
+        el('thead', {}, el('tr', {}, el('th', {}, 'field'), el('th', {}, 'before'), el('th', {}, 'after'))),
+        el('tbody', {}, diff.skeleton.map((change) => el('tr', { testid: 'field-change', dataset: { field: change.field } },
+          el('td', { class: 'fc-name' }, change.field),
+          el('td', { class: 'dt dl' }, shown(change.before)),
+          el('td', { class: 'dt dr' }, shown(change.after)))))) : null);
+  }
+  const lines = [...unifiedLines(diff.draft_subject), ...unifiedLines(diff.draft_body)];
+  const changed = lines.filter((l) => l.kind === 'add' || l.kind === 'del').length;
+  return el('div', { class: 'diff-wrap', testid: 'draft-diff', dataset: { from: diff.from, to: diff.to } },
+    summary(changed, 'line'),
+    lines.length ? el('pre', { class: 'unified', testid: 'draft-unified' },
+      lines.map(({ kind: k, line }) => el('span', { class: `u-${k}`, testid: 'unified-line', dataset: { kind: k } }, `${line}\n`))) : null);
+}
+
+/**
+ * The compare box: two pickers and the diff of the two revisions they name.
+ * `diffOf(left, right)` answers {state: 'loading'|'error'|'ok', ...} for two revisions
+ * events name, or null when one has no event (then the text is compared here).
+ */
+function compareBox(kind, versions, pick, toLines, onCompare, diffOf) {
   if (versions.length < 2) {
     return el('p', { class: 'muted small', testid: `${kind}-compare-empty` }, 'One revision so far: nothing to compare.');
   }
@@ -99,10 +148,13 @@ function compareBox(kind, versions, pick, toLines, onCompare) {
     el('div', { class: 'compare-pick' },
       el('label', {}, 'from ', picker(`${kind}-compare-from`, versions, from, (key) => onCompare(kind, key, to))),
       el('label', {}, 'to ', picker(`${kind}-compare-to`, versions, to, (key) => onCompare(kind, from, key)))),
-    renderDiff(diffLines(toLines(left), toLines(right)), `${kind}-diff`));
+    (() => {
+      const answer = diffOf(left, right);
+      return answer ? serverDiff(kind, answer) : renderDiff(diffLines(toLines(left), toLines(right)), `${kind}-diff`);
+    })());
 }
 
-function timelineItem(kind, version, previous, { busy, onRollback, onCompare }) {
+function timelineItem(kind, version, previous, { busy, onRollback, onCompare, onFork }) {
   const rollback = version.current ? null : el('button', {
     type: 'button', class: 'small', testid: `${kind}-rollback`, disabled: busy,
     dataset: kind === 'skeleton' ? { version: String(version.version) } : { index: String(version.index) },
@@ -113,6 +165,11 @@ function timelineItem(kind, version, previous, { busy, onRollback, onCompare }) 
     type: 'button', class: 'small ghost', testid: `${kind}-diff-previous`, dataset: { key: version.key },
     title: `Compare with ${previous.label}`, onclick: () => onCompare(kind, previous.key, version.key),
   }, `diff ${previous.label}`) : null;
+  const fork = version.origin && version.origin.position ? el('button', {
+    type: 'button', class: 'small ghost', testid: `${kind}-fork`, dataset: { position: String(version.origin.position) },
+    title: 'A new session of yours, as this one was when this revision was made; this one is untouched',
+    onclick: () => onFork(version.origin.position),
+  }, 'Fork from here') : null;
   const summary = kind === 'skeleton'
     ? el('div', { class: 'tl-body subject' }, highlight(String(version.skeleton.subject || version.skeleton.hook || '')))
     : el('div', { class: 'tl-body subject' }, highlight(version.subject || ''));
@@ -125,7 +182,7 @@ function timelineItem(kind, version, previous, { busy, onRollback, onCompare }) 
     version.current ? el('span', { class: 'tl-title' }, 'current') : null,
     originLabel(version.origin, kind),
     version.replacedAt ? el('span', { class: 'muted small' }, `replaced ${formatTime(version.replacedAt)}`) : null,
-    el('span', { class: 'tl-actions' }, compare, rollback)),
+    el('span', { class: 'tl-actions' }, compare, fork, rollback)),
   summary);
 }
 
@@ -139,13 +196,26 @@ export function mismatchNotice(row, revisions) {
     + 'Send a turn to redraft it, or restore a draft written for that skeleton.');
 }
 
-/** The whole History tab. `compare` is {skeleton: {from, to}, draft: {from, to}}. */
-export function renderHistory(container, row, revisions, { busy, compare, onRollbackSkeleton, onRollbackDraft, onCompare }) {
+/**
+ * The whole History tab. `compare` is {skeleton: {from, to}, draft: {from, to}};
+ * `diffOf(fromVersion, toVersion)` is the server's diff of two session versions (or its
+ * loading/error state); `onFork(position)` forks the session at a log position.
+ */
+export function renderHistory(container, row, revisions, {
+  busy, compare, onRollbackSkeleton, onRollbackDraft, onCompare, onFork, diffOf,
+}) {
   const skeletons = skeletonVersions(row, revisions);
   const drafts = draftVersions(row, revisions);
   const items = (kind, versions, onRollback) => versions.map((version, index) => timelineItem(
-    kind, version, versions[index - 1], { busy, onRollback, onCompare },
+    kind, version, versions[index - 1], { busy, onRollback, onCompare, onFork },
   )).reverse();
+  // two revisions events name: the server compares the session at their stream versions,
+  // earlier first (the endpoint wants from <= to; the pickers may name them either way)
+  const versionsOf = (left, right) => {
+    const a = left.origin && left.origin.streamVersion;
+    const b = right.origin && right.origin.streamVersion;
+    return a && b ? diffOf(Math.min(a, b), Math.max(a, b)) : null;
+  };
   mount(
     container,
     mismatchNotice(row, revisions),
@@ -153,11 +223,11 @@ export function renderHistory(container, row, revisions, { busy, compare, onRoll
     skeletons.length
       ? el('ol', { class: 'timeline', testid: 'skeleton-history' }, items('skeleton', skeletons, onRollbackSkeleton))
       : el('p', { class: 'muted' }, 'No skeleton yet.'),
-    skeletons.length ? compareBox('skeleton', skeletons, compare.skeleton, (v) => skeletonLines(v.skeleton), onCompare) : null,
+    skeletons.length ? compareBox('skeleton', skeletons, compare.skeleton, (v) => skeletonLines(v.skeleton), onCompare, versionsOf) : null,
     el('h3', {}, 'Draft versions'),
     drafts.length
       ? el('ol', { class: 'timeline', testid: 'draft-history' }, items('draft', drafts, onRollbackDraft))
       : el('p', { class: 'muted' }, 'No draft yet.'),
-    drafts.length ? compareBox('draft', drafts, compare.draft, (v) => draftLines(v.subject, v.body), onCompare) : null,
+    drafts.length ? compareBox('draft', drafts, compare.draft, (v) => draftLines(v.subject, v.body), onCompare, versionsOf) : null,
   );
 }

@@ -138,7 +138,9 @@ export function endedBadly(runs) {
  * rollback bumps framework_version; a draft revision pushes the old draft onto
  * draft_history when there was one. `skeletons` maps version -> origin;
  * `drafts` is aligned with row.draft_history; `draft` is the current draft's.
- * An origin is {origin: 'revised'|'rollback'|'edited', to, at, position, forVersion}.
+ * An origin is {origin: 'revised'|'rollback'|'edited', to, at, position, streamVersion, forVersion}:
+ * `position` is the event's place in the log (where a fork starts), `streamVersion` its
+ * place in the session's stream (what the diff endpoint compares).
  */
 export function revisionsOf(events) {
   let version = 0;
@@ -151,25 +153,26 @@ export function revisionsOf(events) {
     const data = event.data || {};
     const at = event.recorded_at;
     const position = event.position;
+    const stamp = { at, position, streamVersion: event.version };
     if (event.type === 'session.patched') {
       const fields = data.fields || {};
       if ('framework_version' in fields) version = Number(fields.framework_version) || 0;
-      if ('skeleton' in fields) skeletons.set(version, { origin: 'edited', at, position });
+      if ('skeleton' in fields) skeletons.set(version, { origin: 'edited', ...stamp });
       if ('draft_history' in fields) {
         drafts = (Array.isArray(fields.draft_history) ? fields.draft_history : []).map(() => ({ origin: 'edited' }));
       }
       if ('draft_subject' in fields || 'draft_body' in fields) {
-        draft = { origin: 'edited', at, position, forVersion: version };
+        draft = { origin: 'edited', ...stamp, forVersion: version };
         hasDraft = fields.draft_subject != null || fields.draft_body != null;
       }
     } else if (event.type === 'skeleton.revised' || event.type === 'skeleton.rolled_back') {
       version += 1;
       const rollback = event.type === 'skeleton.rolled_back';
-      skeletons.set(version, { origin: rollback ? 'rollback' : 'revised', to: rollback ? data.to_version : null, at, position });
+      skeletons.set(version, { origin: rollback ? 'rollback' : 'revised', to: rollback ? data.to_version : null, ...stamp });
     } else if (event.type === 'draft.revised' || event.type === 'draft.rolled_back') {
       if (hasDraft) drafts.push(draft || { origin: 'edited' });
       const rollback = event.type === 'draft.rolled_back';
-      draft = { origin: rollback ? 'rollback' : 'revised', to: rollback ? data.index : null, at, position, forVersion: version };
+      draft = { origin: rollback ? 'rollback' : 'revised', to: rollback ? data.index : null, ...stamp, forVersion: version };
       hasDraft = data.draft_subject != null || data.draft_body != null;
     }
   }

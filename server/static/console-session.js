@@ -60,6 +60,7 @@ export function closeSession() {
   });
   state.fills.clear();
   state.runs.clear();
+  state.diffs.clear();
   errors.clearScope('session');
   setConn('idle');
   $('session-view').hidden = true;

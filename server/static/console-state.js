@@ -24,6 +24,7 @@ export const state = {
   log: null, // SessionLog: the session's events from the API
   view: { runs: [], revisions: { skeletons: new Map(), drafts: [], draft: null } }, // folded from the log
   compare: { skeleton: { from: null, to: null }, draft: { from: null, to: null } },
+  diffs: new Map(), // 'from-to' -> the server's diff of two versions of the open session
   replay: null, // {runId, text, done, handle}
   generation: 0, // bumped on every session switch; late async results of older ones are dropped
   // Sample leads are off by default (the checkbox in the composer): a made-up lead

@@ -5,12 +5,12 @@
 import { renderAudit, renderAuditFilters } from './console-audit.js';
 import { el, highlight, mount, stickToBottom } from './console-dom.js';
 import { mismatchNotice, renderHistory } from './console-history.js';
-import { nodeName, sessionLabel, statusLabel } from './console-lists.js';
+import { nodeName, reloadSessions, sessionLabel, statusLabel } from './console-lists.js';
 import {
   messageBubble, renderDraft, renderExamples, renderProgress, renderSkeleton, runNote,
 } from './console-panels.js';
 import { renderRuns, startReplay } from './console-runs.js';
-import { badEndings, applyRow } from './console-session.js';
+import { badEndings, applyRow, openSession } from './console-session.js';
 import { $, guard, state } from './console-state.js';
 
 /** The row with the live overlays of runs whose results are not in it yet. */
@@ -29,7 +29,9 @@ export function renderSession() {
   const row = displayRow();
   const live = [...state.runs.values()].some((r) => !r.settled && (r.skeleton || r.draft));
   $('session-title').textContent = sessionLabel(row);
-  $('session-id').textContent = `${nodeName(row.node_id)} · ${row.id}`;
+  const forked = row.forked_from
+    ? ` · forked from ${row.forked_from.session_id} at log position ${row.forked_from.position}` : '';
+  $('session-id').textContent = `${nodeName(row.node_id)} · ${row.id}${forked}`;
   renderChat();
   renderDraft($('draft-panel'), row, { live });
   const notice = mismatchNotice(row, state.view.revisions);
@@ -146,7 +148,35 @@ function renderHistoryPanel(row) {
       state.compare = { ...state.compare, [kind]: { from, to } };
       renderHistoryPanel(displayRow());
     },
+    onFork: (position) => guard(async () => {
+      const { session } = await state.api.fork(state.sessionId, position);
+      await reloadSessions();
+      await openSession(session.id);
+    }, { key: 'fork', scope: 'session' }),
+    diffOf: (from, to) => serverDiff(from, to),
   });
+}
+
+/**
+ * The server's diff of two versions of the open session, fetched once per pair (versions
+ * never change what they hold) and redrawn when it arrives; a session switch drops it.
+ */
+function serverDiff(from, to) {
+  const key = `${from}-${to}`;
+  const known = state.diffs.get(key);
+  if (known) return known;
+  const loading = { state: 'loading' };
+  state.diffs.set(key, loading);
+  const { generation, sessionId } = state;
+  state.api.diff(sessionId, from, to).then(
+    (diff) => ({ state: 'ok', diff }),
+    (error) => ({ state: 'error', message: error.message }),
+  ).then((answer) => {
+    if (generation !== state.generation) return;
+    state.diffs.set(key, answer);
+    if (state.row) renderHistoryPanel(displayRow());
+  });
+  return loading;
 }
 
 // runs and replay --------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from sessionstream.cli import audit, config, maintenance, operations
+from sessionstream.cli import audit, config, maintenance, operations, replay, transfer
 from sessionstream.cli.commands import (
     COMMANDS,
     command,
@@ -196,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     # maintenance and operations commands are declared beside the code they drive
     maintenance.add_commands(sub, common)
+    replay.add_commands(sub, common)
+    transfer.add_commands(sub, common)
     audit.add_commands(sub, common)
     operations.add_commands(sub, common)
     config.add_commands(sub, common)

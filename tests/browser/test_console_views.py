@@ -8,6 +8,7 @@ reads it in the browser. Every expectation is computed from the server's API
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Iterator
 from datetime import datetime
@@ -166,39 +167,45 @@ def test_history_labels_rollbacks_diffs_revisions_and_flags_a_stale_draft(
     assert notice.is_visible() and "v1" in notice.text_content()
     assert page.locator(f"{tid('draft-panel')} {tid('draft-mismatch')}").count() == 1
 
-    # the side-by-side diff of v1 and v2
-    page.select_option(tid("skeleton-compare-from"), label="v1")
-    page.select_option(tid("skeleton-compare-to"), label="v2")
-    rows = diff_rows(page, "skeleton-diff")
-    left, right = skeleton_lines(history[1]), skeleton_lines(history[2])
-    assert [r["left"] for r in rows if r["left"] is not None] == left
-    assert [r["right"] for r in rows if r["right"] is not None] == right
-    assert all(r["left"] == r["right"] for r in rows if r["kind"] == "same")
-    assert sum(r["kind"] == "same" for r in rows) == lcs_length(left, right)
-    # a field is in a changed row exactly when v1 and v2 disagree on it
+    # the diff of v1 and v2 is the server's: the skeleton fields that differ, before and after
+    with page.expect_response(lambda r: "/diff?" in r.url and r.status == 200):
+        page.select_option(tid("skeleton-compare-from"), label="v1")
+        page.select_option(tid("skeleton-compare-to"), label="v2")
+    page.wait_for_selector(f"{tid('skeleton-diff')} {tid('field-change')}")
+    shown = field_changes(page)
     changed = {
         k for k in history[1].keys() | history[2].keys() if history[1].get(k) != history[2].get(k)
     }
     assert changed, "v1 and v2 differ"
-    touched = {
-        field_of(side)
-        for r in rows
-        if r["kind"] != "same"
-        for side in (r["left"], r["right"])
-        if side is not None and field_of(side)
-    }
-    assert touched <= changed, (touched, changed)
+    assert {field for field, _, _ in shown} == changed
+    for field, before, after in shown:
+        assert as_read(before) == history[1].get(field), field
+        assert as_read(after) == history[2].get(field), field
     doc_shot(page, "console-diff", element=tid("skeleton-compare"))
 
-    # the draft diff: every line that is only on one side is in a changed row
-    drafts = diff_rows(page, "draft-diff")
+    # the draft diff: the server's unified diff of the previous draft and the current one
+    page.wait_for_selector(f"{tid('draft-diff')} {tid('draft-unified')}")
+    box = page.locator(tid("draft-diff"))
+    first, last = int(box.get_attribute("data-from") or 0), int(box.get_attribute("data-to") or 0)
+    answer = server.api("GET", f"{S}/{sid}/diff?from={first}&to={last}")
+    expected = [
+        line
+        for text in (answer["draft_subject"], answer["draft_body"])
+        for line in text.split("\n")
+        if line
+    ]
+    lines = page.eval_on_selector_all(
+        f"{tid('draft-unified')} {tid('unified-line')}",
+        "ls => ls.map(l => [l.dataset.kind, l.textContent.replace(/\\n$/, '')])",
+    )
+    assert [line for _, line in lines] == expected
     old = row["draft_history"][-1]
-    left = [f"Subject: {old['draft_subject']}", "", *old["draft_body"].split("\n")]
-    right = [f"Subject: {row['draft_subject']}", "", *row["draft_body"].split("\n")]
-    assert [d["left"] for d in drafts if d["left"] is not None] == left
-    assert [d["right"] for d in drafts if d["right"] is not None] == right
-    same = [d["left"] for d in drafts if d["kind"] == "same"]
-    assert len(same) == lcs_length(left, right), "the diff keeps a longest common subsequence"
+    for kind, line in lines:
+        if kind == "del":
+            assert line[1:] in (old["draft_subject"], *old["draft_body"].split("\n"))
+        if kind == "add":
+            assert line[1:] in (row["draft_subject"], *row["draft_body"].split("\n"))
+    assert any(kind in ("add", "del") for kind, _ in lines), "the two drafts differ"
 
     # rolling back to v2, the skeleton the draft was written for, clears the notice
     with page.expect_response(lambda r: r.url.endswith("/skeleton/rollback")):
@@ -215,6 +222,24 @@ def test_history_labels_rollbacks_diffs_revisions_and_flags_a_stale_draft(
     assert page.locator(tid("draft-mismatch")).count() == 0
 
 
+def field_changes(page: Any) -> list[tuple[str, str, str]]:
+    """The server diff's skeleton rows as shown: (field, before, after)."""
+    rows = page.eval_on_selector_all(
+        f"{tid('skeleton-diff')} {tid('field-change')}",
+        "rs => rs.map(r => [r.dataset.field, r.querySelector('.dl').textContent,"
+        " r.querySelector('.dr').textContent])",
+    )
+    return [(field, before, after) for field, before, after in rows]
+
+
+def as_read(shown: str) -> Any:
+    """A field's value as the console writes it: anything but text is JSON."""
+    try:
+        return json.loads(shown)
+    except ValueError:
+        return shown
+
+
 def diff_rows(page: Any, testid: str) -> list[dict[str, Any]]:
     """The rows of one side-by-side diff: kind, and each side's text (None: no line there)."""
     return list(
@@ -229,39 +254,6 @@ def diff_rows(page: Any, testid: str) -> list[dict[str, Any]]:
     )
 
 
-def skeleton_lines(value: Any, path: str = "") -> list[str]:
-    """The documented reading of a skeleton for diffs: ``path: value`` per field."""
-    if value is None:
-        return [f"{path}: null"] if path else []
-    if isinstance(value, str):
-        first, *rest = value.split("\n")
-        return [f"{path}: {first}", *(f"    {line}" for line in rest)]
-    if isinstance(value, list):
-        if not value:
-            return [f"{path}: []"]
-        return [
-            line for i, item in enumerate(value) for line in skeleton_lines(item, f"{path}[{i}]")
-        ]
-    if isinstance(value, dict):
-        if not value:
-            return [f"{path}: {{}}"] if path else []
-        return [
-            line
-            for key, item in value.items()
-            for line in skeleton_lines(item, f"{path}.{key}" if path else key)
-        ]
-    if isinstance(value, bool):
-        return [f"{path}: {'true' if value else 'false'}"]
-    return [f"{path}: {value}"]
-
-
-def field_of(line: str) -> str | None:
-    """The top-level field a diff line belongs to (None for a continuation line)."""
-    if line.startswith("    ") or ":" not in line:
-        return None
-    return line.split(":")[0].split(".")[0].split("[")[0]
-
-
 def lcs_length(a: list[str], b: list[str]) -> int:
     table = [[0] * (len(b) + 1) for _ in range(len(a) + 1)]
     for i in range(len(a) - 1, -1, -1):
@@ -270,6 +262,44 @@ def lcs_length(a: list[str], b: list[str]) -> int:
                 table[i + 1][j + 1] + 1 if a[i] == b[j] else max(table[i + 1][j], table[i][j + 1])
             )
     return table[0][0]
+
+
+def test_fork_from_here_and_a_revision_no_event_names(page_factory: Any, server: Server) -> None:
+    """A draft_history a PATCH wrote whole names no event, so its text is compared in the
+    page; "Fork from here" opens a new session equal to this one at that revision."""
+    session = server.session_with_node("Fork me")
+    sid = session["id"]
+    old = {"draft_subject": "Old subject", "draft_body": "keep\nold line"}
+    server.api(
+        "PATCH",
+        f"{S}/{sid}",
+        {"draft_history": [old], "draft_subject": "New subject", "draft_body": "keep\nnew line"},
+    )
+    page = page_factory()
+    open_session(page, server, session)
+    page.click(tid("tab-history"))
+    page.wait_for_selector(f"{tid('draft-diff')} {tid('diff-row')}")
+    rows = diff_rows(page, "draft-diff")
+    assert [r["left"] for r in rows if r["left"] is not None] == [
+        "Subject: Old subject",
+        "",
+        "keep",
+        "old line",
+    ]
+    assert page.locator(tid("draft-unified")).count() == 0  # no server diff without versions
+
+    patched = [e for e in events(server, sid) if e["type"] == "session.patched"][-1]
+    fork = f'{tid("draft-version")}[data-index="current"] {tid("draft-fork")}'
+    assert page.get_attribute(fork, "data-position") == str(patched["position"])
+    with page.expect_response(lambda r: r.url.endswith("/fork") and r.status == 201) as answer:
+        page.click(fork)
+    forked = answer.value.json()["session"]
+    page.wait_for_selector(f"{tid('session-id')} >> text=forked from {sid}")
+    copy = stored(server, forked["id"])
+    assert copy["forked_from"] == {"session_id": sid, "position": patched["position"]}
+    assert (copy["draft_subject"], copy["draft_body"]) == ("New subject", "keep\nnew line")
+    assert copy["draft_history"] == stored(server, sid)["draft_history"]
+    assert copy["id"] != sid and stored(server, sid).get("forked_from") is None
 
 
 def test_line_diff_is_minimal_on_random_texts(page_factory: Any, server: Server) -> None:
