@@ -200,6 +200,8 @@ def test_a_second_serve_exits_naming_the_first_and_readers_keep_working(tmp_path
             assert ran.returncode == 0, (argv, ran.stderr)
         doctor = _cli("doctor", *store_args).stdout
         assert f"served by pid {first.proc.pid}" in doctor, doctor
+        rebuilt = _cli("rebuild", *store_args)  # rewrites what the server serves: refused
+        assert rebuilt.returncode == 2 and "stop that server" in rebuilt.stderr, rebuilt
 
 
 # item 8: commands that read a store never create one ------------------------------

@@ -31,7 +31,8 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         parents=[common],
         **described(
             "record a signed checkpoint of the log and print it",
-            "0 with the checkpoint (or key) printed, 2 when the log has no signing key",
+            "0 with the checkpoint (or key) printed, 2 when there is no database "
+            "or the log has no signing key",
         ),
     )
     what = p.add_mutually_exclusive_group()

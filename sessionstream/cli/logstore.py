@@ -11,6 +11,7 @@ from typing import TypeVar
 from sessionstream.cli import commands
 from sessionstream.core.settings import Settings
 from sessionstream.eventstore.base import EventStore
+from sessionstream.eventstore.sqlite.files import holder
 
 T = TypeVar("T")
 
@@ -23,6 +24,17 @@ def fail(message: str, code: int = 2) -> int:
 def missing_db(settings: Settings) -> str | None:
     """A SQLite path that does not exist is a typo, not a database to create."""
     return commands.missing_db(settings)
+
+
+def served(settings: Settings, what: str) -> str | None:
+    """Why a command that rewrites the store must not run now: a server holds the
+    SQLite file, and would go on serving the read models from its own caches."""
+    if settings.database_url or settings.db_path == ":memory:":
+        return None
+    who = holder(settings.db_path)
+    if who is None:
+        return None
+    return f"{settings.db_path} is served by {who}; stop that server before {what}"
 
 
 async def with_store(

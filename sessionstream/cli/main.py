@@ -152,7 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         **described(
             "run the HTTP and websocket server",
-            "0 after a clean shutdown (Ctrl-C or SIGTERM), 2 when it cannot start",
+            "0 after a clean shutdown (Ctrl-C or SIGTERM), 2 when it cannot start: a bad "
+            "setting, a port in use, a database another server holds",
         ),
     )
     config.add_flags(p, config.SERVE_FLAGS)
@@ -173,14 +174,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     create.add_argument("name")
     users_sub.add_parser(
-        "list", parents=[common], **described("every user: id, active tokens, name", "0 or 2")
+        "list",
+        parents=[common],
+        **described("every user: id, active tokens, name", "0, 2 when there is no database"),
     )
     token = users_sub.add_parser(
         "token",
         parents=[common],
         **described(
             "issue another token for a user (alone on the last line)",
-            "0, 1 for an unknown user, 2 on bad usage",
+            "0, 1 for an unknown user, 2 on bad usage or when there is no database",
         ),
     )
     token.add_argument("user_id")
@@ -189,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         **described(
             "revoke a token (servers stop accepting it within SESSIONSTREAM_TOKEN_CACHE_S)",
-            "0, 1 for a token that is not known, 2 on bad usage",
+            "0, 1 for a token that is not known, 2 on bad usage or when there is no database",
         ),
     )
     revoke.add_argument("token", nargs="?", help="the token; read from stdin when omitted")

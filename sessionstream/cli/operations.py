@@ -33,7 +33,7 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         parents=[common],
         **described(
             "check configuration, model provider, database, disk, schema",
-            "0 when healthy, 1 when a check fails, 2 on a bad setting",
+            "0 when healthy, 1 when a check fails, 2 on a bad setting or when there is no database",
         ),
     )
     p = sub.add_parser(

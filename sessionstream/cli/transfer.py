@@ -22,7 +22,7 @@ from typing import Any, TextIO
 
 from sessionstream.cli.audit import export_checkpoint, import_problems
 from sessionstream.cli.commands import command, described
-from sessionstream.cli.logstore import fail, missing_db, with_store
+from sessionstream.cli.logstore import fail, missing_db, served, with_store
 from sessionstream.core.errors import SessionStreamError
 from sessionstream.core.settings import Settings
 from sessionstream.core.vocabulary import campaign_stream, session_stream
@@ -57,7 +57,8 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         parents=[common],
         **described(
             "load an NDJSON export into an empty store and fold its read models",
-            "0 once imported, 2 for a missing or malformed file or a store that is not empty",
+            "0 once imported, 2 for a missing or malformed file, or a store that is not "
+            "empty or that a server holds",
         ),
     )
     p.add_argument("file", help="a file written by 'sessionstream export'")
@@ -142,6 +143,8 @@ def import_(args: argparse.Namespace, settings: Settings) -> int:
     source = Path(args.file)
     if not source.is_file():
         return fail(f"no file {source}")
+    if busy := served(settings, "importing into it"):
+        return fail(busy)
     try:
         plan = check(decode_lines(_lines(source)))
     except (SessionStreamError, UnicodeDecodeError) as exc:
