@@ -400,6 +400,11 @@ class Settings(BaseSettings):
         """Where a single node keeps its generated run-token secret. Nodes sharing
         PostgreSQL have none: each would generate its own, and a run token minted by
         one node would be refused by the next."""
+        if self.db_path == ":memory:" and not self.database_url:
+            raise ConfigError(
+                "an in-memory database has no file to keep a run-token secret beside; "
+                "set SESSIONSTREAM_SECRET"
+            )
         if self.database_url:
             raise ConfigError(
                 "SESSIONSTREAM_SECRET must be set when nodes share PostgreSQL "

@@ -270,6 +270,13 @@ async def test_an_in_memory_store_works_and_leaves_nothing_behind() -> None:
     assert not Path(scratch).exists()  # noqa: ASYNC240
 
 
+def test_an_in_memory_server_keeps_no_secret_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as refused:
+        Settings(db_path=":memory:").resolved_secret()
+    assert "SESSIONSTREAM_SECRET" in refused.value.message
+    assert Settings(db_path=":memory:", secret="m" * 40).resolved_secret() == "m" * 40
+
+
 # item 11: a failed open lets the process exit ----------------------------------------
 def _non_daemon_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if not t.daemon and t is not threading.main_thread()]
