@@ -88,6 +88,23 @@ class PostgresReader:
         query += f" ORDER BY position LIMIT ${len(args)}"
         return [row_to_event(r) for r in await self.fetch(query, *args)]
 
+    async def read_by_stream(
+        self,
+        after: tuple[str, int] = ("", 0),
+        *,
+        limit: int = 1000,
+        to_position: int | None = None,
+    ) -> list[RecordedEvent]:
+        # a row comparison: a seek on the UNIQUE (stream_id, version) index ("C" collation)
+        query = f"SELECT {EVENT_COLUMNS} FROM events WHERE (stream_id, version) > ($1, $2)"
+        args: list[Any] = [after[0], after[1]]
+        if to_position is not None:
+            args.append(to_position)
+            query += f" AND position <= ${len(args)}"
+        args.append(limit)
+        query += f" ORDER BY stream_id, version LIMIT ${len(args)}"
+        return [row_to_event(r) for r in await self.fetch(query, *args)]
+
     async def read_page(
         self,
         after_position: int,
@@ -170,6 +187,18 @@ class PostgresReader:
         if limit is not None:
             args.append(limit)
             query += f" LIMIT ${len(args)}"
+        return [row_to_doc(r) for r in await self.fetch(query, *args)]
+
+    async def scan_docs(
+        self, kind: str, *, after: str | None = None, limit: int = 100
+    ) -> list[Doc]:
+        query = f"SELECT {DOC_COLUMNS} FROM docs WHERE kind = $1"
+        args: list[Any] = [kind]
+        if after is not None:
+            args.append(after)
+            query += f" AND key > ${len(args)}"
+        args.append(limit)
+        query += f" ORDER BY key LIMIT ${len(args)}"
         return [row_to_doc(r) for r in await self.fetch(query, *args)]
 
     async def latest_snapshot(

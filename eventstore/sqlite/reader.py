@@ -149,6 +149,23 @@ class SQLiteReader:
         )
         return [StoredEvent.from_row(r) for r in await self._fetchall(sql, params)]
 
+    async def read_by_stream(
+        self,
+        after: tuple[str, int] = ("", 0),
+        *,
+        limit: int = 1000,
+        to_position: int | None = None,
+    ) -> list[RecordedEvent]:
+        # a row value: SQLite seeks the UNIQUE (stream_id, version) index to the mark
+        sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE (stream_id, version) > (?, ?)"
+        params: list[Any] = [after[0], after[1]]
+        if to_position is not None:
+            sql += " AND position <= ?"
+            params.append(to_position)
+        sql += " ORDER BY stream_id, version LIMIT ?"
+        params.append(limit)
+        return [row_to_event(r) for r in await self._fetchall(sql, params)]
+
     async def head_position(self) -> int:
         rows = await self._fetchall("SELECT COALESCE(MAX(position), 0) FROM events", ())
         return int(rows[0][0])
@@ -213,6 +230,18 @@ class SQLiteReader:
         if limit is not None:
             sql += " LIMIT ?"
             params.append(limit)
+        return [row_to_doc(r) for r in await self._fetchall(sql, params)]
+
+    async def scan_docs(
+        self, kind: str, *, after: str | None = None, limit: int = 100
+    ) -> list[Doc]:
+        sql = f"SELECT {DOC_COLUMNS} FROM docs WHERE kind = ?"
+        params: list[Any] = [kind]
+        if after is not None:
+            sql += " AND key > ?"
+            params.append(after)
+        sql += " ORDER BY key LIMIT ?"
+        params.append(limit)
         return [row_to_doc(r) for r in await self._fetchall(sql, params)]
 
     async def latest_snapshot(

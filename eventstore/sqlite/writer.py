@@ -41,7 +41,7 @@ from sessionstream.eventstore.model import (
     row_to_event,
     utc_now,
 )
-from sessionstream.eventstore.projector import Projection, Refold
+from sessionstream.eventstore.projector import Projection, Refold, StreamFold
 from sessionstream.eventstore.snapshots import Snapshot
 from sessionstream.eventstore.sqlite.cache import DocCache
 from sessionstream.eventstore.sqlite.schema import (
@@ -65,8 +65,13 @@ from sessionstream.eventstore.sqlite.schema import (
 
 log = logging.getLogger("sessionstream.eventstore")
 
-#: a rebuild folds the log this many events at a time, each document written once per page
-REBUILD_PAGE = 5000
+#: a rebuild reads the log this many events at a time, stream by stream, and writes each
+#: document once, when its stream ends (``StreamFold``): memory is one page and one stream
+REBUILD_PAGE = 2000
+BY_STREAM = (
+    f"SELECT {EVENT_COLUMNS} FROM events WHERE (stream_id, version) > (?, ?) "
+    "ORDER BY stream_id, version LIMIT ?"
+)
 
 
 def _chunks(values: Sequence[str]) -> Iterator[Sequence[str]]:
@@ -339,14 +344,15 @@ class SQLiteWriter:
         try:
             conn.execute("DELETE FROM docs")
             conn.execute("DELETE FROM snapshots")
-            refold = Refold(self.projections, self.snapshot_every)  # on empty tables
-            count = after = 0
-            sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?"
-            while rows := conn.execute(sql, (after, REBUILD_PAGE)).fetchall():
+            fold = StreamFold(self.projections, self.snapshot_every)  # on empty tables
+            count = 0
+            mark: tuple[str, int] = ("", 0)
+            while rows := conn.execute(BY_STREAM, (*mark, REBUILD_PAGE)).fetchall():
                 events = [row_to_event(r) for r in rows]
-                write_rows(conn, (), {}, *refold.page(events))
+                write_rows(conn, (), {}, *fold.feed(events))
                 count += len(events)
-                after = events[-1].position
+                mark = (events[-1].stream_id, events[-1].version)
+            write_rows(conn, (), {}, *fold.finish())
             conn.executemany(
                 "INSERT INTO meta(key, value) VALUES (?, ?) "
                 "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
