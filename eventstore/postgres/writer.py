@@ -37,7 +37,7 @@ from sessionstream.eventstore.batch import (
     Unknown,
     check_import,
     check_request,
-    check_text,
+    storable,
 )
 from sessionstream.eventstore.clock import exceptions, stamp
 from sessionstream.eventstore.groupcommit import Outcome, Pending
@@ -53,15 +53,6 @@ REBUILD_PAGE = 2000
 
 class Rejected(Exception):
     """The database refused a batch's writes (a constraint the plan did not foresee)."""
-
-
-def storable(text: str) -> bool:
-    """Whether PostgreSQL can take this text as a query parameter at all."""
-    try:
-        check_text(text)
-    except ValidationFailed:
-        return False
-    return True
 
 
 @dataclass(slots=True)

@@ -31,6 +31,7 @@ from sessionstream.eventstore.batch import (
     StreamHead,
     Unknown,
     check_import,
+    storable,
 )
 from sessionstream.eventstore.clock import EXCEPTIONS_OF_LOG, exceptions, stamp
 from sessionstream.eventstore.groupcommit import Pending
@@ -227,11 +228,13 @@ class SQLiteWriter:
     ) -> BatchPlanner:
         """A planner on what the transaction sees (the write lock is held)."""
         head, newest = conn.execute(HEAD_AND_CLOCK).fetchone()
-        streams = read_stream_heads(conn, {r.stream_id for p in batch for r in p.requests})
+        # text the database cannot take is not looked up: its request is refused alone
+        names = {r.stream_id for p in batch for r in p.requests}
+        streams = read_stream_heads(conn, filter(storable, names))
         stored: dict[str, RecordedEvent] = {}
         if not optimistic:
             ids = {e.event_id for p in batch for r in p.requests for e in r.events}
-            stored = {e.event_id: e for e in read_stored_events(conn, ids)}
+            stored = {e.event_id: e for e in read_stored_events(conn, filter(storable, ids))}
 
         def last_snapshot(stream_id: str, kind: str) -> int:
             return int(conn.execute(LAST_SNAPSHOT, (stream_id, kind)).fetchone()[0])
@@ -311,7 +314,9 @@ class SQLiteWriter:
         conn.execute("BEGIN IMMEDIATE")
         try:
             head, newest = conn.execute(HEAD_AND_CLOCK).fetchone()
-            streams = read_stream_heads(conn, {e.stream_id for e in events})
+            streams = read_stream_heads(
+                conn, {e.stream_id for e in events if storable(e.stream_id)}
+            )
             after = check_import(events, head, streams)  # a stored id: UNIQUE refuses it
             conn.executemany(INSERT_CLOCK_EXCEPTION, exceptions(events, newest)[0])
             try:
