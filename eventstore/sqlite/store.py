@@ -347,6 +347,7 @@ class SQLiteEventStore(EventStore):
         include_deleted: bool = False,
         after: tuple[str, str] | None = None,
         limit: int | None = None,
+        max_bytes: int | None = None,
     ) -> list[Doc]:
         return await self._reader.list_docs(
             kind,
@@ -356,6 +357,7 @@ class SQLiteEventStore(EventStore):
             include_deleted=include_deleted,
             after=after,
             limit=limit,
+            max_bytes=max_bytes,
         )
 
     async def scan_docs(

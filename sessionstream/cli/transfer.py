@@ -146,7 +146,7 @@ def import_(args: argparse.Namespace, settings: Settings) -> int:
     if busy := served(settings, "importing into it"):
         return fail(busy)
     try:
-        plan = check(decode_lines(_lines(source)))
+        plan = check(lambda: decode_lines(_lines(source)))
     except (SessionStreamError, UnicodeDecodeError) as exc:
         return fail(f"{source}: {exc}")
     if not args.unverified:
