@@ -26,11 +26,14 @@ same minute, and reports events/s for 1, 10 and 100 concurrent appenders
 - ``peer``: the ``eventsourcing`` SQLite recorder's own workloads, one
   append of 10,000 events and 100 sequential single appends, beside that
   recorder (``bench/append_peer.py``). Target: at least 1.0x on both.
+- ``peer-pg``: the same two workloads on PostgreSQL, beside that library's
+  PostgreSQL recorder (``bench/append_peer_pg.py``). Target: at least 1.0x on both.
 
 Add a backend by writing two small ``Series`` functions and appending a
 ``Comparison`` to ``COMPARISONS``; the table and the JSON pick it up.
 
-    python -m bench.append [--rounds 3] [--quick] [--only sqlite|postgres|peer] [--no-uvloop]
+    python -m bench.append [--rounds 3] [--quick] [--no-uvloop]
+        [--only sqlite|postgres|peer|peer-pg]
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from bench import append_peer
+from bench import append_peer, append_peer_pg
 from bench.common import (
     RESULTS,
     base_parser,
@@ -402,6 +405,10 @@ def main() -> None:
         reason = append_peer.unavailable()
         print(f"skipping peer: {reason}" if reason else "peer: the eventsourcing SQLite recorder")
         peer = {} if reason else append_peer.run(rounds)
+    if not args.only or "peer-pg" in args.only:
+        reason = postgres_unavailable()
+        print(f"skipping peer-pg: {reason}" if reason else "peer-pg: its PostgreSQL recorder")
+        peer.update({} if reason else append_peer_pg.run(rounds))
     print()
     table = [
         (
@@ -427,7 +434,7 @@ def main() -> None:
     if peer:
         results["peer"] = {
             "subject": "SQLiteEventStore.append",
-            "baseline": "eventsourcing SQLiteApplicationRecorder.insert_events",
+            "baseline": "eventsourcing {SQLite,Postgres}ApplicationRecorder.insert_events",
             "rows": peer,
         }
     if args.only:  # keep the other comparisons' last results

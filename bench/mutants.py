@@ -33,6 +33,7 @@ MODULES = (
     "server/ratelimit.py",
     "engines/templates.py",
     "eventstore/verify.py",
+    "eventstore/integrity.py",
 )
 
 #: mutmut's exit codes (mutmut/stats.py); a timeout counts as detected, as in the issue

@@ -75,6 +75,13 @@ class PayloadTooLarge(SessionStreamError):
     code = "payload_too_large"
 
 
+class QuotaExceeded(SessionStreamError):
+    """The write would take its user past ``SESSIONSTREAM_USER_QUOTA_BYTES``; nothing is written."""
+
+    status = 413
+    code = "quota_exceeded"
+
+
 class RateLimited(SessionStreamError):
     status = 429
     code = "rate_limited"

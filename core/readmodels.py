@@ -166,6 +166,16 @@ class User(TypedDict):
     tokens: int
 
 
+class Usage(TypedDict):
+    """What one user's requests have stored: the quota's measure (``projections/usage.py``)."""
+
+    user_id: str
+    #: UTF-8 bytes of the canonical JSON (data and metadata) of every event the user's
+    #: requests appended; the log is append-only, so this never goes down
+    bytes: int
+    events: int
+
+
 class Token(TypedDict):
     """An API token's document, keyed by the token's sha256 (the token is never stored)."""
 

@@ -255,6 +255,26 @@ class Settings(BaseSettings):
         "row limit. An event larger than this still comes, alone, so a reader always "
         "moves on.",
     )
+    patch_max_items: int = Field(
+        default=10_000,
+        ge=1,
+        description="Items any one array, and entries any one object, in a session PATCH "
+        "body may hold, at any depth (`messages`, `skeleton_history`, ...); more is a 400 "
+        "naming the field, and nothing is written.",
+    )
+    patch_max_chars: int = Field(
+        default=100_000,
+        ge=1,
+        description="Characters any one string in a session PATCH body may hold (a title, a "
+        "draft, a message's content, a key); longer is a 400 naming the field.",
+    )
+    user_quota_bytes: int = Field(
+        default=1024 * 1024 * 1024,
+        ge=0,
+        description="Bytes of events one user's requests may store in all (1 GiB; the log "
+        "is append-only, so deleting gives nothing back). A write that would pass it gets "
+        "413 `quota_exceeded` and nothing is written. 0 turns the quota off.",
+    )
     catchup_reads: int = Field(
         default=4,
         ge=1,

@@ -58,6 +58,8 @@ DEFAULT_CATCHUP_READS = 4
 class EventStore(ABC):
     #: the log's Merkle tree and its signed checkpoints (``eventstore/tree.py``)
     tree: LogTree
+    #: the supervised tasks live delivery stops without (heartbeats say when one is down)
+    delivery_tasks: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -165,6 +167,19 @@ class EventStore(ABC):
         (``StoredEvent``)."""
 
     @abstractmethod
+    async def read_by_stream(
+        self,
+        after: tuple[str, int] = ("", 0),
+        *,
+        limit: int = 1000,
+        to_position: int | None = None,
+    ) -> list[RecordedEvent]:
+        """Events ordered by (stream id, version), strictly after ``after``: each
+        stream's events together, streams in code-point order of their ids. A
+        seek on the ``(stream_id, version)`` index, so ``verify`` and ``rebuild``
+        fold one stream at a time whatever the size of the log."""
+
+    @abstractmethod
     async def head_position(self) -> int: ...
 
     @abstractmethod
@@ -193,6 +208,7 @@ class EventStore(ABC):
         include_deleted: bool = False,
         after: tuple[str, str] | None = None,
         limit: int | None = None,
+        max_bytes: int | None = None,
     ) -> list[Doc]:
         """Documents ordered by ``created_at`` then key (a stable tie-break).
 
@@ -200,8 +216,19 @@ class EventStore(ABC):
         already has: the list goes on strictly after it (keyset paging, so a
         page costs the same at any depth and documents created meanwhile are
         neither skipped nor repeated). Documents without ``created_at`` sort
-        first and are never after a mark. ``limit`` bounds the page.
+        first and are never after a mark. ``limit`` bounds the page; with it,
+        ``max_bytes`` also ends the page before the stored JSON of its documents
+        passes that many bytes (the first comes whatever its size), summed in
+        the query so documents past it are never fetched.
         """
+
+    @abstractmethod
+    async def scan_docs(
+        self, kind: str, *, after: str | None = None, limit: int = 100
+    ) -> list[Doc]:
+        """Every stored document of one kind (deleted ones too) in key order, strictly
+        after the key ``after``; never cached. ``verify`` walks it beside the log read
+        by stream: a document keyed by its stream comes in the same order."""
 
     @abstractmethod
     async def rebuild(self) -> int:
@@ -215,6 +242,15 @@ class EventStore(ABC):
         """(version, position, state) of the newest usable snapshot, if any."""
 
     # subscriptions -------------------------------------------------------------
+    def known_head(self) -> int:
+        """The newest position this process knows was committed, without a query.
+
+        Beside ``hub.published_position`` (what it delivered) it tells a
+        stalled delivery from a quiet log: a backend whose events reach the
+        hub through a pump knows of commits the pump has not published yet.
+        """
+        return self.hub.published_position
+
     def subscribe(
         self, after_position: int = 0, *, keys: frozenset[str] | None = None
     ) -> Subscription:

@@ -13,10 +13,10 @@ the same rules (``tests/contract/``).
 The rules, for each request of a caller's group, in order:
 
 1. **Malformed**: a request that repeats an event id, or whose stream id,
-   event ids, types or correlation ids hold a NUL or a lone surrogate, is
-   refused (``ValidationFailed``), whatever it expected and whatever the log
-   holds. It can never succeed, so it must not look like a conflict worth
-   retrying.
+   event ids, types or correlation ids hold a NUL or a lone surrogate or are
+   longer than ``MAX_ID_BYTES``, is refused (``ValidationFailed``), whatever
+   it expected and whatever the log holds. It can never succeed, so it must
+   not look like a conflict worth retrying.
 2. **Retry**: its event ids are looked up among the events planned earlier in
    its group, earlier in the batch, and stored. If any is found, all must be,
    on this stream: the request is an idempotent no-op answered with those
@@ -131,8 +131,14 @@ class BatchPlan:
     head: int
 
 
+#: the longest stream id, event id, type or correlation id, in UTF-8 bytes: an index
+#: entry on PostgreSQL holds at most 2,704 bytes, and a longer id failed the whole batch
+MAX_ID_BYTES = 1024
+
+
 def check_text(*values: str | None) -> None:
-    """Text every backend can store: no NUL (PostgreSQL refuses it), valid UTF-8."""
+    """Text every backend can store and index: no NUL (PostgreSQL refuses it), valid
+    UTF-8, at most :data:`MAX_ID_BYTES`."""
     for value in values:
         if value is None:
             continue
@@ -141,9 +147,25 @@ def check_text(*values: str | None) -> None:
                 "stream ids, event ids, types and correlation ids cannot hold NUL"
             )
         try:
-            value.encode()
+            size = len(value.encode())
         except UnicodeEncodeError as exc:
             raise ValidationFailed(f"not valid UTF-8 text: {exc}") from None
+        if size > MAX_ID_BYTES:
+            raise ValidationFailed(
+                f"stream ids, event ids, types and correlation ids hold at most "
+                f"{MAX_ID_BYTES} bytes of UTF-8, not {size}"
+            )
+
+
+def storable(text: str) -> bool:
+    """Whether a backend may send this text to its database at all (as a key to look up)."""
+    if text.isascii() and "\x00" not in text and len(text) <= MAX_ID_BYTES:
+        return True
+    try:
+        check_text(text)
+    except ValidationFailed:
+        return False
+    return True
 
 
 def check_request(request: AppendRequest, ids: Sequence[str]) -> None:
@@ -156,15 +178,22 @@ def check_request(request: AppendRequest, ids: Sequence[str]) -> None:
         raise ValidationFailed(
             f"append to {request.stream_id} repeats an event id: each event needs its own"
         )
+    most = MAX_ID_BYTES  # an ASCII string's length is its size in UTF-8
     stream_id = request.stream_id
-    if "\x00" in stream_id or not stream_id.isascii():
+    if "\x00" in stream_id or not stream_id.isascii() or len(stream_id) > most:
         check_text(stream_id)
     for new in request.events:
         event_id, type_, correlation_id = new.event_id, new.type, new.correlation_id
-        if "\x00" in event_id or "\x00" in type_ or not (event_id.isascii() and type_.isascii()):
+        if (
+            "\x00" in event_id
+            or "\x00" in type_
+            or not (event_id.isascii() and type_.isascii())
+            or len(event_id) > most
+            or len(type_) > most
+        ):
             check_text(event_id, type_)
         if correlation_id is not None and (
-            "\x00" in correlation_id or not correlation_id.isascii()
+            "\x00" in correlation_id or not correlation_id.isascii() or len(correlation_id) > most
         ):
             check_text(correlation_id)
 

@@ -384,6 +384,23 @@ def data_size(event: RecordedEvent) -> int:
     return len(text) if text is not None else len(canonical_json(event.data))
 
 
+def _utf8_len(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode())
+
+
+def stored_bytes(event: RecordedEvent | NewEvent) -> int:
+    """UTF-8 bytes of an event's canonical data and metadata: what it costs to store.
+
+    The same number whether the event is about to be appended, was just
+    appended (its hash's text is reused) or is refolded from the log, so a
+    count kept from it (the user quota) rebuilds to exactly itself.
+    """
+    encoded = event.encoded if isinstance(event, RecordedEvent) else None
+    if encoded is None:
+        encoded = (canonical_json(event.data), canonical_json(event.metadata))
+    return _utf8_len(encoded[0]) + _utf8_len(encoded[1])
+
+
 def row_to_doc(row: Sequence[Any]) -> Doc:
     return Doc(
         kind=row[0],

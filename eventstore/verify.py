@@ -1,7 +1,7 @@
 """Integrity checks an auditor can run on any store: the log and the read models.
 
-Two questions, answered through the backend contract only (``read_all``,
-``list_docs``), so SQLite and PostgreSQL are checked by the same code:
+Two questions, answered through the backend contract only, so SQLite and
+PostgreSQL are checked by the same code:
 
 1. Is the log intact? Every stream's versions run 1..n, every event's hash is
    sha256 over its predecessor's stored hash and its own canonical bytes, and
@@ -12,244 +12,195 @@ Two questions, answered through the backend contract only (``read_all``,
    A document carries the version and position of the last event folded into
    it, so this also catches a stream whose newest events were removed.
 
-Each link of a hash chain is checked against the *stored* previous hash, so
-one altered event is reported once, by position, stream and version, instead
-of smearing over the rest of its stream. The core (:class:`ChainCheck`,
-:func:`compare_docs`) is pure; :func:`verify_store` is the thin async shell.
+In bounded memory, whatever the size of the log: it is read once, stream by
+stream (``read_by_stream``, a seek on the ``(stream_id, version)`` index), a
+page at a time. A stream's documents are complete when the stream ends
+(``StreamFold``), and each is compared there with its stored row: the stored
+rows of each kind are walked in key order beside it (``scan_docs``), which is
+the order the streams come in, so neither side is ever held whole. Gaps need
+no second read: positions are unique, so a log whose event count equals its
+head position has none; only when it does not are the positions read in order
+to name each gap. The rules themselves are pure, in ``eventstore/integrity.py``.
+
+Runs against a live store: the log is checked up to the head seen at the
+start. A stored document that moved past that head (a write during the check)
+is compared with a fold of its events up to a later head instead, a few rounds
+at most before it is reported as unsettled.
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Sequence
 
 from sessionstream.eventstore.base import EventStore
-from sessionstream.eventstore.model import (
-    GENESIS_HASH,
-    Doc,
-    RecordedEvent,
-    canonical_json,
-    recompute_hash,
+from sessionstream.eventstore.integrity import (
+    MAX_PROBLEMS,
+    ChainCheck,
+    Kept,
+    Problem,
+    StreamChains,
+    VerifyReport,
+    compare_docs,
+    compare_one,
+    differing_fields,
+    doc_form,
+    event_rank,
+    gap_problem,
 )
-from sessionstream.eventstore.projector import Projection, Refold
+from sessionstream.eventstore.model import Doc, RecordedEvent
+from sessionstream.eventstore.projector import BatchProjector, Projection, StreamFold, per_stream
 
-#: problems kept in a report; counting goes on past it
-MAX_PROBLEMS = 100
-PAGE = 5000
+__all__ = [
+    "MAX_PROBLEMS",
+    "ChainCheck",
+    "Problem",
+    "VerifyReport",
+    "compare_docs",
+    "differing_fields",
+    "doc_form",
+    "verify_store",
+]
 
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    """One thing that is wrong, named precisely enough to find it."""
-
-    #: hash | version | gap | row | missing_row | extra_row | unsettled
-    kind: str
-    message: str
-    position: int | None = None
-    stream_id: str | None = None
-    version: int | None = None
-    doc_kind: str | None = None
-    doc_key: str | None = None
-
-    @property
-    def is_event(self) -> bool:
-        return self.position is not None
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True, slots=True)
-class VerifyReport:
-    streams: int
-    events: int
-    docs: int
-    head: int
-    #: sha256 over every stream's (id, version, head hash), sorted: record it
-    #: somewhere else and a later report with the same digest proves the log
-    #: up to ``head`` is unchanged
-    digest: str
-    problems: tuple[Problem, ...]
-    #: problems found, including those past ``MAX_PROBLEMS``
-    problem_count: int
-    gaps_allowed: bool = False
-
-    @property
-    def ok(self) -> bool:
-        return self.problem_count == 0
-
-    @property
-    def first(self) -> Problem | None:
-        return self.problems[0] if self.problems else None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "ok": self.ok,
-            "streams": self.streams,
-            "events": self.events,
-            "docs": self.docs,
-            "head": self.head,
-            "digest": self.digest,
-            "problem_count": self.problem_count,
-            "problems": [p.to_json() for p in self.problems],
-        }
-
-
-@dataclass(slots=True)
-class ChainCheck:
-    """Feed events in position order; collects what breaks a chain.
-
-    Pure: no I/O. ``allow_gaps`` accepts positions that skip numbers (a store
-    loaded from a per-campaign or per-session export has them by design).
-    """
-
-    allow_gaps: bool = False
-    heads: dict[str, tuple[int, str]] = field(default_factory=dict)
-    last_position: int = 0
-    events: int = 0
-    problems: list[Problem] = field(default_factory=list)
-    problem_count: int = 0
-
-    def add_problem(self, problem: Problem) -> None:
-        self.problem_count += 1
-        if len(self.problems) < MAX_PROBLEMS:
-            self.problems.append(problem)
-
-    def feed(self, event: RecordedEvent) -> None:
-        self.events += 1
-        where = f"position {event.position} ({event.stream_id} v{event.version})"
-        expected = self.last_position + 1
-        if event.position != expected and not (
-            self.allow_gaps and event.position > self.last_position
-        ):
-            self.add_problem(
-                Problem(
-                    "gap",
-                    f"{where}: expected position {expected} after {self.last_position}",
-                    event.position,
-                    event.stream_id,
-                    event.version,
-                )
-            )
-        self.last_position = max(self.last_position, event.position)
-        version, prev_hash = self.heads.get(event.stream_id, (0, GENESIS_HASH))
-        if event.version != version + 1:
-            self.add_problem(
-                Problem(
-                    "version",
-                    f"{where}: stream version {event.version} does not follow {version}",
-                    event.position,
-                    event.stream_id,
-                    event.version,
-                )
-            )
-        if recompute_hash(prev_hash, event) != event.hash:
-            self.add_problem(
-                Problem(
-                    "hash",
-                    f"{where}: {event.type} does not match its hash: "
-                    "its content or its predecessor's hash was altered",
-                    event.position,
-                    event.stream_id,
-                    event.version,
-                )
-            )
-        self.heads[event.stream_id] = (event.version, event.hash)
-
-    def digest(self) -> str:
-        body = canonical_json(sorted([s, v, h] for s, (v, h) in self.heads.items()))
-        return hashlib.sha256(body.encode()).hexdigest()
-
-
-def doc_form(doc: Doc) -> str:
-    """One spelling of everything a stored document holds, for equality."""
-    ix = doc.index
-    return canonical_json(
-        [
-            doc.version,
-            doc.position,
-            doc.body,
-            [ix.owner, ix.parent, ix.created_at, ix.active, ix.deleted],
-        ]
-    )
-
-
-def differing_fields(stored: Doc, fresh: Doc) -> list[str]:
-    """Which parts of a document differ, for a message a person can act on."""
-    names = []
-    if stored.version != fresh.version:
-        names.append(f"version {stored.version} != {fresh.version}")
-    if stored.position != fresh.position:
-        names.append(f"position {stored.position} != {fresh.position}")
-    if stored.index != fresh.index:
-        names.append("index columns")
-    a, b = stored.body, fresh.body
-    if isinstance(a, dict) and isinstance(b, dict):
-        # a session body nests its row: name the row's fields, then the rest; each key once
-        nested = isinstance(a.get("row"), dict) and isinstance(b.get("row"), dict)
-        parts = (
-            [(a["row"], b["row"]), ({**a, "row": None}, {**b, "row": None})] if nested else [(a, b)]
-        )
-        for x, y in parts:
-            for key in sorted(set(x) | set(y)):
-                if canonical_json(x.get(key)) != canonical_json(y.get(key)):
-                    names.append(key)
-    elif canonical_json(a) != canonical_json(b):
-        names.append("body")
-    return names
-
-
-def compare_docs(kind: str, stored: Iterable[Doc], fresh: dict[str, Doc]) -> list[Problem]:
-    """Stored documents of one kind against a fresh fold, in key order."""
-    problems: list[Problem] = []
-    by_key = {d.key: d for d in stored}
-    for key in sorted(set(by_key) | set(fresh)):
-        have, want = by_key.get(key), fresh.get(key)
-        if have is None:
-            problems.append(
-                Problem(
-                    "missing_row",
-                    f"{kind} {key}: the log implies it, the store lacks it",
-                    doc_kind=kind,
-                    doc_key=key,
-                )
-            )
-        elif want is None:
-            problems.append(
-                Problem(
-                    "extra_row",
-                    f"{kind} {key}: stored, but no event in the log makes it",
-                    doc_kind=kind,
-                    doc_key=key,
-                )
-            )
-        elif doc_form(have) != doc_form(want):
-            diff = ", ".join(differing_fields(have, want)) or "encoding"
-            problems.append(
-                Problem(
-                    "row",
-                    f"{kind} {key}: differs from a fresh fold of its events ({diff})",
-                    doc_kind=kind,
-                    doc_key=key,
-                )
-            )
-    return problems
-
+#: events per read of the log
+PAGE = 1000
+#: stored documents per read, for each kind
+DOC_PAGE = 100
 
 Progress = Callable[[str, int], None]
 
 
-async def _pages(
-    store: EventStore, after: int, to_position: int
-) -> AsyncIterator[list[RecordedEvent]]:
-    while after < to_position:
-        events = await store.read_all(after, limit=PAGE, to_position=to_position)
-        if not events:
+async def by_stream(store: EventStore, head: int) -> AsyncIterator[list[RecordedEvent]]:
+    """The log up to ``head`` in (stream id, version) order, a page at a time."""
+    mark = ("", 0)
+    while page := await store.read_by_stream(mark, limit=PAGE, to_position=head):
+        yield page
+        if len(page) < PAGE:
             return
-        yield events
-        after = events[-1].position
+        mark = (page[-1].stream_id, page[-1].version)
+
+
+async def gaps(store: EventStore, head: int, allow_gaps: bool) -> AsyncIterator[Problem]:
+    """Each gap in positions up to ``head``, read in position order."""
+    last = 0
+    while last < head:
+        page = await store.read_all(last, limit=PAGE, to_position=head)
+        if not page:
+            return
+        for event in page:
+            if (problem := gap_problem(last, event, allow_gaps)) is not None:
+                yield problem
+            last = max(last, event.position)
+
+
+class StoredRows:
+    """One kind's stored documents in key order, a page at a time."""
+
+    def __init__(self, store: EventStore, kind: str) -> None:
+        self.store, self.kind = store, kind
+        self.count = 0
+        self._page: list[Doc] = []
+        self._at = 0
+        self._after: str | None = None
+        self._done = False
+
+    async def peek(self) -> Doc | None:
+        if self._at >= len(self._page) and not self._done:
+            self._page = await self.store.scan_docs(self.kind, after=self._after, limit=DOC_PAGE)
+            self._at = 0
+            self._done = len(self._page) < DOC_PAGE
+            if self._page:
+                self._after = self._page[-1].key
+        return self._page[self._at] if self._at < len(self._page) else None
+
+    def pop(self) -> None:
+        self._at += 1
+        self.count += 1
+
+
+class Rows:
+    """Fresh folds, each kind's in key order, matched against the stored rows."""
+
+    def __init__(
+        self, store: EventStore, projections: Sequence[Projection], head: int, rounds: int
+    ) -> None:
+        self.store, self.head, self.rounds = store, head, max(1, rounds)
+        self.problems = Kept()
+        self._rank = {p.kind: n for n, p in enumerate(projections)}
+        self._projections = {p.kind: p for p in projections}
+        self._stored = {p.kind: StoredRows(store, p.kind) for p in projections}
+
+    @property
+    def checked(self) -> int:
+        return sum(s.count for s in self._stored.values())
+
+    async def fresh(self, want: Doc) -> None:
+        """The fresh fold of one document; every earlier key of its kind is done."""
+        rows = self._stored[want.kind]
+        while (have := await rows.peek()) is not None and have.key < want.key:
+            rows.pop()
+            await self._compare(have.kind, have.key, have, None)
+        if have is not None and have.key == want.key:
+            rows.pop()
+            await self._compare(want.kind, want.key, have, want)
+        else:
+            await self._compare(want.kind, want.key, None, want)
+
+    async def finish(self) -> None:
+        """Every stored row left over: the log implied none of them (or not yet)."""
+        for rows in self._stored.values():
+            while (have := await rows.peek()) is not None:
+                rows.pop()
+                await self._compare(have.kind, have.key, have, None)
+
+    async def _compare(self, kind: str, key: str, have: Doc | None, want: Doc | None) -> None:
+        if have is not None and have.position > self.head:  # written during the check
+            settled = await self._settle(kind, key, want)
+            if settled is None:
+                message = f"{kind} {key}: kept changing during the check; run it again"
+                self._add(Problem("unsettled", message, doc_kind=kind, doc_key=key))
+                return
+            have, want = settled
+        if (problem := compare_one(kind, key, have, want)) is not None:
+            self._add(problem)
+
+    def _add(self, problem: Problem) -> None:
+        self.problems.add((self._rank[problem.doc_kind or ""], problem.doc_key), problem)
+
+    async def _settle(
+        self, kind: str, key: str, at_head: Doc | None
+    ) -> tuple[Doc | None, Doc | None] | None:
+        """The stored row and a fold of its events up to a newer head, once the row
+        is no newer than that head (None if it never stops moving)."""
+        projection = self._projections[kind]
+        for _ in range(self.rounds):
+            head = await self.store.head_position()
+            later = [
+                e
+                async for e in self._later_events(projection, key, head)
+                if projection.key(e) == key
+            ]
+            fold = BatchProjector((projection,), lambda _kind, _key: at_head).project(later)
+            want = fold.get((kind, key), at_head)
+            have = await self.store.get_doc(kind, key)
+            if have is None or have.position <= head:
+                return have, want
+        return None
+
+    async def _later_events(
+        self, projection: Projection, key: str, head: int
+    ) -> AsyncIterator[RecordedEvent]:
+        """The events after the checked head up to ``head`` that may fold into ``key``."""
+        if per_stream(projection):
+            stream = f"{getattr(projection, 'prefix', '')}{key}"
+            for event in await self.store.read_stream(stream, to_position=head):
+                if event.position > self.head:
+                    yield event
+            return
+        after = self.head
+        while page := await self.store.read_all(after, limit=PAGE, to_position=head):
+            for event in page:
+                yield event
+            after = page[-1].position
 
 
 async def verify_store(
@@ -260,61 +211,34 @@ async def verify_store(
     progress: Progress | None = None,
     catch_up_rounds: int = 5,
 ) -> VerifyReport:
-    """Check the hash chains, positions and every read model of an open store.
-
-    Runs against a live store: the log is read up to the head seen at the
-    start, and a document that moved past that point (a write during the
-    check) makes the check read on to the new head and compare again, a few
-    rounds at most.
-    """
+    """Check the hash chains, positions and every read model of an open store."""
     projections = tuple(store.projections if projections is None else projections)
-    chain = ChainCheck(allow_gaps=allow_gaps)
-    refold = Refold(projections, snapshot_every=0)  # as a rebuild folds; snapshots unchecked
-    folded: dict[tuple[str, str], Doc] = {}
-
-    async def read_to(target: int) -> None:
-        async for page in _pages(store, chain.last_position, target):
-            for event in page:
-                chain.feed(event)
-            docs, _ = refold.page(page)
-            folded.update(((d.kind, d.key), d) for d in docs)
-            if progress is not None:
-                progress("events", chain.events)
-
-    doc_problems: list[Problem] = []
-    checked_docs = 0
-    for _ in range(max(1, catch_up_rounds)):
-        head = await store.head_position()
-        await read_to(head)
-        stored: dict[str, list[Doc]] = {}
-        newer = False
-        for projection in projections:
-            docs = await store.list_docs(projection.kind, include_deleted=True)
-            stored[projection.kind] = docs
-            newer = newer or any(d.position > chain.last_position for d in docs)
-        if newer:
-            continue  # written during the check: read on and compare again
-        doc_problems = []
-        checked_docs = 0
-        for projection in projections:
-            fresh = {key: doc for (kind, key), doc in folded.items() if kind == projection.kind}
-            checked_docs += len(stored[projection.kind])
-            doc_problems.extend(compare_docs(projection.kind, stored[projection.kind], fresh))
-        break
-    else:
-        doc_problems = [
-            Problem("unsettled", "the read models kept changing during the check; run it again")
-        ]
-
-    event_problems = sorted(chain.problems, key=lambda p: (p.position or 0, p.kind))
-    problems = (event_problems + doc_problems)[:MAX_PROBLEMS]
+    head = await store.head_position()
+    chains = StreamChains()
+    fold = StreamFold(projections)  # as a rebuild folds; snapshots unchecked
+    rows = Rows(store, projections, head, catch_up_rounds)
+    async for page in by_stream(store, head):
+        for event in page:
+            chains.feed(event)
+        for doc in fold.feed(page)[0]:
+            await rows.fresh(doc)
+        if progress is not None:
+            progress("events", chains.events)
+    # the last stream's documents (one per kind) and those folded in log order (tokens)
+    for doc in sorted(fold.finish()[0], key=lambda d: d.key):
+        await rows.fresh(doc)
+    await rows.finish()
+    if chains.events != chains.last_position and not allow_gaps:
+        async for problem in gaps(store, head, allow_gaps):
+            chains.problems.add(event_rank(problem), problem)
+    problems = (chains.problems.first() + rows.problems.first())[:MAX_PROBLEMS]
     return VerifyReport(
-        streams=len(chain.heads),
-        events=chain.events,
-        docs=checked_docs,
-        head=chain.last_position,
-        digest=chain.digest(),
+        streams=chains.streams,
+        events=chains.events,
+        docs=rows.checked,
+        head=chains.last_position,
+        digest=chains.digest(),
         problems=tuple(problems),
-        problem_count=chain.problem_count + len(doc_problems),
+        problem_count=chains.problems.count + rows.problems.count,
         gaps_allowed=allow_gaps,
     )

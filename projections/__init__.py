@@ -8,6 +8,7 @@ from sessionstream.projections.account import TokenProjection, UserProjection
 from sessionstream.projections.campaign import CampaignProjection
 from sessionstream.projections.run import RunProjection
 from sessionstream.projections.session import SessionProjection
+from sessionstream.projections.usage import UsageProjection
 
 ALL = (
     SessionProjection(),
@@ -15,6 +16,7 @@ ALL = (
     CampaignProjection(),
     UserProjection(),
     TokenProjection(),
+    UsageProjection(),
 )
 
 __all__ = [
@@ -23,5 +25,6 @@ __all__ = [
     "RunProjection",
     "SessionProjection",
     "TokenProjection",
+    "UsageProjection",
     "UserProjection",
 ]

@@ -44,6 +44,9 @@ class PerStream(Typed[S]):
 
     prefix: ClassVar[str]
     snapshots = False
+    #: each document is folded from its own stream only, so ``verify`` and ``rebuild``
+    #: hold one stream's documents at a time (``eventstore.projector.StreamFold``)
+    per_stream: ClassVar[bool] = True
 
     def key(self, event: RecordedEvent) -> str | None:
         return stream_key(event.stream_id, self.prefix)

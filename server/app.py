@@ -39,6 +39,7 @@ from sessionstream.services.accounts import Authenticator, RunTokens
 from sessionstream.services.campaigns import Campaigns
 from sessionstream.services.history import History
 from sessionstream.services.paging import Cursors
+from sessionstream.services.quota import Quota
 from sessionstream.services.runs import RunManager
 from sessionstream.services.sessions import Sessions
 
@@ -203,9 +204,10 @@ def create_app(
         lease_ttl_s=settings.lease_ttl_s,
     )
     cursors = Cursors(secret)  # list cursors hold across restarts and nodes, as run tokens do
-    app[SESSIONS] = Sessions(app[STORE], app[RUNS], app[RUN_TOKENS], cursors)
+    quota = Quota(app[STORE], settings.user_quota_bytes)
+    app[SESSIONS] = Sessions(app[STORE], app[RUNS], app[RUN_TOKENS], cursors, quota)
     app[CAMPAIGNS] = Campaigns(app[STORE], cursors)
-    app[HISTORY] = History(app[STORE])
+    app[HISTORY] = History(app[STORE], quota)
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_runs_ctx)
     app.router.add_get("/healthz", healthz)

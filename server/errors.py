@@ -23,6 +23,7 @@ from sessionstream.core.errors import (
     SessionStreamError,
     ValidationFailed,
 )
+from sessionstream.server.bounds import Bounds
 
 log = logging.getLogger("sessionstream.http")
 
@@ -133,11 +134,13 @@ async def read_json(request: web.Request) -> Any:
     return value
 
 
-async def parse(request: web.Request, model: type[M]) -> M:
-    """The body, validated against ``model``."""
+async def parse(request: web.Request, model: type[M], bounds: Bounds | None = None) -> M:
+    """The body, validated against ``model`` (and first against ``bounds``, if given)."""
     value = await read_json(request)
     if not isinstance(value, dict):
         raise ValidationFailed("the body must be a JSON object")
+    if bounds is not None:
+        bounds.check(value)
     try:
         return model.model_validate(value)
     except ValidationError as exc:

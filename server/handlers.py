@@ -25,6 +25,7 @@ from sessionstream.core.readmodels import (
     TurnRunInput,
 )
 from sessionstream.core.settings import Settings
+from sessionstream.server.bounds import Bounds
 from sessionstream.server.errors import parse
 from sessionstream.server.keys import CAMPAIGNS, HISTORY, PRINCIPAL, REQUEST_ID, SESSIONS, SETTINGS
 from sessionstream.server.numbers import is_natural, natural
@@ -285,7 +286,7 @@ async def get_session(request: web.Request) -> web.Response:
 async def patch_session(request: web.Request) -> web.Response:
     session_id = uuid_param(request)
     expected = if_match(request)
-    body = await parse(request, PatchSession)
+    body = await parse(request, PatchSession, Bounds.of(request.app[SETTINGS]))
     session = await request.app[SESSIONS].patch_session(
         user_id(request),
         session_id,

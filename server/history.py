@@ -114,6 +114,7 @@ async def fork(request: web.Request) -> web.Response:
         version=body.version,
         node_id=body.node_id,
         request_id=request_id(request),
+        quota=request.app[HISTORY].quota,
     )
     return session_response(session, status=201)
 

@@ -67,7 +67,10 @@ ERRORS = {
     "400": _error("Malformed JSON, wrong types, unknown fields or bad UUIDs"),
     "401": _error("Missing or invalid bearer token"),
     "404": _error("Unknown resource, or another user's"),
-    "413": _error("Body larger than the limit"),
+    "413": _error(
+        "Body larger than the limit (`payload_too_large`), or a write past the user's "
+        "storage quota (`quota_exceeded`); nothing was written"
+    ),
     "429": _error("Rate limited; see Retry-After"),
     "503": _error("Storage unavailable or overloaded; nothing was written (see Retry-After)"),
 }
@@ -177,6 +180,15 @@ def _limits(components: dict[str, Any], settings: Settings) -> None:
     message["maxLength"] = settings.max_message_chars
     leads = components["GenerateExamplesRequest"]["properties"]["leads"]
     leads["maxItems"] = settings.max_leads
+    # a PATCH's bounds hold at any depth (``server/bounds.py``); a schema states the top level
+    for field in components["PatchSession"]["properties"].values():
+        for variant in field.get("anyOf", [field]):
+            if variant.get("type") == "array":
+                variant["maxItems"] = settings.patch_max_items
+            elif variant.get("type") == "string":
+                variant["maxLength"] = variant.get("maxLength", settings.patch_max_chars)
+            elif variant.get("type") == "object":
+                variant["maxProperties"] = settings.patch_max_items
 
 
 def _describe(paths: dict[str, Any]) -> None:
@@ -386,6 +398,9 @@ def build_document(settings: Settings) -> dict[str, Any]:
                     {
                         "name": "limit",
                         "in": "query",
+                        "description": "At most this many events (100 by default); a page also "
+                        "ends before its stored JSON passes `SESSIONSTREAM_PAGE_BYTES` (one larger "
+                        "event comes alone), so follow `next` until it is null",
                         "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
                     },
                 ],

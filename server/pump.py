@@ -2,13 +2,15 @@
 
 Both SSE wires (``/api/realtime/...`` with ``Accept: text/event-stream``, and
 the Trigger.dev stream) pump the same way: the next event or, after
-``ping_s`` of silence, a ``: ping`` comment so idle proxies keep the
-connection; every write bounded by ``send_timeout_s``, so a client that stops
-reading is cut off instead of holding a buffer and a task forever; and an
-end that says why, because the wires end differently. A run channel's body
-ends cleanly after the terminal event on both; a stopped channel (shutdown,
-token expiry) ends cleanly on ours but is dropped on the Trigger.dev stream,
-whose SDK takes a clean end for "complete".
+``ping_s`` of silence, a keep-alive (``ping()``: a ``: ping`` comment with the
+node's heartbeat, ``server/heartbeat.py``) so idle proxies keep the
+connection and the client knows the node still delivers; every write bounded
+by ``send_timeout_s``, so a client that stops reading is cut off instead of
+holding a buffer and a task forever; and an end that says why, because the
+wires end differently. A run channel's body ends cleanly after the terminal
+event on both; a stopped channel (shutdown, token expiry) ends cleanly on
+ours but is dropped on the Trigger.dev stream, whose SDK takes a clean end
+for "complete".
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ async def pump(
     count: FrameCount,
     *,
     ping_s: float,
+    ping: Callable[[], bytes] = lambda: PING,
     send_timeout_s: float,
     first: bytes | None = None,
     deadline: float | None = None,
@@ -88,7 +91,7 @@ async def pump(
         except TimeoutError:
             if deadline is not None and deadline - loop.time() <= 0:
                 return Outcome.TIMED_OUT
-            if not await write(PING):
+            if not await write(ping()):
                 return Outcome.TOO_SLOW
             continue
         except StopAsyncIteration:

@@ -5,7 +5,8 @@ authorises a channel (``server/access.py``), its ``admission`` holds one count
 of open connections against the per-user and per-process limits
 (``server/admission.py``), its ``tails`` turn a cursor into a tail of the log
 and stop them all at shutdown (``server/tail.py``), and its ``frames`` encode
-each event once for every subscriber; the app's ``Revocations``
+each event once for every subscriber, its ``heartbeats`` tell every channel
+how far this node has delivered (``server/heartbeat.py``); the app's ``Revocations``
 (``server/revocation.py``) stop the channels whose API token has been
 revoked. The wires are thin encoders on it: websockets
 (``server/websocket.py``), server-sent events (``server/sse.py``) and the
@@ -45,6 +46,7 @@ from sessionstream.server.cursor import AFTER, LAST_EVENT_ID, Cursor, channel_cu
 from sessionstream.server.fanout import Fanout
 from sessionstream.server.frames import FrameCache
 from sessionstream.server.handlers import run_param, uuid_param
+from sessionstream.server.heartbeat import Heartbeats
 from sessionstream.server.keys import AUTH, AUTH_FAILURES, RUN_TOKENS, SETTINGS, STORE
 from sessionstream.server.metrics import REGISTRY
 from sessionstream.server.ratelimit import RateLimiter
@@ -91,6 +93,7 @@ class Realtime:
         send_timeout_s: float = 5.0,
         close_timeout_s: float = 2.0,
         sse_ping_s: float = 15.0,
+        heartbeat_interval_s: float = 10.0,
     ) -> None:
         self.store = store
         self.supervisor = store.supervisor
@@ -103,6 +106,7 @@ class Realtime:
         self.stats = RealtimeStats()
         self.admission = Admission(self.stats, per_user=per_user, per_process=per_process)
         self.tails = Tails(store, self.stats)
+        self.heartbeats = Heartbeats(store, self.tails, interval_s=heartbeat_interval_s)
         self.frames = FrameCache()
         self.fanouts: dict[str, Fanout] = {}
 
@@ -215,12 +219,14 @@ def install(app: web.Application) -> None:
         send_timeout_s=settings.ws_send_timeout_s,
         close_timeout_s=settings.ws_close_timeout_s,
         sse_ping_s=settings.sse_ping_s,
+        heartbeat_interval_s=settings.delivery_heartbeat_s,
     )
     app[REALTIME] = realtime
     app[REALTIME_STATS] = realtime.stats
     revocations = Revocations(realtime.tails, app[AUTH], interval_s=settings.token_cache_s)
     app[REVOCATIONS] = revocations
     app.cleanup_ctx.append(revocations.ctx)
+    app.cleanup_ctx.append(realtime.heartbeats.ctx)
     app.router.add_get("/api/realtime/runs/{run_id}", realtime.run_channel, allow_head=False)
     app.router.add_get("/api/realtime/sessions/{id}", realtime.session_channel, allow_head=False)
     app.router.add_static("/static/", STATIC_DIR, append_version=False)

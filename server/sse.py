@@ -4,7 +4,9 @@ The same channel as the websocket, for clients that only speak HTTP: each
 event is ``id: <cursor>`` (the run's ``seq`` on a run channel, the global
 ``position`` on a session channel), ``event: <type>`` and ``data:`` the
 ``ChatStreamEvent`` JSON, so ``EventSource`` resumes by itself with
-``Last-Event-ID``. ``: ping`` comments keep idle proxies from timing out.
+``Last-Event-ID``. After ``sse_ping_s`` of silence a ``: ping`` comment keeps
+idle proxies from timing out, followed by an ``event: heartbeat`` (no
+``id:``) with the node's delivery position (``server/heartbeat.py``).
 
 A run's stream ends after its terminal event. ``EventSource`` reconnects
 after any end, so a request whose cursor is already at a finished run's
@@ -74,6 +76,7 @@ async def serve(rt: Realtime, request: web.Request, channel: Channel) -> web.Str
                 encode,
                 rt.stats,
                 ping_s=rt.sse_ping_s,
+                ping=rt.heartbeats.sse,
                 send_timeout_s=rt.send_timeout_s,
                 first=first,
             )

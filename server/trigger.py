@@ -236,6 +236,7 @@ async def run_stream(request: web.Request) -> web.StreamResponse:
                     encode,
                     feeds.stats,
                     ping_s=feeds.ping_s,
+                    ping=core.heartbeats.comment,
                     send_timeout_s=core.send_timeout_s,
                     deadline=deadline,
                 )

@@ -23,6 +23,7 @@ from sessionstream.eventstore.base import EventStore
 from sessionstream.eventstore.model import AppendRequest, NewEvent
 from sessionstream.services.decide import actor, decide_and_append, idem_uuid
 from sessionstream.services.ownership import Loaded, owned_session
+from sessionstream.services.quota import Room
 
 #: the ``task_status`` a session shows while a run of each kind holds it
 TASK_STATUS: Final[dict[RunKind, TaskStatus]] = {
@@ -65,6 +66,7 @@ async def claim_session(
     request_id: str | None = None,
     idempotency_key: str | None = None,
     precheck: Callable[[SessionRow], None] | None = None,
+    room: Room | None = None,
 ) -> Claim:
     """Atomically mark the session busy and create the run stream, or raise SessionBusy.
 
@@ -116,6 +118,7 @@ async def claim_session(
         exhausted=lambda _conflict: SessionBusy(
             "Session is busy: too many concurrent changes, retry"
         ),
+        room=room,
     )
     assert decided.appended is not None  # a claim always appends
     return Claim(run_id, session_id, user_id, kind, decided.appended.duplicate)

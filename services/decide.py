@@ -25,6 +25,7 @@ from typing import Any, Final, Generic, Protocol, TypeVar
 from sessionstream.core.errors import ConcurrencyConflict, PreconditionFailed, SessionStreamError
 from sessionstream.eventstore.base import EventStore
 from sessionstream.eventstore.model import AppendRequest, AppendResult, NewEvent
+from sessionstream.services.quota import Room
 
 #: how often a command decides again when others keep writing first
 ATTEMPTS: Final = 20
@@ -68,6 +69,7 @@ async def decide_and_append(
     last_writer_wins: bool = False,
     attempts: int = ATTEMPTS,
     exhausted: Callable[[ConcurrencyConflict], SessionStreamError] | None = None,
+    room: Room | None = None,
 ) -> Decided[V]:
     """Append what ``decide`` makes of the current state, at the version it was read.
 
@@ -78,7 +80,8 @@ async def decide_and_append(
     or a race, is a 412 at once, never a retry. ``last_writer_wins`` appends
     without checking the version (a PATCH without If-Match). After
     ``attempts`` races the command gives up with ``exhausted(conflict)``, or
-    the last conflict itself.
+    the last conflict itself. Inside a quota ``room`` every append is
+    checked against the user's storage quota first (``services/quota.py``).
     """
     conflict: ConcurrencyConflict | None = None
     for _ in range(attempts):
@@ -92,6 +95,8 @@ async def decide_and_append(
             AppendRequest(stream, tuple(events), None if unchecked else state.version),
             *(also(state) if also is not None else ()),
         ]
+        if room is not None:
+            room.check(requests)
         try:
             results = await store.transact(requests)
         except ConcurrencyConflict as exc:

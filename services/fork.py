@@ -19,11 +19,12 @@ from sessionstream.core.ids import uuid7
 from sessionstream.core.readmodels import SessionState
 from sessionstream.core.vocabulary import EventType, session_stream
 from sessionstream.eventstore.base import EventStore
-from sessionstream.eventstore.model import NewEvent
+from sessionstream.eventstore.model import AppendRequest, NewEvent
 from sessionstream.projections.session import COPIED
 from sessionstream.services.decide import actor
 from sessionstream.services.history import History
 from sessionstream.services.ownership import Loaded, owned_campaign, owned_session
+from sessionstream.services.quota import Quota
 
 
 async def fork_position(
@@ -52,8 +53,11 @@ async def fork_session(
     version: int | None = None,
     node_id: str | None = None,
     request_id: str | None = None,
+    quota: Quota | None = None,
 ) -> Loaded[SessionState]:
-    """A new session of ``user_id`` equal to ``session_id`` as of the point (owner only)."""
+    """A new session of ``user_id`` equal to ``session_id`` as of the point (owner only).
+
+    A fork copies the row, so it counts against the user's ``quota``."""
     at = await fork_position(store, session_id, position, version)
     source = await History(store).session_as_of(user_id, session_id, at)
     campaign_id = source.row["campaign_id"]
@@ -75,5 +79,8 @@ async def fork_session(
         },
         actor(user_id, request_id),
     )
-    await store.append(session_stream(fork_id), [event], expected_version=0)
+    request = AppendRequest(session_stream(fork_id), (event,), 0)
+    async with (quota or Quota(store, 0)).room(user_id) as room:
+        room.check([request])
+        await store.transact([request])
     return await owned_session(store, fork_id, user_id)

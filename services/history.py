@@ -33,6 +33,7 @@ from sessionstream.projections.session import fold_session_events
 from sessionstream.services.claims import require_idle
 from sessionstream.services.decide import actor, decide_and_append
 from sessionstream.services.ownership import Loaded, owned_session
+from sessionstream.services.quota import Quota
 
 ROLLBACK_ATTEMPTS: Final = 10
 #: session events read per query while folding for ``as_of``
@@ -137,8 +138,10 @@ def log_time(moment: datetime) -> str:
 class History:
     """The audit and undo commands; the owner reads a deleted session's past too."""
 
-    def __init__(self, store: EventStore) -> None:
+    def __init__(self, store: EventStore, quota: Quota | None = None) -> None:
         self.store = store
+        #: a rollback re-appends an old skeleton or draft, so it counts against the quota
+        self.quota = quota or Quota(store, 0)
 
     async def events(self, user_id: str, session_id: str, after: int, limit: int) -> EventsPage:
         """A page of the session's events, its runs' included, in log order.
@@ -237,15 +240,17 @@ class History:
             kind, data = rollback(row)
             return [NewEvent(kind, data, actor(user_id, request_id))]
 
-        await decide_and_append(
-            self.store,
-            session_stream(session_id),
-            lambda: owned_session(self.store, session_id, user_id),
-            decide,
-            if_match=if_match,
-            attempts=ROLLBACK_ATTEMPTS,
-            exhausted=lambda _conflict: SessionBusy(
-                "the session kept changing during the rollback; retry"
-            ),
-        )
+        async with self.quota.room(user_id) as room:
+            await decide_and_append(
+                self.store,
+                session_stream(session_id),
+                lambda: owned_session(self.store, session_id, user_id),
+                decide,
+                if_match=if_match,
+                attempts=ROLLBACK_ATTEMPTS,
+                exhausted=lambda _conflict: SessionBusy(
+                    "the session kept changing during the rollback; retry"
+                ),
+                room=room,
+            )
         return await owned_session(self.store, session_id, user_id)

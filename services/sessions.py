@@ -27,7 +27,7 @@ from sessionstream.core.readmodels import (
 )
 from sessionstream.core.vocabulary import EventType, session_stream
 from sessionstream.eventstore.base import EventStore
-from sessionstream.eventstore.model import AppendResult, Doc, NewEvent
+from sessionstream.eventstore.model import AppendRequest, AppendResult, Doc, NewEvent
 from sessionstream.services.accounts import RunTokens
 from sessionstream.services.claims import Claim, claim_session, require_skeleton
 from sessionstream.services.decide import actor, decide_and_append, idem_uuid
@@ -39,6 +39,7 @@ from sessionstream.services.ownership import (
     session_of,
 )
 from sessionstream.services.paging import Cursors, Listing, Page, Pager
+from sessionstream.services.quota import Quota
 from sessionstream.services.runs import RunManager
 
 log = logging.getLogger("sessionstream.runs")
@@ -69,9 +70,12 @@ class Sessions:
         runs: RunManager,
         tokens: RunTokens,
         cursors: Cursors | None = None,
+        quota: Quota | None = None,
     ) -> None:
-        """``cursors`` signs list cursors; without one they hold for this process only."""
+        """``cursors`` signs list cursors; without one they hold for this process only.
+        Without a ``quota`` nothing is limited."""
         self.store = store
+        self.quota = quota or Quota(store, 0)
         self.runs = runs
         self.tokens = tokens
         self.pager = Pager(store, cursors or Cursors(secrets.token_urlsafe(32)))
@@ -116,7 +120,10 @@ class Sessions:
             actor(user_id, request_id),
             **({"event_id": event_id} if event_id else {}),
         )
-        appended = await self.store.append(session_stream(session_id), [event], expected_version=0)
+        request = AppendRequest(session_stream(session_id), (event,), 0)
+        async with self.quota.room(user_id) as room:
+            room.check([request])
+            (appended,) = await self.store.transact([request])
         return await self._written(appended, user_id, session_id)
 
     async def patch_session(
@@ -143,15 +150,17 @@ class Sessions:
                 NewEvent(EventType.SESSION_PATCHED, {"fields": fields}, actor(user_id, request_id))
             ]
 
-        decided = await decide_and_append(
-            self.store,
-            session_stream(session_id),
-            lambda: self.session(user_id, session_id),
-            decide,
-            if_match=if_match,
-            last_writer_wins=True,
-            attempts=1,
-        )
+        async with self.quota.room(user_id) as room:
+            decided = await decide_and_append(
+                self.store,
+                session_stream(session_id),
+                lambda: self.session(user_id, session_id),
+                decide,
+                if_match=if_match,
+                last_writer_wins=True,
+                attempts=1,
+                room=room,
+            )
         if decided.appended is None:
             return decided.state
         held_by = decided.state.body["active_run"]
@@ -203,15 +212,17 @@ class Sessions:
         idempotency_key: str | None = None,
     ) -> StartedRun:
         self.runs.check_capacity()
-        claim = await claim_session(
-            self.store,
-            user_id,
-            session_id,
-            kind="turn",
-            run_input=ask,
-            request_id=request_id,
-            idempotency_key=idempotency_key,
-        )
+        async with self.quota.room(user_id) as room:
+            claim = await claim_session(
+                self.store,
+                user_id,
+                session_id,
+                kind="turn",
+                run_input=ask,
+                request_id=request_id,
+                idempotency_key=idempotency_key,
+                room=room,
+            )
         return await self._start(claim, ask, token_ref)
 
     async def start_examples(
@@ -225,16 +236,18 @@ class Sessions:
         idempotency_key: str | None = None,
     ) -> StartedRun:
         self.runs.check_capacity()
-        claim = await claim_session(
-            self.store,
-            user_id,
-            session_id,
-            kind="examples",
-            run_input=ask,
-            request_id=request_id,
-            idempotency_key=idempotency_key,
-            precheck=require_skeleton,
-        )
+        async with self.quota.room(user_id) as room:
+            claim = await claim_session(
+                self.store,
+                user_id,
+                session_id,
+                kind="examples",
+                run_input=ask,
+                request_id=request_id,
+                idempotency_key=idempotency_key,
+                precheck=require_skeleton,
+                room=room,
+            )
         return await self._start(claim, ask, token_ref)
 
     async def _start(self, claim: Claim, ask: RunInput, token_ref: str) -> StartedRun:

@@ -425,7 +425,7 @@ async def test_live_stream_pings_then_ends_after_the_terminal_event(make_api: An
     first = await r.content.readuntil(b"\n\n")
     assert first.startswith(b"id: 1\n")
     await r.content.readuntil(b"\n\n")  # run.started
-    assert await r.content.readuntil(b"\n\n") == b": ping\n\n"
+    assert (await r.content.readuntil(b"\n\n")).startswith(b': ping {"type":"heartbeat"')
     await run.add("message.delta", {"text": "hello"})
     delta = await r.content.readuntil(b"\n\n")
     assert frames(delta.decode())[0][1]["data"] == {"text": "hello"}

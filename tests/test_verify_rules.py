@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from sessionstream import projections
+from sessionstream.eventstore.integrity import StreamChains
 from sessionstream.eventstore.model import Doc, DocIndex, NewEvent, RecordedEvent
 from sessionstream.eventstore.sqlite import SQLiteEventStore
 from sessionstream.eventstore.verify import (
@@ -136,6 +137,37 @@ async def test_a_version_that_does_not_follow(tmp_path: Path) -> None:
     assert gap.message == "position 3 (campaign-c2 v1): expected position 2 after 1"
 
 
+def streamed(events: list[RecordedEvent]) -> StreamChains:
+    chains = StreamChains()
+    for event in sorted(events, key=lambda e: (e.stream_id, e.version)):
+        chains.feed(event)
+    return chains
+
+
+async def test_reading_by_stream_finds_what_reading_by_position_finds(tmp_path: Path) -> None:
+    events = await events_of(tmp_path)
+    intact = streamed(events)
+    assert intact.problems.count == 0 and (intact.events, intact.streams) == (4, 2)
+    assert intact.digest() == checked(events).digest()  # the same bytes, hashed as they pass
+    altered = list(events)
+    altered[1] = dataclasses.replace(events[1], data={"id": "n1", "position": 5})
+    assert [(p.kind, p.position) for p in streamed(altered).problems.first()] == [("hash", 2)]
+    removed = [events[0], events[2], events[3]]  # c1 v2
+    by_stream = {(p.kind, p.position, p.message) for p in streamed(removed).problems.first()}
+    by_position = {(p.kind, p.position, p.message) for p in checked(removed).problems}
+    assert by_stream == by_position - {p for p in by_position if p[0] == "gap"}
+    # two events of one stream swapped in position: their hashes still chain by version,
+    # but the versions no longer rise with the positions
+    swapped = [dataclasses.replace(events[0], position=2), events[2], events[3]]
+    swapped.append(dataclasses.replace(events[1], position=1))
+    problems = streamed(swapped).problems.first()
+    assert [(p.kind, p.position, p.version) for p in problems] == [("version", 1, 2)]
+    assert problems[0].message == (
+        "position 1 (campaign-c1 v2): comes before version 1 at position 2"
+    )
+    assert ("version", 1) in kinds(checked(sorted(swapped, key=lambda e: e.position)))
+
+
 async def test_gaps_are_accepted_only_when_allowed_and_only_forward(tmp_path: Path) -> None:
     events = await events_of(tmp_path)
     moved = [dataclasses.replace(e, position=p) for e, p in zip(events, (2, 5, 6, 9), strict=True)]
@@ -244,7 +276,7 @@ async def test_a_wrong_read_model_is_found(tmp_path: Path) -> None:
 
 
 class Liar:
-    """A store whose ``read_all`` returns some events altered; all else is the real store."""
+    """A store whose log reads return some events altered; all else is the real store."""
 
     def __init__(self, store: SQLiteEventStore, replace: dict[int, RecordedEvent]) -> None:
         self._store, self._replace = store, replace
@@ -256,35 +288,52 @@ class Liar:
         events = await self._store.read_all(after, **kw)
         return [self._replace.get(e.position, e) for e in events]
 
+    async def read_by_stream(self, after: tuple[str, int] = ("", 0), **kw: Any) -> Any:
+        events = await self._store.read_by_stream(after, **kw)
+        return [self._replace.get(e.position, e) for e in events]
+
 
 class Busy:
-    """A store written to while it is verified: each ``list_docs`` of the first
-    ``writes`` rounds appends one more campaign first."""
+    """A store written to while it is verified: each of the first ``writes`` reads of
+    stored campaign rows appends one more campaign first (and a second event to the
+    campaign ``c2`` the check has already folded up to the head it saw)."""
 
     def __init__(self, store: SQLiteEventStore, writes: int) -> None:
-        self._store, self.writes, self.rounds = store, writes, 0
+        self._store, self.writes, self.scans, self.heads = store, writes, 0, 0
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
 
     async def head_position(self) -> int:
-        self.rounds += 1
+        self.heads += 1
         return await self._store.head_position()
 
-    async def list_docs(self, kind: str, **kw: Any) -> list[Doc]:
-        if kind == "campaign" and self.rounds <= self.writes:
-            await self._store.append(f"campaign-w{self.rounds}", [campaign(f"w{self.rounds}")])
-        return await self._store.list_docs(kind, **kw)
+    async def scan_docs(self, kind: str, **kw: Any) -> list[Doc]:
+        if kind == "campaign" and self.scans < self.writes:
+            self.scans += 1
+            await self._store.append(f"campaign-w{self.scans}", [campaign(f"w{self.scans}")])
+            await self._store.append("campaign-c2", [node(f"late{self.scans}")])
+        return await self._store.scan_docs(kind, **kw)
+
+    async def get_doc(self, kind: str, key: str) -> Doc | None:
+        """Every look at a moving row finds it moved again, while writes last."""
+        if kind == "campaign" and self.scans < self.writes:
+            self.scans += 1
+            await self._store.append("campaign-c2", [node(f"later{self.scans}")])
+        return await self._store.get_doc(kind, key)
 
 
 async def test_verifying_while_written_reads_on_and_settles(tmp_path: Path) -> None:
     store = await filled(tmp_path)
     try:
-        busy = Busy(store, writes=2)
+        busy = Busy(store, writes=1)
         report = await verify_store(busy, catch_up_rounds=3)  # type: ignore[arg-type]
         assert report.ok, report.problems
-        assert (busy.rounds, report.events, report.head, report.streams) == (3, 6, 6, 4)
-        assert report.docs == 4  # c1, c2 and the two written during the check
+        # the log is checked up to the head seen at the start; the rows written since
+        # (w1, and c2 moved on) are compared with a fold of their events to a later head
+        assert (report.events, report.head, report.streams) == (4, 4, 2)
+        assert report.docs == 3  # c1, c2 and w1, written during the check
+        assert busy.heads == 3  # the start, then one later head for each moved row
     finally:
         await store.close()
 
@@ -294,14 +343,19 @@ async def test_a_store_that_never_settles_is_reported(tmp_path: Path) -> None:
     try:
         busy = Busy(store, writes=99)
         report = await verify_store(busy, catch_up_rounds=2)  # type: ignore[arg-type]
-        assert busy.rounds == 2 and not report.ok
-        assert report.problems == (
-            Problem("unsettled", "the read models kept changing during the check; run it again"),
+        assert not report.ok
+        unsettled = [p for p in report.problems if p.kind == "unsettled"]
+        assert unsettled[0] == Problem(
+            "unsettled",
+            "campaign c2: kept changing during the check; run it again",
+            doc_kind="campaign",
+            doc_key="c2",
         )
-        assert report.problem_count == 1 and report.docs == 0
+        assert {p.kind for p in report.problems} == {"unsettled"}
         zero = Busy(store, writes=99)
-        assert (await verify_store(zero, catch_up_rounds=0)).problem_count == 1  # type: ignore[arg-type]
-        assert zero.rounds == 1  # at least one round, however few are asked for
+        report = await verify_store(zero, catch_up_rounds=0)  # type: ignore[arg-type]
+        assert report.problems[0].kind == "unsettled"
+        assert zero.heads >= 2  # at least one later round, however few are asked for
     finally:
         await store.close()
 
@@ -346,7 +400,7 @@ def test_differing_fields_of_odd_bodies_and_encodings() -> None:
 
 
 class Counting:
-    """A store that counts its ``read_all`` calls, and can commit just after the head is read."""
+    """A store that counts its reads of the log, and can commit just after the head is read."""
 
     def __init__(self, store: SQLiteEventStore, commit_after_head: bool = False) -> None:
         self._store, self.reads, self.heads = store, 0, 0
@@ -354,6 +408,10 @@ class Counting:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
+
+    async def read_by_stream(self, after: tuple[str, int] = ("", 0), **kw: Any) -> Any:
+        self.reads += 1
+        return await self._store.read_by_stream(after, **kw)
 
     async def read_all(self, after: int = 0, **kw: Any) -> list[RecordedEvent]:
         self.reads += 1
@@ -372,14 +430,15 @@ async def test_the_log_is_read_in_pages_up_to_the_head_seen(tmp_path: Path) -> N
     await store.open()
     try:
         await store.append("campaign-c1", [campaign("c1"), *[node(f"n{i}") for i in range(1200)]])
+        await store.append("campaign-c2", [campaign("c2")])
         counting = Counting(store)
         report = await verify_store(counting, projections=[])  # type: ignore[arg-type]
-        assert report.ok and report.events == 1201
-        assert counting.reads == 1  # one page of up to 5,000 events, no empty read after it
+        assert report.ok and report.events == 1202
+        assert counting.reads == 2  # two pages of up to 1,000 events, no empty read after them
         late = Counting(store, commit_after_head=True)
         report = await verify_store(late)  # type: ignore[arg-type]
-        # the first round stops at the head it saw; the late event's document is newer,
-        # so a second round reads on to it
-        assert report.ok and late.heads == 2 and report.events == 1202
+        # the log is checked up to the head it saw; the late campaign's row is newer,
+        # so it is compared with a fold up to a later head
+        assert report.ok and late.heads == 2 and report.events == 1202 and report.docs == 3
     finally:
         await store.close()

@@ -122,6 +122,51 @@ MIGRATIONS: tuple[str, ...] = (
     DROP INDEX events_recorded_at;
     CREATE INDEX events_recorded_at ON events (recorded_at, position);
     """,
+    # 5: a batch planned on what the writer already knows, written in one statement
+    # (its own transaction: one round trip) when the head is still the one it planned on
+    """
+    CREATE OR REPLACE FUNCTION write_batch_at_head(
+        d_kind TEXT[], d_key TEXT[], d_owner TEXT[], d_parent TEXT[], d_created_at TEXT[],
+        d_active BOOL[], d_deleted BOOL[], d_version INT[], d_position BIGINT[], d_body TEXT[],
+        e_position BIGINT[], e_stream_id TEXT[], e_version INT[], e_event_id TEXT[],
+        e_type TEXT[], e_data TEXT[], e_metadata TEXT[], e_correlation_id TEXT[],
+        e_recorded_at TEXT[], e_hash TEXT[],
+        s_stream_id TEXT[], s_version INT[], s_hash TEXT[],
+        n_stream_id TEXT[], n_kind TEXT[], n_version INT[], n_position BIGINT[], n_state TEXT[],
+        new_head BIGINT, channel TEXT, planned_head BIGINT
+    ) RETURNS BIGINT LANGUAGE plpgsql SET enable_seqscan = off AS $fn$
+    DECLARE
+        current BIGINT;
+    BEGIN
+        SELECT head INTO current FROM log_head WHERE id = 1 FOR UPDATE;
+        IF current <> planned_head THEN
+            RETURN current;  -- someone else wrote: the caller plans again on what is read
+        END IF;
+        INSERT INTO docs (kind, key, owner, parent, created_at, active, deleted, version,
+                          position, body)
+        SELECT * FROM unnest(d_kind, d_key, d_owner, d_parent, d_created_at, d_active,
+                             d_deleted, d_version, d_position, d_body)
+        ON CONFLICT (kind, key) DO UPDATE SET owner = excluded.owner,
+            parent = excluded.parent, created_at = excluded.created_at,
+            active = excluded.active, deleted = excluded.deleted,
+            version = excluded.version, position = excluded.position, body = excluded.body;
+        INSERT INTO events (position, stream_id, version, event_id, type, data, metadata,
+                            correlation_id, recorded_at, hash)
+        SELECT * FROM unnest(e_position, e_stream_id, e_version, e_event_id, e_type, e_data,
+                             e_metadata, e_correlation_id, e_recorded_at, e_hash);
+        INSERT INTO streams (stream_id, version, hash)
+        SELECT * FROM unnest(s_stream_id, s_version, s_hash)
+        ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, hash = excluded.hash;
+        INSERT INTO snapshots (stream_id, kind, version, position, state)
+        SELECT * FROM unnest(n_stream_id, n_kind, n_version, n_position, n_state)
+        ON CONFLICT (stream_id, kind, version) DO UPDATE SET
+            position = excluded.position, state = excluded.state;
+        UPDATE log_head SET head = new_head WHERE id = 1;
+        PERFORM pg_notify(channel, new_head::text);
+        RETURN current;
+    END
+    $fn$;
+    """,
 )
 
 LATEST = len(MIGRATIONS)
@@ -243,6 +288,10 @@ WITH d AS (
 SELECT pg_notify($30, $29::text)
 """
 
+#: :data:`WRITE_BATCH` in its own transaction, if the log's head is still ``$31``:
+#: returns the head it found (the batch was written only if that is ``$31``)
+WRITE_BATCH_AT_HEAD = "SELECT write_batch_at_head(" + ", ".join(f"${n}" for n in range(1, 32)) + ")"
+
 #: rebuild writes documents and snapshots per page of the log
 WRITE_DOCS = f"""
 WITH d AS (
@@ -324,8 +373,9 @@ def write_batch_args(
         [r.version for r in records],
         [r.event_id for r in records],
         [r.type for r in records],
-        [dumps(r.data) for r in records],
-        [dumps(r.metadata) for r in records],
+        # the canonical text the append hashed (valid UTF-8: the hash encoded it)
+        [r.encoded[0] if r.encoded else dumps(r.data) for r in records],
+        [r.encoded[1] if r.encoded else dumps(r.metadata) for r in records],
         [r.correlation_id for r in records],
         [r.recorded_at for r in records],
         [r.hash for r in records],

@@ -46,6 +46,8 @@ log = logging.getLogger("sessionstream.eventstore.postgres")
 
 
 class PostgresEventStore(EventStore):
+    delivery_tasks = ("pg-writer", "pg-pump")
+
     def __init__(
         self,
         dsn: str,
@@ -93,6 +95,11 @@ class PostgresEventStore(EventStore):
         self.pump = LogPump(self.hub, self._read_after, self._poll, poll_interval_s=poll_interval_s)
         self._open = False
         self._closing = False
+
+    def known_head(self) -> int:
+        """The head ``NOTIFY``, this node's commits and the poll told the pump of: it
+        moves on while a stalled pump's published position does not."""
+        return max(self.pump.target, self.hub.published_position)
 
     @property
     def channel(self) -> str:
@@ -207,7 +214,10 @@ class PostgresEventStore(EventStore):
         ]
 
     async def _read_after(self, position: int) -> list[RecordedEvent]:
-        return await self._reader.read_all(position, limit=1000)
+        # another node's events, as the pump publishes them: a page bounded in bytes,
+        # data left as stored for the frames that splice it
+        page = await self._reader.read_page(position, max_rows=1000, max_bytes=self.page_bytes)
+        return list(page)
 
     async def _poll(self) -> int:
         """The pump's safety net under NOTIFY: listen again if need be, read the head."""
@@ -263,6 +273,7 @@ class PostgresEventStore(EventStore):
             return
         events = list(events)
         await self.commits.drained()  # appends already queued land first
+        self._writer.forget()
         try:
             async with self._reader.require_pool().acquire() as conn, conn.transaction():
                 await conn.execute("SELECT head FROM log_head WHERE id = 1 FOR UPDATE")
@@ -276,6 +287,7 @@ class PostgresEventStore(EventStore):
 
     async def _rebuild(self, *, only_if_stale: bool) -> int:
         """Refold every read model under the head lock (appends wait meanwhile)."""
+        self._writer.forget()
         try:
             async with self._reader.require_pool().acquire() as conn, conn.transaction():
                 await conn.execute("SELECT head FROM log_head WHERE id = 1 FOR UPDATE")
@@ -335,6 +347,15 @@ class PostgresEventStore(EventStore):
             to_position=to_position,
         )
 
+    async def read_by_stream(
+        self,
+        after: tuple[str, int] = ("", 0),
+        *,
+        limit: int = 1000,
+        to_position: int | None = None,
+    ) -> list[RecordedEvent]:
+        return await self._reader.read_by_stream(after, limit=limit, to_position=to_position)
+
     async def head_position(self) -> int:
         return await self._reader.head_position()
 
@@ -360,6 +381,7 @@ class PostgresEventStore(EventStore):
         include_deleted: bool = False,
         after: tuple[str, str] | None = None,
         limit: int | None = None,
+        max_bytes: int | None = None,
     ) -> list[Doc]:
         return await self._reader.list_docs(
             kind,
@@ -369,7 +391,13 @@ class PostgresEventStore(EventStore):
             include_deleted=include_deleted,
             after=after,
             limit=limit,
+            max_bytes=max_bytes,
         )
+
+    async def scan_docs(
+        self, kind: str, *, after: str | None = None, limit: int = 100
+    ) -> list[Doc]:
+        return await self._reader.scan_docs(kind, after=after, limit=limit)
 
     async def latest_snapshot(
         self, stream_id: str, kind: str, *, max_position: int | None = None

@@ -1,10 +1,13 @@
-"""The PostgreSQL store's writer: a batch in four round trips, whatever its size.
+"""The PostgreSQL store's writer: a batch in one round trip, or four, whatever its size.
 
-Lock the ``log_head`` row; read everything the batch needs (stored event ids,
-stream heads, documents, snapshot marks) in one query; have the batch planner
-(``eventstore/batch.py``) decide every request; write events, stream heads,
-documents, snapshots, the new head and the ``NOTIFY`` in one statement of
-array ``unnest``s; commit.
+When the writer knows every fact a batch needs (``known.py``: what it last
+read and wrote, as of the head it last saw), it plans the batch on them and
+writes it with one statement in its own transaction, which writes only if
+the head has not moved. Otherwise, the sure path: lock the ``log_head`` row;
+read everything the batch needs (stored event ids, stream heads, documents,
+snapshot marks) in one query; have the batch planner (``eventstore/batch.py``)
+decide every request; write events, stream heads, documents, snapshots, the
+new head and the ``NOTIFY`` in one statement of array ``unnest``s; commit.
 
 Every append on every node locks the same row first, so appends are
 serialised across the cluster and positions are handed out gapless and in
@@ -34,30 +37,22 @@ from sessionstream.eventstore.batch import (
     Unknown,
     check_import,
     check_request,
-    check_text,
+    storable,
 )
 from sessionstream.eventstore.clock import exceptions, stamp
 from sessionstream.eventstore.groupcommit import Outcome, Pending
 from sessionstream.eventstore.model import Doc, RecordedEvent, row_to_doc, row_to_event, utc_now
 from sessionstream.eventstore.postgres import schema as sql
-from sessionstream.eventstore.projector import Projection, Refold
-from sessionstream.eventstore.snapshots import Ident, Series, SnapshotPolicy
+from sessionstream.eventstore.postgres.known import Known
+from sessionstream.eventstore.projector import Projection, Refold, StreamFold, interested
+from sessionstream.eventstore.snapshots import Ident, Series, Snapshot, SnapshotPolicy
 
-#: a rebuild folds the log this many events at a time, each document written once per page
-REBUILD_PAGE = 5000
+#: a rebuild reads the log this many events at a time, stream by stream (``StreamFold``)
+REBUILD_PAGE = 2000
 
 
 class Rejected(Exception):
     """The database refused a batch's writes (a constraint the plan did not foresee)."""
-
-
-def storable(text: str) -> bool:
-    """Whether PostgreSQL can take this text as a query parameter at all."""
-    try:
-        check_text(text)
-    except ValidationFailed:
-        return False
-    return True
 
 
 @dataclass(slots=True)
@@ -127,7 +122,7 @@ class Facts:
             await self.read(conn, docs=[unknown.ident])
         elif unknown.what == "snapshot":
             await self.read(conn, series=[unknown.ident])
-        else:  # the planner asks about event ids only when it plans optimistic
+        else:  # event ids: the planner asks only when it plans optimistic (the caller reads)
             raise AssertionError(f"unexpected question {unknown.what}")
 
 
@@ -148,6 +143,15 @@ class PostgresWriter:
         #: the writer connection, reopened when lost
         self.conn: asyncpg.Connection | None = None
         self._connect = connect
+        #: what the database holds as far as this writer knows (``known.py``)
+        self.known = Known()
+        #: batches written in one round trip, and those that took the sure path
+        self.planned_on_known = 0
+        self.read_under_lock = 0
+
+    def forget(self) -> None:
+        """Something other than this writer's appends changed the tables (an import, a rebuild)."""
+        self.known.forget()
 
     async def connection(self) -> asyncpg.Connection:
         if self.conn is None or self.conn.is_closed():
@@ -165,7 +169,19 @@ class PostgresWriter:
     ) -> tuple[list[Outcome], list[list[RecordedEvent]]]:
         """Outcomes in batch order and the committed events as contiguous runs."""
         try:
-            plan = await self._write_once(batch)
+            plan = await self._write_on_known(batch)
+        except BaseException:
+            self.known.forget()  # committed or not: unknown
+            raise
+        if plan is not None:
+            return plan.outcomes, [plan.records] if plan.records else []
+        try:  # event ids not looked up: a retried one is rare, and UNIQUE refuses it
+            plan = await self._write_once(batch, optimistic=True)
+            return plan.outcomes, [plan.records] if plan.records else []
+        except Rejected:
+            pass
+        try:  # every id looked up
+            plan = await self._write_once(batch, optimistic=False)
             return plan.outcomes, [plan.records] if plan.records else []
         except Rejected as exc:
             if len(batch) == 1:
@@ -175,7 +191,7 @@ class PostgresWriter:
         runs: list[list[RecordedEvent]] = []
         for pending in batch:
             try:
-                plan = await self._write_once([pending])
+                plan = await self._write_once([pending], optimistic=False)
             except Rejected as exc:
                 outcomes.append(ValidationFailed(f"append rejected by the store: {exc}"))
                 continue
@@ -184,11 +200,52 @@ class PostgresWriter:
                 runs.append(plan.records)
         return outcomes, runs
 
-    async def _write_once(self, batch: Sequence[Pending]) -> BatchPlan:
+    async def _write_on_known(self, batch: Sequence[Pending]) -> BatchPlan | None:
+        """The batch planned on what is known and written in one round trip, or None."""
+        known = self.known
+        if not known.covers(r.stream_id for p in batch for r in p.requests):
+            return None
+        assert known.head is not None
+        planner = BatchPlanner(
+            known.head,
+            known.streams,
+            at=stamp(utc_now(), known.newest),
+            optimistic=True,  # a retried id: UNIQUE refuses it, and the sure path decides
+            projections=self.projections,
+            load_doc=known.doc,
+            snapshot_every=self.snapshot_every,
+            last_snapshot=known.last_snapshot,
+        )
+        try:
+            for pending in batch:
+                planner.accept(planner.decide(pending.requests))
+        except Unknown:
+            return None
+        plan = planner.plan()
+        if not plan.records:  # refusals only: nothing to write, nothing to wait for
+            return plan
+        args = sql.write_batch_args(
+            plan.records, plan.streams, plan.docs, plan.snapshots, plan.head, self.channel
+        )
         conn = await self.connection()
         try:
+            found = await conn.fetchval(sql.WRITE_BATCH_AT_HEAD, *args, known.head)
+        except (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError):
+            known.forget()
+            return None
+        if found != known.head:
+            known.forget()
+            return None
+        self.planned_on_known += 1
+        known.wrote(plan)
+        return plan
+
+    async def _write_once(self, batch: Sequence[Pending], *, optimistic: bool) -> BatchPlan:
+        conn = await self.connection()
+        self.read_under_lock += 1
+        try:
             await conn.execute(sql.LOCK_HEAD)
-            plan = await self._plan(conn, batch)
+            plan = await self._plan(conn, batch, optimistic)
             if plan.records:
                 args = sql.write_batch_args(
                     plan.records, plan.streams, plan.docs, plan.snapshots, plan.head, self.channel
@@ -200,31 +257,39 @@ class PostgresWriter:
                     raise Rejected(str(exc)) from exc
             await conn.execute("COMMIT")
         except BaseException:
+            self.known.forget()
             if not conn.is_closed() and conn.is_in_transaction():
                 try:
                     await asyncio.shield(conn.execute("ROLLBACK"))
                 except Exception:
                     conn.terminate()
             raise
+        self.known.wrote(plan)
         return plan
 
-    async def _plan(self, conn: asyncpg.Connection, batch: Sequence[Pending]) -> BatchPlan:
+    async def _plan(
+        self, conn: asyncpg.Connection, batch: Sequence[Pending], optimistic: bool
+    ) -> BatchPlan:
         at = utc_now()
         ids: set[str] = set()
         streams: set[str] = set()
         probes: list[RecordedEvent] = []
         for pending in batch:
             for request in pending.requests:
+                stream_id = request.stream_id
                 try:
                     check_request(request, [e.event_id for e in request.events])
                 except ValidationFailed:
                     continue  # refused before any fact is needed; PostgreSQL may not take it
-                streams.add(request.stream_id)
+                streams.add(stream_id)
+                if not optimistic:
+                    ids.update(e.event_id for e in request.events)
+                if not interested(self.projections, stream_id):
+                    continue  # no document to read: probing each event was most of a bulk plan
                 for new in request.events:
-                    ids.add(new.event_id)
                     probes.append(
                         RecordedEvent(
-                            0, request.stream_id, 0, new.event_id, new.type, new.data,
+                            0, stream_id, 0, new.event_id, new.type, new.data,
                             new.metadata, new.correlation_id, at, "",
                         )
                     )  # fmt: skip
@@ -235,6 +300,7 @@ class PostgresWriter:
             facts.streams,
             facts.events,
             at=stamp(at, facts.newest),
+            optimistic=optimistic,
             projections=self.projections,
             load_doc=facts.doc,
             snapshot_every=self.snapshot_every,
@@ -246,14 +312,28 @@ class PostgresWriter:
                     decision = planner.decide(pending.requests)
                     break
                 except Unknown as unknown:  # a projection keyed an event unlike its probe
-                    await facts.answer(conn, unknown)
+                    if unknown.what != "events":
+                        await facts.answer(conn, unknown)
+                        continue
+                    asked = [i for i in unknown.ident if storable(i)]
+                    await facts.read(conn, ids=asked)
+                    planner.learn(
+                        unknown.ident, [facts.events[i] for i in asked if i in facts.events]
+                    )
             planner.accept(decision)
+        self.known.read(
+            facts.head,
+            facts.newest,
+            (sorted(streams), facts.streams),
+            (facts.asked_docs, facts.docs),
+            (facts.asked_snapshots, facts.snapshots),
+        )
         return planner.plan()
 
     def _doc_keys(self, events: Iterable[RecordedEvent]) -> set[Ident]:
         keys: set[Ident] = set()
         for event in events:
-            for projection in self.projections:
+            for projection in interested(self.projections, event.stream_id):
                 key = projection.key(event)
                 if key is not None:
                     keys.add((projection.kind, key))
@@ -293,17 +373,29 @@ class PostgresWriter:
             raise ValidationFailed(f"import rejected by the store: {exc}") from exc
 
     async def refold(self, conn: asyncpg.Connection) -> int:
-        """Fold the whole log into emptied read-model tables; returns the events folded."""
-        refold = Refold(self.projections, self.snapshot_every)
-        count = after = 0
+        """Fold the whole log into emptied read-model tables, stream by stream
+        (``StreamFold``: one page and one stream's documents in memory); returns
+        the events folded."""
+        fold = StreamFold(self.projections, self.snapshot_every)
+        count = 0
+        mark: tuple[str, int] = ("", 0)
         query = (
-            f"SELECT {sql.EVENT_COLUMNS} FROM events WHERE position > $1 ORDER BY position LIMIT $2"
+            f"SELECT {sql.EVENT_COLUMNS} FROM events WHERE (stream_id, version) > ($1, $2) "
+            "ORDER BY stream_id, version LIMIT $3"
         )
-        while rows := await conn.fetch(query, after, REBUILD_PAGE):
-            docs, snapshots = refold.page(row_to_event(r) for r in rows)
+        while rows := await conn.fetch(query, *mark, REBUILD_PAGE):
+            events = [row_to_event(r) for r in rows]
+            await self._write_docs(conn, *fold.feed(events))
+            count += len(events)
+            mark = (events[-1].stream_id, events[-1].version)
+        await self._write_docs(conn, *fold.finish())
+        return count
+
+    @staticmethod
+    async def _write_docs(
+        conn: asyncpg.Connection, docs: list[Doc], snapshots: list[Snapshot]
+    ) -> None:
+        if docs or snapshots:
             await conn.execute(
                 sql.WRITE_DOCS, *sql.doc_arrays(docs), *sql.snapshot_arrays(snapshots)
             )
-            count += len(rows)
-            after = rows[-1][0]
-        return count

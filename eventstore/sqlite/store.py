@@ -41,6 +41,8 @@ T = TypeVar("T")
 
 
 class SQLiteEventStore(EventStore):
+    delivery_tasks = ("sqlite-writer",)
+
     def __init__(
         self,
         path: str | os.PathLike[str],
@@ -248,6 +250,15 @@ class SQLiteEventStore(EventStore):
             to_position=to_position,
         )
 
+    async def read_by_stream(
+        self,
+        after: tuple[str, int] = ("", 0),
+        *,
+        limit: int = 1000,
+        to_position: int | None = None,
+    ) -> list[RecordedEvent]:
+        return await self._reader.read_by_stream(after, limit=limit, to_position=to_position)
+
     async def head_position(self) -> int:
         return await self._reader.head_position()
 
@@ -273,6 +284,7 @@ class SQLiteEventStore(EventStore):
         include_deleted: bool = False,
         after: tuple[str, str] | None = None,
         limit: int | None = None,
+        max_bytes: int | None = None,
     ) -> list[Doc]:
         return await self._reader.list_docs(
             kind,
@@ -282,7 +294,13 @@ class SQLiteEventStore(EventStore):
             include_deleted=include_deleted,
             after=after,
             limit=limit,
+            max_bytes=max_bytes,
         )
+
+    async def scan_docs(
+        self, kind: str, *, after: str | None = None, limit: int = 100
+    ) -> list[Doc]:
+        return await self._reader.scan_docs(kind, after=after, limit=limit)
 
     async def latest_snapshot(
         self, stream_id: str, kind: str, *, max_position: int | None = None

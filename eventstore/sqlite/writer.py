@@ -31,6 +31,7 @@ from sessionstream.eventstore.batch import (
     StreamHead,
     Unknown,
     check_import,
+    storable,
 )
 from sessionstream.eventstore.clock import EXCEPTIONS_OF_LOG, exceptions, stamp
 from sessionstream.eventstore.groupcommit import Pending
@@ -41,7 +42,7 @@ from sessionstream.eventstore.model import (
     row_to_event,
     utc_now,
 )
-from sessionstream.eventstore.projector import Projection, Refold
+from sessionstream.eventstore.projector import Projection, Refold, StreamFold
 from sessionstream.eventstore.snapshots import Snapshot
 from sessionstream.eventstore.sqlite.cache import DocCache
 from sessionstream.eventstore.sqlite.schema import (
@@ -65,8 +66,13 @@ from sessionstream.eventstore.sqlite.schema import (
 
 log = logging.getLogger("sessionstream.eventstore")
 
-#: a rebuild folds the log this many events at a time, each document written once per page
-REBUILD_PAGE = 5000
+#: a rebuild reads the log this many events at a time, stream by stream, and writes each
+#: document once, when its stream ends (``StreamFold``): memory is one page and one stream
+REBUILD_PAGE = 2000
+BY_STREAM = (
+    f"SELECT {EVENT_COLUMNS} FROM events WHERE (stream_id, version) > (?, ?) "
+    "ORDER BY stream_id, version LIMIT ?"
+)
 
 
 def _chunks(values: Sequence[str]) -> Iterator[Sequence[str]]:
@@ -214,11 +220,13 @@ class SQLiteWriter:
     ) -> BatchPlanner:
         """A planner on what the transaction sees (the write lock is held)."""
         head, newest = conn.execute(HEAD_AND_CLOCK).fetchone()
-        streams = read_stream_heads(conn, {r.stream_id for p in batch for r in p.requests})
+        # text the database cannot take is not looked up: its request is refused alone
+        names = {r.stream_id for p in batch for r in p.requests}
+        streams = read_stream_heads(conn, filter(storable, names))
         stored: dict[str, RecordedEvent] = {}
         if not optimistic:
             ids = {e.event_id for p in batch for r in p.requests for e in r.events}
-            stored = {e.event_id: e for e in read_stored_events(conn, ids)}
+            stored = {e.event_id: e for e in read_stored_events(conn, filter(storable, ids))}
 
         def last_snapshot(stream_id: str, kind: str) -> int:
             return int(conn.execute(LAST_SNAPSHOT, (stream_id, kind)).fetchone()[0])
@@ -298,7 +306,9 @@ class SQLiteWriter:
         conn.execute("BEGIN IMMEDIATE")
         try:
             head, newest = conn.execute(HEAD_AND_CLOCK).fetchone()
-            streams = read_stream_heads(conn, {e.stream_id for e in events})
+            streams = read_stream_heads(
+                conn, {e.stream_id for e in events if storable(e.stream_id)}
+            )
             after = check_import(events, head, streams)  # a stored id: UNIQUE refuses it
             conn.executemany(INSERT_CLOCK_EXCEPTION, exceptions(events, newest)[0])
             try:
@@ -331,14 +341,15 @@ class SQLiteWriter:
         try:
             conn.execute("DELETE FROM docs")
             conn.execute("DELETE FROM snapshots")
-            refold = Refold(self.projections, self.snapshot_every)  # on empty tables
-            count = after = 0
-            sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?"
-            while rows := conn.execute(sql, (after, REBUILD_PAGE)).fetchall():
+            fold = StreamFold(self.projections, self.snapshot_every)  # on empty tables
+            count = 0
+            mark: tuple[str, int] = ("", 0)
+            while rows := conn.execute(BY_STREAM, (*mark, REBUILD_PAGE)).fetchall():
                 events = [row_to_event(r) for r in rows]
-                write_rows(conn, (), {}, *refold.page(events))
+                write_rows(conn, (), {}, *fold.feed(events))
                 count += len(events)
-                after = events[-1].position
+                mark = (events[-1].stream_id, events[-1].version)
+            write_rows(conn, (), {}, *fold.finish())
             conn.executemany(
                 "INSERT INTO meta(key, value) VALUES (?, ?) "
                 "ON CONFLICT(key) DO UPDATE SET value = excluded.value",

@@ -20,7 +20,14 @@
 // onState(state, detail) receives 'connecting' | 'live' | 'reconnecting' | 'closed' |
 // 'error'. 'error' is final and carries {code, reason} (and `head` for a resync):
 // 4400, 4401, 4403, 4404 and 4409 are not retried. 4408 (too slow), 4429 (too many
-// connections), 1001 (shutdown) and network drops are.
+// connections), 1001 (shutdown), 1011 (server error) and network drops are.
+//
+// Heartbeats tell a quiet channel from a node that stopped delivering. The server sends
+// {type: 'heartbeat', delivered, head, stalled, at} every few seconds (no seq or
+// position: it is not an event). onHeartbeat(frame) sees each one. A heartbeat with
+// `stalled: true`, or silence longer than `stallMs` once heartbeats have been seen, makes
+// the client reconnect (through the load balancer, to a node that delivers) and resume
+// from its cursor; onState reports it as 'reconnecting' with reason 'stalled'.
 
 export const SUBPROTOCOL = 'sessionstream.v1';
 export const TERMINAL = Object.freeze(['run.completed', 'run.failed', 'run.canceled']);
@@ -65,12 +72,13 @@ function safely(callback, ...args) {
 }
 
 function follow({ baseUrl, path, token, cursorField, isRun, after, compact, onEvent, onState,
-  backoff = {} }) {
+  onHeartbeat, stallMs = 35_000, backoff = {} }) {
   const baseMs = backoff.baseMs ?? 100;
   const capMs = backoff.capMs ?? 10_000;
   let cursor = Number(after) || 0;
   let socket = null;
   let timer = null;
+  let watchdog = null;
   let failures = 0;
   let stopped = false;
   let state = null;
@@ -84,10 +92,33 @@ function follow({ baseUrl, path, token, cursorField, isRun, after, compact, onEv
   const stop = (next, detail) => {
     stopped = true;
     clearTimeout(timer);
+    clearTimeout(watchdog);
     const open = socket;
     socket = null;
     if (open && open.readyState <= 1) open.close(1000, 'client closed');
     setState(next, detail);
+  };
+
+  const retry = (detail) => {
+    failures += 1;
+    setState('reconnecting', { ...detail, attempt: failures });
+    timer = setTimeout(open, backoffDelay(failures, baseMs, capMs));
+  };
+
+  // the node stopped delivering: leave it, as if the socket had dropped
+  const stalled = (ws, why) => {
+    if (socket !== ws || stopped) return;
+    socket = null;
+    clearTimeout(watchdog);
+    watchdog = null;
+    ws.close(1000, 'stalled');
+    retry({ code: 0, reason: 'stalled', detail: why });
+  };
+
+  // armed by the first heartbeat: a server that sends none is never judged by them
+  const watch = (ws) => {
+    clearTimeout(watchdog);
+    watchdog = setTimeout(() => stalled(ws, 'no heartbeat'), stallMs);
   };
 
   const open = () => {
@@ -116,6 +147,13 @@ function follow({ baseUrl, path, token, cursorField, isRun, after, compact, onEv
         resync = frame;
         return;
       }
+      if (frame.type === 'heartbeat') {
+        safely(onHeartbeat, frame);
+        if (frame.stalled) stalled(ws, 'the node reported a stalled delivery');
+        else watch(ws);
+        return;
+      }
+      if (watchdog !== null) watch(ws); // an event proves delivery as well as a heartbeat
       const position = frame[cursorField];
       if (typeof position !== 'number' || position <= cursor) return; // seen before a resume
       cursor = position;
@@ -126,6 +164,8 @@ function follow({ baseUrl, path, token, cursorField, isRun, after, compact, onEv
     ws.onclose = (event) => {
       if (socket !== ws || stopped) return;
       socket = null;
+      clearTimeout(watchdog);
+      watchdog = null;
       if (resync || FATAL_CODES.includes(event.code)) {
         const reason = resync ? resync.reason : event.reason;
         stop('error', { code: event.code || 4409, reason, head: resync ? resync.head : null });
@@ -135,9 +175,7 @@ function follow({ baseUrl, path, token, cursorField, isRun, after, compact, onEv
         stop('closed'); // nothing after the cursor: the client already had the terminal event
         return;
       }
-      failures += 1;
-      setState('reconnecting', { code: event.code, reason: event.reason, attempt: failures });
-      timer = setTimeout(open, backoffDelay(failures, baseMs, capMs));
+      retry({ code: event.code, reason: event.reason });
     };
   };
 
@@ -158,9 +196,9 @@ function follow({ baseUrl, path, token, cursorField, isRun, after, compact, onEv
  * text so far. Returns {close()}.
  */
 export function subscribeRun({ baseUrl, runId, token, after = 0, compact = false, onEvent,
-  onState, backoff }) {
+  onState, onHeartbeat, stallMs, backoff }) {
   return follow({
-    baseUrl, token, after, compact, onEvent, onState, backoff,
+    baseUrl, token, after, compact, onEvent, onState, onHeartbeat, stallMs, backoff,
     path: `/api/realtime/runs/${encodeURIComponent(runId)}`,
     cursorField: 'seq',
     isRun: true,
@@ -169,9 +207,10 @@ export function subscribeRun({ baseUrl, runId, token, after = 0, compact = false
 
 /** Subscribe to every event of a session and its runs (owner's API token). Returns {close()}. */
 export function subscribeSession({ baseUrl, sessionId, apiToken, after = 0, onEvent, onState,
-  backoff }) {
+  onHeartbeat, stallMs, backoff }) {
   return follow({
-    baseUrl, token: apiToken, after, compact: false, onEvent, onState, backoff,
+    baseUrl, token: apiToken, after, compact: false, onEvent, onState, onHeartbeat, stallMs,
+    backoff,
     path: `/api/realtime/sessions/${encodeURIComponent(sessionId)}`,
     cursorField: 'position',
     isRun: false,
