@@ -19,11 +19,17 @@ target at the largest size. The stores come from the scale benchmark's cache
 (built when missing: about 20 minutes for 10^6) unless ``--store`` names
 built stores (a ``scale-*.db`` with its ``.json``).
 
+With ``--postgres`` each log is also imported (``sessionstream import``) into a
+throwaway schema of the local ``test`` database once, and every command runs
+there too: one round, no medians.
+
     python -m bench.maintenance [--rounds 3] [--quick] [--sizes 1e4,1e6] [--store PATH ...]
+        [--postgres]
 """
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import tempfile
 from pathlib import Path
@@ -61,6 +67,37 @@ def run_round(built: Built, work: Path) -> dict[str, float]:
     return values
 
 
+async def postgres_round(built: Built, work: Path) -> dict[str, float]:
+    """The log imported into a throwaway PostgreSQL schema, then every command there."""
+    from bench.scale_pg import analyze, throwaway_schema
+
+    dump = work / "pg-export.ndjson"
+    dump.unlink(missing_ok=True)
+    source = scale_measure.copy_store(built.path, work / "pg-source.db")
+    scale_measure.cli("export", "--db", str(source), "--out", str(dump))
+    values: dict[str, float] = {}
+    async with throwaway_schema() as url:
+        progress(f"postgres {built.events:,} events: sessionstream import")
+        for key, value in scale_measure.cli("import", str(dump), "--database-url", url).items():
+            values[f"import_{key}"] = value
+        await analyze(url)
+        out = work / "pg-again.ndjson"
+        args = {
+            "verify": ("verify", "--database-url", url),
+            "export": ("export", "--database-url", url, "--out", str(out)),
+            "replay": ("replay", built.samples[0].session_id, "--database-url", url),
+            "rebuild": ("rebuild", "--database-url", url),
+        }
+        for command, argv in args.items():
+            progress(f"postgres {built.events:,} events: sessionstream {command}")
+            out.unlink(missing_ok=True)
+            for key, value in scale_measure.cli(*argv).items():
+                values[f"{command}_{key}"] = value
+    out.unlink(missing_ok=True)
+    dump.unlink(missing_ok=True)
+    return values
+
+
 def floor(work: Path) -> dict[str, float]:
     """``verify`` of an empty store: what every command pays before reading anything."""
     empty = work / "empty.db"
@@ -92,6 +129,18 @@ def figures(results: dict[int, dict[str, float]]) -> dict[str, dict[str, Any]]:
     return rows
 
 
+def pg_figures(pg: dict[int, dict[str, float]]) -> dict[str, dict[str, Any]]:
+    rows: dict[str, dict[str, Any]] = {}
+    for command in ("import", "verify", "export", "replay", "rebuild"):
+        for stat, unit in (("rss_mb", "peak RSS MB"), ("s", "seconds")):
+            key = f"{command}_{stat}"
+            row: dict[str, Any] = {"label": f"{command} {unit}"}
+            for size in sorted(pg):
+                row[str(size)] = round(pg[size][key], 4)
+            rows[key] = row
+    return rows
+
+
 def targets(rows: dict[str, dict[str, Any]], large: int) -> dict[str, dict[str, Any]]:
     return {
         f"{command}_rss": {
@@ -111,6 +160,9 @@ def main() -> None:
     parser.add_argument(
         "--store", type=Path, action="append", default=[], help="a built store (scale-*.db)"
     )
+    parser.add_argument(
+        "--postgres", action="store_true", help="also each size imported into PostgreSQL (once)"
+    )
     args = parser.parse_args()
     rounds = 1 if args.quick else args.rounds
     cache = args.cache or Path(tempfile.gettempdir()) / "sessionstream-scale"
@@ -123,12 +175,15 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="maintenance-", dir=cache if cache.exists() else None))
     try:
         results: dict[int, dict[str, float]] = {}
+        pg: dict[int, dict[str, float]] = {}
         for size, built in sorted(stores.items()):
             measured = []
             for n in range(rounds):
                 progress(f"{built.events:,} events: round {n + 1} of {rounds}")
                 measured.append(run_round(built, work) | floor(work))
             results[size] = medians(measured)
+            if args.postgres:
+                pg[size] = asyncio.run(postgres_round(built, work))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     rows = figures(results)
@@ -154,8 +209,15 @@ def main() -> None:
             },
             "figures": rows,
             "targets": checks,
+            **({"postgres": pg_figures(pg)} if pg else {}),
         },
     )
+    if pg:
+        pg_rows = pg_figures(pg)
+        print_table(
+            ["PostgreSQL (imported, once)", *(f"{s:,} events" for s in sorted(pg))],
+            [[r["label"], *(r[str(s)] for s in sorted(pg))] for r in pg_rows.values()],
+        )
 
 
 if __name__ == "__main__":
