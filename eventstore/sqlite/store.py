@@ -15,7 +15,6 @@ import logging
 import os
 import sqlite3
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -32,6 +31,7 @@ from sessionstream.eventstore.model import (
 from sessionstream.eventstore.projector import Projection
 from sessionstream.eventstore.sqlite.reader import SQLiteReader
 from sessionstream.eventstore.sqlite.schema import translate_sqlite_error
+from sessionstream.eventstore.sqlite.thread import WriterThread
 from sessionstream.eventstore.sqlite.tree import SQLiteTree
 from sessionstream.eventstore.sqlite.writer import SQLiteWriter
 
@@ -84,7 +84,7 @@ class SQLiteEventStore(EventStore):
         self._writer_task: asyncio.Task[None] | None = None
         #: a committed batch whose callers were not answered yet (see ``_resume``)
         self._unanswered: tuple[list[Pending], list[Outcome]] | None = None
-        self._executor: ThreadPoolExecutor | None = None
+        self._executor: WriterThread | None = None
         self._closing = False
         self._open = False
 
@@ -103,7 +103,7 @@ class SQLiteEventStore(EventStore):
             return
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="sessionstream-writer")
+        self._executor = WriterThread("sessionstream-writer")
         await self._in_writer(self._writer.open)
         await self._reader.open()
         self.hub.published_position = await self.head_position()
@@ -130,14 +130,14 @@ class SQLiteEventStore(EventStore):
         await self._reader.close()
         if self._executor is not None:
             await self._in_writer(self._writer.close)
-            self._executor.shutdown(wait=True)
+            self._executor.shutdown()
             self._executor = None
 
     async def _in_writer(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn`` on the writer thread: the only thread that touches its connection."""
         if self._executor is None:
             raise StorageUnavailable("the event store is not open")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        return await self._executor.call(fn, *args)
 
     # writes ---------------------------------------------------------------
     async def transact(self, requests: Sequence[AppendRequest]) -> list[AppendResult]:
