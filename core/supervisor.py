@@ -24,6 +24,8 @@ happens when it raises lives here, once, instead of a ``try`` in each loop.
 Tasks that belong to one run or one connection (``restart=False``) are
 logged and counted the same way, their ``on_crash`` hands their work back,
 and they are not restarted: their owner starts another when one is needed.
+Timer callbacks (a run token's expiry) are ``guard``-ed: logged, counted and
+tried again.
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ from dataclasses import dataclass, field
 from sessionstream.core.errors import SessionStreamError
 
 log = logging.getLogger("sessionstream.supervisor")
+
+#: how many times a guarded callback is tried before it is given up (and left logged)
+GUARD_ATTEMPTS = 5
 
 Body = Callable[[], Awaitable[None]]
 OnCrash = Callable[[BaseException], None]
@@ -135,6 +140,24 @@ class Supervisor:
         finally:
             if self.tasks.get(name) is state:
                 del self.tasks[name]
+
+    def guard(self, kind: str, callback: Callable[..., object]) -> Callable[..., None]:
+        """A timer's callback, supervised: one that raises is logged, counted and tried
+        again after a backoff (``GUARD_ATTEMPTS`` times in all) instead of ending in the
+        event loop's handler, where nothing counts it and nobody retries."""
+
+        def run(*args: object, attempt: int = 1) -> None:
+            try:
+                callback(*args)
+            except Exception as exc:
+                again = attempt < GUARD_ATTEMPTS
+                self._report(kind, kind, exc, "trying again" if again else "giving up")
+                if again:
+                    delay = min(self.backoff_max_s, self.backoff_initial_s * 2 ** (attempt - 1))
+                    loop = asyncio.get_running_loop()
+                    loop.call_later(delay, lambda: run(*args, attempt=attempt + 1))
+
+        return run
 
     def _report(self, name: str, kind: str, exc: Exception, then: str) -> None:
         if isinstance(exc, SessionStreamError):

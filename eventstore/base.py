@@ -208,6 +208,7 @@ class EventStore(ABC):
         include_deleted: bool = False,
         after: tuple[str, str] | None = None,
         limit: int | None = None,
+        max_bytes: int | None = None,
     ) -> list[Doc]:
         """Documents ordered by ``created_at`` then key (a stable tie-break).
 
@@ -215,7 +216,10 @@ class EventStore(ABC):
         already has: the list goes on strictly after it (keyset paging, so a
         page costs the same at any depth and documents created meanwhile are
         neither skipped nor repeated). Documents without ``created_at`` sort
-        first and are never after a mark. ``limit`` bounds the page.
+        first and are never after a mark. ``limit`` bounds the page; with it,
+        ``max_bytes`` also ends the page before the stored JSON of its documents
+        passes that many bytes (the first comes whatever its size), summed in
+        the query so documents past it are never fetched.
         """
 
     @abstractmethod

@@ -195,7 +195,8 @@ class Tails:
         if channel.expires_at is not None:
             loop = asyncio.get_running_loop()
             delay = max(0.0, channel.expires_at - time.time())
-            timer = loop.call_later(delay, conn.stop, 4401, "the run token has expired")
+            stop = self.store.supervisor.guard("token-expiry", conn.stop)
+            timer = loop.call_later(delay, stop, 4401, "the run token has expired")
         try:
             yield conn
         finally:

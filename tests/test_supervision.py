@@ -722,3 +722,112 @@ async def test_the_heartbeat_task_restarts_and_beats_again(
     stored = await store.read_all(after, keys=frozenset({f"session-{session['id']}"}))
     assert [f["position"] for f in events] == [e.position for e in stored]
     crash_logged(caplog, "heartbeat")
+
+
+async def test_a_token_expiry_timer_that_raises_is_retried_and_still_closes_4401(
+    make_api: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from sessionstream.server.keys import RUN_TOKENS, STORE
+    from sessionstream.server.tail import Connection
+    from tests.scripted_engine import ScriptedEngine
+
+    rt = _realtime_helpers()
+    gate = asyncio.Event()
+    api = await make_api(engine=ScriptedEngine(words=10, gate=gate))
+    real_stop = Connection.stop
+    once = Once(real_stop)  # the expiry's stop raises once; every other stop is real
+
+    def stop(conn: Connection, code: int, reason: str) -> None:
+        (once if code == 4401 else real_stop)(conn, code, reason)
+
+    monkeypatch.setattr(Connection, "stop", stop)
+    turn = await rt.start_turn(api)
+    short = api.app[RUN_TOKENS].mint(turn.run_id, api.user_a, token_ref=api.ref(), ttl_s=1)
+    path = f"/api/realtime/runs/{turn.run_id}"
+    owner = asyncio.create_task(rt.collect(api, path, headers=api.h()))
+    frames, code, _ = await rt.collect(api, f"{path}?token={short}")
+    assert code == 4401 and once.calls == 2
+    assert api.app[STORE].supervisor.crashes["token-expiry"] == 1
+    assert [f["seq"] for f in frames] == list(range(1, len(frames) + 1))
+    gate.set()
+    everything, code, _ = await owner
+    assert code == 1000
+    stored = await api.app[STORE].read_stream(f"run-{turn.run_id}")
+    assert [f["seq"] for f in everything] == [e.version for e in stored]
+    crash_logged(caplog, "token-expiry")
+
+
+# the browser module reconnects when the node stalls ---------------------------------------------
+STALL_SCRIPT = """
+const sockets = [];
+class FakeSocket {
+  constructor(url) {
+    this.url = url;
+    this.readyState = 0;
+    this.closed = null;
+    sockets.push(this);
+    queueMicrotask(() => { this.readyState = 1; if (this.onopen) this.onopen(); });
+  }
+  close(code, reason) { this.closed = [code, reason]; this.readyState = 3; }
+  frame(value) { this.onmessage({ data: JSON.stringify(value) }); }
+}
+globalThis.WebSocket = FakeSocket;
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+const m = await import(process.argv[1]);
+const events = [], states = [], beats = [];
+const sub = m.subscribeSession({
+  baseUrl: 'http://node.test', sessionId: 's', apiToken: 't', stallMs: 60,
+  backoff: { baseMs: 1, capMs: 2 },
+  onEvent: (frame) => events.push(frame.position),
+  onState: (state, detail) => states.push([state, detail ? detail.reason || null : null]),
+  onHeartbeat: (frame) => beats.push(frame.delivered),
+});
+await sleep(5);
+sockets[0].frame({ type: 'thing', position: 1 });
+sockets[0].frame({ type: 'heartbeat', delivered: 1, head: 1, stalled: false, at: 'x' });
+sockets[0].frame({ type: 'heartbeat', delivered: 1, head: 5, stalled: true, at: 'x' });
+await sleep(20);
+sockets[1].frame({ type: 'thing', position: 1 });
+sockets[1].frame({ type: 'thing', position: 2 });
+sockets[1].frame({ type: 'heartbeat', delivered: 2, head: 2, stalled: false, at: 'x' });
+await sleep(200);
+sub.close();
+console.log(JSON.stringify({ events, states, beats,
+  urls: sockets.map((s) => s.url), closes: sockets.map((s) => s.closed) }));
+"""
+
+
+@pytest.mark.node
+def test_the_browser_module_leaves_a_stalled_node_and_resumes_exactly_once() -> None:
+    import json
+    import shutil
+    import subprocess
+
+    from tests.conftest import ON_CI
+
+    node = shutil.which("node")
+    if node is None:
+        if ON_CI:
+            pytest.fail("node is required on CI")
+        pytest.skip("node is not installed")
+    module = Path(__file__).parent.parent / "server" / "static" / "sessionstream.js"
+    done = subprocess.run(
+        [node, "--input-type=module", "-e", STALL_SCRIPT, module.resolve().as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    out = json.loads(done.stdout)
+    assert out["events"] == [1, 2]  # the duplicate after the resume is dropped
+    assert out["beats"] == [1, 1, 2]
+    # a stalled heartbeat: left at once, resumed after the last position
+    assert out["closes"][0] == [1000, "stalled"]
+    assert "after=1" in out["urls"][1]
+    # heartbeats then silence longer than stallMs: left again, resumed after 2
+    assert out["closes"][1] == [1000, "stalled"]
+    assert "after=2" in out["urls"][2]
+    assert len(out["urls"]) == 3  # no heartbeat yet on the third: never judged by them
+    reasons = [reason for state, reason in out["states"] if state == "reconnecting"]
+    assert reasons[:2] == ["stalled", "stalled"]
+    assert out["states"][-1] == ["closed", None]

@@ -202,12 +202,15 @@ def base_url(api: Api) -> str:
 
 async def test_sdk_sees_the_run_complete_and_every_chunk(make_api: Any, sdk_dir: Path) -> None:
     gate = asyncio.Event()
-    api: Api = await make_api(engine=GatedEngine(_realistic_engine(), gate))
+    # keep-alives every 50 ms: each carries the node's heartbeat in its `: ping` comment,
+    # which the SDK must take for nothing (no chunk, no error)
+    api: Api = await make_api(engine=GatedEngine(_realistic_engine(), gate), trigger_ping_s=0.05)
     sid, run_id, token = await _turn(api)
     proc = await _node(sdk_dir, {"baseURL": base_url(api), "runId": run_id, "token": token})
     feeds = api.app[TRIGGER]
     # the SDK opens the stream only after it has seen a run row: release the turn then
     await _until(lambda: feeds.stats.streams_opened >= 1)
+    await asyncio.sleep(0.3)  # a few heartbeats while the turn waits
     gate.set()
     row = await wait_idle(api, sid)
     result = await _result(proc)

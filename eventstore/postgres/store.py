@@ -214,7 +214,10 @@ class PostgresEventStore(EventStore):
         ]
 
     async def _read_after(self, position: int) -> list[RecordedEvent]:
-        return await self._reader.read_all(position, limit=1000)
+        # another node's events, as the pump publishes them: a page bounded in bytes,
+        # data left as stored for the frames that splice it
+        page = await self._reader.read_page(position, max_rows=1000, max_bytes=self.page_bytes)
+        return list(page)
 
     async def _poll(self) -> int:
         """The pump's safety net under NOTIFY: listen again if need be, read the head."""
@@ -378,6 +381,7 @@ class PostgresEventStore(EventStore):
         include_deleted: bool = False,
         after: tuple[str, str] | None = None,
         limit: int | None = None,
+        max_bytes: int | None = None,
     ) -> list[Doc]:
         return await self._reader.list_docs(
             kind,
@@ -387,6 +391,7 @@ class PostgresEventStore(EventStore):
             include_deleted=include_deleted,
             after=after,
             limit=limit,
+            max_bytes=max_bytes,
         )
 
     async def scan_docs(

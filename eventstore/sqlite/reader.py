@@ -32,6 +32,22 @@ from sessionstream.eventstore.sqlite.schema import (
 )
 
 
+def budgeted_docs(listing: str) -> str:
+    """A docs listing (``SELECT DOC_COLUMNS FROM docs ...`` ordered and limited) cut
+    before its bodies pass a byte budget, bound as the last parameter: the listing
+    runs on sizes only, then just the documents inside the budget are fetched."""
+    head = f"SELECT {DOC_COLUMNS} FROM docs"
+    assert listing.startswith(head), listing
+    sized = "SELECT kind, key, created_at, length(body) AS size FROM docs" + listing[len(head) :]
+    return (
+        f"WITH listed AS ({sized}), "
+        "running AS (SELECT kind, key, SUM(size) OVER (ORDER BY created_at, key) AS total, "
+        "ROW_NUMBER() OVER (ORDER BY created_at, key) AS n FROM listed) "
+        f"{head} WHERE (kind, key) IN "
+        "(SELECT kind, key FROM running WHERE n = 1 OR total <= ?) ORDER BY created_at, key"
+    )
+
+
 class SQLiteReader:
     """The read half of the store contract, on read-only connections (event loop only)."""
 
@@ -208,6 +224,7 @@ class SQLiteReader:
         include_deleted: bool = False,
         after: tuple[str, str] | None = None,
         limit: int | None = None,
+        max_bytes: int | None = None,
     ) -> list[Doc]:
         sql = f"SELECT {DOC_COLUMNS} FROM docs WHERE kind = ?"
         params: list[Any] = [kind]
@@ -230,6 +247,9 @@ class SQLiteReader:
         if limit is not None:
             sql += " LIMIT ?"
             params.append(limit)
+        if limit is not None and max_bytes is not None:
+            sql = budgeted_docs(sql)
+            params.append(max_bytes)
         return [row_to_doc(r) for r in await self._fetchall(sql, params)]
 
     async def scan_docs(

@@ -6,6 +6,12 @@ queued and hands the whole batch to the writer thread in one hop
 hub in position order. Reads go to ``reader.py``'s connections, never the
 writer's. ``synchronous=FULL`` makes an acknowledged append survive a power
 cut; group commit amortises the fsync over the batch.
+
+A server opens its store ``exclusive``: it holds ``<db>.lock`` while open
+(``files.py``), so a second server on the same file is refused, and its runs are
+its own to recover. ``":memory:"`` is a private store in a temporary directory,
+removed at close: the readers' connections must see the writer's data, and an
+SQLite in-memory database is private to the one connection that made it.
 """
 
 from __future__ import annotations
@@ -13,7 +19,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import sqlite3
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -29,6 +37,7 @@ from sessionstream.eventstore.model import (
     StoredEvent,
 )
 from sessionstream.eventstore.projector import Projection
+from sessionstream.eventstore.sqlite import files
 from sessionstream.eventstore.sqlite.reader import SQLiteReader
 from sessionstream.eventstore.sqlite.schema import translate_sqlite_error
 from sessionstream.eventstore.sqlite.thread import WriterThread
@@ -36,6 +45,16 @@ from sessionstream.eventstore.sqlite.tree import SQLiteTree
 from sessionstream.eventstore.sqlite.writer import SQLiteWriter
 
 log = logging.getLogger("sessionstream.eventstore")
+MEMORY = ":memory:"
+
+
+def _above_debug(record: logging.LogRecord) -> bool:
+    return record.levelno > logging.DEBUG
+
+
+# aiosqlite logs every call it runs at DEBUG with the call's arguments: SQL parameters,
+# the hashes of API tokens among them. Those lines never leave the library.
+logging.getLogger("aiosqlite").addFilter(_above_debug)
 
 T = TypeVar("T")
 
@@ -58,6 +77,7 @@ class SQLiteEventStore(EventStore):
         page_bytes: int = DEFAULT_PAGE_BYTES,
         catchup_reads: int = DEFAULT_CATCHUP_READS,
         on_batch: Callable[[int, int], None] | None = None,
+        exclusive: bool = False,
     ) -> None:
         super().__init__(
             projections,
@@ -87,6 +107,9 @@ class SQLiteEventStore(EventStore):
         self._executor: WriterThread | None = None
         self._closing = False
         self._open = False
+        #: held while open when ``exclusive``: this process serves the file
+        self._lock = files.ServerLock(self.path) if exclusive and self.path != MEMORY else None
+        self._scratch: str | None = None  # the temporary directory of a ":memory:" store
 
     @property
     def _wconn(self) -> sqlite3.Connection | None:
@@ -98,11 +121,34 @@ class SQLiteEventStore(EventStore):
         self._writer.conn = conn
 
     # lifecycle -----------------------------------------------------------
+    def owns_runs(self) -> bool:
+        """Whether runs left unended in this file are this process's to end: yes when
+        it serves the file, or when no server does (``eventstore/leases.py``)."""
+        if self._lock is not None and self._lock.held:
+            return True
+        return self.path == MEMORY or files.holder(self.path) is None
+
     async def open(self) -> None:
         if self._open:
             return
-        if self.path != ":memory:":
+        self._closing = False
+        try:
+            await self._open_files()
+        except BaseException:
+            # a half-open store would keep the process alive: its reader threads and
+            # the writer's thread are not daemons
+            await self._release()
+            raise
+
+    async def _open_files(self) -> None:
+        if self.path == MEMORY:
+            self._scratch = tempfile.mkdtemp(prefix="sessionstream-memory-")
+            self._writer.path = self._reader.path = os.path.join(self._scratch, "store.db")
+        else:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            if self._lock is not None:
+                self._lock.acquire()  # before anything is read or recovered
+        files.create_private(self._writer.path)  # 0600, and so are its -wal and -shm
         self._executor = WriterThread("sessionstream-writer")
         await self._in_writer(self._writer.open)
         await self._reader.open()
@@ -122,16 +168,33 @@ class SQLiteEventStore(EventStore):
         self._closing = True
         if self._writer_task is not None:
             await self.commits.drained()  # every queued append gets its answer first
+        await self._release()
+
+    async def _release(self) -> None:
+        """Stop the writer task, close every connection and thread, drop the lock:
+        after a close, and after an open that failed half-way."""
+        self._open = False
+        if self._writer_task is not None:
             self._writer_task.cancel()
             try:
                 await self._writer_task
             except asyncio.CancelledError:
                 pass
-        await self._reader.close()
-        if self._executor is not None:
-            await self._in_writer(self._writer.close)
-            self._executor.shutdown()
-            self._executor = None
+            self._writer_task = None
+        try:
+            await self._reader.close()
+        finally:
+            if self._executor is not None:
+                try:
+                    await self._in_writer(self._writer.close)
+                finally:
+                    self._executor.shutdown()
+                    self._executor = None
+            if self._lock is not None:
+                self._lock.release()
+            if self._scratch is not None:
+                shutil.rmtree(self._scratch, ignore_errors=True)
+                self._scratch = None
 
     async def _in_writer(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn`` on the writer thread: the only thread that touches its connection."""
@@ -284,6 +347,7 @@ class SQLiteEventStore(EventStore):
         include_deleted: bool = False,
         after: tuple[str, str] | None = None,
         limit: int | None = None,
+        max_bytes: int | None = None,
     ) -> list[Doc]:
         return await self._reader.list_docs(
             kind,
@@ -293,6 +357,7 @@ class SQLiteEventStore(EventStore):
             include_deleted=include_deleted,
             after=after,
             limit=limit,
+            max_bytes=max_bytes,
         )
 
     async def scan_docs(

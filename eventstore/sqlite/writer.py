@@ -146,21 +146,29 @@ class SQLiteWriter:
 
     # lifecycle ------------------------------------------------------------------------
     def open(self) -> None:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA busy_timeout=5000")
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            conn.close()
-            raise StorageUnavailable(
-                f"{self.path} has schema version {version}, newer than this build's "
-                f"{SCHEMA_VERSION}; upgrade sessionstream"
-            )
-        conn.executescript(SCHEMA)
-        if version == 1:  # written before appends clamped their time: find where it fell back
-            conn.executemany(INSERT_CLOCK_EXCEPTION, conn.execute(EXCEPTIONS_OF_LOG).fetchall())
-        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise translate_sqlite_error(exc) from exc
+        try:
+            conn.execute("PRAGMA busy_timeout=5000")
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StorageUnavailable(
+                    f"{self.path} has schema version {version}, newer than this build's "
+                    f"{SCHEMA_VERSION}; upgrade sessionstream"
+                )
+            conn.executescript(SCHEMA)
+            if version == 1:  # written before appends clamped their time: find where it fell back
+                conn.executemany(INSERT_CLOCK_EXCEPTION, conn.execute(EXCEPTIONS_OF_LOG).fetchall())
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except BaseException as exc:
+            conn.close()  # a file that is not a database, or not writable: nothing left open
+            if isinstance(exc, sqlite3.Error):
+                raise translate_sqlite_error(exc) from exc
+            raise
         self.conn = conn
 
     def close(self) -> None:
