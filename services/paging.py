@@ -113,18 +113,36 @@ class Pager:
     async def page(
         self, listing: Listing, limit: int, after: str | None, item: Callable[[Doc], T]
     ) -> Page[T]:
-        """Up to ``limit`` items after the cursor ``after``; one more is read to know if it ends."""
-        docs = await self.store.list_docs(
+        """Up to ``limit`` items after the cursor ``after``, within the store's page byte
+        budget (one larger document comes alone); one more is read to know if it ends,
+        and a page the budget cut looks one document further to know the same."""
+        store = self.store
+        docs = await store.list_docs(
             listing.kind,
             owner=listing.owner,
             parent=listing.parent,
             after=self._after(listing, after),
             limit=limit + 1,
+            max_bytes=store.page_bytes,
         )
-        if len(docs) <= limit:
+        if len(docs) > limit:
+            docs = docs[:limit]
+        elif not docs or not await self._more(listing, docs[-1]):
             return Page([item(d) for d in docs], None)
-        docs = docs[:limit]
         return Page([item(d) for d in docs], self.cursors.encode(listing.scope, mark_of(docs[-1])))
+
+    async def _more(self, listing: Listing, last: Doc) -> bool:
+        after = mark_of(last)
+        return bool(
+            await self.store.list_docs(
+                listing.kind,
+                owner=listing.owner,
+                parent=listing.parent,
+                after=after,
+                limit=1,
+                max_bytes=0,
+            )
+        )
 
     def within(
         self,
@@ -150,7 +168,8 @@ class Pager:
     async def chunks(
         self, listing: Listing, after: str | None, item: Callable[[Doc], T]
     ) -> AsyncIterator[list[T]]:
-        """Every item after ``after``, ``CHUNK`` documents in memory at a time.
+        """Every item after ``after``, ``CHUNK`` documents (and at most the store's page
+        byte budget, or one larger document) in memory at a time.
 
         A caller that streams them reads the first chunk before it writes a
         byte, so a bad cursor or a failing store is still an error response.
@@ -158,10 +177,14 @@ class Pager:
         mark = self._after(listing, after)
         while True:
             docs = await self.store.list_docs(
-                listing.kind, owner=listing.owner, parent=listing.parent, after=mark, limit=CHUNK
+                listing.kind,
+                owner=listing.owner,
+                parent=listing.parent,
+                after=mark,
+                limit=CHUNK,
+                max_bytes=self.store.page_bytes,
             )
-            if docs:
-                yield [item(d) for d in docs]
-            if len(docs) < CHUNK:
+            if not docs:
                 return
+            yield [item(d) for d in docs]
             mark = mark_of(docs[-1])

@@ -283,3 +283,30 @@ async def test_every_fall_back_is_counted() -> None:
         assert hub.lag_fallbacks == 2 * round_
     for sub in subs:
         sub.close()
+
+
+async def test_a_crowd_catching_up_reads_at_most_catchup_reads_pages_at_once() -> None:
+    class SlowLog(Log):
+        """Each page read takes a few loop turns, so overlapping reads would show."""
+
+        def __init__(self, events: list[RecordedEvent]) -> None:
+            super().__init__(events)
+            self.reading = 0
+            self.most = 0
+
+        async def read_page(
+            self, after: int, *, max_rows: int, max_bytes: int, keys: frozenset[str] | None = None
+        ) -> list[RecordedEvent]:
+            self.reading += 1
+            self.most = max(self.most, self.reading)
+            await asyncio.sleep(0.001)
+            self.reading -= 1
+            return await self.read_all(after, limit=max_rows, keys=keys)
+
+    log = SlowLog([ev(p) for p in range(1, 31)])
+    log.catchup = asyncio.Semaphore(3)
+    hub = Hub()
+    subs = [subscribe(log, hub, page_size=4) for _ in range(20)]
+    got = await asyncio.gather(*(take(sub, 30) for sub in subs))
+    assert got == [list(range(1, 31))] * 20
+    assert log.most == 3  # the crowd was admitted three pages at a time, and did overlap

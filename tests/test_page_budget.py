@@ -62,3 +62,36 @@ async def test_a_websocket_catches_up_through_byte_budget_pages(make_api: ApiFac
     frames = [json.loads((await ws.receive(timeout=10)).data) for _ in stored]
     await ws.close()
     assert frames == [chat_stream_event(e) for e in stored]
+
+
+async def test_a_list_page_stays_inside_the_byte_budget(make_api: ApiFactory) -> None:
+    api = await make_api(page_bytes=BUDGET)
+    campaign, node = await api.campaign_and_node()
+    ids: list[str] = []
+    for n in (10, 3000, 10, 10, 6000, 10):
+        r = await api.client.post(
+            S, json={"campaign_id": campaign, "node_id": node}, headers=api.h()
+        )
+        sid = (await r.json())["session"]["id"]
+        ids.append(sid)
+        await patch_titles(api, sid, [n])
+
+    def listed(url: str) -> Any:
+        return api.client.get(url, headers=api.h())
+
+    got: list[str] = []
+    sizes: list[int] = []
+    after = ""
+    for _ in range(len(ids) + 2):
+        r = await listed(f"{S}?campaign_id={campaign}&limit=50{after}")
+        assert r.status == 200, await r.text()
+        body = await r.json()
+        sizes.append(len(body["sessions"]))
+        got += [s["id"] for s in body["sessions"]]
+        if body["next"] is None:
+            break
+        after = f"&after={body['next']}"
+    assert got == ids
+    assert len(sizes) > 2 and max(sizes) < len(ids)  # cut by bytes, not by the limit
+    r = await listed(f"{S}?campaign_id={campaign}")  # the whole list, streamed in chunks
+    assert [s["id"] for s in (await r.json())["sessions"]] == ids

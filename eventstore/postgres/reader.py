@@ -24,6 +24,24 @@ from sessionstream.eventstore.postgres.errors import DRIVER_ERRORS, translate_pg
 from sessionstream.eventstore.postgres.schema import DOC_COLUMNS, EVENT_COLUMNS, POSITION_AT
 
 
+def budgeted_docs(listing: str, budget: str) -> str:
+    """A docs listing (``SELECT DOC_COLUMNS FROM docs ...`` ordered and limited) cut
+    before its bodies pass the byte budget ``budget`` (a parameter): the listing runs
+    on sizes only (``octet_length`` of a TOASTed body reads no body), then just the
+    documents inside the budget are fetched."""
+    head = f"SELECT {DOC_COLUMNS} FROM docs"
+    assert listing.startswith(head), listing
+    sized = "SELECT kind, key, created_at, octet_length(body) AS size FROM docs"
+    order = "ORDER BY created_at NULLS FIRST, key"
+    return (
+        f"WITH listed AS ({sized}{listing[len(head) :]}), "
+        f"running AS (SELECT kind, key, SUM(size) OVER ({order}) AS total, "
+        f"ROW_NUMBER() OVER ({order}) AS n FROM listed) "
+        f"{head} WHERE (kind, key) IN "
+        f"(SELECT kind, key FROM running WHERE n = 1 OR total <= {budget}) {order}"
+    )
+
+
 class PostgresReader:
     """The read half of the store contract (and the queries others need), on a pool."""
 
@@ -94,15 +112,32 @@ class PostgresReader:
         *,
         limit: int = 1000,
         to_position: int | None = None,
+        max_bytes: int | None = None,
     ) -> list[RecordedEvent]:
         # a row comparison: a seek on the UNIQUE (stream_id, version) index ("C" collation)
-        query = f"SELECT {EVENT_COLUMNS} FROM events WHERE (stream_id, version) > ($1, $2)"
+        where = "(stream_id, version) > ($1, $2)"
         args: list[Any] = [after[0], after[1]]
         if to_position is not None:
             args.append(to_position)
-            query += f" AND position <= ${len(args)}"
+            where += f" AND position <= ${len(args)}"
         args.append(limit)
-        query += f" ORDER BY stream_id, version LIMIT ${len(args)}"
+        if max_bytes is None:
+            query = (
+                f"SELECT {EVENT_COLUMNS} FROM events WHERE {where} "
+                f"ORDER BY stream_id, version LIMIT ${len(args)}"
+            )
+        else:  # the sizes summed first, as read_page does, then only the rows inside
+            args.append(max_bytes)
+            query = (
+                "WITH sized AS (SELECT position, stream_id, version, "
+                f"octet_length(data) + octet_length(metadata) AS size FROM events WHERE {where} "
+                f"ORDER BY stream_id, version LIMIT ${len(args) - 1}), "
+                "running AS (SELECT position, SUM(size) OVER (ORDER BY stream_id, version) "
+                "AS total, ROW_NUMBER() OVER (ORDER BY stream_id, version) AS n FROM sized) "
+                f"SELECT {EVENT_COLUMNS} FROM events WHERE position IN "
+                f"(SELECT position FROM running WHERE n = 1 OR total <= ${len(args)}) "
+                "ORDER BY stream_id, version"
+            )
         return [row_to_event(r) for r in await self.fetch(query, *args)]
 
     async def read_page(
@@ -171,6 +206,7 @@ class PostgresReader:
         include_deleted: bool = False,
         after: tuple[str, str] | None = None,
         limit: int | None = None,
+        max_bytes: int | None = None,
     ) -> list[Doc]:
         query = f"SELECT {DOC_COLUMNS} FROM docs WHERE kind = $1"
         args: list[Any] = [kind]
@@ -187,6 +223,9 @@ class PostgresReader:
         if limit is not None:
             args.append(limit)
             query += f" LIMIT ${len(args)}"
+        if limit is not None and max_bytes is not None:
+            args.append(max_bytes)
+            query = budgeted_docs(query, f"${len(args)}")
         return [row_to_doc(r) for r in await self.fetch(query, *args)]
 
     async def scan_docs(

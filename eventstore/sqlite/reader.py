@@ -32,6 +32,22 @@ from sessionstream.eventstore.sqlite.schema import (
 )
 
 
+def budgeted_docs(listing: str) -> str:
+    """A docs listing (``SELECT DOC_COLUMNS FROM docs ...`` ordered and limited) cut
+    before its bodies pass a byte budget, bound as the last parameter: the listing
+    runs on sizes only, then just the documents inside the budget are fetched."""
+    head = f"SELECT {DOC_COLUMNS} FROM docs"
+    assert listing.startswith(head), listing
+    sized = "SELECT kind, key, created_at, length(body) AS size FROM docs" + listing[len(head) :]
+    return (
+        f"WITH listed AS ({sized}), "
+        "running AS (SELECT kind, key, SUM(size) OVER (ORDER BY created_at, key) AS total, "
+        "ROW_NUMBER() OVER (ORDER BY created_at, key) AS n FROM listed) "
+        f"{head} WHERE (kind, key) IN "
+        "(SELECT kind, key FROM running WHERE n = 1 OR total <= ?) ORDER BY created_at, key"
+    )
+
+
 class SQLiteReader:
     """The read half of the store contract, on read-only connections (event loop only)."""
 
@@ -70,6 +86,10 @@ class SQLiteReader:
             return list(await self._conn().execute_fetchall(sql, params))
         except sqlite3.Error as exc:
             raise translate_sqlite_error(exc) from exc
+
+    async def rows(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        """Any query's rows (the packs beside the log: ``store.py``)."""
+        return await self._fetchall(sql, params)
 
     async def read_stream(
         self,
@@ -155,15 +175,32 @@ class SQLiteReader:
         *,
         limit: int = 1000,
         to_position: int | None = None,
+        max_bytes: int | None = None,
     ) -> list[RecordedEvent]:
         # a row value: SQLite seeks the UNIQUE (stream_id, version) index to the mark
-        sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE (stream_id, version) > (?, ?)"
+        where = "(stream_id, version) > (?, ?)"
         params: list[Any] = [after[0], after[1]]
         if to_position is not None:
-            sql += " AND position <= ?"
+            where += " AND position <= ?"
             params.append(to_position)
-        sql += " ORDER BY stream_id, version LIMIT ?"
         params.append(limit)
+        if max_bytes is None:
+            sql = (
+                f"SELECT {EVENT_COLUMNS} FROM events WHERE {where} "
+                "ORDER BY stream_id, version LIMIT ?"
+            )
+        else:  # the sizes summed first, as read_page does, then only the rows inside
+            params.append(max_bytes)
+            sql = (
+                "WITH sized AS (SELECT position, stream_id, version, "
+                f"length(data) + length(metadata) AS size FROM events WHERE {where} "
+                "ORDER BY stream_id, version LIMIT ?), "
+                "running AS (SELECT position, SUM(size) OVER (ORDER BY stream_id, version) "
+                "AS total, ROW_NUMBER() OVER (ORDER BY stream_id, version) AS n FROM sized) "
+                f"SELECT {EVENT_COLUMNS} FROM events WHERE position IN "
+                "(SELECT position FROM running WHERE n = 1 OR total <= ?) "
+                "ORDER BY stream_id, version"
+            )
         return [row_to_event(r) for r in await self._fetchall(sql, params)]
 
     async def head_position(self) -> int:
@@ -208,6 +245,7 @@ class SQLiteReader:
         include_deleted: bool = False,
         after: tuple[str, str] | None = None,
         limit: int | None = None,
+        max_bytes: int | None = None,
     ) -> list[Doc]:
         sql = f"SELECT {DOC_COLUMNS} FROM docs WHERE kind = ?"
         params: list[Any] = [kind]
@@ -230,6 +268,9 @@ class SQLiteReader:
         if limit is not None:
             sql += " LIMIT ?"
             params.append(limit)
+        if limit is not None and max_bytes is not None:
+            sql = budgeted_docs(sql)
+            params.append(max_bytes)
         return [row_to_doc(r) for r in await self._fetchall(sql, params)]
 
     async def scan_docs(

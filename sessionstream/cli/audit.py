@@ -15,10 +15,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sessionstream.cli.commands import command, described, open_store
+from sessionstream.cli.commands import command, described, missing_db, open_store
 from sessionstream.core.errors import ConfigError, SessionStreamError
 from sessionstream.core.settings import Settings
-from sessionstream.eventstore.audit import Export, read_export, verify_export
+from sessionstream.eventstore.audit import audit_export, read_header
 from sessionstream.eventstore.base import EventStore
 from sessionstream.eventstore.checkpoint import Signer, Verifier
 from sessionstream.eventstore.tree import StoredCheckpoint
@@ -31,7 +31,8 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         parents=[common],
         **described(
             "record a signed checkpoint of the log and print it",
-            "0 with the checkpoint (or key) printed, 2 when the log has no signing key",
+            "0 with the checkpoint (or key) printed, 2 when there is no database "
+            "or the log has no signing key",
         ),
     )
     what = p.add_mutually_exclusive_group()
@@ -67,6 +68,8 @@ def checkpoint(args: argparse.Namespace, settings: Settings) -> int:
     if args.new_key:
         print(Signer.generate(args.new_key).skey())
         return 0
+    if missing := missing_db(settings):  # before a key is generated beside a typo
+        return _fail(missing)
     signer = load_signer(settings)
     if args.public_key:
         print(signer.vkey())
@@ -92,18 +95,17 @@ def verify_export_(args: argparse.Namespace, settings: Settings) -> int:
         note = Path(args.checkpoint).read_text()
         previous = Path(args.previous).read_text() if args.previous else None
         with Path(args.file).open(encoding="utf-8") as lines:
-            export = read_export(lines)
+            audit = audit_export(lines, verifier, note, previous)
     except (OSError, UnicodeDecodeError) as exc:
         return _fail(str(exc))
     except SessionStreamError as exc:
         return _fail(exc.message)
-    problems = verify_export(export, verifier, note, previous)
-    for problem in problems[:20]:
+    for problem in audit.problems[:20]:
         print(f"FAIL {problem}")
-    if problems:
-        print(f"{args.file}: {len(problems)} problem(s); the export is not the signed log")
+    if audit.count:
+        print(f"{args.file}: {audit.count} problem(s); the export is not the signed log")
         return 1
-    print(f"OK {args.file}: {len(export.events):,} events consistent with the checkpoint")
+    print(f"OK {args.file}: {audit.events:,} events consistent with the checkpoint")
     return 0
 
 
@@ -120,7 +122,8 @@ def import_problems(path: Path, public_key: str | None) -> list[str]:
     """Why ``import`` should refuse this file (``--unverified`` imports it anyway)."""
     verifier = Verifier.from_vkey(Path(public_key).read_text()) if public_key else None
     with path.open(encoding="utf-8") as lines:
-        export: Export = read_export(lines)
-    if export.note is None:
-        return ["it carries no signed checkpoint (made by an older sessionstream?)"]
-    return verify_export(export, verifier)
+        note, _, _ = read_header(lines)
+        if note is None:
+            return ["it carries no signed checkpoint (made by an older sessionstream?)"]
+    with path.open(encoding="utf-8") as lines:
+        return audit_export(lines, verifier).problems

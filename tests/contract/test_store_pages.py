@@ -79,3 +79,29 @@ async def test_a_page_reads_up_to_to_position_and_only_its_keys(store: EventStor
     )
     assert page == list(first.events)
     assert await store.read_page(0, max_rows=10, max_bytes=1, keys=frozenset()) == []
+
+
+async def test_a_list_of_documents_ends_before_its_byte_budget(store: EventStore) -> None:
+    titles = [10, 3000, 10, 10, 8000, 10]
+    for i, n in enumerate(titles):
+        created = NewEvent(
+            "session.created", {"id": f"s{i}", "user_id": "u1", "campaign_id": "c1", "node_id": "n"}
+        )
+        patched = NewEvent("session.patched", {"fields": {"title": "t" * n}})
+        await store.append(f"session-s{i}", [created, patched])
+    every = await store.list_docs("session", owner="u1")
+    assert [d.key for d in every] == [f"s{i}" for i in range(len(titles))]
+
+    pages: list[list[str]] = []
+    after: tuple[str, str] | None = None
+    while docs := await store.list_docs(
+        "session", owner="u1", after=after, limit=50, max_bytes=4000
+    ):
+        pages.append([d.key for d in docs])
+        after = (docs[-1].index.created_at or "", docs[-1].key)
+    assert [k for page in pages for k in page] == [d.key for d in every]
+    # a document's body is a few hundred bytes besides its title: s0 and s1 fit in 4000,
+    # s2 and s3 too, the 8 KB s4 goes alone and s5 cannot join it
+    assert [len(p) for p in pages] == [2, 2, 1, 1]
+    first = await store.list_docs("session", owner="u1", limit=2, max_bytes=1 << 20)
+    assert [d.key for d in first] == ["s0", "s1"]  # the row limit still holds
