@@ -294,6 +294,15 @@ async def test_a_failed_open_closes_its_connections_and_threads(tmp_path: Path) 
     assert holder(str(corrupt)) is None  # nor its lock
 
 
+def test_serve_on_a_corrupt_database_is_one_line_and_exits(tmp_path: Path) -> None:
+    corrupt = tmp_path / "corrupt.db"
+    corrupt.write_bytes(b"this is not an SQLite database " * 200)
+    done = _cli("serve", "--db", str(corrupt), "--port", str(free_port()), timeout=30)
+    assert done.returncode == 2, done
+    assert done.stderr.count("\n") == 1 and "the database failed" in done.stderr, done.stderr
+    assert "sessionstream on http" not in done.stdout
+
+
 FAILING_READER = textwrap.dedent(
     """
     import asyncio, sys
