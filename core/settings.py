@@ -239,6 +239,12 @@ class Settings(BaseSettings):
         description="Window in which streamed text is batched into one `message.delta` "
         "event; 0 writes each delta as it comes.",
     )
+    keep_raw_deltas: bool = Field(
+        default=False,
+        description="Keep a finished run's `message.delta` events as rows of the log. "
+        "By default they are packed into one compressed row per run once it ends, read "
+        "back as the same events (see docs/explanation/scale.md).",
+    )
     max_pending_appends: int = Field(
         default=10_000,
         ge=1,

@@ -59,6 +59,7 @@ def make_store(settings: Settings, *, serving: bool = False) -> EventStore:
             max_pending=settings.max_pending_appends,
             page_bytes=settings.page_bytes,
             catchup_reads=settings.catchup_reads,
+            compact_runs=not settings.keep_raw_deltas,
         )
     from sessionstream.eventstore.sqlite import SQLiteEventStore
 
@@ -69,6 +70,7 @@ def make_store(settings: Settings, *, serving: bool = False) -> EventStore:
         max_pending=settings.max_pending_appends,
         page_bytes=settings.page_bytes,
         catchup_reads=settings.catchup_reads,
+        compact_runs=not settings.keep_raw_deltas,
         exclusive=serving,
     )
 

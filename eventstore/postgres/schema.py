@@ -13,11 +13,11 @@ key; ``position_at`` compares RFC 3339 strings).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from sessionstream.core.errors import StorageUnavailable
+from sessionstream.core.jsonenc import encoder
 from sessionstream.eventstore.batch import StreamHead
 from sessionstream.eventstore.clock import EXCEPTIONS_OF_LOG
 from sessionstream.eventstore.model import Doc, RecordedEvent
@@ -166,6 +166,22 @@ MIGRATIONS: tuple[str, ...] = (
         RETURN current;
     END
     $fn$;
+    """,
+    # 6: a finished run's token deltas, compacted (eventstore/packing.py, postgres/packs.py)
+    """
+    CREATE TABLE packs (
+        stream_id      TEXT COLLATE "C" NOT NULL,
+        block          BIGINT NOT NULL,
+        correlation_id TEXT COLLATE "C",
+        first_position BIGINT NOT NULL,
+        last_position  BIGINT NOT NULL,
+        events         INTEGER NOT NULL,
+        body           BYTEA NOT NULL,
+        PRIMARY KEY (stream_id, block)
+    );
+    CREATE INDEX packs_block ON packs (block);
+    CREATE INDEX packs_correlation ON packs (correlation_id, block)
+        WHERE correlation_id IS NOT NULL;
     """,
 )
 
@@ -325,9 +341,9 @@ RECORD_META = (
 # codecs: a batch's rows as the column arrays its statements ``unnest`` --------------------------
 
 
-def dumps(value: Any) -> str:
-    # ASCII escapes: a lone surrogate in user text cannot break the encoding
-    return json.dumps(value, separators=(",", ":"))
+#: ASCII escapes: a lone surrogate in user text cannot break the encoding (built once:
+#: ``core/jsonenc.py``)
+dumps = encoder(separators=(",", ":"))
 
 
 def doc_arrays(docs: Sequence[Doc]) -> list[list[Any]]:

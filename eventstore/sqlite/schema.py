@@ -12,11 +12,13 @@ import sqlite3
 from typing import Any
 
 from sessionstream.core.errors import SessionStreamError, StorageUnavailable
+from sessionstream.core.jsonenc import encoder
 from sessionstream.eventstore.model import Doc, RecordedEvent
 from sessionstream.eventstore.snapshots import Snapshot
 
-#: 2: ``clock_exceptions`` (``eventstore/clock.py``); a version 1 file gets it on open
-SCHEMA_VERSION = 2
+#: 2: ``clock_exceptions`` (``eventstore/clock.py``); a version 1 file gets it on open.
+#: 3: ``packs`` (``eventstore/packing.py``): an older build would not read them
+SCHEMA_VERSION = 3
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -78,6 +80,21 @@ CREATE TABLE IF NOT EXISTS clock_exceptions (
     position    INTEGER PRIMARY KEY,
     recorded_at TEXT NOT NULL
 );
+-- a finished run's token deltas, compacted (eventstore/packing.py, sqlite/packs.py)
+CREATE TABLE IF NOT EXISTS packs (
+    id             INTEGER PRIMARY KEY,
+    stream_id      TEXT NOT NULL,
+    block          INTEGER NOT NULL,
+    correlation_id TEXT,
+    first_position INTEGER NOT NULL,
+    last_position  INTEGER NOT NULL,
+    events         INTEGER NOT NULL,
+    body           BLOB NOT NULL,
+    UNIQUE (stream_id, block)
+);
+CREATE INDEX IF NOT EXISTS packs_block ON packs (block);
+CREATE INDEX IF NOT EXISTS packs_correlation ON packs (correlation_id, block)
+    WHERE correlation_id IS NOT NULL;
 CREATE TABLE IF NOT EXISTS checkpoints (
     size        INTEGER PRIMARY KEY,
     root        BLOB NOT NULL,
@@ -128,8 +145,8 @@ INSERT_SNAPSHOT = (
 #: bound parameters per ``IN (...)`` lookup, well under SQLite's limit
 LOOKUP_CHUNK = 500
 
-# one encoder, built once: ``json.dumps`` with options builds one per call
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+# one encoder, built once (``core/jsonenc.py``): ``json.dumps`` builds one per call
+_dumps = encoder(separators=(",", ":"), ensure_ascii=False)
 
 
 def doc_row(doc: Doc) -> tuple[Any, ...]:

@@ -23,11 +23,11 @@ import shutil
 import sqlite3
 import tempfile
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
 from sessionstream.core.errors import SessionStreamError, StorageUnavailable
+from sessionstream.eventstore import packed_reads
 from sessionstream.eventstore.base import DEFAULT_CATCHUP_READS, DEFAULT_PAGE_BYTES, EventStore
 from sessionstream.eventstore.groupcommit import Outcome, Pending
 from sessionstream.eventstore.model import (
@@ -37,10 +37,15 @@ from sessionstream.eventstore.model import (
     RecordedEvent,
     StoredEvent,
 )
+from sessionstream.eventstore.packing import finished_runs
 from sessionstream.eventstore.projector import Projection
 from sessionstream.eventstore.sqlite import files
+from sessionstream.eventstore.sqlite.checkpointer import INTERVAL_S as CHECKPOINT_INTERVAL_S
+from sessionstream.eventstore.sqlite.checkpointer import Checkpointer
+from sessionstream.eventstore.sqlite.packs import SQLitePacks
 from sessionstream.eventstore.sqlite.reader import SQLiteReader
 from sessionstream.eventstore.sqlite.schema import translate_sqlite_error
+from sessionstream.eventstore.sqlite.thread import WriterThread
 from sessionstream.eventstore.sqlite.tree import SQLiteTree
 from sessionstream.eventstore.sqlite.writer import SQLiteWriter
 
@@ -77,6 +82,8 @@ class SQLiteEventStore(EventStore):
         page_bytes: int = DEFAULT_PAGE_BYTES,
         catchup_reads: int = DEFAULT_CATCHUP_READS,
         on_batch: Callable[[int, int], None] | None = None,
+        compact_runs: bool = True,
+        checkpoint_interval_s: float = CHECKPOINT_INTERVAL_S,
         exclusive: bool = False,
     ) -> None:
         super().__init__(
@@ -92,6 +99,8 @@ class SQLiteEventStore(EventStore):
         self.busy_retries = busy_retries
         #: called after each batch with (callers answered, events appended)
         self.on_batch = on_batch
+        #: pack a run's token deltas once it ends (``eventstore/packing.py``); False keeps rows
+        self.compact_runs = compact_runs
         self._writer = SQLiteWriter(
             self.path,
             self.projections,
@@ -100,11 +109,15 @@ class SQLiteEventStore(EventStore):
             cache_size=cache_size,
         )
         self._reader = SQLiteReader(self.path, connections=readers, cache_size=cache_size)
+        #: the packs beside the log, read on the readers' connections
+        self.packs = SQLitePacks(self._reader.rows)
         self.tree = SQLiteTree(lambda fn: self._in_writer(fn, self._writer._connection()))
+        #: the WAL checkpoint policy: a thread of its own, off the append path
+        self.checkpointer = Checkpointer(self.path, interval_s=checkpoint_interval_s)
         self._writer_task: asyncio.Task[None] | None = None
         #: a committed batch whose callers were not answered yet (see ``_resume``)
         self._unanswered: tuple[list[Pending], list[Outcome]] | None = None
-        self._executor: ThreadPoolExecutor | None = None
+        self._executor: WriterThread | None = None
         self._closing = False
         self._open = False
         #: held while open when ``exclusive``: this process serves the file
@@ -152,8 +165,10 @@ class SQLiteEventStore(EventStore):
             files.create_private(self._writer.path)  # 0600, and so are its -wal and -shm
         except OSError as exc:  # a directory that cannot be written, a path that is a file
             raise StorageUnavailable(f"cannot open {self.path}: {exc.strerror or exc}") from exc
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="sessionstream-writer")
+        self._executor = WriterThread("sessionstream-writer")
         await self._in_writer(self._writer.open)
+        self.checkpointer.path = self._writer.path  # :memory: is a scratch file too
+        self.checkpointer.start()
         await self._reader.open()
         self.hub.published_position = await self.head_position()
         self._writer_task = self.supervisor.spawn("sqlite-writer", self._writer_loop)
@@ -187,11 +202,12 @@ class SQLiteEventStore(EventStore):
         try:
             await self._reader.close()
         finally:
+            await asyncio.to_thread(self.checkpointer.stop)
             if self._executor is not None:
                 try:
                     await self._in_writer(self._writer.close)
                 finally:
-                    self._executor.shutdown(wait=True)
+                    self._executor.shutdown()
                     self._executor = None
             if self._lock is not None:
                 self._lock.release()
@@ -203,7 +219,7 @@ class SQLiteEventStore(EventStore):
         """Run ``fn`` on the writer thread: the only thread that touches its connection."""
         if self._executor is None:
             raise StorageUnavailable("the event store is not open")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        return await self._executor.call(fn, *args)
 
     # writes ---------------------------------------------------------------
     async def transact(self, requests: Sequence[AppendRequest]) -> list[AppendResult]:
@@ -238,6 +254,12 @@ class SQLiteEventStore(EventStore):
             self.hub.publish(plan.records)  # the batch's new events, in position order
             if self.on_batch is not None:
                 self.on_batch(len(batch), len(plan.records))
+            ended = finished_runs(plan.records) if self.compact_runs else []
+            if ended:  # after every caller has its answer; the next batch waits for it
+                try:
+                    await self._in_writer(self._writer.compact, ended)
+                except Exception:  # the deltas stay rows: nothing is lost
+                    log.exception("compacting %d finished run(s) failed", len(ended))
 
     async def _resume(self) -> None:
         """After a crash past a commit: answer its callers, publish what the hub missed.
@@ -269,6 +291,12 @@ class SQLiteEventStore(EventStore):
         finally:
             self._reader.cache.clear()
         self.hub.publish(events)
+        ended = finished_runs(events) if self.compact_runs else []
+        if ended:  # an imported log is packed as the one it came from was
+            await self.compact(ended)
+
+    async def compact(self, stream_ids: Sequence[str]) -> int:
+        return await self._in_writer(self._writer.compact, list(stream_ids))
 
     async def rebuild(self) -> int:
         self._reader.cache.clear()
@@ -283,8 +311,11 @@ class SQLiteEventStore(EventStore):
         limit: int | None = None,
         to_position: int | None = None,
     ) -> list[RecordedEvent]:
-        return await self._reader.read_stream(
+        stored = await self._reader.read_stream(
             stream_id, after_version, limit=limit, to_position=to_position
+        )
+        return await packed_reads.read_stream(
+            self.packs, stored, stream_id, after_version, limit, to_position
         )
 
     async def read_all(
@@ -295,8 +326,11 @@ class SQLiteEventStore(EventStore):
         keys: frozenset[str] | None = None,
         to_position: int | None = None,
     ) -> list[RecordedEvent]:
-        return await self._reader.read_all(
+        stored = await self._reader.read_all(
             after_position, limit=limit, keys=keys, to_position=to_position
+        )
+        return await packed_reads.read_all(
+            self.packs, stored, after_position, limit, keys, to_position
         )
 
     async def read_page(
@@ -308,12 +342,15 @@ class SQLiteEventStore(EventStore):
         keys: frozenset[str] | None = None,
         to_position: int | None = None,
     ) -> list[StoredEvent]:
-        return await self._reader.read_page(
+        stored = await self._reader.read_page(
             after_position,
             max_rows=max_rows,
             max_bytes=max_bytes,
             keys=keys,
             to_position=to_position,
+        )
+        return await packed_reads.read_page(
+            self.packs, stored, after_position, max_rows, keys, to_position
         )
 
     async def read_by_stream(
@@ -322,8 +359,14 @@ class SQLiteEventStore(EventStore):
         *,
         limit: int = 1000,
         to_position: int | None = None,
+        max_bytes: int | None = None,
     ) -> list[RecordedEvent]:
-        return await self._reader.read_by_stream(after, limit=limit, to_position=to_position)
+        stored = await self._reader.read_by_stream(
+            after, limit=limit, to_position=to_position, max_bytes=max_bytes
+        )
+        return await packed_reads.read_by_stream(
+            self.packs, stored, after, limit, to_position, budgeted=max_bytes is not None
+        )
 
     async def head_position(self) -> int:
         return await self._reader.head_position()
@@ -332,10 +375,12 @@ class SQLiteEventStore(EventStore):
         return await self._reader.stream_version(stream_id)
 
     async def position_of(self, stream_id: str, version: int) -> int | None:
-        return await self._reader.position_of(stream_id, version)
+        found = await self._reader.position_of(stream_id, version)
+        return await packed_reads.position_of(found, stream_id, version, self.read_stream)
 
     async def position_at(self, timestamp: str) -> int:
-        return await self._reader.position_at(timestamp)
+        stored = await self._reader.position_at(timestamp)
+        return await packed_reads.position_at(self.packs, stored, timestamp)
 
     async def get_doc(self, kind: str, key: str) -> Doc | None:
         return await self._reader.get_doc(kind, key)

@@ -45,6 +45,8 @@ from sessionstream.eventstore.model import (
 from sessionstream.eventstore.projector import Projection, Refold, StreamFold
 from sessionstream.eventstore.snapshots import Snapshot
 from sessionstream.eventstore.sqlite.cache import DocCache
+from sessionstream.eventstore.sqlite.checkpointer import JOURNAL_SIZE_LIMIT
+from sessionstream.eventstore.sqlite.packs import compact, with_packs
 from sessionstream.eventstore.sqlite.schema import (
     DOC_COLUMNS,
     EVENT_COLUMNS,
@@ -69,10 +71,28 @@ log = logging.getLogger("sessionstream.eventstore")
 #: a rebuild reads the log this many events at a time, stream by stream, and writes each
 #: document once, when its stream ends (``StreamFold``): memory is one page and one stream
 REBUILD_PAGE = 2000
+REBUILD_BYTES = 4 << 20
 BY_STREAM = (
     f"SELECT {EVENT_COLUMNS} FROM events WHERE (stream_id, version) > (?, ?) "
     "ORDER BY stream_id, version LIMIT ?"
 )
+
+
+def _stream_page(conn: sqlite3.Connection, mark: tuple[str, int]) -> list[RecordedEvent]:
+    """The next events by (stream id, version): ``REBUILD_PAGE`` of them, or fewer
+    once their stored JSON passes ``REBUILD_BYTES`` (the rows are read one by one)."""
+    events: list[RecordedEvent] = []
+    size = 0
+    cursor = conn.execute(BY_STREAM, (*mark, REBUILD_PAGE))
+    try:
+        for row in cursor:
+            events.append(row_to_event(row))
+            size += len(row[5]) + len(row[6])
+            if size >= REBUILD_BYTES:
+                break
+    finally:
+        cursor.close()
+    return events
 
 
 def _chunks(values: Sequence[str]) -> Iterator[Sequence[str]]:
@@ -154,6 +174,9 @@ class SQLiteWriter:
             conn.execute("PRAGMA busy_timeout=5000")
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
+            # checkpoints run on their own thread (checkpointer.py), never inside an append
+            conn.execute("PRAGMA wal_autocheckpoint=0")
+            conn.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise StorageUnavailable(
@@ -161,7 +184,9 @@ class SQLiteWriter:
                     f"{SCHEMA_VERSION}; upgrade sessionstream"
                 )
             conn.executescript(SCHEMA)
-            if version == 1:  # written before appends clamped their time: find where it fell back
+            if (
+                0 < version < 2
+            ):  # written before appends clamped their time: find where it fell back
                 conn.executemany(INSERT_CLOCK_EXCEPTION, conn.execute(EXCEPTIONS_OF_LOG).fetchall())
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except BaseException as exc:
@@ -306,6 +331,28 @@ class SQLiteWriter:
         )
         return row_to_doc(row) if row else None
 
+    def compact(self, stream_ids: Sequence[str]) -> int:
+        """Pack the deltas of runs that just ended (``eventstore/packing.py``).
+
+        Its own transaction after the batch that ended them, without an fsync
+        of its own (``synchronous=NORMAL``): the next append's commit makes it
+        durable, and a compaction lost to a crash only leaves the deltas as rows.
+        """
+        conn = self._connection()
+        conn.execute("PRAGMA synchronous=NORMAL")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                moved = compact(conn, stream_ids)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        finally:
+            conn.execute("PRAGMA synchronous=FULL")
+        return moved
+
     # import and rebuild -----------------------------------------------------------------------
     def import_events(self, events: list[RecordedEvent]) -> None:
         """``EventStore.import_events`` in one transaction (the rules: ``check_import``)."""
@@ -352,8 +399,13 @@ class SQLiteWriter:
             fold = StreamFold(self.projections, self.snapshot_every)  # on empty tables
             count = 0
             mark: tuple[str, int] = ("", 0)
-            while rows := conn.execute(BY_STREAM, (*mark, REBUILD_PAGE)).fetchall():
-                events = [row_to_event(r) for r in rows]
+            while True:
+                # a page may end mid-stream, so its bound is its last row; the empty page
+                # at the end takes the packed deltas after the last stream's last row
+                page = _stream_page(conn, mark)
+                events = with_packs(conn, page, mark, bool(page))
+                if not events:
+                    break
                 write_rows(conn, (), {}, *fold.feed(events))
                 count += len(events)
                 mark = (events[-1].stream_id, events[-1].version)
