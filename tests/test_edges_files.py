@@ -279,7 +279,13 @@ def test_an_in_memory_server_keeps_no_secret_file(tmp_path: Path) -> None:
 
 # item 11: a failed open lets the process exit ----------------------------------------
 def _non_daemon_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if not t.daemon and t is not threading.main_thread()]
+    """Threads that keep a process alive; the loop's own executor (``asyncio_N``) is not
+    one, as ``asyncio.run`` shuts it down."""
+    return [
+        t
+        for t in threading.enumerate()
+        if not t.daemon and t is not threading.main_thread() and not t.name.startswith("asyncio_")
+    ]
 
 
 async def test_a_failed_open_closes_its_connections_and_threads(tmp_path: Path) -> None:
