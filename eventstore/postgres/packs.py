@@ -29,11 +29,12 @@ from sessionstream.eventstore.postgres.schema import EVENT_COLUMNS
 PACK_ROW = "stream_id, correlation_id, body"
 PACKS_OF = f"SELECT {PACK_ROW} FROM packs WHERE stream_id = $1 ORDER BY block"
 PACKS_OF_STREAMS = f"SELECT {PACK_ROW} FROM packs WHERE stream_id BETWEEN $1 AND $2"
-PACKS_BETWEEN = f"SELECT {PACK_ROW} FROM packs WHERE block BETWEEN $1 AND $2"
+#: blocks seek the index; the positions skip packs wholly outside (after, bound]
+IN_RANGE = "block BETWEEN $1 AND $2 AND last_position > $3 AND first_position <= $4"
+PACKS_BETWEEN = f"SELECT {PACK_ROW} FROM packs WHERE {IN_RANGE}"
 PACKS_BETWEEN_KEYED = (
-    f"SELECT {PACK_ROW} FROM packs WHERE stream_id = ANY($3::text[]) AND block BETWEEN $1 AND $2 "
-    f"UNION SELECT {PACK_ROW} FROM packs WHERE correlation_id = ANY($3::text[]) "
-    "AND block BETWEEN $1 AND $2"
+    f"SELECT {PACK_ROW} FROM packs WHERE stream_id = ANY($5::text[]) AND {IN_RANGE} "
+    f"UNION SELECT {PACK_ROW} FROM packs WHERE correlation_id = ANY($5::text[]) AND {IN_RANGE}"
 )
 INSERT_PACKS = (
     "INSERT INTO packs (stream_id, block, correlation_id, first_position, last_position, "
@@ -46,10 +47,11 @@ PAGE = f"SELECT {EVENT_COLUMNS} FROM events WHERE position > $1 ORDER BY positio
 
 def packs_between(after: int, bound: int, keys: frozenset[str] | None) -> tuple[str, list[Any]]:
     """The pack rows that may hold events in ``(after, bound]`` under ``keys``."""
-    low, high = block_of(after + 1), block_of(min(bound, NO_BOUND))
+    high = min(bound, NO_BOUND)
+    span = [block_of(after + 1), block_of(high), after, high]
     if keys is None:
-        return PACKS_BETWEEN, [low, high]
-    return PACKS_BETWEEN_KEYED, [low, high, list(keys)]
+        return PACKS_BETWEEN, span
+    return PACKS_BETWEEN_KEYED, [*span, list(keys)]
 
 
 class PostgresPacks:
@@ -117,7 +119,9 @@ async def merged_hashes(conn: Any, start: int, end: int) -> Sequence[tuple[int, 
         end,
     )
     by_position: dict[int, str] = {r[0]: r[1] for r in rows}
-    packed = unpack_all(await conn.fetch(PACKS_BETWEEN, block_of(start + 1), block_of(end)))
+    packed = unpack_all(
+        await conn.fetch(PACKS_BETWEEN, block_of(start + 1), block_of(end), start, end)
+    )
     if not packed:
         return list(by_position.items())
     for e in packed:

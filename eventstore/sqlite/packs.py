@@ -31,7 +31,9 @@ INSERT_PACK = (
 )
 PACKS_OF = f"SELECT {PACK_ROW} FROM packs WHERE stream_id = ? ORDER BY block"
 PACKS_OF_STREAMS = f"SELECT {PACK_ROW} FROM packs WHERE stream_id BETWEEN ? AND ?"
-PACKS_BETWEEN = f"SELECT {PACK_ROW} FROM packs WHERE block BETWEEN ? AND ?"
+#: blocks seek the index; the positions skip packs wholly outside (after, bound]
+IN_RANGE = "block BETWEEN ? AND ? AND last_position > ? AND first_position <= ?"
+PACKS_BETWEEN = f"SELECT {PACK_ROW} FROM packs WHERE {IN_RANGE}"
 STREAM_EVENTS = f"SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = ? ORDER BY version"
 PAGE = f"SELECT {EVENT_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?"
 
@@ -42,16 +44,16 @@ def packs_between_sql(after: int, bound: int, keys: frozenset[str] | None) -> tu
     With keys, one indexed lookup per key column (a union of two seeks, each
     pack once): a session's catch-up reads its own runs' packs, not the log's.
     """
-    low, high = block_of(after + 1), block_of(min(bound, NO_BOUND))
+    high = min(bound, NO_BOUND)
+    span = [block_of(after + 1), block_of(high), after, high]
     if keys is None:
-        return PACKS_BETWEEN, [low, high]
+        return PACKS_BETWEEN, span
     marks = ",".join("?" * len(keys))
     sql = (
-        f"SELECT {PACK_ROW} FROM packs WHERE stream_id IN ({marks}) AND block BETWEEN ? AND ? "
-        f"UNION SELECT {PACK_ROW} FROM packs WHERE correlation_id IN ({marks}) "
-        "AND block BETWEEN ? AND ?"
+        f"SELECT {PACK_ROW} FROM packs WHERE stream_id IN ({marks}) AND {IN_RANGE} "
+        f"UNION SELECT {PACK_ROW} FROM packs WHERE correlation_id IN ({marks}) AND {IN_RANGE}"
     )
-    return sql, [*keys, low, high, *keys, low, high]
+    return sql, [*keys, *span, *keys, *span]
 
 
 class SQLitePacks:
@@ -117,7 +119,9 @@ def merged_hashes(conn: sqlite3.Connection, start: int, end: int) -> Sequence[tu
         "SELECT position, hash FROM events WHERE position > ? AND position <= ? ORDER BY position",
         (start, end),
     ).fetchall()
-    packed = unpack_all(conn.execute(PACKS_BETWEEN, (block_of(start + 1), block_of(end))))
+    packed = unpack_all(
+        conn.execute(PACKS_BETWEEN, (block_of(start + 1), block_of(end), start, end))
+    )
     if not packed:
         return rows
     by_position = dict(rows)
