@@ -325,12 +325,21 @@ def main() -> None:
         help="only PostgreSQL, on these built stores (comma-separated .db paths from the "
         "cache): writes bench/results/scale_pg.json",
     )
+    parser.add_argument(
+        "--stores",
+        help="measure these built stores (comma-separated .db paths, with their .json) "
+        "instead of the cache's for --sizes: a store built by an earlier build of the code",
+    )
     args = parser.parse_args()
     if args.postgres_stores:
         postgres_only([Path(p) for p in args.postgres_stores.split(",")], args)
         return
     rounds = 1 if args.quick else args.rounds
     sizes = parse_sizes(args.sizes or ("1e3,1e4" if args.quick else "1e4,1e5,1e6"))
+    given = {}
+    if args.stores:
+        for size, path in zip(sizes, args.stores.split(","), strict=True):
+            given[size] = Built.load(Path(path))
     requests = 100 if args.quick else 300
     # (appenders, events each, single appends)
     appends = (APPENDERS, 20 if args.quick else 100, 100 if args.quick else 300)
@@ -348,7 +357,9 @@ def main() -> None:
     results: dict[int, dict[str, float]] = {}
     pg_sizes = sorted({sizes[0], max(s for s in sizes if s <= 10**6)}) if args.postgres else []
     for size in sizes:
-        built = stores[size] = scale_build.cached(size, cache, rebuild=args.rebuild)
+        built = stores[size] = given.get(size) or scale_build.cached(
+            size, cache, rebuild=args.rebuild
+        )
         (work / str(size)).mkdir()
         results[size] = measure_size(built, work / str(size), rounds, requests, appends)
         if size not in pg_sizes:
