@@ -831,3 +831,25 @@ def test_the_browser_module_leaves_a_stalled_node_and_resumes_exactly_once() -> 
     reasons = [reason for state, reason in out["states"] if state == "reconnecting"]
     assert reasons[:2] == ["stalled", "stalled"]
     assert out["states"][-1] == ["closed", None]
+
+
+async def test_a_commit_not_yet_published_is_not_a_stall_until_it_stays_unpublished(
+    sqlite_store: SQLiteEventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sessionstream.server.heartbeat import Heartbeats
+    from sessionstream.server.realtime_stats import RealtimeStats
+    from sessionstream.server.tail import Tails
+
+    store = sqlite_store
+    await append_some(store, 2)
+    beats = Heartbeats(store, Tails(store, RealtimeStats()), interval_s=0.1)
+    assert beats.state()["stalled"] is False
+    published = store.hub.published_position
+    monkeypatch.setattr(store, "known_head", lambda: published + 1)  # NOTIFY came first
+    fresh = beats.state()
+    assert fresh["head"] == published + 1 and fresh["stalled"] is False
+    await asyncio.sleep(0.12)
+    assert beats.state()["stalled"] is True  # still unpublished an interval later
+    await append_some(store, 1)  # delivery moves: no longer a stall
+    monkeypatch.setattr(store, "known_head", lambda: store.hub.published_position)
+    assert beats.state()["stalled"] is False
