@@ -890,3 +890,36 @@ async def test_the_python_client_leaves_a_stalled_node_and_resumes_exactly_once(
     assert [f["seq"] for f in frames] == [e.version for e in stored]
     assert stalls == 1
     assert sum(api.app[REALTIME_STATS].opened.values()) == 2  # it left and came back
+
+
+async def test_a_run_that_raises_is_counted_ends_failed_and_its_subscribers_see_the_end(
+    sqlite_store: SQLiteEventStore,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from sessionstream.services import runs as runs_module
+    from sessionstream.services.claims import claim_session
+    from sessionstream.services.runs import RunManager
+    from tests.scripted_engine import ScriptedEngine
+
+    store = sqlite_store
+    manager = RunManager(store, ScriptedEngine())
+    session_id = await _session(store)
+    head = await store.head_position()
+    sub = Subscriber(store, head, frozenset({f"session-{session_id}"}))
+
+    async def broken_turn(*_args: Any, **_kwargs: Any) -> None:
+        raise RuntimeError("injected: a bug in the turn")
+
+    monkeypatch.setattr(runs_module, "run_turn", broken_turn)
+    claim = await claim_session(store, "u1", session_id, kind="turn", run_input={"message": "hi"})
+    manager.start(claim, {"message": "hi"})
+    await wait_for(lambda: not manager.is_local(claim.run_id))
+    assert store.supervisor.crashes["run"] == 1
+    run = await store.get_doc("run", claim.run_id)
+    assert run is not None and run.body["status"] == "failed"
+    expected = await store.read_all(head, keys=frozenset({f"session-{session_id}"}))
+    assert [e.type for e in expected][-2:] == ["run.failed", "run.released"]
+    exactly_once(await sub.until(len(expected)), expected)
+    await sub.stop()
+    crash_logged(caplog, "run")
