@@ -13,11 +13,11 @@ key; ``position_at`` compares RFC 3339 strings).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from sessionstream.core.errors import StorageUnavailable
+from sessionstream.core.jsonenc import encoder
 from sessionstream.eventstore.batch import StreamHead
 from sessionstream.eventstore.clock import EXCEPTIONS_OF_LOG
 from sessionstream.eventstore.model import Doc, RecordedEvent
@@ -183,6 +183,10 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX packs_correlation ON packs (correlation_id, block)
         WHERE correlation_id IS NOT NULL;
     """,
+    # 7: the packs' times: as_of=<time> reads only the packs the time cuts
+    """
+    ALTER TABLE packs ADD COLUMN first_at TEXT COLLATE "C", ADD COLUMN last_at TEXT COLLATE "C";
+    """,
 )
 
 LATEST = len(MIGRATIONS)
@@ -341,9 +345,9 @@ RECORD_META = (
 # codecs: a batch's rows as the column arrays its statements ``unnest`` --------------------------
 
 
-def dumps(value: Any) -> str:
-    # ASCII escapes: a lone surrogate in user text cannot break the encoding
-    return json.dumps(value, separators=(",", ":"))
+#: ASCII escapes: a lone surrogate in user text cannot break the encoding (built once:
+#: ``core/jsonenc.py``)
+dumps = encoder(separators=(",", ":"))
 
 
 def doc_arrays(docs: Sequence[Doc]) -> list[list[Any]]:

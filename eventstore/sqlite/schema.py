@@ -12,12 +12,14 @@ import sqlite3
 from typing import Any
 
 from sessionstream.core.errors import SessionStreamError, StorageUnavailable
+from sessionstream.core.jsonenc import encoder
 from sessionstream.eventstore.model import Doc, RecordedEvent
 from sessionstream.eventstore.snapshots import Snapshot
 
 #: 2: ``clock_exceptions`` (``eventstore/clock.py``); a version 1 file gets it on open.
-#: 3: ``packs`` (``eventstore/packing.py``): an older build would not read them
-SCHEMA_VERSION = 3
+#: 3: ``packs`` (``eventstore/packing.py``): an older build would not read them.
+#: 4: the packs' ``first_at`` and ``last_at`` (added to a version 3 file on open)
+SCHEMA_VERSION = 4
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -89,6 +91,8 @@ CREATE TABLE IF NOT EXISTS packs (
     last_position  INTEGER NOT NULL,
     events         INTEGER NOT NULL,
     body           BLOB NOT NULL,
+    first_at       TEXT,
+    last_at        TEXT,
     UNIQUE (stream_id, block)
 );
 CREATE INDEX IF NOT EXISTS packs_block ON packs (block);
@@ -144,8 +148,8 @@ INSERT_SNAPSHOT = (
 #: bound parameters per ``IN (...)`` lookup, well under SQLite's limit
 LOOKUP_CHUNK = 500
 
-# one encoder, built once: ``json.dumps`` with options builds one per call
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+# one encoder, built once (``core/jsonenc.py``): ``json.dumps`` builds one per call
+_dumps = encoder(separators=(",", ":"), ensure_ascii=False)
 
 
 def doc_row(doc: Doc) -> tuple[Any, ...]:

@@ -23,7 +23,6 @@ import shutil
 import sqlite3
 import tempfile
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -46,6 +45,7 @@ from sessionstream.eventstore.sqlite.checkpointer import Checkpointer
 from sessionstream.eventstore.sqlite.packs import SQLitePacks
 from sessionstream.eventstore.sqlite.reader import SQLiteReader
 from sessionstream.eventstore.sqlite.schema import translate_sqlite_error
+from sessionstream.eventstore.sqlite.thread import WriterThread
 from sessionstream.eventstore.sqlite.tree import SQLiteTree
 from sessionstream.eventstore.sqlite.writer import SQLiteWriter
 
@@ -117,7 +117,7 @@ class SQLiteEventStore(EventStore):
         self._writer_task: asyncio.Task[None] | None = None
         #: a committed batch whose callers were not answered yet (see ``_resume``)
         self._unanswered: tuple[list[Pending], list[Outcome]] | None = None
-        self._executor: ThreadPoolExecutor | None = None
+        self._executor: WriterThread | None = None
         self._closing = False
         self._open = False
         #: held while open when ``exclusive``: this process serves the file
@@ -157,12 +157,15 @@ class SQLiteEventStore(EventStore):
         if self.path == MEMORY:
             self._scratch = tempfile.mkdtemp(prefix="sessionstream-memory-")
             self._writer.path = self._reader.path = os.path.join(self._scratch, "store.db")
-        else:
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            if self._lock is not None:
-                self._lock.acquire()  # before anything is read or recovered
-        files.create_private(self._writer.path)  # 0600, and so are its -wal and -shm
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="sessionstream-writer")
+        try:
+            if self.path != MEMORY:
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+                if self._lock is not None:
+                    self._lock.acquire()  # before anything is read or recovered
+            files.create_private(self._writer.path)  # 0600, and so are its -wal and -shm
+        except OSError as exc:  # a directory that cannot be written, a path that is a file
+            raise StorageUnavailable(f"cannot open {self.path}: {exc.strerror or exc}") from exc
+        self._executor = WriterThread("sessionstream-writer")
         await self._in_writer(self._writer.open)
         self.checkpointer.path = self._writer.path  # :memory: is a scratch file too
         self.checkpointer.start()
@@ -204,7 +207,7 @@ class SQLiteEventStore(EventStore):
                 try:
                     await self._in_writer(self._writer.close)
                 finally:
-                    self._executor.shutdown(wait=True)
+                    self._executor.shutdown()
                     self._executor = None
             if self._lock is not None:
                 self._lock.release()
@@ -216,7 +219,7 @@ class SQLiteEventStore(EventStore):
         """Run ``fn`` on the writer thread: the only thread that touches its connection."""
         if self._executor is None:
             raise StorageUnavailable("the event store is not open")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        return await self._executor.call(fn, *args)
 
     # writes ---------------------------------------------------------------
     async def transact(self, requests: Sequence[AppendRequest]) -> list[AppendResult]:
@@ -376,8 +379,7 @@ class SQLiteEventStore(EventStore):
         return await packed_reads.position_of(found, stream_id, version, self.read_stream)
 
     async def position_at(self, timestamp: str) -> int:
-        stored = await self._reader.position_at(timestamp)
-        return await packed_reads.position_at(self.packs, stored, timestamp)
+        return await packed_reads.position_at(self.packs, timestamp)
 
     async def get_doc(self, kind: str, key: str) -> Doc | None:
         return await self._reader.get_doc(kind, key)
