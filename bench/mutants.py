@@ -10,6 +10,9 @@ program means the same) are listed in ``EQUIVALENT`` with the reason, and left
 out of the denominator; nothing else is.
 
     python -m bench.mutants --label after   # merges into bench/results/mutants.json
+
+A run narrowed to some modules updates their rows and keeps the others', so one
+module can be re-measured after its tests change.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ STATUS.update(dict.fromkeys((-11, -9), "segfault"))
 DETECTED = frozenset({"killed", "timeout", "segfault"})
 
 _S = "sessionstream.projections.session.x_fold_session_events__mutmut_"
+_T = "sessionstream.engines.templates."
 _COPY = (
     "fold_session_events only copies the state once more: the result is the same, "
     "the fold is slower (a copy per event instead of one per fold)"
@@ -81,6 +85,19 @@ EQUIVALENT: dict[str, str] = {
     "sessionstream.server.ratelimit.xǁRateLimiterǁcheck__mutmut_25": (
         "popitem(last=None): None is as false as False, the oldest key goes"
     ),
+    _T + "x__as_text__mutmut_3": "str() of a str is the same text: only the shortcut is lost",
+    _T + "x_clean_value__mutmut_15": (
+        "ch > ' ' instead of >=: the one character between, the space, is kept by isspace()"
+    ),
+    **{
+        _T + name: "table.get(name, None) or a hole: None is as false as '', both give the hole"
+        for name in (
+            "x_render__mutmut_23",
+            "x_render__mutmut_25",
+            "x_restrict_to__mutmut_18",
+            "x_restrict_to__mutmut_20",
+        )
+    },
 }
 
 
@@ -133,8 +150,22 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = json.loads(args.out.read_text()) if args.out.exists() else {}
     results.setdefault("tool", "mutmut 3.8.1 (make mutants)")
     results.setdefault("equivalent", {})
-    results["equivalent"].update(EQUIVALENT)
-    results.setdefault("runs", {})[args.label] = {"note": args.note, "modules": table}
+    results["equivalent"] = dict(EQUIVALENT)  # the source of truth is the table above
+    previous = results.get("runs", {}).get(args.label, {})
+    # a run narrowed to some modules (a copy of the tree with fewer source_paths, or
+    # `mutmut run 'sessionstream.engines.templates.*'`) keeps the rows of the others
+    kept = [
+        m
+        for m, row in table.items()
+        if row["not_checked"] == row["mutants"] and m in previous.get("modules", {})
+    ]
+    for module in kept:
+        table[module] = previous["modules"][module]
+    if kept and args.note:  # the note is of the modules measured now, not of the run
+        for module in table.keys() - kept:
+            table[module]["note"] = args.note
+    note = previous.get("note", "") if kept else args.note
+    results.setdefault("runs", {})[args.label] = {"note": note, "modules": table}
     args.out.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
     width = max(len(m) for m in MODULES)
     print(f"{'module':{width}}  mutants  detected  equiv  score   ({args.label})")

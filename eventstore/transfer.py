@@ -15,12 +15,14 @@ events of other campaigns or sessions (``verify --allow-gaps`` accepts that).
 Import goes into an empty store only, in position order, in chunks through
 :meth:`EventStore.import_events`, after the whole file has been read and
 checked once, so a malformed line is reported before anything is written.
+Export and import stream: a page or a chunk of events at a time, never the
+whole log (the check holds each stream's version and a filter of the ids).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO
 
@@ -32,6 +34,8 @@ from sessionstream.eventstore.model import RecordedEvent
 from sessionstream.eventstore.tree import StoredCheckpoint
 
 PAGE = 5000
+#: stored JSON an export reads at a time (a page holds at least one event)
+PAGE_BYTES = 4 << 20
 #: keys per ``read_all`` call; a bigger scope reads the log and filters
 MAX_KEYS = 400
 
@@ -62,22 +66,35 @@ def whole_log() -> Scope:
 async def events_in(
     store: EventStore, scope: Scope, head: int | None = None
 ) -> AsyncIterator[RecordedEvent]:
-    """The scope's events in position order, a page at a time, up to ``head`` (today's)."""
+    """The scope's events in position order up to ``head`` (today's), a page at a time.
+
+    A page ends at ``PAGE`` events or ``PAGE_BYTES`` of stored JSON, whichever
+    comes first, and each event is let go once the caller has it (its data
+    parsed only if the caller reads it): an export holds one page of the log.
+    """
     if head is None:
         head = await store.head_position()
     keys = scope.keys
     wide = keys is not None and len(keys) > MAX_KEYS
     after = 0
     while after < head:
-        page = await store.read_all(
-            after, limit=PAGE, keys=None if wide else keys, to_position=head
+        page: list[RecordedEvent] = list(
+            await store.read_page(
+                after,
+                max_rows=PAGE,
+                max_bytes=PAGE_BYTES,
+                keys=None if wide else keys,
+                to_position=head,
+            )
         )
         if not page:
             return
-        for event in page:
+        after = page[-1].position
+        page.reverse()
+        while page:
+            event = page.pop()
             if not wide or keys is None or any(k in keys for k in event.keys):
                 yield event
-        after = page[-1].position
 
 
 def encode(event: RecordedEvent) -> str:
@@ -139,12 +156,59 @@ class ImportPlan:
     gaps: int = 0
 
 
-def check(events: Iterable[RecordedEvent]) -> ImportPlan:
-    """One pass over a file: positions ascending, each stream's versions 1, 2, ..."""
+class IdFilter:
+    """Event ids seen so far, in about a byte and a half an id: Bloom filters that double.
+
+    A set of 10^6 ids held ~100 MB; this answers "certainly new" or "perhaps seen"
+    (about one new id in a hundred is a false "perhaps"), and the few perhaps-seen
+    ids are settled exactly by a second read of the file (:func:`check`). The
+    slots come from ``hash()``: salted per process, which is all one check needs.
+    """
+
+    #: bits per id at capacity, and slots per id: a false "perhaps" ~1% of the time
+    BITS_PER_ID = 12
+    HASHES = 4
+
+    def __init__(self, capacity: int = 1 << 20) -> None:
+        self._filters: list[tuple[int, bytearray]] = []
+        self._capacity = capacity
+        self._count = 0
+        self._grow()
+
+    def _grow(self) -> None:
+        bits = 1 << (self._capacity * self.BITS_PER_ID - 1).bit_length()  # a power of two
+        self._filters.append((bits - 1, bytearray(bits // 8)))
+
+    def add(self, ident: str) -> bool:
+        """Record ``ident``; whether it may have been recorded before."""
+        h = hash(ident) & 0xFFFF_FFFF_FFFF_FFFF
+        a, b = h & 0xFFFF_FFFF, (h >> 32) | 1
+        steps = [a + n * b for n in range(self.HASHES)]
+        seen = False
+        for mask, table in self._filters:
+            if all(table[(i & mask) >> 3] & (1 << (i & 7)) for i in steps):
+                seen = True
+                break
+        if self._count >= self._capacity:  # full: a fresh filter twice the size
+            self._capacity *= 2
+            self._count = 0
+            self._grow()
+        mask, table = self._filters[-1]
+        for i in steps:
+            i &= mask
+            table[i >> 3] |= 1 << (i & 7)
+        self._count += 1
+        return seen
+
+
+def check(read: Callable[[], Iterable[RecordedEvent]]) -> ImportPlan:
+    """Read a file through: positions ascending, each stream's versions 1, 2, ...,
+    and no event id twice (``read`` is called again, only when an id may repeat)."""
     plan = ImportPlan()
-    versions: dict[str, int] = {}
-    ids: set[str] = set()
-    for event in events:
+    versions: dict[str, int] = {}  # a few dozen bytes a stream; no event is held
+    ids = IdFilter()
+    perhaps: set[str] = set()
+    for event in read():
         if event.position <= plan.last:
             raise ValidationFailed(
                 f"position {event.position} follows {plan.last}: events must be in log order"
@@ -157,15 +221,28 @@ def check(events: Iterable[RecordedEvent]) -> ImportPlan:
                 f"position {event.position}: {event.stream_id} version {event.version}, "
                 f"expected {expected} (a partial or reordered file)"
             )
-        if event.event_id in ids:
-            raise ValidationFailed(f"position {event.position}: event id {event.event_id} repeats")
-        ids.add(event.event_id)
+        if ids.add(event.event_id):
+            perhaps.add(event.event_id)
         versions[event.stream_id] = event.version
         plan.first = plan.first or event.position
         plan.last = event.position
         plan.events += 1
     plan.streams = len(versions)
+    if perhaps:
+        repeated(read(), perhaps)
     return plan
+
+
+def repeated(events: Iterable[RecordedEvent], perhaps: set[str]) -> None:
+    """Raise at the first event whose id an earlier event had, of those ``perhaps``."""
+    seen: set[str] = set()
+    for event in events:
+        if event.event_id in perhaps:
+            if event.event_id in seen:
+                raise ValidationFailed(
+                    f"position {event.position}: event id {event.event_id} repeats"
+                )
+            seen.add(event.event_id)
 
 
 async def import_into(

@@ -64,7 +64,7 @@ __all__ = [
 #: events per read of the log
 PAGE = 1000
 #: stored documents per read, for each kind
-DOC_PAGE = 100
+DOC_PAGE = 25
 
 Progress = Callable[[str, int], None]
 

@@ -196,6 +196,8 @@ def test_restrict_to_never_leaves_a_disallowed_variable(template: str, allowed: 
         ("%big%", {"custom_fields": {"big": 1e21}}, "1e+21", ()),
         ("%inf%", {"custom_fields": {"inf": float("inf")}}, "", ("inf",)),
         ("%x%", {"custom_fields": {"X": None, "x ": "no", "x": "yes"}}, "yes", ()),
+        # case is forgiven only when no field has the exact name the template wrote
+        ("%x%|%X%", {"custom_fields": {"X": "upper", "x": "exact"}}, "exact|upper", ()),
         ("%X%", {"custom_fields": {"x": None, "X2": "no", "x2": 1}}, "", ("X",)),
         # control characters go before spaces are collapsed: no stray space is left
         ("<%X%>", {"custom_fields": {"y": 1, "x": "\x07 a\tb\x1b "}}, "<a b>", ()),

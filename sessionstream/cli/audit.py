@@ -18,7 +18,7 @@ from typing import Any
 from sessionstream.cli.commands import command, described, open_store
 from sessionstream.core.errors import ConfigError, SessionStreamError
 from sessionstream.core.settings import Settings
-from sessionstream.eventstore.audit import Export, read_export, verify_export
+from sessionstream.eventstore.audit import audit_export, read_header
 from sessionstream.eventstore.base import EventStore
 from sessionstream.eventstore.checkpoint import Signer, Verifier
 from sessionstream.eventstore.tree import StoredCheckpoint
@@ -92,18 +92,17 @@ def verify_export_(args: argparse.Namespace, settings: Settings) -> int:
         note = Path(args.checkpoint).read_text()
         previous = Path(args.previous).read_text() if args.previous else None
         with Path(args.file).open(encoding="utf-8") as lines:
-            export = read_export(lines)
+            audit = audit_export(lines, verifier, note, previous)
     except (OSError, UnicodeDecodeError) as exc:
         return _fail(str(exc))
     except SessionStreamError as exc:
         return _fail(exc.message)
-    problems = verify_export(export, verifier, note, previous)
-    for problem in problems[:20]:
+    for problem in audit.problems[:20]:
         print(f"FAIL {problem}")
-    if problems:
-        print(f"{args.file}: {len(problems)} problem(s); the export is not the signed log")
+    if audit.count:
+        print(f"{args.file}: {audit.count} problem(s); the export is not the signed log")
         return 1
-    print(f"OK {args.file}: {len(export.events):,} events consistent with the checkpoint")
+    print(f"OK {args.file}: {audit.events:,} events consistent with the checkpoint")
     return 0
 
 
@@ -120,7 +119,8 @@ def import_problems(path: Path, public_key: str | None) -> list[str]:
     """Why ``import`` should refuse this file (``--unverified`` imports it anyway)."""
     verifier = Verifier.from_vkey(Path(public_key).read_text()) if public_key else None
     with path.open(encoding="utf-8") as lines:
-        export: Export = read_export(lines)
-    if export.note is None:
-        return ["it carries no signed checkpoint (made by an older sessionstream?)"]
-    return verify_export(export, verifier)
+        note, _, _ = read_header(lines)
+        if note is None:
+            return ["it carries no signed checkpoint (made by an older sessionstream?)"]
+    with path.open(encoding="utf-8") as lines:
+        return audit_export(lines, verifier).problems

@@ -12,7 +12,7 @@ import argparse
 import asyncio
 import difflib
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 from sessionstream.cli.commands import command, described
@@ -152,32 +152,49 @@ def run_details(event: RecordedEvent) -> list[str]:
     return []
 
 
-def timeline(events: Iterable[RecordedEvent], *, deltas: bool = False) -> Iterator[str]:
-    """The readable history of one session and its runs, event by event."""
-    state: SessionState | None = None
-    streamed: dict[str, list[int]] = {}  # run -> [deltas, characters]
-    for event in events:
+class Timeline:
+    """The readable history of one session and its runs, fed an event at a time: it
+    holds the session's row and a count per streaming run, never the events, so
+    ``replay`` prints a session of any length a page at a time."""
+
+    def __init__(self, *, deltas: bool = False) -> None:
+        self.deltas = deltas
+        self.state: SessionState | None = None
+        self.streamed: dict[str, list[int]] = {}  # run -> [deltas, characters]
+
+    def lines(self, event: RecordedEvent) -> Iterator[str]:
         head = f"#{event.position:<6} {event.recorded_at}  {who(event):<24} {event.type}"
         if event.stream_id.startswith(SESSION_PREFIX):
-            new = apply_session(state, event) or state
-            if new is None:
-                yield head
-                continue
+            new = apply_session(self.state, event) or self.state
             yield head
-            yield from row_changes(event.type, state, new)
-            state = new
-            continue
+            if new is not None:
+                yield from row_changes(event.type, self.state, new)
+                self.state = new
+            return
         if event.type == EventType.MESSAGE_DELTA:
-            counts = streamed.setdefault(event.stream_id, [0, 0])
+            counts = self.streamed.setdefault(event.stream_id, [0, 0])
             counts[0] += 1
             counts[1] += len(str(event.data.get("text", "")))
-            if not deltas:
-                continue
+            if not self.deltas:
+                return
         yield head
         yield from run_details(event)
-        if event.type in TERMINAL and event.stream_id in streamed:
-            count, chars = streamed.pop(event.stream_id)
+        if event.type in TERMINAL and event.stream_id in self.streamed:
+            count, chars = self.streamed.pop(event.stream_id)
             yield f"  ({count} text deltas, {chars} characters streamed)"
+
+
+async def session_pages(
+    store: EventStore, session_id: str, head: int
+) -> AsyncIterator[list[RecordedEvent]]:
+    """The session's events and its runs' (correlated to it) up to ``head``, a page at a time."""
+    keys = frozenset({session_stream(session_id)})
+    after = 0
+    while page := await store.read_all(after, limit=PAGE, keys=keys, to_position=head):
+        yield page
+        if len(page) < PAGE:
+            return
+        after = page[-1].position
 
 
 @command("replay")
@@ -186,24 +203,24 @@ def replay(args: argparse.Namespace, settings: Settings) -> int:
         return fail(missing)
     session_id = args.session_id.lower()
 
-    async def work(store: EventStore) -> list[RecordedEvent]:
-        keys = frozenset({session_stream(session_id)})
-        found: list[RecordedEvent] = []
-        after = 0
-        while True:
-            page = await store.read_all(after, limit=PAGE, keys=keys)
-            found.extend(page)
-            if len(page) < PAGE:
-                return found
-            after = page[-1].position
+    async def work(store: EventStore) -> int:
+        """Two reads of the session's pages: the first counts them for the heading,
+        the second prints, so a session of any length is never held whole."""
+        count, first, last = 0, "", ""
+        head = await store.head_position()
+        async for page in session_pages(store, session_id, head):
+            count += len(page)
+            first, last = first or page[0].recorded_at, page[-1].recorded_at
+        if not count:
+            return 0
+        print(f"session {session_id}: {count} events, {first} .. {last}")
+        lines = Timeline(deltas=args.deltas)
+        async for page in session_pages(store, session_id, head):
+            for event in page:
+                for line in lines.lines(event):
+                    print(line)
+        return count
 
-    events: list[RecordedEvent] = asyncio.run(with_store(settings, work))
-    if not events:
+    if not asyncio.run(with_store(settings, work)):
         return fail(f"no session {session_id} in this log", 1)
-    print(
-        f"session {session_id}: {len(events)} events, "
-        f"{events[0].recorded_at} .. {events[-1].recorded_at}"
-    )
-    for line in timeline(events, deltas=args.deltas):
-        print(line)
     return 0

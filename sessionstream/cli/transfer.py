@@ -136,7 +136,7 @@ def import_(args: argparse.Namespace, settings: Settings) -> int:
     if not source.is_file():
         return fail(f"no file {source}")
     try:
-        plan = check(decode_lines(_lines(source)))
+        plan = check(lambda: decode_lines(_lines(source)))
     except (SessionStreamError, UnicodeDecodeError) as exc:
         return fail(f"{source}: {exc}")
     if not args.unverified:
