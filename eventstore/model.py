@@ -385,7 +385,8 @@ def data_size(event: RecordedEvent) -> int:
 
 
 def _utf8_len(text: str) -> int:
-    return len(text) if text.isascii() else len(text.encode())
+    # a lone surrogate is counted, not raised: the append refuses that text itself (400)
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
 def stored_bytes(event: RecordedEvent | NewEvent) -> int:
