@@ -125,3 +125,13 @@ class ConfigError(SessionStreamError):
     """
 
     code = "config_error"
+
+
+class StoreInUse(ConfigError):
+    """Another server already serves this SQLite file (``eventstore/sqlite/files.py``).
+
+    A ConfigError because the remedy is the same as for a bad setting: the CLI
+    prints the one line, which names the holder, and exits 2 before serving.
+    """
+
+    code = "store_in_use"

@@ -30,12 +30,12 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from sessionstream.core.errors import ConfigError
 from sessionstream.core.problems import Problem, config_error, phrase
+from sessionstream.core.secret import MIN_SECRET_CHARS, load_secret
 
 DEFAULT_DB = "sessionstream.db"
 DEFAULT_MODEL = "gpt-4o-mini"
 DEFAULT_ANTHROPIC_MODEL = "claude-haiku-5-5"
 DEFAULT_ENGINE_TIMEOUT_S = 60.0
-MIN_SECRET_CHARS = 32
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 
@@ -239,6 +239,12 @@ class Settings(BaseSettings):
         description="Window in which streamed text is batched into one `message.delta` "
         "event; 0 writes each delta as it comes.",
     )
+    keep_raw_deltas: bool = Field(
+        default=False,
+        description="Keep a finished run's `message.delta` events as rows of the log. "
+        "By default they are packed into one compressed row per run once it ends, read "
+        "back as the same events (see docs/explanation/scale.md).",
+    )
     max_pending_appends: int = Field(
         default=10_000,
         ge=1,
@@ -420,6 +426,11 @@ class Settings(BaseSettings):
         """Where a single node keeps its generated run-token secret. Nodes sharing
         PostgreSQL have none: each would generate its own, and a run token minted by
         one node would be refused by the next."""
+        if self.db_path == ":memory:" and not self.database_url:
+            raise ConfigError(
+                "an in-memory database has no file to keep a run-token secret beside; "
+                "set SESSIONSTREAM_SECRET"
+            )
         if self.database_url:
             raise ConfigError(
                 "SESSIONSTREAM_SECRET must be set when nodes share PostgreSQL "
@@ -439,18 +450,11 @@ class Settings(BaseSettings):
         return Path(f"{self.db_path}.logkey")
 
     def resolved_secret(self) -> str:
-        """The run-token signing secret; a single node keeps a generated one beside its DB."""
+        """The run-token signing secret; a single node keeps a generated one beside its
+        DB (``core/secret.py``: written atomically, 0600, refused when short)."""
         if self.secret:
             return self.secret
-        path = self.secret_file()
-        if path.exists():
-            return path.read_text().strip()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        value = secrets.token_urlsafe(48)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(value)
-        return value
+        return load_secret(self.secret_file())
 
 
 class Environment(PydanticBaseSettingsSource):

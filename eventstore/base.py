@@ -222,6 +222,11 @@ class EventStore(ABC):
         the query so documents past it are never fetched.
         """
 
+    async def compact(self, stream_ids: Sequence[str]) -> int:
+        """Pack the token deltas of these ended runs (``eventstore/packing.py``); returns
+        the events packed. Stores compact each run as it ends unless told to keep rows."""
+        return 0
+
     @abstractmethod
     async def scan_docs(
         self, kind: str, *, after: str | None = None, limit: int = 100

@@ -10,8 +10,11 @@ A lease is advisory: correctness never depends on it, because a run's writer
 appends with an expected version. A node that lost its lease while merely
 slow finds the run's terminal event in its way and stops.
 
-The single-node SQLite store has no leases: everything that runs is local,
-and recovery at start-up is enough.
+The single-node SQLite store has no leases: one server holds the file
+(``eventstore/sqlite/files.py``), so every run in it is that server's, and
+recovery at start-up is enough. A process that does not hold the file while
+another does (a second app in one process, a tool) is a :class:`RunOwner`
+that says no, and recovers nothing.
 """
 
 from __future__ import annotations
@@ -44,4 +47,13 @@ class LeaseStore(Protocol):
         or when it has no lease and was last active more than ``grace_s`` ago
         (a run is claimed a moment before its node takes the lease).
         """
+        ...
+
+
+@runtime_checkable
+class RunOwner(Protocol):
+    """A store without leases that knows whether its unended runs are this process's."""
+
+    def owns_runs(self) -> bool:
+        """False while another process serves the store: its runs are alive there."""
         ...

@@ -46,8 +46,9 @@ from sessionstream.services.sessions import Sessions
 log = logging.getLogger("sessionstream.app")
 
 
-def make_store(settings: Settings) -> EventStore:
-    """PostgreSQL when ``SESSIONSTREAM_DATABASE_URL`` is set, else the SQLite file."""
+def make_store(settings: Settings, *, serving: bool = False) -> EventStore:
+    """PostgreSQL when ``SESSIONSTREAM_DATABASE_URL`` is set, else the SQLite file,
+    which a server (``serving``) holds exclusively while it runs."""
     if settings.database_url:
         from sessionstream.eventstore.postgres import PostgresEventStore
 
@@ -58,6 +59,7 @@ def make_store(settings: Settings) -> EventStore:
             max_pending=settings.max_pending_appends,
             page_bytes=settings.page_bytes,
             catchup_reads=settings.catchup_reads,
+            compact_runs=not settings.keep_raw_deltas,
         )
     from sessionstream.eventstore.sqlite import SQLiteEventStore
 
@@ -68,6 +70,8 @@ def make_store(settings: Settings) -> EventStore:
         max_pending=settings.max_pending_appends,
         page_bytes=settings.page_bytes,
         catchup_reads=settings.catchup_reads,
+        compact_runs=not settings.keep_raw_deltas,
+        exclusive=serving,
     )
 
 
@@ -178,7 +182,7 @@ def create_app(
         middlewares=[edge_middleware, auth_middleware],
     )
     app[SETTINGS] = settings
-    app[STORE] = store or make_store(settings)
+    app[STORE] = store or make_store(settings, serving=True)
     # the store's supervisor is the node's: its writer and pump, and every task below
     supervisor = app[STORE].supervisor
     supervisor.restart_bound_s = settings.task_restart_bound_s

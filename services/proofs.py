@@ -14,12 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from sessionstream.core.errors import NotFound, ValidationFailed
+from sessionstream.core.secret import read_or_create
 from sessionstream.core.settings import Settings
 from sessionstream.core.vocabulary import (
     CAMPAIGN_PREFIX,
@@ -45,18 +45,12 @@ def load_signer(settings: Settings) -> Signer:
     """The log's signing key: the setting, or one generated beside the SQLite file (0600)."""
     if settings.log_key:
         return Signer.from_skey(settings.log_key)
-    path = settings.log_key_file()
-    if path.exists():
-        return Signer.from_skey(path.read_text())
-    signer = Signer.generate(f"sessionstream.local/{secrets.token_hex(4)}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process generated it first: use theirs
-        return Signer.from_skey(path.read_text())
-    with os.fdopen(fd, "w") as handle:
-        handle.write(signer.skey() + "\n")
-    return signer
+    # published whole or not at all; a process that loses the race uses the winner's
+    text = read_or_create(
+        settings.log_key_file(),
+        lambda: Signer.generate(f"sessionstream.local/{secrets.token_hex(4)}").skey() + "\n",
+    )
+    return Signer.from_skey(text)
 
 
 async def record_checkpoint(store: EventStore, signer: Signer) -> StoredCheckpoint:

@@ -22,7 +22,7 @@ from sessionstream.core.readmodels import ExamplesRunInput, RunInput, TurnRunInp
 from sessionstream.core.vocabulary import EventType, session_stream
 from sessionstream.engines.base import ModelEngine
 from sessionstream.eventstore.base import EventStore
-from sessionstream.eventstore.leases import LeaseStore
+from sessionstream.eventstore.leases import LeaseStore, RunOwner
 from sessionstream.eventstore.model import NewEvent
 from sessionstream.services.claims import Claim
 from sessionstream.services.examples import run_examples
@@ -251,8 +251,12 @@ class RunManager:
             )
 
     async def recover_orphans(self) -> int:
-        """``recover`` limited to runs whose owner is gone (all of them without leases)."""
+        """``recover`` limited to runs whose owner is gone: without leases, every run
+        when this process owns the store's runs, none while another server does."""
         if self.leases is None:
+            if isinstance(self.store, RunOwner) and not self.store.owns_runs():
+                log.warning("another server holds this store: its unended runs are left to it")
+                return 0
             return await self.recover()
         active = await self.store.list_docs("run", active=True)
         runs: dict[str, str | None] = {

@@ -38,6 +38,8 @@ def _sample(name: str) -> tuple[str, Any]:
     if name in SAMPLES:
         return SAMPLES[name], SAMPLES[name]
     default = Settings.model_fields[name].get_default(call_default_factory=True)
+    if isinstance(default, bool):  # before int: a bool is one
+        return ("false", False) if default else ("true", True)
     if isinstance(default, int):
         return "7", 7
     if isinstance(default, float):

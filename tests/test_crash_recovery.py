@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sessionstream.eventstore.packing import unpack_all
 from tests import serverproc
 from tests.serverproc import ServerProcess, base_env, create_user
 
@@ -19,9 +20,13 @@ def call(base: str, token: str, method: str, path: str, body: Any = None) -> tup
 def log_rows(db: Path) -> list[tuple[int, str, int, str, str]]:
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
-        return conn.execute(
+        rows: list[tuple[int, str, int, str, str]] = conn.execute(
             "SELECT position, stream_id, version, event_id, type FROM events ORDER BY position"
         ).fetchall()
+        # a finished run's deltas are packed beside the rows (eventstore/packing.py)
+        packed = unpack_all(conn.execute("SELECT stream_id, correlation_id, body FROM packs"))
+        rows.extend((e.position, e.stream_id, e.version, e.event_id, e.type) for e in packed)
+        return sorted(rows)
     finally:
         conn.close()
 

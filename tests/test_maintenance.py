@@ -102,6 +102,10 @@ def golden(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, An
     return db, ids
 
 
+#: event rows and the deltas packed beside them (eventstore/packing.py): the log's events
+EVENT_COUNT = "SELECT (SELECT COUNT(*) FROM events) + (SELECT COALESCE(SUM(events), 0) FROM packs)"
+
+
 def copy_db(golden: tuple[Path, dict[str, Any]], tmp_path: Path) -> Path:
     source = sqlite3.connect(golden[0])
     target = tmp_path / "work.db"
@@ -151,7 +155,7 @@ def test_verify_passes_and_counts(golden: Any, tmp_path: Path, capsys: Any) -> N
     db = copy_db(golden, tmp_path)
     code, out, _ = cli(capsys, "verify", "--db", str(db))
     assert code == 0, out
-    (events,) = sql(db, "SELECT COUNT(*) FROM events")[0]
+    (events,) = sql(db, EVENT_COUNT)[0]
     (streams,) = sql(db, "SELECT COUNT(*) FROM streams")[0]
     (docs,) = sql(db, "SELECT COUNT(*) FROM docs")[0]
     assert f"verified {events:,} events in {streams:,} streams" in out
@@ -272,7 +276,7 @@ def test_rebuild_restores_tampered_rows_identically(
     sql(db, "DELETE FROM docs WHERE kind = 'run'")
     code, out, _ = cli(capsys, "rebuild", "--db", str(db))
     assert code == 0
-    (events,) = sql(db, "SELECT COUNT(*) FROM events")[0]
+    (events,) = sql(db, EVENT_COUNT)[0]
     assert f"from {events:,} events" in out
     assert all_docs(db) == before
     after = sql(db, "SELECT stream_id, version, position, state FROM snapshots ORDER BY 1, 2")
@@ -317,7 +321,7 @@ def test_export_import_verify_rebuild_roundtrip(golden: Any, tmp_path: Path, cap
     dump = tmp_path / "log.ndjson"
     code, _, err = cli(capsys, "export", "--db", str(db), "--out", str(dump))
     assert code == 0
-    (events,) = sql(db, "SELECT COUNT(*) FROM events")[0]
+    (events,) = sql(db, EVENT_COUNT)[0]
     assert f"exported {events:,} events" in err
     assert len(dump.read_text().splitlines()) == events + 1  # the signed checkpoint first
     copy = tmp_path / "copy.db"

@@ -50,3 +50,28 @@ async def test_a_request_the_database_refuses_fails_alone(tmp_path: Path) -> Non
         assert [e.stream_id for e in await store.read_all(1001)] == ["s-1", "s-2"]
     finally:
         await store.close()
+
+
+async def test_the_wal_is_checkpointed_off_the_append_path(tmp_path: Path) -> None:
+    store = SQLiteEventStore(tmp_path / "wal.db", checkpoint_interval_s=0.02)
+    await store.open()
+    try:
+        conn = store._writer._connection()
+        assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0  # never in a commit
+        for i in range(50):
+            await store.append(
+                f"s-{i % 5}", [NewEvent("thing.happened", {"i": i, "pad": "x" * 500})]
+            )
+        runs = store.checkpointer.runs
+        for _ in range(500):  # the thread's next round copies what the appends wrote
+            if store.checkpointer.runs >= runs + 2:
+                break
+            await asyncio.sleep(0.01)
+        assert store.checkpointer.runs >= runs + 2
+        other = sqlite3.connect(tmp_path / "wal.db")
+        busy, frames, copied = other.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        other.close()
+        assert (busy, copied) == (0, frames)  # nothing left that the thread had not copied
+    finally:
+        await store.close()
+    assert store.checkpointer.runs > 0

@@ -167,6 +167,22 @@ MIGRATIONS: tuple[str, ...] = (
     END
     $fn$;
     """,
+    # 6: a finished run's token deltas, compacted (eventstore/packing.py, postgres/packs.py)
+    """
+    CREATE TABLE packs (
+        stream_id      TEXT COLLATE "C" NOT NULL,
+        block          BIGINT NOT NULL,
+        correlation_id TEXT COLLATE "C",
+        first_position BIGINT NOT NULL,
+        last_position  BIGINT NOT NULL,
+        events         INTEGER NOT NULL,
+        body           BYTEA NOT NULL,
+        PRIMARY KEY (stream_id, block)
+    );
+    CREATE INDEX packs_block ON packs (block);
+    CREATE INDEX packs_correlation ON packs (correlation_id, block)
+        WHERE correlation_id IS NOT NULL;
+    """,
 )
 
 LATEST = len(MIGRATIONS)

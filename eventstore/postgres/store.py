@@ -25,6 +25,7 @@ from typing import Any
 import asyncpg
 
 from sessionstream.core.errors import SessionStreamError, StorageUnavailable
+from sessionstream.eventstore import packed_reads
 from sessionstream.eventstore.base import DEFAULT_CATCHUP_READS, DEFAULT_PAGE_BYTES, EventStore
 from sessionstream.eventstore.groupcommit import Outcome, Pending
 from sessionstream.eventstore.model import (
@@ -34,8 +35,10 @@ from sessionstream.eventstore.model import (
     RecordedEvent,
     StoredEvent,
 )
+from sessionstream.eventstore.packing import finished_runs
 from sessionstream.eventstore.postgres import schema as sql
 from sessionstream.eventstore.postgres.errors import DRIVER_ERRORS, translate_pg_error
+from sessionstream.eventstore.postgres.packs import PostgresPacks, compact
 from sessionstream.eventstore.postgres.pump import LogPump
 from sessionstream.eventstore.postgres.reader import PostgresReader
 from sessionstream.eventstore.postgres.tree import PostgresTree
@@ -64,6 +67,7 @@ class PostgresEventStore(EventStore):
         poll_interval_s: float = 1.0,
         command_timeout_s: float = 60.0,
         on_batch: Callable[[int, int], None] | None = None,
+        compact_runs: bool = True,
         **_sqlite_only: Any,  # readers, cache_size, busy_retries: meaningless here
     ) -> None:
         super().__init__(
@@ -82,7 +86,11 @@ class PostgresEventStore(EventStore):
         self.command_timeout_s = command_timeout_s
         #: called after each batch with (callers answered, events appended)
         self.on_batch = on_batch
+        #: pack a run's token deltas once it ends (``eventstore/packing.py``); False keeps rows
+        self.compact_runs = compact_runs
         self._reader = PostgresReader()
+        #: the packs beside the log, read through the pool
+        self.packs = PostgresPacks(self._reader.fetch)
         self.tree = PostgresTree(lambda: self._reader.pool)
         self._writer = PostgresWriter(
             self.projections, snapshot_every, lambda: self._connect("writer")
@@ -215,8 +223,8 @@ class PostgresEventStore(EventStore):
 
     async def _read_after(self, position: int) -> list[RecordedEvent]:
         # another node's events, as the pump publishes them: a page bounded in bytes,
-        # data left as stored for the frames that splice it
-        page = await self._reader.read_page(position, max_rows=1000, max_bytes=self.page_bytes)
+        # data left as stored for the frames that splice it; another node's packs too
+        page = await self.read_page(position, max_rows=1000, max_bytes=self.page_bytes)
         return list(page)
 
     async def _poll(self) -> int:
@@ -265,6 +273,12 @@ class PostgresEventStore(EventStore):
             appended = commits.answer(batch, outcomes)
             if self.on_batch is not None:
                 self.on_batch(len(batch), appended)
+            ended = [s for run in runs for s in finished_runs(run)] if self.compact_runs else []
+            if ended:  # after every caller has its answer; the next batch waits for it
+                try:
+                    await self.compact(ended)
+                except Exception:  # the deltas stay rows: nothing is lost
+                    log.exception("compacting %d finished run(s) failed", len(ended))
 
     async def import_events(self, events: Sequence[RecordedEvent]) -> None:
         if not self._open or self._closing:
@@ -281,6 +295,16 @@ class PostgresEventStore(EventStore):
         except DRIVER_ERRORS as exc:
             raise translate_pg_error(exc) from exc
         self.pump.committed(events)
+        ended = finished_runs(events) if self.compact_runs else []
+        if ended:  # an imported log is packed as the one it came from was
+            await self.compact(ended)
+
+    async def compact(self, stream_ids: Sequence[str]) -> int:
+        try:
+            async with self._reader.require_pool().acquire() as conn:
+                return await compact(conn, stream_ids)
+        except DRIVER_ERRORS as exc:
+            raise translate_pg_error(exc) from exc
 
     async def rebuild(self) -> int:
         return await self._rebuild(only_if_stale=False)
@@ -314,8 +338,11 @@ class PostgresEventStore(EventStore):
         limit: int | None = None,
         to_position: int | None = None,
     ) -> list[RecordedEvent]:
-        return await self._reader.read_stream(
+        stored = await self._reader.read_stream(
             stream_id, after_version, limit=limit, to_position=to_position
+        )
+        return await packed_reads.read_stream(
+            self.packs, stored, stream_id, after_version, limit, to_position
         )
 
     async def read_all(
@@ -326,8 +353,11 @@ class PostgresEventStore(EventStore):
         keys: frozenset[str] | None = None,
         to_position: int | None = None,
     ) -> list[RecordedEvent]:
-        return await self._reader.read_all(
+        stored = await self._reader.read_all(
             after_position, limit=limit, keys=keys, to_position=to_position
+        )
+        return await packed_reads.read_all(
+            self.packs, stored, after_position, limit, keys, to_position
         )
 
     async def read_page(
@@ -339,12 +369,15 @@ class PostgresEventStore(EventStore):
         keys: frozenset[str] | None = None,
         to_position: int | None = None,
     ) -> list[StoredEvent]:
-        return await self._reader.read_page(
+        stored = await self._reader.read_page(
             after_position,
             max_rows=max_rows,
             max_bytes=max_bytes,
             keys=keys,
             to_position=to_position,
+        )
+        return await packed_reads.read_page(
+            self.packs, stored, after_position, max_rows, keys, to_position
         )
 
     async def read_by_stream(
@@ -354,7 +387,8 @@ class PostgresEventStore(EventStore):
         limit: int = 1000,
         to_position: int | None = None,
     ) -> list[RecordedEvent]:
-        return await self._reader.read_by_stream(after, limit=limit, to_position=to_position)
+        stored = await self._reader.read_by_stream(after, limit=limit, to_position=to_position)
+        return await packed_reads.read_by_stream(self.packs, stored, after, limit, to_position)
 
     async def head_position(self) -> int:
         return await self._reader.head_position()
@@ -363,10 +397,12 @@ class PostgresEventStore(EventStore):
         return await self._reader.stream_version(stream_id)
 
     async def position_of(self, stream_id: str, version: int) -> int | None:
-        return await self._reader.position_of(stream_id, version)
+        found = await self._reader.position_of(stream_id, version)
+        return await packed_reads.position_of(found, stream_id, version, self.read_stream)
 
     async def position_at(self, timestamp: str) -> int:
-        return await self._reader.position_at(timestamp)
+        stored = await self._reader.position_at(timestamp)
+        return await packed_reads.position_at(self.packs, stored, timestamp)
 
     async def get_doc(self, kind: str, key: str) -> Doc | None:
         return await self._reader.get_doc(kind, key)

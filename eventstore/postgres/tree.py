@@ -14,6 +14,7 @@ import asyncpg
 
 from sessionstream.core.errors import StorageUnavailable
 from sessionstream.eventstore.merkle import Block
+from sessionstream.eventstore.postgres.packs import merged_hashes
 from sessionstream.eventstore.tree import LogTree, StoredCheckpoint, gap_error
 
 SIZE_KEY = "merkle:size"
@@ -35,12 +36,7 @@ class PostgresTree(LogTree):
         return int(value) if value is not None else 0
 
     async def _event_hashes(self, start: int, end: int) -> Sequence[str]:
-        rows = await self._p().fetch(
-            "SELECT position, hash FROM events WHERE position > $1 AND position <= $2 "
-            "ORDER BY position",
-            start,
-            end,
-        )
+        rows = await merged_hashes(self._p(), start, end)  # a finished run's deltas are packed
         hashes: list[str] = []
         for expected, row in enumerate(rows, start + 1):
             if row[0] != expected:

@@ -44,6 +44,7 @@ from sessionstream.eventstore.groupcommit import Outcome, Pending
 from sessionstream.eventstore.model import Doc, RecordedEvent, row_to_doc, row_to_event, utc_now
 from sessionstream.eventstore.postgres import schema as sql
 from sessionstream.eventstore.postgres.known import Known
+from sessionstream.eventstore.postgres.packs import with_packs
 from sessionstream.eventstore.projector import Projection, Refold, StreamFold, interested
 from sessionstream.eventstore.snapshots import Ident, Series, Snapshot, SnapshotPolicy
 
@@ -384,7 +385,9 @@ class PostgresWriter:
             "ORDER BY stream_id, version LIMIT $3"
         )
         while rows := await conn.fetch(query, *mark, REBUILD_PAGE):
-            events = [row_to_event(r) for r in rows]
+            events = await with_packs(
+                conn, [row_to_event(r) for r in rows], mark, len(rows) >= REBUILD_PAGE
+            )
             await self._write_docs(conn, *fold.feed(events))
             count += len(events)
             mark = (events[-1].stream_id, events[-1].version)

@@ -87,6 +87,10 @@ class SQLiteReader:
         except sqlite3.Error as exc:
             raise translate_sqlite_error(exc) from exc
 
+    async def rows(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        """Any query's rows (the packs beside the log: ``store.py``)."""
+        return await self._fetchall(sql, params)
+
     async def read_stream(
         self,
         stream_id: str,

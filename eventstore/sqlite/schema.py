@@ -15,8 +15,9 @@ from sessionstream.core.errors import SessionStreamError, StorageUnavailable
 from sessionstream.eventstore.model import Doc, RecordedEvent
 from sessionstream.eventstore.snapshots import Snapshot
 
-#: 2: ``clock_exceptions`` (``eventstore/clock.py``); a version 1 file gets it on open
-SCHEMA_VERSION = 2
+#: 2: ``clock_exceptions`` (``eventstore/clock.py``); a version 1 file gets it on open.
+#: 3: ``packs`` (``eventstore/packing.py``): an older build would not read them
+SCHEMA_VERSION = 3
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -78,6 +79,21 @@ CREATE TABLE IF NOT EXISTS clock_exceptions (
     position    INTEGER PRIMARY KEY,
     recorded_at TEXT NOT NULL
 );
+-- a finished run's token deltas, compacted (eventstore/packing.py, sqlite/packs.py)
+CREATE TABLE IF NOT EXISTS packs (
+    id             INTEGER PRIMARY KEY,
+    stream_id      TEXT NOT NULL,
+    block          INTEGER NOT NULL,
+    correlation_id TEXT,
+    first_position INTEGER NOT NULL,
+    last_position  INTEGER NOT NULL,
+    events         INTEGER NOT NULL,
+    body           BLOB NOT NULL,
+    UNIQUE (stream_id, block)
+);
+CREATE INDEX IF NOT EXISTS packs_block ON packs (block);
+CREATE INDEX IF NOT EXISTS packs_correlation ON packs (correlation_id, block)
+    WHERE correlation_id IS NOT NULL;
 CREATE TABLE IF NOT EXISTS checkpoints (
     size        INTEGER PRIMARY KEY,
     root        BLOB NOT NULL,

@@ -6,6 +6,12 @@ queued and hands the whole batch to the writer thread in one hop
 hub in position order. Reads go to ``reader.py``'s connections, never the
 writer's. ``synchronous=FULL`` makes an acknowledged append survive a power
 cut; group commit amortises the fsync over the batch.
+
+A server opens its store ``exclusive``: it holds ``<db>.lock`` while open
+(``files.py``), so a second server on the same file is refused, and its runs are
+its own to recover. ``":memory:"`` is a private store in a temporary directory,
+removed at close: the readers' connections must see the writer's data, and an
+SQLite in-memory database is private to the one connection that made it.
 """
 
 from __future__ import annotations
@@ -13,13 +19,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import sqlite3
+import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
 from sessionstream.core.errors import SessionStreamError, StorageUnavailable
+from sessionstream.eventstore import packed_reads
 from sessionstream.eventstore.base import DEFAULT_CATCHUP_READS, DEFAULT_PAGE_BYTES, EventStore
 from sessionstream.eventstore.groupcommit import Outcome, Pending
 from sessionstream.eventstore.model import (
@@ -29,13 +38,28 @@ from sessionstream.eventstore.model import (
     RecordedEvent,
     StoredEvent,
 )
+from sessionstream.eventstore.packing import finished_runs
 from sessionstream.eventstore.projector import Projection
+from sessionstream.eventstore.sqlite import files
+from sessionstream.eventstore.sqlite.checkpointer import INTERVAL_S as CHECKPOINT_INTERVAL_S
+from sessionstream.eventstore.sqlite.checkpointer import Checkpointer
+from sessionstream.eventstore.sqlite.packs import SQLitePacks
 from sessionstream.eventstore.sqlite.reader import SQLiteReader
 from sessionstream.eventstore.sqlite.schema import translate_sqlite_error
 from sessionstream.eventstore.sqlite.tree import SQLiteTree
 from sessionstream.eventstore.sqlite.writer import SQLiteWriter
 
 log = logging.getLogger("sessionstream.eventstore")
+MEMORY = ":memory:"
+
+
+def _above_debug(record: logging.LogRecord) -> bool:
+    return record.levelno > logging.DEBUG
+
+
+# aiosqlite logs every call it runs at DEBUG with the call's arguments: SQL parameters,
+# the hashes of API tokens among them. Those lines never leave the library.
+logging.getLogger("aiosqlite").addFilter(_above_debug)
 
 T = TypeVar("T")
 
@@ -58,6 +82,9 @@ class SQLiteEventStore(EventStore):
         page_bytes: int = DEFAULT_PAGE_BYTES,
         catchup_reads: int = DEFAULT_CATCHUP_READS,
         on_batch: Callable[[int, int], None] | None = None,
+        compact_runs: bool = True,
+        checkpoint_interval_s: float = CHECKPOINT_INTERVAL_S,
+        exclusive: bool = False,
     ) -> None:
         super().__init__(
             projections,
@@ -72,6 +99,8 @@ class SQLiteEventStore(EventStore):
         self.busy_retries = busy_retries
         #: called after each batch with (callers answered, events appended)
         self.on_batch = on_batch
+        #: pack a run's token deltas once it ends (``eventstore/packing.py``); False keeps rows
+        self.compact_runs = compact_runs
         self._writer = SQLiteWriter(
             self.path,
             self.projections,
@@ -80,13 +109,20 @@ class SQLiteEventStore(EventStore):
             cache_size=cache_size,
         )
         self._reader = SQLiteReader(self.path, connections=readers, cache_size=cache_size)
+        #: the packs beside the log, read on the readers' connections
+        self.packs = SQLitePacks(self._reader.rows)
         self.tree = SQLiteTree(lambda fn: self._in_writer(fn, self._writer._connection()))
+        #: the WAL checkpoint policy: a thread of its own, off the append path
+        self.checkpointer = Checkpointer(self.path, interval_s=checkpoint_interval_s)
         self._writer_task: asyncio.Task[None] | None = None
         #: a committed batch whose callers were not answered yet (see ``_resume``)
         self._unanswered: tuple[list[Pending], list[Outcome]] | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._closing = False
         self._open = False
+        #: held while open when ``exclusive``: this process serves the file
+        self._lock = files.ServerLock(self.path) if exclusive and self.path != MEMORY else None
+        self._scratch: str | None = None  # the temporary directory of a ":memory:" store
 
     @property
     def _wconn(self) -> sqlite3.Connection | None:
@@ -98,13 +134,38 @@ class SQLiteEventStore(EventStore):
         self._writer.conn = conn
 
     # lifecycle -----------------------------------------------------------
+    def owns_runs(self) -> bool:
+        """Whether runs left unended in this file are this process's to end: yes when
+        it serves the file, or when no server does (``eventstore/leases.py``)."""
+        if self._lock is not None and self._lock.held:
+            return True
+        return self.path == MEMORY or files.holder(self.path) is None
+
     async def open(self) -> None:
         if self._open:
             return
-        if self.path != ":memory:":
+        self._closing = False
+        try:
+            await self._open_files()
+        except BaseException:
+            # a half-open store would keep the process alive: its reader threads and
+            # the writer's thread are not daemons
+            await self._release()
+            raise
+
+    async def _open_files(self) -> None:
+        if self.path == MEMORY:
+            self._scratch = tempfile.mkdtemp(prefix="sessionstream-memory-")
+            self._writer.path = self._reader.path = os.path.join(self._scratch, "store.db")
+        else:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            if self._lock is not None:
+                self._lock.acquire()  # before anything is read or recovered
+        files.create_private(self._writer.path)  # 0600, and so are its -wal and -shm
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="sessionstream-writer")
         await self._in_writer(self._writer.open)
+        self.checkpointer.path = self._writer.path  # :memory: is a scratch file too
+        self.checkpointer.start()
         await self._reader.open()
         self.hub.published_position = await self.head_position()
         self._writer_task = self.supervisor.spawn("sqlite-writer", self._writer_loop)
@@ -122,16 +183,34 @@ class SQLiteEventStore(EventStore):
         self._closing = True
         if self._writer_task is not None:
             await self.commits.drained()  # every queued append gets its answer first
+        await self._release()
+
+    async def _release(self) -> None:
+        """Stop the writer task, close every connection and thread, drop the lock:
+        after a close, and after an open that failed half-way."""
+        self._open = False
+        if self._writer_task is not None:
             self._writer_task.cancel()
             try:
                 await self._writer_task
             except asyncio.CancelledError:
                 pass
-        await self._reader.close()
-        if self._executor is not None:
-            await self._in_writer(self._writer.close)
-            self._executor.shutdown(wait=True)
-            self._executor = None
+            self._writer_task = None
+        try:
+            await self._reader.close()
+        finally:
+            await asyncio.to_thread(self.checkpointer.stop)
+            if self._executor is not None:
+                try:
+                    await self._in_writer(self._writer.close)
+                finally:
+                    self._executor.shutdown(wait=True)
+                    self._executor = None
+            if self._lock is not None:
+                self._lock.release()
+            if self._scratch is not None:
+                shutil.rmtree(self._scratch, ignore_errors=True)
+                self._scratch = None
 
     async def _in_writer(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn`` on the writer thread: the only thread that touches its connection."""
@@ -172,6 +251,12 @@ class SQLiteEventStore(EventStore):
             self.hub.publish(plan.records)  # the batch's new events, in position order
             if self.on_batch is not None:
                 self.on_batch(len(batch), len(plan.records))
+            ended = finished_runs(plan.records) if self.compact_runs else []
+            if ended:  # after every caller has its answer; the next batch waits for it
+                try:
+                    await self._in_writer(self._writer.compact, ended)
+                except Exception:  # the deltas stay rows: nothing is lost
+                    log.exception("compacting %d finished run(s) failed", len(ended))
 
     async def _resume(self) -> None:
         """After a crash past a commit: answer its callers, publish what the hub missed.
@@ -203,6 +288,12 @@ class SQLiteEventStore(EventStore):
         finally:
             self._reader.cache.clear()
         self.hub.publish(events)
+        ended = finished_runs(events) if self.compact_runs else []
+        if ended:  # an imported log is packed as the one it came from was
+            await self.compact(ended)
+
+    async def compact(self, stream_ids: Sequence[str]) -> int:
+        return await self._in_writer(self._writer.compact, list(stream_ids))
 
     async def rebuild(self) -> int:
         self._reader.cache.clear()
@@ -217,8 +308,11 @@ class SQLiteEventStore(EventStore):
         limit: int | None = None,
         to_position: int | None = None,
     ) -> list[RecordedEvent]:
-        return await self._reader.read_stream(
+        stored = await self._reader.read_stream(
             stream_id, after_version, limit=limit, to_position=to_position
+        )
+        return await packed_reads.read_stream(
+            self.packs, stored, stream_id, after_version, limit, to_position
         )
 
     async def read_all(
@@ -229,8 +323,11 @@ class SQLiteEventStore(EventStore):
         keys: frozenset[str] | None = None,
         to_position: int | None = None,
     ) -> list[RecordedEvent]:
-        return await self._reader.read_all(
+        stored = await self._reader.read_all(
             after_position, limit=limit, keys=keys, to_position=to_position
+        )
+        return await packed_reads.read_all(
+            self.packs, stored, after_position, limit, keys, to_position
         )
 
     async def read_page(
@@ -242,12 +339,15 @@ class SQLiteEventStore(EventStore):
         keys: frozenset[str] | None = None,
         to_position: int | None = None,
     ) -> list[StoredEvent]:
-        return await self._reader.read_page(
+        stored = await self._reader.read_page(
             after_position,
             max_rows=max_rows,
             max_bytes=max_bytes,
             keys=keys,
             to_position=to_position,
+        )
+        return await packed_reads.read_page(
+            self.packs, stored, after_position, max_rows, keys, to_position
         )
 
     async def read_by_stream(
@@ -257,7 +357,8 @@ class SQLiteEventStore(EventStore):
         limit: int = 1000,
         to_position: int | None = None,
     ) -> list[RecordedEvent]:
-        return await self._reader.read_by_stream(after, limit=limit, to_position=to_position)
+        stored = await self._reader.read_by_stream(after, limit=limit, to_position=to_position)
+        return await packed_reads.read_by_stream(self.packs, stored, after, limit, to_position)
 
     async def head_position(self) -> int:
         return await self._reader.head_position()
@@ -266,10 +367,12 @@ class SQLiteEventStore(EventStore):
         return await self._reader.stream_version(stream_id)
 
     async def position_of(self, stream_id: str, version: int) -> int | None:
-        return await self._reader.position_of(stream_id, version)
+        found = await self._reader.position_of(stream_id, version)
+        return await packed_reads.position_of(found, stream_id, version, self.read_stream)
 
     async def position_at(self, timestamp: str) -> int:
-        return await self._reader.position_at(timestamp)
+        stored = await self._reader.position_at(timestamp)
+        return await packed_reads.position_at(self.packs, stored, timestamp)
 
     async def get_doc(self, kind: str, key: str) -> Doc | None:
         return await self._reader.get_doc(kind, key)

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from sessionstream.eventstore.merkle import Block
+from sessionstream.eventstore.sqlite.packs import merged_hashes
 from sessionstream.eventstore.tree import LogTree, StoredCheckpoint, gap_error
 
 T = TypeVar("T")
@@ -22,10 +23,7 @@ CHECKPOINT_COLUMNS = "size, root, note, recorded_at"
 
 
 def event_hashes(conn: sqlite3.Connection, start: int, end: int) -> list[str]:
-    rows = conn.execute(
-        "SELECT position, hash FROM events WHERE position > ? AND position <= ? ORDER BY position",
-        (start, end),
-    ).fetchall()
+    rows = merged_hashes(conn, start, end)  # a finished run's deltas are packed
     hashes: list[str] = []
     for expected, (position, value) in enumerate(rows, start + 1):
         if position != expected:

@@ -45,6 +45,8 @@ from sessionstream.eventstore.model import (
 from sessionstream.eventstore.projector import Projection, Refold, StreamFold
 from sessionstream.eventstore.snapshots import Snapshot
 from sessionstream.eventstore.sqlite.cache import DocCache
+from sessionstream.eventstore.sqlite.checkpointer import JOURNAL_SIZE_LIMIT
+from sessionstream.eventstore.sqlite.packs import compact, with_packs
 from sessionstream.eventstore.sqlite.schema import (
     DOC_COLUMNS,
     EVENT_COLUMNS,
@@ -146,21 +148,34 @@ class SQLiteWriter:
 
     # lifecycle ------------------------------------------------------------------------
     def open(self) -> None:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA busy_timeout=5000")
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            conn.close()
-            raise StorageUnavailable(
-                f"{self.path} has schema version {version}, newer than this build's "
-                f"{SCHEMA_VERSION}; upgrade sessionstream"
-            )
-        conn.executescript(SCHEMA)
-        if version == 1:  # written before appends clamped their time: find where it fell back
-            conn.executemany(INSERT_CLOCK_EXCEPTION, conn.execute(EXCEPTIONS_OF_LOG).fetchall())
-        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise translate_sqlite_error(exc) from exc
+        try:
+            conn.execute("PRAGMA busy_timeout=5000")
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            # checkpoints run on their own thread (checkpointer.py), never inside an append
+            conn.execute("PRAGMA wal_autocheckpoint=0")
+            conn.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StorageUnavailable(
+                    f"{self.path} has schema version {version}, newer than this build's "
+                    f"{SCHEMA_VERSION}; upgrade sessionstream"
+                )
+            conn.executescript(SCHEMA)
+            if (
+                0 < version < 2
+            ):  # written before appends clamped their time: find where it fell back
+                conn.executemany(INSERT_CLOCK_EXCEPTION, conn.execute(EXCEPTIONS_OF_LOG).fetchall())
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except BaseException as exc:
+            conn.close()  # a file that is not a database, or not writable: nothing left open
+            if isinstance(exc, sqlite3.Error):
+                raise translate_sqlite_error(exc) from exc
+            raise
         self.conn = conn
 
     def close(self) -> None:
@@ -298,6 +313,28 @@ class SQLiteWriter:
         )
         return row_to_doc(row) if row else None
 
+    def compact(self, stream_ids: Sequence[str]) -> int:
+        """Pack the deltas of runs that just ended (``eventstore/packing.py``).
+
+        Its own transaction after the batch that ended them, without an fsync
+        of its own (``synchronous=NORMAL``): the next append's commit makes it
+        durable, and a compaction lost to a crash only leaves the deltas as rows.
+        """
+        conn = self._connection()
+        conn.execute("PRAGMA synchronous=NORMAL")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                moved = compact(conn, stream_ids)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        finally:
+            conn.execute("PRAGMA synchronous=FULL")
+        return moved
+
     # import and rebuild -----------------------------------------------------------------------
     def import_events(self, events: list[RecordedEvent]) -> None:
         """``EventStore.import_events`` in one transaction (the rules: ``check_import``)."""
@@ -345,7 +382,9 @@ class SQLiteWriter:
             count = 0
             mark: tuple[str, int] = ("", 0)
             while rows := conn.execute(BY_STREAM, (*mark, REBUILD_PAGE)).fetchall():
-                events = [row_to_event(r) for r in rows]
+                events = with_packs(
+                    conn, [row_to_event(r) for r in rows], mark, len(rows) >= REBUILD_PAGE
+                )
                 write_rows(conn, (), {}, *fold.feed(events))
                 count += len(events)
                 mark = (events[-1].stream_id, events[-1].version)

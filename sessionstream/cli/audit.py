@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sessionstream.cli.commands import command, described, open_store
+from sessionstream.cli.commands import command, described, missing_db, open_store
 from sessionstream.core.errors import ConfigError, SessionStreamError
 from sessionstream.core.settings import Settings
 from sessionstream.eventstore.audit import audit_export, read_header
@@ -31,7 +31,8 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         parents=[common],
         **described(
             "record a signed checkpoint of the log and print it",
-            "0 with the checkpoint (or key) printed, 2 when the log has no signing key",
+            "0 with the checkpoint (or key) printed, 2 when there is no database "
+            "or the log has no signing key",
         ),
     )
     what = p.add_mutually_exclusive_group()
@@ -67,6 +68,8 @@ def checkpoint(args: argparse.Namespace, settings: Settings) -> int:
     if args.new_key:
         print(Signer.generate(args.new_key).skey())
         return 0
+    if missing := missing_db(settings):  # before a key is generated beside a typo
+        return _fail(missing)
     signer = load_signer(settings)
     if args.public_key:
         print(signer.vkey())

@@ -13,8 +13,10 @@ from __future__ import annotations
 import argparse
 import textwrap
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from sessionstream.core.errors import ConfigError
 from sessionstream.core.settings import Settings
 
 Command = Callable[[argparse.Namespace, Settings], int]
@@ -57,7 +59,26 @@ def described(summary: str, exits: str) -> dict[str, Any]:
     }
 
 
-def open_store(settings: Settings) -> Any:
+def missing_db(settings: Settings) -> str | None:
+    """Why a command that reads a store cannot run on this SQLite path: it does not
+    exist. Opening it would create an empty database, and a typo would be answered
+    "healthy" or "no users" instead of "no such file"."""
+    if settings.database_url or settings.db_path == ":memory:":
+        return None
+    if Path(settings.db_path).exists():
+        return None
+    return (
+        f"no database at {settings.db_path} (pass --db PATH or --database-url URL; "
+        "`sessionstream serve` or `users create` makes a new one)"
+    )
+
+
+def open_store(settings: Settings, *, create: bool = False) -> Any:
+    """The configured store, not yet open. Only commands that start a store
+    (``serve``, ``users create``, ``import``) pass ``create``; for every other a
+    missing SQLite file is a ConfigError: one line, exit 2."""
     from sessionstream.server.app import make_store
 
+    if not create and (missing := missing_db(settings)):
+        raise ConfigError(missing)
     return make_store(settings)

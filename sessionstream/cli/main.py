@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
+import signal
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from sessionstream.cli import audit, config, maintenance, operations, replay, transfer
 from sessionstream.cli.commands import (
@@ -34,32 +37,65 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 @command("serve")
 def serve(args: argparse.Namespace, settings: Settings) -> int:
-    from aiohttp import web
-
-    from sessionstream.server.app import create_app
-
     try:
         import uvloop
 
         uvloop.install()
     except ImportError:  # pragma: no cover - uvloop is optional
         pass
+    from sessionstream.server.app import create_app
+
     app = create_app(settings)
-    where = (settings.database_url and "PostgreSQL") or settings.db_path
-    print(
-        f"sessionstream on http://{settings.host}:{settings.port} "
-        f"(store: {where}, engine: {settings.engine})",
-        flush=True,
-    )
-    web.run_app(
-        app,
-        host=settings.host,
-        port=settings.port,
-        print=None,
-        shutdown_timeout=10,
-        keepalive_timeout=settings.keepalive_s,
-    )
+    asyncio.run(_serve(app, settings))
     return 0
+
+
+async def _serve(app: Any, settings: Settings) -> None:
+    """Start (open the store, which takes its lock; recover), bind, and only then say
+    where it listens; run until SIGINT or SIGTERM. A failure to start is a ConfigError:
+    one line, exit 2, no traceback."""
+    from aiohttp import web
+
+    runner = web.AppRunner(app, keepalive_timeout=settings.keepalive_s, shutdown_timeout=10)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await runner.setup()
+        site = web.TCPSite(runner, settings.host, settings.port)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise ConfigError(bind_problem(settings, exc)) from None
+        where = (settings.database_url and "PostgreSQL") or settings.db_path
+        print(
+            f"sessionstream on http://{settings.host}:{settings.port} "
+            f"(store: {where}, engine: {settings.engine})",
+            flush=True,
+        )
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+def bind_problem(settings: Settings, exc: OSError) -> str:
+    """The one line for a port that cannot be listened on, naming what to change."""
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"port {settings.port} is in use on {settings.host}; "
+            "pass --port or set SESSIONSTREAM_PORT"
+        )
+    if exc.errno == errno.EACCES:
+        return (
+            f"not allowed to listen on port {settings.port}; "
+            "pass --port or set SESSIONSTREAM_PORT (above 1023)"
+        )
+    reason = exc.strerror or str(exc)
+    return (
+        f"cannot listen on {settings.host}:{settings.port}: {reason}; "
+        "check --host (SESSIONSTREAM_HOST) and --port (SESSIONSTREAM_PORT)"
+    )
 
 
 @command("users")
@@ -69,7 +105,7 @@ def users(args: argparse.Namespace, settings: Settings) -> int:
     from sessionstream.services.accounts import create_user, issue_token, revoke_token
 
     async def run() -> int:
-        async with open_store(settings) as store:
+        async with open_store(settings, create=args.action == "create") as store:
             try:
                 if args.action == "create":
                     user_id, token = await create_user(store, args.name)
@@ -116,7 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         **described(
             "run the HTTP and websocket server",
-            "0 after a clean shutdown (Ctrl-C or SIGTERM), 2 when it cannot start",
+            "0 after a clean shutdown (Ctrl-C or SIGTERM), 2 when it cannot start: a bad "
+            "setting, a port in use, a database another server holds",
         ),
     )
     config.add_flags(p, config.SERVE_FLAGS)
@@ -137,14 +174,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     create.add_argument("name")
     users_sub.add_parser(
-        "list", parents=[common], **described("every user: id, active tokens, name", "0 or 2")
+        "list",
+        parents=[common],
+        **described("every user: id, active tokens, name", "0, 2 when there is no database"),
     )
     token = users_sub.add_parser(
         "token",
         parents=[common],
         **described(
             "issue another token for a user (alone on the last line)",
-            "0, 1 for an unknown user, 2 on bad usage",
+            "0, 1 for an unknown user, 2 on bad usage or when there is no database",
         ),
     )
     token.add_argument("user_id")
@@ -153,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         **described(
             "revoke a token (servers stop accepting it within SESSIONSTREAM_TOKEN_CACHE_S)",
-            "0, 1 for a token that is not known, 2 on bad usage",
+            "0, 1 for a token that is not known, 2 on bad usage or when there is no database",
         ),
     )
     revoke.add_argument("token", nargs="?", help="the token; read from stdin when omitted")

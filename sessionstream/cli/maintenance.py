@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 from sessionstream.cli.commands import command, described
-from sessionstream.cli.logstore import fail, missing_db, with_store
+from sessionstream.cli.logstore import fail, missing_db, served, with_store
 from sessionstream.core.settings import Settings
 from sessionstream.eventstore.base import EventStore
 from sessionstream.eventstore.verify import VerifyReport, verify_store
@@ -43,7 +43,7 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         parents=[common],
         **described(
             "drop every read model and refold the log",
-            "0 after refolding, 2 when there is no database",
+            "0 after refolding, 2 when there is no database or a server holds it",
         ),
     )
 
@@ -99,7 +99,7 @@ def verify(args: argparse.Namespace, settings: Settings) -> int:
 # rebuild -----------------------------------------------------------------------------
 @command("rebuild")
 def rebuild(args: argparse.Namespace, settings: Settings) -> int:
-    if missing := missing_db(settings):
+    if missing := missing_db(settings) or served(settings, "rebuilding its read models"):
         return fail(missing)
 
     async def work(store: EventStore) -> int:

@@ -16,9 +16,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sessionstream.cli.commands import command, described, open_store
+from sessionstream.cli.commands import command, described, missing_db, open_store
 from sessionstream.core.errors import ConfigError, EngineError
+from sessionstream.core.secret import loose_mode, secret_problem
 from sessionstream.core.settings import Settings
+from sessionstream.eventstore.sqlite.files import create_private, holder
 
 Check = tuple[str, str, str]  # level (ok, warn, fail), what, detail
 
@@ -31,7 +33,7 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         parents=[common],
         **described(
             "check configuration, model provider, database, disk, schema",
-            "0 when healthy, 1 when a check fails, 2 on a bad setting",
+            "0 when healthy, 1 when a check fails, 2 on a bad setting or when there is no database",
         ),
     )
     p = sub.add_parser(
@@ -78,11 +80,26 @@ def _check_config(settings: Settings) -> list[Check]:
         except ConfigError as exc:
             checks.append(("fail", "secret", exc.message))
         else:
-            state = "present" if secret_file.exists() else "generated on first start"
-            checks.append(("ok", "secret", f"{secret_file} ({state})"))
+            checks.append(_check_secret_file(secret_file))
     if settings.rate_limit <= 0:
         checks.append(("warn", "rate limit", "off (SESSIONSTREAM_RATE_LIMIT=0)"))
     return checks
+
+
+def _check_secret_file(path: Path) -> Check:
+    """A secret file the server would refuse, or that others may read, fails here first."""
+    if not path.exists():
+        return ("ok", "secret", f"{path} (generated on first start)")
+    try:
+        problem = secret_problem(path.read_text(encoding="utf-8"), path)
+    except (OSError, UnicodeDecodeError) as exc:
+        return ("fail", "secret", f"cannot read {path}: {exc}")
+    if problem is not None:
+        return ("fail", "secret", problem)
+    mode = loose_mode(path)
+    if mode is not None:
+        return ("warn", "secret", f"{path} has mode {mode}; other users can read it (chmod 600)")
+    return ("ok", "secret", f"{path} (present)")
 
 
 async def _check_store(settings: Settings) -> list[Check]:
@@ -112,6 +129,18 @@ async def _check_store(settings: Settings) -> list[Check]:
         level = "ok" if version == SCHEMA_VERSION else "fail"
         checks.append((level, "schema", f"version {version} (this build: {SCHEMA_VERSION})"))
         checks.append(("ok" if mode == "wal" else "warn", "journal", mode))
+        served_by = holder(settings.db_path)
+        checks.append(("ok", "server", f"served by {served_by}" if served_by else "none running"))
+        loose = loose_mode(Path(settings.db_path))
+        if loose is not None:
+            checks.append(
+                (
+                    "warn",
+                    "file mode",
+                    f"{settings.db_path} has mode {loose}; other users can "
+                    "read its sessions and token hashes (chmod 600 it and its -wal, -shm)",
+                )
+            )
     return checks
 
 
@@ -124,6 +153,8 @@ def _check_disk(settings: Settings) -> Check:
 
 @command("doctor")
 def doctor(args: argparse.Namespace, settings: Settings) -> int:
+    if missing := missing_db(settings):
+        return _fail(missing)
     for client in ("httpx", "httpx2"):  # the SDKs' HTTP clients log every probe at INFO
         logging.getLogger(client).setLevel(logging.WARNING)
 
@@ -157,12 +188,15 @@ def backup(args: argparse.Namespace, settings: Settings) -> int:
         return _fail(f"{target} exists; refusing to overwrite it")
     if not target.parent.is_dir():
         return _fail(f"no directory {target.parent} to write {target.name} into")
+    create_private(target)  # a copy of the log is as private as the log
     source = sqlite3.connect(settings.db_path)
     dest = sqlite3.connect(target)
     try:
         # SQLite's online backup API: a consistent copy while the server keeps writing
         source.backup(dest, pages=1024)
-        count = dest.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+        count = dest.execute(  # packed token deltas are events too (eventstore/packing.py)
+            "SELECT (SELECT COUNT(*) FROM events) + (SELECT COALESCE(SUM(events), 0) FROM packs)"
+        ).fetchone()[0]
     finally:
         dest.close()
         source.close()

@@ -22,7 +22,7 @@ from typing import Any, TextIO
 
 from sessionstream.cli.audit import export_checkpoint, import_problems
 from sessionstream.cli.commands import command, described
-from sessionstream.cli.logstore import fail, missing_db, with_store
+from sessionstream.cli.logstore import fail, missing_db, served, with_store
 from sessionstream.core.errors import SessionStreamError
 from sessionstream.core.settings import Settings
 from sessionstream.core.vocabulary import campaign_stream, session_stream
@@ -57,7 +57,8 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         parents=[common],
         **described(
             "load an NDJSON export into an empty store and fold its read models",
-            "0 once imported, 2 for a missing or malformed file or a store that is not empty",
+            "0 once imported, 2 for a missing or malformed file, or a store that is not "
+            "empty or that a server holds",
         ),
     )
     p.add_argument("file", help="a file written by 'sessionstream export'")
@@ -67,6 +68,13 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         action="store_true",
         help="import even if the export fails 'verify-export' against its own checkpoint",
     )
+
+
+def _private(path: Path) -> TextIO:
+    """``path`` opened for writing, readable by its owner alone: an export is the log."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # a partial file left by an earlier attempt keeps its old mode
+    return os.fdopen(fd, "w", encoding="utf-8")
 
 
 @command("export")
@@ -94,7 +102,7 @@ def export_(args: argparse.Namespace, settings: Settings) -> int:
         if target is None:
             return scope.name, await export(store, scope, sys.stdout, signed)
         partial = target.with_name(target.name + ".partial")
-        with partial.open("w", encoding="utf-8") as out:
+        with _private(partial) as out:
             count = await export(store, scope, out, signed)
             out.flush()
             os.fsync(out.fileno())
@@ -135,6 +143,8 @@ def import_(args: argparse.Namespace, settings: Settings) -> int:
     source = Path(args.file)
     if not source.is_file():
         return fail(f"no file {source}")
+    if busy := served(settings, "importing into it"):
+        return fail(busy)
     try:
         plan = check(lambda: decode_lines(_lines(source)))
     except (SessionStreamError, UnicodeDecodeError) as exc:
@@ -153,7 +163,7 @@ def import_(args: argparse.Namespace, settings: Settings) -> int:
         return await import_into(store, decode_lines(_lines(source)))
 
     try:
-        count: int = asyncio.run(with_store(settings, work))
+        count: int = asyncio.run(with_store(settings, work, create=True))
     except SessionStreamError as exc:
         return fail(str(exc))
     out: TextIO = sys.stdout

@@ -167,7 +167,8 @@ async def test_a_store_written_before_appends_clamped_gets_its_exceptions_on_ope
                 [(t, p) for p, t in enumerate(times, 1)],
             )
             await conn.execute(
-                "DROP TABLE clock_exceptions; DELETE FROM schema_migrations WHERE version >= 4; "
+                "DROP TABLE clock_exceptions, packs; "
+                "DELETE FROM schema_migrations WHERE version >= 4; "
                 "DROP INDEX events_recorded_at; CREATE INDEX events_recorded_at ON events "
                 "(recorded_at)"
             )

@@ -1,0 +1,177 @@
+"""Reads that see packed token streams (``eventstore/packing.py``) as the events they were.
+
+Each backend reads its event rows as before, then asks its :class:`PackSource`
+for the packs that may hold events of the same answer, *after* the rows: a
+compaction that commits between the two reads shows its deltas in both and
+they are merged once; one that commits before shows them in the packs only.
+Written once here, so both backends merge by the same rules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
+
+from sessionstream.eventstore.model import RecordedEvent, StoredEvent, canonical_json
+from sessionstream.eventstore.packing import (
+    NO_BOUND,
+    may_hold_packs,
+    merge_by_stream,
+    merge_page,
+    merge_stream,
+    page_bound,
+    stream_bound,
+    unpack_all,
+)
+
+#: ``(stream_id, correlation_id, body)``
+PackRow = Any
+
+
+class PackSource(Protocol):
+    async def packs_of(self, stream_id: str) -> Sequence[PackRow]: ...
+
+    async def packs_between(
+        self, after: int, bound: int, keys: frozenset[str] | None
+    ) -> Sequence[PackRow]: ...
+
+    async def packs_of_streams(self, low: str, high: str) -> Sequence[PackRow]:
+        """The packs of every stream id from ``low`` to ``high``, both included."""
+
+    async def next_stored(self, position: int) -> int | None:
+        """The first position above ``position`` that is an event row."""
+
+
+async def read_all(
+    source: PackSource,
+    stored: Sequence[RecordedEvent],
+    after: int,
+    limit: int,
+    keys: frozenset[str] | None,
+    to_position: int | None,
+) -> list[RecordedEvent]:
+    """A ``read_all`` page from its stored rows and the packs within its bound."""
+    if keys is not None and not keys:
+        return list(stored)
+    bound = page_bound(stored, after, limit, keys, to_position)
+    if bound <= after:
+        return list(stored)
+    packed = unpack_all(await source.packs_between(after, bound, keys))
+    if not packed:
+        return list(stored)
+    return merge_page(stored, packed, after=after, bound=bound, limit=limit, keys=keys)
+
+
+async def read_stream(
+    source: PackSource,
+    stored: Sequence[RecordedEvent],
+    stream_id: str,
+    after_version: int,
+    limit: int | None,
+    to_position: int | None,
+) -> list[RecordedEvent]:
+    if not may_hold_packs(stream_id):
+        return list(stored)
+    packed = unpack_all(await source.packs_of(stream_id))
+    if not packed:
+        return list(stored)
+    return merge_stream(
+        stored, packed, after_version=after_version, limit=limit, to_position=to_position
+    )
+
+
+async def position_of(
+    found: int | None,
+    stream_id: str,
+    version: int,
+    read_stream: Callable[..., Awaitable[list[RecordedEvent]]],
+) -> int | None:
+    """A stored event's position, or a packed delta's (a run's seq resumes either way)."""
+    if found is not None or not may_hold_packs(stream_id) or version < 1:
+        return found
+    events = await read_stream(stream_id, version - 1, limit=1)
+    return events[0].position if events and events[0].version == version else None
+
+
+async def position_at(source: PackSource, stored: int, timestamp: str) -> int:
+    """The last position at or before ``timestamp``, packed deltas included.
+
+    ``stored`` is the answer among event rows (``eventstore/clock.py``). Times
+    never fall back along positions, so a packed delta recorded at or before
+    ``timestamp`` after it lies before the next event row: only the packs
+    between the two are read.
+    """
+    following = await source.next_stored(stored)
+    bound = (NO_BOUND if following is None else following) - 1
+    if bound <= stored:
+        return stored
+    packed = unpack_all(await source.packs_between(stored, bound, None))
+    later = [
+        e.position for e in packed if stored < e.position <= bound and e.recorded_at <= timestamp
+    ]
+    return max([stored, *later])
+
+
+async def read_page(
+    source: PackSource,
+    stored: Sequence[StoredEvent],
+    after: int,
+    max_rows: int,
+    keys: frozenset[str] | None,
+    to_position: int | None,
+) -> list[StoredEvent]:
+    """A ``read_page`` from its stored rows and the packs up to its last row.
+
+    A page may end early for its byte budget, so it cannot say whether rows
+    follow; but a packed delta always has a stored event after it (its run's
+    terminal one, which matches the same keys), so packs past the page's last
+    row belong to a later page. Packed deltas are small: they are counted in
+    ``max_rows``, not in the byte budget.
+    """
+    if keys is not None and not keys:
+        return list(stored)
+    if stored:
+        bound = stored[-1].position
+        if keys is None:
+            bound = min(bound, max(after + max_rows, stored[0].position))
+    else:
+        bound = NO_BOUND if to_position is None else to_position
+    if bound <= after:
+        return list(stored)
+    packed = unpack_all(await source.packs_between(after, bound, keys))
+    if not packed:
+        return list(stored)
+    merged = merge_page(stored, packed, after=after, bound=bound, limit=max_rows, keys=keys)
+    return [e if isinstance(e, StoredEvent) else as_stored(e) for e in merged]
+
+
+def as_stored(event: RecordedEvent) -> StoredEvent:
+    return StoredEvent.from_row(
+        (
+            event.position,
+            event.stream_id,
+            event.version,
+            event.event_id,
+            event.type,
+            canonical_json(event.data),
+            canonical_json(event.metadata),
+            event.correlation_id,
+            event.recorded_at,
+            event.hash,
+        )
+    )
+
+
+async def read_by_stream(
+    source: PackSource,
+    stored: Sequence[RecordedEvent],
+    after: tuple[str, int],
+    limit: int,
+    to_position: int | None,
+) -> list[RecordedEvent]:
+    """A ``read_by_stream`` page from its rows and the packs of the streams it spans."""
+    bound = stream_bound(stored, after, len(stored) >= limit)
+    rows = await source.packs_of_streams(after[0], bound[0])
+    if not rows:
+        return list(stored)
+    return merge_by_stream(stored, unpack_all(rows), after, bound, to_position)

@@ -1,0 +1,305 @@
+"""Packed token streams: a finished run's deltas kept as one compressed row per block.
+
+A token delta carries ~20 bytes of text in a ~360-byte row with an entry in
+four indexes, and a chat turn makes about a hundred of them. Once its run has
+ended (its stream holds a terminal event, so nothing more is appended to it),
+the run's ``message.delta`` events are *compacted*: moved out of ``events``
+into ``packs``, one row per run and block of ``2**BLOCK_BITS`` positions,
+holding zlib-compressed JSON of each delta's position, event id, time and
+data. Every other event of the run stays a row.
+
+Nothing of what the log says changes, because a pack is read back as exactly
+the events it replaced: the same positions, versions, ids, times, data and
+metadata, and the same hashes (``unpack``). The backends' ``read_all``,
+``read_stream``, ``position_of``, the Merkle tree's leaves and ``rebuild``
+merge packs with the stored rows (the functions at the bottom), so replay,
+resume by ``seq``, ``as_of``, export and the signed checkpoints see the log as
+it was appended. Positions are never reused, so the Merkle tree and every
+checkpoint signed before a compaction still verify after it.
+
+Hashes are recomputed from the packed content, with two anchors stored
+verbatim. A *segment* (the deltas between two stored events of the run) keeps
+the hash it chains onto and the hash its last delta had: the digest of what
+it replaced, since each hash covers everything before it in the stream. The
+last delta is given that stored digest, not a recomputed one, so ``verify``
+(which recomputes each event's hash from its stored predecessor) reports an
+edit to any packed delta at the segment's last delta; and the stored event
+after the segment still chains onto the digest. A pack is checked against
+the rows it replaces before they are deleted (``pack_stream``), so a packing
+bug refuses to compact instead of losing a token.
+
+Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sessionstream.core.vocabulary import RUN_PREFIX, TERMINAL, EventType
+from sessionstream.eventstore.model import GENESIS_HASH, RecordedEvent, recompute_hash
+
+#: a pack holds one run's deltas within 4096 consecutive positions
+BLOCK_BITS = 12
+#: what is packed
+PACKED_TYPE = EventType.MESSAGE_DELTA
+#: beyond every position
+NO_BOUND = 1 << 62
+FORMAT = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Pack:
+    """One stored pack: its key and filter columns, and the compressed body."""
+
+    stream_id: str
+    block: int
+    correlation_id: str | None
+    first_position: int
+    last_position: int
+    count: int
+    body: bytes
+
+
+def block_of(position: int) -> int:
+    return position >> BLOCK_BITS
+
+
+def finished_runs(records: Iterable[RecordedEvent]) -> list[str]:
+    """The streams a batch ended (its terminal events'), to compact after it commits."""
+    return [r.stream_id for r in records if r.type in TERMINAL and may_hold_packs(r.stream_id)]
+
+
+def may_hold_packs(stream_id: str) -> bool:
+    """Only run streams are compacted: other streams' reads skip the pack table."""
+    return stream_id.startswith(RUN_PREFIX)
+
+
+def _encode(obj: Any) -> bytes:
+    # ASCII escapes: a lone surrogate in a delta survives the round trip
+    return zlib.compress(json.dumps(obj, separators=(",", ":")).encode(), 6)
+
+
+class _Segment:
+    """Consecutive deltas of one block: the hash they chain onto and, once full, their digest."""
+
+    __slots__ = ("block", "closed", "digest", "entries", "first_position", "first_version",
+                 "last_at", "last_position", "prev")  # fmt: skip
+
+    def __init__(self, prev: str, first: RecordedEvent) -> None:
+        self.prev = prev
+        self.block = block_of(first.position)
+        self.first_version = first.version
+        self.first_position = self.last_position = first.position
+        self.entries: list[list[Any]] = []
+        self.digest = ""
+        self.last_at = ""
+        self.closed = False
+
+    def add(self, event: RecordedEvent) -> None:
+        # [position step, event id, time ("" when the previous delta's), data]
+        at = "" if event.recorded_at == self.last_at else event.recorded_at
+        step = event.position - self.last_position
+        self.entries.append([step, event.event_id, at, event.data])
+        self.last_position, self.last_at, self.digest = (
+            event.position,
+            event.recorded_at,
+            event.hash,
+        )
+
+    def encoded(self) -> list[Any]:
+        return [self.prev, self.digest, self.first_version, self.first_position, self.entries]
+
+
+def pack_stream(events: Sequence[RecordedEvent]) -> list[Pack]:
+    """The packs replacing the deltas of a finished stream (``events``: all of it, in
+    version order, as stored), or none when it has not ended, holds no delta, or
+    holds deltas whose metadata or correlation differ (they stay rows)."""
+    if not events or events[-1].type not in TERMINAL:
+        return []
+    deltas = [e for e in events if e.type == PACKED_TYPE]
+    if not deltas:
+        return []
+    first = deltas[0]
+    if any(
+        d.metadata != first.metadata or d.correlation_id != first.correlation_id for d in deltas
+    ):
+        return []
+    segments: list[_Segment] = []
+    prev = GENESIS_HASH
+    for event in events:
+        if event.type == PACKED_TYPE:
+            segment = segments[-1] if segments else None
+            if segment is None or segment.closed or segment.block != block_of(event.position):
+                segment = _Segment(prev, event)
+                segments.append(segment)
+            segment.add(event)
+        elif segments:
+            segments[-1].closed = True
+        prev = event.hash
+    packs: list[Pack] = []
+    for block in sorted({s.block for s in segments}):
+        mine = [s for s in segments if s.block == block]
+        body = {
+            "format": FORMAT,
+            "type": str(PACKED_TYPE),
+            "metadata": first.metadata,
+            "segments": [s.encoded() for s in mine],
+        }
+        packs.append(
+            Pack(
+                first.stream_id,
+                block,
+                first.correlation_id,
+                mine[0].first_position,
+                mine[-1].last_position,
+                sum(len(s.entries) for s in mine),
+                _encode(body),
+            )
+        )
+    unpacked = [e for p in packs for e in unpack(p.stream_id, p.correlation_id, p.body)]
+    if sorted(unpacked, key=lambda e: e.position) != deltas:
+        raise AssertionError(f"packing {first.stream_id} would not give back its deltas")
+    return packs
+
+
+def unpack(stream_id: str, correlation_id: str | None, body: bytes) -> list[RecordedEvent]:
+    """The events a pack replaced, hashes recomputed between its stored anchors."""
+    obj = json.loads(zlib.decompress(body))
+    if obj.get("format") != FORMAT:
+        raise ValueError(f"a pack of {stream_id} has an unknown format {obj.get('format')}")
+    type_, metadata = obj["type"], obj["metadata"]
+    out: list[RecordedEvent] = []
+    for prev, digest, version, position, entries in obj["segments"]:
+        last, at = len(entries) - 1, ""
+        for i, (step, event_id, when, data) in enumerate(entries):
+            position += step
+            at = when or at
+            event = RecordedEvent(
+                position, stream_id, version, event_id, type_, data, metadata,
+                correlation_id, at, "",
+            )  # fmt: skip
+            digest_or_own = digest if i == last else recompute_hash(prev, event)
+            event = RecordedEvent(
+                position, stream_id, version, event_id, type_, data, metadata,
+                correlation_id, at, digest_or_own,
+            )  # fmt: skip
+            out.append(event)
+            prev = digest_or_own
+            version += 1
+    return out
+
+
+# merging packs into reads ---------------------------------------------------------------
+
+
+def page_bound(
+    stored: Sequence[RecordedEvent],
+    after: int,
+    limit: int,
+    keys: frozenset[str] | None,
+    to_position: int | None,
+) -> int:
+    """The highest position a ``read_all`` page may hold, given its stored rows.
+
+    The page is the first ``limit`` events after ``after`` of stored rows and
+    packs together. Stored rows beyond a full page's last one are not known,
+    so the page ends there. Without ``keys`` the log is gapless where packs
+    are (they come from appends), so the first ``limit`` events lie within
+    ``limit`` positions unless stored rows say otherwise: that bounds how many
+    packs one page unpacks.
+    """
+    bound = NO_BOUND if to_position is None else to_position
+    if len(stored) >= limit:
+        bound = min(bound, stored[-1].position)
+    if keys is None and stored:
+        bound = min(bound, max(after + limit, stored[0].position))
+    return bound
+
+
+def merge_page(
+    stored: Sequence[RecordedEvent],
+    packed: Iterable[RecordedEvent],
+    *,
+    after: int,
+    bound: int,
+    limit: int,
+    keys: frozenset[str] | None,
+) -> list[RecordedEvent]:
+    """Stored rows and unpacked events of one page, in position order, each once.
+
+    A compaction that commits between the two reads shows its deltas in both;
+    positions are unique, so the copy is dropped.
+    """
+    by_position = {e.position: e for e in stored if e.position <= bound}
+    for e in packed:
+        if after < e.position <= bound and (
+            keys is None or e.stream_id in keys or e.correlation_id in keys
+        ):
+            by_position.setdefault(e.position, e)
+    return [by_position[p] for p in sorted(by_position)][:limit]
+
+
+def merge_stream(
+    stored: Sequence[RecordedEvent],
+    packed: Iterable[RecordedEvent],
+    *,
+    after_version: int,
+    limit: int | None,
+    to_position: int | None,
+) -> list[RecordedEvent]:
+    """A ``read_stream`` answer from one stream's stored rows and its unpacked events."""
+    bound = NO_BOUND
+    if limit is not None and len(stored) >= limit:
+        bound = stored[-1].version
+    by_version = {e.version: e for e in stored}
+    for e in packed:
+        if after_version < e.version <= bound and (
+            to_position is None or e.position <= to_position
+        ):
+            by_version.setdefault(e.version, e)
+    merged = [by_version[v] for v in sorted(by_version)]
+    return merged if limit is None else merged[:limit]
+
+
+def unpack_all(rows: Iterable[tuple[str, str | None, bytes]]) -> list[RecordedEvent]:
+    """Every event of ``(stream_id, correlation_id, body)`` pack rows."""
+    return [e for stream_id, corr, body in rows for e in unpack(stream_id, corr, bytes(body))]
+
+
+def stream_bound(
+    stored: Sequence[RecordedEvent], mark: tuple[str, int], full: bool
+) -> tuple[str, int]:
+    """The last ``(stream_id, version)`` a stream-ordered page holds, packed deltas included.
+
+    A full page ends at its last row: what follows is the next page's. One that
+    is not full is the end of what was asked for, so it takes the rest of its
+    last stream too: deltas after that stream's last row up to ``to_position``
+    (their terminal event lies beyond it).
+    """
+    if not stored:
+        return (mark[0], NO_BOUND)
+    last = stored[-1]
+    return (last.stream_id, last.version if full else NO_BOUND)
+
+
+def merge_by_stream(
+    stored: Sequence[RecordedEvent],
+    packed: Iterable[RecordedEvent],
+    mark: tuple[str, int],
+    bound: tuple[str, int],
+    to_position: int | None = None,
+) -> list[RecordedEvent]:
+    """A page of the log in ``(stream_id, version)`` order (``read_by_stream``, a
+    rebuild's) with the packed deltas inside it: after ``mark``, up to ``bound``
+    (:func:`stream_bound`), at or before ``to_position``. ``packed`` must hold the
+    packs of every stream from ``mark``'s to ``bound``'s."""
+    keyed = {(e.stream_id, e.version): e for e in stored}
+    for e in packed:
+        key = (e.stream_id, e.version)
+        if mark < key <= bound and (to_position is None or e.position <= to_position):
+            keyed.setdefault(key, e)
+    return [keyed[k] for k in sorted(keyed)]

@@ -1,0 +1,126 @@
+"""The PostgreSQL side of packed token streams (``eventstore/packing.py``): the SQL,
+the compaction, and the merged reads of ``refold`` and the Merkle tree's leaves.
+
+A compaction is its own transaction after the batch that ended the run, with
+``synchronous_commit`` off: a crash may lose it, which only leaves the deltas
+as rows. Two nodes compacting one run at once insert the same packs; the
+second finds them there (``ON CONFLICT DO NOTHING``) and deletes nothing more.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any
+
+import asyncpg
+
+from sessionstream.eventstore.model import RecordedEvent, row_to_event
+from sessionstream.eventstore.packing import (
+    NO_BOUND,
+    PACKED_TYPE,
+    block_of,
+    merge_by_stream,
+    pack_stream,
+    stream_bound,
+    unpack_all,
+)
+from sessionstream.eventstore.postgres.schema import EVENT_COLUMNS
+
+PACK_ROW = "stream_id, correlation_id, body"
+PACKS_OF = f"SELECT {PACK_ROW} FROM packs WHERE stream_id = $1 ORDER BY block"
+PACKS_OF_STREAMS = f"SELECT {PACK_ROW} FROM packs WHERE stream_id BETWEEN $1 AND $2"
+PACKS_BETWEEN = f"SELECT {PACK_ROW} FROM packs WHERE block BETWEEN $1 AND $2"
+PACKS_BETWEEN_KEYED = (
+    f"SELECT {PACK_ROW} FROM packs WHERE stream_id = ANY($3::text[]) AND block BETWEEN $1 AND $2 "
+    f"UNION SELECT {PACK_ROW} FROM packs WHERE correlation_id = ANY($3::text[]) "
+    "AND block BETWEEN $1 AND $2"
+)
+INSERT_PACKS = (
+    "INSERT INTO packs (stream_id, block, correlation_id, first_position, last_position, "
+    "events, body) SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bigint[], "
+    "$5::bigint[], $6::int[], $7::bytea[]) ON CONFLICT (stream_id, block) DO NOTHING"
+)
+STREAM_EVENTS = f"SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = $1 ORDER BY version"
+PAGE = f"SELECT {EVENT_COLUMNS} FROM events WHERE position > $1 ORDER BY position LIMIT $2"
+
+
+def packs_between(after: int, bound: int, keys: frozenset[str] | None) -> tuple[str, list[Any]]:
+    """The pack rows that may hold events in ``(after, bound]`` under ``keys``."""
+    low, high = block_of(after + 1), block_of(min(bound, NO_BOUND))
+    if keys is None:
+        return PACKS_BETWEEN, [low, high]
+    return PACKS_BETWEEN_KEYED, [low, high, list(keys)]
+
+
+class PostgresPacks:
+    """The pack reads of ``eventstore/packed_reads.py``, through the readers' pool."""
+
+    def __init__(self, fetch: Callable[..., Awaitable[list[Any]]]) -> None:
+        self._fetch = fetch
+
+    async def packs_of(self, stream_id: str) -> list[Any]:
+        return await self._fetch(PACKS_OF, stream_id)
+
+    async def packs_between(self, after: int, bound: int, keys: frozenset[str] | None) -> list[Any]:
+        query, params = packs_between(after, bound, keys)
+        return await self._fetch(query, *params)
+
+    async def packs_of_streams(self, low: str, high: str) -> list[Any]:
+        return await self._fetch(PACKS_OF_STREAMS, low, high)
+
+    async def next_stored(self, position: int) -> int | None:
+        rows = await self._fetch("SELECT min(position) FROM events WHERE position > $1", position)
+        return None if rows[0][0] is None else int(rows[0][0])
+
+
+async def compact(conn: asyncpg.Connection, stream_ids: Iterable[str]) -> int:
+    """Pack the deltas of these finished streams in one transaction; the events moved."""
+    moved = 0
+    async with conn.transaction():
+        await conn.execute("SET LOCAL synchronous_commit = off")
+        for stream_id in stream_ids:
+            events = [row_to_event(r) for r in await conn.fetch(STREAM_EVENTS, stream_id)]
+            packs = pack_stream(events)
+            if not packs:
+                continue
+            await conn.execute(
+                INSERT_PACKS,
+                [p.stream_id for p in packs],
+                [p.block for p in packs],
+                [p.correlation_id for p in packs],
+                [p.first_position for p in packs],
+                [p.last_position for p in packs],
+                [p.count for p in packs],
+                [p.body for p in packs],
+            )
+            gone = [e.position for e in events if e.type == PACKED_TYPE]
+            await conn.execute("DELETE FROM events WHERE position = ANY($1::bigint[])", gone)
+            moved += len(gone)
+    return moved
+
+
+async def with_packs(
+    conn: Any, page: list[RecordedEvent], mark: tuple[str, int], full: bool
+) -> list[RecordedEvent]:
+    """A rebuild's page in ``(stream_id, version)`` order, with its packed deltas."""
+    bound = stream_bound(page, mark, full)
+    rows = await conn.fetch(PACKS_OF_STREAMS, mark[0], bound[0])
+    return merge_by_stream(page, unpack_all(rows), mark, bound) if rows else page
+
+
+async def merged_hashes(conn: Any, start: int, end: int) -> Sequence[tuple[int, str]]:
+    """``(position, hash)`` of every event in ``(start, end]``, packed ones too."""
+    rows = await conn.fetch(
+        "SELECT position, hash FROM events WHERE position > $1 AND position <= $2 "
+        "ORDER BY position",
+        start,
+        end,
+    )
+    by_position: dict[int, str] = {r[0]: r[1] for r in rows}
+    packed = unpack_all(await conn.fetch(PACKS_BETWEEN, block_of(start + 1), block_of(end)))
+    if not packed:
+        return list(by_position.items())
+    for e in packed:
+        if start < e.position <= end:
+            by_position.setdefault(e.position, e.hash)
+    return sorted(by_position.items())

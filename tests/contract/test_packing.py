@@ -1,0 +1,251 @@
+"""Packed token streams on every backend: a finished run's deltas leave the event rows,
+and nothing a reader, a subscriber, an auditor or an export sees changes.
+
+``eventstore/packing.py`` has the design. Each test writes a run the way the
+run task does (its own stream at an exact seq, deltas correlated with the
+session), reads it before the run ends, ends it, and compares.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sqlite3
+import zlib
+from typing import Any
+
+from sessionstream.core.vocabulary import EventType
+from sessionstream.eventstore import merkle
+from sessionstream.eventstore.base import EventStore
+from sessionstream.eventstore.model import NewEvent, RecordedEvent
+from sessionstream.eventstore.packing import BLOCK_BITS, pack_stream, unpack
+from sessionstream.eventstore.transfer import Scope, export
+from sessionstream.eventstore.verify import verify_store
+from tests.contract.conftest import StoreFactory
+
+RUN = "run-r1"
+SESSION = "session-s1"
+META: dict[str, Any] = {"actor": {"type": "run", "id": "r1"}, "session_id": "s1"}
+
+
+def run_event(type_: str, **data: Any) -> NewEvent:
+    return NewEvent(type_, data, META, correlation_id=SESSION)
+
+
+async def write_run(store: EventStore, *, end: bool = True) -> list[str]:
+    """A run with two stretches of deltas, other streams' events between them; its chunks."""
+    chunks = [f"word{i} " for i in range(40)]
+    created = run_event(
+        EventType.RUN_CREATED, run_id="r1", kind="turn", session_id="s1", user_id="u1"
+    )
+    seq = (await store.append(RUN, [created], 0)).version
+    seq = (await store.append(RUN, [run_event(EventType.RUN_STARTED)], seq)).version
+    for i, chunk in enumerate(chunks):
+        if i == 30:
+            completed = run_event(EventType.MESSAGE_COMPLETED, text="".join(chunks[:30]))
+            seq = (await store.append(RUN, [completed], seq)).version
+        deltas = [run_event(EventType.MESSAGE_DELTA, text=chunk)]
+        if i % 7 == 3:  # now and then two in one append, as a coalescer flushes them
+            deltas.append(run_event(EventType.MESSAGE_DELTA, text=chunk.upper()))
+        seq = (await store.append(RUN, deltas, seq)).version
+        await store.append(f"other-{i % 3}", [NewEvent("noise.made", {"i": i})])
+    if end:
+        await store.append(RUN, [run_event(EventType.RUN_COMPLETED)], seq)
+        await store.append("after", [NewEvent("noise.made", {})])  # the writer has compacted
+    return chunks
+
+
+async def stored_deltas(store: EventStore, backend: str) -> int:
+    """Delta rows left in the events table itself."""
+    sql = "SELECT COUNT(*) FROM events WHERE type = 'message.delta'"
+    if backend == "sqlite":
+        conn = sqlite3.connect(store.path)  # type: ignore[attr-defined]
+        try:
+            return int(conn.execute(sql).fetchone()[0])
+        finally:
+            conn.close()
+    return int(await store._reader.fetchval(sql))  # type: ignore[attr-defined]
+
+
+async def edit_a_pack(store: EventStore, backend: str) -> None:
+    """An edit at rest: one packed chunk's text changed, the pack recompressed."""
+    if backend == "sqlite":
+        conn = sqlite3.connect(store.path)  # type: ignore[attr-defined]
+        row = conn.execute("SELECT id, body FROM packs ORDER BY id LIMIT 1").fetchone()
+        body = json.loads(zlib.decompress(row[1]))
+        body["segments"][0][4][2][3]["text"] = "edited "
+        with conn:
+            conn.execute(
+                "UPDATE packs SET body = ? WHERE id = ?",
+                (zlib.compress(json.dumps(body).encode()), row[0]),
+            )
+        conn.close()
+        return
+    async with store._reader.require_pool().acquire() as conn:  # type: ignore[attr-defined]
+        row = await conn.fetchrow("SELECT stream_id, block, body FROM packs ORDER BY block LIMIT 1")
+        body = json.loads(zlib.decompress(row["body"]))
+        body["segments"][0][4][2][3]["text"] = "edited "
+        await conn.execute(
+            "UPDATE packs SET body = $1 WHERE stream_id = $2 AND block = $3",
+            zlib.compress(json.dumps(body).encode()),
+            row["stream_id"],
+            row["block"],
+        )
+
+
+def text_of(events: list[RecordedEvent]) -> list[tuple[int, str]]:
+    return [(e.version, e.data["text"]) for e in events if e.type == EventType.MESSAGE_DELTA]
+
+
+async def test_replay_after_compaction_equals_replay_before(
+    store_factory: StoreFactory,
+) -> None:
+    store = await store_factory()
+    chunks = await write_run(store, end=False)
+    before_stream = await store.read_stream(RUN)
+    before_log = await store.read_all(0, limit=10_000)
+    assert await stored_deltas(store, store_factory.backend) == len(text_of(before_stream))
+    seq = before_stream[-1].version
+    await store.append(RUN, [run_event(EventType.RUN_COMPLETED)], seq)
+    await store.append("after", [NewEvent("noise.made", {})])
+    assert await stored_deltas(store, store_factory.backend) == 0  # packed, not rows
+    after_stream = await store.read_stream(RUN)
+    assert after_stream[:-1] == before_stream  # same events, same hashes, same times
+    assert after_stream[-1].type == EventType.RUN_COMPLETED
+    texts = [t for _, t in text_of(after_stream)]
+    assert "".join(t for t in texts if not t.isupper()) == "".join(chunks)
+    after_log = await store.read_all(0, limit=10_000)
+    assert after_log[: len(before_log)] == before_log
+    # small pages, key filters and bounds merge the same way
+    paged: list[RecordedEvent] = []
+    while page := await store.read_all(paged[-1].position if paged else 0, limit=7):
+        paged.extend(page)
+    assert paged == after_log
+    session_view = await store.read_all(0, limit=10_000, keys=frozenset({SESSION}))
+    assert session_view == [e for e in after_log if SESSION in e.keys]
+    middle = before_log[len(before_log) // 2].position
+    assert await store.read_all(0, limit=10_000, to_position=middle) == [
+        e for e in before_log if e.position <= middle
+    ]
+    assert await store.read_stream(RUN, 10, limit=5) == before_stream[10:15]
+    assert await store.read_stream(RUN, to_position=middle) == [
+        e for e in before_stream if e.position <= middle
+    ]
+    by_stream: list[RecordedEvent] = []  # verify's order: stream by stream, small pages
+    while page := await store.read_by_stream(
+        (by_stream[-1].stream_id, by_stream[-1].version) if by_stream else ("", 0), limit=4
+    ):
+        by_stream.extend(page)
+    assert by_stream == sorted(after_log, key=lambda e: (e.stream_id, e.version))
+    cut = await store.read_by_stream(("", 0), limit=10_000, to_position=middle)
+    assert cut == sorted(
+        (e for e in before_log if e.position <= middle), key=lambda e: (e.stream_id, e.version)
+    )
+    for event in after_log[::5]:  # as_of by time lands on packed deltas too
+        expected = max(e.position for e in after_log if e.recorded_at <= event.recorded_at)
+        assert await store.position_at(event.recorded_at) == expected
+    # the audit still holds: chains, positions, read models, and the Merkle tree's leaves
+    report = await verify_store(store)
+    assert report.ok, report.problems
+    size = await store.head_position()
+    leaves = [merkle.event_leaf(e.hash) for e in after_log]
+    assert len(leaves) == size
+    assert await store.tree.integrate() == size
+    assert await store.tree.root(size) == merkle.root_of(leaves)
+
+
+async def test_verify_catches_an_edit_to_a_compacted_run(store_factory: StoreFactory) -> None:
+    store = await store_factory()
+    await write_run(store)
+    assert (await verify_store(store)).ok
+    await edit_a_pack(store, store_factory.backend)
+    report = await verify_store(store)
+    assert not report.ok
+    (problem,) = report.problems
+    assert problem.kind == "hash" and problem.stream_id == RUN
+    edited = next(e for e in await store.read_stream(RUN) if e.data.get("text") == "edited ")
+    assert edited.type == EventType.MESSAGE_DELTA
+    assert problem.version is not None and problem.version >= edited.version  # its segment
+
+
+async def test_resume_by_seq_across_a_compaction(store_factory: StoreFactory) -> None:
+    store = await store_factory()
+    await write_run(store, end=False)
+    before = await store.read_stream(RUN)
+    positions = {e.version: e.position for e in before}
+    await store.append(RUN, [run_event(EventType.RUN_COMPLETED)], before[-1].version)
+    await store.append("after", [NewEvent("noise.made", {})])
+    for seq in (1, 5, 17, len(before) - 1):
+        assert await store.position_of(RUN, seq) == positions[seq]
+    # a late subscriber resuming after seq 17, as the run channel does (server/tail.py)
+    start = await store.position_of(RUN, 17)
+    assert start is not None
+    got: list[RecordedEvent] = []
+    subscription = store.subscribe(start, keys=frozenset({RUN}))
+    try:
+        async for event in subscription:
+            got.append(event)
+            if event.type == EventType.RUN_COMPLETED:
+                break
+    finally:
+        subscription.close()
+    assert [e.version for e in got] == list(range(18, len(before) + 2))
+    assert got[:-1] == before[17:]
+
+
+async def test_export_and_import_of_a_compacted_store(store_factory: StoreFactory) -> None:
+    store = await store_factory()
+    await write_run(store)
+    out = io.StringIO()
+    await export(store, Scope("the whole log", None), out)
+    events = [RecordedEvent.from_json(json.loads(line)) for line in out.getvalue().splitlines()]
+    assert events == await store.read_all(0, limit=10_000)
+    assert len(text_of(events)) == 46
+    if store_factory.backend == "sqlite":
+        return  # one file per test: the import target is a PostgreSQL schema of its own
+    target = await store_factory(schema=store.schema + "_copy")  # type: ignore[attr-defined]
+    try:
+        await target.import_events(events)
+        assert await target.read_all(0, limit=10_000) == events
+        assert (await verify_store(target)).ok
+    finally:
+        await target.close()
+        async with store._reader.require_pool().acquire() as conn:  # type: ignore[attr-defined]
+            await conn.execute(f'DROP SCHEMA "{store.schema}_copy" CASCADE')  # type: ignore[attr-defined]
+
+
+async def test_keeping_raw_deltas_keeps_rows(store_factory: StoreFactory) -> None:
+    store = await store_factory(compact_runs=False)
+    await write_run(store)
+    assert await stored_deltas(store, store_factory.backend) == 46
+    assert await store.compact([RUN]) == 46  # on demand, the same packing
+    assert await stored_deltas(store, store_factory.backend) == 0
+    assert await store.compact([RUN]) == 0
+    assert (await verify_store(store)).ok
+
+
+def test_a_pack_splits_at_block_edges_and_gives_back_every_field() -> None:
+    from sessionstream.eventstore.model import GENESIS_HASH, record_event
+
+    events: list[RecordedEvent] = []
+    prev, position = GENESIS_HASH, (1 << BLOCK_BITS) - 30
+    kinds = ["run.created"] + ["message.delta"] * 50 + ["message.completed"]
+    kinds += ["message.delta"] * 3 + ["run.completed"]
+    for version, kind in enumerate(kinds, 1):
+        position += 1 + version % 2
+        event = record_event(
+            run_event(kind, text=f"t{version} é✓ \\" if version == 7 else f"t{version}"),
+            position=position,
+            stream_id=RUN,
+            version=version,
+            prev_hash=prev,
+            at=f"2026-01-01T00:00:{version // 9:02d}.000Z",
+        )
+        events.append(RecordedEvent(*(getattr(event, f) for f in RecordedEvent.__slots__[:10])))
+        prev = event.hash
+    packs = pack_stream(events)
+    assert [p.block for p in packs] == [0, 1]
+    deltas = [e for e in events if e.type == EventType.MESSAGE_DELTA]
+    back = [e for p in packs for e in unpack(p.stream_id, p.correlation_id, p.body)]
+    assert sorted(back, key=lambda e: e.position) == deltas
+    assert pack_stream(events[:-1]) == []  # not ended: nothing to pack
