@@ -8,7 +8,8 @@ and ``bench/results/SUMMARY.md``, with the machine they ran on (cores, RAM,
 CPU model, Python, date), since the figures only mean something beside it.
 
 ``scale`` (how every cost grows from 10^4 to 10^6 events; about 25 minutes)
-runs only when named: ``python -m bench --only scale``.
+and ``maintenance`` (verify, rebuild, export, import and replay at 10^4 and
+10^6) run only when named: ``python -m bench --only scale``.
 
     python -m bench [--quick] [--only append,load] [--skip load] [--summarize]
 """
@@ -37,8 +38,9 @@ HELPERS = frozenset(
 )
 #: the order benchmarks run in; any other script found in bench/ runs after these
 ORDER = ("append", "runs", "stream", "history", "load", "append_pg", "stream_pg")
-#: run only when named in ``--only``: ``scale`` builds a 10^6-event store (about 25 minutes)
-OPT_IN = frozenset({"scale"})
+#: run only when named in ``--only``: ``scale`` and ``maintenance`` build a 10^6-event
+#: store (about 25 minutes; they share its cache)
+OPT_IN = frozenset({"scale", "maintenance"})
 TIMEOUT_S = {"default": 3600.0, "quick": 900.0}
 
 

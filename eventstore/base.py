@@ -173,11 +173,14 @@ class EventStore(ABC):
         *,
         limit: int = 1000,
         to_position: int | None = None,
+        max_bytes: int | None = None,
     ) -> list[RecordedEvent]:
         """Events ordered by (stream id, version), strictly after ``after``: each
         stream's events together, streams in code-point order of their ids. A
         seek on the ``(stream_id, version)`` index, so ``verify`` and ``rebuild``
-        fold one stream at a time whatever the size of the log."""
+        fold one stream at a time whatever the size of the log. With ``max_bytes``
+        the page also ends before its stored JSON passes it (as ``read_page``; its
+        first event comes whatever its size), so only an empty page ends the log."""
 
     @abstractmethod
     async def head_position(self) -> int: ...

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
 
 from sessionstream.core.ids import uuid7
+from sessionstream.core.jsonenc import encoder
 
 #: ``expected_version`` meaning "do not check".
 ANY_VERSION: int | None = None
@@ -153,34 +154,15 @@ class Doc:
     derived: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
-#: built once: ``json.dumps`` with options builds a new encoder per call
-_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
 #: a JSON string as the canonical encoder spells it (not ASCII-escaped)
 _string = json.encoder.encode_basestring
 
-#: ``_CANONICAL``'s C encoder, built once. ``JSONEncoder.encode`` builds a new
-#: one (and a dict of ids for its circular check) on every call, which was two
-#: thirds of the cost of encoding a small event. Without the shared dict it is
-#: safe on every thread; a cycle then ends in ``RecursionError``, turned back
-#: into the ``ValueError`` the standard encoder raises.
-_make_encoder: Any = getattr(json.encoder, "c_make_encoder", None)  # untyped in typeshed
-_C_ENCODER = (
-    _make_encoder(None, _CANONICAL.default, _string, None, ":", ",", True, False, True)
-    if _make_encoder is not None
-    else None
+#: sorted keys, no spaces, text as it is: built once (``core/jsonenc.py``), since
+#: encoding was the largest share of an append's CPU
+canonical_json: Callable[[Any], str] = encoder(
+    sort_keys=True, ensure_ascii=False, separators=(",", ":")
 )
-
-
-def canonical_json(value: Any) -> str:
-    """One spelling per value, so hashes are reproducible anywhere."""
-    if _C_ENCODER is None:  # pragma: no cover - CPython always has the C encoder
-        return _CANONICAL.encode(value)
-    try:
-        return "".join(_C_ENCODER(value, 0))
-    except RecursionError:
-        raise ValueError("circular reference or nesting too deep to encode") from None
+canonical_json.__doc__ = "One spelling per value, so hashes are reproducible anywhere."
 
 
 def event_hash(
@@ -385,7 +367,7 @@ def data_size(event: RecordedEvent) -> int:
 
 
 def _utf8_len(text: str) -> int:
-    # a lone surrogate is counted, not raised: the append refuses that text itself (400)
+    # a lone surrogate is counted, not raised: the append it belongs to is refused (4xx)
     return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 

@@ -168,9 +168,16 @@ async def read_by_stream(
     after: tuple[str, int],
     limit: int,
     to_position: int | None,
+    *,
+    budgeted: bool = False,
 ) -> list[RecordedEvent]:
-    """A ``read_by_stream`` page from its rows and the packs of the streams it spans."""
-    bound = stream_bound(stored, after, len(stored) >= limit)
+    """A ``read_by_stream`` page from its rows and the packs of the streams it spans.
+
+    A page with a byte budget may have been cut by it, so it counts as full (it
+    ends at its last row) unless empty: the caller reads on to an empty page,
+    which takes the packed deltas after the last stream's last row."""
+    full = len(stored) >= limit or (budgeted and bool(stored))
+    bound = stream_bound(stored, after, full)
     rows = await source.packs_of_streams(after[0], bound[0])
     if not rows:
         return list(stored)

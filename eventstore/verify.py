@@ -61,8 +61,9 @@ __all__ = [
     "verify_store",
 ]
 
-#: events per read of the log
+#: events per read of the log, and stored JSON per read (a page holds at least one event)
 PAGE = 1000
+PAGE_BYTES = 4 << 20
 #: stored documents per read, for each kind
 DOC_PAGE = 25
 
@@ -72,10 +73,10 @@ Progress = Callable[[str, int], None]
 async def by_stream(store: EventStore, head: int) -> AsyncIterator[list[RecordedEvent]]:
     """The log up to ``head`` in (stream id, version) order, a page at a time."""
     mark = ("", 0)
-    while page := await store.read_by_stream(mark, limit=PAGE, to_position=head):
+    while page := await store.read_by_stream(
+        mark, limit=PAGE, to_position=head, max_bytes=PAGE_BYTES
+    ):
         yield page
-        if len(page) < PAGE:
-            return
         mark = (page[-1].stream_id, page[-1].version)
 
 

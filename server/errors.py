@@ -115,6 +115,10 @@ def _finite(text: str) -> float:
     return value
 
 
+#: built once: ``json.loads`` with options builds a decoder per call
+_DECODER = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite)
+
+
 async def read_json(request: web.Request) -> Any:
     raw = await request.read()
     if not raw:
@@ -124,7 +128,9 @@ async def read_json(request: web.Request) -> Any:
     except UnicodeDecodeError as exc:
         raise ValidationFailed("the body is not valid UTF-8") from exc
     try:
-        value = json.loads(text, parse_constant=_no_constant, parse_float=_finite)
+        if text.startswith("\ufeff"):  # as json.loads refuses it
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+        value = _DECODER.decode(text)
     except RecursionError as exc:
         raise ValidationFailed(f"the JSON is nested deeper than {MAX_JSON_DEPTH} levels") from exc
     except ValueError as exc:

@@ -16,6 +16,7 @@ from typing import Any, TypeVar, cast
 from aiohttp import web
 
 from sessionstream.core.errors import NotFound, PreconditionFailed, ValidationFailed
+from sessionstream.core.jsonenc import encoder
 from sessionstream.core.readmodels import (
     Campaign,
     ExamplesRunInput,
@@ -49,6 +50,8 @@ T = TypeVar("T")
 
 routes = web.RouteTableDef()
 _UUID = re.compile(UUID_PATTERN)
+#: ``json.dumps`` built once: a PATCH encodes a new row version every time
+_dumps = encoder()
 _RUN_ID = re.compile(r"^run_[0-9a-f]{32}$")
 SESSIONS_PATH = "/api/campaigns/ai-chat-sessions"
 #: a campaign is never the sessions collection: without the lookahead a method the
@@ -178,9 +181,7 @@ def session_response(session: Loaded[SessionState], status: int = 200) -> web.Re
     doc = session.doc
     body = doc.derived.get("session_response")
     if body is None:  # encoded once per version of the row, however often it is read
-        body = doc.derived["session_response"] = json.dumps(
-            {"session": session.body["row"]}
-        ).encode()
+        body = doc.derived["session_response"] = _dumps({"session": session.body["row"]}).encode()
     return web.Response(
         body=body,
         status=status,

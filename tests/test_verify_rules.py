@@ -434,7 +434,7 @@ async def test_the_log_is_read_in_pages_up_to_the_head_seen(tmp_path: Path) -> N
         counting = Counting(store)
         report = await verify_store(counting, projections=[])  # type: ignore[arg-type]
         assert report.ok and report.events == 1202
-        assert counting.reads == 2  # two pages of up to 1,000 events, no empty read after them
+        assert counting.reads == 3  # two pages of up to 1,000 events, then the empty one
         late = Counting(store, commit_after_head=True)
         report = await verify_store(late)  # type: ignore[arg-type]
         # the log is checked up to the head it saw; the late campaign's row is newer,

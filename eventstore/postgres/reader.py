@@ -112,15 +112,32 @@ class PostgresReader:
         *,
         limit: int = 1000,
         to_position: int | None = None,
+        max_bytes: int | None = None,
     ) -> list[RecordedEvent]:
         # a row comparison: a seek on the UNIQUE (stream_id, version) index ("C" collation)
-        query = f"SELECT {EVENT_COLUMNS} FROM events WHERE (stream_id, version) > ($1, $2)"
+        where = "(stream_id, version) > ($1, $2)"
         args: list[Any] = [after[0], after[1]]
         if to_position is not None:
             args.append(to_position)
-            query += f" AND position <= ${len(args)}"
+            where += f" AND position <= ${len(args)}"
         args.append(limit)
-        query += f" ORDER BY stream_id, version LIMIT ${len(args)}"
+        if max_bytes is None:
+            query = (
+                f"SELECT {EVENT_COLUMNS} FROM events WHERE {where} "
+                f"ORDER BY stream_id, version LIMIT ${len(args)}"
+            )
+        else:  # the sizes summed first, as read_page does, then only the rows inside
+            args.append(max_bytes)
+            query = (
+                "WITH sized AS (SELECT position, stream_id, version, "
+                f"octet_length(data) + octet_length(metadata) AS size FROM events WHERE {where} "
+                f"ORDER BY stream_id, version LIMIT ${len(args) - 1}), "
+                "running AS (SELECT position, SUM(size) OVER (ORDER BY stream_id, version) "
+                "AS total, ROW_NUMBER() OVER (ORDER BY stream_id, version) AS n FROM sized) "
+                f"SELECT {EVENT_COLUMNS} FROM events WHERE position IN "
+                f"(SELECT position FROM running WHERE n = 1 OR total <= ${len(args)}) "
+                "ORDER BY stream_id, version"
+            )
         return [row_to_event(r) for r in await self.fetch(query, *args)]
 
     async def read_page(

@@ -13,11 +13,11 @@ key; ``position_at`` compares RFC 3339 strings).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from sessionstream.core.errors import StorageUnavailable
+from sessionstream.core.jsonenc import encoder
 from sessionstream.eventstore.batch import StreamHead
 from sessionstream.eventstore.clock import EXCEPTIONS_OF_LOG
 from sessionstream.eventstore.model import Doc, RecordedEvent
@@ -341,9 +341,9 @@ RECORD_META = (
 # codecs: a batch's rows as the column arrays its statements ``unnest`` --------------------------
 
 
-def dumps(value: Any) -> str:
-    # ASCII escapes: a lone surrogate in user text cannot break the encoding
-    return json.dumps(value, separators=(",", ":"))
+#: ASCII escapes: a lone surrogate in user text cannot break the encoding (built once:
+#: ``core/jsonenc.py``)
+dumps = encoder(separators=(",", ":"))
 
 
 def doc_arrays(docs: Sequence[Doc]) -> list[list[Any]]:

@@ -386,9 +386,14 @@ class PostgresEventStore(EventStore):
         *,
         limit: int = 1000,
         to_position: int | None = None,
+        max_bytes: int | None = None,
     ) -> list[RecordedEvent]:
-        stored = await self._reader.read_by_stream(after, limit=limit, to_position=to_position)
-        return await packed_reads.read_by_stream(self.packs, stored, after, limit, to_position)
+        stored = await self._reader.read_by_stream(
+            after, limit=limit, to_position=to_position, max_bytes=max_bytes
+        )
+        return await packed_reads.read_by_stream(
+            self.packs, stored, after, limit, to_position, budgeted=max_bytes is not None
+        )
 
     async def head_position(self) -> int:
         return await self._reader.head_position()

@@ -50,6 +50,7 @@ from sessionstream.eventstore.snapshots import Ident, Series, Snapshot, Snapshot
 
 #: a rebuild reads the log this many events at a time, stream by stream (``StreamFold``)
 REBUILD_PAGE = 2000
+REBUILD_BYTES = 4 << 20
 
 
 class Rejected(Exception):
@@ -381,13 +382,22 @@ class PostgresWriter:
         count = 0
         mark: tuple[str, int] = ("", 0)
         query = (
-            f"SELECT {sql.EVENT_COLUMNS} FROM events WHERE (stream_id, version) > ($1, $2) "
-            "ORDER BY stream_id, version LIMIT $3"
-        )
-        while rows := await conn.fetch(query, *mark, REBUILD_PAGE):
-            events = await with_packs(
-                conn, [row_to_event(r) for r in rows], mark, len(rows) >= REBUILD_PAGE
-            )
+            "WITH sized AS (SELECT position, stream_id, version, "
+            "octet_length(data) + octet_length(metadata) AS size FROM events "
+            "WHERE (stream_id, version) > ($1, $2) ORDER BY stream_id, version LIMIT $3), "
+            "running AS (SELECT position, SUM(size) OVER (ORDER BY stream_id, version) "
+            "AS total, ROW_NUMBER() OVER (ORDER BY stream_id, version) AS n FROM sized) "
+            f"SELECT {sql.EVENT_COLUMNS} FROM events WHERE position IN "
+            "(SELECT position FROM running WHERE n = 1 OR total <= $4) "
+            "ORDER BY stream_id, version"
+        )  # a page ends at REBUILD_PAGE events or REBUILD_BYTES of stored JSON
+        while True:
+            # a page may end mid-stream, so its bound is its last row; the empty page at
+            # the end takes the packed deltas after the last stream's last row
+            rows = await conn.fetch(query, *mark, REBUILD_PAGE, REBUILD_BYTES)
+            events = await with_packs(conn, [row_to_event(r) for r in rows], mark, bool(rows))
+            if not events:
+                break
             await self._write_docs(conn, *fold.feed(events))
             count += len(events)
             mark = (events[-1].stream_id, events[-1].version)

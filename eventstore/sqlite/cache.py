@@ -16,8 +16,9 @@ from collections.abc import Iterable
 
 from sessionstream.eventstore.model import Doc
 
-#: kinds whose documents only this process writes, so they may be cached
-CACHEABLE_KINDS = frozenset({"session", "run", "campaign"})
+#: kinds whose documents only this process writes, so they may be cached (``usage``
+#: counts what users' requests appended: read by every write the quota checks)
+CACHEABLE_KINDS = frozenset({"session", "run", "campaign", "usage"})
 
 
 class DocCache(OrderedDict[tuple[str, str], Doc]):

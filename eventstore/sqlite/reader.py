@@ -175,15 +175,32 @@ class SQLiteReader:
         *,
         limit: int = 1000,
         to_position: int | None = None,
+        max_bytes: int | None = None,
     ) -> list[RecordedEvent]:
         # a row value: SQLite seeks the UNIQUE (stream_id, version) index to the mark
-        sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE (stream_id, version) > (?, ?)"
+        where = "(stream_id, version) > (?, ?)"
         params: list[Any] = [after[0], after[1]]
         if to_position is not None:
-            sql += " AND position <= ?"
+            where += " AND position <= ?"
             params.append(to_position)
-        sql += " ORDER BY stream_id, version LIMIT ?"
         params.append(limit)
+        if max_bytes is None:
+            sql = (
+                f"SELECT {EVENT_COLUMNS} FROM events WHERE {where} "
+                "ORDER BY stream_id, version LIMIT ?"
+            )
+        else:  # the sizes summed first, as read_page does, then only the rows inside
+            params.append(max_bytes)
+            sql = (
+                "WITH sized AS (SELECT position, stream_id, version, "
+                f"length(data) + length(metadata) AS size FROM events WHERE {where} "
+                "ORDER BY stream_id, version LIMIT ?), "
+                "running AS (SELECT position, SUM(size) OVER (ORDER BY stream_id, version) "
+                "AS total, ROW_NUMBER() OVER (ORDER BY stream_id, version) AS n FROM sized) "
+                f"SELECT {EVENT_COLUMNS} FROM events WHERE position IN "
+                "(SELECT position FROM running WHERE n = 1 OR total <= ?) "
+                "ORDER BY stream_id, version"
+            )
         return [row_to_event(r) for r in await self._fetchall(sql, params)]
 
     async def head_position(self) -> int:

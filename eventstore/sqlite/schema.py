@@ -12,6 +12,7 @@ import sqlite3
 from typing import Any
 
 from sessionstream.core.errors import SessionStreamError, StorageUnavailable
+from sessionstream.core.jsonenc import encoder
 from sessionstream.eventstore.model import Doc, RecordedEvent
 from sessionstream.eventstore.snapshots import Snapshot
 
@@ -144,8 +145,8 @@ INSERT_SNAPSHOT = (
 #: bound parameters per ``IN (...)`` lookup, well under SQLite's limit
 LOOKUP_CHUNK = 500
 
-# one encoder, built once: ``json.dumps`` with options builds one per call
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+# one encoder, built once (``core/jsonenc.py``): ``json.dumps`` builds one per call
+_dumps = encoder(separators=(",", ":"), ensure_ascii=False)
 
 
 def doc_row(doc: Doc) -> tuple[Any, ...]:

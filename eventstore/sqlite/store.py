@@ -23,7 +23,6 @@ import shutil
 import sqlite3
 import tempfile
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -46,6 +45,7 @@ from sessionstream.eventstore.sqlite.checkpointer import Checkpointer
 from sessionstream.eventstore.sqlite.packs import SQLitePacks
 from sessionstream.eventstore.sqlite.reader import SQLiteReader
 from sessionstream.eventstore.sqlite.schema import translate_sqlite_error
+from sessionstream.eventstore.sqlite.thread import WriterThread
 from sessionstream.eventstore.sqlite.tree import SQLiteTree
 from sessionstream.eventstore.sqlite.writer import SQLiteWriter
 
@@ -117,7 +117,7 @@ class SQLiteEventStore(EventStore):
         self._writer_task: asyncio.Task[None] | None = None
         #: a committed batch whose callers were not answered yet (see ``_resume``)
         self._unanswered: tuple[list[Pending], list[Outcome]] | None = None
-        self._executor: ThreadPoolExecutor | None = None
+        self._executor: WriterThread | None = None
         self._closing = False
         self._open = False
         #: held while open when ``exclusive``: this process serves the file
@@ -162,7 +162,7 @@ class SQLiteEventStore(EventStore):
             if self._lock is not None:
                 self._lock.acquire()  # before anything is read or recovered
         files.create_private(self._writer.path)  # 0600, and so are its -wal and -shm
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="sessionstream-writer")
+        self._executor = WriterThread("sessionstream-writer")
         await self._in_writer(self._writer.open)
         self.checkpointer.path = self._writer.path  # :memory: is a scratch file too
         self.checkpointer.start()
@@ -204,7 +204,7 @@ class SQLiteEventStore(EventStore):
                 try:
                     await self._in_writer(self._writer.close)
                 finally:
-                    self._executor.shutdown(wait=True)
+                    self._executor.shutdown()
                     self._executor = None
             if self._lock is not None:
                 self._lock.release()
@@ -216,7 +216,7 @@ class SQLiteEventStore(EventStore):
         """Run ``fn`` on the writer thread: the only thread that touches its connection."""
         if self._executor is None:
             raise StorageUnavailable("the event store is not open")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        return await self._executor.call(fn, *args)
 
     # writes ---------------------------------------------------------------
     async def transact(self, requests: Sequence[AppendRequest]) -> list[AppendResult]:
@@ -356,9 +356,14 @@ class SQLiteEventStore(EventStore):
         *,
         limit: int = 1000,
         to_position: int | None = None,
+        max_bytes: int | None = None,
     ) -> list[RecordedEvent]:
-        stored = await self._reader.read_by_stream(after, limit=limit, to_position=to_position)
-        return await packed_reads.read_by_stream(self.packs, stored, after, limit, to_position)
+        stored = await self._reader.read_by_stream(
+            after, limit=limit, to_position=to_position, max_bytes=max_bytes
+        )
+        return await packed_reads.read_by_stream(
+            self.packs, stored, after, limit, to_position, budgeted=max_bytes is not None
+        )
 
     async def head_position(self) -> int:
         return await self._reader.head_position()

@@ -71,10 +71,28 @@ log = logging.getLogger("sessionstream.eventstore")
 #: a rebuild reads the log this many events at a time, stream by stream, and writes each
 #: document once, when its stream ends (``StreamFold``): memory is one page and one stream
 REBUILD_PAGE = 2000
+REBUILD_BYTES = 4 << 20
 BY_STREAM = (
     f"SELECT {EVENT_COLUMNS} FROM events WHERE (stream_id, version) > (?, ?) "
     "ORDER BY stream_id, version LIMIT ?"
 )
+
+
+def _stream_page(conn: sqlite3.Connection, mark: tuple[str, int]) -> list[RecordedEvent]:
+    """The next events by (stream id, version): ``REBUILD_PAGE`` of them, or fewer
+    once their stored JSON passes ``REBUILD_BYTES`` (the rows are read one by one)."""
+    events: list[RecordedEvent] = []
+    size = 0
+    cursor = conn.execute(BY_STREAM, (*mark, REBUILD_PAGE))
+    try:
+        for row in cursor:
+            events.append(row_to_event(row))
+            size += len(row[5]) + len(row[6])
+            if size >= REBUILD_BYTES:
+                break
+    finally:
+        cursor.close()
+    return events
 
 
 def _chunks(values: Sequence[str]) -> Iterator[Sequence[str]]:
@@ -381,10 +399,13 @@ class SQLiteWriter:
             fold = StreamFold(self.projections, self.snapshot_every)  # on empty tables
             count = 0
             mark: tuple[str, int] = ("", 0)
-            while rows := conn.execute(BY_STREAM, (*mark, REBUILD_PAGE)).fetchall():
-                events = with_packs(
-                    conn, [row_to_event(r) for r in rows], mark, len(rows) >= REBUILD_PAGE
-                )
+            while True:
+                # a page may end mid-stream, so its bound is its last row; the empty page
+                # at the end takes the packed deltas after the last stream's last row
+                page = _stream_page(conn, mark)
+                events = with_packs(conn, page, mark, bool(page))
+                if not events:
+                    break
                 write_rows(conn, (), {}, *fold.feed(events))
                 count += len(events)
                 mark = (events[-1].stream_id, events[-1].version)

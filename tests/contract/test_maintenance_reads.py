@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from sessionstream.eventstore.base import EventStore
-from sessionstream.eventstore.model import RecordedEvent
+from sessionstream.eventstore.model import RecordedEvent, canonical_json
 from tests.contract.test_store_contract import ev
 
 
@@ -64,3 +64,23 @@ async def test_scan_docs_pages_every_row_of_a_kind_in_key_order(store: EventStor
     stored = await store.get_doc("campaign", "b")
     assert stored is not None
     assert (await store.scan_docs("campaign", after="a-1", limit=1))[0] == stored
+
+
+async def test_read_by_stream_ends_a_page_at_its_byte_budget(store: EventStore) -> None:
+    for n in range(6):
+        await store.append("campaign-big", [ev(text="x" * (100 * (n + 1)))])
+    await store.append("campaign-small", [ev(text="y")])
+    everything = await store.read_by_stream(limit=100)
+
+    def size(event: RecordedEvent) -> int:  # the stored JSON, as the store sums it
+        return len(canonical_json(event.data)) + len(canonical_json(event.metadata))
+
+    budget = size(everything[0]) + size(everything[1]) + 10
+    mark, pages = ("", 0), []
+    while page := await store.read_by_stream(mark, limit=100, max_bytes=budget):
+        pages.append([e.version for e in page])
+        assert sum(size(e) for e in page) <= budget or len(page) == 1
+        mark = (page[-1].stream_id, page[-1].version)
+    assert [v for p in pages for v in p] == [e.version for e in everything]
+    assert pages[0] == [1, 2]  # the third would pass the budget
+    assert len(pages) > 3 and [1] in pages[2:]  # a lone event larger than the budget still comes
