@@ -44,6 +44,7 @@ DETECTED = frozenset({"killed", "timeout", "segfault"})
 
 _S = "sessionstream.projections.session.x_fold_session_events__mutmut_"
 _T = "sessionstream.engines.templates."
+_I = "sessionstream.eventstore.integrity."
 _COPY = (
     "fold_session_events only copies the state once more: the result is the same, "
     "the fold is slower (a copy per event instead of one per fold)"
@@ -84,6 +85,16 @@ EQUIVALENT: dict[str, str] = {
     },
     "sessionstream.server.ratelimit.xǁRateLimiterǁcheck__mutmut_25": (
         "popitem(last=None): None is as false as False, the oldest key goes"
+    ),
+    **{
+        _I + f"xǁKeptǁadd__mutmut_{n}": (
+            "when the kept problems are cut to the lowest MAX_PROBLEMS (a few adds sooner "
+            "or later): the same lowest are kept, and memory stays bounded"
+        )
+        for n in (5, 6, 7)
+    },
+    _I + "x_event_rank__mutmut_2": (
+        "position or 1: every problem ranked so is an event's, with a position >= 1"
     ),
     _T + "x__as_text__mutmut_3": "str() of a str is the same text: only the shortcut is lost",
     _T + "x_clean_value__mutmut_15": (

@@ -30,7 +30,8 @@ from sessionstream import projections
 from sessionstream.core.settings import Settings
 from sessionstream.core.vocabulary import EventType, session_stream
 from sessionstream.eventstore.base import EventStore
-from sessionstream.eventstore.model import NewEvent
+from sessionstream.eventstore.model import NewEvent, canonical_json
+from sessionstream.eventstore.packing import unpack
 from sessionstream.eventstore.sqlite import SQLiteEventStore
 from sessionstream.server.app import create_app
 
@@ -84,6 +85,22 @@ def copy_store(source: Path, target: Path) -> Path:
     return target
 
 
+def packed_deltas(conn: sqlite3.Connection) -> tuple[int, int, int]:
+    """Token deltas packed beside the rows (``eventstore/packing.py``): how many, the
+    packs' stored bytes, and their data's JSON bytes (unpacked one pack at a time)."""
+    try:
+        rows = conn.execute("SELECT stream_id, correlation_id, body FROM packs")
+    except sqlite3.OperationalError:  # a store from before packs
+        return 0, 0, 0
+    count = stored = text = 0
+    for stream_id, correlation_id, body in rows:
+        events = unpack(stream_id, correlation_id, bytes(body))
+        count += len(events)
+        stored += len(body)
+        text += sum(len(canonical_json(e.data).encode()) for e in events)
+    return count, stored, text
+
+
 # the log's shape -------------------------------------------------------------------------
 def shape(path: Path, built: Built) -> dict[str, float]:
     """Bytes in the file (WAL checkpointed) per event and per turn; the deltas' share."""
@@ -91,15 +108,18 @@ def shape(path: Path, built: Built) -> dict[str, float]:
     try:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         by_type = conn.execute(ROW_BYTES).fetchall()
+        packed = packed_deltas(conn)
     finally:
         conn.close()
     size = sum(
         Path(f"{path}{s}").stat().st_size for s in ("", "-wal") if Path(f"{path}{s}").exists()
     )
-    events = sum(n for _, n, _, _ in by_type)
-    stored = sum(b for _, _, b, _ in by_type)
+    events = sum(n for _, n, _, _ in by_type) + packed[0]
+    stored = sum(b for _, _, b, _ in by_type) + packed[1]
     deltas = [(n, b, text) for kind, n, b, text in by_type if kind == EventType.MESSAGE_DELTA]
-    delta_events, delta_bytes, delta_text = deltas[0] if deltas else (0, 0, 0)
+    raw_events, raw_bytes, raw_text = deltas[0] if deltas else (0, 0, 0)
+    delta_events, delta_bytes = raw_events + packed[0], raw_bytes + packed[1]
+    delta_text = raw_text + packed[2]
     return {
         "events": events,
         "file_mb": size / 2**20,
