@@ -286,15 +286,60 @@ def targets(rows: dict[str, dict[str, Any]], sizes: list[int]) -> dict[str, dict
     return out
 
 
+def postgres_only(paths: list[Path], args: Any) -> None:
+    """The PostgreSQL figures of stores already built (and measured on SQLite): each is
+    exported with the CLI and imported into a throwaway schema, as ``--postgres`` does."""
+    why_not = scale_pg.unavailable()
+    if why_not:
+        raise SystemExit(why_not)
+    rounds = 1 if args.quick else args.rounds
+    appends = (APPENDERS, 20 if args.quick else 100, 100 if args.quick else 300)
+    work = Path(tempfile.mkdtemp(prefix="scale-pg-"))
+    try:
+        built = {b.events: b for b in (Built.load(p) for p in paths)}
+        results: dict[int, dict[str, float]] = {}
+        for events, store in sorted(built.items()):
+            export = work / f"{events}.ndjson"
+            progress(f"{events:,} events: sessionstream export")
+            scale_measure.cli("export", "--db", str(store.path), "--out", str(export))
+            results[events] = scale_pg.measure(
+                store, export, rounds, 100 if args.quick else 300, appends
+            )
+            export.unlink()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    sizes = sorted(results)
+    rows = figures(results)
+    table(rows, sizes, "PostgreSQL (logs built for SQLite, imported)")
+    write_json("scale_pg", {"benchmark": "scale_pg", "rounds": rounds, "figures": rows})
+
+
 def main() -> None:
     parser = base_parser(__doc__, rounds=5)
     parser.add_argument("--sizes", help="events per store, e.g. 1e4,1e5,1e6 (the default)")
     parser.add_argument("--cache", type=Path, help="where built stores are kept")
     parser.add_argument("--rebuild", action="store_true", help="build the stores again")
     parser.add_argument("--postgres", action="store_true", help="also measure in PostgreSQL")
+    parser.add_argument(
+        "--postgres-stores",
+        help="only PostgreSQL, on these built stores (comma-separated .db paths from the "
+        "cache): writes bench/results/scale_pg.json",
+    )
+    parser.add_argument(
+        "--stores",
+        help="measure these built stores (comma-separated .db paths, with their .json) "
+        "instead of the cache's for --sizes: a store built by an earlier build of the code",
+    )
     args = parser.parse_args()
+    if args.postgres_stores:
+        postgres_only([Path(p) for p in args.postgres_stores.split(",")], args)
+        return
     rounds = 1 if args.quick else args.rounds
     sizes = parse_sizes(args.sizes or ("1e3,1e4" if args.quick else "1e4,1e5,1e6"))
+    given = {}
+    if args.stores:
+        for size, path in zip(sizes, args.stores.split(","), strict=True):
+            given[size] = Built.load(Path(path))
     requests = 100 if args.quick else 300
     # (appenders, events each, single appends)
     appends = (APPENDERS, 20 if args.quick else 100, 100 if args.quick else 300)
@@ -312,7 +357,9 @@ def main() -> None:
     results: dict[int, dict[str, float]] = {}
     pg_sizes = sorted({sizes[0], max(s for s in sizes if s <= 10**6)}) if args.postgres else []
     for size in sizes:
-        built = stores[size] = scale_build.cached(size, cache, rebuild=args.rebuild)
+        built = stores[size] = given.get(size) or scale_build.cached(
+            size, cache, rebuild=args.rebuild
+        )
         (work / str(size)).mkdir()
         results[size] = measure_size(built, work / str(size), rounds, requests, appends)
         if size not in pg_sizes:

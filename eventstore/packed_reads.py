@@ -21,6 +21,7 @@ from sessionstream.eventstore.packing import (
     merge_stream,
     page_bound,
     stream_bound,
+    times_of,
     unpack_all,
 )
 
@@ -38,8 +39,15 @@ class PackSource(Protocol):
     async def packs_of_streams(self, low: str, high: str) -> Sequence[PackRow]:
         """The packs of every stream id from ``low`` to ``high``, both included."""
 
-    async def next_stored(self, position: int) -> int | None:
-        """The first position above ``position`` that is an event row."""
+    async def packs_at(
+        self, after: int, bound: int, timestamp: str
+    ) -> tuple[int | None, Sequence[PackRow]]:
+        """For the packs holding events in ``(after, bound]``: the last position of those
+        wholly at or before ``timestamp``, and the rows of the others it (or ``bound``) cuts."""
+
+    async def stored_at(self, timestamp: str) -> tuple[int, int | None]:
+        """The last event row at or before ``timestamp`` (``eventstore/clock.py``; 0 if
+        none) and the first position above it that is an event row."""
 
 
 async def read_all(
@@ -93,23 +101,22 @@ async def position_of(
     return events[0].position if events and events[0].version == version else None
 
 
-async def position_at(source: PackSource, stored: int, timestamp: str) -> int:
+async def position_at(source: PackSource, timestamp: str) -> int:
     """The last position at or before ``timestamp``, packed deltas included.
 
-    ``stored`` is the answer among event rows (``eventstore/clock.py``). Times
-    never fall back along positions, so a packed delta recorded at or before
-    ``timestamp`` after it lies before the next event row: only the packs
-    between the two are read.
+    The event rows answer first (``eventstore/clock.py``). Times never fall
+    back along positions, so a packed delta recorded at or before
+    ``timestamp`` after that answer lies before the next event row: only the
+    packs between the two are asked about, and only those the time cuts are
+    read. Two statements, whatever the size of the log.
     """
-    following = await source.next_stored(stored)
+    stored, following = await source.stored_at(timestamp)
     bound = (NO_BOUND if following is None else following) - 1
     if bound <= stored:
         return stored
-    packed = unpack_all(await source.packs_between(stored, bound, None))
-    later = [
-        e.position for e in packed if stored < e.position <= bound and e.recorded_at <= timestamp
-    ]
-    return max([stored, *later])
+    whole, cut = await source.packs_at(stored, min(bound, NO_BOUND - 1), timestamp)
+    later = [p for p, at in times_of(cut) if stored < p <= bound and at <= timestamp]
+    return max([stored, whole or 0, *later])
 
 
 async def read_page(

@@ -33,6 +33,7 @@ Pure: no I/O.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import zlib
 from collections.abc import Iterable, Sequence
@@ -40,7 +41,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from sessionstream.core.vocabulary import RUN_PREFIX, TERMINAL, EventType
-from sessionstream.eventstore.model import GENESIS_HASH, RecordedEvent, recompute_hash
+from sessionstream.eventstore.model import GENESIS_HASH, RecordedEvent, canonical_json
+
+#: a JSON string as the canonical encoder spells it (not ASCII-escaped)
+_string = json.encoder.encode_basestring
 
 #: a pack holds one run's deltas within 4096 consecutive positions
 BLOCK_BITS = 12
@@ -62,6 +66,9 @@ class Pack:
     last_position: int
     count: int
     body: bytes
+    #: the times of its first and last delta: ``as_of=<time>`` reads only packs it cuts
+    first_at: str = ""
+    last_at: str = ""
 
 
 def block_of(position: int) -> int:
@@ -86,8 +93,8 @@ def _encode(obj: Any) -> bytes:
 class _Segment:
     """Consecutive deltas of one block: the hash they chain onto and, once full, their digest."""
 
-    __slots__ = ("block", "closed", "digest", "entries", "first_position", "first_version",
-                 "last_at", "last_position", "prev")  # fmt: skip
+    __slots__ = ("block", "closed", "digest", "entries", "first_at", "first_position",
+                 "first_version", "last_at", "last_position", "prev")  # fmt: skip
 
     def __init__(self, prev: str, first: RecordedEvent) -> None:
         self.prev = prev
@@ -97,6 +104,7 @@ class _Segment:
         self.entries: list[list[Any]] = []
         self.digest = ""
         self.last_at = ""
+        self.first_at = first.recorded_at
         self.closed = False
 
     def add(self, event: RecordedEvent) -> None:
@@ -158,6 +166,8 @@ def pack_stream(events: Sequence[RecordedEvent]) -> list[Pack]:
                 mine[-1].last_position,
                 sum(len(s.entries) for s in mine),
                 _encode(body),
+                mine[0].first_at,
+                mine[-1].last_at,
             )
         )
     unpacked = [e for p in packs for e in unpack(p.stream_id, p.correlation_id, p.body)]
@@ -166,31 +176,60 @@ def pack_stream(events: Sequence[RecordedEvent]) -> list[Pack]:
     return packs
 
 
-def unpack(stream_id: str, correlation_id: str | None, body: bytes) -> list[RecordedEvent]:
-    """The events a pack replaced, hashes recomputed between its stored anchors."""
-    obj = json.loads(zlib.decompress(body))
+def _body(obj: Any, stream_id: str) -> Any:
     if obj.get("format") != FORMAT:
         raise ValueError(f"a pack of {stream_id} has an unknown format {obj.get('format')}")
+    return obj
+
+
+def unpack(stream_id: str, correlation_id: str | None, body: bytes) -> list[RecordedEvent]:
+    """The events a pack replaced, hashes recomputed between its stored anchors.
+
+    The hashed bytes are put together as ``model.record_event`` does, from the
+    canonical text of the data and of the metadata (the same for every delta,
+    so encoded once): a page of catch-up unpacks hundreds of deltas.
+    """
+    obj = _body(json.loads(zlib.decompress(body)), stream_id)
     type_, metadata = obj["type"], obj["metadata"]
+    meta_json = canonical_json(metadata)
+    head = f"[{_string(stream_id)},"
+    type_part = f",{_string(type_)},"
     out: list[RecordedEvent] = []
     for prev, digest, version, position, entries in obj["segments"]:
-        last, at = len(entries) - 1, ""
+        last, at, at_part = len(entries) - 1, "", ""
         for i, (step, event_id, when, data) in enumerate(entries):
             position += step
-            at = when or at
-            event = RecordedEvent(
-                position, stream_id, version, event_id, type_, data, metadata,
-                correlation_id, at, "",
-            )  # fmt: skip
-            digest_or_own = digest if i == last else recompute_hash(prev, event)
-            event = RecordedEvent(
-                position, stream_id, version, event_id, type_, data, metadata,
-                correlation_id, at, digest_or_own,
-            )  # fmt: skip
-            out.append(event)
-            prev = digest_or_own
+            if when:
+                at, at_part = when, _string(when)
+            data_json = canonical_json(data)
+            if i == last:
+                own = digest
+            else:
+                hashed = (
+                    f"{head}{version},{_string(event_id)}{type_part}"
+                    f"{data_json},{meta_json},{at_part}]"
+                )
+                own = hashlib.sha256(prev.encode() + hashed.encode()).hexdigest()
+            fields = (position, stream_id, version, event_id, type_, data, metadata)
+            out.append(RecordedEvent(*fields, correlation_id, at, own, (data_json, meta_json)))
+            prev = own
             version += 1
     return out
+
+
+def times_of(rows: Iterable[tuple[str, str | None, bytes]]) -> list[tuple[int, str]]:
+    """``(position, recorded_at)`` of every packed event, without rebuilding the events
+    (``as_of=<time>`` needs no more)."""
+    found: list[tuple[int, str]] = []
+    for stream_id, _, body in rows:
+        obj = _body(json.loads(zlib.decompress(bytes(body))), stream_id)
+        for _, _, _, position, entries in obj["segments"]:
+            at = ""
+            for step, _, when, _ in entries:
+                position += step
+                at = when or at
+                found.append((position, at))
+    return found
 
 
 # merging packs into reads ---------------------------------------------------------------

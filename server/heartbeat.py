@@ -52,7 +52,8 @@ class Heartbeats:
         self.tails = tails
         self.interval_s = interval_s
         self._delivered = store.hub.published_position
-        self._moved_at = time.monotonic()
+        #: since when ``head`` has been ahead of an unmoving ``delivered`` (None: it is not)
+        self._behind_since: float | None = None
         #: heartbeat frames written to websockets (for the tests and the metrics)
         self.sent = 0
 
@@ -61,11 +62,16 @@ class Heartbeats:
         delivered = store.hub.published_position
         head = max(store.known_head(), delivered)
         now = time.monotonic()
-        if delivered != self._delivered:
-            self._delivered, self._moved_at = delivered, now
+        if delivered != self._delivered or head <= delivered:
+            self._delivered, self._behind_since = delivered, None
+        if head > delivered and self._behind_since is None:
+            self._behind_since = now  # a commit the pump has not had time to publish yet
+        # behind for (about) a whole interval, not merely when a beat met a fresh commit
+        behind = self._behind_since is not None and now - self._behind_since >= (
+            0.9 * self.interval_s
+        )
         supervisor = store.supervisor
         down = any(supervisor.down(name) is not None for name in store.delivery_tasks)
-        behind = head > delivered and now - self._moved_at > self.interval_s
         return {
             "type": HEARTBEAT,
             "delivered": delivered,

@@ -482,7 +482,9 @@ def doctor(tmp_path: Path, monkeypatch: Any, capsys: Any) -> Doctor:
         monkeypatch.setenv("SESSIONSTREAM_SECRET", "s" * 40)
         for var, value in env.items():
             monkeypatch.setenv(var, value)
-        code = await asyncio.to_thread(main, ["doctor", "--db", str(tmp_path / "doctor.db")])
+        db = tmp_path / "doctor.db"
+        db.touch(0o600)  # doctor reads a store, never creates one; an empty file is an empty log
+        code = await asyncio.to_thread(main, ["doctor", "--db", str(db)])
         return code, capsys.readouterr().out
 
     return run

@@ -279,7 +279,13 @@ def test_an_in_memory_server_keeps_no_secret_file(tmp_path: Path) -> None:
 
 # item 11: a failed open lets the process exit ----------------------------------------
 def _non_daemon_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if not t.daemon and t is not threading.main_thread()]
+    """Threads that keep a process alive; the loop's own executor (``asyncio_N``) is not
+    one, as ``asyncio.run`` shuts it down."""
+    return [
+        t
+        for t in threading.enumerate()
+        if not t.daemon and t is not threading.main_thread() and not t.name.startswith("asyncio_")
+    ]
 
 
 async def test_a_failed_open_closes_its_connections_and_threads(tmp_path: Path) -> None:
@@ -292,6 +298,15 @@ async def test_a_failed_open_closes_its_connections_and_threads(tmp_path: Path) 
     assert store._writer.conn is None
     assert set(_non_daemon_threads()) <= before
     assert holder(str(corrupt)) is None  # nor its lock
+
+
+def test_serve_on_a_corrupt_database_is_one_line_and_exits(tmp_path: Path) -> None:
+    corrupt = tmp_path / "corrupt.db"
+    corrupt.write_bytes(b"this is not an SQLite database " * 200)
+    done = _cli("serve", "--db", str(corrupt), "--port", str(free_port()), timeout=30)
+    assert done.returncode == 2, done
+    assert done.stderr.count("\n") == 1 and "the database failed" in done.stderr, done.stderr
+    assert "sessionstream on http" not in done.stdout
 
 
 FAILING_READER = textwrap.dedent(

@@ -500,7 +500,9 @@ async def test_doctor_checks_the_provider(
         monkeypatch.setenv("SESSIONSTREAM_ENGINE", "openai")
         monkeypatch.setenv("SESSIONSTREAM_MODEL", "fake-model")
         monkeypatch.setenv("OPENAI_BASE_URL", base_url)
-        code = await asyncio.to_thread(main, ["doctor", "--db", str(tmp_path / "d.db")])
+        db = tmp_path / "d.db"
+        db.touch(0o600)  # doctor reads a store, never creates one; an empty file is an empty log
+        code = await asyncio.to_thread(main, ["doctor", "--db", str(db)])
         return code, capsys.readouterr().out
 
     async with run_fake_openai() as (base_url, _):

@@ -24,7 +24,7 @@ from sessionstream.eventstore.packing import (
     stream_bound,
     unpack_all,
 )
-from sessionstream.eventstore.postgres.schema import EVENT_COLUMNS
+from sessionstream.eventstore.postgres.schema import EVENT_COLUMNS, POSITION_AT
 
 PACK_ROW = "stream_id, correlation_id, body"
 PACKS_OF = f"SELECT {PACK_ROW} FROM packs WHERE stream_id = $1 ORDER BY block"
@@ -32,14 +32,29 @@ PACKS_OF_STREAMS = f"SELECT {PACK_ROW} FROM packs WHERE stream_id BETWEEN $1 AND
 #: blocks seek the index; the positions skip packs wholly outside (after, bound]
 IN_RANGE = "block BETWEEN $1 AND $2 AND last_position > $3 AND first_position <= $4"
 PACKS_BETWEEN = f"SELECT {PACK_ROW} FROM packs WHERE {IN_RANGE}"
+#: as_of=<time>, in one statement: the last position of the packs wholly at or before
+#: the time ($5) within ($3, $4], then the rows of the packs the time or the bound cuts
+PACKS_AT = f"""
+SELECT NULL, NULL, NULL, max(last_position) FROM packs
+WHERE {IN_RANGE} AND last_at <= $5 AND last_position <= $4
+UNION ALL
+SELECT {PACK_ROW}, NULL FROM packs WHERE {IN_RANGE}
+    AND (last_at IS NULL OR (first_at <= $5 AND (last_at > $5 OR last_position > $4)))
+"""
+#: the last event row at or before a time (``schema.POSITION_AT``) and the row after it
+POSITION_AND_NEXT = f"""
+WITH q(p) AS ({POSITION_AT})
+SELECT p, (SELECT min(position) FROM events WHERE position > p) FROM q
+"""
 PACKS_BETWEEN_KEYED = (
     f"SELECT {PACK_ROW} FROM packs WHERE stream_id = ANY($5::text[]) AND {IN_RANGE} "
     f"UNION SELECT {PACK_ROW} FROM packs WHERE correlation_id = ANY($5::text[]) AND {IN_RANGE}"
 )
 INSERT_PACKS = (
     "INSERT INTO packs (stream_id, block, correlation_id, first_position, last_position, "
-    "events, body) SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bigint[], "
-    "$5::bigint[], $6::int[], $7::bytea[]) ON CONFLICT (stream_id, block) DO NOTHING"
+    "events, body, first_at, last_at) SELECT * FROM unnest($1::text[], $2::bigint[], "
+    "$3::text[], $4::bigint[], $5::bigint[], $6::int[], $7::bytea[], $8::text[], $9::text[]) "
+    "ON CONFLICT (stream_id, block) DO NOTHING"
 )
 STREAM_EVENTS = f"SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = $1 ORDER BY version"
 PAGE = f"SELECT {EVENT_COLUMNS} FROM events WHERE position > $1 ORDER BY position LIMIT $2"
@@ -70,9 +85,16 @@ class PostgresPacks:
     async def packs_of_streams(self, low: str, high: str) -> list[Any]:
         return await self._fetch(PACKS_OF_STREAMS, low, high)
 
-    async def next_stored(self, position: int) -> int | None:
-        rows = await self._fetch("SELECT min(position) FROM events WHERE position > $1", position)
-        return None if rows[0][0] is None else int(rows[0][0])
+    async def stored_at(self, timestamp: str) -> tuple[int, int | None]:
+        (row,) = await self._fetch(POSITION_AND_NEXT, timestamp)
+        return int(row[0]), None if row[1] is None else int(row[1])
+
+    async def packs_at(
+        self, after: int, bound: int, timestamp: str
+    ) -> tuple[int | None, list[Any]]:
+        span = [block_of(after + 1), block_of(bound), after, bound, timestamp]
+        rows = await self._fetch(PACKS_AT, *span)
+        return rows[0][3], [tuple(r[:3]) for r in rows[1:]]
 
 
 async def compact(conn: asyncpg.Connection, stream_ids: Iterable[str]) -> int:
@@ -94,6 +116,8 @@ async def compact(conn: asyncpg.Connection, stream_ids: Iterable[str]) -> int:
                 [p.last_position for p in packs],
                 [p.count for p in packs],
                 [p.body for p in packs],
+                [p.first_at for p in packs],
+                [p.last_at for p in packs],
             )
             gone = [e.position for e in events if e.type == PACKED_TYPE]
             await conn.execute("DELETE FROM events WHERE position = ANY($1::bigint[])", gone)

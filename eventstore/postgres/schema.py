@@ -183,6 +183,10 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX packs_correlation ON packs (correlation_id, block)
         WHERE correlation_id IS NOT NULL;
     """,
+    # 7: the packs' times: as_of=<time> reads only the packs the time cuts
+    """
+    ALTER TABLE packs ADD COLUMN first_at TEXT COLLATE "C", ADD COLUMN last_at TEXT COLLATE "C";
+    """,
 )
 
 LATEST = len(MIGRATIONS)

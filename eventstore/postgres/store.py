@@ -406,8 +406,7 @@ class PostgresEventStore(EventStore):
         return await packed_reads.position_of(found, stream_id, version, self.read_stream)
 
     async def position_at(self, timestamp: str) -> int:
-        stored = await self._reader.position_at(timestamp)
-        return await packed_reads.position_at(self.packs, stored, timestamp)
+        return await packed_reads.position_at(self.packs, timestamp)
 
     async def get_doc(self, kind: str, key: str) -> Doc | None:
         return await self._reader.get_doc(kind, key)

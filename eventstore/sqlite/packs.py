@@ -20,20 +20,40 @@ from sessionstream.eventstore.packing import (
     merge_by_stream,
     pack_stream,
     stream_bound,
+    times_of,
     unpack_all,
 )
-from sessionstream.eventstore.sqlite.schema import EVENT_COLUMNS
+from sessionstream.eventstore.sqlite.schema import EVENT_COLUMNS, POSITION_AT
 
 PACK_ROW = "stream_id, correlation_id, body"
 INSERT_PACK = (
     "INSERT INTO packs (stream_id, block, correlation_id, first_position, last_position, "
-    "events, body) VALUES (?, ?, ?, ?, ?, ?, ?)"
+    "events, body, first_at, last_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+#: schema 3 to 4
+PACK_TIMES = (
+    "ALTER TABLE packs ADD COLUMN first_at TEXT; ALTER TABLE packs ADD COLUMN last_at TEXT;"
 )
 PACKS_OF = f"SELECT {PACK_ROW} FROM packs WHERE stream_id = ? ORDER BY block"
 PACKS_OF_STREAMS = f"SELECT {PACK_ROW} FROM packs WHERE stream_id BETWEEN ? AND ?"
 #: blocks seek the index; the positions skip packs wholly outside (after, bound]
 IN_RANGE = "block BETWEEN ? AND ? AND last_position > ? AND first_position <= ?"
 PACKS_BETWEEN = f"SELECT {PACK_ROW} FROM packs WHERE {IN_RANGE}"
+IN_RANGE_N = "block BETWEEN ?1 AND ?2 AND last_position > ?3 AND first_position <= ?4"
+#: as_of=<time>, in one statement: the last position of the packs wholly at or before
+#: the time (?5) within (?3, ?4], then the rows of the packs the time or the bound cuts
+PACKS_AT = f"""
+SELECT NULL, NULL, NULL, MAX(last_position) FROM packs
+WHERE {IN_RANGE_N} AND last_at <= ?5 AND last_position <= ?4
+UNION ALL
+SELECT {PACK_ROW}, NULL FROM packs WHERE {IN_RANGE_N}
+    AND (last_at IS NULL OR (first_at <= ?5 AND (last_at > ?5 OR last_position > ?4)))
+"""
+#: the last event row at or before a time (``schema.POSITION_AT``) and the row after it
+POSITION_AND_NEXT = f"""
+WITH q(p) AS ({POSITION_AT})
+SELECT p, (SELECT MIN(position) FROM events WHERE position > p) FROM q
+"""
 STREAM_EVENTS = f"SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = ? ORDER BY version"
 PAGE = f"SELECT {EVENT_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?"
 
@@ -71,9 +91,28 @@ class SQLitePacks:
     async def packs_of_streams(self, low: str, high: str) -> list[Any]:
         return await self._rows(PACKS_OF_STREAMS, (low, high))
 
-    async def next_stored(self, position: int) -> int | None:
-        rows = await self._rows("SELECT MIN(position) FROM events WHERE position > ?", (position,))
-        return None if rows[0][0] is None else int(rows[0][0])
+    async def stored_at(self, timestamp: str) -> tuple[int, int | None]:
+        (row,) = await self._rows(POSITION_AND_NEXT, (timestamp,))
+        return int(row[0]), None if row[1] is None else int(row[1])
+
+    async def packs_at(
+        self, after: int, bound: int, timestamp: str
+    ) -> tuple[int | None, list[Any]]:
+        span = (block_of(after + 1), block_of(bound), after, bound, timestamp)
+        rows = await self._rows(PACKS_AT, span)
+        return rows[0][3], [r[:3] for r in rows[1:]]
+
+
+def backfill_times(conn: sqlite3.Connection) -> None:
+    """Schema 3 to 4: each pack's first and last time, read from its body once."""
+    conn.executescript(PACK_TIMES)
+    rows = conn.execute(f"SELECT id, {PACK_ROW} FROM packs").fetchall()
+    for pack_id, *row in rows:
+        times = [at for _, at in times_of([(row[0], row[1], row[2])])]
+        conn.execute(
+            "UPDATE packs SET first_at = ?, last_at = ? WHERE id = ?",
+            (times[0], times[-1], pack_id),
+        )
 
 
 def pack_row(pack: Pack) -> tuple[Any, ...]:
@@ -85,6 +124,8 @@ def pack_row(pack: Pack) -> tuple[Any, ...]:
         pack.last_position,
         pack.count,
         pack.body,
+        pack.first_at,
+        pack.last_at,
     )
 
 

@@ -17,8 +17,9 @@ from sessionstream.eventstore.model import Doc, RecordedEvent
 from sessionstream.eventstore.snapshots import Snapshot
 
 #: 2: ``clock_exceptions`` (``eventstore/clock.py``); a version 1 file gets it on open.
-#: 3: ``packs`` (``eventstore/packing.py``): an older build would not read them
-SCHEMA_VERSION = 3
+#: 3: ``packs`` (``eventstore/packing.py``): an older build would not read them.
+#: 4: the packs' ``first_at`` and ``last_at`` (added to a version 3 file on open)
+SCHEMA_VERSION = 4
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -90,6 +91,8 @@ CREATE TABLE IF NOT EXISTS packs (
     last_position  INTEGER NOT NULL,
     events         INTEGER NOT NULL,
     body           BLOB NOT NULL,
+    first_at       TEXT,
+    last_at        TEXT,
     UNIQUE (stream_id, block)
 );
 CREATE INDEX IF NOT EXISTS packs_block ON packs (block);

@@ -157,11 +157,14 @@ class SQLiteEventStore(EventStore):
         if self.path == MEMORY:
             self._scratch = tempfile.mkdtemp(prefix="sessionstream-memory-")
             self._writer.path = self._reader.path = os.path.join(self._scratch, "store.db")
-        else:
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            if self._lock is not None:
-                self._lock.acquire()  # before anything is read or recovered
-        files.create_private(self._writer.path)  # 0600, and so are its -wal and -shm
+        try:
+            if self.path != MEMORY:
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+                if self._lock is not None:
+                    self._lock.acquire()  # before anything is read or recovered
+            files.create_private(self._writer.path)  # 0600, and so are its -wal and -shm
+        except OSError as exc:  # a directory that cannot be written, a path that is a file
+            raise StorageUnavailable(f"cannot open {self.path}: {exc.strerror or exc}") from exc
         self._executor = WriterThread("sessionstream-writer")
         await self._in_writer(self._writer.open)
         self.checkpointer.path = self._writer.path  # :memory: is a scratch file too
@@ -376,8 +379,7 @@ class SQLiteEventStore(EventStore):
         return await packed_reads.position_of(found, stream_id, version, self.read_stream)
 
     async def position_at(self, timestamp: str) -> int:
-        stored = await self._reader.position_at(timestamp)
-        return await packed_reads.position_at(self.packs, stored, timestamp)
+        return await packed_reads.position_at(self.packs, timestamp)
 
     async def get_doc(self, kind: str, key: str) -> Doc | None:
         return await self._reader.get_doc(kind, key)

@@ -46,7 +46,7 @@ from sessionstream.eventstore.projector import Projection, Refold, StreamFold
 from sessionstream.eventstore.snapshots import Snapshot
 from sessionstream.eventstore.sqlite.cache import DocCache
 from sessionstream.eventstore.sqlite.checkpointer import JOURNAL_SIZE_LIMIT
-from sessionstream.eventstore.sqlite.packs import compact, with_packs
+from sessionstream.eventstore.sqlite.packs import backfill_times, compact, with_packs
 from sessionstream.eventstore.sqlite.schema import (
     DOC_COLUMNS,
     EVENT_COLUMNS,
@@ -188,6 +188,8 @@ class SQLiteWriter:
                 0 < version < 2
             ):  # written before appends clamped their time: find where it fell back
                 conn.executemany(INSERT_CLOCK_EXCEPTION, conn.execute(EXCEPTIONS_OF_LOG).fetchall())
+            if version == 3:  # packs without their times: read them once
+                backfill_times(conn)
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except BaseException as exc:
             conn.close()  # a file that is not a database, or not writable: nothing left open

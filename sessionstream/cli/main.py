@@ -24,7 +24,7 @@ from sessionstream.cli.commands import (
     exit_codes,
     open_store,
 )
-from sessionstream.core.errors import ConfigError
+from sessionstream.core.errors import ConfigError, SessionStreamError
 from sessionstream.core.logs import configure_logging
 from sessionstream.core.settings import Settings
 
@@ -214,8 +214,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = settings_from(args)
         configure_logging(settings.log_level)  # every command logs as `serve` does: JSON lines
         return COMMANDS[args.command](args, settings)
-    except ConfigError as exc:
-        # the message names the variable and says what is wrong; a traceback adds nothing
+    except SessionStreamError as exc:
+        # a setting, a port, a database that cannot be used: the message names it and
+        # says what is wrong; a traceback adds nothing
         print(f"error: {exc.message}", file=sys.stderr)
         return config.CONFIG_ERROR_EXIT
 

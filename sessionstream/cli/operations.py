@@ -136,7 +136,7 @@ async def _check_store(settings: Settings) -> list[Check]:
             checks.append(
                 (
                     "warn",
-                    "file mode",
+                    "files",
                     f"{settings.db_path} has mode {loose}; other users can "
                     "read its sessions and token hashes (chmod 600 it and its -wal, -shm)",
                 )

@@ -249,3 +249,32 @@ def test_a_pack_splits_at_block_edges_and_gives_back_every_field() -> None:
     back = [e for p in packs for e in unpack(p.stream_id, p.correlation_id, p.body)]
     assert sorted(back, key=lambda e: e.position) == deltas
     assert pack_stream(events[:-1]) == []  # not ended: nothing to pack
+
+
+async def test_packs_written_before_their_times_were_kept_get_them_on_open(
+    store_factory: StoreFactory,
+) -> None:
+    store = await store_factory()
+    await write_run(store)
+    log = await store.read_all(0, limit=10_000)
+    if store_factory.backend == "sqlite":
+        path = store.path  # type: ignore[attr-defined]
+        await store.close()
+        conn = sqlite3.connect(path)
+        conn.executescript(
+            "ALTER TABLE packs DROP COLUMN first_at; ALTER TABLE packs DROP COLUMN last_at; "
+            "PRAGMA user_version=3;"
+        )
+        conn.close()
+        store = await store_factory()
+        conn = sqlite3.connect(path)
+        times = conn.execute("SELECT first_at, last_at FROM packs").fetchall()
+        conn.close()
+        deltas = [e for e in log if e.type == EventType.MESSAGE_DELTA]
+        assert times and times[0] == (deltas[0].recorded_at, deltas[-1].recorded_at)
+    else:  # a pack without its times (migration 7 leaves them empty) is read whole
+        async with store._reader.require_pool().acquire() as conn:  # type: ignore[attr-defined]
+            await conn.execute("UPDATE packs SET first_at = NULL, last_at = NULL")
+    for event in log[::3]:
+        expected = max(e.position for e in log if e.recorded_at <= event.recorded_at)
+        assert await store.position_at(event.recorded_at) == expected
