@@ -121,9 +121,12 @@ EQUIVALENT: dict[str, str] = {
         "_at = 1 at the start: the first peek reads a page and sets it to 0 either way"
     ),
     _V + "xǁStoredRowsǁ__init____mutmut_8": "_done = None at the start: as false as False",
-    _V + "x_gaps__mutmut_14": (
-        "allow_gaps=None: gaps() is only read when gaps are not allowed, None is as false"
-    ),
+    **{
+        _V + name: (
+            "allow_gaps=None: gaps() is only read when gaps are not allowed, None is as false"
+        )
+        for name in ("x_gaps__mutmut_14", "x_verify_store__mutmut_48")
+    },
     _V + "xǁRowsǁ_add__mutmut_6": "doc_kind or 'XXXX': a document's problem always names its kind",
     **{
         _V + f"xǁRowsǁ_later_events__mutmut_{n}": (

@@ -764,15 +764,43 @@ class Restless:
         return await self._store.get_doc(kind, key)
 
 
-@pytest.mark.parametrize("rounds", [0, 1, 3])
+@pytest.mark.parametrize("rounds", [0, 1, 3, None])
 async def test_a_row_is_given_the_rounds_asked_for_and_at_least_one(
-    tmp_path: Path, rounds: int
+    tmp_path: Path, rounds: int | None
 ) -> None:
     store = await filled(tmp_path)
     try:
         restless = Restless(store)
-        report = await verify_store(restless, catch_up_rounds=rounds)  # type: ignore[arg-type]
+        if rounds is None:  # the signature's default: five rounds
+            report = await verify_store(restless)  # type: ignore[arg-type]
+        else:
+            report = await verify_store(restless, catch_up_rounds=rounds)  # type: ignore[arg-type]
         assert [(p.kind, p.doc_key) for p in report.problems] == [("unsettled", "c2")]
-        assert restless.heads == 1 + max(1, rounds)  # the start, then one head a round
+        # the start, then one head a round
+        assert restless.heads == 1 + (5 if rounds is None else max(1, rounds))
+    finally:
+        await store.close()
+
+
+async def test_gaps_and_broken_links_are_reported_together_by_position(tmp_path: Path) -> None:
+    source = SQLiteEventStore(tmp_path / "source.db", projections.ALL)
+    await source.open()
+    try:
+        for cid in ("c0", "c1", "c2"):
+            await source.append(f"campaign-{cid}", [campaign(cid)])
+        log = await source.read_all(0)
+    finally:
+        await source.close()
+    store = SQLiteEventStore(tmp_path / "scoped.db", projections.ALL)
+    await store.open()
+    try:
+        await store.import_events(log[1:])  # positions 2 and 3: the first is a gap
+        altered = dataclasses.replace(log[2], data={**log[2].data, "name": "X"})
+        report = await verify_store(Liar(store, {3: altered}))  # type: ignore[arg-type]
+        assert [(p.kind, p.position or p.doc_key) for p in report.problems] == [
+            ("gap", 2),
+            ("hash", 3),
+            ("row", "c2"),
+        ]
     finally:
         await store.close()
