@@ -108,7 +108,7 @@ class Supervisor:
         try:
             await body()
         except Exception as exc:
-            self._report(name, kind, exc, "it is not restarted")
+            self.report(name, kind, exc, "it is not restarted")
             if on_crash is not None:
                 on_crash(exc)
 
@@ -131,7 +131,7 @@ class Supervisor:
                         state.down_since = now
                     state.running = False
                     state.last_error = repr(exc)
-                    self._report(name, kind, exc, f"restarting in {delay:.2f}s")
+                    self.report(name, kind, exc, f"restarting in {delay:.2f}s")
                     if on_crash is not None:
                         on_crash(exc)
                 await asyncio.sleep(delay)
@@ -151,7 +151,7 @@ class Supervisor:
                 callback(*args)
             except Exception as exc:
                 again = attempt < GUARD_ATTEMPTS
-                self._report(kind, kind, exc, "trying again" if again else "giving up")
+                self.report(kind, kind, exc, "trying again" if again else "giving up")
                 if again:
                     delay = min(self.backoff_max_s, self.backoff_initial_s * 2 ** (attempt - 1))
                     loop = asyncio.get_running_loop()
@@ -159,7 +159,9 @@ class Supervisor:
 
         return run
 
-    def _report(self, name: str, kind: str, exc: Exception, then: str) -> None:
+    def report(self, name: str, kind: str, exc: Exception, then: str) -> None:
+        """Log ``exc`` (with its traceback unless it is a ``SessionStreamError``) and count
+        it under ``kind``; also for work that is not a task of its own (a run)."""
         if isinstance(exc, SessionStreamError):
             log.warning("background task %s stopped: %s; %s", name, exc.message, then)
             return

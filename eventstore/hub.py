@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from sessionstream.eventstore.model import RecordedEvent
@@ -141,6 +141,10 @@ class Subscription:
         self._page_size = page_size
         self._pending: deque[RecordedEvent] = deque()
         self._listener: _Listener | None = None
+        #: called each time the subscription is live with nothing to hand out, just before
+        #: it waits: the moment a reader that has caught up can be handed to a fanout even
+        #: if no event comes (a paused run); it may close the subscription
+        self.on_idle: Callable[[], None] | None = None
 
     def __aiter__(self) -> Subscription:
         return self
@@ -167,6 +171,10 @@ class Subscription:
                     if event.position > self.cursor:
                         self.cursor = event.position
                         return event
+                if self.on_idle is not None:
+                    self.on_idle()
+                    if self.state == CLOSED:
+                        raise StopAsyncIteration
                 listener.wakeup.clear()
                 await listener.wakeup.wait()
                 continue

@@ -211,19 +211,31 @@ async def _send_own(rt: Realtime, conn: Connection, transport: asyncio.Transport
     stats, frames, ws = rt.stats, rt.frames, conn.ws
     is_run = conn.channel.kind == "run"
     assert ws is not None
+    joined: list[bool] = []
+
+    def join_while_idle() -> None:
+        # caught up with no event coming (a run paused, a quiet session): join now, not
+        # at the next event, or a reader that fell behind stays off the fanout meanwhile
+        if not rt.closing and join_when_caught_up(conn, rt.fanouts, rt.store, stats, frames):
+            joined.append(True)
+
+    conn.subscription.on_idle = join_while_idle
     async for event in conn.subscription:
         if ws.closed or transport.is_closing():
             return None  # the client is closing: nothing may follow its close frame
         transport.write(frames.wire(event))
         stats.frames_sent += 1
         conn.cursor = event.position
+        ended = is_run and event.type in TERMINAL
+        # a stored payload is not held while this client drains or the next page is read
+        del event
         if transport.get_write_buffer_size() > conn.high and not await _drained(rt, transport):
             return TOO_SLOW
-        if is_run and event.type in TERMINAL:
+        if ended:
             return RUN_END
         if not rt.closing and join_when_caught_up(conn, rt.fanouts, rt.store, stats, frames):
             return JOINED
-    return _unless_gone(conn.end)
+    return JOINED if joined else _unless_gone(conn.end)
 
 
 async def _drained(rt: Realtime, transport: asyncio.Transport) -> bool:

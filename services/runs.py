@@ -124,8 +124,10 @@ class RunManager:
             raise
         except Exception as exc:  # every failure ends the run; none leaves the session busy
             reason = exc.message if isinstance(exc, SessionStreamError) else repr(exc)
-            if not isinstance(exc, EngineError):
-                log.exception("run %s crashed", ctx.claim.run_id)
+            if not isinstance(exc, EngineError):  # a bug, not a provider: logged and counted
+                self.store.supervisor.report(
+                    f"run {ctx.claim.run_id}", "run", exc, "it ends as run.failed"
+                )
             await self._end_quietly(ctx, EventType.RUN_FAILED, {"error": reason})
         finally:
             self.completed += 1

@@ -16,7 +16,12 @@ Refusals the client cannot fix by retrying raise ``StreamRefused`` (close
 4400/4401/4403/4404 or the same HTTP statuses from a proxy), and a cursor the
 server does not accept raises ``ResyncRequired`` (close 4409) with the head
 to start again from. ``4408`` (too slow), ``4429`` (too many connections),
-``1001`` (shutdown) and network errors are retried.
+``1001`` (shutdown), ``1011`` and network errors are retried.
+
+Heartbeats (``{"type": "heartbeat", ...}``, never yielded) tell a quiet
+channel from a node that stopped delivering: one that says ``stalled``, or
+no frame for ``stall_s`` once heartbeats have been seen, makes the client
+leave the node and resume elsewhere, as after a drop.
 """
 
 from __future__ import annotations
@@ -102,6 +107,7 @@ async def stream_run(
     compact: bool = False,
     max_attempts: int | None = None,
     backoff: Backoff = Backoff(),
+    stall_s: float = 35.0,
 ) -> AsyncIterator[Frame]:
     """Every event of a run after ``after`` (its ``seq``), ending with the terminal event.
 
@@ -110,7 +116,9 @@ async def stream_run(
     ``message.snapshot`` with the text so far, then only newer events.
     """
     path = f"/api/realtime/runs/{quote(run_id, safe='')}"
-    follow = _follow(base_url, path, token, "seq", after, compact, True, max_attempts, backoff)
+    follow = _follow(
+        base_url, path, token, "seq", after, compact, True, max_attempts, backoff, stall_s
+    )
     async for frame in follow:
         yield frame
 
@@ -123,11 +131,12 @@ async def stream_session(
     after: int = 0,
     max_attempts: int | None = None,
     backoff: Backoff = Backoff(),
+    stall_s: float = 35.0,
 ) -> AsyncIterator[Frame]:
     """Every event of a session and its runs after global position ``after``; never ends."""
     path = f"/api/realtime/sessions/{quote(session_id, safe='')}"
     follow = _follow(
-        base_url, path, api_token, "position", after, False, False, max_attempts, backoff
+        base_url, path, api_token, "position", after, False, False, max_attempts, backoff, stall_s
     )
     async for frame in follow:
         yield frame
@@ -143,6 +152,7 @@ async def _follow(
     is_run: bool,
     max_attempts: int | None,
     backoff: Backoff,
+    stall_s: float,
 ) -> AsyncIterator[Frame]:
     cursor = after
     failures = 0
@@ -157,11 +167,24 @@ async def _follow(
             async with connect(
                 url, subprotocols=protocols, compression=None, max_size=64 * 2**20
             ) as ws:
-                async for message in ws:
+                beating = False  # heartbeats seen: from then on, silence means a stall
+                while True:
+                    try:
+                        async with asyncio.timeout(stall_s if beating else None):
+                            message = await ws.recv()
+                    except TimeoutError:
+                        stalled = "no heartbeat"
+                        break
                     frame = json.loads(message)
                     kind = frame.get("type")
                     if kind == "resync":
                         raise ResyncRequired(str(frame.get("reason")), int(frame.get("head", 0)))
+                    if kind == "heartbeat":
+                        beating = True
+                        if frame.get("stalled"):
+                            stalled = "the node reported a stalled delivery"
+                            break
+                        continue
                     position = frame.get(cursor_field)
                     if not isinstance(position, int):
                         continue  # a control frame this client does not know
@@ -172,7 +195,7 @@ async def _follow(
                     yield frame
                     if is_run and kind in TERMINAL:
                         return
-                code, reason = ws.close_code or 1006, ws.close_reason or ""
+            code, reason = 0, f"stalled: {stalled}"  # leave the node: reconnect, resume
         except ConnectionClosed as exc:
             code = exc.rcvd.code if exc.rcvd is not None else 1006
             reason = exc.rcvd.reason if exc.rcvd is not None else str(exc)

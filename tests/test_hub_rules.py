@@ -310,3 +310,34 @@ async def test_a_crowd_catching_up_reads_at_most_catchup_reads_pages_at_once() -
     got = await asyncio.gather(*(take(sub, 30) for sub in subs))
     assert got == [list(range(1, 31))] * 20
     assert log.most == 3  # the crowd was admitted three pages at a time, and did overlap
+
+
+async def test_on_idle_is_called_each_time_it_is_live_with_nothing_to_hand_out() -> None:
+    """The moment a caught-up reader can be handed to a fanout with no event coming."""
+    log = Log([ev(1)])
+    hub = Hub()
+    sub = subscribe(log, hub)
+    seen: list[tuple[str, int, int]] = []
+    sub.on_idle = lambda: seen.append((sub.state, sub.cursor, sub.pending_live()))
+    assert await take(sub, 1) == [1]
+    assert seen == []  # catching up, then handing over: not idle yet
+    await until_live(sub)
+    assert seen == [(LIVE, 1, 0)]
+    hub.publish([ev(2), ev(3)])
+    assert await asyncio.wait_for(sub._test_task, 2) == ev(2)  # type: ignore[attr-defined]
+    assert await take(sub, 1) == [3]
+    assert seen == [(LIVE, 1, 0)]  # not while events were buffered
+    await until_live(sub)
+    assert seen == [(LIVE, 1, 0), (LIVE, 3, 0)]
+    sub.close()
+
+
+async def test_a_subscription_closed_by_its_idle_callback_ends() -> None:
+    log = Log([ev(1)])
+    hub = Hub()
+    sub = subscribe(log, hub)
+    sub.on_idle = sub.close  # what handing the reader to a fanout does
+    assert await take(sub, 1) == [1]
+    with pytest.raises(StopAsyncIteration):
+        await asyncio.wait_for(sub.__anext__(), 2)
+    assert sub.state == CLOSED and hub.listener_count == 0
