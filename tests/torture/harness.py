@@ -25,6 +25,8 @@ from typing import Any
 
 import aiohttp
 
+from sessionstream.eventstore.packing import unpack_all
+
 SESSIONS = "/api/campaigns/ai-chat-sessions"
 TERMINAL = frozenset({"run.completed", "run.failed", "run.canceled"})
 MESSAGES = (
@@ -193,13 +195,20 @@ class Row:
 def read_log(db: Path) -> list[Row]:
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
-        return [
+        rows = [
             Row(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6])
             for r in conn.execute(
                 "SELECT position, stream_id, version, event_id, type, data, correlation_id "
                 "FROM events ORDER BY position"
             )
         ]
+        # a finished run's deltas are packed beside the rows (eventstore/packing.py)
+        packed = unpack_all(conn.execute("SELECT stream_id, correlation_id, body FROM packs"))
+        rows.extend(
+            Row(e.position, e.stream_id, e.version, e.event_id, e.type, e.data, e.correlation_id)
+            for e in packed
+        )
+        return sorted(rows, key=lambda r: r.position)
     finally:
         conn.close()
 
