@@ -63,7 +63,7 @@ EQUIVALENT: dict[str, str] = {
     "sessionstream.eventstore.hub.xǁ_Listenerǁ__init____mutmut_4": (
         "lagged = None instead of False: only ever tested for truth"
     ),
-    "sessionstream.eventstore.hub.xǁHubǁpublish__mutmut_2": (
+    "sessionstream.eventstore.hub.xǁHubǁpublish__mutmut_14": (
         "position >= published_position: an equal position assigns the same value"
     ),
     "sessionstream.projections.session.x__own__mutmut_5": (
