@@ -56,15 +56,20 @@ _COPY = (
 EQUIVALENT: dict[str, str] = {
     _S + "2": "owned = None at the start: it is reset before first use, as mine starts False",
     _S + "3": "mine = None at the start: as falsy as False",
-    _S + "11": "mine = None after session.created: " + _COPY,
-    _S + "12": "mine = False after session.created: " + _COPY,
-    _S + "22": "mine = None after the first copy: " + _COPY,
-    _S + "23": "mine = False after the first copy: " + _COPY,
+    _S + "9": "mine = None after a first event (created or forked): " + _COPY,
+    _S + "10": "mine = False after a first event (created or forked): " + _COPY,
+    _S + "20": "mine = None after the first copy: " + _COPY,
+    _S + "21": "mine = False after the first copy: " + _COPY,
     "sessionstream.eventstore.hub.xǁ_Listenerǁ__init____mutmut_4": (
         "lagged = None instead of False: only ever tested for truth"
     ),
-    "sessionstream.eventstore.hub.xǁHubǁpublish__mutmut_2": (
+    "sessionstream.eventstore.hub.xǁHubǁpublish__mutmut_14": (
         "position >= published_position: an equal position assigns the same value"
+    ),
+    "sessionstream.projections.session.x_forked_row__mutmut_11": (
+        "copy.copy for deepcopy of the fork's content: the fold never changes a nested "
+        "object in place (a list it extends is copied first, _own), so sharing the event's "
+        "nested objects changes no state and no event"
     ),
     "sessionstream.projections.session.x__own__mutmut_5": (
         "owned.add(None): the list is copied again before each append, same result, slower"

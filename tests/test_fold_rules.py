@@ -491,6 +491,12 @@ def test_session_projection_identity() -> None:
     assert projection.index(state) == DocIndex(
         owner="u1", parent="c1", created_at=T(1), active=True, deleted=False
     )
+    # a deleted session stays in the store (the tombstone, API.md), its index says deleted
+    gone = fold(projection, recorded([CREATED, ("session.deleted", {})]))
+    assert gone is not None
+    assert projection.index(gone) == DocIndex(
+        owner="u1", parent="c1", created_at=T(1), active=False, deleted=True
+    )
 
 
 #: API.md, PATCH: "Fields: messages, title, draft_subject, draft_body, skeleton,
