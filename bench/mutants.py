@@ -45,6 +45,7 @@ DETECTED = frozenset({"killed", "timeout", "segfault"})
 _S = "sessionstream.projections.session.x_fold_session_events__mutmut_"
 _T = "sessionstream.engines.templates."
 _I = "sessionstream.eventstore.integrity."
+_V = "sessionstream.eventstore.verify."
 _COPY = (
     "fold_session_events only copies the state once more: the result is the same, "
     "the fold is slower (a copy per event instead of one per fold)"
@@ -55,15 +56,20 @@ _COPY = (
 EQUIVALENT: dict[str, str] = {
     _S + "2": "owned = None at the start: it is reset before first use, as mine starts False",
     _S + "3": "mine = None at the start: as falsy as False",
-    _S + "11": "mine = None after session.created: " + _COPY,
-    _S + "12": "mine = False after session.created: " + _COPY,
-    _S + "22": "mine = None after the first copy: " + _COPY,
-    _S + "23": "mine = False after the first copy: " + _COPY,
+    _S + "9": "mine = None after a first event (created or forked): " + _COPY,
+    _S + "10": "mine = False after a first event (created or forked): " + _COPY,
+    _S + "20": "mine = None after the first copy: " + _COPY,
+    _S + "21": "mine = False after the first copy: " + _COPY,
     "sessionstream.eventstore.hub.xǁ_Listenerǁ__init____mutmut_4": (
         "lagged = None instead of False: only ever tested for truth"
     ),
-    "sessionstream.eventstore.hub.xǁHubǁpublish__mutmut_2": (
+    "sessionstream.eventstore.hub.xǁHubǁpublish__mutmut_14": (
         "position >= published_position: an equal position assigns the same value"
+    ),
+    "sessionstream.projections.session.x_forked_row__mutmut_11": (
+        "copy.copy for deepcopy of the fork's content: the fold never changes a nested "
+        "object in place (a list it extends is copied first, _own), so sharing the event's "
+        "nested objects changes no state and no event"
     ),
     "sessionstream.projections.session.x__own__mutmut_5": (
         "owned.add(None): the list is copied again before each append, same result, slower"
@@ -96,6 +102,64 @@ EQUIVALENT: dict[str, str] = {
     _I + "x_event_rank__mutmut_2": (
         "position or 1: every problem ranked so is an event's, with a position >= 1"
     ),
+    **{
+        _V + f"x_by_stream__mutmut_{n}": (
+            "max_bytes None or left out: a page unbounded in bytes holds the same events; "
+            "the bound is memory, measured by tests/test_maintenance_memory.py and "
+            "bench/maintenance.py"
+        )
+        for n in (7, 11)
+    },
+    **{
+        _V + name: "the limit left out: the store's default is 1000 events, PAGE too"
+        for name in (
+            "x_by_stream__mutmut_9",
+            "x_gaps__mutmut_9",
+            "xǁRowsǁ_later_events__mutmut_22",
+        )
+    },
+    _V + "xǁStoredRowsǁpeek__mutmut_10": (
+        "scan_docs's default of 100 rows instead of DOC_PAGE (25): larger pages of the "
+        "same rows in the same order"
+    ),
+    _V + "xǁStoredRowsǁ__init____mutmut_6": (
+        "_at = 1 at the start: the first peek reads a page and sets it to 0 either way"
+    ),
+    _V + "xǁStoredRowsǁ__init____mutmut_8": "_done = None at the start: as false as False",
+    **{
+        _V + name: (
+            "allow_gaps=None: gaps() is only read when gaps are not allowed, None is as false"
+        )
+        for name in ("x_gaps__mutmut_14", "x_verify_store__mutmut_48")
+    },
+    _V + "xǁRowsǁ_add__mutmut_6": "doc_kind or 'XXXX': a document's problem always names its kind",
+    **{
+        _V + f"xǁRowsǁ_later_events__mutmut_{n}": (
+            "getattr(projection, 'prefix', <default>): per_stream() is only true when the "
+            "projection has a str prefix, so the default is never used"
+        )
+        for n in (5, 8, 11)
+    },
+    **{
+        _V + name: (
+            "the moved row's events read past the later head: such an event moves the row "
+            "past that head too (it is read after them), so the round is retried either way"
+        )
+        for name in (
+            "xǁRowsǁ_settle__mutmut_7",
+            "xǁRowsǁ_later_events__mutmut_13",
+            "xǁRowsǁ_later_events__mutmut_15",
+            "xǁRowsǁ_later_events__mutmut_20",
+            "xǁRowsǁ_later_events__mutmut_23",
+        )
+    },
+    **{
+        _V + f"xǁRowsǁ_settle__mutmut_{n}": (
+            "fold.get(key, None): the row moved past the checked head, so an event after it "
+            "folds into the row and the fold always holds the key"
+        )
+        for n in (22, 24)
+    },
     _T + "x__as_text__mutmut_3": "str() of a str is the same text: only the shortcut is lost",
     _T + "x_clean_value__mutmut_15": (
         "ch > ' ' instead of >=: the one character between, the space, is kept by isspace()"

@@ -148,6 +148,17 @@ def measure_size(
     progress(f"{size}: sessionstream rebuild")
     for key, value in scale_measure.cli("rebuild", "--db", str(store)).items():
         values[f"rebuild_{key}"] = value
+    values |= append_figures(built, work, rounds, appends)
+    for stale in [*work.glob("store.db*"), *work.glob("append.db*"), *work.glob("empty.db*")]:
+        stale.unlink()
+    return values
+
+
+def append_figures(
+    built: Built, work: Path, rounds: int, appends: tuple[int, int, int]
+) -> dict[str, float]:
+    """The append figures of one built store: each round on a fresh copy, beside an empty one."""
+    size = f"{built.events:,} events"
     writes = []
     for n in range(rounds):
         progress(f"{size}: appends on a fresh copy and on an empty store, round {n + 1}")
@@ -158,10 +169,9 @@ def measure_size(
         subject["append_100_empty_per_s"] = baseline
         subject["append_100_vs_empty"] = subject["append_100_per_s"] / baseline
         writes.append(subject)
-    values |= medians(writes)
-    for stale in [*work.glob("store.db*"), *work.glob("append.db*"), *work.glob("empty.db*")]:
+    for stale in [*work.glob("append.db*"), *work.glob("empty.db*")]:
         stale.unlink()
-    return values
+    return medians(writes)
 
 
 def fresh(path: Path) -> Path:
@@ -330,6 +340,11 @@ def main() -> None:
         help="measure these built stores (comma-separated .db paths, with their .json) "
         "instead of the cache's for --sizes: a store built by an earlier build of the code",
     )
+    parser.add_argument(
+        "--appends-only",
+        action="store_true",
+        help="measure only the appends (and their disk bytes): bench/results/scale_appends.json",
+    )
     args = parser.parse_args()
     if args.postgres_stores:
         postgres_only([Path(p) for p in args.postgres_stores.split(",")], args)
@@ -361,10 +376,19 @@ def main() -> None:
             size, cache, rebuild=args.rebuild
         )
         (work / str(size)).mkdir()
+        if args.appends_only:
+            results[size] = append_figures(built, work / str(size), rounds, appends)
+            continue
         results[size] = measure_size(built, work / str(size), rounds, requests, appends)
         if size not in pg_sizes:
             (work / str(size) / "export.ndjson").unlink()
     rows = figures(results)
+    if args.appends_only:
+        table(rows, sizes, "SQLite appends (ratios to the smallest store)")
+        write_json(
+            "scale_appends", {"benchmark": "scale_appends", "rounds": rounds, "figures": rows}
+        )
+        return
     table(rows, sizes, f"SQLite (ratios to the {sizes[0]:,}-event store; last column: {MODEL})")
     payload: dict[str, Any] = {
         "benchmark": "scale",

@@ -29,7 +29,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from bench.scale_measure import append_round
+from bench.scale_measure import append_round, settle
 from sessionstream import projections
 from sessionstream.eventstore.sqlite import SQLiteEventStore
 
@@ -71,6 +71,7 @@ async def measure(source: Path) -> dict[str, Any]:
             on_batch=lambda _callers, events: batches.append(events),
         )
         await store.open()
+        await asyncio.to_thread(settle, path)  # what opening wrote (a migration) is not counted
         events_before = await store.head_position()
         batches.clear()
         await append_round(store, APPENDERS, PER_APPENDER)

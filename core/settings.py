@@ -269,7 +269,7 @@ class Settings(BaseSettings):
         "naming the field, and nothing is written.",
     )
     patch_max_chars: int = Field(
-        default=100_000,
+        default=1_000_000,
         ge=1,
         description="Characters any one string in a session PATCH body may hold (a title, a "
         "draft, a message's content, a key); longer is a 400 naming the field.",

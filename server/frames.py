@@ -72,54 +72,73 @@ def dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
-def compact_frame(events: Sequence[RecordedEvent]) -> dict[str, Any] | None:
-    """One ``message.snapshot`` frame folding a run's events so far (terminal ones excluded).
+class Compactor:
+    """Folds a run's events, page by page, into one ``message.snapshot`` frame.
 
     Its ``seq`` and ``position`` are those of the last folded event, so a
-    client resumes from it exactly as from any other frame; the terminal
-    event is always sent as its own frame, because the end of a run is an
-    event and never inferred.
+    client resumes from it exactly as from any other frame; terminal events
+    are never folded, because the end of a run is an event and never
+    inferred. Fed a page at a time (``run_channel``), it holds the fold, not
+    the run's whole stream.
     """
-    folded = [e for e in events if e.type not in TERMINAL]
-    if not folded:
-        return None
-    last = folded[-1]
-    data: dict[str, Any] = {
-        "text": "",
-        "status": "queued",
-        "message": None,
-        "skeleton": None,
-        "draft": None,
-        "progress": None,
-        "examples": [],
-    }
-    text: list[str] = []
-    for event in folded:
-        kind = event.type
-        if kind == EventType.MESSAGE_DELTA:
-            text.append(str(event.data.get("text", "")))
-        elif kind == EventType.RUN_STARTED:
-            data["status"] = "running"
-        elif kind == EventType.MESSAGE_COMPLETED:
-            data["message"] = event.data.get("message")
-        elif kind == EventType.SKELETON_UPDATED:
-            data["skeleton"] = event.data
-        elif kind == EventType.DRAFT_UPDATED:
-            data["draft"] = event.data
-        elif kind == EventType.EXAMPLES_PROGRESS:
-            data["progress"] = event.data
-        elif kind == EventType.EXAMPLE_GENERATED:
-            data["examples"].append(event.data)
-    data["text"] = "".join(text)
-    return {
-        "type": EventType.MESSAGE_SNAPSHOT,
-        "runId": run_id_of(last),
-        "sessionId": session_id_of(last),
-        "seq": last.version,
-        "position": last.position,
-        "at": last.recorded_at,
-        "data": data,
-    }
+
+    __slots__ = ("data", "last", "text")
+
+    def __init__(self) -> None:
+        self.last: RecordedEvent | None = None
+        self.text: list[str] = []
+        self.data: dict[str, Any] = {
+            "text": "",
+            "status": "queued",
+            "message": None,
+            "skeleton": None,
+            "draft": None,
+            "progress": None,
+            "examples": [],
+        }
+
+    def feed(self, events: Sequence[RecordedEvent]) -> None:
+        data = self.data
+        for event in events:
+            kind = event.type
+            if kind in TERMINAL:
+                continue
+            self.last = event
+            if kind == EventType.MESSAGE_DELTA:
+                self.text.append(str(event.data.get("text", "")))
+            elif kind == EventType.RUN_STARTED:
+                data["status"] = "running"
+            elif kind == EventType.MESSAGE_COMPLETED:
+                data["message"] = event.data.get("message")
+            elif kind == EventType.SKELETON_UPDATED:
+                data["skeleton"] = event.data
+            elif kind == EventType.DRAFT_UPDATED:
+                data["draft"] = event.data
+            elif kind == EventType.EXAMPLES_PROGRESS:
+                data["progress"] = event.data
+            elif kind == EventType.EXAMPLE_GENERATED:
+                data["examples"].append(event.data)
+
+    def frame(self) -> dict[str, Any] | None:
+        last = self.last
+        if last is None:
+            return None
+        return {
+            "type": EventType.MESSAGE_SNAPSHOT,
+            "runId": run_id_of(last),
+            "sessionId": session_id_of(last),
+            "seq": last.version,
+            "position": last.position,
+            "at": last.recorded_at,
+            "data": {**self.data, "text": "".join(self.text)},
+        }
+
+
+def compact_frame(events: Sequence[RecordedEvent]) -> dict[str, Any] | None:
+    """One ``message.snapshot`` frame folding ``events`` (``Compactor``), None if none fold."""
+    compactor = Compactor()
+    compactor.feed(events)
+    return compactor.frame()
 
 
 def ws_text_frame(payload: bytes) -> bytes:

@@ -96,9 +96,11 @@ async def pump(
             continue
         except StopAsyncIteration:
             return Outcome.STOPPED
-        if not await write(encode(event)):
+        frame, position, ended = encode(event), event.position, ends and event.type in TERMINAL
+        del event  # a stored payload is not held while the client drains or the next page is read
+        if not await write(frame):
             return Outcome.TOO_SLOW
         count.frames_sent += 1
-        conn.cursor = event.position
-        if ends and event.type in TERMINAL:
+        conn.cursor = position
+        if ended:
             return Outcome.FINISHED

@@ -21,7 +21,7 @@ import contextlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -30,7 +30,7 @@ from sessionstream.core.vocabulary import run_stream, session_stream
 from sessionstream.eventstore.base import EventStore
 from sessionstream.eventstore.hub import Subscription
 from sessionstream.server.access import Access
-from sessionstream.server.frames import compact_frame, dumps
+from sessionstream.server.frames import Compactor, dumps
 from sessionstream.server.realtime_stats import RealtimeStats
 
 if TYPE_CHECKING:
@@ -97,7 +97,7 @@ async def run_channel(
     if run["status"] not in ACTIVE and after >= head:
         return Channel("run", user_id, keys, 0, ref, finished=True, resumed=resumed)
     if compact and after == 0:
-        snapshot = compact_frame(await store.read_stream(stream))
+        snapshot = await compact_run(store, stream)
         if snapshot is not None:
             return Channel(
                 "run",
@@ -111,6 +111,18 @@ async def run_channel(
             )
     position = await run_start(store, stream, after, head=head)
     return Channel("run", user_id, keys, position, ref, expires_at=expires_at, resumed=resumed)
+
+
+async def compact_run(store: EventStore, stream: str) -> dict[str, Any] | None:
+    """The run so far as one snapshot frame, folded a byte-budgeted page at a time."""
+    compactor, after = Compactor(), 0
+    while page := await store.read_page(
+        after, max_rows=500, max_bytes=store.page_bytes, keys=frozenset({stream})
+    ):
+        compactor.feed(page)
+        after = page[-1].position
+        await asyncio.sleep(0)  # a long run is folded without holding the loop
+    return compactor.frame()
 
 
 async def run_start(store: EventStore, stream: str, after: int, *, head: int) -> int:

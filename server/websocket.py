@@ -226,9 +226,12 @@ async def _send_own(rt: Realtime, conn: Connection, transport: asyncio.Transport
         transport.write(frames.wire(event))
         stats.frames_sent += 1
         conn.cursor = event.position
+        ended = is_run and event.type in TERMINAL
+        # a stored payload is not held while this client drains or the next page is read
+        del event
         if transport.get_write_buffer_size() > conn.high and not await _drained(rt, transport):
             return TOO_SLOW
-        if is_run and event.type in TERMINAL:
+        if ended:
             return RUN_END
         if not rt.closing and join_when_caught_up(conn, rt.fanouts, rt.store, stats, frames):
             return JOINED

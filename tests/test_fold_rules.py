@@ -32,6 +32,7 @@ from tests.test_projection_properties import (
     SID,
     A,
     B,
+    C,
     T,
     claim,
     draft,
@@ -490,6 +491,12 @@ def test_session_projection_identity() -> None:
     assert projection.index(state) == DocIndex(
         owner="u1", parent="c1", created_at=T(1), active=True, deleted=False
     )
+    # a deleted session stays in the store (the tombstone, API.md), its index says deleted
+    gone = fold(projection, recorded([CREATED, ("session.deleted", {})]))
+    assert gone is not None
+    assert projection.index(gone) == DocIndex(
+        owner="u1", parent="c1", created_at=T(1), active=False, deleted=True
+    )
 
 
 #: API.md, PATCH: "Fields: messages, title, draft_subject, draft_body, skeleton,
@@ -541,3 +548,89 @@ def test_patch_rules_the_mutants_found() -> None:
         "patched",
         "b",
     ]
+
+
+# forks: docs/guides/history.md, "Fork and diff" -------------------------------------------
+
+#: the source's row as the fork event carries it: content, and identity, status and
+#: times of the source's own
+SOURCE_ROW: dict[str, Any] = {
+    "id": "s0",
+    "user_id": "u0",
+    "campaign_id": "c0",
+    "node_id": "n0",
+    "title": "Q3 intro",
+    "messages": [{"role": "user", "content": "hi"}],
+    "draft_subject": "Hello",
+    "draft_body": "Body",
+    "skeleton": A,
+    "skeleton_history": [{"framework_version": 1, "skeleton": B, "replaced_at": "t0"}],
+    "draft_history": [{"draft_subject": "s", "draft_body": "b", "replaced_at": "t0"}],
+    "framework_version": 2,
+    "generated_examples": [{"lead_id": "l1", "subject": "s", "body": "b"}],
+    "task_status": "examples",
+    "created_at": "t-source",
+    "updated_at": "t-source",
+}
+
+
+def forked() -> Spec:
+    return (
+        "session.forked",
+        {
+            **CREATED[1],
+            "row": copy.deepcopy(SOURCE_ROW),
+            "forked_from": {"session_id": "s0", "position": 7, "note": "not kept"},
+        },
+    )
+
+
+#: the fork's row, by hand: the source's content under the fork's own identity, idle,
+#: created when it was forked, saying where it came from (session and position only)
+FORK_ROW: dict[str, Any] = {
+    **{k: SOURCE_ROW[k] for k in ("title", "messages", "draft_subject", "draft_body")},
+    **{k: SOURCE_ROW[k] for k in ("skeleton", "skeleton_history", "draft_history")},
+    "framework_version": 2,
+    "generated_examples": SOURCE_ROW["generated_examples"],
+    "id": SID,
+    "user_id": "u1",
+    "campaign_id": "c1",
+    "node_id": "n1",
+    "task_status": None,
+    "created_at": T(1),
+    "updated_at": T(1),
+    "forked_from": {"session_id": "s0", "position": 7},
+}
+
+
+def test_a_fork_starts_with_the_sources_content_under_its_own_identity() -> None:
+    events = recorded([forked()])
+    by_apply = apply_session(None, events[0])
+    for state in (by_apply, _time_travel([forked()]), fold(SessionProjection(), events)):
+        assert state is not None
+        assert state == {"row": FORK_ROW, "active_run": None, "deleted": False}
+
+
+def test_a_fork_goes_on_like_any_session_and_never_changes_its_event() -> None:
+    specs = [forked(), message("user", "again"), skeleton(C)]
+    events = recorded(specs)
+    for state in (fold_session_events(None, events), fold(SessionProjection(), events)):
+        assert state is not None
+        row = state["row"]
+        assert row["messages"] == [*SOURCE_ROW["messages"], {"role": "user", "content": "again"}]
+        assert (row["skeleton"], row["framework_version"]) == (C, 3)
+        assert row["skeleton_history"] == [
+            *SOURCE_ROW["skeleton_history"],
+            {"framework_version": 2, "skeleton": A, "replaced_at": T(3)},
+        ]
+        assert row["forked_from"] == {"session_id": "s0", "position": 7}
+        assert row["updated_at"] == T(3) and row["created_at"] == T(1)
+    # the fold copied the row it was given: the log's event is as it was recorded
+    assert events[0].data["row"] == SOURCE_ROW
+    # a fork after events of a stream starts the row again, as a creation does
+    state = _time_travel([CREATED, message("user", "old"), forked()])
+    assert state is not None and state["row"] == {
+        **FORK_ROW,
+        "created_at": T(3),
+        "updated_at": T(3),
+    }

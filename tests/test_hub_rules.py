@@ -341,3 +341,35 @@ async def test_a_subscription_closed_by_its_idle_callback_ends() -> None:
     with pytest.raises(StopAsyncIteration):
         await asyncio.wait_for(sub.__anext__(), 2)
     assert sub.state == CLOSED and hub.listener_count == 0
+
+
+# defaults and the catch-up byte budget -----------------------------------------------------
+
+
+def test_a_new_hub_has_delivered_nothing_and_buffers_1024_events_a_subscriber() -> None:
+    # docs/guides/realtime.md: "a bounded queue (SESSIONSTREAM_SUBSCRIBER_QUEUE, 1024 events)"
+    hub = Hub()
+    assert hub.max_queue == 1024
+    assert hub.published_position == 0  # the delivered position heartbeats report
+    hub.publish([ev(1)])
+    assert hub.published_position == 1
+
+
+class Budgeted(Log):
+    """A log whose pages also keep to a byte budget: each event is 100 bytes, and a page
+    holds at least one event whatever the budget."""
+
+    async def read_page(
+        self, after: int, *, max_rows: int, max_bytes: int, keys: frozenset[str] | None = None
+    ) -> list[RecordedEvent]:
+        rows = await self.read_all(after, limit=max_rows, keys=keys)
+        return rows[: max(1, max_bytes // 100)]
+
+
+async def test_catch_up_pages_keep_to_the_stores_byte_budget() -> None:
+    log = Budgeted([ev(p) for p in range(1, 6)])
+    log.page_bytes = 250  # two events a page
+    sub = subscribe(log, Hub())
+    assert await take(sub, 5) == [1, 2, 3, 4, 5]
+    assert [after for after, _ in log.reads][:3] == [0, 2, 4]
+    await sub.aclose()

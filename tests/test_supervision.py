@@ -923,3 +923,23 @@ async def test_a_run_that_raises_is_counted_ends_failed_and_its_subscribers_see_
     exactly_once(await sub.until(len(expected)), expected)
     await sub.stop()
     crash_logged(caplog, "run")
+
+
+async def test_the_wal_checkpointer_restarts_with_a_fresh_connection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = SQLiteEventStore(tmp_path / "log.db", projections.ALL, checkpoint_interval_s=0.02)
+    store.supervisor.backoff_initial_s = 0.01
+    await store.open()
+    try:
+        checkpointer = store.checkpointer
+        monkeypatch.setattr(checkpointer, "checkpoint", Once(checkpointer.checkpoint))
+        sub = Subscriber(store, 0)
+        appended = await append_some(store, 5)
+        await wait_for(lambda: checkpointer.runs >= 3)  # checkpointing goes on after the crash
+        assert store.supervisor.crashes["wal-checkpoint"] == 1
+        exactly_once(await sub.until(5), appended)
+        await sub.stop()
+    finally:
+        await store.close()
+    crash_logged(caplog, "wal-checkpoint")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -674,5 +675,132 @@ async def test_the_event_at_the_checked_head_is_folded_once(tmp_path: Path) -> N
         report = await verify_store(busy, catch_up_rounds=3)  # type: ignore[arg-type]
         assert report.ok, report.problems
         assert busy.heads == 3
+    finally:
+        await store.close()
+
+
+def tamper(db: Path, *statements: str) -> None:
+    conn = sqlite3.connect(db)
+    try:
+        for statement in statements:
+            conn.execute(statement)
+        conn.commit()
+    finally:
+        conn.close()
+
+
+async def test_stored_rows_the_log_does_not_imply_and_rows_it_lacks(tmp_path: Path) -> None:
+    db = tmp_path / "rows.db"
+    store = SQLiteEventStore(db, projections.ALL)
+    await store.open()
+    for cid in ("c1", "c2", "c3"):
+        await store.append(f"campaign-{cid}", [campaign(cid)])
+    await store.close()
+    columns = "kind, key, owner, parent, created_at, active, deleted, version, position, body"
+    tamper(
+        db,
+        *[
+            f"INSERT INTO docs ({columns}) VALUES ('campaign', '{key}', 'u1', NULL, NULL, "
+            "0, 0, 1, 1, '{}')"
+            for key in ("a0", "zz")  # before every key the log makes, and after them
+        ],
+        "DELETE FROM docs WHERE kind = 'campaign' AND key = 'c3'",  # the last one
+    )
+    store = SQLiteEventStore(db, projections.ALL)
+    await store.open()
+    try:
+        report = await verify_store(store)
+        assert report.problems == (
+            Problem(
+                "extra_row",
+                "campaign a0: stored, but no event in the log makes it",
+                doc_kind="campaign",
+                doc_key="a0",
+            ),
+            Problem(
+                "missing_row",
+                "campaign c3: the log implies it, the store lacks it",
+                doc_kind="campaign",
+                doc_key="c3",
+            ),
+            Problem(
+                "extra_row",
+                "campaign zz: stored, but no event in the log makes it",
+                doc_kind="campaign",
+                doc_key="zz",
+            ),
+        )
+        assert report.problem_count == 3 and report.docs == 4  # a0, c1, c2 and zz read
+    finally:
+        await store.close()
+
+
+class Restless:
+    """A store where campaign c2 moves on before the check compares it, and again each
+    time its stored row is looked at: it never settles."""
+
+    def __init__(self, store: SQLiteEventStore) -> None:
+        self._store, self.heads, self.moved = store, 0, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def head_position(self) -> int:
+        self.heads += 1
+        return await self._store.head_position()
+
+    async def move(self) -> None:
+        self.moved += 1
+        await self._store.append("campaign-c2", [node(f"moved{self.moved}")])
+
+    async def scan_docs(self, kind: str, **kw: Any) -> list[Doc]:
+        if kind == "campaign" and not self.moved:
+            await self.move()
+        return await self._store.scan_docs(kind, **kw)
+
+    async def get_doc(self, kind: str, key: str) -> Doc | None:
+        if (kind, key) == ("campaign", "c2"):
+            await self.move()
+        return await self._store.get_doc(kind, key)
+
+
+@pytest.mark.parametrize("rounds", [0, 1, 3, None])
+async def test_a_row_is_given_the_rounds_asked_for_and_at_least_one(
+    tmp_path: Path, rounds: int | None
+) -> None:
+    store = await filled(tmp_path)
+    try:
+        restless = Restless(store)
+        if rounds is None:  # the signature's default: five rounds
+            report = await verify_store(restless)  # type: ignore[arg-type]
+        else:
+            report = await verify_store(restless, catch_up_rounds=rounds)  # type: ignore[arg-type]
+        assert [(p.kind, p.doc_key) for p in report.problems] == [("unsettled", "c2")]
+        # the start, then one head a round
+        assert restless.heads == 1 + (5 if rounds is None else max(1, rounds))
+    finally:
+        await store.close()
+
+
+async def test_gaps_and_broken_links_are_reported_together_by_position(tmp_path: Path) -> None:
+    source = SQLiteEventStore(tmp_path / "source.db", projections.ALL)
+    await source.open()
+    try:
+        for cid in ("c0", "c1", "c2"):
+            await source.append(f"campaign-{cid}", [campaign(cid)])
+        log = await source.read_all(0)
+    finally:
+        await source.close()
+    store = SQLiteEventStore(tmp_path / "scoped.db", projections.ALL)
+    await store.open()
+    try:
+        await store.import_events(log[1:])  # positions 2 and 3: the first is a gap
+        altered = dataclasses.replace(log[2], data={**log[2].data, "name": "X"})
+        report = await verify_store(Liar(store, {3: altered}))  # type: ignore[arg-type]
+        assert [(p.kind, p.position or p.doc_key) for p in report.problems] == [
+            ("gap", 2),
+            ("hash", 3),
+            ("row", "c2"),
+        ]
     finally:
         await store.close()

@@ -57,6 +57,15 @@ async def test_a_batch_takes_at_most_max_batch() -> None:
     assert all(len(t.result()) == 1 for t in tasks)
 
 
+async def test_the_writer_takes_each_callers_requests_in_the_order_queued() -> None:
+    commit = GroupCommit(max_batch=10)
+    tasks = await queued(commit, 3)
+    batch = await commit.next_batch()
+    assert [[r.stream_id for r in p.requests] for p in batch] == [["s-0"], ["s-1"], ["s-2"]]
+    commit.answer(batch, [[result("s", 1)] for _ in batch])
+    await asyncio.gather(*tasks)
+
+
 async def test_answer_counts_only_new_events() -> None:
     commit = GroupCommit(max_batch=10)
     tasks = await queued(commit, 3)

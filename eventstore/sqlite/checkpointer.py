@@ -1,9 +1,9 @@
-"""The WAL checkpoint policy: off the append path, on a thread and a connection of its own.
+"""The WAL checkpoint policy: off the append path, on a worker thread and a connection of its own.
 
 By default SQLite checkpoints inside the commit that takes the WAL past
 1,000 pages (``wal_autocheckpoint``): that append then waits while pages are
 copied into the file and the file is synced, and the appenders queued behind
-it wait too. The writer turns that off; this thread checkpoints instead,
+it wait too. The writer turns that off; this loop checkpoints instead,
 ``PASSIVE`` (it never waits for readers or blocks the writer) once a
 second: a checkpoint with nothing new to copy is a look at the WAL index.
 
@@ -17,11 +17,10 @@ longer when idle, when it costs nothing. ``docs/explanation/scale.md`` has the a
 
 from __future__ import annotations
 
-import logging
+import asyncio
+import contextlib
 import sqlite3
 import threading
-
-log = logging.getLogger("sessionstream.eventstore")
 
 #: seconds between checkpoints; one with nothing new in the WAL costs a look at its index
 INTERVAL_S = 1.0
@@ -30,42 +29,48 @@ JOURNAL_SIZE_LIMIT = 64 << 20
 
 
 class Checkpointer:
+    """Checkpoints the WAL every ``interval_s`` on a worker thread, with its own connection.
+
+    ``run`` is the loop; the store's supervisor owns it (``wal-checkpoint``),
+    so a checkpoint that raises is logged, counted and the loop restarted with
+    a fresh connection, instead of checkpointing stopping for good while the
+    WAL grows.
+    """
+
     def __init__(self, path: str, *, interval_s: float = INTERVAL_S) -> None:
         self.path = path
         self.interval_s = interval_s
         #: checkpoints run (for tests and metrics)
         self.runs = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.Lock()  # a step still on its thread when the store closes
 
-    def start(self) -> None:
-        if self.path == ":memory:" or self._thread is not None:
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(
-            target=self._loop, name="sessionstream-checkpoint", daemon=True
-        )
-        self._thread.start()
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            await asyncio.to_thread(self.step)
 
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
-
-    def _loop(self) -> None:
-        conn: sqlite3.Connection | None = None
-        try:
-            while not self._stop.wait(self.interval_s):
-                if conn is None:
+    def step(self) -> tuple[int, int]:
+        with self._lock:
+            try:
+                if self._conn is None:
                     conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
                     conn.execute("PRAGMA busy_timeout=1000")
                     conn.execute("PRAGMA synchronous=FULL")
-                self.checkpoint(conn)
-        except sqlite3.Error:
-            log.exception("the WAL checkpointer stopped; the close checkpoints the WAL")
-        finally:
-            if conn is not None:
+                    self._conn = conn
+                return self.checkpoint(self._conn)
+            except BaseException:
+                self._close()  # the restarted loop opens a fresh connection
+                raise
+
+    def close(self) -> None:
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            with contextlib.suppress(sqlite3.Error):
                 conn.close()
 
     def checkpoint(self, conn: sqlite3.Connection) -> tuple[int, int]:

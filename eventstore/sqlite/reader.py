@@ -143,30 +143,42 @@ class SQLiteReader:
         keys: frozenset[str] | None = None,
         to_position: int | None = None,
     ) -> list[StoredEvent]:
-        """See ``EventStore.read_page``. One statement, so one snapshot and one thread hop:
-        the sizes of at most ``max_rows`` rows are summed first (integers only), then just
-        the rows inside the budget are fetched, their data left unparsed."""
-        where = "position > ?"
-        params: list[Any] = [after_position]
+        """See ``EventStore.read_page``. One statement, so one snapshot and one thread hop.
+
+        A recursive walk takes the matching rows one at a time in position order,
+        summing their sizes, and stops at the first row past the budget: only the
+        page's rows (and one more) are ever sized, never the rest of the history
+        (SQLite's ``length`` reads a text value whole, so sizing every remaining
+        row made each catch-up page cost the whole history after it). Then just
+        the rows inside the budget are fetched, their data left unparsed.
+        """
+        match = ""
+        keyed: list[Any] = []
         if keys is not None:
             if not keys:
                 return []
             marks = ",".join("?" * len(keys))
-            where += f" AND (stream_id IN ({marks}) OR correlation_id IN ({marks}))"
-            params.extend(keys)
-            params.extend(keys)
+            match += f" AND (stream_id IN ({marks}) OR correlation_id IN ({marks}))"
+            keyed.extend(keys)
+            keyed.extend(keys)
         if to_position is not None:
-            where += " AND position <= ?"
-            params.append(to_position)
-        params.extend((max_rows, max_bytes))
+            match += " AND position <= ?"
+            keyed.append(to_position)
+        size = "length(data) + length(metadata)"
         sql = (
-            "WITH sized AS (SELECT position, length(data) + length(metadata) AS size "
-            f"FROM events WHERE {where} ORDER BY position LIMIT ?), "
-            "running AS (SELECT position, SUM(size) OVER (ORDER BY position) AS total, "
-            "ROW_NUMBER() OVER (ORDER BY position) AS n FROM sized) "
+            "WITH RECURSIVE walk(position, total, n) AS ("
+            f"SELECT position, {size}, 1 FROM "
+            f"(SELECT position, data, metadata FROM events WHERE position > ?{match} "
+            "ORDER BY position LIMIT 1) "
+            f"UNION ALL SELECT e.position, walk.total + length(e.data) + length(e.metadata), "
+            "walk.n + 1 FROM walk JOIN events e ON e.position = "
+            f"(SELECT position FROM events WHERE position > walk.position{match} "
+            "ORDER BY position LIMIT 1) "
+            "WHERE walk.total <= ? AND walk.n < ?) "
             f"SELECT {EVENT_COLUMNS} FROM events WHERE position IN "
-            "(SELECT position FROM running WHERE n = 1 OR total <= ?) ORDER BY position"
+            "(SELECT position FROM walk WHERE n = 1 OR total <= ?) ORDER BY position"
         )
+        params: list[Any] = [after_position, *keyed, *keyed, max_bytes, max_rows, max_bytes]
         return [StoredEvent.from_row(r) for r in await self._fetchall(sql, params)]
 
     async def read_by_stream(

@@ -17,6 +17,7 @@ SQLite in-memory database is private to the one connection that made it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -115,6 +116,7 @@ class SQLiteEventStore(EventStore):
         #: the WAL checkpoint policy: a thread of its own, off the append path
         self.checkpointer = Checkpointer(self.path, interval_s=checkpoint_interval_s)
         self._writer_task: asyncio.Task[None] | None = None
+        self._checkpoint_task: asyncio.Task[None] | None = None
         #: a committed batch whose callers were not answered yet (see ``_resume``)
         self._unanswered: tuple[list[Pending], list[Outcome]] | None = None
         self._executor: WriterThread | None = None
@@ -168,7 +170,8 @@ class SQLiteEventStore(EventStore):
         self._executor = WriterThread("sessionstream-writer")
         await self._in_writer(self._writer.open)
         self.checkpointer.path = self._writer.path  # :memory: is a scratch file too
-        self.checkpointer.start()
+        if self.checkpointer.path != MEMORY:
+            self._checkpoint_task = self.supervisor.spawn("wal-checkpoint", self.checkpointer.run)
         await self._reader.open()
         self.hub.published_position = await self.head_position()
         self._writer_task = self.supervisor.spawn("sqlite-writer", self._writer_loop)
@@ -202,7 +205,12 @@ class SQLiteEventStore(EventStore):
         try:
             await self._reader.close()
         finally:
-            await asyncio.to_thread(self.checkpointer.stop)
+            if self._checkpoint_task is not None:
+                self._checkpoint_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._checkpoint_task
+                self._checkpoint_task = None
+            await asyncio.to_thread(self.checkpointer.close)
             if self._executor is not None:
                 try:
                     await self._in_writer(self._writer.close)

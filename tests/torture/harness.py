@@ -25,6 +25,8 @@ from typing import Any
 
 import aiohttp
 
+from sessionstream.eventstore.packing import unpack_all
+
 SESSIONS = "/api/campaigns/ai-chat-sessions"
 TERMINAL = frozenset({"run.completed", "run.failed", "run.canceled"})
 MESSAGES = (
@@ -191,17 +193,28 @@ class Row:
 
 
 def read_log(db: Path) -> list[Row]:
+    """Every event in the file, the rows and the finished runs' packed deltas alike.
+
+    A pack is decoded by the documented format (``eventstore/packing.py``), so a
+    compaction that dropped, moved or renumbered a delta shows as a gap here.
+    """
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
-        return [
+        rows = [
             Row(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6])
             for r in conn.execute(
                 "SELECT position, stream_id, version, event_id, type, data, correlation_id "
-                "FROM events ORDER BY position"
+                "FROM events"
             )
         ]
+        packed = unpack_all(conn.execute("SELECT stream_id, correlation_id, body FROM packs"))
     finally:
         conn.close()
+    rows += [
+        Row(e.position, e.stream_id, e.version, e.event_id, e.type, dict(e.data), e.correlation_id)
+        for e in packed
+    ]
+    return sorted(rows, key=lambda row: row.position)
 
 
 def read_docs(db: Path, kind: str) -> dict[str, dict[str, Any]]:
