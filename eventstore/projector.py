@@ -167,9 +167,12 @@ class StreamFold:
     Snapshots are taken where a rebuild takes them (after every event).
     """
 
-    def __init__(self, projections: Sequence[Projection], snapshot_every: int = 0) -> None:
+    def __init__(
+        self, projections: Sequence[Projection], snapshot_every: int = 0, *, hold: bool = True
+    ) -> None:
         self._streamed = tuple(p for p in projections if per_stream(p))
-        self._across = tuple(p for p in projections if not per_stream(p))
+        #: with ``hold`` False the caller folds these itself, in log order
+        self._across = tuple(p for p in projections if not per_stream(p)) if hold else ()
         self._every = snapshot_every
         self._stream: str | None = None
         self._refold: Refold | None = None

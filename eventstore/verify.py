@@ -48,7 +48,13 @@ from sessionstream.eventstore.integrity import (
     gap_problem,
 )
 from sessionstream.eventstore.model import Doc, RecordedEvent
-from sessionstream.eventstore.projector import BatchProjector, Projection, StreamFold, per_stream
+from sessionstream.eventstore.projector import (
+    BatchProjector,
+    Projection,
+    Refold,
+    StreamFold,
+    per_stream,
+)
 
 __all__ = [
     "MAX_PROBLEMS",
@@ -91,6 +97,23 @@ async def gaps(store: EventStore, head: int, allow_gaps: bool) -> AsyncIterator[
             if (problem := gap_problem(last, event, allow_gaps)) is not None:
                 yield problem
             last = max(last, event.position)
+
+
+async def in_log_order(
+    store: EventStore, projections: Sequence[Projection], head: int
+) -> list[Doc]:
+    """The documents of the projections not keyed by stream, folded from the log read
+    in position order up to ``head``: one page and their documents (one per user, per
+    token) in memory, never their events."""
+    across = tuple(p for p in projections if not per_stream(p))
+    if not across:
+        return []
+    refold = Refold(across, snapshot_every=0)
+    last = 0
+    while last < head and (page := await store.read_all(last, limit=PAGE, to_position=head)):
+        refold.page(page)
+        last = page[-1].position
+    return refold.projector.documents
 
 
 class StoredRows:
@@ -216,7 +239,9 @@ async def verify_store(
     projections = tuple(store.projections if projections is None else projections)
     head = await store.head_position()
     chains = StreamChains()
-    fold = StreamFold(projections)  # as a rebuild folds; snapshots unchecked
+    # as a rebuild folds (snapshots unchecked), but a projection keyed across streams
+    # (usage, tokens) is folded by its own read in log order, holding its documents
+    fold = StreamFold(projections, hold=False)
     rows = Rows(store, projections, head, catch_up_rounds)
     async for page in by_stream(store, head):
         for event in page:
@@ -225,8 +250,10 @@ async def verify_store(
             await rows.fresh(doc)
         if progress is not None:
             progress("events", chains.events)
-    # the last stream's documents (one per kind) and those folded in log order (tokens)
+    # the last stream's documents (one per kind), then those folded in log order
     for doc in sorted(fold.finish()[0], key=lambda d: d.key):
+        await rows.fresh(doc)
+    for doc in sorted(await in_log_order(store, projections, head), key=lambda d: d.key):
         await rows.fresh(doc)
     await rows.finish()
     if chains.events != chains.last_position and not allow_gaps:
