@@ -115,9 +115,13 @@ EQUIVALENT: dict[str, str] = {
         for name in (
             "x_by_stream__mutmut_9",
             "x_gaps__mutmut_9",
+            "x_in_log_order__mutmut_20",
             "xǁRowsǁ_later_events__mutmut_22",
         )
     },
+    _V + "x_in_log_order__mutmut_11": (
+        "Refold(snapshot_every=1): verify reads the refold's documents, never its snapshots"
+    ),
     _V + "xǁStoredRowsǁpeek__mutmut_10": (
         "scan_docs's default of 100 rows instead of DOC_PAGE (25): larger pages of the "
         "same rows in the same order"
