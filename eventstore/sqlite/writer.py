@@ -42,11 +42,20 @@ from sessionstream.eventstore.model import (
     row_to_event,
     utc_now,
 )
-from sessionstream.eventstore.projector import Projection, Refold, StreamFold
+from sessionstream.eventstore.packing import merge_page, page_bound, unpack_all
+from sessionstream.eventstore.projector import Projection, Refold, StreamFold, per_stream
 from sessionstream.eventstore.snapshots import Snapshot
 from sessionstream.eventstore.sqlite.cache import DocCache
 from sessionstream.eventstore.sqlite.checkpointer import JOURNAL_SIZE_LIMIT
-from sessionstream.eventstore.sqlite.packs import backfill_times, compact, with_packs
+from sessionstream.eventstore.sqlite.packs import (
+    PAGE as LOG_PAGE,
+)
+from sessionstream.eventstore.sqlite.packs import (
+    backfill_times,
+    compact,
+    packs_between_sql,
+    with_packs,
+)
 from sessionstream.eventstore.sqlite.schema import (
     DOC_COLUMNS,
     EVENT_COLUMNS,
@@ -93,6 +102,17 @@ def _stream_page(conn: sqlite3.Connection, mark: tuple[str, int]) -> list[Record
     finally:
         cursor.close()
     return events
+
+
+def _log_page(conn: sqlite3.Connection, after: int) -> list[RecordedEvent]:
+    """The next ``REBUILD_PAGE`` events in position order, packed deltas included."""
+    stored = [row_to_event(row) for row in conn.execute(LOG_PAGE, (after, REBUILD_PAGE))]
+    bound = page_bound(stored, after, REBUILD_PAGE, None, None)
+    rows = conn.execute(*packs_between_sql(after, bound, None)).fetchall()
+    if not rows:
+        return stored
+    packed = unpack_all(rows)
+    return merge_page(stored, packed, after=after, bound=bound, limit=REBUILD_PAGE, keys=None)
 
 
 def _chunks(values: Sequence[str]) -> Iterator[Sequence[str]]:
@@ -390,6 +410,17 @@ class SQLiteWriter:
         finally:
             self._cache.clear()
 
+    def _rebuild_in_log_order(self, conn: sqlite3.Connection) -> None:
+        across = [p for p in self.projections if not per_stream(p)]
+        if not across:
+            return
+        refold = Refold(across, self.snapshot_every)
+        after = 0
+        while page := _log_page(conn, after):
+            write_rows(conn, (), {}, (), refold.page(page)[1])
+            after = page[-1].position
+        write_rows(conn, (), {}, refold.projector.documents, ())
+
     def rebuild(self) -> int:
         """Drop every document and snapshot and refold the log; returns the events folded."""
         conn = self._connection()
@@ -398,7 +429,9 @@ class SQLiteWriter:
         try:
             conn.execute("DELETE FROM docs")
             conn.execute("DELETE FROM snapshots")
-            fold = StreamFold(self.projections, self.snapshot_every)  # on empty tables
+            # the projections keyed across streams (users' usage, tokens) are folded in a
+            # second pass in log order, holding their documents, never their events
+            fold = StreamFold(self.projections, self.snapshot_every, hold=False)
             count = 0
             mark: tuple[str, int] = ("", 0)
             while True:
@@ -412,6 +445,7 @@ class SQLiteWriter:
                 count += len(events)
                 mark = (events[-1].stream_id, events[-1].version)
             write_rows(conn, (), {}, *fold.finish())
+            self._rebuild_in_log_order(conn)
             conn.executemany(
                 "INSERT INTO meta(key, value) VALUES (?, ?) "
                 "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
