@@ -538,13 +538,22 @@ async def test_a_slow_reader_falls_back_to_catch_up_and_loses_nothing(make_api: 
     sock.setblocking(False)
     await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", api.client.port or 0))
     frames: list[dict[str, Any]] = []
-    async with connect(url, sock=sock, max_size=None, max_queue=1, compression=None) as ws:
+    # no client keepalive: a client that reads nothing also reads no pong, and its own ping
+    # timeout (not the server) would end the test on a slow machine
+    async with connect(
+        url, sock=sock, max_size=None, max_queue=1, compression=None, ping_interval=None
+    ) as ws:
         frames.append(json.loads(await ws.recv()))
         # a narrow path to this client: the server's kernel buffer must not hide the backlog
         (conn,) = api.app[REALTIME].live
         assert conn.transport is not None
         server_side = conn.transport.get_extra_info("socket")
         server_side.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        # the run starts once this reader is on the live fanout, which hands it back when
+        # it falls behind (on its own subscription, a reader that reads nothing is too slow)
+        deadline = time.monotonic() + BREATHER_S
+        while stats.joined < 1 and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
         gate.set()
         # read nothing until the fanout has handed this reader back: falling behind is then
         # certain, not a race between the run's pace and the reader's on a loaded machine
