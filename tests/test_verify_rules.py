@@ -842,3 +842,19 @@ async def test_rows_keyed_across_streams_are_folded_up_to_the_head_seen(tmp_path
         assert report.head == 2 and late.heads == 3
     finally:
         await store.close()
+
+
+async def test_rows_keyed_across_streams_are_matched_in_key_order(tmp_path: Path) -> None:
+    store = SQLiteEventStore(tmp_path / "users.db", projections.ALL)
+    await store.open()
+    try:
+        # u2 appears in the log before u1: their usage rows are still compared in key order
+        for cid, user in (("c1", "u2"), ("c2", "u1")):
+            data = {"id": cid, "user_id": user, "name": cid}
+            actor = {"actor": {"type": "user", "id": user}}
+            await store.append(f"campaign-{cid}", [NewEvent("campaign.created", data, actor)])
+        report = await verify_store(store)
+        assert report.ok, report.problems
+        assert report.docs == 4  # two campaigns, two users' usage
+    finally:
+        await store.close()
