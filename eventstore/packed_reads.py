@@ -189,3 +189,124 @@ async def read_by_stream(
     if not rows:
         return list(stored)
     return merge_by_stream(stored, unpack_all(rows), after, bound, to_position)
+
+
+class RowReads(Protocol):
+    """What a backend's reader answers from its event rows alone (``sqlite/reader.py``,
+    ``postgres/reader.py``): the half of a read that knows nothing of packs."""
+
+    async def read_stream(
+        self,
+        stream_id: str,
+        after_version: int = 0,
+        *,
+        limit: int | None = None,
+        to_position: int | None = None,
+    ) -> list[RecordedEvent]: ...
+
+    async def read_all(
+        self,
+        after_position: int = 0,
+        *,
+        limit: int = 1000,
+        keys: frozenset[str] | None = None,
+        to_position: int | None = None,
+    ) -> list[RecordedEvent]: ...
+
+    async def read_page(
+        self,
+        after_position: int,
+        *,
+        max_rows: int,
+        max_bytes: int,
+        keys: frozenset[str] | None = None,
+        to_position: int | None = None,
+    ) -> list[StoredEvent]: ...
+
+    async def read_by_stream(
+        self,
+        after: tuple[str, int] = ("", 0),
+        *,
+        limit: int = 1000,
+        to_position: int | None = None,
+        max_bytes: int | None = None,
+    ) -> list[RecordedEvent]: ...
+
+    async def position_of(self, stream_id: str, version: int) -> int | None: ...
+
+
+class PackedReads:
+    """The event reads of a store: its reader's rows, then the packs merged in.
+
+    Both backends inherit these, so a read over packs is spelled once; each
+    sets ``_reader`` (its rows) and ``packs`` (its :class:`PackSource`).
+    """
+
+    _reader: RowReads
+    packs: PackSource
+
+    async def read_stream(
+        self,
+        stream_id: str,
+        after_version: int = 0,
+        *,
+        limit: int | None = None,
+        to_position: int | None = None,
+    ) -> list[RecordedEvent]:
+        stored = await self._reader.read_stream(
+            stream_id, after_version, limit=limit, to_position=to_position
+        )
+        return await read_stream(self.packs, stored, stream_id, after_version, limit, to_position)
+
+    async def read_all(
+        self,
+        after_position: int = 0,
+        *,
+        limit: int = 1000,
+        keys: frozenset[str] | None = None,
+        to_position: int | None = None,
+    ) -> list[RecordedEvent]:
+        stored = await self._reader.read_all(
+            after_position, limit=limit, keys=keys, to_position=to_position
+        )
+        return await read_all(self.packs, stored, after_position, limit, keys, to_position)
+
+    async def read_page(
+        self,
+        after_position: int,
+        *,
+        max_rows: int,
+        max_bytes: int,
+        keys: frozenset[str] | None = None,
+        to_position: int | None = None,
+    ) -> list[StoredEvent]:
+        stored = await self._reader.read_page(
+            after_position,
+            max_rows=max_rows,
+            max_bytes=max_bytes,
+            keys=keys,
+            to_position=to_position,
+        )
+        return await read_page(self.packs, stored, after_position, max_rows, keys, to_position)
+
+    async def read_by_stream(
+        self,
+        after: tuple[str, int] = ("", 0),
+        *,
+        limit: int = 1000,
+        to_position: int | None = None,
+        max_bytes: int | None = None,
+    ) -> list[RecordedEvent]:
+        stored = await self._reader.read_by_stream(
+            after, limit=limit, to_position=to_position, max_bytes=max_bytes
+        )
+        return await read_by_stream(
+            self.packs, stored, after, limit, to_position, budgeted=max_bytes is not None
+        )
+
+    async def position_of(self, stream_id: str, version: int) -> int | None:
+        found = await self._reader.position_of(stream_id, version)
+        return await position_of(found, stream_id, version, self.read_stream)
+
+    async def position_at(self, timestamp: str) -> int:
+        return await position_at(self.packs, timestamp)

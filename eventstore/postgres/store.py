@@ -25,7 +25,6 @@ from typing import Any
 import asyncpg
 
 from sessionstream.core.errors import SessionStreamError, StorageUnavailable
-from sessionstream.eventstore import packed_reads
 from sessionstream.eventstore.base import DEFAULT_CATCHUP_READS, DEFAULT_PAGE_BYTES, EventStore
 from sessionstream.eventstore.groupcommit import Outcome, Pending
 from sessionstream.eventstore.model import (
@@ -33,8 +32,8 @@ from sessionstream.eventstore.model import (
     AppendResult,
     Doc,
     RecordedEvent,
-    StoredEvent,
 )
+from sessionstream.eventstore.packed_reads import PackedReads
 from sessionstream.eventstore.packing import finished_runs
 from sessionstream.eventstore.postgres import schema as sql
 from sessionstream.eventstore.postgres.errors import DRIVER_ERRORS, translate_pg_error
@@ -48,8 +47,10 @@ from sessionstream.eventstore.projector import Projection
 log = logging.getLogger("sessionstream.eventstore.postgres")
 
 
-class PostgresEventStore(EventStore):
+class PostgresEventStore(PackedReads, EventStore):
     delivery_tasks = ("pg-writer", "pg-pump")
+    #: the rows half of every read (``PackedReads`` merges the packs in)
+    _reader: PostgresReader
 
     def __init__(
         self,
@@ -330,83 +331,11 @@ class PostgresEventStore(EventStore):
             raise translate_pg_error(exc) from exc
 
     # reads (reader.py) ------------------------------------------------------
-    async def read_stream(
-        self,
-        stream_id: str,
-        after_version: int = 0,
-        *,
-        limit: int | None = None,
-        to_position: int | None = None,
-    ) -> list[RecordedEvent]:
-        stored = await self._reader.read_stream(
-            stream_id, after_version, limit=limit, to_position=to_position
-        )
-        return await packed_reads.read_stream(
-            self.packs, stored, stream_id, after_version, limit, to_position
-        )
-
-    async def read_all(
-        self,
-        after_position: int = 0,
-        *,
-        limit: int = 1000,
-        keys: frozenset[str] | None = None,
-        to_position: int | None = None,
-    ) -> list[RecordedEvent]:
-        stored = await self._reader.read_all(
-            after_position, limit=limit, keys=keys, to_position=to_position
-        )
-        return await packed_reads.read_all(
-            self.packs, stored, after_position, limit, keys, to_position
-        )
-
-    async def read_page(
-        self,
-        after_position: int,
-        *,
-        max_rows: int,
-        max_bytes: int,
-        keys: frozenset[str] | None = None,
-        to_position: int | None = None,
-    ) -> list[StoredEvent]:
-        stored = await self._reader.read_page(
-            after_position,
-            max_rows=max_rows,
-            max_bytes=max_bytes,
-            keys=keys,
-            to_position=to_position,
-        )
-        return await packed_reads.read_page(
-            self.packs, stored, after_position, max_rows, keys, to_position
-        )
-
-    async def read_by_stream(
-        self,
-        after: tuple[str, int] = ("", 0),
-        *,
-        limit: int = 1000,
-        to_position: int | None = None,
-        max_bytes: int | None = None,
-    ) -> list[RecordedEvent]:
-        stored = await self._reader.read_by_stream(
-            after, limit=limit, to_position=to_position, max_bytes=max_bytes
-        )
-        return await packed_reads.read_by_stream(
-            self.packs, stored, after, limit, to_position, budgeted=max_bytes is not None
-        )
-
     async def head_position(self) -> int:
         return await self._reader.head_position()
 
     async def stream_version(self, stream_id: str) -> int:
         return await self._reader.stream_version(stream_id)
-
-    async def position_of(self, stream_id: str, version: int) -> int | None:
-        found = await self._reader.position_of(stream_id, version)
-        return await packed_reads.position_of(found, stream_id, version, self.read_stream)
-
-    async def position_at(self, timestamp: str) -> int:
-        return await packed_reads.position_at(self.packs, timestamp)
 
     async def get_doc(self, kind: str, key: str) -> Doc | None:
         return await self._reader.get_doc(kind, key)

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sessionstream.core.errors import SessionStreamError, StorageUnavailable
-from sessionstream.eventstore import packed_reads
 from sessionstream.eventstore.base import DEFAULT_CATCHUP_READS, DEFAULT_PAGE_BYTES, EventStore
 from sessionstream.eventstore.groupcommit import Outcome, Pending
 from sessionstream.eventstore.model import (
@@ -36,8 +35,8 @@ from sessionstream.eventstore.model import (
     AppendResult,
     Doc,
     RecordedEvent,
-    StoredEvent,
 )
+from sessionstream.eventstore.packed_reads import PackedReads
 from sessionstream.eventstore.packing import finished_runs
 from sessionstream.eventstore.projector import Projection
 from sessionstream.eventstore.sqlite import files
@@ -65,8 +64,10 @@ logging.getLogger("aiosqlite").addFilter(_above_debug)
 T = TypeVar("T")
 
 
-class SQLiteEventStore(EventStore):
+class SQLiteEventStore(PackedReads, EventStore):
     delivery_tasks = ("sqlite-writer",)
+    #: the rows half of every read (``PackedReads`` merges the packs in)
+    _reader: SQLiteReader
 
     def __init__(
         self,
@@ -311,83 +312,11 @@ class SQLiteEventStore(EventStore):
         return await self._in_writer(self._writer.rebuild)
 
     # reads (reader.py) ------------------------------------------------------
-    async def read_stream(
-        self,
-        stream_id: str,
-        after_version: int = 0,
-        *,
-        limit: int | None = None,
-        to_position: int | None = None,
-    ) -> list[RecordedEvent]:
-        stored = await self._reader.read_stream(
-            stream_id, after_version, limit=limit, to_position=to_position
-        )
-        return await packed_reads.read_stream(
-            self.packs, stored, stream_id, after_version, limit, to_position
-        )
-
-    async def read_all(
-        self,
-        after_position: int = 0,
-        *,
-        limit: int = 1000,
-        keys: frozenset[str] | None = None,
-        to_position: int | None = None,
-    ) -> list[RecordedEvent]:
-        stored = await self._reader.read_all(
-            after_position, limit=limit, keys=keys, to_position=to_position
-        )
-        return await packed_reads.read_all(
-            self.packs, stored, after_position, limit, keys, to_position
-        )
-
-    async def read_page(
-        self,
-        after_position: int,
-        *,
-        max_rows: int,
-        max_bytes: int,
-        keys: frozenset[str] | None = None,
-        to_position: int | None = None,
-    ) -> list[StoredEvent]:
-        stored = await self._reader.read_page(
-            after_position,
-            max_rows=max_rows,
-            max_bytes=max_bytes,
-            keys=keys,
-            to_position=to_position,
-        )
-        return await packed_reads.read_page(
-            self.packs, stored, after_position, max_rows, keys, to_position
-        )
-
-    async def read_by_stream(
-        self,
-        after: tuple[str, int] = ("", 0),
-        *,
-        limit: int = 1000,
-        to_position: int | None = None,
-        max_bytes: int | None = None,
-    ) -> list[RecordedEvent]:
-        stored = await self._reader.read_by_stream(
-            after, limit=limit, to_position=to_position, max_bytes=max_bytes
-        )
-        return await packed_reads.read_by_stream(
-            self.packs, stored, after, limit, to_position, budgeted=max_bytes is not None
-        )
-
     async def head_position(self) -> int:
         return await self._reader.head_position()
 
     async def stream_version(self, stream_id: str) -> int:
         return await self._reader.stream_version(stream_id)
-
-    async def position_of(self, stream_id: str, version: int) -> int | None:
-        found = await self._reader.position_of(stream_id, version)
-        return await packed_reads.position_of(found, stream_id, version, self.read_stream)
-
-    async def position_at(self, timestamp: str) -> int:
-        return await packed_reads.position_at(self.packs, timestamp)
 
     async def get_doc(self, kind: str, key: str) -> Doc | None:
         return await self._reader.get_doc(kind, key)
