@@ -17,7 +17,12 @@ import logging
 from collections.abc import Callable
 from typing import Any, cast
 
-from sessionstream.core.errors import EngineError, Overloaded, SessionStreamError
+from sessionstream.core.errors import (
+    ConcurrencyConflict,
+    EngineError,
+    Overloaded,
+    SessionStreamError,
+)
 from sessionstream.core.readmodels import ExamplesRunInput, RunInput, TurnRunInput
 from sessionstream.core.vocabulary import EventType, session_stream
 from sessionstream.engines.base import ModelEngine
@@ -215,21 +220,27 @@ class RunManager:
                 continue
             if await end_run(self.store, run_id, EventType.RUN_FAILED, {"error": INTERRUPTED}):
                 count += 1
-        # a session whose claim committed but whose run stream never did
+        # a session whose claim committed but whose run stream never did. The release
+        # is appended at the version the session was listed at: a run that ended (and
+        # released it) between the listing and the run's read is not released twice
         for doc in await self.store.list_docs("session", active=True, include_deleted=True):
             held_by = session_of(doc).body["active_run"]
             run = await self.store.get_doc("run", held_by) if held_by else None
             if run is None or run_of(run).body["status"] not in ACTIVE:
-                await self.store.append(
-                    session_stream(doc.key),
-                    [
-                        NewEvent(
-                            EventType.RUN_RELEASED,
-                            {"run_id": held_by, "outcome": EventType.RUN_FAILED},
-                            {"actor": {"type": "system", "id": "recovery"}},
-                        )
-                    ],
-                )
+                try:
+                    await self.store.append(
+                        session_stream(doc.key),
+                        [
+                            NewEvent(
+                                EventType.RUN_RELEASED,
+                                {"run_id": held_by, "outcome": EventType.RUN_FAILED},
+                                {"actor": {"type": "system", "id": "recovery"}},
+                            )
+                        ],
+                        expected_version=doc.version,
+                    )
+                except ConcurrencyConflict:
+                    continue  # the session moved on: released, or claimed again
                 count += 1
         self.recovered += count
         return count
