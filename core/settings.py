@@ -82,10 +82,10 @@ class Settings(BaseSettings):
         gt=0,
         description="PostgreSQL: the longest one read or write statement may take, in the "
         "client and (as `statement_timeout`) the server; past it the request is a 503 "
-        "`storage_unavailable` with `Retry-After`, and the connection is replaced. Must "
-        "stay below `SESSIONSTREAM_LEASE_TTL_S`, so a stuck statement never outlives a "
-        "run's lease; unset, 5 s or 0.8 times the lease TTL if that is shorter. Rebuilds "
-        "and imports run without it.",
+        "`storage_unavailable` with `Retry-After`, and the connection is replaced. At most "
+        "half of `SESSIONSTREAM_LEASE_TTL_S`, so a stuck statement never outlives a run's "
+        "lease; unset, 5 s or half the lease TTL if that is shorter. Rebuilds and imports "
+        "run without it.",
     )
     secret: str | None = Field(
         default=None,
@@ -357,7 +357,16 @@ class Settings(BaseSettings):
         description="Run lease lifetime on PostgreSQL. A node renews its leases every "
         "TTL/4; a dead node's runs end as `run.failed` (`interrupted`) about 1.25 times the TTL "
         "after it died. Shorter recovers faster, but a node paused longer than the TTL "
-        "loses its runs.",
+        "loses its runs. It also bounds the log's head lock: a transaction holding it idle "
+        "is ended after TTL/4, a write statement or a wait for the lock after TTL/2, and a "
+        "writer's reservation of the next write lapses after min(TTL/8, 1 s).",
+    )
+    fault_stop_in_append: str = Field(
+        default="",
+        description="Fault injection for tests, never for production: a file path. While "
+        "the file exists, this node's PostgreSQL writer reserves the log's head in its next "
+        "append, plans the batch, deletes the file and stops its own process (SIGSTOP), so "
+        "a test can pause a node at exactly that point and resume it with SIGCONT.",
     )
     node_id: str = Field(
         default_factory=lambda: f"node-{secrets.token_hex(4)}",
@@ -410,16 +419,16 @@ class Settings(BaseSettings):
         """``pg_statement_timeout_s``, or its default below the lease."""
         if self.pg_statement_timeout_s is not None:
             return self.pg_statement_timeout_s
-        return min(DEFAULT_STATEMENT_TIMEOUT_S, 0.8 * self.lease_ttl_s)
+        return min(DEFAULT_STATEMENT_TIMEOUT_S, self.lease_ttl_s / 2)
 
     @model_validator(mode="after")
     def _statements_within_the_lease(self) -> Settings:
         if self.pg_statement_timeout_s is None:
             return self
-        if self.pg_statement_timeout_s >= self.lease_ttl_s:
+        if self.pg_statement_timeout_s > self.lease_ttl_s / 2:
             raise ValueError(
                 f"SESSIONSTREAM_PG_STATEMENT_TIMEOUT_S ({self.pg_statement_timeout_s:g}) must "
-                f"be below SESSIONSTREAM_LEASE_TTL_S ({self.lease_ttl_s:g})"
+                f"be at most half of SESSIONSTREAM_LEASE_TTL_S ({self.lease_ttl_s:g})"
             )
         return self
 
