@@ -66,7 +66,7 @@ def translate_pg_error(exc: BaseException) -> SessionStreamError:
     if isinstance(exc, SessionStreamError):
         return exc
     if isinstance(exc, NoUsableHost):
-        return StorageUnavailable(f"{exc}: nothing was written; retry")
+        return StorageUnavailable(f"{exc}; retry")
     if isinstance(exc, asyncpg.TargetServerAttributeNotMatched):
         return StorageUnavailable(
             "no writable PostgreSQL host (the host that answered is a read-only standby): "
