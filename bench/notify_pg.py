@@ -11,10 +11,11 @@ host); a listener's latency is its receipt minus that.
 
 For each (listeners, rate) cell it reports the rate achieved, the commits per
 second (how many notifications every listener handles: group commit makes it
-less than the event rate), the log reads all listeners made per second, and
+less than the event rate), the log reads all listeners made per second,
 p50/p99 delivery latency, and the CPU a listener node and the writer spend
-per event (what caps a node's rate whatever the machine's load). A cell is saturated when the writer falls 10%
-behind its target or the p99 passes ``--saturated-ms``.
+per event (what caps a node's rate whatever the machine's load). A cell is
+saturated when the writer falls 10% behind its target or the p99 passes
+``--saturated-ms``.
 
     python -m bench.notify_pg [--rounds 3] [--listeners 1,3,6]
         [--rates 250,1000,2000,4000] [--seconds 3] [--quick]
