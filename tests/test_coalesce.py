@@ -87,6 +87,10 @@ class StepEngine:
         return None
 
 
+def has_delta(requests: Sequence[AppendRequest]) -> bool:
+    return any(e.type == "message.delta" for r in requests for e in r.events)
+
+
 async def deltas_of(store: EventStore, run_id: str) -> list[str]:
     events = await store.read_stream(f"run-{run_id}")
     return [e.data["text"] for e in events if e.type == "message.delta"]
@@ -148,12 +152,10 @@ async def test_text_gathers_while_the_runs_delta_commits(
     held = asyncio.Event()
     release = asyncio.Event()
     in_writer: list[int] = []
-    append = store.append
+    transact = store.transact
 
-    async def slow_first_delta(
-        stream_id: str, events: Sequence[NewEvent], **kw: Any
-    ) -> AppendResult:
-        is_delta = any(e.type == "message.delta" for e in events)
+    async def slow_first_delta(requests: Sequence[AppendRequest]) -> list[AppendResult]:
+        is_delta = has_delta(requests)
         if is_delta:
             in_writer.append(1)
             assert len(in_writer) == 1, "two deltas of one run in the writer at once"
@@ -161,12 +163,12 @@ async def test_text_gathers_while_the_runs_delta_commits(
                 held.set()
                 await release.wait()
         try:
-            return await append(stream_id, events, **kw)
+            return await transact(requests)
         finally:
             if is_delta:
                 in_writer.pop()
 
-    monkeypatch.setattr(store, "append", slow_first_delta)
+    monkeypatch.setattr(store, "transact", slow_first_delta)
     sid, run_id = await start(api)
     await asyncio.wait_for(held.wait(), 30)
 
@@ -187,15 +189,15 @@ async def test_a_run_ending_while_its_delta_commits_loses_no_text(
     engine = StepEngine(5)
     api: Api = await make_api(engine=engine, delta_coalesce_ms=0.0)
     store: EventStore = api.app[STORE]
-    append = store.append
+    transact = store.transact
     release = asyncio.Event()
 
-    async def held(stream_id: str, events: Sequence[NewEvent], **kw: Any) -> AppendResult:
-        if any(e.type == "message.delta" for e in events):
+    async def held(requests: Sequence[AppendRequest]) -> list[AppendResult]:
+        if has_delta(requests):
             await release.wait()
-        return await append(stream_id, events, **kw)
+        return await transact(requests)
 
-    monkeypatch.setattr(store, "append", held)
+    monkeypatch.setattr(store, "transact", held)
     sid, run_id = await start(api)
 
     async def all_read() -> bool:
