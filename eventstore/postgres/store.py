@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -202,7 +203,8 @@ class PostgresEventStore(PackedReads, EventStore):
         assert self.schema is not None
         return {
             "search_path": sql.quote_ident(self.schema),
-            "application_name": f"sessionstream-{role}",
+            # which process holds what, in pg_stat_activity (operators, the pause tests)
+            "application_name": f"sessionstream-{role}:{os.getpid()}",
             # a client that vanishes holding the log_head lock (a rebuild or import on a
             # paused or partitioned node) must not keep it until TCP notices: the server
             # ends its transaction well within a lease (eventstore/leases.py)
