@@ -176,6 +176,9 @@ class PostgresEventStore(PackedReads, EventStore):
         self._open = False
         self._closing = True
         await self.commits.drained()  # every queued append gets its answer first
+        left = self.compactions.take_all()
+        if left:
+            await self.compact_quietly(left)
         for task in (self._writer_task, self._pump_task):
             if task is not None:
                 task.cancel()
@@ -281,6 +284,10 @@ class PostgresEventStore(PackedReads, EventStore):
         if unanswered is not None:
             commits.answer(*unanswered)
         while True:
+            stream_id = self.compactions.next()
+            if stream_id is not None:
+                await self.compact_quietly([stream_id])
+                continue
             batch = await commits.next_batch()
             try:
                 outcomes, runs = await self._writer.write_batch(batch)
@@ -298,12 +305,8 @@ class PostgresEventStore(PackedReads, EventStore):
             appended = commits.answer(batch, outcomes)
             if self.on_batch is not None:
                 self.on_batch(len(batch), appended)
-            ended = [s for run in runs for s in finished_runs(run)] if self.compact_runs else []
-            if ended:  # after every caller has its answer; the next batch waits for it
-                try:
-                    await self.compact(ended)
-                except Exception:  # the deltas stay rows: nothing is lost
-                    log.exception("compacting %d finished run(s) failed", len(ended))
+            if self.compact_runs:  # packed between batches, when no append waits
+                self.compactions.add(s for run in runs for s in finished_runs(run))
 
     async def import_events(self, events: Sequence[RecordedEvent]) -> None:
         if not self._open or self._closing:
