@@ -121,7 +121,8 @@ class Injector:
             error = self.error
             if (
                 error is not None
-                and conn.get_settings().application_name == f"sessionstream-{self.role}"
+                and conn.get_settings().application_name.split(":")[0]
+                == f"sessionstream-{self.role}"
                 and self.matching in query
             ):
                 self.error, self.hit = None, conn
