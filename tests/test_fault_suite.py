@@ -83,9 +83,9 @@ async def run_faults(
     nodes: Cluster, http: aiohttp.ClientSession, total: int, seed: int
 ) -> tuple[list[str], list[str]]:
     first = nodes.nodes[0]
-    shared = [await new_session(http, first, nodes.token) for _ in range(SHARED_SESSIONS)]
-    probes = [await new_session(http, first, nodes.token) for _ in nodes.nodes]
-    runs = [await new_session(http, first, nodes.token) for _ in nodes.nodes]
+    shared = [await new_session(http, first.base_url, nodes.token) for _ in range(SHARED_SESSIONS)]
+    probes = [await new_session(http, first.base_url, nodes.token) for _ in nodes.nodes]
+    runs = [await new_session(http, first.base_url, nodes.token) for _ in nodes.nodes]
     load = Load(nodes, http, shared, probes, clients=CLIENTS, seed=seed)
     subscribers = [Subscriber(nodes, http, sid, seed + i) for i, sid in enumerate(shared + runs)]
     for subscriber in subscribers:
