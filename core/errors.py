@@ -65,6 +65,21 @@ class ConcurrencyConflict(Conflict):
         self.actual = actual
 
 
+class LeaseLost(Conflict):
+    """A run write carried a lease epoch that is no longer its run's: another node
+    took the run over (``eventstore/leases.py``), so this writer is fenced off."""
+
+    code = "lease_lost"
+
+    def __init__(self, run_id: str, epoch: int) -> None:
+        super().__init__(
+            f"run {run_id} is no longer leased at epoch {epoch}: another node owns it",
+            details={"run_id": run_id, "epoch": epoch},
+        )
+        self.run_id = run_id
+        self.epoch = epoch
+
+
 class PreconditionFailed(SessionStreamError):
     status = 412
     code = "precondition_failed"

@@ -335,7 +335,16 @@ class Settings(BaseSettings):
         description="Run lease lifetime on PostgreSQL. A node renews its leases every "
         "TTL/4; a dead node's runs end as `run.failed` (`interrupted`) about 1.25 times the TTL "
         "after it died. Shorter recovers faster, but a node paused longer than the TTL "
-        "loses its runs.",
+        "loses its runs. It also bounds the log's head lock: a transaction holding it idle "
+        "is ended after TTL/4, a write statement or a wait for the lock after TTL/2, and a "
+        "writer's reservation of the next write lapses after min(TTL/8, 1 s).",
+    )
+    fault_stop_in_append: str = Field(
+        default="",
+        description="Fault injection for tests, never for production: a file path. While "
+        "the file exists, this node's PostgreSQL writer reserves the log's head in its next "
+        "append, plans the batch, deletes the file and stops its own process (SIGSTOP), so "
+        "a test can pause a node at exactly that point and resume it with SIGCONT.",
     )
     node_id: str = Field(
         default_factory=lambda: f"node-{secrets.token_hex(4)}",

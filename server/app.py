@@ -60,6 +60,8 @@ def make_store(settings: Settings, *, serving: bool = False) -> EventStore:
             page_bytes=settings.page_bytes,
             catchup_reads=settings.catchup_reads,
             compact_runs=not settings.keep_raw_deltas,
+            lease_ttl_s=settings.lease_ttl_s,
+            stop_in_append=settings.fault_stop_in_append,
         )
     from sessionstream.eventstore.sqlite import SQLiteEventStore
 

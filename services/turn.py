@@ -15,6 +15,7 @@ import contextlib
 import time
 from typing import Any
 
+from sessionstream.core.errors import ConcurrencyConflict, LeaseLost
 from sessionstream.core.readmodels import SessionRow, TurnOutput, TurnRunInput
 from sessionstream.core.vocabulary import EventType, session_stream
 from sessionstream.engines.base import (
@@ -67,23 +68,27 @@ async def run_turn(
         raise RunStopped
     message = str(ask["message"])
     inp = turn_input(session_of(doc).body["row"], ask)
-    await store.transact(
-        [
-            AppendRequest(
-                ctx.stream,
-                (ctx.event(EventType.RUN_STARTED, {"kind": "turn", **served_by(engine)}),),
-                ctx.seq,
-            ),
-            AppendRequest(
-                session_stream(ctx.claim.session_id),
-                (
-                    ctx.session_event(
-                        EventType.MESSAGE_APPENDED, {"role": "user", "content": message}
+    try:
+        await store.transact(
+            [
+                AppendRequest(
+                    ctx.stream,
+                    (ctx.event(EventType.RUN_STARTED, {"kind": "turn", **served_by(engine)}),),
+                    ctx.seq,
+                    ctx.fence,
+                ),
+                AppendRequest(
+                    session_stream(ctx.claim.session_id),
+                    (
+                        ctx.session_event(
+                            EventType.MESSAGE_APPENDED, {"role": "user", "content": message}
+                        ),
                     ),
                 ),
-            ),
-        ]
-    )
+            ]
+        )
+    except (ConcurrencyConflict, LeaseLost) as exc:  # ended or taken over before it began
+        raise RunStopped from exc
     ctx.seq += 1
     text: list[str] = []
     pending: list[str] = []

@@ -27,6 +27,7 @@ import asyncpg
 from sessionstream.core.errors import SessionStreamError, StorageUnavailable
 from sessionstream.eventstore.base import DEFAULT_CATCHUP_READS, DEFAULT_PAGE_BYTES, EventStore
 from sessionstream.eventstore.groupcommit import Outcome, Pending
+from sessionstream.eventstore.leases import lock_bounds
 from sessionstream.eventstore.model import (
     AppendRequest,
     AppendResult,
@@ -69,6 +70,8 @@ class PostgresEventStore(PackedReads, EventStore):
         command_timeout_s: float = 60.0,
         on_batch: Callable[[int, int], None] | None = None,
         compact_runs: bool = True,
+        lease_ttl_s: float = 15.0,
+        stop_in_append: str = "",
         **_sqlite_only: Any,  # readers, cache_size, busy_retries: meaningless here
     ) -> None:
         super().__init__(
@@ -93,8 +96,14 @@ class PostgresEventStore(PackedReads, EventStore):
         #: the packs beside the log, read through the pool
         self.packs = PostgresPacks(self._reader.fetch)
         self.tree = PostgresTree(lambda: self._reader.pool)
+        #: how long the head lock may be held, from the run lease (``eventstore/leases.py``)
+        self.bounds = lock_bounds(lease_ttl_s)
         self._writer = PostgresWriter(
-            self.projections, snapshot_every, lambda: self._connect("writer")
+            self.projections,
+            snapshot_every,
+            lambda: self._connect("writer"),
+            reserve_s=self.bounds.reserve_s,
+            stop_file=stop_in_append,
         )
         self._lconn: asyncpg.Connection | None = None
         self._writer_task: asyncio.Task[None] | None = None
@@ -191,9 +200,22 @@ class PostgresEventStore(PackedReads, EventStore):
         return {
             "search_path": sql.quote_ident(self.schema),
             "application_name": f"sessionstream-{role}",
-            # a client that vanishes mid-append (a partitioned node) must not keep
-            # the cluster-wide log_head lock until TCP notices: the server ends it
-            "idle_in_transaction_session_timeout": "10s",
+            # a client that vanishes holding the log_head lock (a rebuild or import on a
+            # paused or partitioned node) must not keep it until TCP notices: the server
+            # ends its transaction well within a lease (eventstore/leases.py)
+            "idle_in_transaction_session_timeout": _ms(self.bounds.idle_s),
+            **(self._writer_settings() if role == "writer" else {}),
+        }
+
+    def _writer_settings(self) -> dict[str, str]:
+        """The writer's statements are keyed lookups and writes of one batch: never a
+        sequential scan (the planner's small-table estimates pick them, at twice the
+        batch's time with 100 appenders), and none, nor its wait for the head lock,
+        outlives the bound (a cancelled write is a 503 the caller retries)."""
+        return {
+            "enable_seqscan": "off",
+            "statement_timeout": _ms(self.bounds.statement_s),
+            "lock_timeout": _ms(self.bounds.statement_s),
         }
 
     async def _connect(self, role: str) -> asyncpg.Connection:
@@ -374,24 +396,36 @@ class PostgresEventStore(PackedReads, EventStore):
         return await self._reader.latest_snapshot(stream_id, kind, max_position=max_position)
 
     # leases (see eventstore/leases.py) -------------------------------------------
-    async def acquire_lease(self, run_id: str, node_id: str, ttl_s: float) -> None:
-        await self.renew_leases([run_id], node_id, ttl_s)
+    async def acquire_lease(self, run_id: str, node_id: str, ttl_s: float) -> int:
+        rows = await self._reader.fetch(
+            "INSERT INTO leases (run_id, node_id, expires_at) "
+            "VALUES ($1, $2, now() + make_interval(secs => $3)) "
+            "ON CONFLICT (run_id) DO UPDATE SET node_id = excluded.node_id, "
+            "expires_at = excluded.expires_at, epoch = nextval('lease_epochs') "
+            "RETURNING epoch",
+            run_id,
+            node_id,
+            ttl_s,
+        )
+        return int(rows[0][0])
 
-    async def renew_leases(self, run_ids: Sequence[str], node_id: str, ttl_s: float) -> None:
-        if not run_ids:
+    async def renew_leases(self, leases: Mapping[str, int], node_id: str, ttl_s: float) -> None:
+        if not leases:
             return
         await self._reader.fetch(
-            "INSERT INTO leases (run_id, node_id, expires_at) "
-            "SELECT r, $2, now() + make_interval(secs => $3) FROM unnest($1::text[]) AS r "
-            "ON CONFLICT (run_id) DO UPDATE SET node_id = excluded.node_id, "
-            "expires_at = excluded.expires_at",
-            list(run_ids),
+            "UPDATE leases l SET expires_at = now() + make_interval(secs => $4) "
+            "FROM unnest($1::text[], $2::bigint[]) AS r(run_id, epoch) "
+            "WHERE l.run_id = r.run_id AND l.epoch = r.epoch AND l.node_id = $3",
+            list(leases),
+            list(leases.values()),
             node_id,
             ttl_s,
         )
 
-    async def release_lease(self, run_id: str) -> None:
-        await self._reader.fetch("DELETE FROM leases WHERE run_id = $1", run_id)
+    async def release_lease(self, run_id: str, epoch: int) -> None:
+        await self._reader.fetch(
+            "DELETE FROM leases WHERE run_id = $1 AND epoch = $2", run_id, epoch
+        )
 
     async def expired_leases(self, runs: Mapping[str, str | None], grace_s: float) -> set[str]:
         if not runs:
@@ -416,6 +450,10 @@ class PostgresEventStore(PackedReads, EventStore):
             "SELECT run_id, node_id FROM leases WHERE expires_at > now()"
         )
         return {r[0]: r[1] for r in rows}
+
+
+def _ms(seconds: float) -> str:
+    return f"{max(1, round(seconds * 1000))}ms"
 
 
 async def _first_schema(conn: asyncpg.Connection) -> str:

@@ -68,6 +68,8 @@ class SQLiteEventStore(PackedReads, EventStore):
     delivery_tasks = ("sqlite-writer",)
     #: the rows half of every read (``PackedReads`` merges the packs in)
     _reader: SQLiteReader
+    #: the Merkle tree, on a thread and connection of its own (``sqlite/tree.py``)
+    tree: SQLiteTree
 
     def __init__(
         self,
@@ -174,6 +176,7 @@ class SQLiteEventStore(PackedReads, EventStore):
         if self.checkpointer.path != MEMORY:
             self._checkpoint_task = self.supervisor.spawn("wal-checkpoint", self.checkpointer.run)
         await self._reader.open()
+        await self.tree.open(self._writer.path)
         self.hub.published_position = await self.head_position()
         self._writer_task = self.supervisor.spawn("sqlite-writer", self._writer_loop)
         self._open = True
@@ -204,7 +207,10 @@ class SQLiteEventStore(PackedReads, EventStore):
                 pass
             self._writer_task = None
         try:
-            await self._reader.close()
+            try:
+                await self.tree.close()
+            finally:
+                await self._reader.close()
         finally:
             if self._checkpoint_task is not None:
                 self._checkpoint_task.cancel()
