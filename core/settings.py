@@ -234,10 +234,12 @@ class Settings(BaseSettings):
         default=4, ge=1, description="Leads generated at once within one examples run."
     )
     delta_coalesce_ms: float = Field(
-        default=30.0,
+        default=0.0,
         ge=0,
-        description="Window in which streamed text is batched into one `message.delta` "
-        "event; 0 writes each delta as it comes.",
+        description="Least spacing between one run's `message.delta` events. Whatever it "
+        "is, streamed text is written as soon as the log can take it: at once on an idle "
+        "writer, gathered into the next delta while the run's previous one commits "
+        "(docs/explanation/token-latency.md). 0 adds no spacing.",
     )
     keep_raw_deltas: bool = Field(
         default=False,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -175,6 +176,9 @@ class PostgresEventStore(PackedReads, EventStore):
         self._open = False
         self._closing = True
         await self.commits.drained()  # every queued append gets its answer first
+        left = self.compactions.take_all()
+        if left:
+            await self.compact_quietly(left)
         for task in (self._writer_task, self._pump_task):
             if task is not None:
                 task.cancel()
@@ -199,7 +203,8 @@ class PostgresEventStore(PackedReads, EventStore):
         assert self.schema is not None
         return {
             "search_path": sql.quote_ident(self.schema),
-            "application_name": f"sessionstream-{role}",
+            # which process holds what, in pg_stat_activity (operators, the pause tests)
+            "application_name": f"sessionstream-{role}:{os.getpid()}",
             # a client that vanishes holding the log_head lock (a rebuild or import on a
             # paused or partitioned node) must not keep it until TCP notices: the server
             # ends its transaction well within a lease (eventstore/leases.py)
@@ -279,6 +284,10 @@ class PostgresEventStore(PackedReads, EventStore):
         if unanswered is not None:
             commits.answer(*unanswered)
         while True:
+            stream_id = self.compactions.next()
+            if stream_id is not None:
+                await self.compact_quietly([stream_id])
+                continue
             batch = await commits.next_batch()
             try:
                 outcomes, runs = await self._writer.write_batch(batch)
@@ -296,12 +305,8 @@ class PostgresEventStore(PackedReads, EventStore):
             appended = commits.answer(batch, outcomes)
             if self.on_batch is not None:
                 self.on_batch(len(batch), appended)
-            ended = [s for run in runs for s in finished_runs(run)] if self.compact_runs else []
-            if ended:  # after every caller has its answer; the next batch waits for it
-                try:
-                    await self.compact(ended)
-                except Exception:  # the deltas stay rows: nothing is lost
-                    log.exception("compacting %d finished run(s) failed", len(ended))
+            if self.compact_runs:  # packed between batches, when no append waits
+                self.compactions.add(s for run in runs for s in finished_runs(run))
 
     async def import_events(self, events: Sequence[RecordedEvent]) -> None:
         if not self._open or self._closing:
