@@ -2,7 +2,11 @@
 
 Each comparison pairs a subject with a baseline on the same machine, in the
 same minute, and reports events/s for 1, 10 and 100 concurrent appenders
-(median of ``--rounds``; subject and baseline alternate within a round).
+(median of ``--rounds``). Within a round the two run back to back, at each
+concurrency in turn, which one first alternating between rounds; ``ratio``
+is the ratio of the two medians, ``paired_ratio`` the median of each round's
+own ratio, the steadier of the two when other work loads the machine. The
+load average at the start and end of each comparison is kept with it.
 
 - ``sqlite``: ``SQLiteEventStore.append`` from N asyncio tasks, each appending
   one event per call to its own stream with an expected version and awaiting
@@ -11,8 +15,9 @@ same minute, and reports events/s for 1, 10 and 100 concurrent appenders
   ``events`` table (WAL, ``synchronous=FULL``), 100 rows per transaction.
   Target: at least 50% of the raw batched rate at 100 appenders.
 - ``sqlite-tree``: the same appends while the log's Merkle tree is integrated
-  every second and once more to the head before the clock stops, beside the
-  same appends without it. Target: at least 90% of the rate without the tree.
+  every second (300 times the server's default) and once more to the head
+  before the clock stops, beside the same appends without it. Target: at
+  least 90% of the rate without the tree.
 - ``postgres``: ``PostgresEventStore.append`` the same way (one writer
   connection per process group-commits under the ``log_head`` lock), beside
   the ``eventsourcing`` library's ``PostgresApplicationRecorder.insert_events``
@@ -93,7 +98,7 @@ def sqlite_tree_rate(appenders: int, per_appender: int, workdir: Path) -> float:
     return asyncio.run(_sqlite_store_rate(appenders, per_appender, path, tree=True))
 
 
-#: 300 times as often as the default checkpoint interval (50 ms cost 0.28-0.43x at 1-10 appenders)
+#: 300 times as often as the default checkpoint interval (``checkpoint_interval_s``, 300 s)
 TREE_EVERY_S = 1.0
 
 
@@ -347,6 +352,7 @@ def measure_once(series: Series, appenders: int, per_appender: int) -> float:
 
 def run(comparison: Comparison, rounds: int, quick: bool) -> dict[str, Any]:
     samples: dict[str, dict[int, list[float]]] = {"subject": {}, "baseline": {}}
+    load_start = [round(v, 2) for v in os.getloadavg()]
     for round_no in range(rounds):
         for appenders in CONCURRENCY:
             per = events_per_appender(appenders, quick)
@@ -362,15 +368,18 @@ def run(comparison: Comparison, rounds: int, quick: bool) -> dict[str, Any]:
                 )
     rows: list[dict[str, Any]] = []
     for appenders in CONCURRENCY:
-        ours = median(samples["subject"][appenders])
-        theirs = median(samples["baseline"][appenders])
+        ours, theirs = samples["subject"][appenders], samples["baseline"][appenders]
+        paired = [a / b for a, b in zip(ours, theirs, strict=True)]
         rows.append(
             {
                 "appenders": appenders,
                 "events": appenders * events_per_appender(appenders, quick),
-                "subject_events_per_s": round(ours),
-                "baseline_events_per_s": round(theirs),
-                "ratio": round(ours / theirs, 3),
+                "subject_events_per_s": round(median(ours)),
+                "baseline_events_per_s": round(median(theirs)),
+                "ratio": round(median(ours) / median(theirs), 3),
+                # each round's two runs ran back to back: load that drifts between rounds
+                # moves both, and the median of their ratios cancels it
+                "paired_ratio": round(median(paired), 3),
                 "samples": {side: [round(v) for v in samples[side][appenders]] for side in samples},
             }
         )
@@ -379,6 +388,7 @@ def run(comparison: Comparison, rounds: int, quick: bool) -> dict[str, Any]:
         "baseline": comparison.baseline,
         "target": f"ratio >= {comparison.target_ratio} at {CONCURRENCY[-1]} appenders",
         "met": rows[-1]["ratio"] >= comparison.target_ratio,
+        "load_average": {"start": load_start, "end": [round(v, 2) for v in os.getloadavg()]},
         "rows": rows,
     }
 
@@ -417,14 +427,20 @@ def main() -> None:
             row["subject_events_per_s"],
             row["baseline_events_per_s"],
             f"{row['ratio']:.2f}",
+            f"{row['paired_ratio']:.2f}",
         )
         for name, result in results.items()
         for row in result["rows"]
     ]
     if table:  # ``--only peer`` has no concurrency rows
-        print_table(("backend", "appenders", "store ev/s", "baseline ev/s", "ratio"), table)
+        headers = ("backend", "appenders", "store ev/s", "baseline ev/s", "ratio", "paired")
+        print_table(headers, table)
     for name, result in results.items():
-        print(f"{name}: target {result['target']}: {'met' if result['met'] else 'MISSED'}")
+        print(
+            f"{name}: target {result['target']}: {'met' if result['met'] else 'MISSED'} "
+            f"(load average {result['load_average']['start'][0]} at the start, "
+            f"{result['load_average']['end'][0]} at the end)"
+        )
     for name, row in peer.items():
         print(
             f"peer {name} ({row['events']:,} events): {row['subject_events_per_s']:,} vs "

@@ -31,6 +31,7 @@ STORED_LEVEL = 4
 
 Block = tuple[int, int]  # (level, index): leaves [index << level, (index + 1) << level)
 Range = tuple[int, int]  # leaves [start, end)
+Completed = tuple[int, int, bytes]  # a block to store: (level, index, hash)
 
 EMPTY_ROOT = hashlib.sha256(b"").digest()
 
@@ -162,7 +163,7 @@ class Frontier:
         if self.edge is None:
             self.edge = []
 
-    def append(self, leaf: bytes, completed: list[tuple[int, int, bytes]]) -> None:
+    def append(self, leaf: bytes, completed: list[Completed]) -> None:
         edge = self.edge
         assert edge is not None
         level, h, index = 0, leaf, self.size
@@ -180,6 +181,36 @@ class Frontier:
         if not self.edge:
             return EMPTY_ROOT
         return fold_blocks([h for _, h in self.edge])
+
+
+def grow(frontier: Frontier, event_hashes: Sequence[str]) -> tuple[Frontier, list[Completed]]:
+    """The frontier after these events' leaves, and the blocks they complete at
+    ``STORED_LEVEL`` or above; ``frontier`` itself is left as it was.
+
+    The same hashes as ``Frontier.append`` leaf by leaf, computed a level at a
+    time: each level is one comprehension, about half the interpreter's work,
+    and integrating runs beside the appends (``eventstore/tree.py``).
+    """
+    sha = hashlib.sha256
+    nodes = [sha(b"\x00" + bytes.fromhex(h)).digest() for h in event_hashes]
+    assert frontier.edge is not None
+    old_edge = dict(frontier.edge)  # one block per set bit of the size: levels are unique
+    new_edge: dict[int, bytes] = {}
+    completed: list[Completed] = []
+    level, first = 0, frontier.size  # the index, at this level, of nodes[0]
+    while nodes:
+        if first & 1:  # its left sibling is the edge's block at this level
+            nodes.insert(0, old_edge.pop(level))
+            first -= 1
+        if len(nodes) & 1:
+            new_edge[level] = nodes.pop()
+        pairs = zip(nodes[::2], nodes[1::2], strict=True)
+        nodes = [sha(b"\x01" + a + b).digest() for a, b in pairs]
+        level, first = level + 1, first >> 1
+        if level >= STORED_LEVEL:
+            completed.extend((level, first + i, h) for i, h in enumerate(nodes))
+    edge = sorted({**old_edge, **new_edge}.items(), reverse=True)
+    return Frontier(frontier.size + len(event_hashes), edge), completed
 
 
 # -- verifiers: RFC 9162 section 2.1.3.2 and 2.1.4.2, step by step -----------------

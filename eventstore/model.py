@@ -106,10 +106,20 @@ class RecordedEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class Fence:
+    """A run lease's epoch a write is allowed under (``eventstore/leases.py``)."""
+
+    run_id: str
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
 class AppendRequest:
     stream_id: str
     events: tuple[NewEvent, ...]
     expected_version: int | None = ANY_VERSION
+    #: with leases, the transaction writes only while this is its run's lease epoch
+    fence: Fence | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,13 +2,15 @@
 
 Appends do not touch the tree. It is *integrated* after the fact, as
 Certificate Transparency logs do: ``integrate`` reads the events after the
-tree's size, grows the right edge (``merkle.Frontier``) and stores every
-complete block of ``2**STORED_LEVEL`` leaves or more, a page per
-transaction, with the new size as a compare-and-set so nodes (or processes)
-racing to integrate cannot both advance it. Appending therefore runs at the
-rate it always did (``bench/append.py --tree`` measures both in one run), and
-the tree lags the log by at most the checkpoint interval; a checkpoint or a
-proof asked for a size beyond it integrates first.
+tree's size up to the head it finds, grows the right edge (``merkle.grow``)
+and stores every complete block of ``2**STORED_LEVEL`` leaves or more, a page
+per transaction, with the new size as a compare-and-set so nodes (or
+processes) racing to integrate cannot both advance it. The reading and the
+hashing run off the event loop and off the append path (each backend says
+where), so appending keeps its rate: ``python -m bench.append --only
+sqlite-tree`` measures both in one run. The tree lags the log by at most the
+checkpoint interval; a checkpoint or a proof asked for a size beyond it
+integrates first.
 
 The tree needs gapless positions (leaf ``i`` is position ``i + 1``): a store
 imported from a scoped export, whose positions skip, has no tree and says so.
@@ -19,13 +21,14 @@ everything else is written once here.
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from sessionstream.core.errors import NotFound, ValidationFailed
 from sessionstream.eventstore import merkle
-from sessionstream.eventstore.merkle import STORED_LEVEL, Block, Frontier
+from sessionstream.eventstore.merkle import STORED_LEVEL, Block, Completed, Frontier
 
 #: events read per integration transaction
 PAGE = 5000
@@ -45,22 +48,31 @@ class LogTree(ABC):
     """The tree of one store's log, and the checkpoints signed over it."""
 
     async def integrate(self, up_to: int | None = None) -> int:
-        """Grow the tree to the log's head (or ``up_to``); returns its size."""
+        """Grow the tree to the log's head as found (or to ``up_to``); returns its size.
+
+        It stops at the first page that comes back short: the head when it was
+        read. Following the head while appends go on would store a few leaves
+        at a time, a write transaction beside every batch of appends.
+        """
         size = await self._size()
         frontier = Frontier(size, [(lv, h) for (lv, _), h in await self._edge(size)])
         while up_to is None or frontier.size < up_to:
-            hashes = await self._event_hashes(frontier.size, frontier.size + PAGE)
-            if up_to is not None:
-                hashes = hashes[: up_to - frontier.size]
-            if not hashes:
+            end = frontier.size + PAGE if up_to is None else min(frontier.size + PAGE, up_to)
+            grown, completed = await self._grow(frontier, end)
+            if grown.size == frontier.size:
                 break
-            old = frontier.size
-            completed: list[tuple[int, int, bytes]] = []
-            for h in hashes:
-                frontier.append(merkle.event_leaf(h), completed)
-            if not await self._extend(old, frontier.size, completed):
+            if not await self._extend(frontier.size, grown.size, completed):
                 return await self.integrate(up_to)  # another process moved it: start over
+            frontier = grown
+            if grown.size < end:
+                break
         return frontier.size
+
+    async def _grow(self, frontier: Frontier, end: int) -> tuple[Frontier, list[Completed]]:
+        """``frontier`` grown by the events up to position ``end`` (``merkle.grow``), and
+        the blocks completed; the hashing runs on a worker thread, off the event loop."""
+        hashes = await self._event_hashes(frontier.size, end)
+        return await asyncio.to_thread(merkle.grow, frontier, hashes)
 
     async def root(self, size: int) -> bytes:
         if size == 0:
@@ -130,7 +142,7 @@ class LogTree(ABC):
     async def _nodes(self, blocks: set[Block]) -> dict[Block, bytes]: ...
 
     @abstractmethod
-    async def _extend(self, old: int, new: int, nodes: Sequence[tuple[int, int, bytes]]) -> bool:
+    async def _extend(self, old: int, new: int, nodes: Sequence[Completed]) -> bool:
         """Store ``nodes`` and move the size from ``old`` to ``new`` in one transaction;
         False (and nothing stored) if the size is no longer ``old``."""
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from sessionstream.server.keys import RUNS, STORE
 from tests.conftest import Api
 from tests.scripted_engine import ScriptedEngine
@@ -165,3 +167,29 @@ async def test_hung_engine_times_out_and_frees_session(make_api: Any) -> None:
     r = await api.client.get(f"/api/runs/{run_id}", headers=api.h())
     run = (await r.json())["run"]
     assert run["status"] == "failed" and "sent nothing" in run["error"]
+
+
+async def test_recovery_does_not_release_a_session_its_run_released_meanwhile(
+    make_api: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Recovery lists busy sessions, then reads each one's run: a run that ends between the
+    two has released its session itself, and recovery must not release it a second time."""
+    gate = asyncio.Event()
+    api: Api = await make_api(engine=ScriptedEngine(gate=gate))
+    session = await api.session()
+    r = await api.client.post(f"{S}/{session['id']}/turn", json={"message": "x"}, headers=api.h())
+    run_id = (await r.json())["runId"]
+    store, runs = api.app[STORE], api.app[RUNS]
+    real_get_doc = store.get_doc
+
+    async def get_doc_after_the_run_ended(kind: str, key: str) -> Any:
+        if kind == "run" and key == run_id:
+            gate.set()
+            await wait_idle(api, session["id"])
+        return await real_get_doc(kind, key)
+
+    monkeypatch.setattr(store, "get_doc", get_doc_after_the_run_ended)
+    await runs.recover()
+    monkeypatch.undo()
+    events = await store.read_stream(f"session-{session['id']}")
+    assert [e.data["run_id"] for e in events if e.type == "run.released"] == [run_id]

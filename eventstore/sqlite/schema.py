@@ -7,8 +7,10 @@ benchmarks can read and write the same tables without a store.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
+from collections.abc import Iterator
 from typing import Any
 
 from sessionstream.core.errors import SessionStreamError, StorageUnavailable
@@ -218,3 +220,22 @@ def translate_sqlite_error(exc: sqlite3.Error) -> SessionStreamError:
     if "locked" in text or "busy" in text:
         return StorageUnavailable("the database stayed locked by another process; retry")
     return StorageUnavailable(f"the database failed: {exc}")
+
+
+@contextlib.contextmanager
+def unsynced(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """A write transaction without an fsync of its own (``synchronous=NORMAL``), for
+    what can be rebuilt from the log: the next append's commit makes it durable, and
+    one lost to a crash leaves the log as it was before it. Rolled back on error."""
+    conn.execute("PRAGMA synchronous=NORMAL")
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+    finally:
+        conn.execute("PRAGMA synchronous=FULL")

@@ -75,6 +75,7 @@ from sessionstream.eventstore.sqlite.schema import (
     event_row,
     snapshot_row,
     translate_sqlite_error,
+    unsynced,
 )
 from sessionstream.eventstore.textcodec import stored_size
 
@@ -372,20 +373,8 @@ class SQLiteWriter:
         of its own (``synchronous=NORMAL``): the next append's commit makes it
         durable, and a compaction lost to a crash only leaves the deltas as rows.
         """
-        conn = self._connection()
-        conn.execute("PRAGMA synchronous=NORMAL")
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                moved = compact(conn, stream_ids)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-        finally:
-            conn.execute("PRAGMA synchronous=FULL")
-        return moved
+        with unsynced(self._connection()) as conn:
+            return compact(conn, stream_ids)
 
     # import and rebuild -----------------------------------------------------------------------
     def import_events(self, events: list[RecordedEvent]) -> None:

@@ -3,16 +3,20 @@
 Everything that judges a proof here is written in this file from the RFC's
 text (the definitions of MTH, PATH and PROOF in 2.1.1-2.1.4, and the
 verification algorithms of 2.1.3.2 and 2.1.4.2), not imported from
-``eventstore/merkle.py``: the code under test only produces.
+``eventstore/merkle.py``: the code under test only produces (``merkle.grow``
+is called here only to judge what it produces).
 """
 
 from __future__ import annotations
 
 import hashlib
+import threading
+from collections.abc import Sequence
 
 import pytest
 
 from sessionstream.core.errors import ValidationFailed
+from sessionstream.eventstore import merkle, tree
 from sessionstream.eventstore.base import EventStore
 from sessionstream.eventstore.model import NewEvent
 
@@ -163,3 +167,80 @@ async def test_a_proof_past_the_head_is_refused(store: EventStore) -> None:
     data = await fill(store, 3)
     with pytest.raises(ValidationFailed):
         await store.tree.consistency(1, len(data) + 1)
+
+
+def test_a_frontier_grown_in_two_pieces_has_the_rfcs_root_and_blocks() -> None:
+    """``merkle.grow`` folds a level at a time: every split point of a ragged log gives
+    MTH of both prefixes, and exactly the new aligned blocks of 16 leaves and up."""
+    data = [sha(bytes([i])) for i in range(70)]
+    for cut in range(71):
+        first, _ = merkle.grow(merkle.Frontier(), [d.hex() for d in data[:cut]])
+        second, completed = merkle.grow(first, [d.hex() for d in data[cut:]])
+        assert first.size == cut and first.root() == mth(data[:cut])
+        assert second.size == len(data) and second.root() == mth(data)
+        expected = {
+            (level, index)
+            for level in range(merkle.STORED_LEVEL, 7)
+            for index in range(len(data) >> level)
+            if (index + 1) << level > cut
+        }
+        assert {(level, index) for level, index, _ in completed} == expected
+        for level, index, h in completed:
+            assert h == mth(data[index << level : (index + 1) << level])
+
+
+async def test_integrating_page_by_page_is_the_rfcs_tree(
+    store: EventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tree, "PAGE", 7)  # pages that end anywhere in a block
+    data = await fill(store, 40)
+    assert await store.tree.integrate() == len(data)
+    assert await store.tree.root(len(data)) == mth(data)
+    for index in (0, 16, 50, len(data) - 1):
+        assert await store.tree.inclusion(index + 1, len(data)) == path(index, data)
+
+
+async def test_integrating_stops_at_the_head_it_found(
+    store: EventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An append landing while a page is read waits for the next integration: following
+    the head instead would write the tree a few leaves at a time beside the appends."""
+    data = await fill(store, 10)
+    grow = store.tree._grow
+    pages: list[int] = []
+
+    async def grow_while_appending(
+        frontier: merkle.Frontier, end: int
+    ) -> tuple[merkle.Frontier, list[merkle.Completed]]:
+        pages.append(frontier.size)
+        if len(pages) > 3:
+            raise AssertionError("integrate followed the head")
+        grown = await grow(frontier, end)
+        await store.append("late", [NewEvent("x", {"page": len(pages)})])
+        return grown
+
+    monkeypatch.setattr(store.tree, "_grow", grow_while_appending)
+    assert await store.tree.integrate() == len(data)
+    assert pages == [0]
+    monkeypatch.undo()
+    assert await store.tree.integrate() == len(data) + 1  # the next one takes it
+
+
+async def test_leaves_are_hashed_off_the_event_loop_and_the_writer(
+    store: EventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threads: list[str] = []
+    grow = merkle.grow
+
+    def recording_grow(
+        frontier: merkle.Frontier, hashes: Sequence[str]
+    ) -> tuple[merkle.Frontier, list[merkle.Completed]]:
+        threads.append(threading.current_thread().name)
+        return grow(frontier, hashes)
+
+    monkeypatch.setattr(merkle, "grow", recording_grow)
+    data = await fill(store, 10)
+    assert await store.tree.integrate() == len(data)
+    assert threads
+    assert threading.main_thread().name not in threads
+    assert "sessionstream-writer" not in threads
