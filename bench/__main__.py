@@ -34,7 +34,16 @@ from bench.common import RESULTS, format_cell
 BENCH = Path(__file__).parent
 #: modules here that are helpers, not benchmarks
 HELPERS = frozenset(
-    {"__init__", "__main__", "common", "http", "scale_build", "scale_measure", "scale_pg"}
+    {
+        "__init__",
+        "__main__",
+        "common",
+        "fanout_procs",
+        "http",
+        "scale_build",
+        "scale_measure",
+        "scale_pg",
+    }
 )
 #: the order benchmarks run in; any other script found in bench/ runs after these
 ORDER = ("append", "runs", "stream", "history", "load", "append_pg", "stream_pg")

@@ -65,6 +65,21 @@ class ConcurrencyConflict(Conflict):
         self.actual = actual
 
 
+class LeaseLost(Conflict):
+    """A run write carried a lease epoch that is no longer its run's: another node
+    took the run over (``eventstore/leases.py``), so this writer is fenced off."""
+
+    code = "lease_lost"
+
+    def __init__(self, run_id: str, epoch: int) -> None:
+        super().__init__(
+            f"run {run_id} is no longer leased at epoch {epoch}: another node owns it",
+            details={"run_id": run_id, "epoch": epoch},
+        )
+        self.run_id = run_id
+        self.epoch = epoch
+
+
 class PreconditionFailed(SessionStreamError):
     status = 412
     code = "precondition_failed"
@@ -92,10 +107,18 @@ class RateLimited(SessionStreamError):
 
 
 class StorageUnavailable(SessionStreamError):
-    """The log cannot be written (read-only file, full disk, lost database)."""
+    """The log cannot be written (read-only file, full disk, lost database).
+
+    A 503 with ``Retry-After``: storage often comes back by itself (a
+    database failover takes seconds), so clients are told when to try again.
+    """
 
     status = 503
     code = "storage_unavailable"
+
+    def __init__(self, message: str, *, retry_after: float = 1.0, details: Any = None) -> None:
+        super().__init__(message, details=details)
+        self.retry_after = retry_after
 
 
 class Overloaded(SessionStreamError):

@@ -1,9 +1,12 @@
 """How a run writes: its own stream at an exact ``seq``, and one ending with its results.
 
-The run task is the only writer of its run stream and appends with an
-expected version, so a terminal event written by someone else (a cancel on
-another node, recovery) makes the task's next append fail: it stops
-(:class:`RunStopped`) instead of writing past the end. The terminal event,
+The run task is the only writer of its run stream: every write carries the
+epoch of the run's lease it took (``fence``, ``eventstore/leases.py``) and
+an expected version. Whoever else ends the run (a cancel on another node,
+recovery of an orphan) takes the lease first, which moves the epoch, so the
+task's next write is refused (``LeaseLost``) and it stops
+(:class:`RunStopped`) instead of writing past the end; the expected version
+is the second guard under it. The terminal event,
 the durable results on the session stream and the release of the session's
 claim are one transaction, so a run is never over while its session stays
 busy, nor the other way round.
@@ -15,11 +18,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sessionstream.core.errors import ConcurrencyConflict, NotFound
+from sessionstream.core.errors import ConcurrencyConflict, LeaseLost, NotFound
 from sessionstream.core.readmodels import RunRow
 from sessionstream.core.vocabulary import EventType, run_stream, session_stream
 from sessionstream.eventstore.base import EventStore
-from sessionstream.eventstore.model import AppendRequest, NewEvent
+from sessionstream.eventstore.model import AppendRequest, Fence, NewEvent
 from sessionstream.services.claims import Claim
 from sessionstream.services.decide import decide_and_append
 from sessionstream.services.ownership import Loaded, run_of
@@ -38,6 +41,8 @@ class RunContext:
 
     claim: Claim
     seq: int = 1  # run.created is seq 1
+    #: the run lease's epoch this context writes under (None: a store without leases)
+    fence: Fence | None = None
 
     @property
     def stream(self) -> str:
@@ -63,13 +68,17 @@ class RunContext:
         released = self.session_event(
             EventType.RUN_RELEASED, {"run_id": self.claim.run_id, "outcome": outcome}
         )
-        return AppendRequest(session_stream(self.claim.session_id), (*session_events, released))
+        return AppendRequest(
+            session_stream(self.claim.session_id),
+            (*session_events, released),
+            fence=self.fence,
+        )
 
 
 async def append_run(store: EventStore, ctx: RunContext, *events: NewEvent) -> None:
     try:
-        result = await store.append(ctx.stream, events, expected_version=ctx.seq)
-    except ConcurrencyConflict as exc:
+        [result] = await store.transact([AppendRequest(ctx.stream, events, ctx.seq, ctx.fence)])
+    except (ConcurrencyConflict, LeaseLost) as exc:
         raise RunStopped from exc
     ctx.seq = result.version
 
@@ -84,17 +93,24 @@ async def finish(
     try:
         await store.transact(
             [
-                AppendRequest(ctx.stream, tuple(run_events), ctx.seq),
+                AppendRequest(ctx.stream, tuple(run_events), ctx.seq, ctx.fence),
                 ctx.release(run_events[-1].type, session_events),
             ]
         )
-    except ConcurrencyConflict as exc:
+    except (ConcurrencyConflict, LeaseLost) as exc:
         raise RunStopped from exc
 
 
-async def end_run(store: EventStore, run_id: str, type_: str, data: dict[str, Any]) -> bool:
-    """End a run this task is not executing (orphaned, on a dead node, canceled);
-    False when it has already ended (or never existed)."""
+async def end_run(
+    store: EventStore,
+    run_id: str,
+    type_: str,
+    data: dict[str, Any],
+    fence: Fence | None = None,
+) -> bool:
+    """End a run this task is not executing (orphaned, on a dead node, canceled), under
+    the lease epoch the caller took (``fence``); False when it has already ended (or
+    never existed), or another node took the lease since."""
 
     async def load() -> Loaded[RunRow]:
         doc = await store.get_doc("run", run_id)
@@ -105,7 +121,7 @@ async def end_run(store: EventStore, run_id: str, type_: str, data: dict[str, An
     def context(run: Loaded[RunRow]) -> RunContext:
         row = run.body
         claim = Claim(run_id, row["session_id"], row["user_id"], row["kind"], False)
-        return RunContext(claim, seq=run.version)
+        return RunContext(claim, seq=run.version, fence=fence)
 
     def decide(run: Loaded[RunRow]) -> list[NewEvent]:
         if run.body["status"] not in ACTIVE:
@@ -117,6 +133,6 @@ async def end_run(store: EventStore, run_id: str, type_: str, data: dict[str, An
 
     try:
         decided = await decide_and_append(store, run_stream(run_id), load, decide, also=release)
-    except (NotFound, ConcurrencyConflict):
-        return False  # gone, or ended by others every time we looked
+    except (NotFound, ConcurrencyConflict, LeaseLost):
+        return False  # gone, ended by others every time we looked, or taken over
     return decided.appended is not None

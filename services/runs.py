@@ -28,7 +28,7 @@ from sessionstream.core.vocabulary import EventType, session_stream
 from sessionstream.engines.base import ModelEngine
 from sessionstream.eventstore.base import EventStore
 from sessionstream.eventstore.leases import LeaseStore, RunOwner
-from sessionstream.eventstore.model import NewEvent
+from sessionstream.eventstore.model import Fence, NewEvent
 from sessionstream.services.claims import Claim
 from sessionstream.services.examples import run_examples
 from sessionstream.services.ownership import run_of, session_of
@@ -53,7 +53,7 @@ class RunManager:
         max_concurrent: int = 32,
         max_queued: int = 1000,
         examples_concurrency: int = 4,
-        coalesce_ms: float = 30.0,
+        coalesce_ms: float = 0.0,
         engine_timeout_s: float = 60.0,
         node_id: str = "local",
         lease_ttl_s: float = 15.0,
@@ -71,6 +71,8 @@ class RunManager:
         self.max_queued = max_queued
         self.refused = 0
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        #: with leases, the epoch of each local run's lease (its writes' fence)
+        self._epochs: dict[str, int] = {}
         #: runs whose terminal event could not be written yet: run id -> (type, data)
         self._unended: dict[str, tuple[str, dict[str, Any]]] = {}
         self.queued = 0
@@ -107,7 +109,7 @@ class RunManager:
     async def release_failed_start(self, claim: Claim, reason: str) -> None:
         """Undo a claim whose run could not start, before the 500 goes out."""
         try:
-            await end_run(self.store, claim.run_id, EventType.RUN_FAILED, {"error": reason})
+            await self._end_elsewhere(claim.run_id, EventType.RUN_FAILED, {"error": reason})
         except Exception:
             self._unended[claim.run_id] = (EventType.RUN_FAILED, {"error": reason})
             raise
@@ -115,7 +117,7 @@ class RunManager:
     async def _run(self, ctx: RunContext, ask: RunInput) -> None:
         self.queued += 1
         try:
-            await self._lease(ctx.claim.run_id, take=True)
+            ctx.fence = await self._take(ctx.claim.run_id)
             async with self._slots:
                 self.queued -= 1
                 await self._execute(ctx, ask)
@@ -136,7 +138,7 @@ class RunManager:
             await self._end_quietly(ctx, EventType.RUN_FAILED, {"error": reason})
         finally:
             self.completed += 1
-            await self._lease(ctx.claim.run_id, take=False)
+            await self._drop(ctx.claim.run_id)
 
     async def _execute(self, ctx: RunContext, ask: RunInput) -> None:
         if ctx.claim.kind == "turn":
@@ -191,7 +193,7 @@ class RunManager:
             if self.is_local(run_id):
                 continue
             try:
-                await end_run(self.store, run_id, type_, data)
+                await self._end_elsewhere(run_id, type_, data)
             except Exception as exc:  # still failing: next round (upkeep must not die)
                 log.debug("run %s still cannot end: %r", run_id, exc)
                 continue
@@ -208,8 +210,9 @@ class RunManager:
                 await task
             except asyncio.CancelledError:
                 pass
-        # also covers a task canceled before its first step, which never ran its handler
-        await end_run(self.store, run_id, EventType.RUN_CANCELED, {"reason": reason})
+        # also covers a task canceled before its first step, which never ran its handler,
+        # and a run on another node: taking its lease fences that node's writes off
+        await self._end_elsewhere(run_id, EventType.RUN_CANCELED, {"reason": reason})
 
     async def recover(self, *, is_orphan: Callable[[str], bool] | None = None) -> int:
         """End every run without a terminal event that nobody is executing."""
@@ -218,7 +221,7 @@ class RunManager:
             run_id = doc.key
             if self.is_local(run_id) or (is_orphan is not None and not is_orphan(run_id)):
                 continue
-            if await end_run(self.store, run_id, EventType.RUN_FAILED, {"error": INTERRUPTED}):
+            if await self._end_elsewhere(run_id, EventType.RUN_FAILED, {"error": INTERRUPTED}):
                 count += 1
         # a session whose claim committed but whose run stream never did. The release
         # is appended at the version the session was listed at: a run that ended (and
@@ -246,22 +249,38 @@ class RunManager:
         return count
 
     # leases (several nodes on one database) ---------------------------------------------
-    async def _lease(self, run_id: str, *, take: bool) -> None:
-        """Best effort: a missed take is retried by the renewal, a missed drop expires."""
+    async def _take(self, run_id: str) -> Fence | None:
+        """Take the run's lease: its epoch fences every write of the run (none without
+        leases). A run that cannot take it fails (storage is failing anyway)."""
         if self.leases is None:
+            return None
+        epoch = await self.leases.acquire_lease(run_id, self.node_id, self.lease_ttl_s)
+        self._epochs[run_id] = epoch
+        return Fence(run_id, epoch)
+
+    async def _drop(self, run_id: str) -> None:
+        """Best effort: a lease not dropped expires (and one taken over since is left)."""
+        epoch = self._epochs.pop(run_id, None)
+        if self.leases is None or epoch is None:
             return
         try:
-            if take:
-                await self.leases.acquire_lease(run_id, self.node_id, self.lease_ttl_s)
-            else:
-                await asyncio.shield(self.leases.release_lease(run_id))
+            await asyncio.shield(self.leases.release_lease(run_id, epoch))
         except SessionStreamError as exc:
-            log.warning(
-                "could not %s the lease of run %s: %s",
-                "take" if take else "drop",
-                run_id,
-                exc.message,
-            )
+            log.warning("could not drop the lease of run %s: %s", run_id, exc.message)
+
+    async def _end_elsewhere(self, run_id: str, type_: str, data: dict[str, Any]) -> bool:
+        """``end_run`` for a run no task here executes: with leases, under a lease taken
+        for it, which fences off whichever node still thinks it runs it."""
+        if self.leases is None:
+            return await end_run(self.store, run_id, type_, data)
+        epoch = await self.leases.acquire_lease(run_id, self.node_id, self.lease_ttl_s)
+        try:
+            return await end_run(self.store, run_id, type_, data, Fence(run_id, epoch))
+        finally:
+            try:
+                await asyncio.shield(self.leases.release_lease(run_id, epoch))
+            except SessionStreamError as exc:  # it expires
+                log.warning("could not drop the lease of run %s: %s", run_id, exc.message)
 
     async def recover_orphans(self) -> int:
         """``recover`` limited to runs whose owner is gone: without leases, every run
@@ -276,10 +295,7 @@ class RunManager:
             d.key: run_of(d).body["updated_at"] for d in active if not self.is_local(d.key)
         }
         orphans = await self.leases.expired_leases(runs, self.lease_ttl_s)
-        count = await self.recover(is_orphan=orphans.__contains__)
-        for run_id in orphans:
-            await self._lease(run_id, take=False)
-        return count
+        return await self.recover(is_orphan=orphans.__contains__)
 
     @property
     def upkeep_s(self) -> float:
@@ -310,7 +326,7 @@ class RunManager:
         assert self.leases is not None
         while True:
             try:
-                await self.leases.renew_leases(list(self._tasks), self.node_id, self.lease_ttl_s)
+                await self.leases.renew_leases(dict(self._epochs), self.node_id, self.lease_ttl_s)
             except SessionStreamError as exc:
                 log.warning("lease renewal failed (%s); retrying", exc.message)
             await asyncio.sleep(self.upkeep_s)

@@ -386,7 +386,7 @@ async def test_the_writer_reconnects_after_losing_its_connection(nodes: StoreFac
 
 
 async def test_an_unreachable_database_is_storage_unavailable() -> None:
-    store = PostgresEventStore("postgresql://postgres@127.0.0.1:1/test", command_timeout_s=3)
+    store = PostgresEventStore("postgresql://postgres@127.0.0.1:1/test", connect_timeout_s=3)
     with pytest.raises(StorageUnavailable):
         await store.open()
 
@@ -403,16 +403,18 @@ def test_driver_errors_map_to_storage_unavailable() -> None:
 async def test_leases_expire_unless_renewed(nodes: StoreFactory) -> None:
     a, b = await nodes(), await nodes()
     now = utc_now()
-    await a.acquire_lease("run_1", "node-a", 0.5)
+    first = await a.acquire_lease("run_1", "node-a", 0.5)
     await a.acquire_lease("run_2", "node-a", 0.5)
     runs = {"run_1": now, "run_2": now}
     assert await b.expired_leases(runs, 10) == set()
     assert await b.lease_holders() == {"run_1": "node-a", "run_2": "node-a"}
     await asyncio.sleep(0.3)
-    await a.renew_leases(["run_1"], "node-a", 5)
+    await a.renew_leases({"run_1": first}, "node-a", 5)
     await asyncio.sleep(0.4)
     assert await b.expired_leases(runs, 10) == {"run_2"}
-    await a.release_lease("run_1")
+    await a.release_lease("run_1", first + 1000)  # another epoch's release: kept
+    assert await b.expired_leases(runs, 10) == {"run_2"}
+    await a.release_lease("run_1", first)
     # no lease at all: recent activity gets the grace period, old activity does not
     old = "2020-01-01T00:00:00.000Z"
     assert await b.expired_leases({"run_1": now, "run_3": old, "run_4": None}, 10) == {
@@ -423,8 +425,12 @@ async def test_leases_expire_unless_renewed(nodes: StoreFactory) -> None:
 
 async def test_a_lease_can_be_taken_over(nodes: StoreFactory) -> None:
     a = await nodes()
-    await a.acquire_lease("run_1", "node-a", 5)
-    await a.acquire_lease("run_1", "node-b", 5)
+    first = await a.acquire_lease("run_1", "node-a", 5)
+    second = await a.acquire_lease("run_1", "node-b", 5)
+    assert second > first  # a takeover moves the epoch
+    assert await a.lease_holders() == {"run_1": "node-b"}
+    await a.renew_leases({"run_1": first}, "node-a", 0.01)  # the old holder's renewal: no-op
+    await asyncio.sleep(0.05)
     assert await a.lease_holders() == {"run_1": "node-b"}
 
 

@@ -187,6 +187,81 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE packs ADD COLUMN first_at TEXT COLLATE "C", ADD COLUMN last_at TEXT COLLATE "C";
     """,
+    # 8: no node holds the head lock across round trips (writer.py): a batch is planned on
+    # facts read without the lock and written by one statement if the head has not moved;
+    # a writer that keeps losing that race reserves the next write for a bounded time.
+    # Every run write carries its lease's epoch (fencing, eventstore/leases.py).
+    """
+    ALTER TABLE log_head ADD COLUMN IF NOT EXISTS reserved_by TEXT COLLATE "C",
+        ADD COLUMN IF NOT EXISTS reserved_until TIMESTAMPTZ;
+    CREATE SEQUENCE IF NOT EXISTS lease_epochs;
+    ALTER TABLE leases
+        ADD COLUMN IF NOT EXISTS epoch BIGINT NOT NULL DEFAULT nextval('lease_epochs');
+    DROP FUNCTION IF EXISTS write_batch_at_head(
+        TEXT[], TEXT[], TEXT[], TEXT[], TEXT[], BOOL[], BOOL[], INT[], BIGINT[], TEXT[],
+        BIGINT[], TEXT[], INT[], TEXT[], TEXT[], TEXT[], TEXT[], TEXT[], TEXT[], TEXT[],
+        TEXT[], INT[], TEXT[], TEXT[], TEXT[], INT[], BIGINT[], TEXT[], BIGINT, TEXT, BIGINT);
+    CREATE OR REPLACE FUNCTION write_batch_at_head(
+        d_kind TEXT[], d_key TEXT[], d_owner TEXT[], d_parent TEXT[], d_created_at TEXT[],
+        d_active BOOL[], d_deleted BOOL[], d_version INT[], d_position BIGINT[], d_body TEXT[],
+        e_position BIGINT[], e_stream_id TEXT[], e_version INT[], e_event_id TEXT[],
+        e_type TEXT[], e_data TEXT[], e_metadata TEXT[], e_correlation_id TEXT[],
+        e_recorded_at TEXT[], e_hash TEXT[],
+        s_stream_id TEXT[], s_version INT[], s_hash TEXT[],
+        n_stream_id TEXT[], n_kind TEXT[], n_version INT[], n_position BIGINT[], n_state TEXT[],
+        new_head BIGINT, channel TEXT, planned_head BIGINT,
+        writer TEXT, f_run_id TEXT[], f_epoch BIGINT[],
+        OUT at_head BIGINT, OUT reserved BOOLEAN, OUT stale BIGINT[]
+    ) LANGUAGE plpgsql SET enable_seqscan = off AS $fn$
+    DECLARE
+        r_holder TEXT;
+        r_until TIMESTAMPTZ;
+    BEGIN
+        reserved := false;
+        SELECT head, reserved_by, reserved_until INTO at_head, r_holder, r_until
+        FROM log_head WHERE id = 1 FOR UPDATE;
+        IF r_holder IS NOT NULL AND r_holder <> writer AND r_until > clock_timestamp() THEN
+            reserved := true;  -- another writer's turn: nothing written
+            RETURN;
+        END IF;
+        IF at_head <> planned_head THEN
+            RETURN;  -- someone else wrote: the caller plans again on what it reads
+        END IF;
+        -- the fences' lease rows, share-locked: a takeover (which moves the epoch)
+        -- waits for this commit, or this write sees its new epoch and writes nothing
+        PERFORM 1 FROM leases l JOIN unnest(f_run_id, f_epoch) AS f(run_id, epoch)
+            ON l.run_id = f.run_id FOR SHARE OF l;
+        SELECT array_agg(DISTINCT f.epoch) INTO stale
+        FROM unnest(f_run_id, f_epoch) AS f(run_id, epoch)
+        WHERE NOT EXISTS (SELECT 1 FROM leases l WHERE l.run_id = f.run_id AND l.epoch = f.epoch);
+        IF stale IS NOT NULL THEN
+            RETURN;  -- a run's lease moved on: its writer is fenced off, nothing written
+        END IF;
+        INSERT INTO docs (kind, key, owner, parent, created_at, active, deleted, version,
+                          position, body)
+        SELECT * FROM unnest(d_kind, d_key, d_owner, d_parent, d_created_at, d_active,
+                             d_deleted, d_version, d_position, d_body)
+        ON CONFLICT (kind, key) DO UPDATE SET owner = excluded.owner,
+            parent = excluded.parent, created_at = excluded.created_at,
+            active = excluded.active, deleted = excluded.deleted,
+            version = excluded.version, position = excluded.position, body = excluded.body;
+        INSERT INTO events (position, stream_id, version, event_id, type, data, metadata,
+                            correlation_id, recorded_at, hash)
+        SELECT * FROM unnest(e_position, e_stream_id, e_version, e_event_id, e_type, e_data,
+                             e_metadata, e_correlation_id, e_recorded_at, e_hash);
+        INSERT INTO streams (stream_id, version, hash)
+        SELECT * FROM unnest(s_stream_id, s_version, s_hash)
+        ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, hash = excluded.hash;
+        INSERT INTO snapshots (stream_id, kind, version, position, state)
+        SELECT * FROM unnest(n_stream_id, n_kind, n_version, n_position, n_state)
+        ON CONFLICT (stream_id, kind, version) DO UPDATE SET
+            position = excluded.position, state = excluded.state;
+        UPDATE log_head SET head = new_head, reserved_by = NULL, reserved_until = NULL
+        WHERE id = 1;
+        PERFORM pg_notify(channel, new_head::text);
+    END
+    $fn$;
+    """,
 )
 
 LATEST = len(MIGRATIONS)
@@ -237,16 +312,8 @@ EVENT_COLUMNS = (
 )
 DOC_COLUMNS = "kind, key, owner, parent, created_at, active, deleted, version, position, body"
 
-#: taken first by every append; the statement after it sees every earlier
-#: commit (READ COMMITTED takes a fresh snapshot per statement). Every statement
-#: of an append is a keyed lookup or insert of a batch's keys, where the
-#: planner's small-table estimates pick sequential scans that cost twice the
-#: batch's time at 100 concurrent appenders (bench/append_pg.py): never scan.
-LOCK_HEAD = (
-    "BEGIN; SET LOCAL enable_seqscan = off; SELECT head FROM log_head WHERE id = 1 FOR UPDATE"
-)
-
-#: everything a batch needs to decide its outcome, in one round trip
+#: everything a batch needs to decide its outcome, in one round trip and one snapshot
+#: (so every fact is as of the head it returns), read without any lock
 READ_BATCH_STATE = f"""
 WITH ev AS (
     SELECT {EVENT_COLUMNS} FROM events WHERE event_id = ANY($1::text[])
@@ -261,13 +328,16 @@ WITH ev AS (
     FROM snapshots s JOIN unnest($5::text[], $6::text[]) AS k(stream_id, kind)
         ON s.stream_id = k.stream_id AND s.kind = k.kind
     GROUP BY s.stream_id, s.kind
+), le AS (
+    SELECT run_id, epoch FROM leases WHERE run_id = ANY($7::text[])
 )
 SELECT (SELECT head FROM log_head WHERE id = 1) AS head,
        (SELECT max(recorded_at) FROM events) AS newest,
        (SELECT array_agg(ev ORDER BY position) FROM ev) AS events,
        (SELECT array_agg(st) FROM st) AS streams,
        (SELECT array_agg(dk) FROM dk) AS docs,
-       (SELECT array_agg(sn) FROM sn) AS snapshots
+       (SELECT array_agg(sn) FROM sn) AS snapshots,
+       (SELECT array_agg(le) FROM le) AS leases
 """
 
 _DOC_UPSERT = (
@@ -308,9 +378,25 @@ WITH d AS (
 SELECT pg_notify($30, $29::text)
 """
 
-#: :data:`WRITE_BATCH` in its own transaction, if the log's head is still ``$31``:
-#: returns the head it found (the batch was written only if that is ``$31``)
-WRITE_BATCH_AT_HEAD = "SELECT write_batch_at_head(" + ", ".join(f"${n}" for n in range(1, 32)) + ")"
+#: :data:`WRITE_BATCH` in its own transaction, if the log's head is still ``$31``, no
+#: other writer (``$32`` names this one) holds the reservation, and every fence
+#: (``$33`` run ids, ``$34`` epochs) is its lease's current epoch: returns the head
+#: found, whether another writer's reservation refused it, and the stale fences' epochs
+#: (the batch was written only if the head is ``$31``, unreserved, and none is stale)
+WRITE_BATCH_AT_HEAD = (
+    "SELECT at_head, reserved, stale FROM write_batch_at_head("
+    + ", ".join(f"${n}" for n in range(1, 35))
+    + ")"
+)
+
+#: the next write is this writer's (``$1``) for ``$2`` seconds unless it writes first:
+#: one statement, so the reservation, never a lock, is what a paused writer leaves
+#: behind; returns the head, or no row while another writer's reservation runs
+RESERVE_HEAD = """
+UPDATE log_head SET reserved_by = $1, reserved_until = clock_timestamp() + make_interval(secs => $2)
+WHERE id = 1 AND (reserved_by IS NULL OR reserved_by = $1 OR reserved_until <= clock_timestamp())
+RETURNING head
+"""
 
 #: rebuild writes documents and snapshots per page of the log
 WRITE_DOCS = f"""

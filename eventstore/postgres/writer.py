@@ -1,39 +1,54 @@
-"""The PostgreSQL store's writer: a batch in one round trip, or four, whatever its size.
+"""The PostgreSQL store's writer: a batch in one statement, and no lock across round trips.
 
-When the writer knows every fact a batch needs (``known.py``: what it last
-read and wrote, as of the head it last saw), it plans the batch on them and
-writes it with one statement in its own transaction, which writes only if
-the head has not moved. Otherwise, the sure path: lock the ``log_head`` row;
-read everything the batch needs (stored event ids, stream heads, documents,
-snapshot marks) in one query; have the batch planner (``eventstore/batch.py``)
-decide every request; write events, stream heads, documents, snapshots, the
-new head and the ``NOTIFY`` in one statement of array ``unnest``s; commit.
+Positions are handed out under the cluster-wide ``log_head`` row lock, so
+they are gapless and in commit order across nodes. That lock is only ever
+taken inside one statement, ``write_batch_at_head`` (a server-side function,
+its own transaction): it locks the head, writes the batch only if the head is
+still the one the batch was planned on, moves it, ``NOTIFY``s, commits. No
+client round trip happens while it is held, so a node paused or cut off
+mid-append holds nothing: the others keep writing (issue 19).
 
-Every append on every node locks the same row first, so appends are
-serialised across the cluster and positions are handed out gapless and in
-commit order, and the state read after the lock is current: the planner
-decides in Python exactly what the database would. Documents are read up
-front by probing the projections with the batch's new events; one a
-projection keys differently once recorded is asked for (``Unknown``) and read
-then. The database's unique constraints stay as the backstop: if they reject
-the batch, it is rolled back and retried one caller per transaction, so a bad
-request still fails alone. Rebuilds and imports run here too, under the same
-lock.
+A batch is planned on facts: what the writer knows from its own last batch
+(``known.py``), else one read without any lock (stored event ids, stream
+heads, documents, snapshot marks, lease epochs; one snapshot, so every fact
+is as of the head it returns). The batch planner (``eventstore/batch.py``)
+decides every request in Python exactly as the database would at that head,
+and the conditional write makes that true: if another writer moved the head
+first, the batch is read and planned again. That race is lock-free (a lost
+race means someone else's batch committed), and so that no writer can lose it
+forever, one that lost :data:`RACES_BEFORE_RESERVING` in a row reserves the
+next write (``RESERVE_HEAD``, one statement): other writers' conditional
+writes are refused until it writes or the reservation expires, a bound
+derived from the lease (``bounds.py``). A paused reserver thus delays the
+others by that bound at most.
+
+Fencing: a run's writes carry its lease epoch (``Fence``). A batch whose
+fence is not its run's current epoch is refused as ``LeaseLost`` before it is
+planned, and the write statement checks every fence again under a share lock
+on the lease rows, so a takeover either waits for the write's commit or the
+write sees the new epoch and writes nothing.
+
+The database's unique constraints stay the backstop: if they reject a batch
+it is planned again looking every id up, then retried one caller per
+transaction, so a bad request still fails alone. Rebuilds and imports lock
+the head in an ordinary transaction, bounded by the lease-derived
+``idle_in_transaction_session_timeout``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 
 import asyncpg
 
-from sessionstream.core.errors import ValidationFailed
+from sessionstream.core.errors import LeaseLost, ValidationFailed
 from sessionstream.eventstore.batch import (
     BatchPlan,
     BatchPlanner,
-    StreamHead,
     Unknown,
     check_import,
     check_request,
@@ -41,91 +56,25 @@ from sessionstream.eventstore.batch import (
 )
 from sessionstream.eventstore.clock import exceptions, stamp
 from sessionstream.eventstore.groupcommit import Outcome, Pending
-from sessionstream.eventstore.model import Doc, RecordedEvent, row_to_doc, row_to_event, utc_now
+from sessionstream.eventstore.model import Doc, RecordedEvent, row_to_event, utc_now
 from sessionstream.eventstore.postgres import schema as sql
+from sessionstream.eventstore.postgres.facts import Facts, Moved
 from sessionstream.eventstore.postgres.known import Known
 from sessionstream.eventstore.postgres.packs import with_packs
 from sessionstream.eventstore.projector import Projection, Refold, StreamFold, interested
-from sessionstream.eventstore.snapshots import Ident, Series, Snapshot, SnapshotPolicy
+from sessionstream.eventstore.snapshots import Ident, Snapshot, SnapshotPolicy
 
 #: a rebuild reads the log this many events at a time, stream by stream (``StreamFold``)
 REBUILD_PAGE = 2000
 REBUILD_BYTES = 4 << 20
 
 
+#: conditional writes lost to other writers in a row before a batch reserves the head
+RACES_BEFORE_RESERVING = 3
+
+
 class Rejected(Exception):
     """The database refused a batch's writes (a constraint the plan did not foresee)."""
-
-
-@dataclass(slots=True)
-class Facts:
-    """What the database holds for one batch, read under the head lock."""
-
-    head: int = 0
-    #: the log's newest recorded_at (None: no event yet)
-    newest: str | None = None
-    events: dict[str, RecordedEvent] = field(default_factory=dict)
-    streams: dict[str, StreamHead] = field(default_factory=dict)
-    docs: dict[Ident, Doc] = field(default_factory=dict)
-    snapshots: dict[Series, int] = field(default_factory=dict)
-    asked_docs: set[Ident] = field(default_factory=set)
-    asked_snapshots: set[Series] = field(default_factory=set)
-
-    def doc(self, kind: str, key: str) -> Doc | None:
-        if (kind, key) not in self.asked_docs:
-            raise Unknown("doc", (kind, key))
-        return self.docs.get((kind, key))
-
-    def last_snapshot(self, stream_id: str, kind: str) -> int:
-        if (stream_id, kind) not in self.asked_snapshots:
-            raise Unknown("snapshot", (stream_id, kind))
-        return self.snapshots.get((stream_id, kind), 0)
-
-    async def read(
-        self,
-        conn: asyncpg.Connection,
-        ids: Iterable[str] = (),
-        streams: Iterable[str] = (),
-        docs: Iterable[Ident] = (),
-        series: Iterable[Series] = (),
-    ) -> None:
-        """Read these rows in one round trip (and the head)."""
-        docs, series = set(docs), set(series)
-        # text PostgreSQL cannot take cannot be stored either: asked, and absent
-        keys = sorted(d for d in docs if storable(d[1]))
-        marks = sorted(m for m in series if storable(m[0]))
-        row = await conn.fetchrow(
-            sql.READ_BATCH_STATE,
-            list(ids),
-            list(streams),
-            [k[0] for k in keys],
-            [k[1] for k in keys],
-            [m[0] for m in marks],
-            [m[1] for m in marks],
-        )
-        assert row is not None
-        self.head = int(row["head"])
-        self.newest = row["newest"]
-        for event_row in row["events"] or ():
-            event = row_to_event(event_row)
-            self.events[event.event_id] = event
-        for stream_row in row["streams"] or ():
-            self.streams[stream_row[0]] = StreamHead(stream_row[1], stream_row[2])
-        for doc_row in row["docs"] or ():
-            doc = row_to_doc(doc_row)
-            self.docs[(doc.kind, doc.key)] = doc
-        for snap_row in row["snapshots"] or ():
-            self.snapshots[(snap_row[0], snap_row[1])] = snap_row[2]
-        self.asked_docs.update(docs)
-        self.asked_snapshots.update(series)
-
-    async def answer(self, conn: asyncpg.Connection, unknown: Unknown) -> None:
-        if unknown.what == "doc":
-            await self.read(conn, docs=[unknown.ident])
-        elif unknown.what == "snapshot":
-            await self.read(conn, series=[unknown.ident])
-        else:  # event ids: the planner asks only when it plans optimistic (the caller reads)
-            raise AssertionError(f"unexpected question {unknown.what}")
 
 
 class PostgresWriter:
@@ -136,6 +85,9 @@ class PostgresWriter:
         projections: Sequence[Projection],
         snapshot_every: int,
         connect: Callable[[], Awaitable[asyncpg.Connection]],
+        *,
+        reserve_s: float = 1.0,
+        stop_file: str = "",
     ) -> None:
         self.projections = tuple(projections)
         self.snapshot_every = snapshot_every
@@ -147,9 +99,19 @@ class PostgresWriter:
         self._connect = connect
         #: what the database holds as far as this writer knows (``known.py``)
         self.known = Known()
-        #: batches written in one round trip, and those that took the sure path
+        #: this writer's name in the head's reservation
+        self.writer_id = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        #: how long a reservation of the head lasts if its writer never writes
+        self.reserve_s = reserve_s
+        #: fault injection (tests): while this file exists, the next append reserves
+        #: the head, plans, removes the file and stops this process (SIGSTOP)
+        self.stop_file = stop_file
+        #: batches written in one round trip, those planned on a read, races lost,
+        #: reservations taken
         self.planned_on_known = 0
-        self.read_under_lock = 0
+        self.read_under_lock = 0  # the name it had; now: planned on a read (no lock)
+        self.races_lost = 0
+        self.reservations = 0
 
     def forget(self) -> None:
         """Something other than this writer's appends changed the tables (an import, a rebuild)."""
@@ -170,36 +132,37 @@ class PostgresWriter:
         self, batch: list[Pending]
     ) -> tuple[list[Outcome], list[list[RecordedEvent]]]:
         """Outcomes in batch order and the committed events as contiguous runs."""
+        stop = self._stop_armed()
         try:
-            plan = await self._write_on_known(batch)
+            plan = None if stop else await self._write_on_known(batch)
         except BaseException:
             self.known.forget()  # committed or not: unknown
             raise
         if plan is not None:
             return plan.outcomes, [plan.records] if plan.records else []
         try:  # event ids not looked up: a retried one is rare, and UNIQUE refuses it
-            plan = await self._write_once(batch, optimistic=True)
-            return plan.outcomes, [plan.records] if plan.records else []
+            outcomes, records = await self._write_once(batch, optimistic=True, stop=stop)
+            return outcomes, [records] if records else []
         except Rejected:
             pass
         try:  # every id looked up
-            plan = await self._write_once(batch, optimistic=False)
-            return plan.outcomes, [plan.records] if plan.records else []
+            outcomes, records = await self._write_once(batch, optimistic=False)
+            return outcomes, [records] if records else []
         except Rejected as exc:
             if len(batch) == 1:
                 return [ValidationFailed(f"append rejected by the store: {exc}")], []
         # one caller per transaction, so the one the database refuses fails alone
-        outcomes: list[Outcome] = []
+        outcomes = []
         runs: list[list[RecordedEvent]] = []
         for pending in batch:
             try:
-                plan = await self._write_once([pending], optimistic=False)
+                done, records = await self._write_once([pending], optimistic=False)
             except Rejected as exc:
                 outcomes.append(ValidationFailed(f"append rejected by the store: {exc}"))
                 continue
-            outcomes.extend(plan.outcomes)
-            if plan.records:
-                runs.append(plan.records)
+            outcomes.extend(done)
+            if records:
+                runs.append(records)
         return outcomes, runs
 
     async def _write_on_known(self, batch: Sequence[Pending]) -> BatchPlan | None:
@@ -226,55 +189,126 @@ class PostgresWriter:
         plan = planner.plan()
         if not plan.records:  # refusals only: nothing to write, nothing to wait for
             return plan
-        args = sql.write_batch_args(
-            plan.records, plan.streams, plan.docs, plan.snapshots, plan.head, self.channel
-        )
         conn = await self.connection()
         try:
-            found = await conn.fetchval(sql.WRITE_BATCH_AT_HEAD, *args, known.head)
+            row = await self._write_at(conn, plan, known.head, batch)
         except (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError):
             known.forget()
             return None
-        if found != known.head:
-            known.forget()
+        if row["at_head"] != known.head or row["reserved"] or row["stale"]:
+            known.forget()  # moved, another writer's turn, or a fence to refuse: read
             return None
         self.planned_on_known += 1
         known.wrote(plan)
         return plan
 
-    async def _write_once(self, batch: Sequence[Pending], *, optimistic: bool) -> BatchPlan:
+    async def _write_at(
+        self, conn: asyncpg.Connection, plan: BatchPlan, base: int, batch: Sequence[Pending]
+    ) -> asyncpg.Record:
+        """``write_batch_at_head``: the plan, if the head is ``base`` and every fence holds."""
+        fences = {r.fence for p in batch for r in p.requests if r.fence is not None}
+        args = sql.write_batch_args(
+            plan.records, plan.streams, plan.docs, plan.snapshots, plan.head, self.channel
+        )
+        row = await conn.fetchrow(
+            sql.WRITE_BATCH_AT_HEAD,
+            *args,
+            base,
+            self.writer_id,
+            [f.run_id for f in fences],
+            [f.epoch for f in fences],
+        )
+        assert row is not None
+        return row
+
+    async def _reserve(self, conn: asyncpg.Connection) -> None:
+        """Wait for the head's reservation: each other writer's lasts ``reserve_s`` at most."""
+        pause = 0.002
+        while await conn.fetchval(sql.RESERVE_HEAD, self.writer_id, self.reserve_s) is None:
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, self.reserve_s / 4)
+        self.reservations += 1
+
+    async def _write_once(
+        self, batch: Sequence[Pending], *, optimistic: bool, stop: bool = False
+    ) -> tuple[list[Outcome], list[RecordedEvent]]:
+        """Read, plan and write at the head read until the write lands (see the module doc)."""
         conn = await self.connection()
         self.read_under_lock += 1
+        refused: dict[int, Outcome] = {}  # batch index -> LeaseLost
+        races = 0
         try:
-            await conn.execute(sql.LOCK_HEAD)
-            plan = await self._plan(conn, batch, optimistic)
-            if plan.records:
-                args = sql.write_batch_args(
-                    plan.records, plan.streams, plan.docs, plan.snapshots, plan.head, self.channel
-                )
+            while True:
+                live = [i for i in range(len(batch)) if i not in refused]
+                if stop or races >= RACES_BEFORE_RESERVING:
+                    await self._reserve(conn)
                 try:
-                    await conn.execute(sql.WRITE_BATCH, *args)
+                    facts, plan = await self._plan(conn, [batch[i] for i in live], optimistic)
+                except Moved:
+                    races += 1
+                    continue
+                lost = self._fenced_off([batch[i] for i in live], facts.epochs)
+                if lost:
+                    refused.update((live[j], lost[j]) for j in lost)
+                    continue
+                if stop:
+                    stop = False
+                    self._stop_here()
+                if not plan.records:
+                    break
+                assert facts.base is not None
+                try:
+                    row = await self._write_at(conn, plan, facts.base, [batch[i] for i in live])
                 except (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError) as exc:
-                    await conn.execute("ROLLBACK")
                     raise Rejected(str(exc)) from exc
-            await conn.execute("COMMIT")
+                if row["stale"]:  # a takeover between the read and the write
+                    stale = set(row["stale"])
+                    for i in live:
+                        for r in batch[i].requests:
+                            if r.fence is not None and r.fence.epoch in stale:
+                                refused[i] = LeaseLost(r.fence.run_id, r.fence.epoch)
+                    continue
+                if row["at_head"] != facts.base or row["reserved"]:
+                    races += 1
+                    self.races_lost += 1
+                    self.known.forget()
+                    continue
+                break
         except BaseException:
             self.known.forget()
-            if not conn.is_closed() and conn.is_in_transaction():
-                try:
-                    await asyncio.shield(conn.execute("ROLLBACK"))
-                except Exception:
-                    conn.terminate()
             raise
         self.known.wrote(plan)
-        return plan
+        planned = iter(plan.outcomes)
+        outcomes = [refused[i] if i in refused else next(planned) for i in range(len(batch))]
+        return outcomes, plan.records
+
+    def _stop_armed(self) -> bool:
+        return bool(self.stop_file) and os.path.exists(self.stop_file)
+
+    def _stop_here(self) -> None:
+        """Fault injection: stop this process mid-append, holding the head's reservation
+        with the batch planned (a test resumes it with SIGCONT)."""
+        os.unlink(self.stop_file)
+        os.kill(os.getpid(), signal.SIGSTOP)
+
+    @staticmethod
+    def _fenced_off(batch: Sequence[Pending], epochs: dict[str, int]) -> dict[int, Outcome]:
+        """The callers whose fence is not their run's lease epoch any more, by index."""
+        lost: dict[int, Outcome] = {}
+        for index, pending in enumerate(batch):
+            for request in pending.requests:
+                fence = request.fence
+                if fence is not None and epochs.get(fence.run_id) != fence.epoch:
+                    lost[index] = LeaseLost(fence.run_id, fence.epoch)
+        return lost
 
     async def _plan(
         self, conn: asyncpg.Connection, batch: Sequence[Pending], optimistic: bool
-    ) -> BatchPlan:
+    ) -> tuple[Facts, BatchPlan]:
         at = utc_now()
         ids: set[str] = set()
         streams: set[str] = set()
+        runs = {r.fence.run_id for p in batch for r in p.requests if r.fence is not None}
         probes: list[RecordedEvent] = []
         for pending in batch:
             for request in pending.requests:
@@ -296,7 +330,9 @@ class PostgresWriter:
                         )
                     )  # fmt: skip
         facts = Facts()
-        await facts.read(conn, ids, streams, self._doc_keys(probes), self.policy.series(probes))
+        await facts.read(
+            conn, ids, streams, self._doc_keys(probes), self.policy.series(probes), runs
+        )
         planner = BatchPlanner(
             facts.head,
             facts.streams,
@@ -330,7 +366,7 @@ class PostgresWriter:
             (facts.asked_docs, facts.docs),
             (facts.asked_snapshots, facts.snapshots),
         )
-        return planner.plan()
+        return facts, planner.plan()
 
     def _doc_keys(self, events: Iterable[RecordedEvent]) -> set[Ident]:
         keys: set[Ident] = set()

@@ -1,0 +1,380 @@
+"""Cross-node fan-out: three ``sessionstream serve`` nodes on PostgreSQL, many
+websocket subscribers spread over them watching live runs.
+
+The runs are real turns on real nodes (``--engine openai``) against a model
+this bench serves itself: a fake OpenAI-compatible endpoint, in its own
+process, that streams ``--tokens`` tokens per reply, one every ``--pace-ms``.
+Each token's text is the ``time.monotonic()`` at which the model emitted it
+(one clock for every process on a host), and nodes run with
+``SESSIONSTREAM_DELTA_COALESCE_MS=0``, so each token is one ``message.delta``.
+A subscriber's latency for a token is its arrival, parsed, minus that
+emission: the model-to-node hop, the commit, ``NOTIFY``, the other node's
+read of the log, its hub and websocket, and the client. It is an upper bound
+on the latency from the node's emission.
+
+Run *i* is started on node *i* mod 3; subscriber *j* watches run *j* mod runs
+on node (*j* // runs) mod 3, so every run has subscribers on every node: those
+on the node running it are the baseline (``local``), the others ``remote``.
+The tokens start only once every websocket is open, so every delta is live.
+
+    python -m bench.fanout_pg [--rounds 3] [--configs 1000@50,300@50,1000@200] [--runs 10]
+        [--seconds 5] [--quick]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from bench.common import base_parser, percentile, print_table, write_json
+from bench.fanout_procs import Watch, cpu_of, model_process, subscriber_process
+
+DSN = os.environ.get(
+    "SESSIONSTREAM_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+#: the ports this bench's servers take: the model, then the nodes
+BASE_PORT = int(os.environ.get("SESSIONSTREAM_BENCH_PORT", "26000"))
+SECRET = "bench-secret-shared-by-every-node-0123456789"
+S = "/api/campaigns/ai-chat-sessions"
+TARGET_P99_MS = 50.0
+
+
+# -- the nodes ------------------------------------------------------------------------------
+@contextmanager
+def cluster(nodes: int, model_url: str, logs: Path) -> Iterator[tuple[list[str], str, list[int]]]:
+    """``nodes`` servers on a throwaway schema: (their base URLs, an API token, pids)."""
+    schema = f"bench_fanout_{uuid.uuid4().hex[:10]}"
+    url = f"{DSN}{'&' if '?' in DSN else '?'}search_path={schema}"
+    env = {
+        **os.environ,
+        "SESSIONSTREAM_DATABASE_URL": url,
+        "SESSIONSTREAM_SECRET": SECRET,
+        "SESSIONSTREAM_ENGINE": "openai",
+        "OPENAI_BASE_URL": model_url,
+        "OPENAI_API_KEY": "bench",
+        "SESSIONSTREAM_MODEL": "bench-model",
+        "SESSIONSTREAM_DELTA_COALESCE_MS": "0",
+        "SESSIONSTREAM_RATE_LIMIT": "0",
+        "SESSIONSTREAM_AUTH_FAILURE_RATE": "0",
+        "SESSIONSTREAM_MAX_CONNECTIONS_PER_USER": "100000",
+        "SESSIONSTREAM_LOG_LEVEL": "WARNING",
+    }
+    cli = [sys.executable, "-m", "sessionstream"]
+    created = subprocess.run(
+        [*cli, "users", "create", "bench"], env=env, capture_output=True, text=True, check=True
+    )
+    token = created.stdout.strip().splitlines()[-1]
+    procs: list[subprocess.Popen[bytes]] = []
+    bases = [f"http://127.0.0.1:{BASE_PORT + 1 + n}" for n in range(nodes)]
+    try:
+        for n, base in enumerate(bases):
+            out = (logs / f"fanout-node-{n}.log").open("ab")
+            port = base.rsplit(":", 1)[1]
+            node_env = {**env, "SESSIONSTREAM_NODE_ID": f"bench-node-{n}"}
+            procs.append(
+                subprocess.Popen(
+                    [*cli, "serve", "--port", port], env=node_env, stdout=out, stderr=out
+                )
+            )
+        for base, proc in zip(bases, procs, strict=True):
+            _wait_healthy(base, proc)
+        yield bases, token, [p.pid for p in procs]
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        import asyncpg
+
+        async def drop() -> None:
+            conn = await asyncpg.connect(DSN)
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+            await conn.close()
+
+        asyncio.run(drop())
+
+
+def _wait_healthy(base: str, proc: subprocess.Popen[bytes]) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"node {base} exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(base + "/healthz", timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"node {base} did not become healthy")
+
+
+async def start_runs(bases: list[str], token: str, runs: int) -> list[tuple[int, str, str]]:
+    """``runs`` turns, run *i* started on node *i* mod nodes: (node, run id, run token)."""
+    h = {"Authorization": f"Bearer {token}"}
+    started = []
+    async with aiohttp.ClientSession(headers=h) as http:
+
+        async def post(base: str, path: str, body: Any) -> Any:
+            async with http.post(base + path, json=body) as resp:
+                payload = await resp.json()
+                assert resp.status < 300, (resp.status, payload)
+                return payload
+
+        for i in range(runs):
+            base = bases[i % len(bases)]
+            cid = (await post(base, "/api/campaigns", {"name": f"c{i}"}))["campaign"]["id"]
+            seq = (await post(base, f"/api/campaigns/{cid}/nodes", {"name": "n"}))["node"]["id"]
+            sid = (await post(base, S, {"campaign_id": cid, "node_id": seq}))["session"]["id"]
+            turn = await post(base, f"{S}/{sid}/turn", {"message": "stream"})
+            started.append((i % len(bases), turn["runId"], turn["publicAccessToken"]))
+    return started
+
+
+# -- a round ------------------------------------------------------------------------------
+def _post(url: str, body: Any = None) -> None:
+    import urllib.request
+
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method="POST")
+    urllib.request.urlopen(request, timeout=10).close()
+
+
+def one_round(
+    bases: list[str],
+    token: str,
+    pids: list[int],
+    model: str,
+    subscribers: int,
+    runs: int,
+    clients: int,
+    tokens: int,
+    pace_ms: float,
+) -> dict[str, Any]:
+    _post(model + "/reset", {"tokens": tokens, "pace_s": pace_ms / 1000})
+    started = asyncio.run(start_runs(bases, token, runs))
+    watches = []
+    for j in range(subscribers):
+        node_of_run, run_id, run_token = started[j % runs]
+        node = (j // runs) % len(bases)
+        url = f"{bases[node].replace('http', 'ws', 1)}/api/realtime/runs/{run_id}?token={run_token}"
+        watches.append(Watch(url, local=node == node_of_run))
+    ctx = mp.get_context("spawn")
+    pipes, procs = [], []
+    for c in range(clients):
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=subscriber_process, args=(watches[c::clients], child))
+        proc.start()
+        pipes.append(parent)
+        procs.append(proc)
+    try:
+        for pipe in pipes:
+            if not pipe.poll(120) or pipe.recv() != "ready":
+                raise TimeoutError("the subscribers did not connect")
+        load_before = os.getloadavg()[0]
+        node_cpu = [cpu_of(pid) for pid in pids]
+        began = time.monotonic()
+        _post(model + "/go")
+        local: list[float] = []
+        remote: list[float] = []
+        wrong = 0
+        client_cpu = 0.0
+        for pipe in pipes:
+            if not pipe.poll(600):
+                raise TimeoutError("the subscribers did not finish")
+            got_local, got_remote, got_wrong, got_cpu = pipe.recv()
+            local += got_local
+            remote += got_remote
+            wrong += got_wrong
+            client_cpu += got_cpu
+        took = time.monotonic() - began
+        node_cpu = [cpu_of(pid) - was for pid, was in zip(pids, node_cpu, strict=True)]
+        load_after = os.getloadavg()[0]
+    finally:
+        for proc in procs:
+            proc.join(30)
+            if proc.is_alive():
+                proc.kill()
+    every = local + remote
+    return {
+        "deltas_received": len(every),
+        "seconds": round(took, 2),
+        "frames_lost_or_repeated": wrong,
+        "p50_ms": percentile(every, 0.5),
+        "p99_ms": percentile(every, 0.99),
+        "max_ms": max(every),
+        "local_p99_ms": percentile(local, 0.99) if local else None,
+        "remote_p99_ms": percentile(remote, 0.99),
+        # CPU per 1,000 frames delivered: what the fan-out costs, whatever the load
+        "node_cpu_ms_per_1k_frames": round(sum(node_cpu) / len(every) * 1e6, 1),
+        "client_cpu_ms_per_1k_frames": round(client_cpu / len(every) * 1e6, 1),
+        "node_cpu_share": round(sum(node_cpu) / took, 2),
+        "load_1m_before": round(load_before, 2),
+        "load_1m_after": round(load_after, 2),
+    }
+
+
+def main() -> None:
+    parser = base_parser(__doc__)
+    parser.add_argument(
+        "--configs",
+        default="1000@50,300@50,1000@200",
+        help="SUBSCRIBERS@PACE_MS pairs, comma-separated: subscribers, and ms between "
+        "a run's tokens",
+    )
+    parser.add_argument("--runs", type=int, default=10, help="live runs watched at once")
+    parser.add_argument("--nodes", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=5.0, help="each run streams this long")
+    parser.add_argument("--clients", type=int, default=2, help="subscriber processes")
+    args = parser.parse_args()
+    rounds = 1 if args.quick else args.rounds
+    configs = [(int(a), float(b)) for a, b in (c.split("@") for c in args.configs.split(","))]
+    if args.quick:
+        configs, args.seconds = [(100, 50.0)], 1.0
+    logs = Path(os.environ.get("TMPDIR", "/tmp"))
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    model = ctx.Process(target=model_process, args=(BASE_PORT, child))
+    model.start()
+    assert parent.recv() == "ready"
+    model_base = f"http://127.0.0.1:{BASE_PORT}"
+    results: list[tuple[int, float, int, list[dict[str, Any]]]] = []
+    try:
+        with cluster(args.nodes, model_base + "/v1", logs) as (bases, token, pids):
+            for subscribers, pace_ms in configs:
+                tokens = max(1, round(args.seconds * 1000 / pace_ms))
+                rs: list[dict[str, Any]] = []
+                results.append((subscribers, pace_ms, tokens, rs))
+                for n in range(rounds):
+                    r = one_round(
+                        bases,
+                        token,
+                        pids,
+                        model_base,
+                        subscribers,
+                        args.runs,
+                        args.clients,
+                        tokens,
+                        pace_ms,
+                    )
+                    rs.append(r)
+                    print(
+                        f"{subscribers} subscribers, a token every {pace_ms:g} ms, round {n + 1}: "
+                        f"{r['deltas_received']:,} deltas p50 {r['p50_ms']:.1f} ms "
+                        f"p99 {r['p99_ms']:.1f} ms (local {r['local_p99_ms'] or 0:.1f}, "
+                        f"remote {r['remote_p99_ms']:.1f}), lost/repeated "
+                        f"{r['frames_lost_or_repeated']}, node CPU "
+                        f"{r['node_cpu_ms_per_1k_frames']} ms / 1k frames, "
+                        f"load {r['load_1m_before']:.1f}-{r['load_1m_after']:.1f}",
+                        flush=True,
+                    )
+    finally:
+        parent.send("stop")
+        model.join(10)
+    summary = [summarise(s, p, t, rs, args.runs, args.nodes) for s, p, t, rs in results]
+    print()
+    print_table(
+        [
+            "subscribers",
+            "frames/s",
+            "p50 ms",
+            "p99 ms",
+            "p99 local",
+            "p99 remote",
+            "lost",
+            "node ms/1k",
+            "client ms/1k",
+            "load",
+        ],
+        [
+            [
+                s["subscribers"],
+                s["frames_per_s"],
+                s["median"]["p50_ms"],
+                s["median"]["p99_ms"],
+                s["median"].get("local_p99_ms", "-"),
+                s["median"]["remote_p99_ms"],
+                s["frames_lost_or_repeated"],
+                s["median"]["node_cpu_ms_per_1k_frames"],
+                s["median"]["client_cpu_ms_per_1k_frames"],
+                f"{s['load_1m'][0]:.1f}-{s['load_1m'][1]:.1f}",
+            ]
+            for s in summary
+        ],
+    )
+    print(
+        f"target: p99 <= {TARGET_P99_MS:g} ms; medians of {rounds} round(s); {os.cpu_count()} cores"
+    )
+    write_json(
+        "fanout_pg_quick" if args.quick else "fanout_pg",
+        {
+            "benchmark": "fanout_pg",
+            "load": {
+                "nodes": args.nodes,
+                "runs": args.runs,
+                "seconds_per_run": args.seconds,
+                "delta_coalesce_ms": 0,
+                "subscriber_processes": args.clients,
+            },
+            "cpus": os.cpu_count(),
+            "target_p99_ms": TARGET_P99_MS,
+            "summary": summary,
+            "rounds": [{"subscribers": s, "pace_ms": p, "rounds": rs} for s, p, _, rs in results],
+        },
+    )
+
+
+def summarise(
+    subscribers: int, pace_ms: float, tokens: int, rs: list[dict[str, Any]], runs: int, nodes: int
+) -> dict[str, Any]:
+    keys = (
+        "p50_ms",
+        "p99_ms",
+        "local_p99_ms",
+        "remote_p99_ms",
+        "max_ms",
+        "node_cpu_ms_per_1k_frames",
+        "client_cpu_ms_per_1k_frames",
+        "node_cpu_share",
+    )
+    med = {
+        k: round(statistics.median(r[k] for r in rs), 2)
+        for k in keys
+        if all(r[k] is not None for r in rs)
+    }
+    loads = [x for r in rs for x in (r["load_1m_before"], r["load_1m_after"])]
+    return {
+        "subscribers": subscribers,
+        "runs": runs,
+        "nodes": nodes,
+        "pace_ms": pace_ms,
+        "tokens_per_run": tokens,
+        "deltas_per_s": round(runs * 1000 / pace_ms, 1),
+        "frames_per_s": round(subscribers * 1000 / pace_ms, 1),
+        "rounds": len(rs),
+        "median": med,
+        "frames_lost_or_repeated": sum(r["frames_lost_or_repeated"] for r in rs),
+        "load_1m": [min(loads), max(loads)],
+        "met": med["p99_ms"] <= TARGET_P99_MS,
+    }
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""The processes around ``bench/fanout_pg.py``'s nodes: the model and the subscribers.
+
+The model is an OpenAI-compatible endpoint whose tokens are the monotonic
+time they were emitted at; a subscriber process holds many websockets and
+turns each token it receives into a latency. Each runs in its own process
+so neither competes with the bench's coordinator for its event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import resource
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from bench.common import install_uvloop
+
+TERMINAL = ("run.completed", "run.failed", "run.canceled")
+
+
+# -- the model --------------------------------------------------------------------------
+def _chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+    body = {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion.chunk",
+        "created": 0,
+        "model": "bench-model",
+        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+    }
+    return f"data: {json.dumps(body)}\n\n".encode()
+
+
+def model_process(port: int, pipe: Connection) -> None:
+    """Streams timestamps once ``POST /go`` says so: as many, as often, as the last
+    ``POST /reset`` said (``{"tokens": n, "pace_s": s}``)."""
+    go = asyncio.Event()
+    plan = {"tokens": 0.0, "pace_s": 0.0}
+
+    async def completions(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(_chunk({"role": "assistant", "content": ""}))
+        await go.wait()
+        start = time.monotonic()
+        tokens, pace_s = int(plan["tokens"]), plan["pace_s"]
+        for n in range(tokens):
+            # a fixed schedule: a late wake-up does not push every later token back
+            await asyncio.sleep(max(0.0, start + n * pace_s - time.monotonic()))
+            await resp.write(_chunk({"content": f"{time.monotonic():.6f}"}))
+        await resp.write(_chunk({}, "stop") + b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+    async def start_tokens(_request: web.Request) -> web.Response:
+        go.set()
+        return web.json_response({})
+
+    async def reset(request: web.Request) -> web.Response:
+        plan.update(await request.json())
+        go.clear()
+        return web.json_response({})
+
+    async def main() -> None:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", completions)
+        app.router.add_post("/go", start_tokens)
+        app.router.add_post("/reset", reset)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        pipe.send("ready")
+        await asyncio.get_running_loop().run_in_executor(None, pipe.recv)  # until told to stop
+        await runner.cleanup()
+
+    install_uvloop()
+    asyncio.run(main())
+
+
+# -- the subscribers ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Watch:
+    url: str
+    local: bool
+
+
+def subscriber_process(watches: list[Watch], pipe: Connection) -> None:
+    """Opens every websocket, says ready, then records each delta's latency until
+    every run has ended; sends back (local ms, remote ms, frames lost or repeated,
+    CPU seconds it used meanwhile)."""
+
+    async def one(
+        http: aiohttp.ClientSession, watch: Watch, opened: asyncio.Event, out: list[float]
+    ) -> int:
+        async with http.ws_connect(watch.url, heartbeat=None, max_msg_size=0) as ws:
+            opened.set()
+            last_seq, wrong = 0, 0
+            async for message in ws:
+                now = time.monotonic()
+                if message.type != aiohttp.WSMsgType.TEXT:
+                    break
+                frame = json.loads(message.data)
+                seq = frame.get("seq")
+                if seq is None or "position" not in frame:
+                    continue  # a heartbeat, not an event
+                wrong += int(seq != last_seq + 1)
+                last_seq = seq
+                if frame["type"] == "message.delta":
+                    out.append((now - float(frame["data"]["text"])) * 1000)
+                elif frame["type"] in TERMINAL:
+                    return wrong
+        return wrong + 1  # closed before the run's end
+
+    async def main() -> tuple[list[float], list[float], int, float]:
+        local: list[float] = []
+        remote: list[float] = []
+        connector = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=connector) as http:
+            opened = [asyncio.Event() for _ in watches]
+            tasks = [
+                asyncio.create_task(one(http, w, o, local if w.local else remote))
+                for w, o in zip(watches, opened, strict=True)
+            ]
+            await asyncio.wait_for(asyncio.gather(*(o.wait() for o in opened)), 120)
+            pipe.send("ready")
+            cpu = _cpu_self()
+            wrong = sum(await asyncio.wait_for(asyncio.gather(*tasks), 600))
+        return local, remote, wrong, _cpu_self() - cpu
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
+    install_uvloop()
+    pipe.send(asyncio.run(main()))
+
+
+def _cpu_self() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def cpu_of(pid: int) -> float:
+    """CPU seconds (user + system) another process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
