@@ -202,12 +202,20 @@ class PostgresEventStore(PackedReads, EventStore):
             "search_path": sql.quote_ident(self.schema),
             # which process holds what, in pg_stat_activity (operators, the pause tests)
             "application_name": f"sessionstream-{role}:{os.getpid()}",
-            # a client that vanishes holding the log_head lock (a rebuild or import on a
-            # paused or partitioned node) must not keep it until TCP notices: the server
-            # ends its transaction well within a lease (eventstore/leases.py)
+            # a client that vanishes mid-transaction (a paused or partitioned node) must
+            # not keep its locks until TCP notices: the server ends it within a lease;
+            # the transactions that lock the head set a shorter bound (_LOCK_HEAD)
             "idle_in_transaction_session_timeout": _ms(self.bounds.idle_s),
             **(self._writer_settings() if role == "writer" else {}),
         }
+
+    def _lock_head(self) -> str:
+        """The head lock for a rebuild or import: the one transaction kind that holds it
+        across round trips, so a paused node ends it after ``held_idle_s``."""
+        return (
+            f"SET LOCAL idle_in_transaction_session_timeout = '{_ms(self.bounds.held_idle_s)}'; "
+            "SELECT head FROM log_head WHERE id = 1 FOR UPDATE"
+        )
 
     def _writer_settings(self) -> dict[str, str]:
         """The writer's statements are keyed lookups and writes of one batch: never a
@@ -216,6 +224,7 @@ class PostgresEventStore(PackedReads, EventStore):
         outlives the bound (a cancelled write is a 503 the caller retries)."""
         return {
             "enable_seqscan": "off",
+            "idle_in_transaction_session_timeout": _ms(self.bounds.held_idle_s),
             "statement_timeout": _ms(self.bounds.statement_s),
             "lock_timeout": _ms(self.bounds.statement_s),
         }
@@ -315,7 +324,7 @@ class PostgresEventStore(PackedReads, EventStore):
         self._writer.forget()
         try:
             async with self._reader.require_pool().acquire() as conn, conn.transaction():
-                await conn.execute("SELECT head FROM log_head WHERE id = 1 FOR UPDATE")
+                await conn.execute(self._lock_head())
                 await self._writer.import_events(conn, events)
         except DRIVER_ERRORS as exc:
             raise translate_pg_error(exc) from exc
@@ -339,7 +348,7 @@ class PostgresEventStore(PackedReads, EventStore):
         self._writer.forget()
         try:
             async with self._reader.require_pool().acquire() as conn, conn.transaction():
-                await conn.execute("SELECT head FROM log_head WHERE id = 1 FOR UPDATE")
+                await conn.execute(self._lock_head())
                 if only_if_stale and not await self._stale_projections(conn):
                     return 0  # another node rebuilt while this one waited
                 await conn.execute("DELETE FROM docs")
