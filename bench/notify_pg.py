@@ -11,9 +11,11 @@ host); a listener's latency is its receipt minus that.
 
 For each (listeners, rate) cell it reports the rate achieved, the commits per
 second (how many notifications every listener handles: group commit makes it
-less than the event rate), the log reads all listeners made per second, and
-p50/p99 delivery latency. A cell is saturated when the writer falls 10%
-behind its target or the p99 passes ``--saturated-ms``.
+less than the event rate), the log reads all listeners made per second,
+p50/p99 delivery latency, and the CPU a listener node and the writer spend
+per event (what caps a node's rate whatever the machine's load). A cell is
+saturated when the writer falls 10% behind its target or the p99 passes
+``--saturated-ms``.
 
     python -m bench.notify_pg [--rounds 3] [--listeners 1,3,6]
         [--rates 250,1000,2000,4000] [--seconds 3] [--quick]
@@ -25,6 +27,7 @@ import asyncio
 import contextlib
 import multiprocessing as mp
 import os
+import resource
 import statistics
 import time
 import uuid
@@ -43,6 +46,12 @@ DSN = os.environ.get(
 )
 
 
+def cpu_self() -> float:
+    """CPU seconds (user + system) this process has used."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def listener_process(dsn: str, schema: str, pipe: Connection) -> None:
     """One node that only tails the log. Per command ``(cell, expected)`` it answers
     with that cell's latencies (ms), once it has them all or after a timeout, and
@@ -55,6 +64,7 @@ def listener_process(dsn: str, schema: str, pipe: Connection) -> None:
         arrived = asyncio.Event()
         notified = [0]
         reads = [0]
+        cpu = [cpu_self()]
         read_after = store.pump._read_after
 
         async def counted(position: int) -> Any:
@@ -89,12 +99,13 @@ def listener_process(dsn: str, schema: str, pipe: Connection) -> None:
                     return
                 if command == "mark":
                     notified[0] = reads[0] = 0
+                    cpu[0] = cpu_self()
                     pipe.send("marked")
                     continue
                 cell, expected = command
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(have(cell, expected), 30)
-                pipe.send((got.pop(cell, []), notified[0], reads[0]))
+                pipe.send((got.pop(cell, []), notified[0], reads[0], cpu_self() - cpu[0]))
         finally:
             task.cancel()
             await store.close()
@@ -160,14 +171,17 @@ async def one_round(
                 cell = f"c{listeners}x{int(rate)}x{uuid.uuid4().hex[:4]}"
                 await loop.run_in_executor(None, ask, pipes, "mark")
                 load = os.getloadavg()[0]
+                writer_cpu = cpu_self()
                 began = time.monotonic()
                 written = await write_at(store, cell, rate, seconds)
                 took = time.monotonic() - began
                 answers = await loop.run_in_executor(None, ask, active, (cell, written))
-                latencies = [ms for got, _, _ in answers for ms in got]
-                delivered = sum(len(got) for got, _, _ in answers)
-                notifies = statistics.median(n for _, n, _ in answers)
-                reads = sum(r for _, _, r in answers)
+                latencies = [ms for got, *_ in answers for ms in got]
+                delivered = sum(len(got) for got, *_ in answers)
+                notifies = statistics.median(a[1] for a in answers)
+                reads = sum(a[2] for a in answers)
+                # what one listener node spends per event it ingests (read, decode, publish)
+                cpu_per_event = statistics.median(a[3] for a in answers) / max(1, written)
                 p99 = percentile(latencies, 0.99) if latencies else float("inf")
                 achieved = written / took
                 cells.append(
@@ -177,6 +191,10 @@ async def one_round(
                         "events_per_s": round(achieved, 1),
                         "notifies_per_s": round(notifies / took, 1),
                         "log_reads_per_s": round(reads / took, 1),
+                        "listener_cpu_us_per_event": round(cpu_per_event * 1e6, 1),
+                        "writer_cpu_us_per_event": round(
+                            (cpu_self() - writer_cpu) / max(1, written) * 1e6, 1
+                        ),
                         "delivered": delivered,
                         "expected": written * listeners,
                         "p50_ms": round(percentile(latencies, 0.5), 2) if latencies else None,
@@ -231,7 +249,15 @@ def main() -> None:
         same = [r[i] for r in results]
         med = {
             k: round(statistics.median(c[k] for c in same), 2)
-            for k in ("events_per_s", "notifies_per_s", "log_reads_per_s", "p50_ms", "p99_ms")
+            for k in (
+                "events_per_s",
+                "notifies_per_s",
+                "log_reads_per_s",
+                "p50_ms",
+                "p99_ms",
+                "listener_cpu_us_per_event",
+                "writer_cpu_us_per_event",
+            )
             if all(c[k] is not None for c in same)
         }
         summary.append(
@@ -253,6 +279,8 @@ def main() -> None:
             "reads/s",
             "p50 ms",
             "p99 ms",
+            "listener us/ev",
+            "writer us/ev",
             "sat",
             "load",
         ],
@@ -265,6 +293,8 @@ def main() -> None:
                 s["log_reads_per_s"],
                 s.get("p50_ms", "-"),
                 s.get("p99_ms", "-"),
+                s["listener_cpu_us_per_event"],
+                s["writer_cpu_us_per_event"],
                 f"{s['saturated_rounds']}/{rounds}",
                 f"{s['load_1m'][0]:.1f}-{s['load_1m'][1]:.1f}",
             ]
