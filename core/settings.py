@@ -370,6 +370,16 @@ class Settings(BaseSettings):
         "append, plans the batch, deletes the file and stops its own process (SIGSTOP), so "
         "a test can pause a node at exactly that point and resume it with SIGCONT.",
     )
+    run_storage_wait_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="How long a running turn or example run waits for storage that refuses "
+        "its writes (a database failing over, a lost connection) before it fails: its "
+        "deltas and its end are written again, unchanged, until storage answers. 60 s "
+        "covers a pg_auto_failover failover of a stopped primary (about 50 s of its own "
+        "detection); a run that waits longer fails with the storage error as its reason, "
+        "and its session is freed as soon as storage answers again.",
+    )
     node_id: str = Field(
         default_factory=lambda: f"node-{secrets.token_hex(4)}",
         min_length=1,

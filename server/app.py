@@ -179,6 +179,7 @@ def create_app(
         engine_timeout_s=settings.engine_timeout_s,
         node_id=settings.node_id,
         lease_ttl_s=settings.lease_ttl_s,
+        storage_wait_s=settings.run_storage_wait_s,
     )
     cursors = Cursors(secret)  # list cursors hold across restarts and nodes, as run tokens do
     quota = Quota(app[STORE], settings.user_quota_bytes)

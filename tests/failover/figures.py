@@ -160,6 +160,7 @@ def figures(faults: list[Fault], record: Record, log: Log, began: float) -> list
         return out[0] if t < began else out[-1]
 
     for w, f in zip(windows[1:], out[1:], strict=True):
+        f.notes.append(f"injected at {datetime.fromtimestamp(w.started).time()}")
         if w.db_writable is not None:
             f.db_own_s = w.db_writable - w.started
             if w.ss_writable is not None:
@@ -251,26 +252,33 @@ def subscriber_problems(log: Log, followers: list[Followers], sessions: list[str
         for sid in sessions:
             key = f"session-{sid}"
             logged = [(r.position, r.type) for r in rows if key in (r.stream_id, r.correlation_id)]
-            got = [(f["position"], f["type"]) for f in subs.session_frames[sid]]
-            problems += _differ(f"session {sid} on {subs.base_url}", got, logged)
+            frames = subs.session_frames[sid]
+            got = [(f["position"], f["type"]) for f in frames]
+            problems += _differ(f"session {sid} on {subs.base_url}", got, logged, frames)
         for run_id, frames in subs.run_frames.items():
             logged = [(r.version, r.type) for r in rows if r.stream_id == f"run-{run_id}"]
             got = [(f["seq"], f["type"]) for f in frames]
-            problems += _differ(f"run {run_id} on {subs.base_url}", got, logged)
+            problems += _differ(f"run {run_id} on {subs.base_url}", got, logged, frames)
         problems += [f"{what} refused: {why}" for what, why in subs.refused.items()]
     return problems
 
 
-def _differ(what: str, got: list[tuple[int, str]], logged: list[tuple[int, str]]) -> list[str]:
+def _differ(
+    what: str,
+    got: list[tuple[int, str]],
+    logged: list[tuple[int, str]],
+    frames: list[dict[str, Any]],
+) -> list[str]:
     if got == logged:
         return []
     phantom = [g for g in got if g not in set(logged)]
+    stamps = [str(f.get("at")) for f, g in zip(frames, got, strict=True) if g in set(phantom)]
     missed = [e for e in logged if e not in set(got)]
     first = next((i for i, (g, e) in enumerate(zip(got, logged, strict=False)) if g != e), None)
     return [
         f"{what}: {len(got)} frames for {len(logged)} logged events; {len(phantom)} not in the "
-        f"log (first {phantom[:3]}), {len(missed)} missed (first {missed[:3]}), first "
-        f"difference at frame {first}"
+        f"log (first {phantom[:3]}, recorded at {stamps[:1]}), {len(missed)} missed "
+        f"(first {missed[:3]}), first difference at frame {first}"
     ]
 
 
