@@ -132,7 +132,7 @@ def fault_details(nodes: Cluster, injector: Injector, load: Load) -> list[str]:
         others = {n.index for n in nodes.others(nodes.nodes[f.victim])}
         slow = load.slowest_write(others, f.started, f.healed)
         stall = (
-            f"{slow.took:.2f}s on n{slow.node} sent at +{slow.sent - f.started:.2f}s"
+            f"{slow.took:.2f}s on n{slow.node} sent at {slow.sent - f.started:+.2f}s"
             if slow
             else "-"
         )
