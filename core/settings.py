@@ -368,8 +368,9 @@ class Settings(BaseSettings):
         "TTL/4; a dead node's runs end as `run.failed` (`interrupted`) about 1.25 times the TTL "
         "after it died. Shorter recovers faster, but a node paused longer than the TTL "
         "loses its runs. It also bounds the log's head lock: a transaction holding it idle "
-        "is ended after TTL/4, a write statement or a wait for the lock after TTL/2, and a "
-        "writer's reservation of the next write lapses after min(TTL/8, 1 s).",
+        "is ended after TTL/2 (any other idle transaction after TTL), a write statement or a "
+        "wait for the lock after the statement timeout (at most TTL/2), and a writer's "
+        "reservation of the next write lapses after min(TTL/8, 1 s).",
     )
     fault_stop_in_append: str = Field(
         default="",

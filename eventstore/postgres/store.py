@@ -230,14 +230,22 @@ class PostgresEventStore(PackedReads, EventStore):
             "search_path": sql.quote_ident(self.schema),
             # which process holds what, in pg_stat_activity (operators, the pause tests)
             "application_name": f"sessionstream-{role}:{os.getpid()}",
-            # a client that vanishes holding the log_head lock (a rebuild or import on a
-            # paused or partitioned node) must not keep it until TCP notices: the server
-            # ends its transaction well within a lease (eventstore/leases.py)
+            # a client that vanishes mid-transaction (a paused or partitioned node) must
+            # not keep its locks until TCP notices: the server ends it within a lease;
+            # the transactions that lock the head set a shorter bound (``_lock_head``)
             "idle_in_transaction_session_timeout": _ms(self.bounds.idle_s),
             # the server gives up on a statement the client has given up on
             "statement_timeout": _ms(self.statement_timeout_s),
             **(self._writer_settings() if role == "writer" else {}),
         }
+
+    def _lock_head(self) -> str:
+        """The head lock for a rebuild or import: the one transaction kind that holds it
+        across round trips, so a paused node ends it after ``held_idle_s``."""
+        return (
+            f"SET LOCAL idle_in_transaction_session_timeout = '{_ms(self.bounds.held_idle_s)}'; "
+            "SELECT head FROM log_head WHERE id = 1 FOR UPDATE"
+        )
 
     def _writer_settings(self) -> dict[str, str]:
         """The writer's statements are keyed lookups and writes of one batch: never a
@@ -246,6 +254,7 @@ class PostgresEventStore(PackedReads, EventStore):
         outlives the bound (a cancelled write is a 503 the caller retries)."""
         return {
             "enable_seqscan": "off",
+            "idle_in_transaction_session_timeout": _ms(self.bounds.held_idle_s),
             "statement_timeout": _ms(self.statement_timeout_s),
             "lock_timeout": _ms(self.statement_timeout_s),
         }
@@ -402,7 +411,7 @@ class PostgresEventStore(PackedReads, EventStore):
         await self.commits.drained()  # appends already queued land first
         self._writer.forget()
         async with self._maintenance() as conn, conn.transaction():
-            await conn.execute("SELECT head FROM log_head WHERE id = 1 FOR UPDATE")
+            await conn.execute(self._lock_head())
             await self._writer.import_events(conn, events)
         self.pump.committed(events)
         ended = finished_runs(events) if self.compact_runs else []
@@ -420,7 +429,7 @@ class PostgresEventStore(PackedReads, EventStore):
         """Refold every read model under the head lock (appends wait meanwhile)."""
         self._writer.forget()
         async with self._maintenance() as conn, conn.transaction():
-            await conn.execute("SELECT head FROM log_head WHERE id = 1 FOR UPDATE")
+            await conn.execute(self._lock_head())
             if only_if_stale and not await self._stale_projections(conn):
                 return 0  # another node rebuilt while this one waited
             await conn.execute("DELETE FROM docs")
