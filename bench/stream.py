@@ -32,18 +32,16 @@ would stall every socket at once and be charged to the server).
 
 from __future__ import annotations
 
+import argparse
 import asyncio
-import gc
 import json
 import multiprocessing as mp
 import os
 import random
-import resource
 import statistics
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterable
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -51,11 +49,20 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from bench.common import base_parser, install_uvloop, print_table, write_json
+from bench.common import RESULTS, base_parser, install_uvloop, print_table
+from bench.stream_clients import (
+    connect_all,
+    drain,
+    measuring,
+    median_of,
+    pct,
+    raise_fd_limit,
+    start_runs,
+)
+from bench.stream_tokens import CONFIGS, PROVIDERS, TOKEN_HEADERS, run_tokens
 from sessionstream.engines.base import ExampleInput, ExampleResult, StreamItem, TextDelta, TurnInput
 from sessionstream.eventstore.model import RecordedEvent
 
-S = "/api/campaigns/ai-chat-sessions"
 POLLING_MS = (2000, 5000)
 TARGET_P99_MS = 25.0
 TARGET_FANOUT = 0.70
@@ -93,12 +100,6 @@ class StampEngine:
 
     async def aclose(self) -> None:
         return None
-
-
-def raise_fd_limit() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def sample_frame(size: int) -> str:
@@ -244,74 +245,6 @@ def rss_kb(pid: int) -> int:
 
 
 # this process: the subscribers -------------------------------------------------------------------
-def pct(ordered: list[float], q: float) -> float:
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-async def new_session(http: aiohttp.ClientSession) -> str:
-    r = await http.post("/api/campaigns", json={"name": "bench"})
-    campaign = (await r.json())["campaign"]["id"]
-    r = await http.post(f"/api/campaigns/{campaign}/nodes", json={"name": "n"})
-    node = (await r.json())["node"]["id"]
-    r = await http.post(S, json={"campaign_id": campaign, "node_id": node})
-    return str((await r.json())["session"]["id"])
-
-
-async def start_runs(http: aiohttp.ClientSession, count: int) -> list[tuple[str, str]]:
-    sessions = await asyncio.gather(*(new_session(http) for _ in range(count)))
-    runs = []
-    for sid in sessions:
-        r = await http.post(f"{S}/{sid}/turn", json={"message": "go"})
-        body = await r.json()
-        assert r.status == 200, body
-        runs.append((body["runId"], body["publicAccessToken"]))
-    return runs
-
-
-async def subscribe(
-    http: aiohttp.ClientSession, run_id: str, token: str, ready: int
-) -> aiohttp.ClientWebSocketResponse:
-    """A run-channel socket that has received its first ``ready`` frames (the catch-up)."""
-    ws = await http.ws_connect(
-        f"/api/realtime/runs/{run_id}?token={token}", heartbeat=None, max_msg_size=0
-    )
-    for _ in range(ready):
-        message = await ws.receive(timeout=60)
-        assert message.type == aiohttp.WSMsgType.TEXT, message
-    return ws
-
-
-async def connect_all(
-    http: aiohttp.ClientSession, targets: list[tuple[str, str]], ready: int, batch: int = 250
-) -> list[aiohttp.ClientWebSocketResponse]:
-    sockets: list[aiohttp.ClientWebSocketResponse] = []
-    for i in range(0, len(targets), batch):
-        chunk = targets[i : i + batch]
-        sockets += await asyncio.gather(*(subscribe(http, r, t, ready) for r, t in chunk))
-    return sockets
-
-
-@contextmanager
-def measuring() -> Iterator[None]:
-    """Keep this process's garbage collector out of the measured window.
-
-    The subscribers here are the instrument: a full collection over the frames
-    they hold would stall every socket at once and be charged to the server.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
-        gc.unfreeze()
-
-
-async def drain(ws: aiohttp.ClientWebSocketResponse, into: list[tuple[float, str]]) -> None:
-    clock = time.perf_counter
-    async for message in ws:
-        into.append((clock(), message.data))
 
 
 class Tally:
@@ -467,12 +400,24 @@ async def memory_round(subscribers: int, runs: int) -> dict[str, float]:
     }
 
 
-def median_of(rounds: list[dict[str, float]]) -> dict[str, float]:
-    return {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
-
-
 def main() -> None:
     parser = base_parser(__doc__)
+    parser.add_argument(
+        "--part",
+        default="all",
+        choices=("all", "tokens", "emission", "fanout", "memory"),
+        help="tokens: provider -> subscriber (a); the rest: (b)-(d); all: every one",
+    )
+    parser.add_argument(
+        "--config", default="both", choices=("both", *CONFIGS), help="tokens: which load"
+    )
+    parser.add_argument(
+        "--provider", default="both", choices=("both", *PROVIDERS), help="tokens: which fake"
+    )
+    parser.add_argument("--tokens", type=int, default=60, help="tokens: per reply")
+    parser.add_argument("--pace-ms", type=float, default=20.0, help="tokens: between tokens")
+    parser.add_argument("--label", default="after", help="tokens: the key its figures go under")
+    parser.add_argument("--json", type=Path, default=RESULTS / "stream.json")
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--subscribers", type=int, default=10, help="per run, for the latency")
     parser.add_argument("--words", type=int, default=100, help="per run, for the latency")
@@ -484,58 +429,62 @@ def main() -> None:
         args.rounds, args.words, args.fanout_words = 1, 30, 200
     raise_fd_limit()
     install_uvloop()
+    results: dict[str, Any] = (
+        json.loads(args.json.read_text()) if args.json.exists() else {"name": "stream"}
+    )
+    results.update(rounds=args.rounds, quick=args.quick)
+    parts = ("tokens", "emission", "fanout", "memory") if args.part == "all" else (args.part,)
+    if "tokens" in parts:
+        configs = tuple(CONFIGS) if args.config == "both" else (args.config,)
+        providers = PROVIDERS if args.provider == "both" else (args.provider,)
+        block, rows = run_tokens(configs, providers, args.rounds, args.tokens, args.pace_ms)
+        tokens: dict[str, Any] = results.setdefault("tokens", {})
+        tokens.setdefault(args.label, {}).update(block)
+        print(f"bench.stream tokens '{args.label}' (median of {args.rounds} round(s))")
+        print_table(TOKEN_HEADERS, rows)
+    rest = [p for p in parts if p != "tokens"]
+    if rest:
+        results.update(older_parts(args, rest))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nwrote {args.json}")
 
-    latency_rounds = [
-        asyncio.run(latency_round(args.runs, args.subscribers, args.words))
-        for _ in range(args.rounds)
-    ]
-    latency = median_of(latency_rounds)
-    fanout = asyncio.run(fanout_round(args.fanout, args.fanout_words, pairs=args.rounds * 2))
-    memory_rounds = [asyncio.run(memory_round(args.idle, 10)) for _ in range(args.rounds)]
-    memory = median_of(memory_rounds)
 
-    latency_block = {
-        **latency,
-        "runs": args.runs,
-        "subscribers_per_run": args.subscribers,
-        "pace_ms": 50,
-        "baseline_polling_ms": POLLING_MS[0],
-        "ratio": POLLING_MS[0] / latency["p99_ms"],
-        "target_p99_ms": TARGET_P99_MS,
-        "met": latency["p99_ms"] <= TARGET_P99_MS,
-        "samples": latency_rounds,
-    }
-    fanout_block = {
-        **fanout,
-        "subscribers": args.fanout,
-        "events": args.fanout_words,
-        "target_ratio": TARGET_FANOUT,
-        "met": fanout["ratio"] >= TARGET_FANOUT,
-    }
-    memory_block = {
-        **memory,
-        "subscribers": args.idle,
-        "target_kb": TARGET_KB,
-        "met": memory["kb_per_subscriber"] <= TARGET_KB,
-        "samples": memory_rounds,
-    }
-    print(f"bench.stream (median of {args.rounds} round(s))")
-    print_table(
-        ["figure", "measured", "baseline", "target", "met"],
-        [
+def older_parts(args: argparse.Namespace, parts: list[str]) -> dict[str, Any]:
+    """(b) engine emission -> subscriber, (c) fan-out, (d) memory: their JSON blocks."""
+    out: dict[str, Any] = {}
+    rows: list[tuple[Any, ...]] = []
+    if "emission" in parts:
+        latency_rounds = [
+            asyncio.run(latency_round(args.runs, args.subscribers, args.words))
+            for _ in range(args.rounds)
+        ]
+        latency = median_of(latency_rounds)
+        out["latency"] = {
+            **latency,
+            "runs": args.runs,
+            "subscribers_per_run": args.subscribers,
+            "pace_ms": 50,
+            "baseline_polling_ms": POLLING_MS[0],
+            "ratio": POLLING_MS[0] / latency["p99_ms"],
+            "target_p99_ms": TARGET_P99_MS,
+            "met": latency["p99_ms"] <= TARGET_P99_MS,
+            "samples": latency_rounds,
+        }
+        rows += [
             (
-                f"token latency p50 ({args.runs} runs x {args.subscribers} subs)",
+                f"emission -> subscriber p50 ({args.runs} runs x {args.subscribers} subs)",
                 f"{latency['p50_ms']:.1f} ms",
                 f"polling {POLLING_MS[0]:,}-{POLLING_MS[1]:,} ms",
                 "",
                 "",
             ),
             (
-                "token latency p99",
+                "emission -> subscriber p99",
                 f"{latency['p99_ms']:.1f} ms",
                 f"polling {POLLING_MS[0]:,}-{POLLING_MS[1]:,} ms",
                 f"<= {TARGET_P99_MS:g} ms",
-                latency_block["met"],
+                out["latency"]["met"],
             ),
             (
                 "  engine -> commit p99 (run manager, store)",
@@ -551,33 +500,47 @@ def main() -> None:
                 "",
                 "",
             ),
+        ]
+    if "fanout" in parts:
+        fanout = asyncio.run(fanout_round(args.fanout, args.fanout_words, pairs=args.rounds * 2))
+        out["fanout"] = {
+            **fanout,
+            "subscribers": args.fanout,
+            "events": args.fanout_words,
+            "target_ratio": TARGET_FANOUT,
+            "met": fanout["ratio"] >= TARGET_FANOUT,
+        }
+        rows.append(
             (
                 f"fan-out, 1 run to {args.fanout} subs (frames/s)",
                 f"{fanout['frames_per_s']:,.0f}",
                 f"bare loop {fanout['bare_frames_per_s']:,.0f}",
                 f">= {TARGET_FANOUT:.0%} ({fanout['ratio']:.0%})",
-                fanout_block["met"],
-            ),
+                out["fanout"]["met"],
+            )
+        )
+    if "memory" in parts:
+        memory_rounds = [asyncio.run(memory_round(args.idle, 10)) for _ in range(args.rounds)]
+        memory = median_of(memory_rounds)
+        out["memory"] = {
+            **memory,
+            "subscribers": args.idle,
+            "target_kb": TARGET_KB,
+            "met": memory["kb_per_subscriber"] <= TARGET_KB,
+            "samples": memory_rounds,
+        }
+        rows.append(
             (
                 f"memory per idle subscriber ({args.idle:,})",
                 f"{memory['kb_per_subscriber']:.1f} KB",
                 "",
                 f"<= {TARGET_KB:g} KB",
-                memory_block["met"],
-            ),
-        ],
-    )
-    write_json(
-        "stream",
-        {
-            "name": "stream",
-            "rounds": args.rounds,
-            "quick": args.quick,
-            "latency": latency_block,
-            "fanout": fanout_block,
-            "memory": memory_block,
-        },
-    )
+                out["memory"]["met"],
+            )
+        )
+    print(f"bench.stream (median of {args.rounds} round(s))")
+    print_table(["figure", "measured", "baseline", "target", "met"], rows)
+    return out
 
 
 if __name__ == "__main__":
