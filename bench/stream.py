@@ -418,6 +418,9 @@ def main() -> None:
     parser.add_argument("--pace-ms", type=float, default=20.0, help="tokens: between tokens")
     parser.add_argument("--label", default="after", help="tokens: the key its figures go under")
     parser.add_argument("--json", type=Path, default=RESULTS / "stream.json")
+    parser.add_argument(
+        "--accumulate", action="store_true", help="tokens: add to the label's earlier rounds"
+    )
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--subscribers", type=int, default=10, help="per run, for the latency")
     parser.add_argument("--words", type=int, default=100, help="per run, for the latency")
@@ -437,8 +440,11 @@ def main() -> None:
     if "tokens" in parts:
         configs = tuple(CONFIGS) if args.config == "both" else (args.config,)
         providers = PROVIDERS if args.provider == "both" else (args.provider,)
-        block, rows = run_tokens(configs, providers, args.rounds, args.tokens, args.pace_ms)
         tokens: dict[str, Any] = results.setdefault("tokens", {})
+        earlier = tokens.get(args.label) if args.accumulate else None
+        block, rows = run_tokens(
+            configs, providers, args.rounds, args.tokens, args.pace_ms, earlier
+        )
         tokens.setdefault(args.label, {}).update(block)
         print(f"bench.stream tokens '{args.label}' (median of {args.rounds} round(s))")
         print_table(TOKEN_HEADERS, rows)

@@ -397,16 +397,23 @@ CONFIGS: dict[str, tuple[int, int, float | None, float]] = {
 
 
 def run_tokens(
-    configs: Sequence[str], providers: Sequence[str], rounds: int, tokens: int, pace_ms: float
+    configs: Sequence[str],
+    providers: Sequence[str],
+    rounds: int,
+    tokens: int,
+    pace_ms: float,
+    earlier: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], list[tuple[Any, ...]]]:
     """Every configuration with every provider, ``rounds`` times (medians reported, each
-    round's figures and the load average beside it kept); the JSON block and table rows."""
+    round's figures and the load average beside it kept); the JSON block and table rows.
+    With ``earlier`` (a block of an earlier call), its rounds count too: rounds of two
+    builds can then alternate, so a neighbour's load falls on both alike."""
     block: dict[str, Any] = {"tokens_per_reply": tokens, "pace_ms": pace_ms}
     rows: list[tuple[Any, ...]] = []
     for config in configs:
         runs, subscribers, p50_target, p99_target = CONFIGS[config]
         for provider in providers:
-            samples = []
+            samples = list((earlier or {}).get(f"{config}/{provider}", {}).get("samples", []))
             for _ in range(rounds):
                 before = load_average()
                 sample = asyncio.run(
