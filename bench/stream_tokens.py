@@ -35,6 +35,7 @@ import json
 import multiprocessing as mp
 import os
 import random
+import resource
 import sqlite3
 import statistics
 import tempfile
@@ -234,6 +235,13 @@ async def _serve(pipe: Connection, provider: str, base_url: str) -> None:
         )
     marks = Marks()
     app = create_app(settings, engine=StagedEngine(inner, marks))
+
+    async def cpu(request: web.Request) -> web.Response:
+        """This process's CPU seconds so far, every thread's (the writer's too)."""
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return web.json_response({"cpu_s": usage.ru_utime + usage.ru_stime})
+
+    app.router.add_get("/bench/cpu", cpu)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     instrument(app[STORE], marks)
@@ -336,15 +344,23 @@ async def token_round(
             targets = [run for run in started for _ in range(subscribers)]
             sockets = await connect_all(http, targets, ready=2)  # run.created, run.started
             received: list[list[tuple[float, str]]] = [[] for _ in sockets]
+            cpu_before = await server_cpu(http)
             with measuring():
                 async with aiohttp.ClientSession() as plain:
                     await plain.post(procs.provider_url.removesuffix("/v1") + "/bench/go")
-                await asyncio.gather(
-                    *(drain(ws, out) for ws, out in zip(sockets, received, strict=True))
-                )
+                drains = (drain(ws, out) for ws, out in zip(sockets, received, strict=True))
+                await asyncio.gather(*drains)
+            cpu_s = await server_cpu(http) - cpu_before
     finally:
         marks, stored = procs.finish([run_id for run_id, _ in started])
-    return {**figures(marks, received, runs * subscribers * tokens), **stored}
+    result = {**figures(marks, received, runs * subscribers * tokens), **stored}
+    result["server_cpu_us_per_token"] = cpu_s / (runs * tokens) * 1e6
+    return result
+
+
+async def server_cpu(http: aiohttp.ClientSession) -> float:
+    async with http.get("/bench/cpu") as r:
+        return float((await r.json())["cpu_s"])
 
 
 def figures(marks: Marks, received: list[list[tuple[float, str]]], expected: int) -> dict[str, Any]:
@@ -447,6 +463,7 @@ def run_tokens(
                     f"{median['deltas_per_reply']:.0f}",
                     f"{median['bytes_before_compaction']:,.0f} / "
                     f"{median['bytes_after_compaction']:,.0f}",
+                    f"{median['server_cpu_us_per_token']:.0f} us",
                     f"{median['load_average']:.1f}",
                 )
             )
@@ -462,5 +479,6 @@ TOKEN_HEADERS = (
     "p99 by stage: " + " / ".join(STAGES),
     "deltas/reply",
     "delta bytes/reply rows / packed",
+    "server CPU/token",
     "load",
 )

@@ -12,9 +12,11 @@ so format 2 spells the same facts smaller, one column each:
   (a string) for the first delta and for any time whose spelling this would
   not give back exactly;
 - ``ids``: per delta, the id's millisecond field minus the delta's own time
-  (usually 0), with its other 80 bits base64url in ``id_bits`` (14 characters
-  each, in order); or the id itself (a string) when it is not a canonical
-  lowercase UUID;
+  (usually 0), its other 80 bits in ``id_bits``; or the id itself (a string)
+  when it is not a canonical lowercase UUID;
+- ``id_bits``: per such id, its 80 bits less the previous such id's, when
+  that is a small step up (a run's ids count up: ``core/ids.Uuid7Sequence``),
+  else the bits themselves, base64url (a string of 14 characters);
 - ``data``: the text alone when the data is exactly ``{"text": <string>}``,
   else the data object.
 
@@ -33,8 +35,8 @@ from typing import Any
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
-#: an id's bits after its 48-bit millisecond field, base64url without padding
-_BITS_CHARS = 14
+#: an id's bits are stored as a step from the previous id's below this
+_SMALL_STEP = 1 << 32
 
 #: one delta: (position step, event id, recorded_at, data)
 Entry = tuple[int, str, str, dict[str, Any]]
@@ -63,7 +65,8 @@ def encode(entries: Sequence[Entry]) -> list[Any]:
     steps: list[int] = []
     times: list[int | str] = []
     ids: list[int | str] = []
-    bits: list[str] = []
+    bits: list[int | str] = []
+    last_bits: int | None = None
     data: list[Any] = []
     previous: int | None = None
     for step, event_id, at, body in entries:
@@ -74,13 +77,19 @@ def encode(entries: Sequence[Entry]) -> list[Any]:
         if ms is not None and _UUID.fullmatch(event_id):
             digits = event_id.replace("-", "")
             ids.append(int(digits[:12], 16) - ms)
-            raw = int(digits[12:], 16).to_bytes(10, "big")
-            bits.append(base64.urlsafe_b64encode(raw).decode().rstrip("="))
+            rest = int(digits[12:], 16)
+            rise = None if last_bits is None else rest - last_bits
+            if rise is not None and 0 <= rise < _SMALL_STEP:
+                bits.append(rise)
+            else:
+                raw = rest.to_bytes(10, "big")
+                bits.append(base64.urlsafe_b64encode(raw).decode().rstrip("="))
+            last_bits = rest
         else:
             ids.append(event_id)
         text = body.get("text") if len(body) == 1 else None
         data.append(text if isinstance(text, str) else body)
-    return [steps, times, ids, "".join(bits), data]
+    return [steps, times, ids, bits, data]
 
 
 def decode(columns: Sequence[Any]) -> Iterator[Entry]:
@@ -88,7 +97,8 @@ def decode(columns: Sequence[Any]) -> Iterator[Entry]:
     steps, times, ids, bits, data = columns
     previous: int | None = None
     at = ""
-    cut = 0
+    pieces = iter(bits)
+    last_bits = 0
     for step, when, event_id, body in zip(steps, times, ids, data, strict=True):
         if isinstance(when, str):
             at, previous = when, _ms_of(when)
@@ -100,9 +110,12 @@ def decode(columns: Sequence[Any]) -> Iterator[Entry]:
         if isinstance(event_id, int):
             if previous is None:
                 raise ValueError("a pack's id is relative to no time")
-            chunk = bits[cut : cut + _BITS_CHARS]
-            cut += _BITS_CHARS
-            rest = int.from_bytes(base64.urlsafe_b64decode(chunk + "=="), "big")
+            piece = next(pieces)
+            if isinstance(piece, int):
+                rest = last_bits + piece
+            else:
+                rest = int.from_bytes(base64.urlsafe_b64decode(piece + "=="), "big")
+            last_bits = rest
             digits = f"{previous + event_id:012x}{rest:020x}"
             event_id = f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
         yield step, event_id, at, {"text": body} if isinstance(body, str) else body

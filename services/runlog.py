@@ -15,10 +15,11 @@ busy, nor the other way round.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sessionstream.core.errors import ConcurrencyConflict, LeaseLost, NotFound
+from sessionstream.core.ids import Uuid7Sequence
 from sessionstream.core.readmodels import RunRow
 from sessionstream.core.vocabulary import EventType, run_stream, session_stream
 from sessionstream.eventstore.base import EventStore
@@ -43,6 +44,8 @@ class RunContext:
     seq: int = 1  # run.created is seq 1
     #: the run lease's epoch this context writes under (None: a store without leases)
     fence: Fence | None = None
+    #: the ids of the run stream's events: one sequence per execution of the run
+    ids: Uuid7Sequence = field(default_factory=Uuid7Sequence, repr=False, compare=False)
 
     @property
     def stream(self) -> str:
@@ -57,7 +60,11 @@ class RunContext:
     def event(self, type_: str, data: dict[str, Any]) -> NewEvent:
         """An event of the run stream, delivered to the session's subscribers too."""
         return NewEvent(
-            type_, data, self.meta(), correlation_id=session_stream(self.claim.session_id)
+            type_,
+            data,
+            self.meta(),
+            correlation_id=session_stream(self.claim.session_id),
+            event_id=self.ids.next(),
         )
 
     def session_event(self, type_: str, data: dict[str, Any]) -> NewEvent:

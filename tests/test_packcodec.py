@@ -3,11 +3,13 @@ read, and smaller than format 1 for a reply written a token at a time."""
 
 from __future__ import annotations
 
+import itertools
 import json
+import uuid
 import zlib
 from typing import Any
 
-from sessionstream.core.ids import uuid7
+from sessionstream.core.ids import Uuid7Sequence, uuid7
 from sessionstream.eventstore import packcodec
 from sessionstream.eventstore.model import GENESIS_HASH, NewEvent, RecordedEvent, record_event
 from sessionstream.eventstore.packing import FORMAT, pack_stream, times_of, unpack
@@ -121,3 +123,30 @@ def test_format_2_is_smaller_than_format_1_for_a_reply_a_token_at_a_time() -> No
     (packed,) = pack_stream(per_token)
     assert len(packed.body) < len(format_1(a_run(windows)))
     assert len(packed.body) < 0.8 * len(format_1(per_token))
+
+
+def test_a_runs_ids_are_uuid7s_whose_random_bits_count_up() -> None:
+    one, other = Uuid7Sequence(), Uuid7Sequence()
+    ids = [one.next(START_MS + i) for i in range(5)]
+    parsed = [uuid.UUID(i) for i in ids]
+    assert all(str(p) == i for p, i in zip(parsed, ids, strict=True))
+    assert all(p.version == 7 and p.variant == uuid.RFC_4122 for p in parsed)
+    assert [p.int >> 80 for p in parsed] == [START_MS + i for i in range(5)]
+    low = [p.int & ((1 << 62) - 1) for p in parsed]
+    steps = [b - a for a, b in itertools.pairwise(low)]
+    assert steps == [1] * 4 or low[0] > (1 << 62) - 5  # or the one start in 2**60 that wraps
+    assert len({*ids, *(other.next(START_MS + i) for i in range(5))}) == 10
+
+
+def test_ids_that_count_up_pack_in_a_byte_or_two() -> None:
+    sequence = Uuid7Sequence()
+    counted, random_ids = [], []
+    for i in range(60):
+        ms = START_MS + 5 + i * 20
+        counted.append((sequence.next(ms), spelled(ms), {"text": f" tok{i % 7}"}))
+        random_ids.append((uuid7(ms), spelled(ms), {"text": f" tok{i % 7}"}))
+    events = a_run(counted)
+    (small,) = pack_stream(events)
+    (large,) = pack_stream(a_run(random_ids))
+    assert back(events) == deltas_of(events)
+    assert len(small.body) < len(large.body) - 60 * 6
