@@ -39,6 +39,10 @@ DEFAULT_ENGINE_TIMEOUT_S = 60.0
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 
+#: a PostgreSQL statement's bound unless the lease is shorter (``pg_statement_timeout_s``)
+DEFAULT_STATEMENT_TIMEOUT_S = 5.0
+
+
 class Settings(BaseSettings):
     """One node's configuration, validated once, then frozen."""
 
@@ -64,6 +68,24 @@ class Settings(BaseSettings):
         "`?search_path=NAME` keeps a deployment in schema `NAME` (created if missing), "
         "with its own notification channel.",
         json_schema_extra={"flag": "--database-url", "hint": "(postgresql://...)"},
+    )
+    pg_connect_timeout_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="PostgreSQL: how long one host may take to accept a connection and "
+        "answer before the next host of a multi-host URL is tried. A frozen primary that "
+        "still accepts TCP is skipped after this, so a failover costs this much per "
+        "frozen host, not one timeout for the whole host list.",
+    )
+    pg_statement_timeout_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="PostgreSQL: the longest one read or write statement may take, in the "
+        "client and (as `statement_timeout`) the server; past it the request is a 503 "
+        "`storage_unavailable` with `Retry-After`, and the connection is replaced. At most "
+        "half of `SESSIONSTREAM_LEASE_TTL_S`, so a stuck statement never outlives a run's "
+        "lease; unset, 5 s or half the lease TTL if that is shorter. Rebuilds and imports "
+        "run without it.",
     )
     secret: str | None = Field(
         default=None,
@@ -338,8 +360,9 @@ class Settings(BaseSettings):
         "TTL/4; a dead node's runs end as `run.failed` (`interrupted`) about 1.25 times the TTL "
         "after it died. Shorter recovers faster, but a node paused longer than the TTL "
         "loses its runs. It also bounds the log's head lock: a transaction holding it idle "
-        "is ended after TTL/4, a write statement or a wait for the lock after TTL/2, and a "
-        "writer's reservation of the next write lapses after min(TTL/8, 1 s).",
+        "is ended after TTL/2 (any other idle transaction after TTL), a write statement or a "
+        "wait for the lock after the statement timeout (at most TTL/2), and a writer's "
+        "reservation of the next write lapses after min(TTL/8, 1 s).",
     )
     fault_stop_in_append: str = Field(
         default="",
@@ -347,6 +370,16 @@ class Settings(BaseSettings):
         "the file exists, this node's PostgreSQL writer reserves the log's head in its next "
         "append, plans the batch, deletes the file and stops its own process (SIGSTOP), so "
         "a test can pause a node at exactly that point and resume it with SIGCONT.",
+    )
+    run_storage_wait_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="How long a running turn or example run waits for storage that refuses "
+        "its writes (a database failing over, a lost connection) before it fails: its "
+        "deltas and its end are written again, unchanged, until storage answers. 60 s "
+        "covers a pg_auto_failover failover of a stopped primary (about 50 s of its own "
+        "detection); a run that waits longer fails with the storage error as its reason, "
+        "and its session is freed as soon as storage answers again.",
     )
     node_id: str = Field(
         default_factory=lambda: f"node-{secrets.token_hex(4)}",
@@ -393,6 +426,24 @@ class Settings(BaseSettings):
         if isinstance(data, dict) and data.get("engine") == "anthropic" and not data.get("model"):
             return {**data, "model": DEFAULT_ANTHROPIC_MODEL}
         return data
+
+    @property
+    def statement_timeout_s(self) -> float:
+        """``pg_statement_timeout_s``, or its default below the lease."""
+        if self.pg_statement_timeout_s is not None:
+            return self.pg_statement_timeout_s
+        return min(DEFAULT_STATEMENT_TIMEOUT_S, self.lease_ttl_s / 2)
+
+    @model_validator(mode="after")
+    def _statements_within_the_lease(self) -> Settings:
+        if self.pg_statement_timeout_s is None:
+            return self
+        if self.pg_statement_timeout_s > self.lease_ttl_s / 2:
+            raise ValueError(
+                f"SESSIONSTREAM_PG_STATEMENT_TIMEOUT_S ({self.pg_statement_timeout_s:g}) must "
+                f"be at most half of SESSIONSTREAM_LEASE_TTL_S ({self.lease_ttl_s:g})"
+            )
+        return self
 
     @model_validator(mode="wrap")
     @classmethod

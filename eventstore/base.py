@@ -88,6 +88,11 @@ class EventStore(ABC):
         #: task of the node: one place says which of them is down (``core/supervisor.py``)
         self.supervisor = Supervisor()
 
+    async def write_trouble(self) -> str | None:
+        """Why writes fail now, for ``/healthz`` (None: not known to fail). A backend
+        whose writes can fail while reads work (a database failing over) says so."""
+        return None
+
     # lifecycle -----------------------------------------------------------
     @abstractmethod
     async def open(self) -> None:

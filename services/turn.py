@@ -17,7 +17,6 @@ import contextlib
 import time
 from typing import Any
 
-from sessionstream.core.errors import ConcurrencyConflict, LeaseLost
 from sessionstream.core.readmodels import SessionRow, TurnOutput, TurnRunInput
 from sessionstream.core.vocabulary import EventType, session_stream
 from sessionstream.engines.base import (
@@ -35,10 +34,18 @@ from sessionstream.eventstore.base import EventStore
 from sessionstream.eventstore.model import AppendRequest, NewEvent
 from sessionstream.services.coalesce import Coalescer
 from sessionstream.services.ownership import session_of
-from sessionstream.services.runlog import RunContext, RunStopped, append_run, finish
+from sessionstream.services.runlog import (
+    RunContext,
+    RunStopped,
+    append_run,
+    commit,
+    durably,
+    finish,
+)
 
-#: how long a run that is ending waits for its delta in flight to commit (a write is never
-#: cancelled: its append would still land, at a version the run no longer knows)
+#: how long a run that is ending waits for its delta in flight to commit, beyond the wait
+#: for storage (a write is never cancelled: its append would still land, at a version the
+#: run no longer knows)
 SETTLE_S = 10.0
 
 
@@ -70,32 +77,31 @@ async def run_turn(
     coalesce_s: float,
     engine_timeout_s: float,
 ) -> None:
-    doc = await store.get_doc("session", ctx.claim.session_id)
+    doc = await durably(ctx, lambda: store.get_doc("session", ctx.claim.session_id))
     if doc is None:
         raise RunStopped
     message = str(ask["message"])
     inp = turn_input(session_of(doc).body["row"], ask)
-    try:
-        await store.transact(
-            [
-                AppendRequest(
-                    ctx.stream,
-                    (ctx.event(EventType.RUN_STARTED, {"kind": "turn", **served_by(engine)}),),
-                    ctx.seq,
-                    ctx.fence,
-                ),
-                AppendRequest(
-                    session_stream(ctx.claim.session_id),
-                    (
-                        ctx.session_event(
-                            EventType.MESSAGE_APPENDED, {"role": "user", "content": message}
-                        ),
+    await commit(  # RunStopped: ended or taken over before it began
+        store,
+        ctx,
+        [
+            AppendRequest(
+                ctx.stream,
+                (ctx.event(EventType.RUN_STARTED, {"kind": "turn", **served_by(engine)}),),
+                ctx.seq,
+                ctx.fence,
+            ),
+            AppendRequest(
+                session_stream(ctx.claim.session_id),
+                (
+                    ctx.session_event(
+                        EventType.MESSAGE_APPENDED, {"role": "user", "content": message}
                     ),
                 ),
-            ]
-        )
-    except (ConcurrencyConflict, LeaseLost) as exc:  # ended or taken over before it began
-        raise RunStopped from exc
+            ),
+        ],
+    )
     ctx.seq += 1
     text: list[str] = []
     pending = Coalescer(coalesce_s)
@@ -192,7 +198,7 @@ async def run_turn(
         if writing is not None:
             # let the delta being written settle, so whatever ends the run appends at
             # the stream's true version; its outcome is the run's only if it got here
-            await asyncio.wait({writing}, timeout=SETTLE_S)
+            await asyncio.wait({writing}, timeout=SETTLE_S + ctx.storage_wait_s)
             if writing.done() and not writing.cancelled():
                 writing.exception()
         closer = getattr(stream, "aclose", None)

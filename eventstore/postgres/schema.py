@@ -398,6 +398,12 @@ WHERE id = 1 AND (reserved_by IS NULL OR reserved_by = $1 OR reserved_until <= c
 RETURNING head
 """
 
+#: a reservation its writer had no use for, given back (one that lapsed is someone else's)
+UNRESERVE_HEAD = (
+    "UPDATE log_head SET reserved_by = NULL, reserved_until = NULL "
+    "WHERE id = 1 AND reserved_by = $1"
+)
+
 #: rebuild writes documents and snapshots per page of the log
 WRITE_DOCS = f"""
 WITH d AS (

@@ -59,12 +59,13 @@ class Acks:
     cut_off: int = 0
 
 
-async def new_session(http: aiohttp.ClientSession, node: Node, token: str) -> str:
-    """A campaign, a sequence node and a chat session, made through ``node``."""
+async def new_session(http: aiohttp.ClientSession, base: str, token: str) -> str:
+    """A campaign, a sequence node and a chat session, made through ``base`` (a node's
+    URL, or "" for a client with a ``base_url``)."""
     h = {"Authorization": f"Bearer {token}"}
 
     async def post(path: str, body: dict[str, Any]) -> dict[str, Any]:
-        async with http.post(node.base_url + path, json=body, headers=h) as r:
+        async with http.post(base + path, json=body, headers=h) as r:
             payload: dict[str, Any] = await r.json()
             assert r.status == 201, (r.status, payload)
             return payload
@@ -188,10 +189,12 @@ class Load:
             await asyncio.sleep(0.05 if ok else 0.2)
 
     def longest_write(self, nodes: set[int], start: float, end: float) -> float:
-        """The longest probe write on ``nodes`` that overlapped ``[start, end]``, including
-        one still unanswered at ``end``."""
-        longest = 0.0
-        for write in self.writes:
-            if write.node in nodes and write.answered >= start and write.sent <= end:
-                longest = max(longest, write.took)
-        return longest
+        """The longest probe write on ``nodes`` that overlapped ``[start, end]``."""
+        slowest = self.slowest_write(nodes, start, end)
+        return slowest.took if slowest is not None else 0.0
+
+    def slowest_write(self, nodes: set[int], start: float, end: float) -> Write | None:
+        overlapping = [
+            w for w in self.writes if w.node in nodes and w.answered >= start and w.sent <= end
+        ]
+        return max(overlapping, key=lambda w: w.took, default=None)
