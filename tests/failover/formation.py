@@ -98,6 +98,12 @@ class Formation:
         self.ports = {"node1": base_port + 1, "node2": base_port + 2}
         self.root = Path(tempfile.mkdtemp(prefix="sessionstream-failover-", dir="/tmp"))
         shutil.chown(self.root, "postgres", "postgres")
+        # Debian's PostgreSQL puts its sockets here, and pg_autoctl's keepers talk to their
+        # own PostgreSQL through them; the folder exists once any cluster ran since boot
+        sockets = Path("/var/run/postgresql")
+        if not sockets.exists():
+            sockets.mkdir(mode=0o2775)
+            shutil.chown(sockets, "postgres", "postgres")
         self.env = {
             "PATH": f"{self.bindir}:/usr/bin:/bin",
             "HOME": str(self.root),

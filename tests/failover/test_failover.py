@@ -32,6 +32,7 @@ from pathlib import Path
 
 import pytest
 
+from sessionstream.core.settings import Settings
 from tests.failover.figures import (
     Fault,
     Figures,
@@ -108,7 +109,7 @@ def first_ack(load: Load, after: float, within: float) -> float | None:
     """The first PATCH acknowledged at or after ``after``, waiting up to ``within``."""
     deadline = time.monotonic() + within
     while True:
-        acked = [p.at for p in load.record.patches[-200:] if p.at >= after]
+        acked = [p.at for p in load.record.patches if p.at >= after]
         if acked:
             return min(acked)
         if time.monotonic() > deadline:
@@ -252,10 +253,19 @@ def test_two_nodes_ride_through_three_failovers(
         check_log_shape(log.rows)
         cli(["verify", "--database-url", uri])  # raises with its output unless it passes
         diverged = subscriber_problems(log, subscribers, work[:WATCHED])
+        unhandled = sum(unhandled_errors(node.log_path) for node in nodes)
         results = figures(faults, load.record, log, load_began)
     elapsed = time.monotonic() - began
-    publish(request, results, delivered(subscribers), diverged, len(log.rows), (setup, elapsed))
+    publish(request, results, delivered(subscribers), diverged, unhandled, (setup, elapsed))
     assert_figures(results)
+
+
+def unhandled_errors(log_path: Path | None) -> int:
+    """Errors no handler translated (the server logs each as "unhandled error")."""
+    if log_path is None or not log_path.exists():
+        return 0
+    with log_path.open(errors="replace") as lines:
+        return sum("unhandled error" in line or "Error handling request" in line for line in lines)
 
 
 def stop_thread(thread: Followers | WriteProbe | Load) -> None:
@@ -268,14 +278,15 @@ def publish(
     results: list[Figures],
     frames: int,
     diverged: list[str],
-    events: int,
+    unhandled: int,
     took: tuple[float, float],
 ) -> None:
     """The figures as a table (docs/guides/failover.md), in pytest's summary as well."""
     lines = [
         f"failover: {took[1]:.0f} s ({took[0]:.0f} s to set up the formation and the nodes), "
-        f"load average {os.getloadavg()[0]:.1f}; {events} events verified; subscribers "
-        f"received {frames} frames, {len(diverged)} subscriptions differ from the log",
+        f"load average {os.getloadavg()[0]:.1f}; subscribers received {frames} frames, "
+        f"{len(diverged)} subscriptions differ from the log; {unhandled} unhandled errors "
+        "in the nodes' logs",
         *Figures.HEADER.splitlines(),
         *(f.row() for f in results),
     ]
@@ -288,14 +299,19 @@ def publish(
 
 
 def assert_figures(results: list[Figures]) -> None:
-    """Issue 22's targets that hold: nothing acknowledged is lost, no 5xx but a 503 with
-    ``Retry-After``, and sessionstream writes within ``BEYOND_TARGET_S`` of the database.
-    Failed turns, releases and subscribers are printed; they become assertions as the
-    rest of issue 22's fixes land."""
+    """Issue 22's targets: nothing acknowledged lost; no 5xx but a 503 with ``Retry-After``;
+    sessionstream writing within ``BEYOND_TARGET_S`` of the database; no turn failed by an
+    outage shorter than ``SESSIONSTREAM_RUN_STORAGE_WAIT_S`` (the nodes run with its
+    default); exactly one ``run.released`` a run, with its outcome. Subscribers are
+    compared and printed, not asserted: see docs/guides/failover.md's known gap."""
+    bound = float(Settings.model_fields["run_storage_wait_s"].default)
     for f in results:
         assert f.acked > 0, f"{f.fault}: nothing was acknowledged"
         assert f.lost == 0, f.row()
         assert f.server_errors == 0, f"{f.row()} {f.notes}"
+        assert f.bad_releases == 0, f"{f.row()} {f.notes}"
+        if f.outage_s is None or f.outage_s < bound:
+            assert f.turns_failed == 0, f"{f.row()} {f.notes}"
     for f in results[1:]:
         assert f.db_own_s is not None, f"{f.fault}: the database never took writes again"
         assert f.beyond_s is not None, f"{f.fault}: sessionstream never wrote again"

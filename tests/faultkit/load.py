@@ -189,10 +189,12 @@ class Load:
             await asyncio.sleep(0.05 if ok else 0.2)
 
     def longest_write(self, nodes: set[int], start: float, end: float) -> float:
-        """The longest probe write on ``nodes`` that overlapped ``[start, end]``, including
-        one still unanswered at ``end``."""
-        longest = 0.0
-        for write in self.writes:
-            if write.node in nodes and write.answered >= start and write.sent <= end:
-                longest = max(longest, write.took)
-        return longest
+        """The longest probe write on ``nodes`` that overlapped ``[start, end]``."""
+        slowest = self.slowest_write(nodes, start, end)
+        return slowest.took if slowest is not None else 0.0
+
+    def slowest_write(self, nodes: set[int], start: float, end: float) -> Write | None:
+        overlapping = [
+            w for w in self.writes if w.node in nodes and w.answered >= start and w.sent <= end
+        ]
+        return max(overlapping, key=lambda w: w.took, default=None)
