@@ -430,6 +430,7 @@ def run(comparison: Comparison, rounds: int, quick: bool) -> dict[str, Any]:
         "baseline": comparison.baseline,
         "target": f"ratio >= {comparison.target_ratio} at {CONCURRENCY[-1]} appenders",
         "met": rows[-1]["ratio"] >= comparison.target_ratio,
+        "rounds": rounds,  # the file's ``rounds`` is the last run's; ``--only`` keeps the others
         "load_average": {"start": load_start, "end": [round(v, 2) for v in os.getloadavg()]},
         "rows": rows,
     }
