@@ -55,7 +55,7 @@ def model_process(port: int, pipe: Connection) -> None:
         for n in range(tokens):
             # a fixed schedule: a late wake-up does not push every later token back
             await asyncio.sleep(max(0.0, start + n * pace_s - time.monotonic()))
-            await resp.write(_chunk({"content": f"{time.monotonic():.6f}"}))
+            await resp.write(_chunk({"content": f"{time.monotonic():.6f} "}))
         await resp.write(_chunk({}, "stop") + b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp
@@ -95,7 +95,7 @@ class Watch:
 def subscriber_process(watches: list[Watch], pipe: Connection) -> None:
     """Opens every websocket, says ready, then records each delta's latency until
     every run has ended; sends back (local ms, remote ms, frames lost or repeated,
-    CPU seconds it used meanwhile)."""
+    CPU seconds it used meanwhile, delta frames)."""
 
     async def one(
         http: aiohttp.ClientSession, watch: Watch, opened: asyncio.Event, out: list[float]
@@ -114,12 +114,16 @@ def subscriber_process(watches: list[Watch], pipe: Connection) -> None:
                 wrong += int(seq != last_seq + 1)
                 last_seq = seq
                 if frame["type"] == "message.delta":
-                    out.append((now - float(frame["data"]["text"])) * 1000)
+                    # a delta carries every token its coalescing window gathered
+                    out.extend((now - float(t)) * 1000 for t in frame["data"]["text"].split())
+                    frames[0] += 1
                 elif frame["type"] in TERMINAL:
                     return wrong
         return wrong + 1  # closed before the run's end
 
-    async def main() -> tuple[list[float], list[float], int, float]:
+    frames = [0]
+
+    async def main() -> tuple[list[float], list[float], int, float, int]:
         local: list[float] = []
         remote: list[float] = []
         connector = aiohttp.TCPConnector(limit=0)
@@ -133,7 +137,7 @@ def subscriber_process(watches: list[Watch], pipe: Connection) -> None:
             pipe.send("ready")
             cpu = _cpu_self()
             wrong = sum(await asyncio.wait_for(asyncio.gather(*tasks), 600))
-        return local, remote, wrong, _cpu_self() - cpu
+        return local, remote, wrong, _cpu_self() - cpu, frames[0]
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
