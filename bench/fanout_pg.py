@@ -203,11 +203,15 @@ def one_round(
         wrong = 0
         client_cpu = 0.0
         frames = 0
+        to_writer: list[float] = []
+        from_writer: list[float] = []
         for pipe in pipes:
             if not pipe.poll(600):
                 raise TimeoutError("the subscribers did not finish")
-            got_local, got_remote, got_wrong, got_cpu, got_frames = pipe.recv()
+            got_local, got_remote, got_wrong, got_cpu, got_frames, got_in, got_out = pipe.recv()
             frames += got_frames
+            to_writer += got_in
+            from_writer += got_out
             local += got_local
             remote += got_remote
             wrong += got_wrong
@@ -229,6 +233,12 @@ def one_round(
         "p50_ms": percentile(every, 0.5),
         "p99_ms": percentile(every, 0.99),
         "max_ms": max(every),
+        # where the time goes: emission to the writer's timestamp (per token), and
+        # that timestamp to arrival (per frame), ms resolution
+        "to_writer_p50_ms": percentile(to_writer, 0.5),
+        "to_writer_p99_ms": percentile(to_writer, 0.99),
+        "from_writer_p50_ms": percentile(from_writer, 0.5),
+        "from_writer_p99_ms": percentile(from_writer, 0.99),
         "local_p99_ms": percentile(local, 0.99) if local else None,
         "remote_p99_ms": percentile(remote, 0.99),
         # CPU per 1,000 frames delivered: what the fan-out costs, whatever the load
@@ -315,6 +325,8 @@ def main() -> None:
             "p99 ms",
             "p99 local",
             "p99 remote",
+            "p99 to writer",
+            "p99 after",
             "lost",
             "node ms/1k",
             "client ms/1k",
@@ -328,6 +340,8 @@ def main() -> None:
                 s["median"]["p99_ms"],
                 s["median"].get("local_p99_ms", "-"),
                 s["median"]["remote_p99_ms"],
+                s["median"]["to_writer_p99_ms"],
+                s["median"]["from_writer_p99_ms"],
                 s["frames_lost_or_repeated"],
                 s["median"]["node_cpu_ms_per_1k_frames"],
                 s["median"]["client_cpu_ms_per_1k_frames"],
@@ -336,6 +350,7 @@ def main() -> None:
             for s in summary
         ],
     )
+    print("to writer: a token's emission to its delta's recorded_at; after: recorded_at to arrival")
     print(
         f"target: p99 <= {TARGET_P99_MS:g} ms; medians of {rounds} round(s); {os.cpu_count()} cores"
     )
@@ -367,6 +382,10 @@ def summarise(
         "local_p99_ms",
         "remote_p99_ms",
         "max_ms",
+        "to_writer_p50_ms",
+        "to_writer_p99_ms",
+        "from_writer_p50_ms",
+        "from_writer_p99_ms",
         "node_cpu_ms_per_1k_frames",
         "client_cpu_ms_per_1k_frames",
         "node_cpu_share",

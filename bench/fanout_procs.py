@@ -14,6 +14,7 @@ import os
 import resource
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -95,7 +96,9 @@ class Watch:
 def subscriber_process(watches: list[Watch], pipe: Connection) -> None:
     """Opens every websocket, says ready, then records each delta's latency until
     every run has ended; sends back (local ms, remote ms, frames lost or repeated,
-    CPU seconds it used meanwhile, delta frames)."""
+    CPU seconds it used meanwhile, delta frames, ms from each token's emission to
+    the writer's timestamp of its delta, ms from that timestamp to each frame's
+    arrival)."""
 
     async def one(
         http: aiohttp.ClientSession, watch: Watch, opened: asyncio.Event, out: list[float]
@@ -115,15 +118,24 @@ def subscriber_process(watches: list[Watch], pipe: Connection) -> None:
                 last_seq = seq
                 if frame["type"] == "message.delta":
                     # a delta carries every token its coalescing window gathered
-                    out.extend((now - float(t)) * 1000 for t in frame["data"]["text"].split())
+                    stamps = [float(t) for t in frame["data"]["text"].split()]
+                    out.extend((now - t) * 1000 for t in stamps)
+                    # the writer's timestamp splits it: before (engine, the writer's
+                    # queue) and after (commit, NOTIFY, the read, the fan-out, us)
+                    written = _wall(frame["at"]) - offset
+                    split[0].extend((written - t) * 1000 for t in stamps)
+                    split[1].append((now - written) * 1000)
                     frames[0] += 1
                 elif frame["type"] in TERMINAL:
                     return wrong
         return wrong + 1  # closed before the run's end
 
     frames = [0]
+    split: tuple[list[float], list[float]] = ([], [])
+    # the wall clock in the monotonic one's terms (both are this host's)
+    offset = time.time() - time.monotonic()
 
-    async def main() -> tuple[list[float], list[float], int, float, int]:
+    async def main() -> tuple[list[float], list[float], int, float, int, list[float], list[float]]:
         local: list[float] = []
         remote: list[float] = []
         connector = aiohttp.TCPConnector(limit=0)
@@ -137,12 +149,17 @@ def subscriber_process(watches: list[Watch], pipe: Connection) -> None:
             pipe.send("ready")
             cpu = _cpu_self()
             wrong = sum(await asyncio.wait_for(asyncio.gather(*tasks), 600))
-        return local, remote, wrong, _cpu_self() - cpu, frames[0]
+        return local, remote, wrong, _cpu_self() - cpu, frames[0], *split
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
     install_uvloop()
     pipe.send(asyncio.run(main()))
+
+
+def _wall(at: str) -> float:
+    """An event's ``recorded_at`` (RFC 3339, UTC, milliseconds) as a POSIX time."""
+    return datetime.strptime(at, "%Y-%m-%dT%H:%M:%S.%f%z").timestamp()
 
 
 def _cpu_self() -> float:
