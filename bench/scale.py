@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -100,6 +101,7 @@ FIGURES: tuple[tuple[str, str, bool], ...] = (
             ("mb", "MB"),
             (f"page{scale_measure.PAGE}_p50_ms", f"page of {scale_measure.PAGE} p50 ms"),
             (f"page{scale_measure.PAGE}_p99_ms", f"page of {scale_measure.PAGE} p99 ms"),
+            (f"page{scale_measure.PAGE}_cpu_ms", f"page of {scale_measure.PAGE} CPU ms a request"),
         )
     ),
     ("as_of_position_p50_ms", "as_of=<position> p50 ms", True),
@@ -115,6 +117,7 @@ FIGURES: tuple[tuple[str, str, bool], ...] = (
     ),
     ("import_s", "import seconds", True),
     ("import_rss_mb", "import peak RSS MB", True),
+    ("load_average", "load average (1 min) during the reads", False),
 )
 
 
@@ -139,6 +142,7 @@ def measure_size(
     for n in range(rounds):
         progress(f"{size}: reads over HTTP, round {n + 1} of {rounds}")
         reads.append(asyncio.run(scale_measure.read_round(settings, built, requests)))
+        reads[-1]["load_average"] = os.getloadavg()[0]
     values |= medians(reads)
     values["bytes_per_turn_x_row"] = values["bytes_per_turn"] / values["row_json_per_turn"]
     for command, extra in (("verify", ()), ("export", ("--out", str(work / "export.ndjson")))):

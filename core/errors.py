@@ -107,10 +107,18 @@ class RateLimited(SessionStreamError):
 
 
 class StorageUnavailable(SessionStreamError):
-    """The log cannot be written (read-only file, full disk, lost database)."""
+    """The log cannot be written (read-only file, full disk, lost database).
+
+    A 503 with ``Retry-After``: storage often comes back by itself (a
+    database failover takes seconds), so clients are told when to try again.
+    """
 
     status = 503
     code = "storage_unavailable"
+
+    def __init__(self, message: str, *, retry_after: float = 1.0, details: Any = None) -> None:
+        super().__init__(message, details=details)
+        self.retry_after = retry_after
 
 
 class Overloaded(SessionStreamError):

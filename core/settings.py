@@ -39,6 +39,10 @@ DEFAULT_ENGINE_TIMEOUT_S = 60.0
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 
+#: a PostgreSQL statement's bound unless the lease is shorter (``pg_statement_timeout_s``)
+DEFAULT_STATEMENT_TIMEOUT_S = 5.0
+
+
 class Settings(BaseSettings):
     """One node's configuration, validated once, then frozen."""
 
@@ -64,6 +68,24 @@ class Settings(BaseSettings):
         "`?search_path=NAME` keeps a deployment in schema `NAME` (created if missing), "
         "with its own notification channel.",
         json_schema_extra={"flag": "--database-url", "hint": "(postgresql://...)"},
+    )
+    pg_connect_timeout_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="PostgreSQL: how long one host may take to accept a connection and "
+        "answer before the next host of a multi-host URL is tried. A frozen primary that "
+        "still accepts TCP is skipped after this, so a failover costs this much per "
+        "frozen host, not one timeout for the whole host list.",
+    )
+    pg_statement_timeout_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="PostgreSQL: the longest one read or write statement may take, in the "
+        "client and (as `statement_timeout`) the server; past it the request is a 503 "
+        "`storage_unavailable` with `Retry-After`, and the connection is replaced. At most "
+        "half of `SESSIONSTREAM_LEASE_TTL_S`, so a stuck statement never outlives a run's "
+        "lease; unset, 5 s or half the lease TTL if that is shorter. Rebuilds and imports "
+        "run without it.",
     )
     secret: str | None = Field(
         default=None,
@@ -234,10 +256,12 @@ class Settings(BaseSettings):
         default=4, ge=1, description="Leads generated at once within one examples run."
     )
     delta_coalesce_ms: float = Field(
-        default=30.0,
+        default=0.0,
         ge=0,
-        description="Window in which streamed text is batched into one `message.delta` "
-        "event; 0 writes each delta as it comes.",
+        description="Least spacing between one run's `message.delta` events. Whatever it "
+        "is, streamed text is written as soon as the log can take it: at once on an idle "
+        "writer, gathered into the next delta while the run's previous one commits "
+        "(docs/explanation/token-latency.md). 0 adds no spacing.",
     )
     keep_raw_deltas: bool = Field(
         default=False,
@@ -391,6 +415,24 @@ class Settings(BaseSettings):
         if isinstance(data, dict) and data.get("engine") == "anthropic" and not data.get("model"):
             return {**data, "model": DEFAULT_ANTHROPIC_MODEL}
         return data
+
+    @property
+    def statement_timeout_s(self) -> float:
+        """``pg_statement_timeout_s``, or its default below the lease."""
+        if self.pg_statement_timeout_s is not None:
+            return self.pg_statement_timeout_s
+        return min(DEFAULT_STATEMENT_TIMEOUT_S, self.lease_ttl_s / 2)
+
+    @model_validator(mode="after")
+    def _statements_within_the_lease(self) -> Settings:
+        if self.pg_statement_timeout_s is None:
+            return self
+        if self.pg_statement_timeout_s > self.lease_ttl_s / 2:
+            raise ValueError(
+                f"SESSIONSTREAM_PG_STATEMENT_TIMEOUT_S ({self.pg_statement_timeout_s:g}) must "
+                f"be at most half of SESSIONSTREAM_LEASE_TTL_S ({self.lease_ttl_s:g})"
+            )
+        return self
 
     @model_validator(mode="wrap")
     @classmethod

@@ -30,12 +30,13 @@ guarantees below are what commands, projections and subscribers rely on.
 from __future__ import annotations
 
 import asyncio
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
 from sessionstream.core.supervisor import Supervisor
-from sessionstream.eventstore.groupcommit import GroupCommit
+from sessionstream.eventstore.groupcommit import GroupCommit, IdleWork
 from sessionstream.eventstore.hub import Hub, Subscription
 from sessionstream.eventstore.model import (
     ANY_VERSION,
@@ -48,6 +49,8 @@ from sessionstream.eventstore.model import (
 )
 from sessionstream.eventstore.projector import Projection
 from sessionstream.eventstore.tree import LogTree
+
+log = logging.getLogger("sessionstream.eventstore")
 
 #: the bytes of stored JSON one page of events holds at most (one larger event goes alone)
 DEFAULT_PAGE_BYTES = 1024 * 1024
@@ -79,9 +82,16 @@ class EventStore(ABC):
         self.catchup = asyncio.Semaphore(catchup_reads)
         #: appends wait here for the backend's single writer (``max_pending`` at most)
         self.commits = GroupCommit(max_batch, max_pending)
+        #: finished runs whose deltas the writer packs when no append waits
+        self.compactions = IdleWork(self.commits)
         #: runs this store's writer and pump, and (in a server) every other background
         #: task of the node: one place says which of them is down (``core/supervisor.py``)
         self.supervisor = Supervisor()
+
+    async def write_trouble(self) -> str | None:
+        """Why writes fail now, for ``/healthz`` (None: not known to fail). A backend
+        whose writes can fail while reads work (a database failing over) says so."""
+        return None
 
     # lifecycle -----------------------------------------------------------
     @abstractmethod
@@ -229,6 +239,14 @@ class EventStore(ABC):
         """Pack the token deltas of these ended runs (``eventstore/packing.py``); returns
         the events packed. Stores compact each run as it ends unless told to keep rows."""
         return 0
+
+    async def compact_quietly(self, stream_ids: Sequence[str]) -> None:
+        """``compact``, for the writer between batches: a failure leaves the deltas
+        rows (nothing is lost), logged, and the writer goes on."""
+        try:
+            await self.compact(stream_ids)
+        except Exception:
+            log.exception("compacting %d finished run(s) failed", len(stream_ids))
 
     @abstractmethod
     async def scan_docs(

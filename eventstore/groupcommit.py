@@ -9,7 +9,8 @@ this way; what a batch costs differs, how it is queued and answered does not.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from sessionstream.core.errors import Overloaded, SessionStreamError, ValidationFailed
@@ -79,3 +80,39 @@ class GroupCommit:
     async def drained(self) -> None:
         """Every request queued so far has its answer."""
         await self._queue.join()
+
+
+class IdleWork:
+    """What the writer does between batches, one item at a time, only while no append
+    waits: packing a finished run's deltas (``eventstore/packing.py``) is another run's
+    work, and a token delta must not wait for it behind the writer.
+
+    Under a load that never lets the queue empty, the work would wait forever and
+    the rows it would pack pile up; past ``backlog`` items, one is done after each
+    batch whatever waits, so a delta waits for one item at most.
+    """
+
+    def __init__(self, commits: GroupCommit, backlog: int = 256) -> None:
+        self._commits = commits
+        self.backlog = backlog
+        self._items: deque[str] = deque()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def add(self, items: Iterable[str]) -> None:
+        self._items.extend(items)
+
+    def next(self) -> str | None:
+        """The item to do now, or None when there is none or appends are waiting."""
+        if not self._items:
+            return None
+        if self._commits.waiting and len(self._items) <= self.backlog:
+            return None
+        return self._items.popleft()
+
+    def take_all(self) -> list[str]:
+        """Every item left (a store closing does them before it stops)."""
+        items = list(self._items)
+        self._items.clear()
+        return items

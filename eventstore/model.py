@@ -14,6 +14,7 @@ from typing import Any, cast
 
 from sessionstream.core.ids import uuid7
 from sessionstream.core.jsonenc import encoder
+from sessionstream.eventstore.textcodec import decode
 
 #: ``expected_version`` meaning "do not check".
 ANY_VERSION: int | None = None
@@ -278,8 +279,8 @@ def row_to_event(row: Sequence[Any]) -> RecordedEvent:
         version=row[2],
         event_id=row[3],
         type=row[4],
-        data=json.loads(row[5]),
-        metadata=json.loads(row[6]),
+        data=json.loads(decode(row[5])),
+        metadata=json.loads(decode(row[6])),
         correlation_id=row[7],
         recorded_at=row[8],
         hash=row[9],
@@ -330,12 +331,12 @@ class StoredEvent(RecordedEvent):
             event_id=row[3],
             type=row[4],
             data=cast("dict[str, Any]", None),
-            metadata=json.loads(row[6]),
+            metadata=json.loads(decode(row[6])),
             correlation_id=row[7],
             recorded_at=row[8],
             hash=row[9],
         )
-        object.__setattr__(event, "_raw", row[5])
+        object.__setattr__(event, "_raw", decode(row[5]))
         return event
 
 
@@ -407,5 +408,5 @@ def row_to_doc(row: Sequence[Any]) -> Doc:
         ),
         version=row[7],
         position=row[8],
-        body=json.loads(row[9]),
+        body=json.loads(decode(row[9])),
     )

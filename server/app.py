@@ -20,6 +20,7 @@ from sessionstream.server import console, history, metrics, openapi, proofs, rea
 from sessionstream.server.auth import auth_middleware
 from sessionstream.server.errors import Handler, error_for
 from sessionstream.server.handlers import routes as api_routes
+from sessionstream.server.health import healthz
 from sessionstream.server.keys import (
     AUTH,
     AUTH_FAILURES,
@@ -60,6 +61,8 @@ def make_store(settings: Settings, *, serving: bool = False) -> EventStore:
             page_bytes=settings.page_bytes,
             catchup_reads=settings.catchup_reads,
             compact_runs=not settings.keep_raw_deltas,
+            connect_timeout_s=settings.pg_connect_timeout_s,
+            statement_timeout_s=settings.statement_timeout_s,
             lease_ttl_s=settings.lease_ttl_s,
             stop_in_append=settings.fault_stop_in_append,
         )
@@ -137,38 +140,6 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
 #: request (400) itself, before any application hook could see the response.
 SERVER = "sessionstream"
 setattr(web_response, "SERVER_SOFTWARE", SERVER)  # noqa: B010 - not exported, so not typed
-
-
-async def healthz(request: web.Request) -> web.Response:
-    """503 naming every background task that has not come back within its bound.
-
-    A node whose event pump is dead still serves reads, so only the
-    supervisor can say it is not fit for clients (``core/supervisor.py``).
-    """
-    store = request.app[STORE]
-    supervisor = store.supervisor
-    failing = supervisor.unhealthy()
-    if failing:
-        names = sorted(failing)
-        message = (
-            f"background task(s) {', '.join(names)} have not restarted within "
-            f"{supervisor.restart_bound_s:g}s"
-        )
-        return web.json_response(
-            {
-                "status": "unhealthy",
-                "failing": {name: round(failing[name], 1) for name in names},
-                "error": {"code": "unhealthy", "message": message},
-            },
-            status=503,
-            headers={"Cache-Control": "no-store"},
-        )
-    head = await store.head_position()
-    restarting = sorted(n for n in list(supervisor.tasks) if supervisor.down(n) is not None)
-    body: dict[str, object] = {"status": "ok", "head_position": head}
-    if restarting:
-        body["restarting"] = restarting
-    return web.json_response(body)
 
 
 def create_app(

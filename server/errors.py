@@ -21,6 +21,7 @@ from sessionstream.core.errors import (
     PayloadTooLarge,
     RateLimited,
     SessionStreamError,
+    StorageUnavailable,
     ValidationFailed,
 )
 from sessionstream.server.bounds import Bounds
@@ -55,7 +56,7 @@ def error_response(
 
 def to_response(exc: SessionStreamError) -> web.Response:
     headers: dict[str, str] = {}
-    if isinstance(exc, RateLimited | Overloaded):
+    if isinstance(exc, RateLimited | Overloaded | StorageUnavailable):
         headers["Retry-After"] = str(max(1, int(exc.retry_after + 0.999)))
     return error_response(exc.status, exc.code, exc.message, exc.details, headers)
 

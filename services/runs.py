@@ -53,7 +53,7 @@ class RunManager:
         max_concurrent: int = 32,
         max_queued: int = 1000,
         examples_concurrency: int = 4,
-        coalesce_ms: float = 30.0,
+        coalesce_ms: float = 0.0,
         engine_timeout_s: float = 60.0,
         node_id: str = "local",
         lease_ttl_s: float = 15.0,

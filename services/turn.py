@@ -1,8 +1,10 @@
 """One chat turn: the engine's stream of items becomes the run's events.
 
-Text deltas are coalesced (one ``message.delta`` per ``coalesce_s`` window,
-not one per token) so the log stays small while subscribers still see the
-reply grow; skeleton and draft proposals are events of their own. The
+Streamed text becomes ``message.delta`` events as fast as the log takes them
+(``services/coalesce.py``): a delta per token on an idle writer, larger ones
+under load, never two of one run in the writer's queue. The engine is read on
+while a delta commits, so neither waits for the other. Skeleton and draft
+proposals are events of their own. The
 durable results (the user's and the assistant's messages, a new skeleton
 revision, a new draft) land on the session stream: the user's message with
 ``run.started``, the rest with the terminal event.
@@ -31,8 +33,13 @@ from sessionstream.engines.base import (
 from sessionstream.engines.provider import stalled
 from sessionstream.eventstore.base import EventStore
 from sessionstream.eventstore.model import AppendRequest, NewEvent
+from sessionstream.services.coalesce import Coalescer
 from sessionstream.services.ownership import session_of
 from sessionstream.services.runlog import RunContext, RunStopped, append_run, finish
+
+#: how long a run that is ending waits for its delta in flight to commit (a write is never
+#: cancelled: its append would still land, at a version the run no longer knows)
+SETTLE_S = 10.0
 
 
 def turn_input(row: SessionRow, ask: TurnRunInput) -> TurnInput:
@@ -91,24 +98,38 @@ async def run_turn(
         raise RunStopped from exc
     ctx.seq += 1
     text: list[str] = []
-    pending: list[str] = []
-    last_flush = 0.0
+    pending = Coalescer(coalesce_s)
+    #: the delta in the writer's pipeline (at most one: see ``services/coalesce.py``)
+    writing: asyncio.Future[None] | None = None
     skeleton: dict[str, Any] | None = None
     draft: DraftUpdate | None = None
     version = inp.framework_version
 
+    def write_delta() -> None:
+        nonlocal writing
+        chunk = pending.take(time.monotonic())
+        event = ctx.event(EventType.MESSAGE_DELTA, {"text": chunk})
+        writing = asyncio.ensure_future(append_run(store, ctx, event))
+
+    async def settle() -> None:
+        """Wait for the delta being written; its failure (``RunStopped``) is the run's."""
+        nonlocal writing
+        if writing is not None:
+            await asyncio.wait({writing})  # a cancel of the run never cancels the write
+            done, writing = writing, None
+            done.result()
+
     async def flush() -> None:
-        nonlocal last_flush
+        """Everything streamed so far written, in order, before what comes next."""
+        await settle()
         if pending:
-            chunk = "".join(pending)
-            pending.clear()
+            chunk = pending.take(time.monotonic())
             await append_run(store, ctx, ctx.event(EventType.MESSAGE_DELTA, {"text": chunk}))
-            last_flush = time.monotonic()
 
     stream = engine.turn(inp).__aiter__()
-    # The engine's next item is awaited as its own task: a timeout (to flush a
-    # coalescing window, or to detect a hung engine) must never cancel it, since
-    # cancelling an async generator's __anext__ ends the generator for good.
+    # The engine's next item is awaited as its own task: a timeout (to detect a hung
+    # engine) or a delta's commit must never cancel it, since cancelling an async
+    # generator's __anext__ ends the generator for good.
     next_item: asyncio.Future[Any] | None = None
     idle_deadline = 0.0
     try:
@@ -116,54 +137,65 @@ async def run_turn(
             if next_item is None:
                 next_item = asyncio.ensure_future(stream.__anext__())
                 idle_deadline = time.monotonic() + engine_timeout_s
+            waits: set[asyncio.Future[Any]] = {next_item}
+            if writing is not None:
+                waits.add(writing)
             deadline = idle_deadline
-            if pending:
-                deadline = min(deadline, last_flush + coalesce_s)
-            done, _ = await asyncio.wait({next_item}, timeout=max(0.0, deadline - time.monotonic()))
-            if not done:
-                if pending and time.monotonic() >= last_flush + coalesce_s:
+            wake = pending.wake_at(writing is not None)
+            if wake is not None:
+                deadline = min(deadline, wake)
+            await asyncio.wait(
+                waits,
+                timeout=max(0.0, deadline - time.monotonic()),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            if writing is not None and writing.done():
+                await settle()
+            if next_item.done():
+                finished, next_item = next_item, None
+                try:
+                    item = finished.result()
+                except StopAsyncIteration:
+                    break
+                if isinstance(item, TextDelta):
+                    text.append(item.text)
+                    pending.add(item.text)
+                elif isinstance(item, SkeletonUpdate):
                     await flush()
-                elif time.monotonic() >= idle_deadline:
-                    raise stalled(engine, engine_timeout_s)
-                continue
-            finished, next_item = next_item, None
-            try:
-                item = finished.result()
-            except StopAsyncIteration:
-                break
-            if isinstance(item, TextDelta):
-                if not item.text:
-                    continue
-                text.append(item.text)
-                pending.append(item.text)
-                if time.monotonic() - last_flush >= coalesce_s:
+                    skeleton = item.skeleton
+                    version += 1
+                    await append_run(
+                        store,
+                        ctx,
+                        ctx.event(
+                            EventType.SKELETON_UPDATED,
+                            {"skeleton": skeleton, "framework_version": version},
+                        ),
+                    )
+                elif isinstance(item, DraftUpdate):
                     await flush()
-            elif isinstance(item, SkeletonUpdate):
-                await flush()
-                skeleton = item.skeleton
-                version += 1
-                await append_run(
-                    store,
-                    ctx,
-                    ctx.event(
-                        EventType.SKELETON_UPDATED,
-                        {"skeleton": skeleton, "framework_version": version},
-                    ),
-                )
-            elif isinstance(item, DraftUpdate):
-                await flush()
-                draft = item
-                await append_run(
-                    store,
-                    ctx,
-                    ctx.event(
-                        EventType.DRAFT_UPDATED,
-                        {"draft_subject": item.subject, "draft_body": item.body},
-                    ),
-                )
+                    draft = item
+                    await append_run(
+                        store,
+                        ctx,
+                        ctx.event(
+                            EventType.DRAFT_UPDATED,
+                            {"draft_subject": item.subject, "draft_body": item.body},
+                        ),
+                    )
+            elif time.monotonic() >= idle_deadline:
+                raise stalled(engine, engine_timeout_s)
+            if pending.due(time.monotonic(), writing is not None):
+                write_delta()
     finally:
         if next_item is not None:
             next_item.cancel()
+        if writing is not None:
+            # let the delta being written settle, so whatever ends the run appends at
+            # the stream's true version; its outcome is the run's only if it got here
+            await asyncio.wait({writing}, timeout=SETTLE_S)
+            if writing.done() and not writing.cancelled():
+                writing.exception()
         closer = getattr(stream, "aclose", None)
         if closer is not None:
             with contextlib.suppress(Exception):

@@ -42,7 +42,7 @@ def _sample(name: str) -> tuple[str, Any]:
         return ("false", False) if default else ("true", True)
     if isinstance(default, int):
         return "7", 7
-    if isinstance(default, float):
+    if isinstance(default, float) or Settings.model_fields[name].annotation == float | None:
         return "0.25", 0.25
     return "value", "value"
 

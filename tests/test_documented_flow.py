@@ -1,9 +1,15 @@
-"""The documented typical flow, over HTTP only, with the default offline engine."""
+"""The documented typical flow, over HTTP only, with the default offline engine.
+
+:func:`documented_flow` takes any aiohttp client (the test client here, a
+``ClientSession`` through nginx in ``tests/test_nginx.py``), so the flow a
+deployment serves is checked by the same steps.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from tests.conftest import Api
@@ -35,10 +41,19 @@ LEADS: list[dict[str, Any]] = [
 ]
 
 
-async def poll_idle(api: Api, sid: str) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Caller:
+    """An aiohttp client (``TestClient`` or ``ClientSession`` with a ``base_url``) and the
+    owner's headers."""
+
+    client: Any
+    headers: dict[str, str]
+
+
+async def poll_idle(api: Caller, sid: str) -> dict[str, Any]:
     """The documented client: poll GET until task_status returns to null."""
     for _ in range(2000):
-        r = await api.client.get(f"{S}/{sid}", headers=api.h())
+        r = await api.client.get(f"{S}/{sid}", headers=api.headers)
         row: dict[str, Any] = (await r.json())["session"]
         if row["task_status"] is None:
             return row
@@ -46,7 +61,7 @@ async def poll_idle(api: Api, sid: str) -> dict[str, Any]:
     raise AssertionError("task_status never returned to null")
 
 
-async def turn(api: Api, sid: str, message: str) -> dict[str, Any]:
+async def turn(api: Caller, sid: str, message: str) -> dict[str, Any]:
     r = await api.client.post(
         f"{S}/{sid}/turn",
         json={
@@ -55,7 +70,7 @@ async def turn(api: Api, sid: str, message: str) -> dict[str, Any]:
             "sampleLeads": [{k: v for k, v in lead.items() if k != "id"} for lead in LEADS],
             "sequenceContext": {"position": 1, "total_nodes": 3, "prior_nodes": []},
         },
-        headers=api.h(),
+        headers=api.headers,
     )
     assert r.status == 200, await r.text()
     body = await r.json()
@@ -65,8 +80,11 @@ async def turn(api: Api, sid: str, message: str) -> dict[str, Any]:
 
 async def test_documented_typical_flow(api: Api) -> None:
     session = await api.session()
-    sid = session["id"]
+    await documented_flow(Caller(api.client, api.h()), session["id"])
 
+
+async def documented_flow(api: Caller, sid: str) -> None:
+    """Three turns to a draft, then two batches of examples, on session ``sid``."""
     row = await turn(
         api, sid, "Write an intro email for enterprise VPs of Sales, emphasizing time-to-ROI"
     )
@@ -92,7 +110,7 @@ async def test_documented_typical_flow(api: Api) -> None:
     r = await api.client.post(
         f"{S}/{sid}/generate-examples",
         json={"leads": LEADS, "isFirstBatch": True},
-        headers=api.h(),
+        headers=api.headers,
     )
     assert r.status == 200, await r.text()
     row = await poll_idle(api, sid)
@@ -106,7 +124,7 @@ async def test_documented_typical_flow(api: Api) -> None:
     r = await api.client.post(
         f"{S}/{sid}/generate-examples",
         json={"leads": [{"id": "lead-4", "first_name": "Mo"}], "isFirstBatch": False},
-        headers=api.h(),
+        headers=api.headers,
     )
     assert r.status == 200
     row = await poll_idle(api, sid)

@@ -83,9 +83,9 @@ async def run_faults(
     nodes: Cluster, http: aiohttp.ClientSession, total: int, seed: int
 ) -> tuple[list[str], list[str]]:
     first = nodes.nodes[0]
-    shared = [await new_session(http, first, nodes.token) for _ in range(SHARED_SESSIONS)]
-    probes = [await new_session(http, first, nodes.token) for _ in nodes.nodes]
-    runs = [await new_session(http, first, nodes.token) for _ in nodes.nodes]
+    shared = [await new_session(http, first.base_url, nodes.token) for _ in range(SHARED_SESSIONS)]
+    probes = [await new_session(http, first.base_url, nodes.token) for _ in nodes.nodes]
+    runs = [await new_session(http, first.base_url, nodes.token) for _ in nodes.nodes]
     load = Load(nodes, http, shared, probes, clients=CLIENTS, seed=seed)
     subscribers = [Subscriber(nodes, http, sid, seed + i) for i, sid in enumerate(shared + runs)]
     for subscriber in subscribers:
@@ -94,31 +94,38 @@ async def run_faults(
     injector = Injector(nodes, http, load, subscribers, runs, lease_s=LEASE_S, seed=seed)
     began = time.monotonic()
     try:
-        await asyncio.sleep(2)
-        for n in range(total):
-            kind = KINDS[n % len(KINDS)]
-            victim = injector.rng.choice(nodes.nodes)
-            await injector.inject(kind, victim)
-            await asyncio.sleep(injector.rng.uniform(0.5, 1.5))
+        try:
+            await asyncio.sleep(2)
+            for n in range(total):
+                kind = KINDS[n % len(KINDS)]
+                victim = injector.rng.choice(nodes.nodes)
+                await injector.inject(kind, victim)
+                await asyncio.sleep(injector.rng.uniform(0.5, 1.5))
+        finally:
+            await load.stop()
+        stuck = await settled(nodes)
+        log = await checks.read_log(nodes.schema)
+        heads = checks.session_heads(log, [s.sid for s in subscribers])
+        await wait_caught_up(subscribers, heads, 30)
     finally:
-        await load.stop()
-    # quiet: every run ends and frees its session, every subscriber catches up
+        for subscriber in subscribers:
+            await subscriber.stop()
+    took = time.monotonic() - began
+    return summarize(nodes, injector, load, subscribers, log, stuck, took, seed)
+
+
+async def settled(nodes: Cluster) -> list[str]:
+    """Once every run has ended and freed its session: nothing. After ten lease times: what
+    is still busy."""
     deadline = time.monotonic() + 10 * LEASE_S
-    while time.monotonic() < deadline:
+    while True:
         stuck = checks.busy(
             await checks.read_docs(nodes.schema, "session"),
             await checks.read_docs(nodes.schema, "run"),
         )
-        if not stuck:
-            break
+        if not stuck or time.monotonic() > deadline:
+            return stuck
         await asyncio.sleep(0.2)
-    log = await checks.read_log(nodes.schema)
-    heads = checks.session_heads(log, [s.sid for s in subscribers])
-    await wait_caught_up(subscribers, heads, 30)
-    for subscriber in subscribers:
-        await subscriber.stop()
-    took = time.monotonic() - began
-    return summarize(nodes, injector, load, subscribers, log, stuck, took, seed)
 
 
 def summarize(

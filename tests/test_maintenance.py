@@ -23,6 +23,7 @@ from sessionstream import projections
 from sessionstream.cli.main import main
 from sessionstream.eventstore.model import Doc
 from sessionstream.eventstore.sqlite import SQLiteEventStore
+from sessionstream.eventstore.textcodec import decode
 from sessionstream.eventstore.verify import doc_form
 from sessionstream.projections.session import SessionProjection
 from sessionstream.server.app import create_app
@@ -117,7 +118,10 @@ def copy_db(golden: tuple[Path, dict[str, Any]], tmp_path: Path) -> Path:
 
 
 def sql(db: Path, statement: str, *params: Any) -> list[Any]:
+    """``statement`` on the file; ``stored_text(column)`` reads a value as the JSON it holds
+    (a large one is stored deflated: ``eventstore/textcodec.py``)."""
     conn = sqlite3.connect(db)
+    conn.create_function("stored_text", 1, decode, deterministic=True)
     try:
         rows = conn.execute(statement, params).fetchall()
         conn.commit()
@@ -175,7 +179,8 @@ def test_verify_names_an_altered_event(golden: Any, tmp_path: Path, capsys: Any)
     )
     sql(
         db,
-        "UPDATE events SET data = json_set(data, '$.fields.title', 'forged') WHERE position = ?",
+        "UPDATE events SET data = json_set(stored_text(data), '$.fields.title', 'forged') "
+        "WHERE position = ?",
         position,
     )
     code, out, _ = cli(capsys, "verify", "--db", str(db))
@@ -215,7 +220,7 @@ def test_verify_names_an_altered_row(golden: Any, tmp_path: Path, capsys: Any) -
     sid = golden[1]["main"]
     sql(
         db,
-        "UPDATE docs SET body = json_set(body, '$.row.title', 'forged') "
+        "UPDATE docs SET body = json_set(stored_text(body), '$.row.title', 'forged') "
         "WHERE kind = 'session' AND key = ?",
         sid,
     )
@@ -226,7 +231,7 @@ def test_verify_names_an_altered_row(golden: Any, tmp_path: Path, capsys: Any) -
     # a stored row the log does not imply, and a missing one, are named as such
     sql(
         db,
-        "UPDATE docs SET body = json_set(body, '$.row.title', 'CFO intro') "
+        "UPDATE docs SET body = json_set(stored_text(body), '$.row.title', 'CFO intro') "
         "WHERE kind = 'session' AND key = ?",
         sid,
     )
@@ -294,7 +299,7 @@ def test_changed_projection_version_rebuilds_at_start(golden: Any, tmp_path: Pat
     sid = golden[1]["main"]
     sql(
         db,
-        "UPDATE docs SET body = json_set(body, '$.row.title', 'stale') "
+        "UPDATE docs SET body = json_set(stored_text(body), '$.row.title', 'stale') "
         "WHERE kind = 'session' AND key = ?",
         sid,
     )

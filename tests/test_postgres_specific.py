@@ -386,7 +386,7 @@ async def test_the_writer_reconnects_after_losing_its_connection(nodes: StoreFac
 
 
 async def test_an_unreachable_database_is_storage_unavailable() -> None:
-    store = PostgresEventStore("postgresql://postgres@127.0.0.1:1/test", command_timeout_s=3)
+    store = PostgresEventStore("postgresql://postgres@127.0.0.1:1/test", connect_timeout_s=3)
     with pytest.raises(StorageUnavailable):
         await store.open()
 

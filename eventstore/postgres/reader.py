@@ -7,7 +7,9 @@ written since.
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -20,7 +22,7 @@ from sessionstream.eventstore.model import (
     row_to_doc,
     row_to_event,
 )
-from sessionstream.eventstore.postgres.errors import DRIVER_ERRORS, translate_pg_error
+from sessionstream.eventstore.postgres.errors import DRIVER_ERRORS, broken, translate_pg_error
 from sessionstream.eventstore.postgres.schema import DOC_COLUMNS, EVENT_COLUMNS, POSITION_AT
 
 
@@ -45,25 +47,38 @@ def budgeted_docs(listing: str, budget: str) -> str:
 class PostgresReader:
     """The read half of the store contract (and the queries others need), on a pool."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, acquire_timeout_s: float = 5.0) -> None:
         self.pool: asyncpg.Pool | None = None
+        #: how long a read waits for a pooled connection (a new one included)
+        self.acquire_timeout_s = acquire_timeout_s
 
     def require_pool(self) -> asyncpg.Pool:
         if self.pool is None:
             raise StorageUnavailable("the event store is not open")
         return self.pool
 
-    async def fetch(self, query: str, *args: Any) -> list[Any]:
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection, within the acquire timeout; one a driver error may have
+        left broken is closed, never handed out again; every driver error translated."""
         try:
-            return list(await self.require_pool().fetch(query, *args))
+            async with self.require_pool().acquire(timeout=self.acquire_timeout_s) as conn:
+                try:
+                    yield conn
+                except DRIVER_ERRORS as exc:
+                    if broken(exc):
+                        conn.terminate()  # the pool opens a new one in its place
+                    raise
         except DRIVER_ERRORS as exc:
             raise translate_pg_error(exc) from exc
 
+    async def fetch(self, query: str, *args: Any) -> list[Any]:
+        async with self.connection() as conn:
+            return list(await conn.fetch(query, *args))
+
     async def fetchval(self, query: str, *args: Any) -> Any:
-        try:
-            return await self.require_pool().fetchval(query, *args)
-        except DRIVER_ERRORS as exc:
-            raise translate_pg_error(exc) from exc
+        async with self.connection() as conn:
+            return await conn.fetchval(query, *args)
 
     async def read_stream(
         self,

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 import asyncpg
@@ -38,7 +40,8 @@ from sessionstream.eventstore.model import (
 from sessionstream.eventstore.packed_reads import PackedReads
 from sessionstream.eventstore.packing import finished_runs
 from sessionstream.eventstore.postgres import schema as sql
-from sessionstream.eventstore.postgres.errors import DRIVER_ERRORS, translate_pg_error
+from sessionstream.eventstore.postgres.connect import connect, hosts_of
+from sessionstream.eventstore.postgres.errors import DRIVER_ERRORS, broken, translate_pg_error
 from sessionstream.eventstore.postgres.packs import PostgresPacks, compact
 from sessionstream.eventstore.postgres.pump import LogPump
 from sessionstream.eventstore.postgres.reader import PostgresReader
@@ -68,7 +71,8 @@ class PostgresEventStore(PackedReads, EventStore):
         catchup_reads: int = DEFAULT_CATCHUP_READS,
         pool_size: int = 10,
         poll_interval_s: float = 1.0,
-        command_timeout_s: float = 60.0,
+        connect_timeout_s: float = 2.0,
+        statement_timeout_s: float = 5.0,
         on_batch: Callable[[int, int], None] | None = None,
         compact_runs: bool = True,
         lease_ttl_s: float = 15.0,
@@ -88,17 +92,21 @@ class PostgresEventStore(PackedReads, EventStore):
         self.snapshot_every = snapshot_every
         self.pool_size = pool_size
         self.poll_interval_s = poll_interval_s
-        self.command_timeout_s = command_timeout_s
+        #: how long one host may take to accept a connection before the next is tried
+        self.connect_timeout_s = connect_timeout_s
+        #: how long the head lock may be held, from the run lease (``eventstore/leases.py``)
+        self.bounds = lock_bounds(lease_ttl_s)
+        #: how long one statement (read or write) may take, in the client and the server:
+        #: never longer than the head lock may be waited for
+        self.statement_timeout_s = min(statement_timeout_s, self.bounds.statement_s)
         #: called after each batch with (callers answered, events appended)
         self.on_batch = on_batch
         #: pack a run's token deltas once it ends (``eventstore/packing.py``); False keeps rows
         self.compact_runs = compact_runs
-        self._reader = PostgresReader()
+        self._reader = PostgresReader(acquire_timeout_s=self.statement_timeout_s)
         #: the packs beside the log, read through the pool
         self.packs = PostgresPacks(self._reader.fetch)
         self.tree = PostgresTree(lambda: self._reader.pool)
-        #: how long the head lock may be held, from the run lease (``eventstore/leases.py``)
-        self.bounds = lock_bounds(lease_ttl_s)
         self._writer = PostgresWriter(
             self.projections,
             snapshot_every,
@@ -114,6 +122,8 @@ class PostgresEventStore(PackedReads, EventStore):
         self.pump = LogPump(self.hub, self._read_after, self._poll, poll_interval_s=poll_interval_s)
         self._open = False
         self._closing = False
+        #: why the last append batch failed and since when (monotonic); None once one commits
+        self._write_failed: tuple[str, float] | None = None
 
     def known_head(self) -> int:
         """The head ``NOTIFY``, this node's commits and the poll told the pump of: it
@@ -131,7 +141,11 @@ class PostgresEventStore(PackedReads, EventStore):
             return
         self._closing = False
         try:
-            first = await asyncpg.connect(self.dsn, timeout=self.command_timeout_s)
+            first = await connect(
+                self.dsn,
+                per_host_timeout_s=self.connect_timeout_s,
+                target_session_attrs=self._write_attrs(),
+            )
             try:
                 if self.schema is None:
                     self.schema = await _first_schema(first)
@@ -145,8 +159,9 @@ class PostgresEventStore(PackedReads, EventStore):
                 self.dsn,
                 min_size=1,
                 max_size=self.pool_size,
+                connect=functools.partial(connect, per_host_timeout_s=self.connect_timeout_s),
                 server_settings=self._settings("reader"),
-                command_timeout=self.command_timeout_s,
+                command_timeout=self.statement_timeout_s,
             )
             await self._writer.connection()
             await self._listen()
@@ -176,6 +191,9 @@ class PostgresEventStore(PackedReads, EventStore):
         self._open = False
         self._closing = True
         await self.commits.drained()  # every queued append gets its answer first
+        left = self.compactions.take_all()
+        if left:
+            await self.compact_quietly(left)
         for task in (self._writer_task, self._pump_task):
             if task is not None:
                 task.cancel()
@@ -206,6 +224,8 @@ class PostgresEventStore(PackedReads, EventStore):
             # paused or partitioned node) must not keep it until TCP notices: the server
             # ends its transaction well within a lease (eventstore/leases.py)
             "idle_in_transaction_session_timeout": _ms(self.bounds.idle_s),
+            # the server gives up on a statement the client has given up on
+            "statement_timeout": _ms(self.statement_timeout_s),
             **(self._writer_settings() if role == "writer" else {}),
         }
 
@@ -216,16 +236,23 @@ class PostgresEventStore(PackedReads, EventStore):
         outlives the bound (a cancelled write is a 503 the caller retries)."""
         return {
             "enable_seqscan": "off",
-            "statement_timeout": _ms(self.bounds.statement_s),
-            "lock_timeout": _ms(self.bounds.statement_s),
+            "statement_timeout": _ms(self.statement_timeout_s),
+            "lock_timeout": _ms(self.statement_timeout_s),
         }
 
+    def _write_attrs(self) -> str | None:
+        """Writes need the primary: a multi-host URI without ``target_session_attrs``
+        would take whichever host answers first, a standby included."""
+        hosts, attrs = hosts_of(self.dsn)
+        return "read-write" if len(hosts) > 1 and attrs == "any" else None
+
     async def _connect(self, role: str) -> asyncpg.Connection:
-        return await asyncpg.connect(
+        return await connect(
             self.dsn,
+            per_host_timeout_s=self.connect_timeout_s,
+            target_session_attrs=self._write_attrs(),
             server_settings=self._settings(role),
-            command_timeout=self.command_timeout_s,
-            timeout=self.command_timeout_s,
+            command_timeout=self.statement_timeout_s,
         )
 
     async def _listen(self) -> None:
@@ -253,7 +280,19 @@ class PostgresEventStore(PackedReads, EventStore):
         return list(page)
 
     async def _poll(self) -> int:
-        """The pump's safety net under NOTIFY: listen again if need be, read the head."""
+        """The pump's safety net under NOTIFY: listen again if need be, read the head.
+
+        A listener whose host froze or was demoted stays open but hears
+        nothing, so it is asked a trivial question first, within the connect
+        timeout; one that does not answer is dropped and opened again (on
+        whichever host is the primary now).
+        """
+        lconn = self._lconn
+        if lconn is not None and not lconn.is_closed():
+            try:
+                await lconn.execute("SELECT 1", timeout=self.connect_timeout_s)
+            except DRIVER_ERRORS:
+                lconn.terminate()
         if self._lconn is None or self._lconn.is_closed():
             self._lconn = None
             try:
@@ -281,16 +320,26 @@ class PostgresEventStore(PackedReads, EventStore):
         if unanswered is not None:
             commits.answer(*unanswered)
         while True:
+            stream_id = self.compactions.next()
+            if stream_id is not None:
+                await self.compact_quietly([stream_id])
+                continue
             batch = await commits.next_batch()
             try:
                 outcomes, runs = await self._writer.write_batch(batch)
             except BaseException as exc:  # never leave a caller waiting
                 if not isinstance(exc, SessionStreamError):
                     log.warning("append batch failed: %r", exc)
-                commits.fail(batch, translate_pg_error(exc))
+                if broken(exc):  # open but mid-protocol, or to a demoted host: never reused
+                    self._drop_writer_connection()
+                error = translate_pg_error(exc)
+                commits.fail(batch, error)
                 if isinstance(exc, asyncio.CancelledError):
                     raise
+                if self._write_failed is None:
+                    self._write_failed = (error.message, time.monotonic())
                 continue
+            self._write_failed = None
             self._unanswered = (batch, outcomes)
             for run in runs:
                 self.pump.committed(run)
@@ -298,12 +347,33 @@ class PostgresEventStore(PackedReads, EventStore):
             appended = commits.answer(batch, outcomes)
             if self.on_batch is not None:
                 self.on_batch(len(batch), appended)
-            ended = [s for run in runs for s in finished_runs(run)] if self.compact_runs else []
-            if ended:  # after every caller has its answer; the next batch waits for it
-                try:
-                    await self.compact(ended)
-                except Exception:  # the deltas stay rows: nothing is lost
-                    log.exception("compacting %d finished run(s) failed", len(ended))
+            if self.compact_runs:  # packed between batches, when no append waits
+                self.compactions.add(s for run in runs for s in finished_runs(run))
+
+    async def write_trouble(self) -> str | None:
+        """Why the last append failed, unless a writable host answers now: an idle node
+        would otherwise report an outage long over until its next append."""
+        failed = self._write_failed
+        if failed is None:
+            return None
+        try:
+            conn = await connect(
+                self.dsn,
+                per_host_timeout_s=self.connect_timeout_s,
+                target_session_attrs=self._write_attrs(),
+            )
+        except DRIVER_ERRORS as exc:
+            since = time.monotonic() - failed[1]
+            return f"{translate_pg_error(exc).message} (writes failing for {since:.1f}s)"
+        conn.terminate()
+        if self._write_failed is failed:
+            self._write_failed = None
+        return None
+
+    def _drop_writer_connection(self) -> None:
+        conn, self._writer.conn = self._writer.conn, None
+        if conn is not None:
+            conn.terminate()
 
     async def import_events(self, events: Sequence[RecordedEvent]) -> None:
         if not self._open or self._closing:
@@ -313,23 +383,17 @@ class PostgresEventStore(PackedReads, EventStore):
         events = list(events)
         await self.commits.drained()  # appends already queued land first
         self._writer.forget()
-        try:
-            async with self._reader.require_pool().acquire() as conn, conn.transaction():
-                await conn.execute("SELECT head FROM log_head WHERE id = 1 FOR UPDATE")
-                await self._writer.import_events(conn, events)
-        except DRIVER_ERRORS as exc:
-            raise translate_pg_error(exc) from exc
+        async with self._maintenance() as conn, conn.transaction():
+            await conn.execute("SELECT head FROM log_head WHERE id = 1 FOR UPDATE")
+            await self._writer.import_events(conn, events)
         self.pump.committed(events)
         ended = finished_runs(events) if self.compact_runs else []
         if ended:  # an imported log is packed as the one it came from was
             await self.compact(ended)
 
     async def compact(self, stream_ids: Sequence[str]) -> int:
-        try:
-            async with self._reader.require_pool().acquire() as conn:
-                return await compact(conn, stream_ids)
-        except DRIVER_ERRORS as exc:
-            raise translate_pg_error(exc) from exc
+        async with self._reader.connection() as conn:
+            return await compact(conn, stream_ids)
 
     async def rebuild(self) -> int:
         return await self._rebuild(only_if_stale=False)
@@ -337,22 +401,39 @@ class PostgresEventStore(PackedReads, EventStore):
     async def _rebuild(self, *, only_if_stale: bool) -> int:
         """Refold every read model under the head lock (appends wait meanwhile)."""
         self._writer.forget()
+        async with self._maintenance() as conn, conn.transaction():
+            await conn.execute("SELECT head FROM log_head WHERE id = 1 FOR UPDATE")
+            if only_if_stale and not await self._stale_projections(conn):
+                return 0  # another node rebuilt while this one waited
+            await conn.execute("DELETE FROM docs")
+            await conn.execute("DELETE FROM snapshots")
+            count = await self._writer.refold(conn)
+            await conn.execute(
+                sql.RECORD_META,
+                [f"projection:{p.kind}" for p in self.projections],
+                [str(p.version) for p in self.projections],
+            )
+            return count
+
+    @contextlib.asynccontextmanager
+    async def _maintenance(self) -> AsyncIterator[asyncpg.Connection]:
+        """A connection of its own for a rebuild or an import: the whole log in one
+        transaction may take far longer than the statement timeout allows a request."""
+        settings = {**self._settings("maintenance"), "statement_timeout": "0"}
+        conn: asyncpg.Connection | None = None
         try:
-            async with self._reader.require_pool().acquire() as conn, conn.transaction():
-                await conn.execute("SELECT head FROM log_head WHERE id = 1 FOR UPDATE")
-                if only_if_stale and not await self._stale_projections(conn):
-                    return 0  # another node rebuilt while this one waited
-                await conn.execute("DELETE FROM docs")
-                await conn.execute("DELETE FROM snapshots")
-                count = await self._writer.refold(conn)
-                await conn.execute(
-                    sql.RECORD_META,
-                    [f"projection:{p.kind}" for p in self.projections],
-                    [str(p.version) for p in self.projections],
-                )
-                return count
+            conn = await connect(
+                self.dsn,
+                per_host_timeout_s=self.connect_timeout_s,
+                target_session_attrs=self._write_attrs(),
+                server_settings=settings,
+            )
+            yield conn
         except DRIVER_ERRORS as exc:
             raise translate_pg_error(exc) from exc
+        finally:
+            if conn is not None:
+                conn.terminate()
 
     # reads (reader.py) ------------------------------------------------------
     async def head_position(self) -> int:

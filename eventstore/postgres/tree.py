@@ -14,6 +14,7 @@ import asyncpg
 
 from sessionstream.core.errors import StorageUnavailable
 from sessionstream.eventstore.merkle import Block
+from sessionstream.eventstore.postgres.errors import translated
 from sessionstream.eventstore.postgres.packs import merged_hashes
 from sessionstream.eventstore.tree import LogTree, StoredCheckpoint, gap_error
 
@@ -31,10 +32,12 @@ class PostgresTree(LogTree):
             raise StorageUnavailable("the event store is not open")
         return pool
 
+    @translated
     async def _size(self) -> int:
         value = await self._p().fetchval("SELECT value FROM meta WHERE key = $1", SIZE_KEY)
         return int(value) if value is not None else 0
 
+    @translated
     async def _event_hashes(self, start: int, end: int) -> Sequence[str]:
         rows = await merged_hashes(self._p(), start, end)  # a finished run's deltas are packed
         hashes: list[str] = []
@@ -44,6 +47,7 @@ class PostgresTree(LogTree):
             hashes.append(row[1])
         return hashes
 
+    @translated
     async def _nodes(self, blocks: set[Block]) -> dict[Block, bytes]:
         ordered = sorted(blocks)
         rows = await self._p().fetch(
@@ -54,6 +58,7 @@ class PostgresTree(LogTree):
         )
         return {(r[0], r[1]): bytes(r[2]) for r in rows}
 
+    @translated
     async def _extend(self, old: int, new: int, nodes: Sequence[tuple[int, int, bytes]]) -> bool:
         async with self._p().acquire() as conn, conn.transaction():
             value = await conn.fetchval(
@@ -77,6 +82,7 @@ class PostgresTree(LogTree):
             )
         return True
 
+    @translated
     async def save_checkpoint(self, checkpoint: StoredCheckpoint) -> StoredCheckpoint:
         await self._p().execute(
             f"INSERT INTO checkpoints ({CHECKPOINT_COLUMNS}) VALUES ($1, $2, $3, $4) "
@@ -90,6 +96,7 @@ class PostgresTree(LogTree):
         assert kept is not None
         return kept
 
+    @translated
     async def checkpoint(self, size: int | None = None) -> StoredCheckpoint | None:
         if size is None:
             row = await self._p().fetchrow(

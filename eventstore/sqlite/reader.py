@@ -30,6 +30,7 @@ from sessionstream.eventstore.sqlite.schema import (
     POSITION_AT,
     translate_sqlite_error,
 )
+from sessionstream.eventstore.textcodec import size_sql
 
 
 def budgeted_docs(listing: str) -> str:
@@ -38,7 +39,9 @@ def budgeted_docs(listing: str) -> str:
     runs on sizes only, then just the documents inside the budget are fetched."""
     head = f"SELECT {DOC_COLUMNS} FROM docs"
     assert listing.startswith(head), listing
-    sized = "SELECT kind, key, created_at, length(body) AS size FROM docs" + listing[len(head) :]
+    sized = (
+        f"SELECT kind, key, created_at, {size_sql('body')} AS size FROM docs" + listing[len(head) :]
+    )
     return (
         f"WITH listed AS ({sized}), "
         "running AS (SELECT kind, key, SUM(size) OVER (ORDER BY created_at, key) AS total, "
@@ -164,13 +167,14 @@ class SQLiteReader:
         if to_position is not None:
             match += " AND position <= ?"
             keyed.append(to_position)
-        size = "length(data) + length(metadata)"
+        size = f"{size_sql('data')} + {size_sql('metadata')}"
         sql = (
             "WITH RECURSIVE walk(position, total, n) AS ("
             f"SELECT position, {size}, 1 FROM "
             f"(SELECT position, data, metadata FROM events WHERE position > ?{match} "
             "ORDER BY position LIMIT 1) "
-            f"UNION ALL SELECT e.position, walk.total + length(e.data) + length(e.metadata), "
+            f"UNION ALL SELECT e.position, walk.total + {size_sql('e.data')} + "
+            f"{size_sql('e.metadata')}, "
             "walk.n + 1 FROM walk JOIN events e ON e.position = "
             f"(SELECT position FROM events WHERE position > walk.position{match} "
             "ORDER BY position LIMIT 1) "
@@ -205,7 +209,7 @@ class SQLiteReader:
             params.append(max_bytes)
             sql = (
                 "WITH sized AS (SELECT position, stream_id, version, "
-                f"length(data) + length(metadata) AS size FROM events WHERE {where} "
+                f"{size_sql('data')} + {size_sql('metadata')} AS size FROM events WHERE {where} "
                 "ORDER BY stream_id, version LIMIT ?), "
                 "running AS (SELECT position, SUM(size) OVER (ORDER BY stream_id, version) "
                 "AS total, ROW_NUMBER() OVER (ORDER BY stream_id, version) AS n FROM sized) "

@@ -17,11 +17,27 @@ from sessionstream.core.errors import SessionStreamError, StorageUnavailable
 from sessionstream.core.jsonenc import encoder
 from sessionstream.eventstore.model import Doc, RecordedEvent
 from sessionstream.eventstore.snapshots import Snapshot
+from sessionstream.eventstore.textcodec import encode
 
 #: 2: ``clock_exceptions`` (``eventstore/clock.py``); a version 1 file gets it on open.
 #: 3: ``packs`` (``eventstore/packing.py``): an older build would not read them.
 #: 4: the packs' ``first_at`` and ``last_at`` (added to a version 3 file on open)
-SCHEMA_VERSION = 4
+#: 5: ``docs`` is a rowid table (it was ``WITHOUT ROWID``), and large texts may be
+#: deflated BLOBs (``eventstore/textcodec.py``); a version 4 file's docs are moved on open
+SCHEMA_VERSION = 5
+
+#: a ``WITHOUT ROWID`` table keeps at most ~1,000 bytes of a row in its leaf and the rest
+#: in overflow pages, so a session document of a few KB left most of a page empty; a
+#: rowid table keeps rows up to ~4,000 bytes in the leaf
+DOCS_TO_ROWID = """
+ALTER TABLE docs RENAME TO docs_v4;
+DROP INDEX IF EXISTS docs_listing;
+DROP INDEX IF EXISTS docs_active;
+"""
+DOCS_FROM_V4 = """
+INSERT INTO docs SELECT * FROM docs_v4;
+DROP TABLE docs_v4;
+"""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -56,8 +72,8 @@ CREATE TABLE IF NOT EXISTS docs (
     version    INTEGER NOT NULL,
     position   INTEGER NOT NULL,
     body       TEXT NOT NULL,
-    PRIMARY KEY (kind, key)
-) WITHOUT ROWID;
+    UNIQUE (kind, key)
+);
 CREATE INDEX IF NOT EXISTS docs_listing ON docs (kind, owner, parent, created_at, key);
 CREATE INDEX IF NOT EXISTS docs_active ON docs (kind, active) WHERE active = 1;
 CREATE TABLE IF NOT EXISTS snapshots (
@@ -154,6 +170,11 @@ LOOKUP_CHUNK = 500
 _dumps = encoder(separators=(",", ":"), ensure_ascii=False)
 
 
+#: a document is written again at every event of its stream, an event once: documents
+#: deflate at the fastest level (zlib's 1), events at its default (6)
+DOC_LEVEL = 1
+
+
 def doc_row(doc: Doc) -> tuple[Any, ...]:
     ix = doc.index
     return (
@@ -166,7 +187,7 @@ def doc_row(doc: Doc) -> tuple[Any, ...]:
         int(ix.deleted),
         doc.version,
         doc.position,
-        _dumps(doc.body),
+        encode(_dumps(doc.body), level=DOC_LEVEL),
     )
 
 
@@ -178,8 +199,8 @@ def event_row(r: RecordedEvent) -> tuple[Any, ...]:
         r.version,
         r.event_id,
         r.type,
-        data,
-        metadata,
+        encode(data),
+        encode(metadata),
         r.correlation_id,
         r.recorded_at,
         r.hash,

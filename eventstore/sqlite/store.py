@@ -193,6 +193,9 @@ class SQLiteEventStore(PackedReads, EventStore):
         self._closing = True
         if self._writer_task is not None:
             await self.commits.drained()  # every queued append gets its answer first
+            left = self.compactions.take_all()
+            if left:
+                await self.compact_quietly(left)
         await self._release()
 
     async def _release(self) -> None:
@@ -247,6 +250,10 @@ class SQLiteEventStore(PackedReads, EventStore):
         commits = self.commits
         await self._resume()
         while True:
+            stream_id = self.compactions.next()
+            if stream_id is not None:
+                await self.compact_quietly([stream_id])
+                continue
             batch = await commits.next_batch()
             try:
                 plan = await self._in_writer(self._writer.write_batch, batch)
@@ -269,12 +276,8 @@ class SQLiteEventStore(PackedReads, EventStore):
             self.hub.publish(plan.records)  # the batch's new events, in position order
             if self.on_batch is not None:
                 self.on_batch(len(batch), len(plan.records))
-            ended = finished_runs(plan.records) if self.compact_runs else []
-            if ended:  # after every caller has its answer; the next batch waits for it
-                try:
-                    await self._in_writer(self._writer.compact, ended)
-                except Exception:  # the deltas stay rows: nothing is lost
-                    log.exception("compacting %d finished run(s) failed", len(ended))
+            if self.compact_runs:  # packed between batches, when no append waits
+                self.compactions.add(finished_runs(plan.records))
 
     async def _resume(self) -> None:
         """After a crash past a commit: answer its callers, publish what the hub missed.

@@ -58,6 +58,8 @@ from sessionstream.eventstore.sqlite.packs import (
 )
 from sessionstream.eventstore.sqlite.schema import (
     DOC_COLUMNS,
+    DOCS_FROM_V4,
+    DOCS_TO_ROWID,
     EVENT_COLUMNS,
     HEAD_AND_CLOCK,
     INSERT_CLOCK_EXCEPTION,
@@ -75,6 +77,7 @@ from sessionstream.eventstore.sqlite.schema import (
     translate_sqlite_error,
     unsynced,
 )
+from sessionstream.eventstore.textcodec import stored_size
 
 log = logging.getLogger("sessionstream.eventstore")
 
@@ -99,7 +102,7 @@ def _stream_page(conn: sqlite3.Connection, mark: tuple[str, int]) -> list[Record
     try:
         for row in cursor:
             events.append(row_to_event(row))
-            size += len(row[5]) + len(row[6])
+            size += stored_size(row[5]) + stored_size(row[6])
             if size >= REBUILD_BYTES:
                 break
     finally:
@@ -116,6 +119,11 @@ def _log_page(conn: sqlite3.Connection, after: int) -> list[RecordedEvent]:
         return stored
     packed = unpack_all(rows)
     return merge_page(stored, packed, after=after, bound=bound, limit=REBUILD_PAGE, keys=None)
+
+
+def _docs_without_rowid(conn: sqlite3.Connection) -> bool:
+    row = conn.execute("SELECT sql FROM sqlite_schema WHERE name = 'docs'").fetchone()
+    return bool(row) and "WITHOUT ROWID" in row[0].upper()
 
 
 def _chunks(values: Sequence[str]) -> Iterator[Sequence[str]]:
@@ -206,6 +214,8 @@ class SQLiteWriter:
                     f"{self.path} has schema version {version}, newer than this build's "
                     f"{SCHEMA_VERSION}; upgrade sessionstream"
                 )
+            if 0 < version < 5 and _docs_without_rowid(conn):  # one transaction
+                conn.executescript(f"BEGIN IMMEDIATE;{DOCS_TO_ROWID}{SCHEMA}{DOCS_FROM_V4}COMMIT;")
             conn.executescript(SCHEMA)
             if (
                 0 < version < 2

@@ -19,6 +19,7 @@ the code under test to report on itself.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import defaultdict
 from collections.abc import Iterable
@@ -37,6 +38,12 @@ ACTIVE = ("queued", "running")
 
 
 async def connect(schema: str) -> Any:
+    """A connection of the checks' own; a server full of other tests' clients is waited for."""
+    for _ in range(60):
+        try:
+            return await asyncpg.connect(DSN, server_settings={"search_path": schema}, timeout=10)
+        except asyncpg.TooManyConnectionsError:
+            await asyncio.sleep(0.5)
     return await asyncpg.connect(DSN, server_settings={"search_path": schema}, timeout=10)
 
 

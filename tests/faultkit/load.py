@@ -59,12 +59,13 @@ class Acks:
     cut_off: int = 0
 
 
-async def new_session(http: aiohttp.ClientSession, node: Node, token: str) -> str:
-    """A campaign, a sequence node and a chat session, made through ``node``."""
+async def new_session(http: aiohttp.ClientSession, base: str, token: str) -> str:
+    """A campaign, a sequence node and a chat session, made through ``base`` (a node's
+    URL, or "" for a client with a ``base_url``)."""
     h = {"Authorization": f"Bearer {token}"}
 
     async def post(path: str, body: dict[str, Any]) -> dict[str, Any]:
-        async with http.post(node.base_url + path, json=body, headers=h) as r:
+        async with http.post(base + path, json=body, headers=h) as r:
             payload: dict[str, Any] = await r.json()
             assert r.status == 201, (r.status, payload)
             return payload

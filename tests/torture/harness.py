@@ -26,6 +26,7 @@ from typing import Any
 import aiohttp
 
 from sessionstream.eventstore.packing import unpack_all
+from sessionstream.eventstore.textcodec import decode
 
 SESSIONS = "/api/campaigns/ai-chat-sessions"
 TERMINAL = frozenset({"run.completed", "run.failed", "run.canceled"})
@@ -201,7 +202,7 @@ def read_log(db: Path) -> list[Row]:
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
         rows = [
-            Row(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6])
+            Row(r[0], r[1], r[2], r[3], r[4], json.loads(decode(r[5])), r[6])
             for r in conn.execute(
                 "SELECT position, stream_id, version, event_id, type, data, correlation_id "
                 "FROM events"
@@ -221,7 +222,7 @@ def read_docs(db: Path, kind: str) -> dict[str, dict[str, Any]]:
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
         return {
-            key: json.loads(body)
+            key: json.loads(decode(body))
             for key, body in conn.execute("SELECT key, body FROM docs WHERE kind = ?", (kind,))
         }
     finally:

@@ -1,0 +1,104 @@
+"""Connecting to PostgreSQL host by host, each within its own short timeout.
+
+asyncpg spends one ``timeout`` across every host of a multi-host URI
+(``postgresql://u@h1:5432,h2:5432/db?target_session_attrs=read-write``), so a
+first host that accepts TCP and then never answers (a frozen primary in a
+failover) uses all of it and the new primary is never tried. Here each host
+gets ``per_host_timeout_s`` of its own: the frozen one is skipped after that
+and the next is tried, with the URI's ``target_session_attrs`` kept (asyncpg
+checks it per host; ``prefer-standby`` tries every host for a standby first,
+then takes any). When no host will do, the error says what each host did,
+so a 503 can say "no writable PostgreSQL host" when a standby answered
+rather than the last host's "connection refused".
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import asyncpg
+from asyncpg import connect_utils
+
+from sessionstream.eventstore.postgres.errors import DRIVER_ERRORS, NoUsableHost
+
+#: attributes that want a primary: a standby answering is "no writable host"
+_WRITABLE = ("read-write", "primary")
+
+
+def hosts_of(dsn: str) -> tuple[list[tuple[str, int | None]], str]:
+    """The URI's hosts (unix socket paths have no port) and its ``target_session_attrs``."""
+    addrs, params = connect_utils._parse_connect_dsn_and_args(
+        dsn=dsn,
+        host=None,
+        port=None,
+        user=None,
+        password=None,
+        passfile=None,
+        database=None,
+        ssl=None,
+        service=None,
+        servicefile=None,
+        direct_tls=None,
+        server_settings=None,
+        target_session_attrs=None,
+        krbsrvname=None,
+        gsslib=None,
+    )
+    hosts: list[tuple[str, int | None]] = [
+        (a, None) if isinstance(a, str) else (str(a[0]), int(a[1])) for a in addrs
+    ]
+    return hosts, str(getattr(params.target_session_attrs, "value", "any"))
+
+
+def _name(host: str, port: int | None) -> str:
+    return host if port is None else f"{host}:{port}"
+
+
+def _what(exc: BaseException, timeout_s: float, want: str) -> str:
+    if isinstance(exc, asyncpg.TargetServerAttributeNotMatched):
+        return "a read-only standby" if want in _WRITABLE else f"not {want}"
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {timeout_s:g}s"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    return str(exc) or type(exc).__name__
+
+
+async def connect(dsn: str, *, per_host_timeout_s: float, **kwargs: Any) -> asyncpg.Connection:
+    """``asyncpg.connect(dsn, **kwargs)``, trying each host within ``per_host_timeout_s``
+    (a ``target_session_attrs`` argument overrides the URI's)."""
+    hosts, attrs = hosts_of(dsn)
+    attrs = str(kwargs.pop("target_session_attrs", None) or attrs)
+    rounds = ["standby", "any"] if attrs == "prefer-standby" else [attrs]
+    failures: dict[str, str] = {}
+    standby_seen = False
+    for want in rounds:
+        for host, port in hosts:
+            if _name(host, port) in failures:
+                continue  # did not answer in prefer-standby's first round: not again
+            # one host: the URI as it is (a socket directory is taken apart differently)
+            where = {"host": host, "port": port} if len(hosts) > 1 else {}
+            try:
+                return await asyncpg.connect(
+                    dsn,
+                    **where,
+                    timeout=per_host_timeout_s,
+                    target_session_attrs=want,
+                    **kwargs,
+                )
+            except asyncio.CancelledError:
+                raise
+            except DRIVER_ERRORS as exc:
+                if isinstance(exc, asyncpg.TargetServerAttributeNotMatched):
+                    standby_seen = standby_seen or want in _WRITABLE
+                    if len(rounds) > 1 and want == "standby":
+                        continue  # prefer-standby's first round: a primary, tried next round
+                failures[_name(host, port)] = _what(exc, per_host_timeout_s, want)
+    writable = attrs in _WRITABLE
+    what = "; ".join(f"{name}: {why}" for name, why in failures.items())
+    if writable and standby_seen:
+        message = f"no writable PostgreSQL host ({what})"
+    else:
+        message = f"no PostgreSQL host answered ({what})"
+    raise NoUsableHost(message)

@@ -1,0 +1,63 @@
+"""When a run's streamed text becomes a ``message.delta``: as soon as the log can take it.
+
+A fixed window (one delta per 30 ms) made every token wait for the window
+even when the writer was idle, and bought nothing under load that the log
+could not decide better itself. The rule here is the log's own pace: a run
+keeps at most one delta in the writer's pipeline (queued or committing).
+Text that arrives while it is there waits, and joins the next delta the
+moment that one commits. So:
+
+- on an idle writer each token is written at once (a delta per token);
+- under load, a commit takes longer, more text gathers meanwhile, and the
+  deltas grow and thin out by themselves, as much as the load needs;
+- a run never has two deltas in the writer's queue, so a fast run cannot
+  crowd the queue that every other run's deltas go through.
+
+``floor_s`` (``SESSIONSTREAM_DELTA_COALESCE_MS``, 0 by default) adds a
+least spacing between one run's deltas, for an operator who wants fewer
+events whatever the load; it never makes text wait once the spacing has
+passed.
+
+Pure: the run loop (``services/turn.py``) tells it the time and whether a
+delta of the run is still being written.
+"""
+
+from __future__ import annotations
+
+
+class Coalescer:
+    """The text of one run not yet written, and whether it is due."""
+
+    __slots__ = ("_pending", "floor_s", "last_flush")
+
+    def __init__(self, floor_s: float = 0.0) -> None:
+        self.floor_s = floor_s
+        self._pending: list[str] = []
+        #: when the last delta was taken (monotonic seconds); none yet
+        self.last_flush = float("-inf")
+
+    def __bool__(self) -> bool:
+        return bool(self._pending)
+
+    def add(self, text: str) -> None:
+        if text:
+            self._pending.append(text)
+
+    def due(self, now: float, writing: bool) -> bool:
+        """Text is waiting, no delta of the run is in the writer's pipeline, and the
+        floor (if any) has passed since the last one."""
+        return bool(self._pending) and not writing and now >= self.last_flush + self.floor_s
+
+    def wake_at(self, writing: bool) -> float | None:
+        """When the text waiting becomes due by the clock alone: None when nothing
+        waits, or when it waits for the delta being written (its commit wakes the run)."""
+        if not self._pending or writing:
+            return None
+        return self.last_flush + self.floor_s
+
+    def take(self, now: float) -> str:
+        """The text of the next delta; the spacing counts from ``now``."""
+        chunk = "".join(self._pending)
+        self._pending.clear()
+        self.last_flush = now
+        return chunk
