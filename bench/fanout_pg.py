@@ -6,8 +6,9 @@ this bench serves itself: a fake OpenAI-compatible endpoint, in its own
 process, that streams tokens for ``--seconds``, one every PACE ms. Each
 token's text is the ``time.monotonic()`` at which the model emitted it (one
 clock for every process on a host). Nodes coalesce tokens into
-``message.delta`` events as configured (``--coalesce-ms``, by default the
-server's 30 ms; 0 makes each token its own delta and its own commit). A
+``message.delta`` events as the server does by default (a run keeps one
+delta in the writer's pipeline; text arriving meanwhile joins the next one),
+or with ``--coalesce-ms`` as ``SESSIONSTREAM_DELTA_COALESCE_MS``. A
 subscriber's latency for a token is the arrival of the delta carrying it,
 parsed, minus the token's emission: the coalescing wait, the model-to-node
 hop, the commit, ``NOTIFY``, the other node's read of the log, its hub and
@@ -22,7 +23,7 @@ Beside the latencies it reports the CPU the nodes and the subscribers spent
 per delta frame delivered, which does not depend on how loaded the machine is.
 
     python -m bench.fanout_pg [--rounds 3] [--configs 1000@50,300@50,1000@200]
-        [--runs 10] [--seconds 5] [--coalesce-ms 30] [--quick]
+        [--runs 10] [--seconds 5] [--coalesce-ms MS] [--quick]
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ TARGET_P99_MS = 50.0
 # -- the nodes ------------------------------------------------------------------------------
 @contextmanager
 def cluster(
-    nodes: int, model_url: str, logs: Path, coalesce_ms: float
+    nodes: int, model_url: str, logs: Path, coalesce_ms: float | None
 ) -> Iterator[tuple[list[str], str, list[int]]]:
     """``nodes`` servers on a throwaway schema: (their base URLs, an API token, pids)."""
     schema = f"bench_fanout_{uuid.uuid4().hex[:10]}"
@@ -72,12 +73,13 @@ def cluster(
         "OPENAI_BASE_URL": model_url,
         "OPENAI_API_KEY": "bench",
         "SESSIONSTREAM_MODEL": "bench-model",
-        "SESSIONSTREAM_DELTA_COALESCE_MS": f"{coalesce_ms:g}",
         "SESSIONSTREAM_RATE_LIMIT": "0",
         "SESSIONSTREAM_AUTH_FAILURE_RATE": "0",
         "SESSIONSTREAM_MAX_CONNECTIONS_PER_USER": "100000",
         "SESSIONSTREAM_LOG_LEVEL": "WARNING",
     }
+    if coalesce_ms is not None:
+        env["SESSIONSTREAM_DELTA_COALESCE_MS"] = f"{coalesce_ms:g}"
     cli = [sys.executable, "-m", "sessionstream"]
     created = subprocess.run(
         [*cli, "users", "create", "bench"], env=env, capture_output=True, text=True, check=True
@@ -204,11 +206,16 @@ def one_round(
         client_cpu = 0.0
         frames = 0
         to_writer: list[float] = []
+        closes: dict[str, int] = {}
         from_writer: list[float] = []
         for pipe in pipes:
             if not pipe.poll(600):
                 raise TimeoutError("the subscribers did not finish")
-            got_local, got_remote, got_wrong, got_cpu, got_frames, got_in, got_out = pipe.recv()
+            (got_local, got_remote, got_wrong, got_cpu, got_frames, got_in, got_out, got_closes) = (
+                pipe.recv()
+            )
+            for code, count in got_closes.items():
+                closes[code] = closes.get(code, 0) + count
             frames += got_frames
             to_writer += got_in
             from_writer += got_out
@@ -230,6 +237,9 @@ def one_round(
         "delta_frames": frames,
         "seconds": round(took, 2),
         "frames_lost_or_repeated": wrong,
+        # channels a node closed before their run's end (4408: the client read too
+        # slowly); each was opened again from its last seq
+        "reopened_by_close_code": closes,
         "p50_ms": percentile(every, 0.5),
         "p99_ms": percentile(every, 0.99),
         "max_ms": max(every),
@@ -263,7 +273,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="each run streams this long")
     parser.add_argument("--clients", type=int, default=2, help="subscriber processes")
     parser.add_argument(
-        "--coalesce-ms", type=float, default=30.0, help="the nodes' SESSIONSTREAM_DELTA_COALESCE_MS"
+        "--coalesce-ms",
+        type=float,
+        default=None,
+        help="SESSIONSTREAM_DELTA_COALESCE_MS for the nodes (unset: theirs)",
     )
     args = parser.parse_args()
     rounds = 1 if args.quick else args.rounds
@@ -275,7 +288,9 @@ def main() -> None:
     parent, child = ctx.Pipe()
     model = ctx.Process(target=model_process, args=(BASE_PORT, child))
     model.start()
-    assert parent.recv() == "ready"
+    if not parent.poll(60) or parent.recv() != "ready":  # e.g. its port is taken
+        model.kill()
+        raise SystemExit(f"the model did not start on port {BASE_PORT}")
     model_base = f"http://127.0.0.1:{BASE_PORT}"
     results: list[tuple[int, float, int, list[dict[str, Any]]]] = []
     try:
@@ -307,7 +322,8 @@ def main() -> None:
                         f"p50 {r['p50_ms']:.1f} ms "
                         f"p99 {r['p99_ms']:.1f} ms (local {r['local_p99_ms'] or 0:.1f}, "
                         f"remote {r['remote_p99_ms']:.1f}), lost/repeated "
-                        f"{r['frames_lost_or_repeated']}, node CPU "
+                        f"{r['frames_lost_or_repeated']}, reopened {r['reopened_by_close_code']}, "
+                        "node CPU "
                         f"{r['node_cpu_ms_per_1k_frames']} ms / 1k frames, "
                         f"load {r['load_1m_before']:.1f}-{r['load_1m_after']:.1f}",
                         flush=True,
@@ -328,6 +344,7 @@ def main() -> None:
             "p99 to writer",
             "p99 after",
             "lost",
+            "reopened",
             "node ms/1k",
             "client ms/1k",
             "load",
@@ -343,6 +360,7 @@ def main() -> None:
                 s["median"]["to_writer_p99_ms"],
                 s["median"]["from_writer_p99_ms"],
                 s["frames_lost_or_repeated"],
+                sum(s["reopened_by_close_code"].values()),
                 s["median"]["node_cpu_ms_per_1k_frames"],
                 s["median"]["client_cpu_ms_per_1k_frames"],
                 f"{s['load_1m'][0]:.1f}-{s['load_1m'][1]:.1f}",
@@ -407,6 +425,10 @@ def summarise(
         "rounds": len(rs),
         "median": med,
         "frames_lost_or_repeated": sum(r["frames_lost_or_repeated"] for r in rs),
+        "reopened_by_close_code": {
+            code: sum(r["reopened_by_close_code"].get(code, 0) for r in rs)
+            for code in sorted({c for r in rs for c in r["reopened_by_close_code"]})
+        },
         "load_1m": [min(loads), max(loads)],
         "met": med["p99_ms"] <= TARGET_P99_MS,
     }
