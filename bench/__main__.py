@@ -48,8 +48,8 @@ HELPERS = frozenset(
 #: the order benchmarks run in; any other script found in bench/ runs after these
 ORDER = ("append", "runs", "stream", "history", "load", "append_pg", "stream_pg")
 #: run only when named in ``--only``: ``scale`` and ``maintenance`` build a 10^6-event
-#: store (about 25 minutes; they share its cache)
-OPT_IN = frozenset({"scale", "maintenance"})
+#: store (about 25 minutes; they share its cache); ``append_ab`` compares two git builds
+OPT_IN = frozenset({"scale", "maintenance", "append_ab"})
 TIMEOUT_S = {"default": 3600.0, "quick": 900.0}
 
 

@@ -49,6 +49,7 @@ import os
 import sqlite3
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -102,6 +103,53 @@ def sqlite_tree_rate(appenders: int, per_appender: int, workdir: Path) -> float:
 TREE_EVERY_S = 1.0
 
 
+async def append_streams(store: SQLiteEventStore, appenders: int, per_appender: int) -> None:
+    """``appenders`` tasks, each appending one event per call to its own stream."""
+
+    async def appender(n: int) -> None:
+        stream = f"bench-{n}"
+        for version in range(per_appender):
+            event = NewEvent("bench.appended", payload(n, version), {"actor": {"id": "b"}})
+            await store.append(stream, [event], expected_version=version)
+
+    await asyncio.gather(*(appender(n) for n in range(appenders)))
+
+
+def tree_cpu(rounds: int, quick: bool) -> dict[str, Any]:
+    """The process's CPU time integrating a log beside its CPU time appending it.
+
+    The rates move with the machine's load (two cores, shared); CPU seconds
+    spent on the same work hardly do, so this share is the steadier account
+    of what the tree costs. Appended as ``sqlite-tree`` appends at the
+    highest concurrency, then integrated in one go (a page at a time).
+    """
+    appenders = CONCURRENCY[-1]
+    per = events_per_appender(appenders, quick)
+    spent: list[tuple[float, float]] = []
+    for _ in range(rounds):
+        with tempfile.TemporaryDirectory(prefix="bench-append-") as tmp:
+            spent.append(asyncio.run(_tree_cpu(appenders, per, Path(tmp) / "store.db")))
+    return {
+        "events": appenders * per,
+        "append_cpu_s": round(median([a for a, _ in spent]), 3),
+        "integrate_cpu_s": round(median([i for _, i in spent]), 3),
+        "share": round(median([i / a for a, i in spent]), 4),
+    }
+
+
+async def _tree_cpu(appenders: int, per_appender: int, path: Path) -> tuple[float, float]:
+    store = SQLiteEventStore(path, projections.ALL)
+    await store.open()
+    try:
+        started = time.process_time()
+        await append_streams(store, appenders, per_appender)
+        appended = time.process_time()
+        assert await store.tree.integrate() == appenders * per_appender
+        return appended - started, time.process_time() - appended
+    finally:
+        await store.close()
+
+
 async def _sqlite_store_rate(
     appenders: int, per_appender: int, path: Path, *, tree: bool = False
 ) -> float:
@@ -114,15 +162,9 @@ async def _sqlite_store_rate(
                 await store.tree.integrate()
                 await asyncio.sleep(TREE_EVERY_S)
 
-        async def appender(n: int) -> None:
-            stream = f"bench-{n}"
-            for version in range(per_appender):
-                event = NewEvent("bench.appended", payload(n, version), {"actor": {"id": "b"}})
-                await store.append(stream, [event], expected_version=version)
-
         with stopwatch() as elapsed:
             integrating = asyncio.create_task(integrate()) if tree else None
-            await asyncio.gather(*(appender(n) for n in range(appenders)))
+            await append_streams(store, appenders, per_appender)
             if integrating is not None:
                 integrating.cancel()
                 await asyncio.gather(integrating, return_exceptions=True)
@@ -388,6 +430,7 @@ def run(comparison: Comparison, rounds: int, quick: bool) -> dict[str, Any]:
         "baseline": comparison.baseline,
         "target": f"ratio >= {comparison.target_ratio} at {CONCURRENCY[-1]} appenders",
         "met": rows[-1]["ratio"] >= comparison.target_ratio,
+        "rounds": rounds,  # the file's ``rounds`` is the last run's; ``--only`` keeps the others
         "load_average": {"start": load_start, "end": [round(v, 2) for v in os.getloadavg()]},
         "rows": rows,
     }
@@ -411,6 +454,12 @@ def main() -> None:
             continue
         print(f"{comparison.name}: {comparison.subject} vs {comparison.baseline}")
         results[comparison.name] = run(comparison, rounds, args.quick)
+        if comparison.name == "sqlite-tree":
+            cpu = results[comparison.name]["cpu"] = tree_cpu(rounds, args.quick)
+            print(
+                f"  integrating {cpu['events']:,} events: {cpu['integrate_cpu_s']} CPU s, "
+                f"appending them {cpu['append_cpu_s']} CPU s ({cpu['share']:.1%})"
+            )
     if not args.only or "peer" in args.only:
         reason = append_peer.unavailable()
         print(f"skipping peer: {reason}" if reason else "peer: the eventsourcing SQLite recorder")

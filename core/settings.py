@@ -87,6 +87,14 @@ class Settings(BaseSettings):
         "lease; unset, 5 s or half the lease TTL if that is shorter. Rebuilds and imports "
         "run without it.",
     )
+    pg_standby_reads: bool = Field(
+        default=True,
+        description="PostgreSQL: while no host of a multi-host URL answers as a primary "
+        "(a failover), serve reads and realtime catch-up from a host that answers as a "
+        "standby, which may lag the primary by its replication delay; writes wait for the "
+        "primary. Reads go back to the primary as soon as writes work again. `false`: "
+        "reads fail with writes (503) until a primary answers.",
+    )
     secret: str | None = Field(
         default=None,
         min_length=MIN_SECRET_CHARS,
@@ -360,8 +368,9 @@ class Settings(BaseSettings):
         "TTL/4; a dead node's runs end as `run.failed` (`interrupted`) about 1.25 times the TTL "
         "after it died. Shorter recovers faster, but a node paused longer than the TTL "
         "loses its runs. It also bounds the log's head lock: a transaction holding it idle "
-        "is ended after TTL/4, a write statement or a wait for the lock after TTL/2, and a "
-        "writer's reservation of the next write lapses after min(TTL/8, 1 s).",
+        "is ended after TTL/2 (any other idle transaction after TTL), a write statement or a "
+        "wait for the lock after the statement timeout (at most TTL/2), and a writer's "
+        "reservation of the next write lapses after min(TTL/8, 1 s).",
     )
     fault_stop_in_append: str = Field(
         default="",
@@ -369,6 +378,16 @@ class Settings(BaseSettings):
         "the file exists, this node's PostgreSQL writer reserves the log's head in its next "
         "append, plans the batch, deletes the file and stops its own process (SIGSTOP), so "
         "a test can pause a node at exactly that point and resume it with SIGCONT.",
+    )
+    run_storage_wait_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="How long a running turn or example run waits for storage that refuses "
+        "its writes (a database failing over, a lost connection) before it fails: its "
+        "deltas and its end are written again, unchanged, until storage answers. 60 s "
+        "covers a pg_auto_failover failover of a stopped primary (about 50 s of its own "
+        "detection); a run that waits longer fails with the storage error as its reason, "
+        "and its session is freed as soon as storage answers again.",
     )
     node_id: str = Field(
         default_factory=lambda: f"node-{secrets.token_hex(4)}",

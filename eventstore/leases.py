@@ -37,19 +37,23 @@ from typing import Protocol, runtime_checkable
 class LockBounds:
     """How long the head lock may be held or waited for, derived from the lease TTL."""
 
-    #: a transaction idle while holding it (a paused or cut-off client) is ended after this
+    #: a transaction holding it idle (a rebuild or import on a paused or cut-off node) is
+    #: ended after this
+    held_idle_s: float
+    #: any other transaction left idle (a paused node's) is ended after this
     idle_s: float
-    #: one statement (the write, or a wait for the lock) is cancelled after this
+    #: one writer statement (the write, or a wait for the lock) is cancelled after this
     statement_s: float
     #: a writer's reservation of the next write lapses after this if it never writes
     reserve_s: float
 
 
 def lock_bounds(lease_ttl_s: float) -> LockBounds:
-    """Every bound well under a lease: a stalled holder is gone before its runs' leases
-    expire, so takeovers (1.25 TTL at most) never wait for it."""
+    """Every bound on the head lock under a lease: a stalled holder is gone before its
+    runs' leases expire, so takeovers (1.25 TTL at most) never wait for it."""
     return LockBounds(
-        idle_s=lease_ttl_s / 4,
+        held_idle_s=lease_ttl_s / 2,
+        idle_s=lease_ttl_s,
         statement_s=lease_ttl_s / 2,
         reserve_s=min(lease_ttl_s / 8, 1.0),
     )

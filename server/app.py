@@ -63,6 +63,7 @@ def make_store(settings: Settings, *, serving: bool = False) -> EventStore:
             compact_runs=not settings.keep_raw_deltas,
             connect_timeout_s=settings.pg_connect_timeout_s,
             statement_timeout_s=settings.statement_timeout_s,
+            standby_reads=settings.pg_standby_reads,
             lease_ttl_s=settings.lease_ttl_s,
             stop_in_append=settings.fault_stop_in_append,
         )
@@ -179,6 +180,7 @@ def create_app(
         engine_timeout_s=settings.engine_timeout_s,
         node_id=settings.node_id,
         lease_ttl_s=settings.lease_ttl_s,
+        storage_wait_s=settings.run_storage_wait_s,
     )
     cursors = Cursors(secret)  # list cursors hold across restarts and nodes, as run tokens do
     quota = Quota(app[STORE], settings.user_quota_bytes)

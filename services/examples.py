@@ -25,7 +25,7 @@ from sessionstream.engines.base import (
 from sessionstream.engines.provider import stalled
 from sessionstream.eventstore.base import EventStore
 from sessionstream.services.ownership import session_of
-from sessionstream.services.runlog import RunContext, RunStopped, append_run, finish
+from sessionstream.services.runlog import RunContext, RunStopped, append_run, durably, finish
 
 
 def example_input(row: SessionRow, ask: ExamplesRunInput, lead: JsonObject) -> ExampleInput:
@@ -50,7 +50,7 @@ async def run_examples(
     concurrency: int,
     engine_timeout_s: float,
 ) -> None:
-    doc = await store.get_doc("session", ctx.claim.session_id)
+    doc = await durably(ctx, lambda: store.get_doc("session", ctx.claim.session_id))
     if doc is None:
         raise RunStopped
     row = session_of(doc).body["row"]

@@ -10,25 +10,42 @@ is the second guard under it. The terminal event,
 the durable results on the session stream and the release of the session's
 claim are one transaction, so a run is never over while its session stays
 busy, nor the other way round.
+
+A storage blip does not fail a run. Each write of a run that storage
+refuses (``StorageUnavailable``: a database failing over, a lost
+connection) is tried again, the same request with the same event ids, until
+storage has been failing for ``storage_wait_s`` in a row (:func:`durably`).
+A retry of a write whose commit did land, only its acknowledgement lost, is
+an idempotent no-op (the ids are in the log), so nothing is written twice.
+Past the bound the run fails with the storage error as its reason.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
-from sessionstream.core.errors import ConcurrencyConflict, LeaseLost, NotFound
+from sessionstream.core.errors import ConcurrencyConflict, LeaseLost, NotFound, StorageUnavailable
+from sessionstream.core.ids import Uuid7Sequence
 from sessionstream.core.readmodels import RunRow
 from sessionstream.core.vocabulary import EventType, run_stream, session_stream
 from sessionstream.eventstore.base import EventStore
-from sessionstream.eventstore.model import AppendRequest, Fence, NewEvent
+from sessionstream.eventstore.model import AppendRequest, AppendResult, Fence, NewEvent
 from sessionstream.services.claims import Claim
 from sessionstream.services.decide import decide_and_append
 from sessionstream.services.ownership import Loaded, run_of
 
 #: the statuses of a run that has not ended
 ACTIVE = ("queued", "running")
+#: who ends a run that its own task does not (recovery of a dead node's run)
+SYSTEM = {"type": "system", "id": "recovery"}
+#: the longest pause between two tries of a write storage refused
+RETRY_MAX_S = 0.5
+
+T = TypeVar("T")
 
 
 class RunStopped(Exception):
@@ -43,6 +60,14 @@ class RunContext:
     seq: int = 1  # run.created is seq 1
     #: the run lease's epoch this context writes under (None: a store without leases)
     fence: Fence | None = None
+    #: the ids of the run stream's events: one sequence per execution of the run
+    ids: Uuid7Sequence = field(default_factory=Uuid7Sequence, repr=False, compare=False)
+    #: how long the run's writes wait for storage to come back before the run fails
+    storage_wait_s: float = 0.0
+    #: who writes: the run itself, unless someone else ends it (``SYSTEM``)
+    actor: dict[str, str] | None = None
+    #: since when storage has refused this run's writes (monotonic); None: it answers
+    failing_since: float | None = field(default=None, compare=False)
 
     @property
     def stream(self) -> str:
@@ -50,14 +75,18 @@ class RunContext:
 
     def meta(self) -> dict[str, Any]:
         return {
-            "actor": {"type": "run", "id": self.claim.run_id},
+            "actor": self.actor or {"type": "run", "id": self.claim.run_id},
             "session_id": self.claim.session_id,
         }
 
     def event(self, type_: str, data: dict[str, Any]) -> NewEvent:
         """An event of the run stream, delivered to the session's subscribers too."""
         return NewEvent(
-            type_, data, self.meta(), correlation_id=session_stream(self.claim.session_id)
+            type_,
+            data,
+            self.meta(),
+            correlation_id=session_stream(self.claim.session_id),
+            event_id=self.ids.next(),
         )
 
     def session_event(self, type_: str, data: dict[str, Any]) -> NewEvent:
@@ -75,12 +104,51 @@ class RunContext:
         )
 
 
-async def append_run(store: EventStore, ctx: RunContext, *events: NewEvent) -> None:
+async def durably(ctx: RunContext, attempt: Callable[[], Awaitable[T]]) -> T:
+    """``attempt()``, tried again while storage refuses it, until it has refused this run
+    for ``ctx.storage_wait_s`` in a row; then its ``StorageUnavailable`` is raised."""
+    delay = 0.05
+    while True:
+        try:
+            result = await attempt()
+        except StorageUnavailable:
+            now = time.monotonic()
+            if ctx.failing_since is None:
+                ctx.failing_since = now
+            left = ctx.failing_since + ctx.storage_wait_s - now
+            if left <= 0:
+                raise
+            await asyncio.sleep(min(delay, left))
+            delay = min(delay * 2, RETRY_MAX_S)
+            continue
+        ctx.failing_since = None
+        return result
+
+
+async def commit(
+    store: EventStore, ctx: RunContext, requests: Sequence[AppendRequest]
+) -> list[AppendResult]:
+    """The run's requests in one transaction, through a storage blip (:func:`durably`);
+    ``RunStopped`` when someone else ended the run or took its lease."""
     try:
-        [result] = await store.transact([AppendRequest(ctx.stream, events, ctx.seq, ctx.fence)])
+        return await durably(ctx, lambda: store.transact(requests))
     except (ConcurrencyConflict, LeaseLost) as exc:
         raise RunStopped from exc
+
+
+async def append_run(store: EventStore, ctx: RunContext, *events: NewEvent) -> None:
+    [result] = await commit(store, ctx, [AppendRequest(ctx.stream, events, ctx.seq, ctx.fence)])
     ctx.seq = result.version
+
+
+def ending(
+    ctx: RunContext, run_events: Sequence[NewEvent], session_events: Sequence[NewEvent] = ()
+) -> list[AppendRequest]:
+    """The terminal events and durable results, to commit at once (and, unchanged, again)."""
+    return [
+        AppendRequest(ctx.stream, tuple(run_events), ctx.seq, ctx.fence),
+        ctx.release(run_events[-1].type, session_events),
+    ]
 
 
 async def finish(
@@ -90,15 +158,7 @@ async def finish(
     session_events: Sequence[NewEvent] = (),
 ) -> None:
     """Terminal event and durable results in one transaction."""
-    try:
-        await store.transact(
-            [
-                AppendRequest(ctx.stream, tuple(run_events), ctx.seq, ctx.fence),
-                ctx.release(run_events[-1].type, session_events),
-            ]
-        )
-    except (ConcurrencyConflict, LeaseLost) as exc:
-        raise RunStopped from exc
+    await commit(store, ctx, ending(ctx, run_events, session_events))
 
 
 async def end_run(
@@ -107,6 +167,7 @@ async def end_run(
     type_: str,
     data: dict[str, Any],
     fence: Fence | None = None,
+    actor: dict[str, str] | None = None,
 ) -> bool:
     """End a run this task is not executing (orphaned, on a dead node, canceled), under
     the lease epoch the caller took (``fence``); False when it has already ended (or
@@ -121,7 +182,7 @@ async def end_run(
     def context(run: Loaded[RunRow]) -> RunContext:
         row = run.body
         claim = Claim(run_id, row["session_id"], row["user_id"], row["kind"], False)
-        return RunContext(claim, seq=run.version, fence=fence)
+        return RunContext(claim, seq=run.version, fence=fence, actor=actor)
 
     def decide(run: Loaded[RunRow]) -> list[NewEvent]:
         if run.body["status"] not in ACTIVE:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -22,6 +23,7 @@ from sessionstream.core.errors import (
     EngineError,
     Overloaded,
     SessionStreamError,
+    StorageUnavailable,
 )
 from sessionstream.core.readmodels import ExamplesRunInput, RunInput, TurnRunInput
 from sessionstream.core.vocabulary import EventType, session_stream
@@ -32,7 +34,17 @@ from sessionstream.eventstore.model import Fence, NewEvent
 from sessionstream.services.claims import Claim
 from sessionstream.services.examples import run_examples
 from sessionstream.services.ownership import run_of, session_of
-from sessionstream.services.runlog import ACTIVE, RunContext, RunStopped, end_run, finish
+from sessionstream.services.runlog import (
+    ACTIVE,
+    RETRY_MAX_S,
+    SYSTEM,
+    RunContext,
+    RunStopped,
+    commit,
+    durably,
+    end_run,
+    ending,
+)
 from sessionstream.services.turn import run_turn
 
 log = logging.getLogger("sessionstream.runs")
@@ -57,12 +69,15 @@ class RunManager:
         engine_timeout_s: float = 60.0,
         node_id: str = "local",
         lease_ttl_s: float = 15.0,
+        storage_wait_s: float = 60.0,
     ) -> None:
         self.store = store
         # a store shared by several nodes: runs are owned through leases
         self.leases: LeaseStore | None = store if isinstance(store, LeaseStore) else None
         self.node_id = node_id
         self.lease_ttl_s = lease_ttl_s
+        #: how long a run's writes wait for storage before the run fails (``runlog.durably``)
+        self.storage_wait_s = storage_wait_s
         self.engine = engine
         self.coalesce_s = coalesce_ms / 1000
         self.engine_timeout_s = engine_timeout_s
@@ -101,7 +116,7 @@ class RunManager:
         """Own a task for the claimed run; raise if it cannot start (the caller releases)."""
         if claim.run_id in self._tasks:
             return
-        ctx = RunContext(claim)
+        ctx = RunContext(claim, storage_wait_s=self.storage_wait_s)
         task = asyncio.create_task(self._run(ctx, ask), name=f"run:{claim.run_id}")
         self._tasks[claim.run_id] = task
         task.add_done_callback(lambda _t: self._tasks.pop(claim.run_id, None))
@@ -117,7 +132,7 @@ class RunManager:
     async def _run(self, ctx: RunContext, ask: RunInput) -> None:
         self.queued += 1
         try:
-            ctx.fence = await self._take(ctx.claim.run_id)
+            ctx.fence = await durably(ctx, lambda: self._take(ctx.claim.run_id))
             async with self._slots:
                 self.queued -= 1
                 await self._execute(ctx, ask)
@@ -129,6 +144,9 @@ class RunManager:
             else:
                 await self._end_quietly(ctx, EventType.RUN_CANCELED, {"reason": "canceled"})
             raise
+        except StorageUnavailable as exc:  # storage refused for longer than the run waits
+            reason = f"storage was unavailable for over {ctx.storage_wait_s:g}s: {exc.message}"
+            await self._end_quietly(ctx, EventType.RUN_FAILED, {"error": reason})
         except Exception as exc:  # every failure ends the run; none leaves the session busy
             reason = exc.message if isinstance(exc, SessionStreamError) else repr(exc)
             if not isinstance(exc, EngineError):  # a bug, not a provider: logged and counted
@@ -161,31 +179,45 @@ class RunManager:
             )
 
     async def _end_quietly(self, ctx: RunContext, type_: str, data: dict[str, Any]) -> None:
-        """End the run, retrying briefly; if storage still refuses, upkeep keeps retrying.
+        """End the run, trying again until storage takes it, so the session is freed as
+        soon as storage is back (within ``RETRY_MAX_S``), not at the next upkeep round.
 
-        A retry that races an earlier attempt which did commit fails on the
-        run stream's expected version (``RunStopped``), so it can never end a
-        run twice.
+        The same requests are tried each time: a try whose commit landed but whose
+        answer was lost makes the next one a no-op (its event ids are in the log),
+        and a run ended meanwhile by others fails on its version (``RunStopped``),
+        so a run never ends twice. The task, its lease and its renewal stay
+        meanwhile, so no other node takes the run for a dead node's. Shutting
+        down, it gives up after a few tries and leaves the end to upkeep.
         """
-        delay = 0.05
-        for attempt in range(4):
+        requests = ending(ctx, [ctx.event(type_, data)])
+        delay, tries = 0.05, 0
+        while True:
+            tries += 1
             try:
-                await asyncio.shield(finish(self.store, ctx, [ctx.event(type_, data)]))
+                await asyncio.shield(commit(self.store, ctx, requests))
+                if tries > 1:
+                    log.info("ended run %s once storage answered again", ctx.claim.run_id)
                 return
             except RunStopped:
                 return
+            except asyncio.CancelledError:
+                self._unended[ctx.claim.run_id] = (type_, data)
+                raise
             except Exception as exc:
-                if attempt == 3:
+                if tries == 1 or (self._shutting_down and tries >= 4):
                     log.warning(
-                        "could not end run %s (%s); retrying every %gs",
+                        "could not end run %s (%s); %s",
                         ctx.claim.run_id,
                         exc.message if isinstance(exc, SessionStreamError) else repr(exc),
-                        self.upkeep_s,
+                        f"retrying every {self.upkeep_s:g}s"
+                        if self._shutting_down
+                        else "retrying until storage answers",
                     )
+                if self._shutting_down and tries >= 4:
                     self._unended[ctx.claim.run_id] = (type_, data)
                     return
-                await asyncio.sleep(delay)
-                delay *= 2
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_S)
 
     async def retry_unended(self) -> int:
         """End the runs whose own ending failed; returns how many are still stuck."""
@@ -221,8 +253,12 @@ class RunManager:
             run_id = doc.key
             if self.is_local(run_id) or (is_orphan is not None and not is_orphan(run_id)):
                 continue
-            if await self._end_elsewhere(run_id, EventType.RUN_FAILED, {"error": INTERRUPTED}):
-                count += 1
+            if run_id in self._unended:
+                continue  # this node's run, its own end (its true outcome) still to write
+            ended = await self._end_elsewhere(
+                run_id, EventType.RUN_FAILED, {"error": INTERRUPTED}, actor=SYSTEM
+            )
+            count += ended
         # a session whose claim committed but whose run stream never did. The release
         # is appended at the version the session was listed at: a run that ended (and
         # released it) between the listing and the run's read is not released twice
@@ -237,7 +273,7 @@ class RunManager:
                             NewEvent(
                                 EventType.RUN_RELEASED,
                                 {"run_id": held_by, "outcome": EventType.RUN_FAILED},
-                                {"actor": {"type": "system", "id": "recovery"}},
+                                {"actor": SYSTEM},
                             )
                         ],
                         expected_version=doc.version,
@@ -268,14 +304,22 @@ class RunManager:
         except SessionStreamError as exc:
             log.warning("could not drop the lease of run %s: %s", run_id, exc.message)
 
-    async def _end_elsewhere(self, run_id: str, type_: str, data: dict[str, Any]) -> bool:
+    async def _end_elsewhere(
+        self,
+        run_id: str,
+        type_: str,
+        data: dict[str, Any],
+        *,
+        actor: dict[str, str] | None = None,
+    ) -> bool:
         """``end_run`` for a run no task here executes: with leases, under a lease taken
-        for it, which fences off whichever node still thinks it runs it."""
+        for it, which fences off whichever node still thinks it runs it. ``actor``: who
+        ends it, when not the run itself (recovery is ``SYSTEM``)."""
         if self.leases is None:
-            return await end_run(self.store, run_id, type_, data)
+            return await end_run(self.store, run_id, type_, data, actor=actor)
         epoch = await self.leases.acquire_lease(run_id, self.node_id, self.lease_ttl_s)
         try:
-            return await end_run(self.store, run_id, type_, data, Fence(run_id, epoch))
+            return await end_run(self.store, run_id, type_, data, Fence(run_id, epoch), actor=actor)
         finally:
             try:
                 await asyncio.shield(self.leases.release_lease(run_id, epoch))
@@ -292,7 +336,9 @@ class RunManager:
             return await self.recover()
         active = await self.store.list_docs("run", active=True)
         runs: dict[str, str | None] = {
-            d.key: run_of(d).body["updated_at"] for d in active if not self.is_local(d.key)
+            d.key: run_of(d).body["updated_at"]
+            for d in active
+            if not self.is_local(d.key) and d.key not in self._unended
         }
         orphans = await self.leases.expired_leases(runs, self.lease_ttl_s)
         return await self.recover(is_orphan=orphans.__contains__)
@@ -328,18 +374,36 @@ class RunManager:
             try:
                 await self.leases.renew_leases(dict(self._epochs), self.node_id, self.lease_ttl_s)
             except SessionStreamError as exc:
+                # again soon: once storage is back this node's leases must be renewed
+                # before any other node's recovery looks at them
                 log.warning("lease renewal failed (%s); retrying", exc.message)
+                await asyncio.sleep(min(self.upkeep_s, RETRY_MAX_S))
+                continue
             await asyncio.sleep(self.upkeep_s)
 
     async def _recovery_loop(self) -> None:
+        """Every ``upkeep_s``: the runs whose end is still to write, then dead nodes' runs.
+
+        A lease that expired while storage was down says nothing about its node:
+        no node could renew. So after this node saw storage fail, it judges no
+        lease until storage has answered for a whole lease TTL, time enough for
+        every live node to renew its own (each retries within ``RETRY_MAX_S``
+        of storage coming back) and to write the true end of a run that failed.
+        """
+        failed_at: float | None = None
         while True:
             await asyncio.sleep(self.upkeep_s)
             await self.retry_unended()
             if self.leases is None:
                 continue
             try:
+                if failed_at is not None and time.monotonic() - failed_at < self.lease_ttl_s:
+                    await self.store.head_position()  # does storage answer yet?
+                    continue
+                failed_at = None
                 recovered = await self.recover_orphans()
             except SessionStreamError as exc:
+                failed_at = time.monotonic()
                 log.warning("run recovery failed (%s); retrying", exc.message)
                 continue
             if recovered:

@@ -17,7 +17,6 @@ import contextlib
 import time
 from typing import Any
 
-from sessionstream.core.errors import ConcurrencyConflict, LeaseLost
 from sessionstream.core.readmodels import SessionRow, TurnOutput, TurnRunInput
 from sessionstream.core.vocabulary import EventType, session_stream
 from sessionstream.engines.base import (
@@ -35,10 +34,18 @@ from sessionstream.eventstore.base import EventStore
 from sessionstream.eventstore.model import AppendRequest, NewEvent
 from sessionstream.services.coalesce import Coalescer
 from sessionstream.services.ownership import session_of
-from sessionstream.services.runlog import RunContext, RunStopped, append_run, finish
+from sessionstream.services.runlog import (
+    RunContext,
+    RunStopped,
+    append_run,
+    commit,
+    durably,
+    finish,
+)
 
-#: how long a run that is ending waits for its delta in flight to commit (a write is never
-#: cancelled: its append would still land, at a version the run no longer knows)
+#: how long a run that is ending waits for its delta in flight to commit, beyond the wait
+#: for storage (a write is never cancelled: its append would still land, at a version the
+#: run no longer knows)
 SETTLE_S = 10.0
 
 
@@ -70,32 +77,31 @@ async def run_turn(
     coalesce_s: float,
     engine_timeout_s: float,
 ) -> None:
-    doc = await store.get_doc("session", ctx.claim.session_id)
+    doc = await durably(ctx, lambda: store.get_doc("session", ctx.claim.session_id))
     if doc is None:
         raise RunStopped
     message = str(ask["message"])
     inp = turn_input(session_of(doc).body["row"], ask)
-    try:
-        await store.transact(
-            [
-                AppendRequest(
-                    ctx.stream,
-                    (ctx.event(EventType.RUN_STARTED, {"kind": "turn", **served_by(engine)}),),
-                    ctx.seq,
-                    ctx.fence,
-                ),
-                AppendRequest(
-                    session_stream(ctx.claim.session_id),
-                    (
-                        ctx.session_event(
-                            EventType.MESSAGE_APPENDED, {"role": "user", "content": message}
-                        ),
+    await commit(  # RunStopped: ended or taken over before it began
+        store,
+        ctx,
+        [
+            AppendRequest(
+                ctx.stream,
+                (ctx.event(EventType.RUN_STARTED, {"kind": "turn", **served_by(engine)}),),
+                ctx.seq,
+                ctx.fence,
+            ),
+            AppendRequest(
+                session_stream(ctx.claim.session_id),
+                (
+                    ctx.session_event(
+                        EventType.MESSAGE_APPENDED, {"role": "user", "content": message}
                     ),
                 ),
-            ]
-        )
-    except (ConcurrencyConflict, LeaseLost) as exc:  # ended or taken over before it began
-        raise RunStopped from exc
+            ),
+        ],
+    )
     ctx.seq += 1
     text: list[str] = []
     pending = Coalescer(coalesce_s)
@@ -134,24 +140,23 @@ async def run_turn(
     idle_deadline = 0.0
     try:
         while True:
-            if next_item is None:
+            if next_item is None and not pending.full:
                 next_item = asyncio.ensure_future(stream.__anext__())
                 idle_deadline = time.monotonic() + engine_timeout_s
-            waits: set[asyncio.Future[Any]] = {next_item}
-            if writing is not None:
-                waits.add(writing)
-            deadline = idle_deadline
+            waits = {f for f in (next_item, writing) if f is not None}
+            # the engine is not waited for while it is not read (text is full)
+            deadline = idle_deadline if next_item is not None else float("inf")
             wake = pending.wake_at(writing is not None)
             if wake is not None:
                 deadline = min(deadline, wake)
-            await asyncio.wait(
-                waits,
-                timeout=max(0.0, deadline - time.monotonic()),
-                return_when=asyncio.FIRST_COMPLETED,
-            )
+            if waits:
+                timeout = (
+                    None if deadline == float("inf") else max(0.0, deadline - time.monotonic())
+                )
+                await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             if writing is not None and writing.done():
                 await settle()
-            if next_item.done():
+            if next_item is not None and next_item.done():
                 finished, next_item = next_item, None
                 try:
                     item = finished.result()
@@ -183,7 +188,7 @@ async def run_turn(
                             {"draft_subject": item.subject, "draft_body": item.body},
                         ),
                     )
-            elif time.monotonic() >= idle_deadline:
+            elif next_item is not None and time.monotonic() >= idle_deadline:
                 raise stalled(engine, engine_timeout_s)
             if pending.due(time.monotonic(), writing is not None):
                 write_delta()
@@ -193,7 +198,7 @@ async def run_turn(
         if writing is not None:
             # let the delta being written settle, so whatever ends the run appends at
             # the stream's true version; its outcome is the run's only if it got here
-            await asyncio.wait({writing}, timeout=SETTLE_S)
+            await asyncio.wait({writing}, timeout=SETTLE_S + ctx.storage_wait_s)
             if writing.done() and not writing.cancelled():
                 writing.exception()
         closer = getattr(stream, "aclose", None)

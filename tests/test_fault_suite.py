@@ -36,7 +36,7 @@ from sessionstream.eventstore.model import RecordedEvent
 from tests.faultkit import checks
 from tests.faultkit.cluster import Cluster, cluster
 from tests.faultkit.faults import KINDS, TAKEN_OVER, Injector
-from tests.faultkit.load import Load, new_session
+from tests.faultkit.load import AckedTurn, Load, new_session
 from tests.faultkit.subscribers import Subscriber, wait_caught_up
 from tests.pg import throwaway_schema
 from tests.torture.report import report
@@ -48,6 +48,7 @@ CI_FAULTS = 12
 LEASE_S = 2.0
 SHARED_SESSIONS = 6
 CLIENTS = 6
+STALL_S = 3.0  # a subscriber that hears nothing, not even a heartbeat, this long moves
 NODE_ENV = {
     "SESSIONSTREAM_LEASE_TTL_S": str(LEASE_S),
     "SESSIONSTREAM_OFFLINE_PACE_MS": "30",
@@ -65,6 +66,13 @@ def fault_count() -> int:
     return int(os.environ.get("SESSIONSTREAM_FAULTS", "") or CI_FAULTS)
 
 
+def fault_kinds() -> tuple[str, ...]:
+    """``SESSIONSTREAM_FAULT_KINDS=kill,pause`` injects only those, in turn."""
+    chosen = tuple(k for k in os.environ.get("SESSIONSTREAM_FAULT_KINDS", "").split(",") if k)
+    assert set(chosen) <= set(KINDS), f"fault kinds are {KINDS}"
+    return chosen or KINDS
+
+
 async def test_three_nodes_survive_kills_pauses_partitions_and_drops(
     schema: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
@@ -72,7 +80,8 @@ async def test_three_nodes_survive_kills_pauses_partitions_and_drops(
     seed = int(os.environ.get("SESSIONSTREAM_FAULTS_SEED", "") or 19)
     with cluster(schema, tmp_path, NODE_ENV) as nodes:
         async with aiohttp.ClientSession() as http:
-            summary, failures = await run_faults(nodes, http, total, seed)
+            summary, failures, details = await run_faults(nodes, http, total, seed)
+        print("\n".join(details))  # each fault, for -s
         for line in summary:
             report(request.config, line)
             print(line)
@@ -81,23 +90,31 @@ async def test_three_nodes_survive_kills_pauses_partitions_and_drops(
 
 async def run_faults(
     nodes: Cluster, http: aiohttp.ClientSession, total: int, seed: int
-) -> tuple[list[str], list[str]]:
+) -> tuple[list[str], list[str], list[str]]:
     first = nodes.nodes[0]
     shared = [await new_session(http, first.base_url, nodes.token) for _ in range(SHARED_SESSIONS)]
     probes = [await new_session(http, first.base_url, nodes.token) for _ in nodes.nodes]
     runs = [await new_session(http, first.base_url, nodes.token) for _ in nodes.nodes]
     load = Load(nodes, http, shared, probes, clients=CLIENTS, seed=seed)
     subscribers = [Subscriber(nodes, http, sid, seed + i) for i, sid in enumerate(shared + runs)]
+
+    def follow_run(turn: AckedTurn) -> None:
+        subscriber = Subscriber(nodes, http, turn.run_id, seed, run_token=turn.token)
+        subscribers.append(subscriber)
+        subscriber.start(STALL_S)
+
     for subscriber in subscribers:
-        subscriber.start(stall_s=3.0)
+        subscriber.start(STALL_S)
+    load.on_turn = follow_run
     load.start()
     injector = Injector(nodes, http, load, subscribers, runs, lease_s=LEASE_S, seed=seed)
     began = time.monotonic()
+    kinds = fault_kinds()
     try:
         try:
             await asyncio.sleep(2)
             for n in range(total):
-                kind = KINDS[n % len(KINDS)]
+                kind = kinds[n % len(kinds)]
                 victim = injector.rng.choice(nodes.nodes)
                 await injector.inject(kind, victim)
                 await asyncio.sleep(injector.rng.uniform(0.5, 1.5))
@@ -105,13 +122,35 @@ async def run_faults(
             await load.stop()
         stuck = await settled(nodes)
         log = await checks.read_log(nodes.schema)
-        heads = checks.session_heads(log, [s.sid for s in subscribers])
+        heads = checks.session_heads(log, [s.key for s in subscribers if not s.is_run])
         await wait_caught_up(subscribers, heads, 30)
     finally:
         for subscriber in subscribers:
             await subscriber.stop()
     took = time.monotonic() - began
-    return summarize(nodes, injector, load, subscribers, log, stuck, took, seed)
+    summary, failures = summarize(nodes, injector, load, subscribers, log, stuck, took, seed)
+    return summary, failures, fault_details(nodes, injector, load)
+
+
+def fault_details(nodes: Cluster, injector: Injector, load: Load) -> list[str]:
+    """One line a fault: how long, the slowest write of another node (when it was sent,
+    from the fault's start), when the victim was back, the takeover."""
+    lines = []
+    for f in injector.faults:
+        others = {n.index for n in nodes.others(nodes.nodes[f.victim])}
+        slow = load.slowest_write(others, f.started, f.healed)
+        stall = (
+            f"{slow.took:.2f}s on n{slow.node} sent at {slow.sent - f.started:+.2f}s"
+            if slow
+            else "-"
+        )
+        back = f"+{f.back - f.started:.2f}s" if f.back else "-"
+        takeover = f"{f.takeover_s:.2f}s" if f.takeover_s is not None else "-"
+        lines.append(
+            f"{f.kind:10} n{f.victim} {f.healed - f.started:5.2f}s back {back:7} "
+            f"stall {stall:30} takeover {takeover} {f.run_outcome or ''}"
+        )
+    return lines
 
 
 async def settled(nodes: Cluster) -> list[str]:
@@ -144,41 +183,52 @@ def summarize(
     stale = checks.writes_after_end(log)
     doubled = checks.duplicate_terminals(log)
     shape = checks.shape_errors(log)
-    stalls: dict[str, float] = dict.fromkeys(KINDS, 0.0)
-    takeovers: dict[str, float] = {}
+    stalls: dict[str, list[float]] = {k: [0.0] for k in KINDS}
+    takeovers: dict[str, list[float]] = {}
     for f in faults:
         others = {n.index for n in nodes.others(nodes.nodes[f.victim])}
         stall = load.longest_write(others, f.started, f.healed)
-        stalls[f.kind] = max(stalls[f.kind], stall)
+        stalls[f.kind].append(stall)
         if f.takeover_s is not None:
-            takeovers[f.kind] = max(takeovers.get(f.kind, 0.0), f.takeover_s)
+            takeovers.setdefault(f.kind, []).append(f.takeover_s)
+    longest_takeover = max((max(t) for t in takeovers.values()), default=0.0)
     normal = statistics.median(w.took for w in load.writes if w.ok)
     missed = wrong = 0
     for s in subscribers:
-        m, w = checks.frame_errors(log, s.sid, s.frames)
+        m, w = checks.frame_errors(log, s.stream, s.frames)
         missed, wrong = missed + m, wrong + w
     duplicated = sum(s.duplicates for s in subscribers)
+    refused = [f"{s.stream}: {r}" for s in subscribers for r in s.refusals]
+    unended = [s.stream for s in subscribers if s.is_run and not s.done]
     acks = load.acks
     lines = [
         f"fault suite: {len(survived)}/{len(faults)} faults survived in {took:.0f}s "
         f"(seed {seed}, lease {LEASE_S:g}s): "
-        + ", ".join(f"{k} {sum(f.kind == k for f in faults)}" for k in KINDS),
+        + ", ".join(f"{k} {n}" for k in KINDS if (n := sum(f.kind == k for f in faults))),
         f"  acknowledged events lost: {len(lost)} "
         f"(of {len(acks.patches)} patches and {len(acks.turns)} turns acknowledged)",
         f"  events written by a node after it lost a lease: {len(stale)}",
-        f"  longest stall of other nodes' writes: {max(stalls.values()):.2f}s "
-        f"(median write {normal * 1000:.0f} ms; by fault: "
-        + ", ".join(f"{k} {v:.2f}s" for k, v in stalls.items())
+        f"  longest stall of other nodes' writes: {max(max(v) for v in stalls.values()):.2f}s "
+        f"(median write {normal * 1000:.0f} ms; by fault, longest/median: "
+        + ", ".join(
+            f"{k} {max(v):.2f}/{statistics.median(v[1:]):.2f}s"
+            for k, v in stalls.items()
+            if len(v) > 1
+        )
         + ")",
         f"  duplicate terminal events: {len(doubled)}",
         f"  sessions left busy: {len(stuck)}",
-        f"  longest takeover: {max(takeovers.values(), default=0.0):.2f}s "
-        f"({sum(f.takeover_s is not None for f in faults)} runs taken over; by fault: "
-        + ", ".join(f"{k} {v:.2f}s" for k, v in takeovers.items())
+        f"  longest takeover: {longest_takeover:.2f}s "
+        f"({sum(f.takeover_s is not None for f in faults)} runs taken over; by fault, "
+        "longest/median: "
+        + ", ".join(f"{k} {max(t):.2f}/{statistics.median(t):.2f}s" for k, t in takeovers.items())
         + ")",
         f"  subscriber frames missed: {missed}, duplicated: {duplicated}, wrong: {wrong} "
         f"({sum(len(s.frames) for s in subscribers)} frames over "
-        f"{sum(s.connections for s in subscribers)} connections)",
+        f"{sum(s.connections for s in subscribers)} connections of "
+        f"{sum(not s.is_run for s in subscribers)} session and "
+        f"{sum(s.is_run for s in subscribers)} run subscribers; "
+        f"{sum(s.drops for s in subscribers)} dropped by the test; refused: {len(refused)})",
     ]
     failures: list[str] = []
     for name, problems in (
@@ -187,6 +237,8 @@ def summarize(
         ("ended twice", doubled),
         ("log shape", shape),
         ("left busy", stuck),
+        ("subscribers refused", refused),
+        ("run subscribers that never saw the end", unended),
     ):
         if problems:
             failures.append(f"{name}: {problems[:10]}")

@@ -319,10 +319,13 @@ async def test_a_hung_openai_provider_times_out_and_frees_the_session(make_api: 
 async def test_storage_failing_mid_run_frees_the_session_once_storage_is_back(
     make_api: Any,
 ) -> None:
-    """The run cannot write its end while storage refuses; once storage is back, the
-    run ends as failed and the session is free again, with nobody touching it."""
+    """Storage refuses for longer than a run waits (``SESSIONSTREAM_RUN_STORAGE_WAIT_S``,
+    shortened here): the run cannot write its end while storage refuses; once storage is
+    back, the run ends as failed and the session is free again, with nobody touching it."""
     gate = asyncio.Event()
-    api: Api = await make_api(engine=ScriptedEngine(words=6, gate=gate), engine_timeout_s=5)
+    api: Api = await make_api(
+        engine=ScriptedEngine(words=6, gate=gate), engine_timeout_s=5, run_storage_wait_s=0.3
+    )
     sid = (await api.session())["id"]
     r = await api.client.post(f"{S}/{sid}/turn", json={"message": "hello"}, headers=api.h())
     run_id = (await r.json())["runId"]
@@ -341,8 +344,29 @@ async def test_storage_failing_mid_run_frees_the_session_once_storage_is_back(
     assert (await session_row(api, sid))["task_status"] is None
     run = await wait_run(api, run_id)
     assert run["status"] == "failed", run
+    assert run["error"].startswith("storage was unavailable for over 0.3s"), run
     r = await api.client.post(f"{S}/{sid}/turn", json={"message": "again"}, headers=api.h())
     assert r.status == 200
+
+
+async def test_a_storage_blip_shorter_than_a_run_waits_leaves_the_turn_complete(
+    make_api: Any,
+) -> None:
+    """The same read-only database, for a second: the run waits it out and completes."""
+    gate = asyncio.Event()
+    api: Api = await make_api(engine=ScriptedEngine(words=6, gate=gate), engine_timeout_s=5)
+    sid = (await api.session())["id"]
+    r = await api.client.post(f"{S}/{sid}/turn", json={"message": "hello"}, headers=api.h())
+    run_id = (await r.json())["runId"]
+    await asyncio.sleep(0.1)
+    await on_writer(api, "PRAGMA query_only=1")
+    gate.set()
+    await asyncio.sleep(1.0)  # the run's appends are refused, and wait
+    assert (await session_row(api, sid))["task_status"] is not None
+    await on_writer(api, "PRAGMA query_only=0")
+    run = await wait_run(api, run_id)
+    assert run["status"] == "completed", run
+    assert run["output"]["message"] == "".join(f"w{i} " for i in range(6))
 
 
 @contextmanager

@@ -73,6 +73,7 @@ class PostgresEventStore(PackedReads, EventStore):
         poll_interval_s: float = 1.0,
         connect_timeout_s: float = 2.0,
         statement_timeout_s: float = 5.0,
+        standby_reads: bool = True,
         on_batch: Callable[[int, int], None] | None = None,
         compact_runs: bool = True,
         lease_ttl_s: float = 15.0,
@@ -103,7 +104,12 @@ class PostgresEventStore(PackedReads, EventStore):
         self.on_batch = on_batch
         #: pack a run's token deltas once it ends (``eventstore/packing.py``); False keeps rows
         self.compact_runs = compact_runs
-        self._reader = PostgresReader(acquire_timeout_s=self.statement_timeout_s)
+        #: reads from a standby while no primary answers (``connect.py``)
+        self.standby_reads = standby_reads
+        self._reader = PostgresReader(
+            acquire_timeout_s=self.statement_timeout_s,
+            writes_work=(lambda: self._write_failed is None) if self._may_read_standby() else None,
+        )
         #: the packs beside the log, read through the pool
         self.packs = PostgresPacks(self._reader.fetch)
         self.tree = PostgresTree(lambda: self._reader.pool)
@@ -159,7 +165,11 @@ class PostgresEventStore(PackedReads, EventStore):
                 self.dsn,
                 min_size=1,
                 max_size=self.pool_size,
-                connect=functools.partial(connect, per_host_timeout_s=self.connect_timeout_s),
+                connect=functools.partial(
+                    connect,
+                    per_host_timeout_s=self.connect_timeout_s,
+                    standby_ok=self.standby_reads,
+                ),
                 server_settings=self._settings("reader"),
                 command_timeout=self.statement_timeout_s,
             )
@@ -220,14 +230,22 @@ class PostgresEventStore(PackedReads, EventStore):
             "search_path": sql.quote_ident(self.schema),
             # which process holds what, in pg_stat_activity (operators, the pause tests)
             "application_name": f"sessionstream-{role}:{os.getpid()}",
-            # a client that vanishes holding the log_head lock (a rebuild or import on a
-            # paused or partitioned node) must not keep it until TCP notices: the server
-            # ends its transaction well within a lease (eventstore/leases.py)
+            # a client that vanishes mid-transaction (a paused or partitioned node) must
+            # not keep its locks until TCP notices: the server ends it within a lease;
+            # the transactions that lock the head set a shorter bound (``_lock_head``)
             "idle_in_transaction_session_timeout": _ms(self.bounds.idle_s),
             # the server gives up on a statement the client has given up on
             "statement_timeout": _ms(self.statement_timeout_s),
             **(self._writer_settings() if role == "writer" else {}),
         }
+
+    def _lock_head(self) -> str:
+        """The head lock for a rebuild or import: the one transaction kind that holds it
+        across round trips, so a paused node ends it after ``held_idle_s``."""
+        return (
+            f"SET LOCAL idle_in_transaction_session_timeout = '{_ms(self.bounds.held_idle_s)}'; "
+            "SELECT head FROM log_head WHERE id = 1 FOR UPDATE"
+        )
 
     def _writer_settings(self) -> dict[str, str]:
         """The writer's statements are keyed lookups and writes of one batch: never a
@@ -236,9 +254,18 @@ class PostgresEventStore(PackedReads, EventStore):
         outlives the bound (a cancelled write is a 503 the caller retries)."""
         return {
             "enable_seqscan": "off",
+            "idle_in_transaction_session_timeout": _ms(self.bounds.held_idle_s),
             "statement_timeout": _ms(self.statement_timeout_s),
             "lock_timeout": _ms(self.statement_timeout_s),
         }
+
+    def _may_read_standby(self) -> bool:
+        """Reads fall back to a standby only from a URL that asks for the primary."""
+        try:
+            attrs = hosts_of(self.dsn)[1]
+        except (ValueError, *DRIVER_ERRORS):  # a URL asyncpg refuses fails at open()
+            return False
+        return self.standby_reads and attrs in ("read-write", "primary")
 
     def _write_attrs(self) -> str | None:
         """Writes need the primary: a multi-host URI without ``target_session_attrs``
@@ -384,7 +411,7 @@ class PostgresEventStore(PackedReads, EventStore):
         await self.commits.drained()  # appends already queued land first
         self._writer.forget()
         async with self._maintenance() as conn, conn.transaction():
-            await conn.execute("SELECT head FROM log_head WHERE id = 1 FOR UPDATE")
+            await conn.execute(self._lock_head())
             await self._writer.import_events(conn, events)
         self.pump.committed(events)
         ended = finished_runs(events) if self.compact_runs else []
@@ -402,7 +429,7 @@ class PostgresEventStore(PackedReads, EventStore):
         """Refold every read model under the head lock (appends wait meanwhile)."""
         self._writer.forget()
         async with self._maintenance() as conn, conn.transaction():
-            await conn.execute("SELECT head FROM log_head WHERE id = 1 FOR UPDATE")
+            await conn.execute(self._lock_head())
             if only_if_stale and not await self._stale_projections(conn):
                 return 0  # another node rebuilt while this one waited
             await conn.execute("DELETE FROM docs")

@@ -19,7 +19,7 @@ race means someone else's batch committed), and so that no writer can lose it
 forever, one that lost :data:`RACES_BEFORE_RESERVING` in a row reserves the
 next write (``RESERVE_HEAD``, one statement): other writers' conditional
 writes are refused until it writes or the reservation expires, a bound
-derived from the lease (``bounds.py``). A paused reserver thus delays the
+derived from the lease (``eventstore/leases.py``). A paused reserver thus delays the
 others by that bound at most.
 
 Fencing: a run's writes carry its lease epoch (``Fence``). A batch whose
@@ -38,6 +38,7 @@ the head in an ordinary transaction, bounded by the lease-derived
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import uuid
@@ -70,7 +71,7 @@ REBUILD_BYTES = 4 << 20
 
 
 #: conditional writes lost to other writers in a row before a batch reserves the head
-RACES_BEFORE_RESERVING = 3
+RACES_BEFORE_RESERVING = 2
 
 
 class Rejected(Exception):
@@ -226,7 +227,7 @@ class PostgresWriter:
         pause = 0.002
         while await conn.fetchval(sql.RESERVE_HEAD, self.writer_id, self.reserve_s) is None:
             await asyncio.sleep(pause)
-            pause = min(pause * 2, self.reserve_s / 4)
+            pause = min(pause * 2, 0.02)
         self.reservations += 1
 
     async def _write_once(
@@ -237,11 +238,13 @@ class PostgresWriter:
         self.read_under_lock += 1
         refused: dict[int, Outcome] = {}  # batch index -> LeaseLost
         races = 0
+        reserved = False
         try:
             while True:
                 live = [i for i in range(len(batch)) if i not in refused]
                 if stop or races >= RACES_BEFORE_RESERVING:
                     await self._reserve(conn)
+                    reserved = True
                 try:
                     facts, plan = await self._plan(conn, [batch[i] for i in live], optimistic)
                 except Moved:
@@ -273,10 +276,15 @@ class PostgresWriter:
                     self.races_lost += 1
                     self.known.forget()
                     continue
+                reserved = False  # the write cleared it
                 break
         except BaseException:
             self.known.forget()
             raise
+        finally:
+            if reserved:  # nothing written (refusals only, or a failure): others' turn now
+                with contextlib.suppress(Exception):
+                    await conn.execute(sql.UNRESERVE_HEAD, self.writer_id)
         self.known.wrote(plan)
         planned = iter(plan.outcomes)
         outcomes = [refused[i] if i in refused else next(planned) for i in range(len(batch))]

@@ -33,7 +33,12 @@ CHECKPOINT_COLUMNS = "size, root, note, recorded_at"
 
 
 def event_hashes(conn: sqlite3.Connection, start: int, end: int) -> list[str]:
-    rows = merged_hashes(conn, start, end)  # a finished run's deltas are packed
+    """In one read transaction: the rows and the packs from one snapshot of the file."""
+    conn.execute("BEGIN")
+    try:
+        rows = merged_hashes(conn, start, end)  # a finished run's deltas are packed
+    finally:
+        conn.execute("COMMIT")
     hashes: list[str] = []
     for expected, (position, value) in enumerate(rows, start + 1):
         if position != expected:

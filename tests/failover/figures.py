@@ -121,6 +121,8 @@ class Figures:
     client_timeouts: int = 0
     db_own_s: float | None = None
     beyond_s: float | None = None
+    #: from the fault to sessionstream's first write: the storage blip its runs had to wait out
+    outage_s: float | None = None
     turns_started: int = 0
     turns_failed: int = 0
     bad_releases: int = 0
@@ -165,6 +167,7 @@ def figures(faults: list[Fault], record: Record, log: Log, began: float) -> list
             f.db_own_s = w.db_writable - w.started
             if w.ss_writable is not None:
                 f.beyond_s = max(0.0, w.ss_writable - w.db_writable)
+                f.outage_s = w.ss_writable - w.started
             if w.repaired_first:
                 f.notes.append("sessionstream wrote again only once the old primary was back")
     _answers(record, window)

@@ -34,6 +34,8 @@ class Fault:
     takeover_s: float | None = None  # None: no run of the victim's had to be taken over
     run_outcome: str | None = None
     survived: bool = False
+    #: when the victim was back (restarted, resumed, reconnected), for reading a stall
+    back: float = 0.0
 
 
 class Injector:
@@ -69,6 +71,7 @@ class Injector:
         if kind == "kill":
             victim.kill()
             await asyncio.sleep(self.rng.uniform(0.2, 1.0))
+            fault.back = time.monotonic()
             await victim.restart()
         elif kind == "pause":
             victim.pause()

@@ -16,6 +16,7 @@ import contextlib
 import itertools
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,6 +97,8 @@ class Load:
         self.clients = clients
         self.seed = seed
         self.acks = Acks()
+        #: called with every acknowledged turn (the suite subscribes to its run)
+        self.on_turn: Callable[[AckedTurn], None] = lambda _turn: None
         self.writes: list[Write] = []
         self._titles = itertools.count(1)
         self._tasks: list[asyncio.Task[None]] = []
@@ -174,6 +177,7 @@ class Load:
     def record_turn(self, sid: str, started: dict[str, Any], node: Node) -> AckedTurn:
         turn = AckedTurn(sid, started["runId"], started["publicAccessToken"], node.index)
         self.acks.turns.append(turn)
+        self.on_turn(turn)
         return turn
 
     # the probes -------------------------------------------------------------------------
@@ -189,10 +193,12 @@ class Load:
             await asyncio.sleep(0.05 if ok else 0.2)
 
     def longest_write(self, nodes: set[int], start: float, end: float) -> float:
-        """The longest probe write on ``nodes`` that overlapped ``[start, end]``, including
-        one still unanswered at ``end``."""
-        longest = 0.0
-        for write in self.writes:
-            if write.node in nodes and write.answered >= start and write.sent <= end:
-                longest = max(longest, write.took)
-        return longest
+        """The longest probe write on ``nodes`` that overlapped ``[start, end]``."""
+        slowest = self.slowest_write(nodes, start, end)
+        return slowest.took if slowest is not None else 0.0
+
+    def slowest_write(self, nodes: set[int], start: float, end: float) -> Write | None:
+        overlapping = [
+            w for w in self.writes if w.node in nodes and w.answered >= start and w.sent <= end
+        ]
+        return max(overlapping, key=lambda w: w.took, default=None)
