@@ -44,6 +44,8 @@ SKIP: dict[tuple[str, str], str] = {
     ("docs/guides/deployment.md", "sudo apt-get install -y nginx"): "configures the host's nginx",
     ("docs/guides/deployment.md", "sudo install -m 0755"): "installs a timer on the nginx host",
     ("docs/guides/deployment.md", ".venv/bin/sessionstream verify"): "needs the cluster's database",
+    ("docs/guides/failover.md", "pg_autoctl show uri"): "needs a pg_auto_failover formation",
+    ("docs/guides/failover.md", "sudo apt-get install"): "installs pg_auto_failover",
     ("docs/guides/real-model.md", ".venv/bin/pip install"): "installs from the network",
     ("docs/guides/real-model.md", "export SESSIONSTREAM_ENGINE"): "needs a model provider",
     ("docs/guides/real-model.md", "vllm serve"): "a GPU model server",
