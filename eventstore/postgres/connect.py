@@ -15,6 +15,7 @@ rather than the last host's "connection refused".
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import asyncpg
@@ -65,14 +66,18 @@ def _what(exc: BaseException, timeout_s: float, want: str) -> str:
     return str(exc) or type(exc).__name__
 
 
-async def connect(dsn: str, *, per_host_timeout_s: float, **kwargs: Any) -> asyncpg.Connection:
+async def connect(
+    dsn: str, *, per_host_timeout_s: float, standby_ok: bool = False, **kwargs: Any
+) -> asyncpg.Connection:
     """``asyncpg.connect(dsn, **kwargs)``, trying each host within ``per_host_timeout_s``
-    (a ``target_session_attrs`` argument overrides the URI's)."""
+    (a ``target_session_attrs`` argument overrides the URI's). ``standby_ok``: when the
+    URI wants a primary and none answers, a host that answered as a standby will do
+    (reads during a failover; :func:`on_standby` tells such a connection)."""
     hosts, attrs = hosts_of(dsn)
     attrs = str(kwargs.pop("target_session_attrs", None) or attrs)
     rounds = ["standby", "any"] if attrs == "prefer-standby" else [attrs]
     failures: dict[str, str] = {}
-    standby_seen = False
+    standbys: list[tuple[str, int | None]] = []
     for want in rounds:
         for host, port in hosts:
             if _name(host, port) in failures:
@@ -91,14 +96,31 @@ async def connect(dsn: str, *, per_host_timeout_s: float, **kwargs: Any) -> asyn
                 raise
             except DRIVER_ERRORS as exc:
                 if isinstance(exc, asyncpg.TargetServerAttributeNotMatched):
-                    standby_seen = standby_seen or want in _WRITABLE
+                    if want in _WRITABLE:
+                        standbys.append((host, port))
                     if len(rounds) > 1 and want == "standby":
                         continue  # prefer-standby's first round: a primary, tried next round
                 failures[_name(host, port)] = _what(exc, per_host_timeout_s, want)
+    for host, port in standbys if standby_ok else ():
+        where = {"host": host, "port": port} if len(hosts) > 1 else {}
+        with contextlib.suppress(*DRIVER_ERRORS):
+            return await asyncpg.connect(
+                dsn, **where, timeout=per_host_timeout_s, target_session_attrs="any", **kwargs
+            )
     writable = attrs in _WRITABLE
     what = "; ".join(f"{name}: {why}" for name, why in failures.items())
-    if writable and standby_seen:
+    if writable and standbys:
         message = f"no writable PostgreSQL host ({what})"
     else:
         message = f"no PostgreSQL host answered ({what})"
     raise NoUsableHost(message)
+
+
+def on_standby(conn: asyncpg.Connection) -> bool:
+    """Whether ``conn`` is on a host that takes no writes (a standby, or read-only), as
+    the server reports it (``in_hot_standby`` changes when a standby is promoted)."""
+    settings = conn.get_settings()
+    return (
+        getattr(settings, "in_hot_standby", "off") == "on"
+        or getattr(settings, "default_transaction_read_only", "off") == "on"
+    )

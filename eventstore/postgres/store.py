@@ -73,6 +73,7 @@ class PostgresEventStore(PackedReads, EventStore):
         poll_interval_s: float = 1.0,
         connect_timeout_s: float = 2.0,
         statement_timeout_s: float = 5.0,
+        standby_reads: bool = True,
         on_batch: Callable[[int, int], None] | None = None,
         compact_runs: bool = True,
         lease_ttl_s: float = 15.0,
@@ -103,7 +104,12 @@ class PostgresEventStore(PackedReads, EventStore):
         self.on_batch = on_batch
         #: pack a run's token deltas once it ends (``eventstore/packing.py``); False keeps rows
         self.compact_runs = compact_runs
-        self._reader = PostgresReader(acquire_timeout_s=self.statement_timeout_s)
+        #: reads from a standby while no primary answers (``connect.py``)
+        self.standby_reads = standby_reads
+        self._reader = PostgresReader(
+            acquire_timeout_s=self.statement_timeout_s,
+            writes_work=(lambda: self._write_failed is None) if self._may_read_standby() else None,
+        )
         #: the packs beside the log, read through the pool
         self.packs = PostgresPacks(self._reader.fetch)
         self.tree = PostgresTree(lambda: self._reader.pool)
@@ -159,7 +165,11 @@ class PostgresEventStore(PackedReads, EventStore):
                 self.dsn,
                 min_size=1,
                 max_size=self.pool_size,
-                connect=functools.partial(connect, per_host_timeout_s=self.connect_timeout_s),
+                connect=functools.partial(
+                    connect,
+                    per_host_timeout_s=self.connect_timeout_s,
+                    standby_ok=self.standby_reads,
+                ),
                 server_settings=self._settings("reader"),
                 command_timeout=self.statement_timeout_s,
             )
@@ -248,6 +258,14 @@ class PostgresEventStore(PackedReads, EventStore):
             "statement_timeout": _ms(self.statement_timeout_s),
             "lock_timeout": _ms(self.statement_timeout_s),
         }
+
+    def _may_read_standby(self) -> bool:
+        """Reads fall back to a standby only from a URL that asks for the primary."""
+        try:
+            attrs = hosts_of(self.dsn)[1]
+        except (ValueError, *DRIVER_ERRORS):  # a URL asyncpg refuses fails at open()
+            return False
+        return self.standby_reads and attrs in ("read-write", "primary")
 
     def _write_attrs(self) -> str | None:
         """Writes need the primary: a multi-host URI without ``target_session_attrs``
