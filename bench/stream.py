@@ -32,286 +32,36 @@ would stall every socket at once and be charged to the server).
 
 from __future__ import annotations
 
+import argparse
 import asyncio
-import gc
 import json
-import multiprocessing as mp
-import os
-import random
-import resource
 import statistics
-import tempfile
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator
-from contextlib import contextmanager
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-from aiohttp import web
 
-from bench.common import base_parser, install_uvloop, print_table, write_json
-from sessionstream.engines.base import ExampleInput, ExampleResult, StreamItem, TextDelta, TurnInput
-from sessionstream.eventstore.model import RecordedEvent
+from bench.common import RESULTS, base_parser, install_uvloop, print_table
+from bench.stream_clients import (
+    connect_all,
+    drain,
+    measuring,
+    median_of,
+    pct,
+    raise_fd_limit,
+    start_runs,
+)
+from bench.stream_server import BenchServer, rss_kb, sample_frame
+from bench.stream_tokens import CONFIGS, PROVIDERS, TOKEN_HEADERS, run_tokens
 
-S = "/api/campaigns/ai-chat-sessions"
 POLLING_MS = (2000, 5000)
 TARGET_P99_MS = 25.0
 TARGET_FANOUT = 0.70
 TARGET_KB = 50.0
 
 
-# the server process -----------------------------------------------------------------------------
-class StampEngine:
-    """Words that are their own emission time; waits for ``/bench/go`` before the first."""
-
-    name = "stamp"
-    model: str | None = None
-
-    def __init__(self, words: int, pace_s: float, stagger: bool) -> None:
-        self.words = words
-        self.pace_s = pace_s
-        self.stagger = stagger
-        self.gate = asyncio.Event()
-
-    def go(self) -> None:
-        """Release the turns waiting now; later turns wait for the next ``go``."""
-        self.gate.set()
-        self.gate = asyncio.Event()
-
-    async def turn(self, inp: TurnInput) -> AsyncIterator[StreamItem]:
-        await self.gate.wait()
-        if self.stagger:
-            await asyncio.sleep(random.uniform(0, self.pace_s))
-        for _ in range(self.words):
-            yield TextDelta(f"{time.perf_counter():.7f} ")
-            await asyncio.sleep(self.pace_s)
-
-    async def example(self, inp: ExampleInput) -> ExampleResult:
-        raise RuntimeError("bench.stream measures chat turns; it never generates examples")
-
-    async def aclose(self) -> None:
-        return None
-
-
-def raise_fd_limit() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
-def sample_frame(size: int) -> str:
-    """A frame shaped and sized like a run channel's ``message.delta``."""
-    frame = {
-        "type": "message.delta",
-        "runId": "run_" + "0" * 32,
-        "sessionId": "00000000-0000-0000-0000-000000000000",
-        "seq": 12,
-        "position": 123456,
-        "at": "2026-01-01T00:00:00.000Z",
-        "data": {"text": ""},
-    }
-    base = len(json.dumps(frame, separators=(",", ":")))
-    frame["data"] = {"text": "x" * max(1, size - base)}
-    return json.dumps(frame, separators=(",", ":"))
-
-
-def server_main(pipe: Connection, overrides: dict[str, Any], engine: dict[str, Any]) -> None:
-    install_uvloop()
-    raise_fd_limit()
-    asyncio.run(_serve(pipe, overrides, engine))
-
-
-async def _serve(pipe: Connection, overrides: dict[str, Any], engine_args: dict[str, Any]) -> None:
-    from sessionstream.core.settings import Settings
-    from sessionstream.server.app import create_app
-    from sessionstream.server.keys import STORE
-    from sessionstream.services.accounts import create_user
-
-    tmp = tempfile.mkdtemp(prefix="bench-stream-")
-    settings = Settings(
-        db_path=str(Path(tmp) / "stream.db"),
-        secret="bench-secret-0123456789abcdef0123456789",
-        rate_limit=0.0,
-        max_concurrent_runs=1000,
-        max_connections_per_user=100_000,
-        max_connections=100_000,
-        engine_timeout_s=3600.0,
-        log_level="WARNING",
-        **overrides,
-    )
-    engine = StampEngine(**engine_args)
-    app = create_app(settings, engine=engine)
-    bare: list[web.WebSocketResponse] = []
-
-    async def go(request: web.Request) -> web.Response:
-        engine.go()
-        return web.json_response({"ok": True})
-
-    async def bare_socket(request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(compress=False)
-        await ws.prepare(request)
-        bare.append(ws)
-        try:
-            async for _ in ws:
-                pass
-        finally:
-            bare.remove(ws)
-        return ws
-
-    async def bare_go(request: web.Request) -> web.Response:
-        """The baseline: one frame after another, ``send_str`` to every socket."""
-        count, size = int(request.query["n"]), int(request.query["size"])
-        frame = sample_frame(size)
-        sockets = list(bare)
-        for _ in range(count):
-            for ws in sockets:
-                await ws.send_str(frame)
-        for ws in sockets:
-            await ws.send_str("end")
-        return web.json_response({"sockets": len(sockets)})
-
-    app.router.add_post("/bench/go", go)
-    app.router.add_get("/bench/bare", bare_socket)
-    app.router.add_post("/bench/bare/go", bare_go)
-    published: dict[int, float] = {}
-    hub = app[STORE].hub
-    publish = hub.publish
-
-    def timed_publish(events: Iterable[RecordedEvent]) -> None:
-        """When each event reached the hub: the commit side of the latency split."""
-        batch = list(events)
-        now = time.perf_counter()
-        for event in batch:
-            if event.type == "message.delta":
-                published[event.position] = now
-        publish(batch)
-
-    hub.publish = timed_publish  # type: ignore[method-assign]
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, backlog=4096)
-    await site.start()
-    port = runner.addresses[0][1]
-    _user, token = await create_user(app[STORE], "bench")
-    pipe.send((port, token, os.getpid()))
-    await asyncio.get_running_loop().run_in_executor(None, pipe.recv)  # "stop"
-    for ws in list(bare):
-        await ws.close()
-    await runner.cleanup()
-    pipe.send(published)
-
-
-class BenchServer:
-    """The server process: its port, the bench user's token, its pid, and at the end
-    the time each ``message.delta`` reached the hub (by position)."""
-
-    def __init__(self, overrides: dict[str, Any], engine: dict[str, Any]) -> None:
-        ctx = mp.get_context("spawn")
-        self._pipe, child = ctx.Pipe()
-        self._proc = ctx.Process(target=server_main, args=(child, overrides, engine), daemon=True)
-        self.published: dict[int, float] = {}
-
-    def __enter__(self) -> BenchServer:
-        self._proc.start()
-        if not self._pipe.poll(60):
-            raise RuntimeError("the bench server did not start")
-        self.port, self.token, self.pid = self._pipe.recv()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._pipe.send("stop")
-        if self._pipe.poll(30):
-            self.published = self._pipe.recv()
-        self._proc.join(30)
-        if self._proc.is_alive():
-            self._proc.kill()
-
-    def client(self) -> aiohttp.ClientSession:
-        return aiohttp.ClientSession(
-            f"http://127.0.0.1:{self.port}",
-            headers={"Authorization": f"Bearer {self.token}"},
-            connector=aiohttp.TCPConnector(limit=0),
-        )
-
-
-def rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
-
-
 # this process: the subscribers -------------------------------------------------------------------
-def pct(ordered: list[float], q: float) -> float:
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-async def new_session(http: aiohttp.ClientSession) -> str:
-    r = await http.post("/api/campaigns", json={"name": "bench"})
-    campaign = (await r.json())["campaign"]["id"]
-    r = await http.post(f"/api/campaigns/{campaign}/nodes", json={"name": "n"})
-    node = (await r.json())["node"]["id"]
-    r = await http.post(S, json={"campaign_id": campaign, "node_id": node})
-    return str((await r.json())["session"]["id"])
-
-
-async def start_runs(http: aiohttp.ClientSession, count: int) -> list[tuple[str, str]]:
-    sessions = await asyncio.gather(*(new_session(http) for _ in range(count)))
-    runs = []
-    for sid in sessions:
-        r = await http.post(f"{S}/{sid}/turn", json={"message": "go"})
-        body = await r.json()
-        assert r.status == 200, body
-        runs.append((body["runId"], body["publicAccessToken"]))
-    return runs
-
-
-async def subscribe(
-    http: aiohttp.ClientSession, run_id: str, token: str, ready: int
-) -> aiohttp.ClientWebSocketResponse:
-    """A run-channel socket that has received its first ``ready`` frames (the catch-up)."""
-    ws = await http.ws_connect(
-        f"/api/realtime/runs/{run_id}?token={token}", heartbeat=None, max_msg_size=0
-    )
-    for _ in range(ready):
-        message = await ws.receive(timeout=60)
-        assert message.type == aiohttp.WSMsgType.TEXT, message
-    return ws
-
-
-async def connect_all(
-    http: aiohttp.ClientSession, targets: list[tuple[str, str]], ready: int, batch: int = 250
-) -> list[aiohttp.ClientWebSocketResponse]:
-    sockets: list[aiohttp.ClientWebSocketResponse] = []
-    for i in range(0, len(targets), batch):
-        chunk = targets[i : i + batch]
-        sockets += await asyncio.gather(*(subscribe(http, r, t, ready) for r, t in chunk))
-    return sockets
-
-
-@contextmanager
-def measuring() -> Iterator[None]:
-    """Keep this process's garbage collector out of the measured window.
-
-    The subscribers here are the instrument: a full collection over the frames
-    they hold would stall every socket at once and be charged to the server.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
-        gc.unfreeze()
-
-
-async def drain(ws: aiohttp.ClientWebSocketResponse, into: list[tuple[float, str]]) -> None:
-    clock = time.perf_counter
-    async for message in ws:
-        into.append((clock(), message.data))
 
 
 class Tally:
@@ -467,12 +217,27 @@ async def memory_round(subscribers: int, runs: int) -> dict[str, float]:
     }
 
 
-def median_of(rounds: list[dict[str, float]]) -> dict[str, float]:
-    return {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
-
-
 def main() -> None:
     parser = base_parser(__doc__)
+    parser.add_argument(
+        "--part",
+        default="all",
+        choices=("all", "tokens", "emission", "fanout", "memory"),
+        help="tokens: provider -> subscriber (a); the rest: (b)-(d); all: every one",
+    )
+    parser.add_argument(
+        "--config", default="both", choices=("both", *CONFIGS), help="tokens: which load"
+    )
+    parser.add_argument(
+        "--provider", default="both", choices=("both", *PROVIDERS), help="tokens: which fake"
+    )
+    parser.add_argument("--tokens", type=int, default=60, help="tokens: per reply")
+    parser.add_argument("--pace-ms", type=float, default=20.0, help="tokens: between tokens")
+    parser.add_argument("--label", default="after", help="tokens: the key its figures go under")
+    parser.add_argument("--json", type=Path, default=RESULTS / "stream.json")
+    parser.add_argument(
+        "--accumulate", action="store_true", help="tokens: add to the label's earlier rounds"
+    )
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--subscribers", type=int, default=10, help="per run, for the latency")
     parser.add_argument("--words", type=int, default=100, help="per run, for the latency")
@@ -484,58 +249,65 @@ def main() -> None:
         args.rounds, args.words, args.fanout_words = 1, 30, 200
     raise_fd_limit()
     install_uvloop()
+    results: dict[str, Any] = (
+        json.loads(args.json.read_text()) if args.json.exists() else {"name": "stream"}
+    )
+    results.update(rounds=args.rounds, quick=args.quick)
+    parts = ("tokens", "emission", "fanout", "memory") if args.part == "all" else (args.part,)
+    if "tokens" in parts:
+        configs = tuple(CONFIGS) if args.config == "both" else (args.config,)
+        providers = PROVIDERS if args.provider == "both" else (args.provider,)
+        tokens: dict[str, Any] = results.setdefault("tokens", {})
+        earlier = tokens.get(args.label) if args.accumulate else None
+        block, rows = run_tokens(
+            configs, providers, args.rounds, args.tokens, args.pace_ms, earlier
+        )
+        tokens.setdefault(args.label, {}).update(block)
+        print(f"bench.stream tokens '{args.label}' (median of {args.rounds} round(s))")
+        print_table(TOKEN_HEADERS, rows)
+    rest = [p for p in parts if p != "tokens"]
+    if rest:
+        results.update(older_parts(args, rest))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nwrote {args.json}")
 
-    latency_rounds = [
-        asyncio.run(latency_round(args.runs, args.subscribers, args.words))
-        for _ in range(args.rounds)
-    ]
-    latency = median_of(latency_rounds)
-    fanout = asyncio.run(fanout_round(args.fanout, args.fanout_words, pairs=args.rounds * 2))
-    memory_rounds = [asyncio.run(memory_round(args.idle, 10)) for _ in range(args.rounds)]
-    memory = median_of(memory_rounds)
 
-    latency_block = {
-        **latency,
-        "runs": args.runs,
-        "subscribers_per_run": args.subscribers,
-        "pace_ms": 50,
-        "baseline_polling_ms": POLLING_MS[0],
-        "ratio": POLLING_MS[0] / latency["p99_ms"],
-        "target_p99_ms": TARGET_P99_MS,
-        "met": latency["p99_ms"] <= TARGET_P99_MS,
-        "samples": latency_rounds,
-    }
-    fanout_block = {
-        **fanout,
-        "subscribers": args.fanout,
-        "events": args.fanout_words,
-        "target_ratio": TARGET_FANOUT,
-        "met": fanout["ratio"] >= TARGET_FANOUT,
-    }
-    memory_block = {
-        **memory,
-        "subscribers": args.idle,
-        "target_kb": TARGET_KB,
-        "met": memory["kb_per_subscriber"] <= TARGET_KB,
-        "samples": memory_rounds,
-    }
-    print(f"bench.stream (median of {args.rounds} round(s))")
-    print_table(
-        ["figure", "measured", "baseline", "target", "met"],
-        [
+def older_parts(args: argparse.Namespace, parts: list[str]) -> dict[str, Any]:
+    """(b) engine emission -> subscriber, (c) fan-out, (d) memory: their JSON blocks."""
+    out: dict[str, Any] = {}
+    rows: list[tuple[Any, ...]] = []
+    if "emission" in parts:
+        latency_rounds = [
+            asyncio.run(latency_round(args.runs, args.subscribers, args.words))
+            for _ in range(args.rounds)
+        ]
+        latency = median_of(latency_rounds)
+        out["latency"] = {
+            **latency,
+            "runs": args.runs,
+            "subscribers_per_run": args.subscribers,
+            "pace_ms": 50,
+            "baseline_polling_ms": POLLING_MS[0],
+            "ratio": POLLING_MS[0] / latency["p99_ms"],
+            "target_p99_ms": TARGET_P99_MS,
+            "met": latency["p99_ms"] <= TARGET_P99_MS,
+            "samples": latency_rounds,
+        }
+        rows += [
             (
-                f"token latency p50 ({args.runs} runs x {args.subscribers} subs)",
+                f"emission -> subscriber p50 ({args.runs} runs x {args.subscribers} subs)",
                 f"{latency['p50_ms']:.1f} ms",
                 f"polling {POLLING_MS[0]:,}-{POLLING_MS[1]:,} ms",
                 "",
                 "",
             ),
             (
-                "token latency p99",
+                "emission -> subscriber p99",
                 f"{latency['p99_ms']:.1f} ms",
                 f"polling {POLLING_MS[0]:,}-{POLLING_MS[1]:,} ms",
                 f"<= {TARGET_P99_MS:g} ms",
-                latency_block["met"],
+                out["latency"]["met"],
             ),
             (
                 "  engine -> commit p99 (run manager, store)",
@@ -551,33 +323,47 @@ def main() -> None:
                 "",
                 "",
             ),
+        ]
+    if "fanout" in parts:
+        fanout = asyncio.run(fanout_round(args.fanout, args.fanout_words, pairs=args.rounds * 2))
+        out["fanout"] = {
+            **fanout,
+            "subscribers": args.fanout,
+            "events": args.fanout_words,
+            "target_ratio": TARGET_FANOUT,
+            "met": fanout["ratio"] >= TARGET_FANOUT,
+        }
+        rows.append(
             (
                 f"fan-out, 1 run to {args.fanout} subs (frames/s)",
                 f"{fanout['frames_per_s']:,.0f}",
                 f"bare loop {fanout['bare_frames_per_s']:,.0f}",
                 f">= {TARGET_FANOUT:.0%} ({fanout['ratio']:.0%})",
-                fanout_block["met"],
-            ),
+                out["fanout"]["met"],
+            )
+        )
+    if "memory" in parts:
+        memory_rounds = [asyncio.run(memory_round(args.idle, 10)) for _ in range(args.rounds)]
+        memory = median_of(memory_rounds)
+        out["memory"] = {
+            **memory,
+            "subscribers": args.idle,
+            "target_kb": TARGET_KB,
+            "met": memory["kb_per_subscriber"] <= TARGET_KB,
+            "samples": memory_rounds,
+        }
+        rows.append(
             (
                 f"memory per idle subscriber ({args.idle:,})",
                 f"{memory['kb_per_subscriber']:.1f} KB",
                 "",
                 f"<= {TARGET_KB:g} KB",
-                memory_block["met"],
-            ),
-        ],
-    )
-    write_json(
-        "stream",
-        {
-            "name": "stream",
-            "rounds": args.rounds,
-            "quick": args.quick,
-            "latency": latency_block,
-            "fanout": fanout_block,
-            "memory": memory_block,
-        },
-    )
+                out["memory"]["met"],
+            )
+        )
+    print(f"bench.stream (median of {args.rounds} round(s))")
+    print_table(["figure", "measured", "baseline", "target", "met"], rows)
+    return out
 
 
 if __name__ == "__main__":

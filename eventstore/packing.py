@@ -36,11 +36,12 @@ from __future__ import annotations
 import hashlib
 import json
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from sessionstream.core.vocabulary import RUN_PREFIX, TERMINAL, EventType
+from sessionstream.eventstore import packcodec
 from sessionstream.eventstore.model import GENESIS_HASH, RecordedEvent, canonical_json
 
 #: a JSON string as the canonical encoder spells it (not ASCII-escaped)
@@ -52,7 +53,9 @@ BLOCK_BITS = 12
 PACKED_TYPE = EventType.MESSAGE_DELTA
 #: beyond every position
 NO_BOUND = 1 << 62
-FORMAT = 1
+#: what ``pack_stream`` writes (``eventstore/packcodec.py``); format 1 is still read
+FORMAT = 2
+READABLE = (1, 2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,17 +104,15 @@ class _Segment:
         self.block = block_of(first.position)
         self.first_version = first.version
         self.first_position = self.last_position = first.position
-        self.entries: list[list[Any]] = []
+        self.entries: list[packcodec.Entry] = []
         self.digest = ""
         self.last_at = ""
         self.first_at = first.recorded_at
         self.closed = False
 
     def add(self, event: RecordedEvent) -> None:
-        # [position step, event id, time ("" when the previous delta's), data]
-        at = "" if event.recorded_at == self.last_at else event.recorded_at
         step = event.position - self.last_position
-        self.entries.append([step, event.event_id, at, event.data])
+        self.entries.append((step, event.event_id, event.recorded_at, event.data))
         self.last_position, self.last_at, self.digest = (
             event.position,
             event.recorded_at,
@@ -119,7 +120,8 @@ class _Segment:
         )
 
     def encoded(self) -> list[Any]:
-        return [self.prev, self.digest, self.first_version, self.first_position, self.entries]
+        columns = packcodec.encode(self.entries)
+        return [self.prev, self.digest, self.first_version, self.first_position, columns]
 
 
 def pack_stream(events: Sequence[RecordedEvent]) -> list[Pack]:
@@ -177,9 +179,20 @@ def pack_stream(events: Sequence[RecordedEvent]) -> list[Pack]:
 
 
 def _body(obj: Any, stream_id: str) -> Any:
-    if obj.get("format") != FORMAT:
+    if obj.get("format") not in READABLE:
         raise ValueError(f"a pack of {stream_id} has an unknown format {obj.get('format')}")
     return obj
+
+
+def _entries(obj: Any, packed: Any) -> Iterator[packcodec.Entry]:
+    """One segment's deltas, whichever format spelled them."""
+    if obj["format"] != 1:
+        yield from packcodec.decode(packed)
+        return
+    at = ""  # format 1: [step, event id, time ("" when the previous delta's), data]
+    for step, event_id, when, data in packed:
+        at = when or at
+        yield step, event_id, at, data
 
 
 def unpack(stream_id: str, correlation_id: str | None, body: bytes) -> list[RecordedEvent]:
@@ -195,12 +208,13 @@ def unpack(stream_id: str, correlation_id: str | None, body: bytes) -> list[Reco
     head = f"[{_string(stream_id)},"
     type_part = f",{_string(type_)},"
     out: list[RecordedEvent] = []
-    for prev, digest, version, position, entries in obj["segments"]:
-        last, at, at_part = len(entries) - 1, "", ""
-        for i, (step, event_id, when, data) in enumerate(entries):
+    for prev, digest, version, position, packed in obj["segments"]:
+        entries = list(_entries(obj, packed))
+        last, spelled, at_part = len(entries) - 1, "", ""
+        for i, (step, event_id, at, data) in enumerate(entries):
             position += step
-            if when:
-                at, at_part = when, _string(when)
+            if at != spelled:
+                spelled, at_part = at, _string(at)
             data_json = canonical_json(data)
             if i == last:
                 own = digest
@@ -223,11 +237,9 @@ def times_of(rows: Iterable[tuple[str, str | None, bytes]]) -> list[tuple[int, s
     found: list[tuple[int, str]] = []
     for stream_id, _, body in rows:
         obj = _body(json.loads(zlib.decompress(bytes(body))), stream_id)
-        for _, _, _, position, entries in obj["segments"]:
-            at = ""
-            for step, _, when, _ in entries:
+        for _, _, _, position, packed in obj["segments"]:
+            for step, _, at, _ in _entries(obj, packed):
                 position += step
-                at = when or at
                 found.append((position, at))
     return found
 

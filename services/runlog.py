@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from sessionstream.core.errors import ConcurrencyConflict, LeaseLost, NotFound, StorageUnavailable
+from sessionstream.core.ids import Uuid7Sequence
 from sessionstream.core.readmodels import RunRow
 from sessionstream.core.vocabulary import EventType, run_stream, session_stream
 from sessionstream.eventstore.base import EventStore
@@ -59,6 +60,8 @@ class RunContext:
     seq: int = 1  # run.created is seq 1
     #: the run lease's epoch this context writes under (None: a store without leases)
     fence: Fence | None = None
+    #: the ids of the run stream's events: one sequence per execution of the run
+    ids: Uuid7Sequence = field(default_factory=Uuid7Sequence, repr=False, compare=False)
     #: how long the run's writes wait for storage to come back before the run fails
     storage_wait_s: float = 0.0
     #: who writes: the run itself, unless someone else ends it (``SYSTEM``)
@@ -79,7 +82,11 @@ class RunContext:
     def event(self, type_: str, data: dict[str, Any]) -> NewEvent:
         """An event of the run stream, delivered to the session's subscribers too."""
         return NewEvent(
-            type_, data, self.meta(), correlation_id=session_stream(self.claim.session_id)
+            type_,
+            data,
+            self.meta(),
+            correlation_id=session_stream(self.claim.session_id),
+            event_id=self.ids.next(),
         )
 
     def session_event(self, type_: str, data: dict[str, Any]) -> NewEvent:

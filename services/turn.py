@@ -140,24 +140,23 @@ async def run_turn(
     idle_deadline = 0.0
     try:
         while True:
-            if next_item is None:
+            if next_item is None and not pending.full:
                 next_item = asyncio.ensure_future(stream.__anext__())
                 idle_deadline = time.monotonic() + engine_timeout_s
-            waits: set[asyncio.Future[Any]] = {next_item}
-            if writing is not None:
-                waits.add(writing)
-            deadline = idle_deadline
+            waits = {f for f in (next_item, writing) if f is not None}
+            # the engine is not waited for while it is not read (text is full)
+            deadline = idle_deadline if next_item is not None else float("inf")
             wake = pending.wake_at(writing is not None)
             if wake is not None:
                 deadline = min(deadline, wake)
-            await asyncio.wait(
-                waits,
-                timeout=max(0.0, deadline - time.monotonic()),
-                return_when=asyncio.FIRST_COMPLETED,
-            )
+            if waits:
+                timeout = (
+                    None if deadline == float("inf") else max(0.0, deadline - time.monotonic())
+                )
+                await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             if writing is not None and writing.done():
                 await settle()
-            if next_item.done():
+            if next_item is not None and next_item.done():
                 finished, next_item = next_item, None
                 try:
                     item = finished.result()
@@ -189,7 +188,7 @@ async def run_turn(
                             {"draft_subject": item.subject, "draft_body": item.body},
                         ),
                     )
-            elif time.monotonic() >= idle_deadline:
+            elif next_item is not None and time.monotonic() >= idle_deadline:
                 raise stalled(engine, engine_timeout_s)
             if pending.due(time.monotonic(), writing is not None):
                 write_delta()

@@ -26,6 +26,8 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.fake_openai import stamp
+
 #: the models ``GET /v1/models`` lists unless a test says otherwise
 MODELS = ("claude-fake-1", "claude-fake-2")
 
@@ -56,6 +58,9 @@ class Reply:
     pace_s: float = 0.0
     #: end the stream after this many events without ``message_stop`` (a cut connection)
     cut_after_events: int | None = None
+    #: each text piece is replaced, as it is sent, by the provider's clock
+    #: (``tests.fake_openai.stamp``): a benchmark's marked tokens
+    stamped: bool = False
 
 
 @dataclass(frozen=True)
@@ -176,6 +181,8 @@ class FakeAnthropic:
                 }
                 await resp.write(_sse("error", err))
                 break
+            if reply.stamped and data.get("delta", {}).get("type") == "text_delta":
+                data["delta"]["text"] = stamp()
             await resp.write(_sse(event, data))
             if reply.pace_s:
                 await asyncio.sleep(reply.pace_s)

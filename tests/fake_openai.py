@@ -50,6 +50,9 @@ class Reply:
     stream_error_after: int | None = None
     #: end the stream after this many chunks, with no finish_reason and no ``[DONE]``
     cut_after_chunks: int | None = None
+    #: each content piece is replaced, as it is sent, by the provider's clock
+    #: (``time.perf_counter()``, 7 decimals and a space): a benchmark's marked tokens
+    stamped: bool = False
 
 
 @dataclass(frozen=True)
@@ -148,6 +151,9 @@ class FakeOpenAI:
                 await resp.write(f"data: {json.dumps(err)}\n\n".encode())
                 await resp.write_eof()
                 return resp
+            delta = chunk["choices"][0]["delta"] if chunk["choices"] else {}
+            if reply.stamped and delta.get("content"):
+                delta["content"] = stamp()
             await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
             if reply.pace_s:
                 await asyncio.sleep(reply.pace_s)
@@ -155,6 +161,11 @@ class FakeOpenAI:
             await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp
+
+
+def stamp() -> str:
+    """A marked token: the moment it is sent, on the clock every process of a host shares."""
+    return f"{time.perf_counter():.7f} "
 
 
 def _error(err: Error) -> web.Response:

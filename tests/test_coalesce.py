@@ -19,6 +19,7 @@ from sessionstream.eventstore.base import EventStore
 from sessionstream.eventstore.groupcommit import GroupCommit, IdleWork
 from sessionstream.eventstore.model import AppendRequest, AppendResult, NewEvent
 from sessionstream.server.keys import STORE
+from sessionstream.services import coalesce
 from sessionstream.services.coalesce import Coalescer
 from tests.conftest import Api
 from tests.test_runs import S, wait_idle
@@ -241,3 +242,44 @@ async def test_compaction_past_its_backlog_goes_between_batches_anyway() -> None
     assert work.take_all() == ["run-b", "run-c"] and len(work) == 0
     commits.answer(await commits.next_batch(), [[]])
     await waiting
+
+
+def test_full_text_is_written_as_soon_as_it_may_and_stops_the_reading() -> None:
+    c = Coalescer(floor_s=10.0, max_chars=8)
+    c.add("abcd")
+    c.take(0.0)
+    c.add("abcd")
+    assert not c.full and not c.due(1.0, writing=False)  # the floor holds it
+    c.add("efgh")
+    assert c.full  # the run reads no more from its engine
+    assert not c.due(1.0, writing=True)  # one delta in the writer at a time, still
+    assert c.due(1.0, writing=False)  # the floor does not hold full text
+    assert c.take(1.0) == "abcdefgh" and not c.full
+
+
+async def test_an_engine_far_ahead_of_the_log_makes_bounded_deltas(
+    make_api: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the first delta is held in the writer, the engine is read only until the
+    text waiting is full: no delta is much larger than ``MAX_CHARS``, none is lost."""
+    monkeypatch.setattr(coalesce, "MAX_CHARS", 40)
+    engine = StepEngine(60)  # "w0 ".."w59 ": 3 to 4 characters a word
+    api: Api = await make_api(engine=engine, delta_coalesce_ms=0.0)
+    store: EventStore = api.app[STORE]
+    transact = store.transact
+    release = asyncio.Event()
+
+    async def held(requests: Sequence[AppendRequest]) -> list[AppendResult]:
+        if has_delta(requests):
+            await release.wait()
+        return await transact(requests)
+
+    monkeypatch.setattr(store, "transact", held)
+    sid, run_id = await start(api)
+    await asyncio.sleep(0.2)
+    assert engine.yielded <= 1 + 40 // 3 + 1  # the first, then full text stops the reading
+    release.set()
+    await wait_idle(api, sid)
+    deltas = await deltas_of(store, run_id)
+    assert "".join(deltas) == "".join(f"w{i} " for i in range(60))
+    assert max(len(d) for d in deltas) < 40 + 4

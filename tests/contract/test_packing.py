@@ -67,13 +67,19 @@ async def stored_deltas(store: EventStore, backend: str) -> int:
     return int(await store._reader.fetchval(sql))  # type: ignore[attr-defined]
 
 
+def edit_third_delta(body: dict[str, Any]) -> None:
+    """The third delta's text in a pack's body (format 2: ``eventstore/packcodec.py``)."""
+    assert body["format"] == 2
+    body["segments"][0][4][4][2] = "edited "
+
+
 async def edit_a_pack(store: EventStore, backend: str) -> None:
     """An edit at rest: one packed chunk's text changed, the pack recompressed."""
     if backend == "sqlite":
         conn = sqlite3.connect(store.path)  # type: ignore[attr-defined]
         row = conn.execute("SELECT id, body FROM packs ORDER BY id LIMIT 1").fetchone()
         body = json.loads(zlib.decompress(row[1]))
-        body["segments"][0][4][2][3]["text"] = "edited "
+        edit_third_delta(body)
         with conn:
             conn.execute(
                 "UPDATE packs SET body = ? WHERE id = ?",
@@ -84,7 +90,7 @@ async def edit_a_pack(store: EventStore, backend: str) -> None:
     async with store._reader.require_pool().acquire() as conn:  # type: ignore[attr-defined]
         row = await conn.fetchrow("SELECT stream_id, block, body FROM packs ORDER BY block LIMIT 1")
         body = json.loads(zlib.decompress(row["body"]))
-        body["segments"][0][4][2][3]["text"] = "edited "
+        edit_third_delta(body)
         await conn.execute(
             "UPDATE packs SET body = $1 WHERE stream_id = $2 AND block = $3",
             zlib.compress(json.dumps(body).encode()),

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import pytest
 
+from sessionstream.core.settings import Settings
 from tests.failover.figures import (
     Fault,
     Figures,
@@ -298,14 +299,19 @@ def publish(
 
 
 def assert_figures(results: list[Figures]) -> None:
-    """Issue 22's targets that hold: nothing acknowledged is lost, no 5xx but a 503 with
-    ``Retry-After``, and sessionstream writes within ``BEYOND_TARGET_S`` of the database.
-    Failed turns, releases and subscribers are printed; they become assertions as the
-    rest of issue 22's fixes land."""
+    """Issue 22's targets: nothing acknowledged lost; no 5xx but a 503 with ``Retry-After``;
+    sessionstream writing within ``BEYOND_TARGET_S`` of the database; no turn failed by an
+    outage shorter than ``SESSIONSTREAM_RUN_STORAGE_WAIT_S`` (the nodes run with its
+    default); exactly one ``run.released`` a run, with its outcome. Subscribers are
+    compared and printed, not asserted: see docs/guides/failover.md's known gap."""
+    bound = float(Settings.model_fields["run_storage_wait_s"].default)
     for f in results:
         assert f.acked > 0, f"{f.fault}: nothing was acknowledged"
         assert f.lost == 0, f.row()
         assert f.server_errors == 0, f"{f.row()} {f.notes}"
+        assert f.bad_releases == 0, f"{f.row()} {f.notes}"
+        if f.outage_s is None or f.outage_s < bound:
+            assert f.turns_failed == 0, f"{f.row()} {f.notes}"
     for f in results[1:]:
         assert f.db_own_s is not None, f"{f.fault}: the database never took writes again"
         assert f.beyond_s is not None, f"{f.fault}: sessionstream never wrote again"

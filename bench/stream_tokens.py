@@ -1,0 +1,500 @@
+"""Token latency as the user perceives it: the provider's token to the subscriber.
+
+Three processes on one host (``perf_counter`` is one monotonic clock for all):
+
+- the **provider**: the fake OpenAI-compatible or Anthropic server of the
+  tests (``tests/fake_openai.py``, ``tests/fake_anthropic.py``) streaming
+  ``tokens`` marked tokens ``pace`` apart; each token's text is the moment the
+  provider sent it. Runs start together on ``/bench/go``, each after a random
+  part of one pace, so they do not tick in lockstep;
+- the **server**: ``create_app`` with the real engine (``openai`` or
+  ``anthropic`` SDK) pointed at the provider, uvloop, SQLite, as
+  ``sessionstream serve`` runs it. It notes when each token passed each stage;
+- **this process**: every subscriber, a real websocket on its run's channel.
+
+The stages of one token, each measured from the end of the one before:
+
+=============  =====================================================================
+``engine``     provider sent it -> the run loop has it (socket, SDK, read loop)
+``coalesce``   -> its delta is handed to the writer's queue (``services/coalesce.py``)
+``queue``      -> the writer takes the batch holding it (``eventstore/groupcommit.py``)
+``commit``     -> committed and published to the hub (``eventstore/sqlite/``)
+``fanout``     -> a subscriber has the frame (``server/fanout.py``, sockets, its loop)
+=============  =====================================================================
+
+``total`` is provider -> subscriber, per token and subscriber. Storage: per
+reply, the ``message.delta`` count and their bytes as rows (before compaction,
+counted as ``bench/scale_measure.py`` counts a row) and as packs (after).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import multiprocessing as mp
+import os
+import random
+import resource
+import sqlite3
+import statistics
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from bench.common import install_uvloop
+from bench.stream_clients import (
+    connect_all,
+    drain,
+    measuring,
+    pct,
+    raise_fd_limit,
+    start_runs,
+)
+from sessionstream.engines.base import ExampleInput, ExampleResult, StreamItem, TextDelta, TurnInput
+from sessionstream.eventstore.groupcommit import Pending
+from sessionstream.eventstore.model import AppendRequest, AppendResult, RecordedEvent
+
+STAGES = ("engine", "coalesce", "queue", "commit", "fanout")
+PROVIDERS = ("openai", "anthropic")
+
+
+# the provider process ----------------------------------------------------------------------------
+def provider_main(pipe: Connection, provider: str, tokens: int, pace_s: float) -> None:
+    install_uvloop()
+    asyncio.run(_provide(pipe, provider, tokens, pace_s))
+
+
+async def _provide(pipe: Connection, provider: str, tokens: int, pace_s: float) -> None:
+    """The tests' fake provider, each request held until ``/bench/go`` and then staggered."""
+    gate = asyncio.Event()
+    if provider == "openai":
+        from tests import fake_openai
+
+        openai_fake = fake_openai.FakeOpenAI()
+        reply = fake_openai.Reply("x" * tokens, piece=1, pace_s=pace_s, stamped=True)
+        openai_fake.script(*[reply] * 10_000)
+        handler, suffix = openai_fake.handle, "/v1"
+    else:
+        from tests import fake_anthropic
+
+        anthropic_fake = fake_anthropic.FakeAnthropic()
+        answer = fake_anthropic.Reply("x" * tokens, piece=1, pace_s=pace_s, stamped=True)
+        anthropic_fake.script(*[answer] * 10_000)
+        handler, suffix = anthropic_fake.messages, ""
+
+    warm = [1]  # the first request is the warm-up turn's: it is not held
+
+    async def gated(request: web.Request) -> web.StreamResponse:
+        if warm:
+            warm.pop()
+            return await handler(request)
+        await gate.wait()
+        await asyncio.sleep(random.uniform(0, pace_s))
+        return await handler(request)
+
+    async def go(request: web.Request) -> web.Response:
+        gate.set()
+        return web.json_response({"ok": True})
+
+    routes = web.Application()
+    routes.router.add_post("/bench/go", go)
+    routes.router.add_post("/v1/chat/completions", gated)
+    routes.router.add_post("/v1/messages", gated)
+    runner = web.AppRunner(routes, access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
+    await site.start()
+    port = runner.addresses[0][1]
+    pipe.send(f"http://127.0.0.1:{port}{suffix}")
+    await asyncio.get_running_loop().run_in_executor(None, pipe.recv)  # "stop"
+    await runner.cleanup()
+
+
+# the server process ------------------------------------------------------------------------------
+@dataclass
+class Marks:
+    """When each token (by its stamp) passed each stage in the server, and its position."""
+
+    engine: dict[str, float] = field(default_factory=dict)
+    submitted: dict[str, float] = field(default_factory=dict)
+    taken: dict[str, float] = field(default_factory=dict)
+    published: dict[str, float] = field(default_factory=dict)
+
+
+def stamps_of(requests: Iterable[AppendRequest]) -> list[str]:
+    return [
+        s
+        for r in requests
+        for e in r.events
+        if e.type == "message.delta"
+        for s in str(e.data.get("text", "")).split()
+    ]
+
+
+class StagedEngine:
+    """The real engine, with the moment the run loop gets each token noted."""
+
+    def __init__(self, inner: Any, marks: Marks) -> None:
+        self.inner = inner
+        self.marks = marks
+        self.name = inner.name
+        self.model = inner.model
+
+    async def turn(self, inp: TurnInput) -> AsyncIterator[StreamItem]:
+        clock, engine = time.perf_counter, self.marks.engine
+        stream = self.inner.turn(inp)
+        try:
+            async for item in stream:
+                if isinstance(item, TextDelta):
+                    now = clock()
+                    for stamp in item.text.split():
+                        engine[stamp] = now
+                yield item
+        finally:
+            await stream.aclose()
+
+    async def example(self, inp: ExampleInput) -> ExampleResult:
+        raise RuntimeError("bench.stream measures chat turns")
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def instrument(store: Any, marks: Marks) -> None:
+    """Note the queue's hand-in, the writer's take and the hub's publish of each token."""
+    commits, hub = store.commits, store.hub
+    submit, next_batch, publish = commits.submit, commits.next_batch, hub.publish
+    clock = time.perf_counter
+
+    async def timed_submit(requests: Sequence[AppendRequest]) -> list[AppendResult]:
+        now = clock()
+        for stamp in stamps_of(requests):
+            marks.submitted[stamp] = now
+        result: list[AppendResult] = await submit(requests)
+        return result
+
+    async def timed_next_batch() -> list[Pending]:
+        batch: list[Pending] = await next_batch()
+        now = clock()
+        for item in batch:
+            for stamp in stamps_of(item.requests):
+                marks.taken[stamp] = now
+        return batch
+
+    def timed_publish(events: Iterable[RecordedEvent]) -> None:
+        batch = list(events)
+        now = clock()
+        for event in batch:
+            if event.type == "message.delta":
+                for stamp in str(event.data.get("text", "")).split():
+                    marks.published[stamp] = now
+        publish(batch)
+
+    commits.submit = timed_submit
+    commits.next_batch = timed_next_batch
+    hub.publish = timed_publish
+
+
+def server_main(pipe: Connection, provider: str, base_url: str) -> None:
+    install_uvloop()
+    raise_fd_limit()
+    asyncio.run(_serve(pipe, provider, base_url))
+
+
+async def _serve(pipe: Connection, provider: str, base_url: str) -> None:
+    from sessionstream.core.settings import Settings
+    from sessionstream.server.app import create_app
+    from sessionstream.server.keys import STORE
+    from sessionstream.services.accounts import create_user
+
+    tmp = tempfile.mkdtemp(prefix="bench-tokens-")
+    db = str(Path(tmp) / "tokens.db")
+    settings = Settings(
+        db_path=db,
+        secret="bench-secret-0123456789abcdef0123456789",
+        rate_limit=0.0,
+        max_concurrent_runs=1000,
+        max_connections_per_user=100_000,
+        max_connections=100_000,
+        engine_timeout_s=3600.0,
+        log_level="WARNING",
+    )
+    inner: Any
+    if provider == "openai":
+        from sessionstream.engines.openai_engine import OpenAIEngine
+
+        inner = OpenAIEngine(model="fake-model", base_url=base_url, timeout_s=3600.0)
+    else:
+        from sessionstream.engines.anthropic_engine import AnthropicEngine
+
+        inner = AnthropicEngine(
+            model="claude-fake-1", base_url=base_url, api_key="bench", timeout_s=3600.0
+        )
+    marks = Marks()
+    app = create_app(settings, engine=StagedEngine(inner, marks))
+
+    async def cpu(request: web.Request) -> web.Response:
+        """This process's CPU seconds so far, every thread's (the writer's too)."""
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return web.json_response({"cpu_s": usage.ru_utime + usage.ru_stime})
+
+    app.router.add_get("/bench/cpu", cpu)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
+    await runner.setup()
+    instrument(app[STORE], marks)
+    site = web.TCPSite(runner, "127.0.0.1", 0, backlog=4096)
+    await site.start()
+    _user, token = await create_user(app[STORE], "bench")
+    pipe.send((runner.addresses[0][1], token))
+    runs: list[str] = await asyncio.get_running_loop().run_in_executor(None, pipe.recv)
+    await runner.cleanup()  # closing the store packs what is left to pack
+    pipe.send((marks, storage(db, runs)))
+
+
+# storage ----------------------------------------------------------------------------------------
+def row_bytes(e: RecordedEvent) -> int:
+    """An event's stored bytes as a row, counted as ``bench/scale_measure.py`` counts them."""
+    data, metadata = e.encoded or (json.dumps(e.data), json.dumps(e.metadata))
+    texts = (e.stream_id, e.event_id, e.type, data, metadata, e.correlation_id or "")
+    return sum(len(t) for t in texts) + len(e.recorded_at) + len(e.hash)
+
+
+def storage(db: str, runs: Sequence[str]) -> dict[str, float]:
+    """Per reply: deltas, their bytes as rows (before compaction) and packed (after)."""
+    from sessionstream.eventstore.packing import unpack
+
+    conn = sqlite3.connect(db)
+    try:
+        streams = [f"run-{r}" for r in runs]
+        marks = ",".join("?" * len(streams))
+        packs = conn.execute(
+            f"SELECT stream_id, correlation_id, body FROM packs WHERE stream_id IN ({marks})",
+            streams,
+        ).fetchall()
+        (rows_left,) = conn.execute(
+            f"SELECT COUNT(*) FROM events WHERE type = 'message.delta' AND stream_id IN ({marks})",
+            streams,
+        ).fetchone()
+    finally:
+        conn.close()
+    deltas = [e for stream_id, corr, body in packs for e in unpack(stream_id, corr, bytes(body))]
+    replies = max(1, len(runs))
+    return {
+        "deltas_per_reply": len(deltas) / replies,
+        "bytes_before_compaction": sum(row_bytes(e) for e in deltas) / replies,
+        "bytes_after_compaction": sum(len(body) for _, _, body in packs) / replies,
+        "delta_rows_left": float(rows_left),
+    }
+
+
+# this process: one round -------------------------------------------------------------------------
+class Processes:
+    """The provider and the server, started for one round and stopped after it."""
+
+    def __init__(self, provider: str, tokens: int, pace_s: float) -> None:
+        ctx = mp.get_context("spawn")
+        self._ppipe, child = ctx.Pipe()
+        self._provider = ctx.Process(
+            target=provider_main, args=(child, provider, tokens, pace_s), daemon=True
+        )
+        self._provider.start()
+        if not self._ppipe.poll(60):
+            raise RuntimeError("the fake provider did not start")
+        self.provider_url: str = self._ppipe.recv()
+        self._spipe, child = ctx.Pipe()
+        self._server = ctx.Process(
+            target=server_main, args=(child, provider, self.provider_url), daemon=True
+        )
+        self._server.start()
+        if not self._spipe.poll(60):
+            raise RuntimeError("the bench server did not start")
+        self.port, self.token = self._spipe.recv()
+
+    def finish(self, runs: list[str]) -> tuple[Marks, dict[str, float]]:
+        self._spipe.send(runs)
+        if not self._spipe.poll(120):
+            raise RuntimeError("the bench server did not report")
+        marks, stored = self._spipe.recv()
+        self._ppipe.send("stop")
+        for proc in (self._server, self._provider):
+            proc.join(30)
+            if proc.is_alive():
+                proc.kill()
+        return marks, stored
+
+    def client(self) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(
+            f"http://127.0.0.1:{self.port}",
+            headers={"Authorization": f"Bearer {self.token}"},
+            connector=aiohttp.TCPConnector(limit=0),
+        )
+
+
+async def token_round(
+    provider: str, runs: int, subscribers: int, tokens: int, pace_s: float
+) -> dict[str, Any]:
+    procs = Processes(provider, tokens, pace_s)
+    started: list[tuple[str, str]] = []
+    try:
+        async with procs.client() as http:
+            await warm_up(http)
+            started = await start_runs(http, runs)
+            targets = [run for run in started for _ in range(subscribers)]
+            sockets = await connect_all(http, targets, ready=2)  # run.created, run.started
+            received: list[list[tuple[float, str]]] = [[] for _ in sockets]
+            cpu_before = await server_cpu(http)
+            with measuring():
+                async with aiohttp.ClientSession() as plain:
+                    await plain.post(procs.provider_url.removesuffix("/v1") + "/bench/go")
+                drains = (drain(ws, out) for ws, out in zip(sockets, received, strict=True))
+                await asyncio.gather(*drains)
+            cpu_s = await server_cpu(http) - cpu_before
+    finally:
+        marks, stored = procs.finish([run_id for run_id, _ in started])
+    result = {**figures(marks, received, runs * subscribers * tokens), **stored}
+    result["server_cpu_us_per_token"] = cpu_s / (runs * tokens) * 1e6
+    return result
+
+
+async def warm_up(http: aiohttp.ClientSession) -> None:
+    """One whole turn before the measured ones: what a server does once (the SDK builds
+    its types on its first reply, every code path is imported) is no token's latency."""
+    warm = await start_runs(http, 1)
+    (ws,) = await connect_all(http, warm, ready=2)
+    await drain(ws, [])
+
+
+async def server_cpu(http: aiohttp.ClientSession) -> float:
+    async with http.get("/bench/cpu") as r:
+        return float((await r.json())["cpu_s"])
+
+
+def figures(marks: Marks, received: list[list[tuple[float, str]]], expected: int) -> dict[str, Any]:
+    """Percentiles of the whole way and of each stage (per token; fan-out per frame)."""
+    total: list[float] = []
+    fanout: list[float] = []
+    seen: set[str] = set()  # the measured runs' tokens (not the warm-up's)
+    for out in received:
+        for at, data in out:
+            frame = json.loads(data)
+            if frame["type"] != "message.delta":
+                continue
+            for stamp in frame["data"]["text"].split():
+                seen.add(stamp)
+                total.append((at - float(stamp)) * 1000)
+                fanout.append((at - marks.published[stamp]) * 1000)
+    if len(total) != expected:
+        raise AssertionError(f"{len(total)} tokens arrived of {expected}")
+    per_token: dict[str, list[float]] = {name: [] for name in STAGES[:-1]}
+    for stamp in seen:
+        points = (
+            float(stamp),
+            marks.engine[stamp],
+            marks.submitted[stamp],
+            marks.taken[stamp],
+            marks.published[stamp],
+        )
+        for name, (a, b) in zip(STAGES, itertools.pairwise(points), strict=False):
+            per_token[name].append((b - a) * 1000)
+    per_token["fanout"] = fanout
+    total.sort()
+    result: dict[str, Any] = {"p50_ms": pct(total, 0.5), "p99_ms": pct(total, 0.99)}
+    result["max_ms"] = total[-1]
+    for name in STAGES:
+        ordered = sorted(per_token[name])
+        result[f"{name}_p50_ms"] = pct(ordered, 0.5)
+        result[f"{name}_p99_ms"] = pct(ordered, 0.99)
+    result["tokens_received"] = len(total)
+    return result
+
+
+def load_average() -> float:
+    return os.getloadavg()[0]
+
+
+# the part of ``python -m bench.stream`` --------------------------------------------------------
+#: name -> (runs, subscribers per run, p50 target ms, p99 target ms)
+CONFIGS: dict[str, tuple[int, int, float | None, float]] = {
+    "small": (10, 3, 5.0, 25.0),
+    "large": (100, 10, None, 50.0),
+}
+
+
+def run_tokens(
+    configs: Sequence[str],
+    providers: Sequence[str],
+    rounds: int,
+    tokens: int,
+    pace_ms: float,
+    earlier: dict[str, Any] | None = None,
+) -> tuple[dict[str, Any], list[tuple[Any, ...]]]:
+    """Every configuration with every provider, ``rounds`` times (medians reported, each
+    round's figures and the load average beside it kept); the JSON block and table rows.
+    With ``earlier`` (a block of an earlier call), its rounds count too: rounds of two
+    builds can then alternate, so a neighbour's load falls on both alike."""
+    block: dict[str, Any] = {"tokens_per_reply": tokens, "pace_ms": pace_ms}
+    rows: list[tuple[Any, ...]] = []
+    for config in configs:
+        runs, subscribers, p50_target, p99_target = CONFIGS[config]
+        for provider in providers:
+            samples = list((earlier or {}).get(f"{config}/{provider}", {}).get("samples", []))
+            for _ in range(rounds):
+                before = load_average()
+                sample = asyncio.run(
+                    token_round(provider, runs, subscribers, tokens, pace_ms / 1000)
+                )
+                sample["load_average"] = (before + load_average()) / 2
+                samples.append(sample)
+            median = {k: statistics.median(s[k] for s in samples) for k in samples[0]}
+            met = median["p99_ms"] <= p99_target and (
+                p50_target is None or median["p50_ms"] <= p50_target
+            )
+            block[f"{config}/{provider}"] = {
+                **median,
+                "runs": runs,
+                "subscribers_per_run": subscribers,
+                "target_p50_ms": p50_target,
+                "target_p99_ms": p99_target,
+                "met": met,
+                "samples": samples,
+            }
+            target = f"p99 <= {p99_target:g}" + (f", p50 <= {p50_target:g}" if p50_target else "")
+            stages = " / ".join(f"{median[f'{n}_p99_ms']:.1f}" for n in STAGES)
+            rows.append(
+                (
+                    f"{runs} runs x {subscribers} subs, {provider}",
+                    f"{median['p50_ms']:.1f}",
+                    f"{median['p99_ms']:.1f}",
+                    target,
+                    met,
+                    stages,
+                    f"{median['deltas_per_reply']:.0f}",
+                    f"{median['bytes_before_compaction']:,.0f} / "
+                    f"{median['bytes_after_compaction']:,.0f}",
+                    f"{median['server_cpu_us_per_token']:.0f} us",
+                    f"{median['load_average']:.1f}",
+                )
+            )
+    return block, rows
+
+
+TOKEN_HEADERS = (
+    "provider -> subscriber (ms)",
+    "p50",
+    "p99",
+    "target",
+    "met",
+    "p99 by stage: " + " / ".join(STAGES),
+    "deltas/reply",
+    "delta bytes/reply rows / packed",
+    "server CPU/token",
+    "load",
+)

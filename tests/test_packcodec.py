@@ -1,0 +1,152 @@
+"""Pack format 2 (``eventstore/packcodec.py``): every field back exactly, format 1 still
+read, and smaller than format 1 for a reply written a token at a time."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import uuid
+import zlib
+from typing import Any
+
+from sessionstream.core.ids import Uuid7Sequence, uuid7
+from sessionstream.eventstore import packcodec
+from sessionstream.eventstore.model import GENESIS_HASH, NewEvent, RecordedEvent, record_event
+from sessionstream.eventstore.packing import FORMAT, pack_stream, times_of, unpack
+
+RUN = "run-r1"
+META: dict[str, Any] = {"actor": {"type": "run", "id": "r1"}, "session_id": "s1"}
+START_MS = 1_796_000_000_000  # late 2026
+
+
+def spelled(ms: int) -> str:
+    return packcodec._spelled(ms)
+
+
+def a_run(deltas: list[tuple[str, str, dict[str, Any]]]) -> list[RecordedEvent]:
+    """run.created, the deltas ``(event id, time, data)``, run.completed: as stored."""
+    items: list[tuple[str, str, str, dict[str, Any]]] = [
+        ("run.created", uuid7(START_MS), spelled(START_MS), {})
+    ]
+    items += [("message.delta", *d) for d in deltas]
+    items.append(("run.completed", uuid7(START_MS + 99_000), spelled(START_MS + 99_000), {}))
+    events: list[RecordedEvent] = []
+    prev = GENESIS_HASH
+    for version, (kind, event_id, at, data) in enumerate(items, 1):
+        new = NewEvent(kind, data, META, correlation_id="session-s1", event_id=event_id)
+        event = record_event(
+            new, position=version * 3, stream_id=RUN, version=version, prev_hash=prev, at=at
+        )
+        events.append(RecordedEvent(*(getattr(event, f) for f in RecordedEvent.__slots__[:10])))
+        prev = event.hash
+    return events
+
+
+def token_a_time(count: int) -> list[tuple[str, str, dict[str, Any]]]:
+    """A reply a token at a time, ~20 ms apart, ids made when the times were."""
+    out = []
+    for i in range(count):
+        ms = START_MS + 5 + i * 20 + i % 3
+        out.append((uuid7(ms), spelled(ms), {"text": f" tok{i % 7}"}))
+    return out
+
+
+def deltas_of(events: list[RecordedEvent]) -> list[RecordedEvent]:
+    return [e for e in events if e.type == "message.delta"]
+
+
+def back(events: list[RecordedEvent]) -> list[RecordedEvent]:
+    packs = pack_stream(events)
+    assert packs, "nothing packed"
+    out = [e for p in packs for e in unpack(p.stream_id, p.correlation_id, p.body)]
+    return sorted(out, key=lambda e: e.position)
+
+
+def test_format_2_gives_back_every_field() -> None:
+    events = a_run(token_a_time(50))
+    assert back(events) == deltas_of(events)
+    body = json.loads(zlib.decompress(pack_stream(events)[0].body))
+    assert body["format"] == FORMAT == 2
+
+
+def test_what_format_2_cannot_shorten_is_kept_verbatim() -> None:
+    """Ids that are not canonical UUIDs, times in another spelling or the same
+    millisecond, data that is not text alone, an id made before its time."""
+    ms = START_MS + 1000
+    odd: list[tuple[str, str, dict[str, Any]]] = [
+        ("not-a-uuid", spelled(ms), {"text": "a"}),
+        (uuid7(ms).upper(), spelled(ms), {"text": "b"}),
+        (uuid7(ms - 5), spelled(ms), {"text": "c", "extra": 1}),
+        (uuid7(ms + 7), "2026-12-01T00:00:00Z", {"text": 5}),
+        (uuid7(ms), "2026-12-01T00:00:00.5+00:00", {}),
+        (uuid7(ms), spelled(ms), {"text": ""}),
+        (uuid7(ms), spelled(ms), {"text": 'é✓ \\ "'}),
+        (uuid7(ms + 1), spelled(ms + 1), {"note": "x"}),
+    ]
+    events = a_run(odd)
+    assert back(events) == deltas_of(events)
+    rows = [(p.stream_id, p.correlation_id, p.body) for p in pack_stream(events)]
+    assert times_of(rows) == [(e.position, e.recorded_at) for e in deltas_of(events)]
+
+
+def format_1(events: list[RecordedEvent]) -> bytes:
+    """A pack as format 1 spelled it (one segment here): [step, id, time or "", data]."""
+    deltas = deltas_of(events)
+    entries, last_position, last_at = [], deltas[0].position, ""
+    for e in deltas:
+        at = "" if e.recorded_at == last_at else e.recorded_at
+        entries.append([e.position - last_position, e.event_id, at, e.data])
+        last_position, last_at = e.position, e.recorded_at
+    segment = [events[0].hash, deltas[-1].hash, deltas[0].version, deltas[0].position, entries]
+    body = {"format": 1, "type": "message.delta", "metadata": META, "segments": [segment]}
+    return zlib.compress(json.dumps(body, separators=(",", ":")).encode(), 6)
+
+
+def test_format_1_packs_are_still_read() -> None:
+    events = a_run(token_a_time(30))
+    body = format_1(events)
+    assert unpack(RUN, "session-s1", body) == deltas_of(events)
+    assert times_of([(RUN, "session-s1", body)]) == [
+        (e.position, e.recorded_at) for e in deltas_of(events)
+    ]
+
+
+def test_format_2_is_smaller_than_format_1_for_a_reply_a_token_at_a_time() -> None:
+    """What lets a delta per token cost no more stored bytes than a 30 ms window did:
+    60 token deltas in format 2 take less than 40 coalesced ones in format 1."""
+    per_token = a_run(token_a_time(60))
+    windows = []
+    for i in range(40):  # the same 60 tokens, 1.5 to a delta, 30 ms apart
+        ms = START_MS + 5 + i * 30
+        text = "".join(f" tok{(i * 3 // 2 + k) % 7}" for k in range(1 + i % 2))
+        windows.append((uuid7(ms), spelled(ms), {"text": text}))
+    (packed,) = pack_stream(per_token)
+    assert len(packed.body) < len(format_1(a_run(windows)))
+    assert len(packed.body) < 0.8 * len(format_1(per_token))
+
+
+def test_a_runs_ids_are_uuid7s_whose_random_bits_count_up() -> None:
+    one, other = Uuid7Sequence(), Uuid7Sequence()
+    ids = [one.next(START_MS + i) for i in range(5)]
+    parsed = [uuid.UUID(i) for i in ids]
+    assert all(str(p) == i for p, i in zip(parsed, ids, strict=True))
+    assert all(p.version == 7 and p.variant == uuid.RFC_4122 for p in parsed)
+    assert [p.int >> 80 for p in parsed] == [START_MS + i for i in range(5)]
+    low = [p.int & ((1 << 62) - 1) for p in parsed]
+    steps = [b - a for a, b in itertools.pairwise(low)]
+    assert steps == [1] * 4 or low[0] > (1 << 62) - 5  # or the one start in 2**60 that wraps
+    assert len({*ids, *(other.next(START_MS + i) for i in range(5))}) == 10
+
+
+def test_ids_that_count_up_pack_in_a_byte_or_two() -> None:
+    sequence = Uuid7Sequence()
+    counted, random_ids = [], []
+    for i in range(60):
+        ms = START_MS + 5 + i * 20
+        counted.append((sequence.next(ms), spelled(ms), {"text": f" tok{i % 7}"}))
+        random_ids.append((uuid7(ms), spelled(ms), {"text": f" tok{i % 7}"}))
+    events = a_run(counted)
+    (small,) = pack_stream(events)
+    (large,) = pack_stream(a_run(random_ids))
+    assert back(events) == deltas_of(events)
+    assert len(small.body) < len(large.body) - 60 * 6
