@@ -4,7 +4,8 @@ Issue 19 moved the PostgreSQL writer off the lock-read-plan-write-commit
 transaction (four round trips holding the cluster-wide ``log_head`` lock)
 onto a read without the lock and a conditional one-statement write. This
 bench measures both builds in one run: ``--before`` (a git ref, checked out
-into a temporary worktree) and the working tree, alternating within each
+into a temporary worktree) and ``--after`` (another ref, or by default the
+working tree, which must then not change meanwhile), alternating within each
 round so load that drifts moves both, and reports the median events/s of
 each and the median of the per-round ratios (after / before).
 
@@ -21,7 +22,7 @@ Each measurement runs in its own process of the build measured, on a
 throwaway schema of ``SESSIONSTREAM_BENCH_DATABASE_URL`` (default the local
 ``test`` database).
 
-    python -m bench.append_ab [--before REF] [--rounds 5] [--quick]
+    python -m bench.append_ab [--before REF] [--after REF] [--rounds 5] [--quick]
 """
 
 from __future__ import annotations
@@ -107,34 +108,44 @@ def measure(tree: Path, nodes: int, appenders: int, per: int) -> float:
     raise RuntimeError(f"the worker failed in {tree} {ATTEMPTS} times:\n{done.stderr}")
 
 
+def rev_parse(ref: str) -> str:
+    done = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", ref], capture_output=True, text=True, check=True
+    )
+    return done.stdout.strip()
+
+
+def checkout(sha: str, where: Path) -> Path:
+    """A detached worktree of ``sha`` (removed by the caller)."""
+    subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(where), sha],
+        capture_output=True,
+        check=True,
+    )
+    return where
+
+
 def main() -> None:
     parser = base_parser(__doc__, rounds=5)
     parser.add_argument("--before", default=DEFAULT_BEFORE, help="the git ref measured before")
+    parser.add_argument("--after", help="the git ref measured after (default: the working tree)")
     args = parser.parse_args()
     rounds = 1 if args.quick else args.rounds
-    before_sha = subprocess.run(
-        ["git", "-C", str(ROOT), "rev-parse", args.before],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
+    before_sha = rev_parse(args.before)
+    after_sha = rev_parse(args.after) if args.after else None
     load_start = [round(v, 2) for v in os.getloadavg()]
     samples: dict[tuple[int, int], dict[str, list[float]]] = {
         case: {"before": [], "after": []} for case in CASES
     }
     with tempfile.TemporaryDirectory(prefix="bench-ab-") as tmp:
-        tree = Path(tmp) / "before"
-        subprocess.run(
-            ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), before_sha],
-            capture_output=True,
-            check=True,
-        )
+        tree = checkout(before_sha, Path(tmp) / "before")
+        after = ROOT if after_sha is None else checkout(after_sha, Path(tmp) / "after")
         try:
             for index in range(rounds):
                 for nodes, appenders in CASES:
                     total = TOTAL_EVENTS[appenders] // (4 if args.quick else 1)
                     per = max(1, total // appenders)
-                    sides = [("before", tree), ("after", ROOT)]
+                    sides = [("before", tree), ("after", after)]
                     if index % 2:
                         sides.reverse()  # neither build always goes first
                     for side, where in sides:
@@ -147,11 +158,12 @@ def main() -> None:
                         flush=True,
                     )
         finally:
-            subprocess.run(
-                ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)],
-                capture_output=True,
-                check=False,
-            )
+            for made in {tree, after} - {ROOT}:
+                subprocess.run(
+                    ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(made)],
+                    capture_output=True,
+                    check=False,
+                )
     rows: list[dict[str, Any]] = []
     for (nodes, appenders), got in samples.items():
         ratios = [a / b for a, b in zip(got["after"], got["before"], strict=True)]
@@ -181,13 +193,16 @@ def main() -> None:
     )
     load_end = [round(v, 2) for v in os.getloadavg()]
     print(
-        f"before = {args.before} ({before_sha[:10]}); {rounds} round(s); load average "
+        f"before = {args.before} ({before_sha[:10]}), after = "
+        f"{args.after or 'the working tree'} ({(after_sha or '')[:10]}); "
+        f"{rounds} round(s); load average "
         f"{load_start[0]} at the start, {load_end[0]} at the end"
     )
     write_json(
         "append_ab",
         {
             "before": {"ref": args.before, "commit": before_sha},
+            "after": {"ref": args.after or "working tree", "commit": after_sha},
             "rounds": rounds,
             "load_average": {"start": load_start, "end": load_end},
             "rows": rows,

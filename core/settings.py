@@ -87,6 +87,14 @@ class Settings(BaseSettings):
         "lease; unset, 5 s or half the lease TTL if that is shorter. Rebuilds and imports "
         "run without it.",
     )
+    pg_standby_reads: bool = Field(
+        default=True,
+        description="PostgreSQL: while no host of a multi-host URL answers as a primary "
+        "(a failover), serve reads and realtime catch-up from a host that answers as a "
+        "standby, which may lag the primary by its replication delay; writes wait for the "
+        "primary. Reads go back to the primary as soon as writes work again. `false`: "
+        "reads fail with writes (503) until a primary answers.",
+    )
     secret: str | None = Field(
         default=None,
         min_length=MIN_SECRET_CHARS,

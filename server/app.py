@@ -63,6 +63,7 @@ def make_store(settings: Settings, *, serving: bool = False) -> EventStore:
             compact_runs=not settings.keep_raw_deltas,
             connect_timeout_s=settings.pg_connect_timeout_s,
             statement_timeout_s=settings.statement_timeout_s,
+            standby_reads=settings.pg_standby_reads,
             lease_ttl_s=settings.lease_ttl_s,
             stop_in_append=settings.fault_stop_in_append,
         )

@@ -45,6 +45,8 @@ HTTP_CODES = {
     429: "rate_limited",
 }
 MAX_JSON_DEPTH = 64
+#: the status a request whose client hung up is recorded with (nginx's; never sent)
+CLIENT_GONE = 499
 
 
 def error_response(
@@ -79,8 +81,20 @@ def error_for(request: web.Request, exc: Exception) -> web.Response:
             )
         code = HTTP_CODES.get(exc.status, "http_error")
         return error_response(exc.status, code, exc.reason, headers=_allow(exc))
+    if client_gone(request, exc):
+        # the client hung up (a timeout of its own, a closed tab): nobody is there to
+        # answer, and it is not a fault of the server's; one line, no traceback
+        log.info("%s %s: the client went away (%r)", request.method, request.path, exc)
+        return error_response(CLIENT_GONE, "client_closed_request", "the client went away")
     log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
     return error_response(500, "internal_error", "the server failed; nothing was changed")
+
+
+def client_gone(request: web.Request, exc: Exception) -> bool:
+    """Whether ``exc`` is the client's hanging up: a connection error on a request whose
+    connection is closed (aiohttp fails the body's read with ``ConnectionResetError``)."""
+    transport = request.transport
+    return isinstance(exc, ConnectionError) and (transport is None or transport.is_closing())
 
 
 def _allow(exc: web.HTTPException) -> dict[str, str] | None:

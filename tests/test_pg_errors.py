@@ -12,6 +12,7 @@ must be closed, not handed out again.
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -33,7 +34,7 @@ asyncpg = pytest.importorskip("asyncpg")
 from asyncpg.connection import Connection  # noqa: E402
 
 from sessionstream.eventstore.postgres import PostgresEventStore  # noqa: E402
-from sessionstream.eventstore.postgres.connect import connect, hosts_of  # noqa: E402
+from sessionstream.eventstore.postgres.connect import connect, hosts_of, on_standby  # noqa: E402
 from sessionstream.eventstore.postgres.errors import (  # noqa: E402
     NoUsableHost,
     broken,
@@ -350,3 +351,77 @@ class _AnyInt:
 
 
 ANY_INT: Any = _AnyInt()
+
+
+def test_a_client_that_went_away_is_one_line_not_an_unhandled_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from unittest import mock
+
+    from aiohttp.test_utils import make_mocked_request
+
+    from sessionstream.server.errors import error_for
+
+    closed = mock.Mock()
+    closed.is_closing.return_value = True
+    request = make_mocked_request("PATCH", f"{S}/x", transport=closed)
+    with caplog.at_level(logging.INFO, logger="sessionstream.http"):
+        response = error_for(request, ConnectionResetError("Connection lost"))
+    assert response.status == 499
+    assert "unhandled" not in caplog.text and "the client went away" in caplog.text
+    assert all(r.exc_info is None for r in caplog.records)
+    caplog.clear()
+    open_transport = mock.Mock()
+    open_transport.is_closing.return_value = False
+    request = make_mocked_request("PATCH", f"{S}/x", transport=open_transport)
+    with caplog.at_level(logging.INFO, logger="sessionstream.http"):
+        response = error_for(request, ConnectionResetError("a bug of ours"))
+    assert response.status == 500 and "unhandled error" in caplog.text  # a live client's
+
+
+READ_ONLY = {"default_transaction_read_only": "on"}
+
+
+async def test_reads_fall_back_to_a_standby_only_when_asked() -> None:
+    dsn = _multi(_pg(), _pg())
+    conn = await connect(dsn, per_host_timeout_s=2.0, server_settings=READ_ONLY, standby_ok=True)
+    try:
+        assert on_standby(conn) and await conn.fetchval("SELECT 1") == 1
+    finally:
+        await conn.close()
+    conn = await connect(dsn, per_host_timeout_s=2.0)
+    try:
+        assert not on_standby(conn)
+    finally:
+        await conn.close()
+
+
+async def test_reads_are_served_by_a_standby_while_writes_fail_and_leave_it_after(
+    schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The read pool's hosts all answer read-only (as standbys do while the primary is
+    gone): reads still work, on connections kept while writes fail, let go once they
+    work again (so reads see every commit on the primary again)."""
+    store = PostgresEventStore(_multi(_pg(), _pg()), schema=schema, pool_size=2)
+    real = store._settings
+    monkeypatch.setattr(
+        store, "_settings", lambda role: {**real(role), **(READ_ONLY if role == "reader" else {})}
+    )
+    await store.open()
+    try:
+        await store.append("s-1", [NewEvent("x", {})])
+
+        async def pid() -> int:
+            async with store._reader.connection() as conn:
+                assert on_standby(conn)
+                return int(conn.get_server_pid())
+
+        store._write_failed = ("no writable PostgreSQL host", 0.0)
+        assert await store.stream_version("s-1") == 1
+        first = await pid()
+        assert await pid() == first  # kept while writes fail
+        store._write_failed = None
+        await pid()  # let go after this read
+        assert await pid() != first
+    finally:
+        await store.close()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import asyncpg
@@ -22,6 +22,7 @@ from sessionstream.eventstore.model import (
     row_to_doc,
     row_to_event,
 )
+from sessionstream.eventstore.postgres.connect import on_standby
 from sessionstream.eventstore.postgres.errors import DRIVER_ERRORS, broken, translate_pg_error
 from sessionstream.eventstore.postgres.schema import DOC_COLUMNS, EVENT_COLUMNS, POSITION_AT
 
@@ -47,10 +48,15 @@ def budgeted_docs(listing: str, budget: str) -> str:
 class PostgresReader:
     """The read half of the store contract (and the queries others need), on a pool."""
 
-    def __init__(self, *, acquire_timeout_s: float = 5.0) -> None:
+    def __init__(
+        self, *, acquire_timeout_s: float = 5.0, writes_work: Callable[[], bool] | None = None
+    ) -> None:
         self.pool: asyncpg.Pool | None = None
         #: how long a read waits for a pooled connection (a new one included)
         self.acquire_timeout_s = acquire_timeout_s
+        #: whether the primary takes writes, when reads may fall back to a standby (a
+        #: standby connection is then let go); None: reads never do
+        self.writes_work = writes_work
 
     def require_pool(self) -> asyncpg.Pool:
         if self.pool is None:
@@ -69,6 +75,10 @@ class PostgresReader:
                     if broken(exc):
                         conn.terminate()  # the pool opens a new one in its place
                     raise
+                if self.writes_work is not None and on_standby(conn) and self.writes_work():
+                    # read from a standby while no primary answered: once writes work
+                    # again, reads go back to the primary (and see every commit)
+                    conn.terminate()
         except DRIVER_ERRORS as exc:
             raise translate_pg_error(exc) from exc
 
