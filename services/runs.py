@@ -398,20 +398,24 @@ class RunManager:
         every live node to renew its own (each retries within ``RETRY_MAX_S``
         of storage coming back) and to write the true end of a run that failed.
         """
-        failed_at: float | None = None
+        outage = False  # storage failed since leases were last judged
+        answering_since: float | None = None
         while True:
             await asyncio.sleep(self.upkeep_s)
             await self.retry_unended()
             if self.leases is None:
                 continue
             try:
-                if failed_at is not None and time.monotonic() - failed_at < self.lease_ttl_s:
+                if outage:
                     await self.store.head_position()  # does storage answer yet?
-                    continue
-                failed_at = None
+                    now = time.monotonic()
+                    answering_since = answering_since or now
+                    if now - answering_since < self.lease_ttl_s:
+                        continue
+                    outage, answering_since = False, None
                 recovered = await self.recover_orphans()
             except SessionStreamError as exc:
-                failed_at = time.monotonic()
+                outage, answering_since = True, None
                 log.warning("run recovery failed (%s); retrying", exc.message)
                 continue
             if recovered:
