@@ -3,22 +3,27 @@ websocket subscribers spread over them watching live runs.
 
 The runs are real turns on real nodes (``--engine openai``) against a model
 this bench serves itself: a fake OpenAI-compatible endpoint, in its own
-process, that streams ``--tokens`` tokens per reply, one every ``--pace-ms``.
-Each token's text is the ``time.monotonic()`` at which the model emitted it
-(one clock for every process on a host), and nodes run with
-``SESSIONSTREAM_DELTA_COALESCE_MS=0``, so each token is one ``message.delta``.
-A subscriber's latency for a token is its arrival, parsed, minus that
-emission: the model-to-node hop, the commit, ``NOTIFY``, the other node's
-read of the log, its hub and websocket, and the client. It is an upper bound
-on the latency from the node's emission.
+process, that streams tokens for ``--seconds``, one every PACE ms. Each
+token's text is the ``time.monotonic()`` at which the model emitted it (one
+clock for every process on a host). Nodes coalesce tokens into
+``message.delta`` events as the server does by default (a run keeps one
+delta in the writer's pipeline; text arriving meanwhile joins the next one),
+or with ``--coalesce-ms`` as ``SESSIONSTREAM_DELTA_COALESCE_MS``. A
+subscriber's latency for a token is the arrival of the delta carrying it,
+parsed, minus the token's emission: the coalescing wait, the model-to-node
+hop, the commit, ``NOTIFY``, the other node's read of the log, its hub and
+websocket, and the client. It is an upper bound on the latency from the
+node's emission.
 
 Run *i* is started on node *i* mod 3; subscriber *j* watches run *j* mod runs
 on node (*j* // runs) mod 3, so every run has subscribers on every node: those
 on the node running it are the baseline (``local``), the others ``remote``.
 The tokens start only once every websocket is open, so every delta is live.
+Beside the latencies it reports the CPU the nodes and the subscribers spent
+per delta frame delivered, which does not depend on how loaded the machine is.
 
-    python -m bench.fanout_pg [--rounds 3] [--configs 1000@50,300@50,1000@200] [--runs 10]
-        [--seconds 5] [--quick]
+    python -m bench.fanout_pg [--rounds 3] [--configs 1000@50,300@50,1000@200]
+        [--runs 10] [--seconds 5] [--coalesce-ms MS] [--quick]
 """
 
 from __future__ import annotations
@@ -54,7 +59,9 @@ TARGET_P99_MS = 50.0
 
 # -- the nodes ------------------------------------------------------------------------------
 @contextmanager
-def cluster(nodes: int, model_url: str, logs: Path) -> Iterator[tuple[list[str], str, list[int]]]:
+def cluster(
+    nodes: int, model_url: str, logs: Path, coalesce_ms: float | None
+) -> Iterator[tuple[list[str], str, list[int]]]:
     """``nodes`` servers on a throwaway schema: (their base URLs, an API token, pids)."""
     schema = f"bench_fanout_{uuid.uuid4().hex[:10]}"
     url = f"{DSN}{'&' if '?' in DSN else '?'}search_path={schema}"
@@ -66,12 +73,13 @@ def cluster(nodes: int, model_url: str, logs: Path) -> Iterator[tuple[list[str],
         "OPENAI_BASE_URL": model_url,
         "OPENAI_API_KEY": "bench",
         "SESSIONSTREAM_MODEL": "bench-model",
-        "SESSIONSTREAM_DELTA_COALESCE_MS": "0",
         "SESSIONSTREAM_RATE_LIMIT": "0",
         "SESSIONSTREAM_AUTH_FAILURE_RATE": "0",
         "SESSIONSTREAM_MAX_CONNECTIONS_PER_USER": "100000",
         "SESSIONSTREAM_LOG_LEVEL": "WARNING",
     }
+    if coalesce_ms is not None:
+        env["SESSIONSTREAM_DELTA_COALESCE_MS"] = f"{coalesce_ms:g}"
     cli = [sys.executable, "-m", "sessionstream"]
     created = subprocess.run(
         [*cli, "users", "create", "bench"], env=env, capture_output=True, text=True, check=True
@@ -196,10 +204,21 @@ def one_round(
         remote: list[float] = []
         wrong = 0
         client_cpu = 0.0
+        frames = 0
+        to_writer: list[float] = []
+        closes: dict[str, int] = {}
+        from_writer: list[float] = []
         for pipe in pipes:
             if not pipe.poll(600):
                 raise TimeoutError("the subscribers did not finish")
-            got_local, got_remote, got_wrong, got_cpu = pipe.recv()
+            (got_local, got_remote, got_wrong, got_cpu, got_frames, got_in, got_out, got_closes) = (
+                pipe.recv()
+            )
+            for code, count in got_closes.items():
+                closes[code] = closes.get(code, 0) + count
+            frames += got_frames
+            to_writer += got_in
+            from_writer += got_out
             local += got_local
             remote += got_remote
             wrong += got_wrong
@@ -214,17 +233,27 @@ def one_round(
                 proc.kill()
     every = local + remote
     return {
-        "deltas_received": len(every),
+        "tokens_received": len(every),
+        "delta_frames": frames,
         "seconds": round(took, 2),
         "frames_lost_or_repeated": wrong,
+        # channels a node closed before their run's end (4408: the client read too
+        # slowly); each was opened again from its last seq
+        "reopened_by_close_code": closes,
         "p50_ms": percentile(every, 0.5),
         "p99_ms": percentile(every, 0.99),
         "max_ms": max(every),
+        # where the time goes: emission to the writer's timestamp (per token), and
+        # that timestamp to arrival (per frame), ms resolution
+        "to_writer_p50_ms": percentile(to_writer, 0.5),
+        "to_writer_p99_ms": percentile(to_writer, 0.99),
+        "from_writer_p50_ms": percentile(from_writer, 0.5),
+        "from_writer_p99_ms": percentile(from_writer, 0.99),
         "local_p99_ms": percentile(local, 0.99) if local else None,
         "remote_p99_ms": percentile(remote, 0.99),
         # CPU per 1,000 frames delivered: what the fan-out costs, whatever the load
-        "node_cpu_ms_per_1k_frames": round(sum(node_cpu) / len(every) * 1e6, 1),
-        "client_cpu_ms_per_1k_frames": round(client_cpu / len(every) * 1e6, 1),
+        "node_cpu_ms_per_1k_frames": round(sum(node_cpu) / frames * 1e6, 1),
+        "client_cpu_ms_per_1k_frames": round(client_cpu / frames * 1e6, 1),
         "node_cpu_share": round(sum(node_cpu) / took, 2),
         "load_1m_before": round(load_before, 2),
         "load_1m_after": round(load_after, 2),
@@ -243,6 +272,12 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=5.0, help="each run streams this long")
     parser.add_argument("--clients", type=int, default=2, help="subscriber processes")
+    parser.add_argument(
+        "--coalesce-ms",
+        type=float,
+        default=None,
+        help="SESSIONSTREAM_DELTA_COALESCE_MS for the nodes (unset: theirs)",
+    )
     args = parser.parse_args()
     rounds = 1 if args.quick else args.rounds
     configs = [(int(a), float(b)) for a, b in (c.split("@") for c in args.configs.split(","))]
@@ -253,11 +288,17 @@ def main() -> None:
     parent, child = ctx.Pipe()
     model = ctx.Process(target=model_process, args=(BASE_PORT, child))
     model.start()
-    assert parent.recv() == "ready"
+    if not parent.poll(60) or parent.recv() != "ready":  # e.g. its port is taken
+        model.kill()
+        raise SystemExit(f"the model did not start on port {BASE_PORT}")
     model_base = f"http://127.0.0.1:{BASE_PORT}"
     results: list[tuple[int, float, int, list[dict[str, Any]]]] = []
     try:
-        with cluster(args.nodes, model_base + "/v1", logs) as (bases, token, pids):
+        with cluster(args.nodes, model_base + "/v1", logs, args.coalesce_ms) as (
+            bases,
+            token,
+            pids,
+        ):
             for subscribers, pace_ms in configs:
                 tokens = max(1, round(args.seconds * 1000 / pace_ms))
                 rs: list[dict[str, Any]] = []
@@ -277,10 +318,12 @@ def main() -> None:
                     rs.append(r)
                     print(
                         f"{subscribers} subscribers, a token every {pace_ms:g} ms, round {n + 1}: "
-                        f"{r['deltas_received']:,} deltas p50 {r['p50_ms']:.1f} ms "
+                        f"{r['tokens_received']:,} tokens in {r['delta_frames']:,} frames, "
+                        f"p50 {r['p50_ms']:.1f} ms "
                         f"p99 {r['p99_ms']:.1f} ms (local {r['local_p99_ms'] or 0:.1f}, "
                         f"remote {r['remote_p99_ms']:.1f}), lost/repeated "
-                        f"{r['frames_lost_or_repeated']}, node CPU "
+                        f"{r['frames_lost_or_repeated']}, reopened {r['reopened_by_close_code']}, "
+                        "node CPU "
                         f"{r['node_cpu_ms_per_1k_frames']} ms / 1k frames, "
                         f"load {r['load_1m_before']:.1f}-{r['load_1m_after']:.1f}",
                         flush=True,
@@ -293,12 +336,15 @@ def main() -> None:
     print_table(
         [
             "subscribers",
-            "frames/s",
+            "tokens/s",
             "p50 ms",
             "p99 ms",
             "p99 local",
             "p99 remote",
+            "p99 to writer",
+            "p99 after",
             "lost",
+            "reopened",
             "node ms/1k",
             "client ms/1k",
             "load",
@@ -306,12 +352,15 @@ def main() -> None:
         [
             [
                 s["subscribers"],
-                s["frames_per_s"],
+                s["tokens_delivered_per_s"],
                 s["median"]["p50_ms"],
                 s["median"]["p99_ms"],
                 s["median"].get("local_p99_ms", "-"),
                 s["median"]["remote_p99_ms"],
+                s["median"]["to_writer_p99_ms"],
+                s["median"]["from_writer_p99_ms"],
                 s["frames_lost_or_repeated"],
+                sum(s["reopened_by_close_code"].values()),
                 s["median"]["node_cpu_ms_per_1k_frames"],
                 s["median"]["client_cpu_ms_per_1k_frames"],
                 f"{s['load_1m'][0]:.1f}-{s['load_1m'][1]:.1f}",
@@ -319,6 +368,7 @@ def main() -> None:
             for s in summary
         ],
     )
+    print("to writer: a token's emission to its delta's recorded_at; after: recorded_at to arrival")
     print(
         f"target: p99 <= {TARGET_P99_MS:g} ms; medians of {rounds} round(s); {os.cpu_count()} cores"
     )
@@ -330,7 +380,7 @@ def main() -> None:
                 "nodes": args.nodes,
                 "runs": args.runs,
                 "seconds_per_run": args.seconds,
-                "delta_coalesce_ms": 0,
+                "delta_coalesce_ms": args.coalesce_ms,
                 "subscriber_processes": args.clients,
             },
             "cpus": os.cpu_count(),
@@ -350,6 +400,10 @@ def summarise(
         "local_p99_ms",
         "remote_p99_ms",
         "max_ms",
+        "to_writer_p50_ms",
+        "to_writer_p99_ms",
+        "from_writer_p50_ms",
+        "from_writer_p99_ms",
         "node_cpu_ms_per_1k_frames",
         "client_cpu_ms_per_1k_frames",
         "node_cpu_share",
@@ -367,10 +421,14 @@ def summarise(
         "pace_ms": pace_ms,
         "tokens_per_run": tokens,
         "deltas_per_s": round(runs * 1000 / pace_ms, 1),
-        "frames_per_s": round(subscribers * 1000 / pace_ms, 1),
+        "tokens_delivered_per_s": round(subscribers * 1000 / pace_ms, 1),
         "rounds": len(rs),
         "median": med,
         "frames_lost_or_repeated": sum(r["frames_lost_or_repeated"] for r in rs),
+        "reopened_by_close_code": {
+            code: sum(r["reopened_by_close_code"].get(code, 0) for r in rs)
+            for code in sorted({c for r in rs for c in r["reopened_by_close_code"]})
+        },
         "load_1m": [min(loads), max(loads)],
         "met": med["p99_ms"] <= TARGET_P99_MS,
     }

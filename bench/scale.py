@@ -131,9 +131,16 @@ def medians(rounds: list[dict[str, float]]) -> dict[str, float]:
 
 
 def measure_size(
-    built: Built, work: Path, rounds: int, requests: int, appends: tuple[int, int, int]
+    built: Built,
+    work: Path,
+    rounds: int,
+    requests: int,
+    appends: tuple[int, int, int],
+    *,
+    reads_only: bool = False,
 ) -> dict[str, float]:
-    """Every SQLite figure of one built store (the export is left in ``work`` for PostgreSQL)."""
+    """Every SQLite figure of one built store (the export is left in ``work`` for PostgreSQL);
+    ``reads_only``: the log's shape and the reads, no maintenance commands or appends."""
     size = f"{built.events:,} events"
     store = scale_measure.copy_store(built.path, work / "store.db")
     values = scale_measure.shape(store, built)
@@ -145,6 +152,10 @@ def measure_size(
         reads[-1]["load_average"] = os.getloadavg()[0]
     values |= medians(reads)
     values["bytes_per_turn_x_row"] = values["bytes_per_turn"] / values["row_json_per_turn"]
+    if reads_only:
+        for stale in work.glob("store.db*"):
+            stale.unlink()
+        return values
     for command, extra in (("verify", ()), ("export", ("--out", str(work / "export.ndjson")))):
         progress(f"{size}: sessionstream {command}")
         for key, value in scale_measure.cli(command, "--db", str(store), *extra).items():
@@ -345,11 +356,19 @@ def main() -> None:
         "instead of the cache's for --sizes: a store built by an earlier build of the code",
     )
     parser.add_argument(
+        "--reads-only",
+        action="store_true",
+        help="the shape and the reads alone (no maintenance commands, no appends): "
+        "bench/results/scale_reads.json",
+    )
+    parser.add_argument(
         "--appends-only",
         action="store_true",
         help="measure only the appends (and their disk bytes): bench/results/scale_appends.json",
     )
     args = parser.parse_args()
+    if args.reads_only and args.postgres:
+        raise SystemExit("--reads-only measures no export for --postgres to import")
     if args.postgres_stores:
         postgres_only([Path(p) for p in args.postgres_stores.split(",")], args)
         return
@@ -383,9 +402,11 @@ def main() -> None:
         if args.appends_only:
             results[size] = append_figures(built, work / str(size), rounds, appends)
             continue
-        results[size] = measure_size(built, work / str(size), rounds, requests, appends)
+        results[size] = measure_size(
+            built, work / str(size), rounds, requests, appends, reads_only=args.reads_only
+        )
         if size not in pg_sizes:
-            (work / str(size) / "export.ndjson").unlink()
+            (work / str(size) / "export.ndjson").unlink(missing_ok=True)
     rows = figures(results)
     if args.appends_only:
         table(rows, sizes, "SQLite appends (ratios to the smallest store)")
@@ -394,8 +415,11 @@ def main() -> None:
         )
         return
     table(rows, sizes, f"SQLite (ratios to the {sizes[0]:,}-event store; last column: {MODEL})")
+    judged = targets(rows, sizes)
+    if args.reads_only:  # the targets it measured
+        judged = {k: v for k, v in judged.items() if v["value"] is not None}
     payload: dict[str, Any] = {
-        "benchmark": "scale",
+        "benchmark": "scale_reads" if args.reads_only else "scale",
         "loop": loop,
         "rounds": rounds,
         "quick": args.quick,
@@ -412,7 +436,7 @@ def main() -> None:
             for size, b in stores.items()
         },
         "figures": rows,
-        "targets": targets(rows, sizes),
+        "targets": judged,
     }
     if pg_sizes:
         pg = {
@@ -430,7 +454,7 @@ def main() -> None:
             f"target {name} at {check['at']:,}: {check['target']}: {value} "
             f"{'met' if check['met'] else 'NOT met'}"
         )
-    write_json("scale", payload)
+    write_json(payload["benchmark"], payload)
 
 
 if __name__ == "__main__":

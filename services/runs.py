@@ -86,6 +86,8 @@ class RunManager:
         self.max_queued = max_queued
         self.refused = 0
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        #: what each local run writes with (shutting down stops their waits for storage)
+        self._contexts: dict[str, RunContext] = {}
         #: with leases, the epoch of each local run's lease (its writes' fence)
         self._epochs: dict[str, int] = {}
         #: runs whose terminal event could not be written yet: run id -> (type, data)
@@ -119,7 +121,13 @@ class RunManager:
         ctx = RunContext(claim, storage_wait_s=self.storage_wait_s)
         task = asyncio.create_task(self._run(ctx, ask), name=f"run:{claim.run_id}")
         self._tasks[claim.run_id] = task
-        task.add_done_callback(lambda _t: self._tasks.pop(claim.run_id, None))
+        self._contexts[claim.run_id] = ctx
+
+        def done(_task: asyncio.Task[None]) -> None:
+            self._tasks.pop(claim.run_id, None)
+            self._contexts.pop(claim.run_id, None)
+
+        task.add_done_callback(done)
 
     async def release_failed_start(self, claim: Claim, reason: str) -> None:
         """Undo a claim whose run could not start, before the 500 goes out."""
@@ -411,6 +419,8 @@ class RunManager:
 
     async def shutdown(self) -> None:
         self._shutting_down = True
+        for ctx in self._contexts.values():
+            ctx.storage_wait_s = 0.0  # a few quick tries to end each run, no wait for storage
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()

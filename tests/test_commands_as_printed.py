@@ -37,6 +37,15 @@ SKIP: dict[tuple[str, str], str] = {
     ("docs/explanation/proof.md", ".venv/bin/python -m pytest"): "the test suite itself",
     ("docs/explanation/scale.md", ".venv/bin/python -m bench"): "benchmarks of minutes to hours",
     ("docs/guides/postgres.md", "pip install"): "a multi-node PostgreSQL deployment",
+    # the deployment guide's steps run as root on the database, node and nginx machines;
+    # tests/test_deploy.py runs its files (a node on the example settings, check-upstreams)
+    ("docs/guides/deployment.md", "sudo -u postgres psql"): "creates a role on the database host",
+    ("docs/guides/deployment.md", "sudo useradd"): "installs a node on a machine of its own",
+    ("docs/guides/deployment.md", "sudo apt-get install -y nginx"): "configures the host's nginx",
+    ("docs/guides/deployment.md", "sudo install -m 0755"): "installs a timer on the nginx host",
+    ("docs/guides/deployment.md", ".venv/bin/sessionstream verify"): "needs the cluster's database",
+    ("docs/guides/failover.md", "pg_autoctl show uri"): "needs a pg_auto_failover formation",
+    ("docs/guides/failover.md", "sudo apt-get install"): "installs pg_auto_failover",
     ("docs/guides/real-model.md", ".venv/bin/pip install"): "installs from the network",
     ("docs/guides/real-model.md", "export SESSIONSTREAM_ENGINE"): "needs a model provider",
     ("docs/guides/real-model.md", "vllm serve"): "a GPU model server",

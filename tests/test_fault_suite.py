@@ -36,7 +36,7 @@ from sessionstream.eventstore.model import RecordedEvent
 from tests.faultkit import checks
 from tests.faultkit.cluster import Cluster, cluster
 from tests.faultkit.faults import KINDS, TAKEN_OVER, Injector
-from tests.faultkit.load import Load, new_session
+from tests.faultkit.load import AckedTurn, Load, new_session
 from tests.faultkit.subscribers import Subscriber, wait_caught_up
 from tests.pg import throwaway_schema
 from tests.torture.report import report
@@ -48,6 +48,7 @@ CI_FAULTS = 12
 LEASE_S = 2.0
 SHARED_SESSIONS = 6
 CLIENTS = 6
+STALL_S = 3.0  # a subscriber that hears nothing, not even a heartbeat, this long moves
 NODE_ENV = {
     "SESSIONSTREAM_LEASE_TTL_S": str(LEASE_S),
     "SESSIONSTREAM_OFFLINE_PACE_MS": "30",
@@ -96,8 +97,15 @@ async def run_faults(
     runs = [await new_session(http, first.base_url, nodes.token) for _ in nodes.nodes]
     load = Load(nodes, http, shared, probes, clients=CLIENTS, seed=seed)
     subscribers = [Subscriber(nodes, http, sid, seed + i) for i, sid in enumerate(shared + runs)]
+
+    def follow_run(turn: AckedTurn) -> None:
+        subscriber = Subscriber(nodes, http, turn.run_id, seed, run_token=turn.token)
+        subscribers.append(subscriber)
+        subscriber.start(STALL_S)
+
     for subscriber in subscribers:
-        subscriber.start(stall_s=3.0)
+        subscriber.start(STALL_S)
+    load.on_turn = follow_run
     load.start()
     injector = Injector(nodes, http, load, subscribers, runs, lease_s=LEASE_S, seed=seed)
     began = time.monotonic()
@@ -114,7 +122,7 @@ async def run_faults(
             await load.stop()
         stuck = await settled(nodes)
         log = await checks.read_log(nodes.schema)
-        heads = checks.session_heads(log, [s.sid for s in subscribers])
+        heads = checks.session_heads(log, [s.key for s in subscribers if not s.is_run])
         await wait_caught_up(subscribers, heads, 30)
     finally:
         for subscriber in subscribers:
@@ -187,9 +195,11 @@ def summarize(
     normal = statistics.median(w.took for w in load.writes if w.ok)
     missed = wrong = 0
     for s in subscribers:
-        m, w = checks.frame_errors(log, s.sid, s.frames)
+        m, w = checks.frame_errors(log, s.stream, s.frames)
         missed, wrong = missed + m, wrong + w
     duplicated = sum(s.duplicates for s in subscribers)
+    refused = [f"{s.stream}: {r}" for s in subscribers for r in s.refusals]
+    unended = [s.stream for s in subscribers if s.is_run and not s.done]
     acks = load.acks
     lines = [
         f"fault suite: {len(survived)}/{len(faults)} faults survived in {took:.0f}s "
@@ -215,7 +225,10 @@ def summarize(
         + ")",
         f"  subscriber frames missed: {missed}, duplicated: {duplicated}, wrong: {wrong} "
         f"({sum(len(s.frames) for s in subscribers)} frames over "
-        f"{sum(s.connections for s in subscribers)} connections)",
+        f"{sum(s.connections for s in subscribers)} connections of "
+        f"{sum(not s.is_run for s in subscribers)} session and "
+        f"{sum(s.is_run for s in subscribers)} run subscribers; "
+        f"{sum(s.drops for s in subscribers)} dropped by the test; refused: {len(refused)})",
     ]
     failures: list[str] = []
     for name, problems in (
@@ -224,6 +237,8 @@ def summarize(
         ("ended twice", doubled),
         ("log shape", shape),
         ("left busy", stuck),
+        ("subscribers refused", refused),
+        ("run subscribers that never saw the end", unended),
     ):
         if problems:
             failures.append(f"{name}: {problems[:10]}")

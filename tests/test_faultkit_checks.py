@@ -71,8 +71,10 @@ def test_lost_acknowledgements_and_bad_shapes_are_found() -> None:
 def test_frames_missed_and_wrong_are_counted() -> None:
     events = log(*a_run())
     frames = [chat_stream_event(e) for e in events]
-    assert checks.frame_errors(events, "s1", frames) == (0, 0)
-    assert checks.frame_errors(events, "s1", frames[:2] + frames[3:]) == (1, 0)
+    assert checks.frame_errors(events, "session-s1", frames) == (0, 0)
+    assert checks.frame_errors(events, "session-s1", frames[:2] + frames[3:]) == (1, 0)
     frames[1] = {**frames[1], "type": "message.delta"}
-    assert checks.frame_errors(events, "s1", frames) == (0, 1)
+    assert checks.frame_errors(events, "session-s1", frames) == (0, 1)
     assert checks.session_heads(events, ["s1"]) == {"s1": 6}
+    run = [f for f in frames if f["runId"] == "r1"]
+    assert checks.frame_errors(events, "run-r1", run[1:]) == (1, 0)

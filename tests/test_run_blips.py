@@ -164,3 +164,21 @@ async def test_recovery_leaves_a_run_whose_true_end_is_still_to_write(make_api: 
     events, released = await the_record(store, session["id"], run_id)
     assert [e.data for e in events if e.type in TERMINAL] == [{"error": "the real reason"}]
     assert len(released) == 1 and released[0].data["outcome"] == "run.failed"
+
+
+async def test_shutting_down_during_an_outage_does_not_wait_for_storage(make_api: Any) -> None:
+    api: Api = await make_api(engine=ScriptedEngine(words=40, pace_s=0.01))
+    store, runs = api.app[STORE], api.app[RUNS]
+    sid, run_id, outage = await start_turn(api, 40, 0.01)
+    await first_delta(store, run_id)
+    outage.down = True
+    await asyncio.sleep(0.2)
+    stopping = asyncio.ensure_future(runs.shutdown())
+    done, _ = await asyncio.wait({stopping}, timeout=8)  # the run would wait 60 s for storage
+    assert stopping in done, "shutdown waited for storage"
+    assert runs._unended == {run_id: ("run.failed", {"error": "interrupted"})}
+    outage.down = False
+    assert await runs.retry_unended() == 0  # upkeep ends it once storage answers
+    events, released = await the_record(store, sid, run_id)
+    assert [e.data for e in events if e.type in TERMINAL] == [{"error": "interrupted"}]
+    assert len(released) == 1

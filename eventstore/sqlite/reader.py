@@ -36,18 +36,19 @@ from sessionstream.eventstore.textcodec import size_sql
 def budgeted_docs(listing: str) -> str:
     """A docs listing (``SELECT DOC_COLUMNS FROM docs ...`` ordered and limited) cut
     before its bodies pass a byte budget, bound as the last parameter: the listing
-    runs on sizes only, then just the documents inside the budget are fetched."""
+    runs on sizes only, then just the documents inside the budget are fetched, each
+    by its rowid (one seek of the table, not of the ``(kind, key)`` index and then it)."""
     head = f"SELECT {DOC_COLUMNS} FROM docs"
     assert listing.startswith(head), listing
-    sized = (
-        f"SELECT kind, key, created_at, {size_sql('body')} AS size FROM docs" + listing[len(head) :]
-    )
+    size = size_sql("body")
+    sized = f"SELECT rowid AS id, created_at, key, {size} AS size FROM docs" + listing[len(head) :]
+    columns = ", ".join(f"docs.{c.strip()}" for c in DOC_COLUMNS.split(","))
     return (
         f"WITH listed AS ({sized}), "
-        "running AS (SELECT kind, key, SUM(size) OVER (ORDER BY created_at, key) AS total, "
-        "ROW_NUMBER() OVER (ORDER BY created_at, key) AS n FROM listed) "
-        f"{head} WHERE (kind, key) IN "
-        "(SELECT kind, key FROM running WHERE n = 1 OR total <= ?) ORDER BY created_at, key"
+        "running AS (SELECT id, SUM(size) OVER w AS total, ROW_NUMBER() OVER w AS n "
+        "FROM listed WINDOW w AS (ORDER BY created_at, key)) "
+        f"SELECT {columns} FROM running JOIN docs ON docs.rowid = running.id "
+        "WHERE n = 1 OR total <= ? ORDER BY n"
     )
 
 

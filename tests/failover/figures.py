@@ -124,7 +124,11 @@ class Figures:
     #: from the fault to sessionstream's first write: the storage blip its runs had to wait out
     outage_s: float | None = None
     turns_started: int = 0
+    #: acknowledged turns (the client got their run id) that ended ``run.failed``
     turns_failed: int = 0
+    #: runs whose claim committed though its POST got an error (an unknown outcome, which a
+    #: commit cut off by the fault can have): recovery ends them, as it must
+    unacknowledged_ended: int = 0
     bad_releases: int = 0
     notes: list[str] = field(default_factory=list)
 
@@ -139,11 +143,13 @@ class Figures:
         def secs(value: float | None) -> str:
             return "never" if value is None else f"{value:.1f} s"
 
+        n = self.unacknowledged_ended
+        unacked = f" (and {n} never acknowledged)" if n else ""
         return (
             f"| {self.fault} | {self.seconds:.0f} s | {self.lost} of {self.acked} "
             f"| {self.server_errors} ({self.no_retry_after}) | {self.unavailable} "
             f"| {self.client_timeouts} of {self.answers} | {secs(self.db_own_s)} "
-            f"| {secs(self.beyond_s)} | {self.turns_failed} of {self.turns_started} "
+            f"| {secs(self.beyond_s)} | {self.turns_failed} of {self.turns_started}{unacked} "
             f"| {self.bad_releases} |"
         )
 
@@ -172,7 +178,7 @@ def figures(faults: list[Fault], record: Record, log: Log, began: float) -> list
                 f.notes.append("sessionstream wrote again only once the old primary was back")
     _answers(record, window)
     _acknowledged(record, log, window)
-    _runs(log, window)
+    _runs(log, window, {turn.run_id for turn in record.turns})
     return out
 
 
@@ -212,7 +218,7 @@ def _acknowledged(record: Record, log: Log, window: Any) -> None:
             out.notes.append(f"acknowledged turn {turn.run_id} is not in the log")
 
 
-def _runs(log: Log, window: Any) -> None:
+def _runs(log: Log, window: Any, acknowledged: set[str]) -> None:
     """Turns failed, and releases: exactly one a run, with its terminal event's type."""
     ends: dict[str, Event] = {}
     releases: dict[str, list[Event]] = {}
@@ -224,8 +230,15 @@ def _runs(log: Log, window: Any) -> None:
             ends[r.stream_id[4:]] = e
             if r.type == "run.failed":
                 f = window(e.at)
-                f.turns_failed += 1
-                f.notes.append(f"run {r.stream_id[4:]} failed: {r.data.get('error')}")
+                run_id = r.stream_id[4:]
+                if run_id in acknowledged:
+                    f.turns_failed += 1
+                    f.notes.append(f"run {run_id} failed: {r.data.get('error')}")
+                else:
+                    f.unacknowledged_ended += 1
+                    f.notes.append(
+                        f"run {run_id}, its turn never acknowledged, failed: {r.data.get('error')}"
+                    )
         elif r.type == "run.released":
             releases.setdefault(str(r.data.get("run_id")), []).append(e)
     for run_id, released in releases.items():

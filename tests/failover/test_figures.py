@@ -89,10 +89,12 @@ def test_failed_turns_and_every_wrong_release_are_counted() -> None:
         ],
         {},
     )
-    steady, planned, stopped = figures(faults(), Record(), log, T0)
+    acked = Record(turns=[AckedTurn("s1", r, "tok") for r in ("a", "b", "c")])
+    steady, planned, stopped = figures(faults(), acked, log, T0)
     assert (steady.turns_started, steady.turns_failed, steady.bad_releases) == (2, 0, 0)
     assert (planned.turns_failed, planned.bad_releases) == (0, 1)
-    assert (stopped.turns_started, stopped.turns_failed, stopped.bad_releases) == (2, 2, 1)
+    assert (stopped.turns_started, stopped.turns_failed, stopped.bad_releases) == (2, 1, 1)
+    assert stopped.unacknowledged_ended == 1  # d: its claim committed, its POST failed
 
 
 def test_a_subscriber_with_a_phantom_or_a_missing_frame_differs_from_the_log() -> None:

@@ -159,13 +159,13 @@ def busy(sessions: dict[str, dict[str, Any]], runs: dict[str, dict[str, Any]]) -
 
 
 def frame_errors(
-    log: list[RecordedEvent], sid: str, frames: list[dict[str, Any]]
+    log: list[RecordedEvent], stream: str, frames: list[dict[str, Any]]
 ) -> tuple[int, int]:
-    """(missed, wrong): events of the session a subscriber should have had and did not,
-    and frames that differ from the event stored at their position."""
-    key = f"session-{sid}"
+    """(missed, wrong) for a subscriber of ``stream`` (``session-<id>``: the session's and its
+    runs' events; ``run-<id>``: the run's): events it should have had and did not, and
+    frames that differ from the event stored at their position."""
     expected = {
-        e.position: json.loads(json.dumps(chat_stream_event(e))) for e in log if key in e.keys
+        e.position: json.loads(json.dumps(chat_stream_event(e))) for e in log if stream in e.keys
     }
     got = {f["position"]: f for f in frames}
     missed = sum(1 for position in expected if position not in got)

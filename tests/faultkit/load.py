@@ -16,6 +16,7 @@ import contextlib
 import itertools
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,6 +97,8 @@ class Load:
         self.clients = clients
         self.seed = seed
         self.acks = Acks()
+        #: called with every acknowledged turn (the suite subscribes to its run)
+        self.on_turn: Callable[[AckedTurn], None] = lambda _turn: None
         self.writes: list[Write] = []
         self._titles = itertools.count(1)
         self._tasks: list[asyncio.Task[None]] = []
@@ -174,6 +177,7 @@ class Load:
     def record_turn(self, sid: str, started: dict[str, Any], node: Node) -> AckedTurn:
         turn = AckedTurn(sid, started["runId"], started["publicAccessToken"], node.index)
         self.acks.turns.append(turn)
+        self.on_turn(turn)
         return turn
 
     # the probes -------------------------------------------------------------------------
