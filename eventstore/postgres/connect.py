@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
 from asyncpg import connect_utils
 
-from sessionstream.eventstore.postgres.errors import DRIVER_ERRORS, NoUsableHost
+from sessionstream.eventstore.postgres.errors import DRIVER_ERRORS, NoUsableHost, translate_pg_error
 
 #: attributes that want a primary: a standby answering is "no writable host"
 _WRITABLE = ("read-write", "primary")
@@ -124,3 +125,65 @@ def on_standby(conn: asyncpg.Connection) -> bool:
         getattr(settings, "in_hot_standby", "off") == "on"
         or getattr(settings, "default_transaction_read_only", "off") == "on"
     )
+
+
+def primary_attrs(dsn: str) -> str | None:
+    """What writes ask of a host: the primary. A multi-host URL without
+    ``target_session_attrs`` would take whichever host answers first, a standby included."""
+    hosts, attrs = hosts_of(dsn)
+    return "read-write" if len(hosts) > 1 and attrs == "any" else None
+
+
+def asks_for_primary(dsn: str) -> bool:
+    """Whether the URL's reads want a primary (so a standby is a fallback for them)."""
+    try:
+        attrs = hosts_of(dsn)[1]
+    except (ValueError, *DRIVER_ERRORS):  # a URL asyncpg refuses fails when it is opened
+        return False
+    return attrs in _WRITABLE
+
+
+async def writable_host_problem(dsn: str, per_host_timeout_s: float) -> str | None:
+    """None when a host takes writes now, else why none does (``/healthz``)."""
+    try:
+        conn = await connect(
+            dsn, per_host_timeout_s=per_host_timeout_s, target_session_attrs=primary_attrs(dsn)
+        )
+    except DRIVER_ERRORS as exc:
+        return translate_pg_error(exc).message
+    conn.terminate()
+    return None
+
+
+@contextlib.asynccontextmanager
+async def own_connection(
+    dsn: str, per_host_timeout_s: float, settings: dict[str, str]
+) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to the primary outside every pool, closed after; driver errors
+    translated."""
+    conn: asyncpg.Connection | None = None
+    try:
+        conn = await connect(
+            dsn,
+            per_host_timeout_s=per_host_timeout_s,
+            target_session_attrs=primary_attrs(dsn),
+            server_settings=settings,
+        )
+        yield conn
+    except DRIVER_ERRORS as exc:
+        raise translate_pg_error(exc) from exc
+    finally:
+        if conn is not None:
+            conn.terminate()
+
+
+async def first_schema(conn: asyncpg.Connection) -> str:
+    """The schema the DSN points at (``?search_path=...``), else ``public``."""
+    path = str(await conn.fetchval("SELECT current_setting('search_path')"))
+    for entry in path.split(","):
+        name = entry.strip()
+        if name.startswith('"') and name.endswith('"'):
+            name = name[1:-1].replace('""', '"')
+        if name and name != "$user":
+            return name
+    return "public"

@@ -22,7 +22,7 @@ import functools
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import asyncpg
@@ -40,7 +40,14 @@ from sessionstream.eventstore.model import (
 from sessionstream.eventstore.packed_reads import PackedReads
 from sessionstream.eventstore.packing import finished_runs
 from sessionstream.eventstore.postgres import schema as sql
-from sessionstream.eventstore.postgres.connect import connect, hosts_of
+from sessionstream.eventstore.postgres.connect import (
+    asks_for_primary,
+    connect,
+    first_schema,
+    own_connection,
+    primary_attrs,
+    writable_host_problem,
+)
 from sessionstream.eventstore.postgres.errors import DRIVER_ERRORS, broken, translate_pg_error
 from sessionstream.eventstore.postgres.packs import PostgresPacks, compact
 from sessionstream.eventstore.postgres.pump import LogPump
@@ -108,7 +115,9 @@ class PostgresEventStore(PackedReads, EventStore):
         self.standby_reads = standby_reads
         self._reader = PostgresReader(
             acquire_timeout_s=self.statement_timeout_s,
-            writes_work=(lambda: self._write_failed is None) if self._may_read_standby() else None,
+            writes_work=(lambda: self._write_failed is None)
+            if standby_reads and asks_for_primary(dsn)
+            else None,
         )
         #: the packs beside the log, read through the pool
         self.packs = PostgresPacks(self._reader.fetch)
@@ -150,11 +159,11 @@ class PostgresEventStore(PackedReads, EventStore):
             first = await connect(
                 self.dsn,
                 per_host_timeout_s=self.connect_timeout_s,
-                target_session_attrs=self._write_attrs(),
+                target_session_attrs=primary_attrs(self.dsn),
             )
             try:
                 if self.schema is None:
-                    self.schema = await _first_schema(first)
+                    self.schema = await first_schema(first)
                 ran = await sql.migrate(first, self.schema)
                 if ran:
                     log.info("applied %d migration(s) to schema %s", ran, self.schema)
@@ -259,25 +268,11 @@ class PostgresEventStore(PackedReads, EventStore):
             "lock_timeout": _ms(self.statement_timeout_s),
         }
 
-    def _may_read_standby(self) -> bool:
-        """Reads fall back to a standby only from a URL that asks for the primary."""
-        try:
-            attrs = hosts_of(self.dsn)[1]
-        except (ValueError, *DRIVER_ERRORS):  # a URL asyncpg refuses fails at open()
-            return False
-        return self.standby_reads and attrs in ("read-write", "primary")
-
-    def _write_attrs(self) -> str | None:
-        """Writes need the primary: a multi-host URI without ``target_session_attrs``
-        would take whichever host answers first, a standby included."""
-        hosts, attrs = hosts_of(self.dsn)
-        return "read-write" if len(hosts) > 1 and attrs == "any" else None
-
     async def _connect(self, role: str) -> asyncpg.Connection:
         return await connect(
             self.dsn,
             per_host_timeout_s=self.connect_timeout_s,
-            target_session_attrs=self._write_attrs(),
+            target_session_attrs=primary_attrs(self.dsn),
             server_settings=self._settings(role),
             command_timeout=self.statement_timeout_s,
         )
@@ -383,16 +378,9 @@ class PostgresEventStore(PackedReads, EventStore):
         failed = self._write_failed
         if failed is None:
             return None
-        try:
-            conn = await connect(
-                self.dsn,
-                per_host_timeout_s=self.connect_timeout_s,
-                target_session_attrs=self._write_attrs(),
-            )
-        except DRIVER_ERRORS as exc:
-            since = time.monotonic() - failed[1]
-            return f"{translate_pg_error(exc).message} (writes failing for {since:.1f}s)"
-        conn.terminate()
+        why = await writable_host_problem(self.dsn, self.connect_timeout_s)
+        if why is not None:
+            return f"{why} (writes failing for {time.monotonic() - failed[1]:.1f}s)"
         if self._write_failed is failed:
             self._write_failed = None
         return None
@@ -442,25 +430,11 @@ class PostgresEventStore(PackedReads, EventStore):
             )
             return count
 
-    @contextlib.asynccontextmanager
-    async def _maintenance(self) -> AsyncIterator[asyncpg.Connection]:
+    def _maintenance(self) -> contextlib.AbstractAsyncContextManager[asyncpg.Connection]:
         """A connection of its own for a rebuild or an import: the whole log in one
         transaction may take far longer than the statement timeout allows a request."""
         settings = {**self._settings("maintenance"), "statement_timeout": "0"}
-        conn: asyncpg.Connection | None = None
-        try:
-            conn = await connect(
-                self.dsn,
-                per_host_timeout_s=self.connect_timeout_s,
-                target_session_attrs=self._write_attrs(),
-                server_settings=settings,
-            )
-            yield conn
-        except DRIVER_ERRORS as exc:
-            raise translate_pg_error(exc) from exc
-        finally:
-            if conn is not None:
-                conn.terminate()
+        return own_connection(self.dsn, self.connect_timeout_s, settings)
 
     # reads (reader.py) ------------------------------------------------------
     async def head_position(self) -> int:
@@ -564,15 +538,3 @@ class PostgresEventStore(PackedReads, EventStore):
 
 def _ms(seconds: float) -> str:
     return f"{max(1, round(seconds * 1000))}ms"
-
-
-async def _first_schema(conn: asyncpg.Connection) -> str:
-    """The schema the DSN points at (``?search_path=...``), else ``public``."""
-    path = str(await conn.fetchval("SELECT current_setting('search_path')"))
-    for entry in path.split(","):
-        name = entry.strip()
-        if name.startswith('"') and name.endswith('"'):
-            name = name[1:-1].replace('""', '"')
-        if name and name != "$user":
-            return name
-    return "public"
