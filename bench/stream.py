@@ -1,25 +1,34 @@
 """Realtime channels end to end: token latency, fan-out, memory per idle subscriber.
 
-The server is ``create_app`` in its own process (uvloop, SQLite, as
-``sessionstream serve`` runs it) with an engine that writes
-``time.perf_counter()`` into each delta's text; this process holds every
-subscriber as a real aiohttp websocket (``perf_counter`` is one monotonic
-clock for every process on a host). Three figures, all in one run:
+(a) tokens (``bench/stream_tokens.py``): the provider's token to the
+    subscriber, as the user perceives it. A fake OpenAI-compatible or
+    Anthropic provider (the tests' fakes) streams 60 tokens 20 ms apart, each
+    token its own send time; the server runs the real engine and SDK against
+    it, coalescing included; every subscriber is a websocket here. Two loads:
+    ``small`` 10 runs x 3 subscribers (targets p50 <= 5 ms, p99 <= 25 ms) and
+    ``large`` 100 runs x 10 subscribers (p99 <= 50 ms). Per stage (engine read
+    loop and SDK, coalescing, queueing before the writer, commit, fan-out),
+    deltas and bytes per reply before and after compaction, the server's CPU
+    time per token, and the load average beside each round.
 
-(a) token latency: 100 concurrent runs x 10 subscribers on their run
-    channels, each engine emitting a word every 50 ms (starts spread over
-    one pace so runs do not tick in lockstep). Latency is engine emission ->
-    a subscriber has the frame, so it includes coalescing, the durable
-    append, the fan-out and both event loops. Target p99 <= 25 ms, against
-    the documented 2,000-5,000 ms polling interval it replaces. The server
-    also notes when each delta reached the hub, which splits the figure
-    into engine -> commit (run manager and store) and commit -> client (this
-    realtime layer, the sockets and the subscriber's loop).
-(b) fan-out: one run to 1,000 subscribers, one event per word, as fast as
+The other parts run ``create_app`` in its own process (uvloop, SQLite, as
+``sessionstream serve`` runs it, ``bench/stream_server.py``) with an engine
+that writes ``time.perf_counter()`` into each delta's text; this process holds
+every subscriber as a real aiohttp websocket (``perf_counter`` is one
+monotonic clock for every process on a host):
+
+(b) emission: 100 concurrent runs x 10 subscribers on their run channels,
+    each engine emitting a word every 50 ms (starts spread over one pace so
+    runs do not tick in lockstep). Latency is engine emission -> a subscriber
+    has the frame (coalescing, the durable append, the fan-out and both event
+    loops); the server also notes when each delta reached the hub, which
+    splits it into engine -> commit and commit -> client. Target p99 <= 25 ms,
+    against the documented 2,000-5,000 ms polling interval it replaces.
+(c) fan-out: one run to 1,000 subscribers, one event per word, as fast as
     the log takes them; delivered frames/s beside a bare aiohttp loop
     (``send_str`` of a same-size frame to the same 1,000 sockets) in the same
     server process and run. Target >= 70% of the bare loop.
-(c) memory: 5,000 idle websocket subscribers (500 on each of 10 runs that
+(d) memory: 5,000 idle websocket subscribers (500 on each of 10 runs that
     wait for their engine); RSS delta of the server process / 5,000.
     Target <= 50 KB.
 
@@ -27,7 +36,8 @@ The subscribers are the instrument: their process keeps its garbage collector
 out of each measured window (a full collection over the frames they hold
 would stall every socket at once and be charged to the server).
 
-    python -m bench.stream [--rounds 3] [--quick]
+    python -m bench.stream [--rounds 3] [--quick] [--part all|tokens|emission|fanout|memory]
+    python -m bench.stream --part tokens [--config small|large] [--provider openai|anthropic]
 """
 
 from __future__ import annotations
