@@ -120,15 +120,19 @@ def cluster(
 
 @contextmanager
 def profiled(pids: list[int], folder: Path | None) -> Iterator[None]:
-    """py-spy records each node while the rounds run (``--profile``): where its CPU goes."""
+    """py-spy (``pip install py-spy``; root) records each node from the tokens' start to
+    the last frame (``--profile``): where the CPU a round measures goes."""
     if folder is None:
         yield
         return
     folder.mkdir(parents=True, exist_ok=True)
     spies = [
         subprocess.Popen(
-            [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid), "--format", "raw", "--rate", "200"]
-            + ["--output", str(folder / f"node-{n}.txt"), "--nonblocking"],
+            [
+                *(str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid)),
+                *("--format", "raw", "--rate", "200", "--nonblocking"),
+                *("--output", str(folder / f"node-{n}.txt")),
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -292,7 +296,10 @@ def one_round(
         spies.__exit__(None, None, None)
         load_after = os.getloadavg()[0]
         counters = {
-            name: sum(fanout_counters(base)[name] - was[name] for base, was in zip(bases, counted))
+            name: sum(
+                fanout_counters(base)[name] - was[name]
+                for base, was in zip(bases, counted, strict=True)
+            )
             for name in counted[0]
         }
     finally:
