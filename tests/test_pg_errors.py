@@ -16,7 +16,7 @@ import logging
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -44,6 +44,7 @@ from sessionstream.eventstore.postgres.errors import (  # noqa: E402
 pytestmark = pytest.mark.postgres
 
 S = "/api/campaigns/ai-chat-sessions"
+T = TypeVar("T")
 
 
 def _subclasses(cls: type[BaseException]) -> Iterator[type[BaseException]]:
@@ -425,3 +426,46 @@ async def test_reads_are_served_by_a_standby_while_writes_fail_and_leave_it_afte
         assert await pid() != first
     finally:
         await store.close()
+
+
+async def test_a_primary_that_freezes_under_open_connections_is_left_for_the_next_host(
+    schema: str,
+) -> None:
+    """Every connection (writer, pool, listener) is open through a relay to the first
+    host when it freezes (the relay swallows bytes, answers nothing): each gives up
+    within its statement timeout, is closed, and its replacement skips the frozen host
+    within the connect timeout. Writes, reads and the event pump go on through the next
+    host, in well under asyncpg's one-minute default."""
+    from tests.faultkit.proxy import ProxyThread
+
+    with ProxyThread() as relays:
+        host, port = _pg()
+        relay = relays.proxy(host, port)
+        dsn = _multi(("127.0.0.1", relay.port), (host, port))
+        store = PostgresEventStore(
+            dsn, schema=schema, pool_size=2, connect_timeout_s=0.5, statement_timeout_s=1.0
+        )
+        await store.open()
+        try:
+            await store.append("s-1", [NewEvent("x", {})])
+            assert relay.links, "the store does not go through the relay"
+            relay.blackhole()  # the primary froze: TCP up, nothing answers
+            event = NewEvent("x", {})  # one id: a retry after a lost answer is a no-op
+            async with asyncio.timeout(30):  # asyncpg's defaults: 60 s per wait
+                result = await until_it_works(lambda: store.append("s-1", [event]))
+                # a read on a pooled connection that froze fails once; the next is elsewhere
+                version = await until_it_works(lambda: store.stream_version("s-1"))
+                assert version == result.version == 2
+                position = result.events[-1].position
+                await wait_for(lambda: store.hub.published_position >= position, within=30)
+        finally:
+            await store.close()
+
+
+async def until_it_works(attempt: Callable[[], Awaitable[T]]) -> T:
+    """``attempt()`` again after each 503, as a client told ``Retry-After`` does."""
+    while True:
+        try:
+            return await attempt()
+        except StorageUnavailable as exc:
+            assert "did not answer" in exc.message or "PostgreSQL" in exc.message, exc
