@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 
+from sessionstream.eventstore.base import EventStore
 from sessionstream.eventstore.sqlite import SQLiteEventStore
+from sessionstream.services.claims import Claim
 from tests.supervision.conftest import StoreFactory
 from tests.supervision.helpers import (
     Once,
@@ -81,9 +83,7 @@ async def test_run_recovery_restarts_and_ends_a_run_whose_end_was_not_written(
 
     store = sqlite_store
     runs = RunManager(store, ScriptedEngine())
-    session_id = await new_session(store)
-    head = await store.head_position()
-    sub = Subscriber(store, head, frozenset({f"session-{session_id}"}))
+    session_id, head, sub = await watched_session(store)
     claim = await claim_session(store, "u1", session_id, kind="turn", run_input={"message": "hi"})
     # the run's own end could not be written: upkeep must write it
     runs._unended[claim.run_id] = (EventType.RUN_FAILED, {"error": "storage was down"})
@@ -95,12 +95,7 @@ async def test_run_recovery_restarts_and_ends_a_run_whose_end_was_not_written(
         upkeep.cancel()
         await asyncio.gather(upkeep, return_exceptions=True)
     assert store.supervisor.crashes["run-recovery"] == 1
-    run = await store.get_doc("run", claim.run_id)
-    assert run is not None and run.body["status"] == "failed"
-    expected = await store.read_all(head, keys=frozenset({f"session-{session_id}"}))
-    assert [e.type for e in expected][-2:] == ["run.failed", "run.released"]
-    exactly_once(await sub.until(len(expected)), expected)
-    await sub.stop()
+    await ended_failed_and_delivered(store, claim, head, sub)
     crash_logged(caplog, "run-recovery")
 
 
@@ -116,9 +111,7 @@ async def test_a_run_that_raises_is_counted_ends_failed_and_its_subscribers_see_
 
     store = sqlite_store
     manager = RunManager(store, ScriptedEngine())
-    session_id = await new_session(store)
-    head = await store.head_position()
-    sub = Subscriber(store, head, frozenset({f"session-{session_id}"}))
+    session_id, head, sub = await watched_session(store)
 
     async def broken_turn(*_args: Any, **_kwargs: Any) -> None:
         raise RuntimeError("injected: a bug in the turn")
@@ -128,10 +121,26 @@ async def test_a_run_that_raises_is_counted_ends_failed_and_its_subscribers_see_
     manager.start(claim, {"message": "hi"})
     await wait_for(lambda: not manager.is_local(claim.run_id))
     assert store.supervisor.crashes["run"] == 1
+    await ended_failed_and_delivered(store, claim, head, sub)
+    crash_logged(caplog, "run")
+
+
+async def watched_session(store: EventStore) -> tuple[str, int, Subscriber]:
+    """A fresh session of u1's, the head before anything happens to it, and a subscriber
+    to the session's events from there."""
+    session_id = await new_session(store)
+    head = await store.head_position()
+    return session_id, head, Subscriber(store, head, frozenset({f"session-{session_id}"}))
+
+
+async def ended_failed_and_delivered(
+    store: EventStore, claim: Claim, head: int, sub: Subscriber
+) -> None:
+    """The run ended failed and freed its session, and the subscriber got every event of the
+    session since ``head`` exactly once."""
     run = await store.get_doc("run", claim.run_id)
     assert run is not None and run.body["status"] == "failed"
-    expected = await store.read_all(head, keys=frozenset({f"session-{session_id}"}))
+    expected = await store.read_all(head, keys=frozenset({f"session-{claim.session_id}"}))
     assert [e.type for e in expected][-2:] == ["run.failed", "run.released"]
     exactly_once(await sub.until(len(expected)), expected)
     await sub.stop()
-    crash_logged(caplog, "run")
