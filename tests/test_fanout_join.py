@@ -9,6 +9,7 @@ the store), and the fanout must then skip what the member already has.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, cast
@@ -92,6 +93,8 @@ async def until_live(conn: Connection) -> None:
     await asyncio.wait_for(idle.wait(), 5)
     assert sub.state == LIVE and not sub.pending_live()
     task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+        await task
 
 
 async def test_a_connection_ahead_of_the_fanout_joins_and_gets_each_event_once(
