@@ -18,12 +18,16 @@ node's emission.
 Run *i* is started on node *i* mod 3; subscriber *j* watches run *j* mod runs
 on node (*j* // runs) mod 3, so every run has subscribers on every node: those
 on the node running it are the baseline (``local``), the others ``remote``.
-The tokens start only once every websocket is open, so every delta is live.
+The tokens start only once every subscriber has caught up and joined its
+run's fanout (the nodes' ``/metrics`` count the joins), so every delta is
+live delivery and no subscriber's catch-up reads fall inside the round.
 Beside the latencies it reports the CPU the nodes and the subscribers spent
-per delta frame delivered, which does not depend on how loaded the machine is.
+per delta frame delivered, and the nodes' per delta and per token, which do
+not depend on how loaded the machine is; ``--profile DIR`` records each node
+with py-spy over the same window. The defaults take about 80 s:
 
-    python -m bench.fanout_pg [--rounds 3] [--configs 1000@50,300@50,1000@200]
-        [--runs 10] [--seconds 5] [--coalesce-ms MS] [--quick]
+    python -m bench.fanout_pg [--rounds 3] [--configs 100@50,300@50,1000@50]
+        [--runs 10] [--seconds 5] [--coalesce-ms MS] [--profile DIR] [--quick]
 """
 
 from __future__ import annotations
@@ -352,7 +356,7 @@ def main() -> None:
     parser = base_parser(__doc__)
     parser.add_argument(
         "--configs",
-        default="1000@50,300@50,1000@200",
+        default="100@50,300@50,1000@50",
         help="SUBSCRIBERS@PACE_MS pairs, comma-separated: subscribers, and ms between "
         "a run's tokens",
     )
