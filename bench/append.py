@@ -55,7 +55,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from bench import append_peer, append_peer_pg
 from bench.common import (
@@ -67,6 +66,7 @@ from bench.common import (
     stopwatch,
     write_json,
 )
+from bench.pg import PG_DSN, eventsourcing_datastore, execute, scratch_schema
 from sessionstream import projections
 from sessionstream.eventstore.model import NewEvent, utc_now
 from sessionstream.eventstore.sqlite import SQLiteEventStore
@@ -218,10 +218,6 @@ def raw_sqlite_batched_rate(appenders: int, per_appender: int, workdir: Path) ->
 
 # postgres --------------------------------------------------------------------------
 
-PG_DSN = os.environ.get(
-    "SESSIONSTREAM_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test"
-)
-
 
 def postgres_unavailable() -> str | None:
     try:
@@ -244,20 +240,6 @@ def postgres_unavailable() -> str | None:
     return None
 
 
-def _pg_schema(kind: str) -> str:
-    return f"bench_{kind}_{uuid.uuid4().hex[:10]}"
-
-
-async def _pg_execute(statement: str) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(PG_DSN)
-    try:
-        await conn.execute(statement)
-    finally:
-        await conn.close()
-
-
 def postgres_store_rate(appenders: int, per_appender: int, workdir: Path) -> float:
     return asyncio.run(_postgres_store_rate(appenders, per_appender))
 
@@ -265,7 +247,7 @@ def postgres_store_rate(appenders: int, per_appender: int, workdir: Path) -> flo
 async def _postgres_store_rate(appenders: int, per_appender: int) -> float:
     from sessionstream.eventstore.postgres import PostgresEventStore
 
-    schema = _pg_schema("ss")
+    schema = scratch_schema("ss")
     store = PostgresEventStore(PG_DSN, projections.ALL, schema=schema, pool_size=4)
     await store.open()
     try:
@@ -282,26 +264,16 @@ async def _postgres_store_rate(appenders: int, per_appender: int) -> float:
         return appenders * per_appender / elapsed()
     finally:
         await store.close()
-        await _pg_execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        await execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 def eventsourcing_pg_rate(appenders: int, per_appender: int, workdir: Path) -> float:
     from eventsourcing.persistence import StoredEvent
-    from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
+    from eventsourcing.postgres import PostgresApplicationRecorder
 
-    url = urlparse(PG_DSN)
-    schema = _pg_schema("es")
-    asyncio.run(_pg_execute(f'CREATE SCHEMA "{schema}"'))
-    datastore = PostgresDatastore(
-        dbname=url.path.lstrip("/") or "postgres",
-        host=url.hostname or "127.0.0.1",
-        port=url.port or 5432,
-        user=url.username or "postgres",
-        password=url.password or "",
-        pool_size=min(appenders, 20),
-        max_overflow=0,
-        schema=schema,
-    )
+    schema = scratch_schema("es")
+    asyncio.run(execute(f'CREATE SCHEMA "{schema}"'))
+    datastore = eventsourcing_datastore(schema, pool_size=min(appenders, 20))
     try:
         recorder = PostgresApplicationRecorder(datastore, events_table_name="stored_events")
         recorder.create_table()
@@ -332,7 +304,7 @@ def eventsourcing_pg_rate(appenders: int, per_appender: int, workdir: Path) -> f
         return appenders * per_appender / elapsed()
     finally:
         datastore.close()
-        asyncio.run(_pg_execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        asyncio.run(execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
 
 
 # the comparisons -------------------------------------------------------------------

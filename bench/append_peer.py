@@ -28,6 +28,7 @@ from typing import Any
 
 from bench.common import median
 from sessionstream import projections
+from sessionstream.eventstore.base import EventStore
 from sessionstream.eventstore.model import NewEvent
 from sessionstream.eventstore.sqlite import SQLiteEventStore
 
@@ -52,47 +53,50 @@ def _recorder(path: Path) -> Any:
     return recorder
 
 
-def peer_bulk(count: int, workdir: Path) -> float:
+def time_recorder(recorder: Any, count: int, bulk: bool) -> float:
+    """Seconds the recorder takes to insert ``count`` encoded events: in one call, or one a call."""
     from eventsourcing.persistence import StoredEvent
 
-    recorder = _recorder(workdir / "peer.db")
     originator = uuid.uuid4()
     events = [
         StoredEvent(originator, i + 1, TOPIC, json.dumps(payload(i)).encode()) for i in range(count)
     ]
     began = time.perf_counter()
-    recorder.insert_events(events)
+    if bulk:
+        recorder.insert_events(events)
+    else:
+        for event in events:
+            recorder.insert_events([event])
     return time.perf_counter() - began
+
+
+def peer_bulk(count: int, workdir: Path) -> float:
+    return time_recorder(_recorder(workdir / "peer.db"), count, bulk=True)
 
 
 def peer_sequential(count: int, workdir: Path) -> float:
-    from eventsourcing.persistence import StoredEvent
+    return time_recorder(_recorder(workdir / "peer.db"), count, bulk=False)
 
-    recorder = _recorder(workdir / "peer.db")
-    originator = uuid.uuid4()
-    events = [
-        StoredEvent(originator, i + 1, TOPIC, json.dumps(payload(i)).encode()) for i in range(count)
-    ]
+
+async def time_store(store: EventStore, count: int, bulk: bool) -> float:
+    """Seconds an open, empty store takes to append ``count`` events: in one call, or one a call."""
+    events = [NewEvent(TYPE, payload(i), {"actor": {"id": "b"}}) for i in range(count)]
     began = time.perf_counter()
-    for event in events:
-        recorder.insert_events([event])
-    return time.perf_counter() - began
+    if bulk:
+        await store.append("bench-1", events, expected_version=0)
+    else:
+        for version, event in enumerate(events):
+            await store.append("bench-1", [event], expected_version=version)
+    elapsed = time.perf_counter() - began
+    assert await store.head_position() == count
+    return elapsed
 
 
 async def _ours(count: int, path: Path, bulk: bool) -> float:
     store = SQLiteEventStore(path, projections.ALL)
     await store.open()
     try:
-        events = [NewEvent(TYPE, payload(i), {"actor": {"id": "b"}}) for i in range(count)]
-        began = time.perf_counter()
-        if bulk:
-            await store.append("bench-1", events, expected_version=0)
-        else:
-            for version, event in enumerate(events):
-                await store.append("bench-1", [event], expected_version=version)
-        elapsed = time.perf_counter() - began
-        assert await store.head_position() == count
-        return elapsed
+        return await time_store(store, count, bulk)
     finally:
         await store.close()
 
@@ -111,20 +115,36 @@ ROWS: dict[str, tuple[int, Workload, Workload]] = {
 }
 
 
-def _once(workload: Workload, count: int) -> float:
-    with tempfile.TemporaryDirectory(prefix="bench-peer-") as tmp:
-        return count / workload(count, Path(tmp))
+def _in_scratch(workload: Workload) -> Callable[[int], float]:
+    def once(count: int) -> float:
+        with tempfile.TemporaryDirectory(prefix="bench-peer-") as tmp:
+            return workload(count, Path(tmp))
+
+    return once
 
 
 def run(rounds: int) -> dict[str, Any]:
-    """Each row: our events/s and the recorder's, alternating who goes first."""
+    return compare(
+        {name: (n, _in_scratch(ours), _in_scratch(peer)) for name, (n, ours, peer) in ROWS.items()},
+        rounds,
+    )
+
+
+def compare(
+    rows: dict[str, tuple[int, Callable[[int], float], Callable[[int], float]]], rounds: int
+) -> dict[str, Any]:
+    """Each row: our events/s and the recorder's, alternating who goes first.
+
+    A row is (events, ours, the recorder's), each side taking the event count
+    and answering the seconds its appends took.
+    """
     out: dict[str, Any] = {}
-    for name, (count, ours, peer) in ROWS.items():
+    for name, (count, ours, peer) in rows.items():
         samples: dict[str, list[float]] = {"subject": [], "baseline": []}
         for round_no in range(max(rounds, 3)):
             sides = [("subject", ours), ("baseline", peer)]
             for side, workload in sides if round_no % 2 == 0 else sides[::-1]:
-                samples[side].append(_once(workload, count))
+                samples[side].append(count / workload(count))
         ours_rate, peer_rate = median(samples["subject"]), median(samples["baseline"])
         out[name] = {
             "events": count,

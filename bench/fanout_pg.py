@@ -18,12 +18,16 @@ node's emission.
 Run *i* is started on node *i* mod 3; subscriber *j* watches run *j* mod runs
 on node (*j* // runs) mod 3, so every run has subscribers on every node: those
 on the node running it are the baseline (``local``), the others ``remote``.
-The tokens start only once every websocket is open, so every delta is live.
+The tokens start only once every subscriber has caught up and joined its
+run's fanout (the nodes' ``/metrics`` count the joins), so every delta is
+live delivery and no subscriber's catch-up reads fall inside the round.
 Beside the latencies it reports the CPU the nodes and the subscribers spent
-per delta frame delivered, which does not depend on how loaded the machine is.
+per delta frame delivered, and the nodes' per delta and per token, which do
+not depend on how loaded the machine is; ``--profile DIR`` records each node
+with py-spy over the same window. The defaults take about 80 s:
 
-    python -m bench.fanout_pg [--rounds 3] [--configs 1000@50,300@50,1000@200]
-        [--runs 10] [--seconds 5] [--coalesce-ms MS] [--quick]
+    python -m bench.fanout_pg [--rounds 3] [--configs 100@50,300@50,1000@50]
+        [--runs 10] [--seconds 5] [--coalesce-ms MS] [--profile DIR] [--quick]
 """
 
 from __future__ import annotations
@@ -118,6 +122,68 @@ def cluster(
         asyncio.run(drop())
 
 
+@contextmanager
+def profiled(pids: list[int], folder: Path | None) -> Iterator[None]:
+    """py-spy (``pip install py-spy``; root) records each node from the tokens' start to
+    the last frame (``--profile``): where the CPU a round measures goes."""
+    if folder is None:
+        yield
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    spies = [
+        subprocess.Popen(
+            [
+                *(str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid)),
+                *("--format", "raw", "--rate", "200", "--nonblocking"),
+                *("--output", str(folder / f"node-{n}.txt")),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for n, pid in enumerate(pids)
+    ]
+    try:
+        yield
+    finally:
+        for spy in spies:
+            spy.send_signal(2)  # SIGINT: py-spy writes what it has, then exits
+        for spy in spies:
+            spy.wait(60)
+
+
+#: the ``/metrics`` counters that say whether subscribers are on the shared fanout
+FANOUT_COUNTERS = (
+    "sessionstream_realtime_fanout_joined_total",
+    "sessionstream_realtime_fanout_detached_total",
+    "sessionstream_realtime_lag_fallbacks_total",
+)
+
+
+def settle(bases: list[str], joined_before: float, subscribers: int) -> int:
+    """Wait (at most 60 s) until every subscriber has caught up and joined its run's
+    fanout, so a round measures live delivery, not the crowd's catch-up reads; the
+    number that joined."""
+    deadline = time.monotonic() + 60
+    while True:
+        joined = sum(fanout_counters(base)["fanout_joined"] for base in bases) - joined_before
+        if joined >= subscribers or time.monotonic() > deadline:
+            return int(joined)
+        time.sleep(0.2)
+
+
+def fanout_counters(base: str) -> dict[str, float]:
+    import urllib.request
+
+    with urllib.request.urlopen(base + "/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    values = dict.fromkeys(FANOUT_COUNTERS, 0.0)
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in values:
+            values[name] = float(value)
+    return {name.split("realtime_")[1].removesuffix("_total"): v for name, v in values.items()}
+
+
 def _wait_healthy(base: str, proc: subprocess.Popen[bytes]) -> None:
     import urllib.request
 
@@ -175,6 +241,7 @@ def one_round(
     clients: int,
     tokens: int,
     pace_ms: float,
+    profile: Path | None = None,
 ) -> dict[str, Any]:
     _post(model + "/reset", {"tokens": tokens, "pace_s": pace_ms / 1000})
     started = asyncio.run(start_runs(bases, token, runs))
@@ -184,6 +251,7 @@ def one_round(
         node = (j // runs) % len(bases)
         url = f"{bases[node].replace('http', 'ws', 1)}/api/realtime/runs/{run_id}?token={run_token}"
         watches.append(Watch(url, local=node == node_of_run))
+    joined_before = sum(fanout_counters(base)["fanout_joined"] for base in bases)
     ctx = mp.get_context("spawn")
     pipes, procs = [], []
     for c in range(clients):
@@ -196,7 +264,11 @@ def one_round(
         for pipe in pipes:
             if not pipe.poll(120) or pipe.recv() != "ready":
                 raise TimeoutError("the subscribers did not connect")
+        settled = settle(bases, joined_before, subscribers)
         load_before = os.getloadavg()[0]
+        counted = [fanout_counters(base) for base in bases]
+        spies = profiled(pids, profile)
+        spies.__enter__()
         node_cpu = [cpu_of(pid) for pid in pids]
         began = time.monotonic()
         _post(model + "/go")
@@ -225,7 +297,15 @@ def one_round(
             client_cpu += got_cpu
         took = time.monotonic() - began
         node_cpu = [cpu_of(pid) - was for pid, was in zip(pids, node_cpu, strict=True)]
+        spies.__exit__(None, None, None)
         load_after = os.getloadavg()[0]
+        counters = {
+            name: sum(
+                fanout_counters(base)[name] - was[name]
+                for base, was in zip(bases, counted, strict=True)
+            )
+            for name in counted[0]
+        }
     finally:
         for proc in procs:
             proc.join(30)
@@ -253,8 +333,20 @@ def one_round(
         "remote_p99_ms": percentile(remote, 0.99),
         # CPU per 1,000 frames delivered: what the fan-out costs, whatever the load
         "node_cpu_ms_per_1k_frames": round(sum(node_cpu) / frames * 1e6, 1),
+        # CPU of the three nodes per delta committed (every subscriber of a run gets
+        # each of its deltas once): the writing, NOTIFY, each node's read, and the
+        # fan-out to that delta's subscribers
+        "node_cpu_ms_per_delta": round(sum(node_cpu) / (frames * runs / subscribers) * 1e3, 3),
+        # and per token the model emitted: coalescing moves with the load, tokens do not
+        "node_cpu_ms_per_token": round(sum(node_cpu) / (runs * tokens) * 1e3, 3),
+        "node_cpu_s": round(sum(node_cpu), 3),
         "client_cpu_ms_per_1k_frames": round(client_cpu / frames * 1e6, 1),
         "node_cpu_share": round(sum(node_cpu) / took, 2),
+        # the nodes' fanout counters over the round: subscribers handed to the shared
+        # fanout, handed back (fell behind), live buffers that overflowed
+        "fanout": counters,
+        # subscribers on the shared fanout when the tokens started (of ``subscribers``)
+        "joined_at_start": settled,
         "load_1m_before": round(load_before, 2),
         "load_1m_after": round(load_after, 2),
     }
@@ -264,7 +356,7 @@ def main() -> None:
     parser = base_parser(__doc__)
     parser.add_argument(
         "--configs",
-        default="1000@50,300@50,1000@200",
+        default="100@50,300@50,1000@50",
         help="SUBSCRIBERS@PACE_MS pairs, comma-separated: subscribers, and ms between "
         "a run's tokens",
     )
@@ -272,6 +364,12 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=5.0, help="each run streams this long")
     parser.add_argument("--clients", type=int, default=2, help="subscriber processes")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="record each node with py-spy (collapsed stacks) into this folder",
+    )
     parser.add_argument(
         "--coalesce-ms",
         type=float,
@@ -314,6 +412,7 @@ def main() -> None:
                         args.clients,
                         tokens,
                         pace_ms,
+                        args.profile / f"{subscribers}-{n + 1}" if args.profile else None,
                     )
                     rs.append(r)
                     print(
@@ -325,6 +424,9 @@ def main() -> None:
                         f"{r['frames_lost_or_repeated']}, reopened {r['reopened_by_close_code']}, "
                         "node CPU "
                         f"{r['node_cpu_ms_per_1k_frames']} ms / 1k frames, "
+                        f"{r['node_cpu_ms_per_delta']} ms / delta, "
+                        f"{r['node_cpu_ms_per_token']} ms / token, fanout {r['fanout']}, "
+                        f"joined at start {r['joined_at_start']}, "
                         f"load {r['load_1m_before']:.1f}-{r['load_1m_after']:.1f}",
                         flush=True,
                     )
@@ -346,6 +448,7 @@ def main() -> None:
             "lost",
             "reopened",
             "node ms/1k",
+            "node ms/delta",
             "client ms/1k",
             "load",
         ],
@@ -362,6 +465,7 @@ def main() -> None:
                 s["frames_lost_or_repeated"],
                 sum(s["reopened_by_close_code"].values()),
                 s["median"]["node_cpu_ms_per_1k_frames"],
+                s["median"]["node_cpu_ms_per_delta"],
                 s["median"]["client_cpu_ms_per_1k_frames"],
                 f"{s['load_1m'][0]:.1f}-{s['load_1m'][1]:.1f}",
             ]
@@ -405,6 +509,9 @@ def summarise(
         "from_writer_p50_ms",
         "from_writer_p99_ms",
         "node_cpu_ms_per_1k_frames",
+        "node_cpu_ms_per_delta",
+        "node_cpu_ms_per_token",
+        "node_cpu_s",
         "client_cpu_ms_per_1k_frames",
         "node_cpu_share",
     )

@@ -36,6 +36,7 @@ import multiprocessing as mp
 import os
 import random
 import resource
+import shutil
 import sqlite3
 import statistics
 import tempfile
@@ -256,7 +257,9 @@ async def _serve(pipe: Connection, provider: str, base_url: str) -> None:
     pipe.send((runner.addresses[0][1], token))
     runs: list[str] = await asyncio.get_running_loop().run_in_executor(None, pipe.recv)
     await runner.cleanup()  # closing the store packs what is left to pack
-    pipe.send((marks, storage(db, runs)))
+    stored = storage(db, runs)
+    shutil.rmtree(tmp, ignore_errors=True)
+    pipe.send((marks, stored))
 
 
 # storage ----------------------------------------------------------------------------------------

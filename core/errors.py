@@ -97,16 +97,23 @@ class QuotaExceeded(SessionStreamError):
     code = "quota_exceeded"
 
 
-class RateLimited(SessionStreamError):
+class RetryLater(SessionStreamError):
+    """Refused for now, not for good: the answer carries ``Retry-After`` (``server/errors.py``)."""
+
+    def __init__(self, message: str, *, retry_after: float = 1.0, details: Any = None) -> None:
+        super().__init__(message, details=details)
+        self.retry_after = retry_after
+
+
+class RateLimited(RetryLater):
     status = 429
     code = "rate_limited"
 
     def __init__(self, message: str, *, retry_after: float) -> None:
-        super().__init__(message, details={"retry_after": retry_after})
-        self.retry_after = retry_after
+        super().__init__(message, retry_after=retry_after, details={"retry_after": retry_after})
 
 
-class StorageUnavailable(SessionStreamError):
+class StorageUnavailable(RetryLater):
     """The log cannot be written (read-only file, full disk, lost database).
 
     A 503 with ``Retry-After``: storage often comes back by itself (a
@@ -116,20 +123,15 @@ class StorageUnavailable(SessionStreamError):
     status = 503
     code = "storage_unavailable"
 
-    def __init__(self, message: str, *, retry_after: float = 1.0, details: Any = None) -> None:
-        super().__init__(message, details=details)
-        self.retry_after = retry_after
 
-
-class Overloaded(SessionStreamError):
+class Overloaded(RetryLater):
     """More work is waiting than the server will queue: refused before anything is written."""
 
     status = 503
     code = "overloaded"
 
     def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
-        super().__init__(message, details={"retry_after": retry_after})
-        self.retry_after = retry_after
+        super().__init__(message, retry_after=retry_after, details={"retry_after": retry_after})
 
 
 class EngineError(SessionStreamError):

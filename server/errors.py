@@ -17,11 +17,9 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from sessionstream.core.errors import (
-    Overloaded,
     PayloadTooLarge,
-    RateLimited,
+    RetryLater,
     SessionStreamError,
-    StorageUnavailable,
     ValidationFailed,
 )
 from sessionstream.server.bounds import Bounds
@@ -58,7 +56,7 @@ def error_response(
 
 def to_response(exc: SessionStreamError) -> web.Response:
     headers: dict[str, str] = {}
-    if isinstance(exc, RateLimited | Overloaded | StorageUnavailable):
+    if isinstance(exc, RetryLater):
         headers["Retry-After"] = str(max(1, int(exc.retry_after + 0.999)))
     return error_response(exc.status, exc.code, exc.message, exc.details, headers)
 

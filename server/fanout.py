@@ -38,7 +38,8 @@ class Fanout:
     more than the high-water mark is handed back (``DETACHED``) before the
     write: it resumes on its own subscription from its cursor, which is where
     flow control (and 4408) happens. Delivery stays exactly once and in
-    order: a subscriber joins only when its cursor equals the fanout's.
+    order: a subscriber joins only at or ahead of the fanout's cursor, and
+    the fanout skips the events a member already has.
     """
 
     def __init__(
@@ -103,6 +104,8 @@ class Fanout:
             elif transport.get_write_buffer_size() > conn.high:
                 stats.detached += 1
                 self.release(conn, DETACHED)
+            elif conn.cursor >= event.position:
+                continue  # joined ahead of this fanout: it already has this event
             else:
                 transport.write(wire)
                 stats.frames_sent += 1
@@ -131,8 +134,13 @@ def join_when_caught_up(
     """Hand a caught-up connection to its key's fanout when their cursors meet.
 
     Delivery stays exactly once and in order because a connection joins only
-    at the fanout's own cursor; a fanout is started at the cursor of the first
-    connection that is live with nothing pending.
+    at or ahead of the fanout's own cursor (a connection live with nothing
+    pending has every event published for its key, and the fanout, woken by
+    the same publish, may not have sent the last ones yet): the fanout skips
+    what the member already has. Requiring the cursors to be equal lost that
+    race at every event, leaving most of a crowd on their own subscriptions.
+    A fanout is started at the cursor of the first connection that is live
+    with nothing pending.
     """
     subscription = conn.subscription
     if subscription.state != LIVE or subscription.pending_live():
@@ -141,8 +149,8 @@ def join_when_caught_up(
     fanout = fanouts.get(key)
     if fanout is None or not fanout.open:
         fanout = fanouts[key] = Fanout(store, stats, frames, fanouts, key, conn.cursor)
-    elif fanout.cursor != conn.cursor:
-        return False  # not at the same event yet; try again after the next one
+    elif fanout.cursor > conn.cursor:
+        return False  # behind the fanout: its subscription has the rest; try again later
     subscription.close()
     stats.lag_fallbacks += subscription.lag_fallbacks
     fanout.join(conn)

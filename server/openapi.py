@@ -2,6 +2,7 @@
 
 Built from the same pydantic models the handlers validate with, so the
 document clients and the fuzzer read cannot drift from what the server does.
+The pieces operations share are in ``server/openapi_parts.py``.
 """
 
 from __future__ import annotations
@@ -14,18 +15,27 @@ from pydantic import BaseModel
 from sessionstream.core.settings import Settings
 from sessionstream.server import schemas
 from sessionstream.server.keys import SETTINGS
-from sessionstream.server.openapi_text import OPERATIONS, TAGS
-from sessionstream.server.schemas import (
-    CAMPAIGN,
-    CAMPAIGNS,
-    MAX_IDEMPOTENCY_KEY,
-    NODE,
-    NODES,
-    PAGE_PARAMS,
-    UUID_PATTERN,
+from sessionstream.server.openapi_parts import (
+    AS_OF,
+    ERRORS,
+    IDEMPOTENCY_KEY,
+    IF_MATCH,
+    MAX_POSITION,
+    REF,
+    RUN_ID_PARAM,
+    SESSION_CHANGES,
+    SESSION_ID,
+    SESSION_OPS,
+    SESSION_VERSION,
+    UUID_PARAM,
+    links,
+    operation,
+    query,
+    ref,
 )
+from sessionstream.server.openapi_text import OPERATIONS, TAGS
+from sessionstream.server.schemas import CAMPAIGN, CAMPAIGNS, NODE, NODES, PAGE_PARAMS, UUID_PATTERN
 
-REF = "#/components/schemas/{model}"
 DOC = web.AppKey("openapi_document", dict)
 
 MODELS: tuple[type[BaseModel], ...] = (
@@ -49,129 +59,6 @@ MODELS: tuple[type[BaseModel], ...] = (
     schemas.Success,
     schemas.ErrorEnvelope,
 )
-
-
-def _ref(model: type[BaseModel]) -> dict[str, str]:
-    return {"$ref": REF.format(model=model.__name__)}
-
-
-def _json(schema: dict[str, Any]) -> dict[str, Any]:
-    return {"application/json": {"schema": schema}}
-
-
-def _error(description: str) -> dict[str, Any]:
-    return {"description": description, "content": _json(_ref(schemas.ErrorEnvelope))}
-
-
-ERRORS = {
-    "400": _error("Malformed JSON, wrong types, unknown fields or bad UUIDs"),
-    "401": _error("Missing or invalid bearer token"),
-    "404": _error("Unknown resource, or another user's"),
-    "413": _error(
-        "Body larger than the limit (`payload_too_large`), or a write past the user's "
-        "storage quota (`quota_exceeded`); nothing was written"
-    ),
-    "429": _error("Rate limited; see Retry-After"),
-    "503": _error("Storage unavailable or overloaded; nothing was written (see Retry-After)"),
-}
-UUID_PARAM = {
-    "name": "id",
-    "in": "path",
-    "required": True,
-    "schema": {"type": "string", "format": "uuid", "pattern": UUID_PATTERN},
-}
-RUN_ID_PARAM = {
-    "name": "run_id",
-    "in": "path",
-    "required": True,
-    "schema": {"type": "string", "pattern": "^run_[0-9a-f]{32}$"},
-}
-#: the highest log position a cursor may name (a signed 64-bit column, checked by the handler)
-MAX_POSITION = 10**18 - 1
-ETAG = {
-    "ETag": {
-        "description": "The session's version, to send back as If-Match",
-        "schema": {"type": "string"},
-    }
-}
-IF_MATCH = {
-    "name": "If-Match",
-    "in": "header",
-    "required": False,
-    "description": "The session version (its ETag) the change is based on",
-    "schema": {"type": "string"},
-}
-#: on every operation that starts something: a retry with the same key answers the first
-#: response again (``services/claims.py``, ``services/sessions.py``)
-IDEMPOTENCY_KEY = {
-    "name": "Idempotency-Key",
-    "in": "header",
-    "required": False,
-    "description": "Any string of the client's: a retry with the same key returns the first "
-    "response and starts nothing new",
-    "schema": {"type": "string", "maxLength": MAX_IDEMPOTENCY_KEY},
-}
-AS_OF = {
-    "name": "as_of",
-    "in": "query",
-    "required": False,
-    "description": "A log position or an RFC 3339 time: the session as it was then",
-    "schema": {"type": "string"},
-}
-
-
-def _links(op_ids: tuple[str, ...], parameters: dict[str, str]) -> dict[str, Any]:
-    """OpenAPI links: how a response's ids feed the next calls (clients, stateful fuzzing)."""
-    return {
-        op_id[0].upper() + op_id[1:]: {"operationId": op_id, "parameters": parameters}
-        for op_id in op_ids
-    }
-
-
-SESSION_ID = {"path.id": "$response.body#/session/id"}
-SESSION_OPS = ("getSession", "startTurn", "generateExamples", "deleteSession", "sessionEvents")
-#: changes that may send the version they are based on: the ETag of the response
-SESSION_CHANGES = ("patchSession", "rollbackSkeleton", "rollbackDraft")
-SESSION_VERSION = {**SESSION_ID, "header.If-Match": "$response.header.ETag"}
-
-
-def _op(
-    summary: str,
-    ok: dict[str, Any],
-    *,
-    status: str = "200",
-    body: type[BaseModel] | None = None,
-    params: list[dict[str, Any]] | None = None,
-    extra: tuple[str, ...] = (),
-    op_id: str | None = None,
-    links: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    success: dict[str, Any] = {"description": "OK", "content": _json(ok)}
-    if ok == _ref(schemas.SessionEnvelope):
-        success["headers"] = ETAG
-    if links:
-        success["links"] = links
-    op: dict[str, Any] = {
-        "summary": summary,
-        "security": [{"bearer": []}],
-        "responses": {status: success, **ERRORS},
-    }
-    if op_id:
-        op["operationId"] = op_id
-    for code in extra:
-        op["responses"][code] = _error(
-            {
-                "409": "Session busy",
-                "412": "Stale If-Match",
-                "500": "The run could not be started; the claim was released, so the "
-                "session can be retried",
-            }.get(code, "Error")
-        )
-    if body is not None:
-        op["requestBody"] = {"required": True, "content": _json(_ref(body))}
-    if params:
-        op["parameters"] = params
-    return op
 
 
 def _limits(components: dict[str, Any], settings: Settings) -> None:
@@ -201,6 +88,35 @@ def _describe(paths: dict[str, Any]) -> None:
                 op["description"] = description
 
 
+#: a 1-based log position, version or tree size
+POSITIVE = {"type": "integer", "minimum": 1}
+
+
+def _starts_run(summary: str, body: type[BaseModel], op_id: str) -> dict[str, Any]:
+    """A POST that claims the session and starts a run: busy is 409, a failed start 500."""
+    return operation(
+        summary,
+        ref(schemas.RunStarted),
+        body=body,
+        params=[UUID_PARAM, IDEMPOTENCY_KEY],
+        extra=("409", "500"),
+        op_id=op_id,
+        links=links(("getRun", "cancelRun"), {"path.run_id": "$response.body#/runId"}),
+    )
+
+
+def _rollback(summary: str, body: type[BaseModel], op_id: str) -> dict[str, Any]:
+    """A POST that makes an earlier version current: based on a version (If-Match)."""
+    return operation(
+        summary,
+        ref(schemas.SessionEnvelope),
+        body=body,
+        params=[UUID_PARAM, IF_MATCH],
+        extra=("409", "412"),
+        op_id=op_id,
+    )
+
+
 def build_document(settings: Settings) -> dict[str, Any]:
     components: dict[str, Any] = {}
     for model in MODELS:
@@ -209,27 +125,23 @@ def build_document(settings: Settings) -> dict[str, Any]:
         components[model.__name__] = schema
     _limits(components, settings)
     sessions = "/api/campaigns/ai-chat-sessions"
-    session = _ref(schemas.SessionEnvelope)
-    run = _ref(schemas.RunStarted)
-    run_row = _ref(schemas.RunEnvelope)
+    session = ref(schemas.SessionEnvelope)
+    run_row = ref(schemas.RunEnvelope)
     campaign_param = {**UUID_PARAM}
     paths: dict[str, Any] = {
         sessions: {
-            "get": _op(
+            "get": operation(
                 "List the caller's sessions of a campaign",
-                _ref(schemas.SessionList),
+                ref(schemas.SessionList),
                 op_id="listSessions",
                 params=[
-                    {
-                        "name": "campaign_id",
-                        "in": "query",
-                        "required": True,
-                        "schema": {"type": "string", "format": "uuid", "pattern": UUID_PATTERN},
-                    },
+                    query(
+                        "campaign_id", {"type": "string", "format": "uuid", "pattern": UUID_PATTERN}
+                    ),
                     *PAGE_PARAMS,
                 ],
             ),
-            "post": _op(
+            "post": operation(
                 "Create an empty session",
                 session,
                 status="201",
@@ -237,14 +149,16 @@ def build_document(settings: Settings) -> dict[str, Any]:
                 params=[IDEMPOTENCY_KEY],
                 op_id="createSession",
                 links={
-                    **_links(SESSION_OPS, SESSION_ID),
-                    **_links(SESSION_CHANGES, SESSION_VERSION),
+                    **links(SESSION_OPS, SESSION_ID),
+                    **links(SESSION_CHANGES, SESSION_VERSION),
                 },
             ),
         },
         sessions + "/{id}": {
-            "get": _op("Get a session", session, params=[UUID_PARAM, AS_OF], op_id="getSession"),
-            "patch": _op(
+            "get": operation(
+                "Get a session", session, params=[UUID_PARAM, AS_OF], op_id="getSession"
+            ),
+            "patch": operation(
                 "Partially update a session",
                 session,
                 body=schemas.PatchSession,
@@ -252,82 +166,52 @@ def build_document(settings: Settings) -> dict[str, Any]:
                 extra=("412",),
                 op_id="patchSession",
             ),
-            "delete": _op(
+            "delete": operation(
                 "Delete a session",
-                _ref(schemas.Success),
+                ref(schemas.Success),
                 params=[UUID_PARAM],
                 op_id="deleteSession",
             ),
         },
         sessions + "/{id}/turn": {
-            "post": _op(
-                "Run one chat turn",
-                run,
-                body=schemas.TurnRequest,
-                params=[UUID_PARAM, IDEMPOTENCY_KEY],
-                extra=("409", "500"),
-                op_id="startTurn",
-                links=_links(("getRun", "cancelRun"), {"path.run_id": "$response.body#/runId"}),
-            )
+            "post": _starts_run("Run one chat turn", schemas.TurnRequest, "startTurn")
         },
         sessions + "/{id}/generate-examples": {
-            "post": _op(
-                "Generate per-lead examples",
-                run,
-                body=schemas.GenerateExamplesRequest,
-                params=[UUID_PARAM, IDEMPOTENCY_KEY],
-                extra=("409", "500"),
-                op_id="generateExamples",
-                links=_links(("getRun", "cancelRun"), {"path.run_id": "$response.body#/runId"}),
+            "post": _starts_run(
+                "Generate per-lead examples", schemas.GenerateExamplesRequest, "generateExamples"
             )
         },
         sessions + "/{id}/skeleton/rollback": {
-            "post": _op(
+            "post": _rollback(
                 "Make an earlier skeleton current again",
-                session,
-                body=schemas.SkeletonRollback,
-                params=[UUID_PARAM, IF_MATCH],
-                extra=("409", "412"),
-                op_id="rollbackSkeleton",
+                schemas.SkeletonRollback,
+                "rollbackSkeleton",
             )
         },
         sessions + "/{id}/draft/rollback": {
-            "post": _op(
-                "Make an earlier draft current again",
-                session,
-                body=schemas.DraftRollback,
-                params=[UUID_PARAM, IF_MATCH],
-                extra=("409", "412"),
-                op_id="rollbackDraft",
+            "post": _rollback(
+                "Make an earlier draft current again", schemas.DraftRollback, "rollbackDraft"
             )
         },
         sessions + "/{id}/fork": {
-            "post": _op(
+            "post": operation(
                 "Fork the session as it was at a log position or a version (a new session)",
                 session,
                 status="201",
                 body=schemas.ForkRequest,
                 params=[UUID_PARAM],
                 op_id="forkSession",
-                links=_links(SESSION_OPS, SESSION_ID),
+                links=links(SESSION_OPS, SESSION_ID),
             )
         },
         sessions + "/{id}/diff": {
-            "get": _op(
+            "get": operation(
                 "What changed between two versions of the session",
-                _ref(schemas.SessionDiffOut),
+                ref(schemas.SessionDiffOut),
                 op_id="sessionDiff",
                 params=[
                     UUID_PARAM,
-                    *(
-                        {
-                            "name": name,
-                            "in": "query",
-                            "required": True,
-                            "schema": {"type": "integer", "minimum": 1},
-                        }
-                        for name in ("from", "to")
-                    ),
+                    *(query(name, POSITIVE) for name in ("from", "to")),
                 ],
             )
         },
@@ -346,97 +230,83 @@ def build_document(settings: Settings) -> dict[str, Any]:
             }
         },
         "/api/log/inclusion": {
-            "get": _op(
+            "get": operation(
                 "The inclusion proof of one of the caller's events (hashes only)",
-                _ref(schemas.InclusionProofOut),
+                ref(schemas.InclusionProofOut),
                 op_id="logInclusion",
                 params=[
-                    {
-                        "name": "position",
-                        "in": "query",
-                        "required": True,
-                        "schema": {"type": "integer", "minimum": 1},
-                    },
-                    {
-                        "name": "size",
-                        "in": "query",
-                        "required": False,
-                        "schema": {"type": "integer", "minimum": 0},
-                    },
+                    query("position", POSITIVE),
+                    query("size", {"type": "integer", "minimum": 0}, required=False),
                 ],
             )
         },
         "/api/log/consistency": {
-            "get": _op(
+            "get": operation(
                 "A consistency proof between two tree sizes (RFC 9162 2.1.4)",
-                _ref(schemas.ConsistencyProofOut),
+                ref(schemas.ConsistencyProofOut),
                 op_id="logConsistency",
-                params=[
-                    {
-                        "name": name,
-                        "in": "query",
-                        "required": True,
-                        "schema": {"type": "integer", "minimum": 1},
-                    }
-                    for name in ("first", "second")
-                ],
+                params=[query(name, POSITIVE) for name in ("first", "second")],
             )
         },
         sessions + "/{id}/events": {
-            "get": _op(
+            "get": operation(
                 "The session's events (audit log)",
-                _ref(schemas.EventPage),
+                ref(schemas.EventPage),
                 op_id="sessionEvents",
                 params=[
                     UUID_PARAM,
-                    {
-                        "name": "after",
-                        "in": "query",
-                        "description": "The log position to read after: a page's `next`",
-                        "schema": {"type": "integer", "minimum": 0, "maximum": MAX_POSITION},
-                    },
-                    {
-                        "name": "limit",
-                        "in": "query",
-                        "description": "At most this many events (100 by default); a page also "
+                    query(
+                        "after",
+                        {"type": "integer", "minimum": 0, "maximum": MAX_POSITION},
+                        required=None,
+                        description="The log position to read after: a page's `next`",
+                    ),
+                    query(
+                        "limit",
+                        {"type": "integer", "minimum": 1, "maximum": 1000},
+                        required=None,
+                        description="At most this many events (100 by default); a page also "
                         "ends before its stored JSON passes `SESSIONSTREAM_PAGE_BYTES` (one larger "
                         "event comes alone), so follow `next` until it is null",
-                        "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
-                    },
+                    ),
                 ],
             )
         },
         "/api/campaigns": {
-            "get": _op("List campaigns", CAMPAIGNS, params=PAGE_PARAMS, op_id="listCampaigns"),
-            "post": _op(
+            "get": operation(
+                "List campaigns", CAMPAIGNS, params=PAGE_PARAMS, op_id="listCampaigns"
+            ),
+            "post": operation(
                 "Create a campaign",
                 CAMPAIGN,
                 status="201",
                 body=schemas.CreateCampaign,
                 op_id="createCampaign",
-                links=_links(
+                links=links(
                     ("getCampaign", "listNodes", "addNode", "deleteCampaign"),
                     {"path.id": "$response.body#/campaign/id"},
                 ),
             ),
         },
         "/api/campaigns/{id}": {
-            "get": _op("Get a campaign", CAMPAIGN, params=[campaign_param], op_id="getCampaign"),
-            "delete": _op(
+            "get": operation(
+                "Get a campaign", CAMPAIGN, params=[campaign_param], op_id="getCampaign"
+            ),
+            "delete": operation(
                 "Delete a campaign",
-                _ref(schemas.Success),
+                ref(schemas.Success),
                 params=[campaign_param],
                 op_id="deleteCampaign",
             ),
         },
         "/api/campaigns/{id}/nodes": {
-            "get": _op(
+            "get": operation(
                 "List a campaign's sequence nodes",
                 NODES,
                 params=[campaign_param, *PAGE_PARAMS],
                 op_id="listNodes",
             ),
-            "post": _op(
+            "post": operation(
                 "Add a sequence node",
                 NODE,
                 status="201",
@@ -455,10 +325,10 @@ def build_document(settings: Settings) -> dict[str, Any]:
             ),
         },
         "/api/runs/{run_id}": {
-            "get": _op("A run's status", run_row, params=[RUN_ID_PARAM], op_id="getRun"),
+            "get": operation("A run's status", run_row, params=[RUN_ID_PARAM], op_id="getRun"),
         },
         "/api/runs/{run_id}/cancel": {
-            "post": _op(
+            "post": operation(
                 "Cancel a run; frees its session",
                 run_row,
                 params=[RUN_ID_PARAM],

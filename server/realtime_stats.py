@@ -113,6 +113,21 @@ class RealtimeCollector(Collector):
             "Clients cut off because they stopped reading",
             value=stats.too_slow,
         )
+        yield CounterMetricFamily(
+            "sessionstream_realtime_fanout_joined",
+            "Caught-up websockets handed to their run's or session's shared fanout",
+            value=stats.joined,
+        )
+        yield CounterMetricFamily(
+            "sessionstream_realtime_fanout_detached",
+            "Websockets handed back from a fanout to their own subscription (fell behind)",
+            value=stats.detached,
+        )
+        yield CounterMetricFamily(
+            "sessionstream_realtime_lag_fallbacks",
+            "Live subscriptions whose buffer overflowed, sent back to reading the store",
+            value=stats.lag_fallbacks,
+        )
 
 
 class TriggerCollector(Collector):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from sessionstream.core.errors import NotFound, SessionStreamError
@@ -20,6 +20,7 @@ from sessionstream.core.readmodels import (
     ExamplesRunInput,
     JsonObject,
     RunInput,
+    RunKind,
     RunRow,
     SessionRow,
     SessionState,
@@ -211,19 +212,9 @@ class Sessions:
         request_id: str | None = None,
         idempotency_key: str | None = None,
     ) -> StartedRun:
-        self.runs.check_capacity()
-        async with self.quota.room(user_id) as room:
-            claim = await claim_session(
-                self.store,
-                user_id,
-                session_id,
-                kind="turn",
-                run_input=ask,
-                request_id=request_id,
-                idempotency_key=idempotency_key,
-                room=room,
-            )
-        return await self._start(claim, ask, token_ref)
+        return await self._claim_and_start(
+            user_id, session_id, "turn", ask, token_ref, request_id, idempotency_key
+        )
 
     async def start_examples(
         self,
@@ -235,17 +226,44 @@ class Sessions:
         request_id: str | None = None,
         idempotency_key: str | None = None,
     ) -> StartedRun:
+        return await self._claim_and_start(
+            user_id,
+            session_id,
+            "examples",
+            ask,
+            token_ref,
+            request_id,
+            idempotency_key,
+            precheck=require_skeleton,
+        )
+
+    async def _claim_and_start(
+        self,
+        user_id: str,
+        session_id: str,
+        kind: RunKind,
+        ask: RunInput,
+        token_ref: str,
+        request_id: str | None,
+        idempotency_key: str | None,
+        precheck: Callable[[SessionRow], None] | None = None,
+    ) -> StartedRun:
+        """Claim the session for a run of ``kind`` and start it.
+
+        Capacity is checked before anything is written, and the claim is
+        counted against the user's quota like any other write.
+        """
         self.runs.check_capacity()
         async with self.quota.room(user_id) as room:
             claim = await claim_session(
                 self.store,
                 user_id,
                 session_id,
-                kind="examples",
+                kind=kind,
                 run_input=ask,
                 request_id=request_id,
                 idempotency_key=idempotency_key,
-                precheck=require_skeleton,
+                precheck=precheck,
                 room=room,
             )
         return await self._start(claim, ask, token_ref)

@@ -29,7 +29,7 @@ def test_settings(tmp_path: Path, **overrides: Any) -> Settings:
         "auth_failure_rate": 0.0,
         "delta_coalesce_ms": 5.0,
         # tests compare the exact frames a channel sends; the heartbeat has its own tests
-        # (tests/test_supervision.py), which set its interval, so a slow run on a loaded
+        # (tests/supervision/), which set its interval, so a slow run on a loaded
         # machine never meets one it did not ask for
         "delivery_heartbeat_s": 3600.0,
     }

@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from sessionstream.eventstore.postgres import PostgresEventStore
 
 DSN = os.environ.get("SESSIONSTREAM_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 ON_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -46,6 +50,35 @@ async def throwaway_schema(prefix: str) -> AsyncIterator[str]:
         await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
     finally:
         await conn.close()
+
+
+StoreFactory = Callable[..., Awaitable["PostgresEventStore"]]
+
+
+async def node_opener(
+    schema: str, pool_size: int, prepare: Callable[[PostgresEventStore], None] | None = None
+) -> AsyncIterator[StoreFactory]:
+    """Opens store instances on ``schema``, each standing in for one node; closes them all after.
+
+    ``prepare`` tunes a store before it opens (e.g. a shorter supervisor back-off).
+    """
+    from sessionstream import projections
+    from sessionstream.eventstore.postgres import PostgresEventStore
+
+    opened: list[PostgresEventStore] = []
+
+    async def open_node(**kwargs: Any) -> PostgresEventStore:
+        kwargs.setdefault("pool_size", pool_size)
+        store = PostgresEventStore(DSN, projections.ALL, schema=schema, **kwargs)
+        if prepare is not None:
+            prepare(store)
+        await store.open()
+        opened.append(store)
+        return store
+
+    yield open_node
+    for store in opened:
+        await store.close()
 
 
 def url_with_schema(schema: str) -> str:

@@ -27,7 +27,7 @@ from sessionstream.server.keys import STORE
 from sessionstream.services.accounts import create_user
 from tests import conftest
 from tests.pg import DSN, throwaway_schema, url_with_schema
-from tests.test_supervision import wait_for
+from tests.supervision.helpers import wait_for
 
 asyncpg = pytest.importorskip("asyncpg")
 

@@ -14,15 +14,13 @@ version -- alone, whatever else is in its batch.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator
 
 import pytest
 
-from sessionstream import projections
 from sessionstream.core.errors import LeaseLost
 from sessionstream.eventstore.model import AppendRequest, Fence, NewEvent
-from tests.pg import DSN, throwaway_schema
+from tests.pg import DSN, StoreFactory, node_opener, throwaway_schema
 from tests.test_pg_known import assert_chained_and_gapless, whole_log
 
 asyncpg = pytest.importorskip("asyncpg")
@@ -31,8 +29,6 @@ from sessionstream.eventstore.postgres import PostgresEventStore  # noqa: E402
 from sessionstream.eventstore.postgres import schema as sql  # noqa: E402
 
 pytestmark = pytest.mark.postgres
-
-StoreFactory = Callable[..., Awaitable[PostgresEventStore]]
 
 
 @pytest.fixture
@@ -43,18 +39,8 @@ async def schema() -> AsyncIterator[str]:
 
 @pytest.fixture
 async def nodes(schema: str) -> AsyncIterator[StoreFactory]:
-    opened: list[PostgresEventStore] = []
-
-    async def open_node(**kwargs: Any) -> PostgresEventStore:
-        kwargs.setdefault("pool_size", 2)
-        store = PostgresEventStore(DSN, projections.ALL, schema=schema, **kwargs)
-        await store.open()
-        opened.append(store)
-        return store
-
-    yield open_node
-    for store in opened:
-        await store.close()
+    async for open_node in node_opener(schema, pool_size=2):
+        yield open_node
 
 
 def run_write(stream: str, version: int, fence: Fence, text: str) -> list[AppendRequest]:

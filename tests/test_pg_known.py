@@ -9,24 +9,20 @@ down the sure path with the same answers the sure path alone would give.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator
 
 import pytest
 
-from sessionstream import projections
 from sessionstream.core.errors import ConcurrencyConflict
 from sessionstream.core.vocabulary import EventType, session_stream
 from sessionstream.eventstore.model import GENESIS_HASH, NewEvent, RecordedEvent, recompute_hash
-from tests.pg import DSN, throwaway_schema
+from tests.pg import DSN, StoreFactory, node_opener, throwaway_schema
 
 asyncpg = pytest.importorskip("asyncpg")
 
 from sessionstream.eventstore.postgres import PostgresEventStore  # noqa: E402
 
 pytestmark = pytest.mark.postgres
-
-StoreFactory = Callable[..., Awaitable[PostgresEventStore]]
 
 
 @pytest.fixture
@@ -37,18 +33,8 @@ async def schema() -> AsyncIterator[str]:
 
 @pytest.fixture
 async def nodes(schema: str) -> AsyncIterator[StoreFactory]:
-    opened: list[PostgresEventStore] = []
-
-    async def open_node(**kwargs: Any) -> PostgresEventStore:
-        kwargs.setdefault("pool_size", 2)
-        store = PostgresEventStore(DSN, projections.ALL, schema=schema, **kwargs)
-        await store.open()
-        opened.append(store)
-        return store
-
-    yield open_node
-    for store in opened:
-        await store.close()
+    async for open_node in node_opener(schema, pool_size=2):
+        yield open_node
 
 
 def paths(store: PostgresEventStore) -> tuple[int, int]:

@@ -27,7 +27,7 @@ from sessionstream.services.runs import RunManager
 from sessionstream.services.sessions import Sessions
 from tests.pg import DSN, throwaway_schema
 from tests.scripted_engine import ScriptedEngine
-from tests.test_supervision import wait_for
+from tests.supervision.helpers import wait_for
 
 asyncpg = pytest.importorskip("asyncpg")
 

@@ -11,8 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -26,7 +25,7 @@ from sessionstream.eventstore.model import (
     recompute_hash,
     utc_now,
 )
-from tests.pg import DSN, throwaway_schema
+from tests.pg import DSN, StoreFactory, node_opener, throwaway_schema
 
 asyncpg = pytest.importorskip("asyncpg")
 
@@ -35,9 +34,6 @@ from sessionstream.eventstore.postgres import schema as pg_schema  # noqa: E402
 from sessionstream.eventstore.postgres.pump import LogPump  # noqa: E402
 
 pytestmark = pytest.mark.postgres
-
-
-StoreFactory = Callable[..., Awaitable[PostgresEventStore]]
 
 
 @pytest.fixture
@@ -49,18 +45,8 @@ async def schema() -> AsyncIterator[str]:
 @pytest.fixture
 async def nodes(schema: str) -> AsyncIterator[StoreFactory]:
     """Opens store instances on the test schema, each standing in for one node."""
-    opened: list[PostgresEventStore] = []
-
-    async def open_node(**kwargs: Any) -> PostgresEventStore:
-        kwargs.setdefault("pool_size", 3)
-        store = PostgresEventStore(DSN, projections.ALL, schema=schema, **kwargs)
-        await store.open()
-        opened.append(store)
-        return store
-
-    yield open_node
-    for store in opened:
-        await store.close()
+    async for open_node in node_opener(schema, pool_size=3):
+        yield open_node
 
 
 async def collect(store: PostgresEventStore, count: int, within: float = 20) -> list[RecordedEvent]:

@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import sqlite3
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,12 @@ def campaign(cid: str) -> NewEvent:
     return NewEvent("campaign.created", {"id": cid, "user_id": "u1", "name": cid})
 
 
+def users_campaign(cid: str, user: str = "u1") -> NewEvent:
+    """A campaign appended by its user: it counts in that user's usage row."""
+    data = {"id": cid, "user_id": user, "name": cid}
+    return NewEvent("campaign.created", data, {"actor": {"type": "user", "id": user}})
+
+
 def node(nid: str) -> NewEvent:
     return NewEvent("node.added", {"id": nid, "position": 0})
 
@@ -48,6 +55,37 @@ async def filled(tmp_path: Path) -> SQLiteEventStore:
     await store.append("campaign-c2", [campaign("c2")])
     await store.append("campaign-c1", [node("n2")])
     return store
+
+
+class Seen:
+    """The real store, counting its head and log reads; ``then`` runs once, just after the
+    first head is read (a write that lands while the check is under way). A subclass
+    changes what else it needs; everything else is the real store."""
+
+    def __init__(
+        self,
+        store: SQLiteEventStore,
+        then: Callable[[SQLiteEventStore], Awaitable[object]] | None = None,
+    ) -> None:
+        self._store, self._then, self.heads, self.reads = store, then, 0, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def head_position(self) -> int:
+        self.heads += 1
+        head = await self._store.head_position()
+        if self.heads == 1 and self._then is not None:
+            await self._then(self._store)
+        return head
+
+    async def read_by_stream(self, after: tuple[str, int] = ("", 0), **kw: Any) -> Any:
+        self.reads += 1
+        return await self._store.read_by_stream(after, **kw)
+
+    async def read_all(self, after: int = 0, **kw: Any) -> list[RecordedEvent]:
+        self.reads += 1
+        return await self._store.read_all(after, **kw)
 
 
 def by_hand_digest(heads: list[tuple[str, int, str]]) -> str:
@@ -313,14 +351,12 @@ async def test_a_wrong_read_model_is_found(tmp_path: Path) -> None:
         await store.close()
 
 
-class Liar:
+class Liar(Seen):
     """A store whose log reads return some events altered; all else is the real store."""
 
     def __init__(self, store: SQLiteEventStore, replace: dict[int, RecordedEvent]) -> None:
-        self._store, self._replace = store, replace
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)
+        super().__init__(store)
+        self._replace = replace
 
     async def read_all(self, after: int = 0, **kw: Any) -> list[RecordedEvent]:
         events = await self._store.read_all(after, **kw)
@@ -331,20 +367,14 @@ class Liar:
         return [self._replace.get(e.position, e) for e in events]
 
 
-class Busy:
+class Busy(Seen):
     """A store written to while it is verified: each of the first ``writes`` reads of
     stored campaign rows appends one more campaign first (and a second event to the
     campaign ``c2`` the check has already folded up to the head it saw)."""
 
     def __init__(self, store: SQLiteEventStore, writes: int) -> None:
-        self._store, self.writes, self.scans, self.heads = store, writes, 0, 0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)
-
-    async def head_position(self) -> int:
-        self.heads += 1
-        return await self._store.head_position()
+        super().__init__(store)
+        self.writes, self.scans = writes, 0
 
     async def scan_docs(self, kind: str, **kw: Any) -> list[Doc]:
         if kind == "campaign" and self.scans < self.writes:
@@ -437,43 +467,17 @@ def test_differing_fields_of_odd_bodies_and_encodings() -> None:
     assert problem.message == "session k: differs from a fresh fold of its events (encoding)"
 
 
-class Counting:
-    """A store that counts its reads of the log, and can commit just after the head is read."""
-
-    def __init__(self, store: SQLiteEventStore, commit_after_head: bool = False) -> None:
-        self._store, self.reads, self.heads = store, 0, 0
-        self.commit_after_head = commit_after_head
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)
-
-    async def read_by_stream(self, after: tuple[str, int] = ("", 0), **kw: Any) -> Any:
-        self.reads += 1
-        return await self._store.read_by_stream(after, **kw)
-
-    async def read_all(self, after: int = 0, **kw: Any) -> list[RecordedEvent]:
-        self.reads += 1
-        return await self._store.read_all(after, **kw)
-
-    async def head_position(self) -> int:
-        self.heads += 1
-        head = await self._store.head_position()
-        if self.commit_after_head and self.heads == 1:
-            await self._store.append("campaign-late", [campaign("late")])
-        return head
-
-
 async def test_the_log_is_read_in_pages_up_to_the_head_seen(tmp_path: Path) -> None:
     store = SQLiteEventStore(tmp_path / "big.db", projections.ALL)
     await store.open()
     try:
         await store.append("campaign-c1", [campaign("c1"), *[node(f"n{i}") for i in range(1200)]])
         await store.append("campaign-c2", [campaign("c2")])
-        counting = Counting(store)
+        counting = Seen(store)
         report = await verify_store(counting, projections=[])  # type: ignore[arg-type]
         assert report.ok and report.events == 1202
         assert counting.reads == 3  # two pages of up to 1,000 events, then the empty one
-        late = Counting(store, commit_after_head=True)
+        late = Seen(store, then=lambda s: s.append("campaign-late", [campaign("late")]))
         report = await verify_store(late)  # type: ignore[arg-type]
         # the log is checked up to the head it saw; the late campaign's row is newer,
         # so it is compared with a fold up to a later head
@@ -483,8 +487,6 @@ async def test_the_log_is_read_in_pages_up_to_the_head_seen(tmp_path: Path) -> N
 
 
 # paging, gaps and rows that move, on logs and stores larger than a page ---------------------
-
-ACTOR = {"actor": {"type": "user", "id": "u1"}}
 
 
 async def test_every_stream_is_read_and_a_page_may_end_inside_one(tmp_path: Path) -> None:
@@ -496,7 +498,7 @@ async def test_every_stream_is_read_and_a_page_may_end_inside_one(tmp_path: Path
         await store.append("", [NewEvent("x", {})])
         await store.append("campaign-a", [campaign("a"), *[node(f"n{i}") for i in range(PAGE - 3)]])
         await store.append("campaign-b", [campaign("b"), node("m1"), node("m2")])
-        counting = Counting(store)
+        counting = Seen(store)
         report = await verify_store(counting)  # type: ignore[arg-type]
         assert report.ok, report.problems
         assert (report.events, report.streams, report.head) == (PAGE + 2, 3, PAGE + 2)
@@ -519,32 +521,6 @@ async def test_more_stored_rows_than_a_page_of_them(tmp_path: Path) -> None:
         assert report.docs == 2 * DOC_PAGE + 2
     finally:
         await store.close()
-
-
-class LateImport:
-    """A store into which, just after verify reads the head, ``late`` events are imported;
-    counts its reads of the log."""
-
-    def __init__(self, store: SQLiteEventStore, late: list[RecordedEvent]) -> None:
-        self._store, self.late, self.reads, self.heads = store, late, 0, 0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)
-
-    async def head_position(self) -> int:
-        self.heads += 1
-        head = await self._store.head_position()
-        if self.heads == 1 and self.late:
-            await self._store.import_events(self.late)
-        return head
-
-    async def read_by_stream(self, after: tuple[str, int] = ("", 0), **kw: Any) -> Any:
-        self.reads += 1
-        return await self._store.read_by_stream(after, **kw)
-
-    async def read_all(self, after: int = 0, **kw: Any) -> list[RecordedEvent]:
-        self.reads += 1
-        return await self._store.read_all(after, **kw)
 
 
 async def gapped(tmp_path: Path, name: str) -> tuple[SQLiteEventStore, list[RecordedEvent]]:
@@ -570,7 +546,7 @@ async def gapped(tmp_path: Path, name: str) -> tuple[SQLiteEventStore, list[Reco
 async def test_gaps_are_named_from_a_read_in_pages_up_to_the_head_seen(tmp_path: Path) -> None:
     store, late = await gapped(tmp_path, "strict")
     try:
-        checking = LateImport(store, late)
+        checking = Seen(store, then=lambda s: s.import_events(late))
         report = await verify_store(checking)  # type: ignore[arg-type]
         assert (report.events, report.head, report.streams) == (PAGE + 2, PAGE + 3, 2)
         assert report.problems == (
@@ -591,7 +567,7 @@ async def test_gaps_are_named_from_a_read_in_pages_up_to_the_head_seen(tmp_path:
         await store.close()
     store, late = await gapped(tmp_path, "tolerant")
     try:
-        checking = LateImport(store, late)
+        checking = Seen(store, then=lambda s: s.import_events(late))
         report = await verify_store(checking, allow_gaps=True)  # type: ignore[arg-type]
         assert report.ok and checking.reads == 3 + 2  # gaps allowed: no read for gaps
     finally:
@@ -628,25 +604,18 @@ async def test_read_model_problems_come_kind_by_kind_in_the_projections_order(
         await store.close()
 
 
-class Growing:
+class Growing(Seen):
     """A store where, when verify first reads the stored usage rows, one more event of
     user u1 is appended: the usage row moves past the head the check saw."""
 
     def __init__(self, store: SQLiteEventStore) -> None:
-        self._store, self.heads, self.grown = store, 0, False
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)
-
-    async def head_position(self) -> int:
-        self.heads += 1
-        return await self._store.head_position()
+        super().__init__(store)
+        self.grown = False
 
     async def scan_docs(self, kind: str, **kw: Any) -> list[Doc]:
         if kind == "usage" and not self.grown:
             self.grown = True
-            data = {"id": "c3", "user_id": "u1", "name": "c3"}
-            await self._store.append("campaign-c3", [NewEvent("campaign.created", data, ACTOR)])
+            await self._store.append("campaign-c3", [users_campaign("c3")])
         return await self._store.scan_docs(kind, **kw)
 
 
@@ -655,8 +624,7 @@ async def test_a_moving_row_folded_from_many_streams_settles(tmp_path: Path) -> 
     await store.open()
     try:
         for cid in ("c1", "c2"):
-            data = {"id": cid, "user_id": "u1", "name": cid}
-            await store.append(f"campaign-{cid}", [NewEvent("campaign.created", data, ACTOR)])
+            await store.append(f"campaign-{cid}", [users_campaign(cid)])
         growing = Growing(store)
         report = await verify_store(growing)  # type: ignore[arg-type]
         # u1's usage row counts three events now: compared with the two the check saw
@@ -737,19 +705,13 @@ async def test_stored_rows_the_log_does_not_imply_and_rows_it_lacks(tmp_path: Pa
         await store.close()
 
 
-class Restless:
+class Restless(Seen):
     """A store where campaign c2 moves on before the check compares it, and again each
     time its stored row is looked at: it never settles."""
 
     def __init__(self, store: SQLiteEventStore) -> None:
-        self._store, self.heads, self.moved = store, 0, 0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)
-
-    async def head_position(self) -> int:
-        self.heads += 1
-        return await self._store.head_position()
+        super().__init__(store)
+        self.moved = 0
 
     async def move(self) -> None:
         self.moved += 1
@@ -808,32 +770,14 @@ async def test_gaps_and_broken_links_are_reported_together_by_position(tmp_path:
         await store.close()
 
 
-class LateUsage:
-    """A store where user u1 appends once more just after verify reads the head."""
-
-    def __init__(self, store: SQLiteEventStore) -> None:
-        self._store, self.heads = store, 0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)
-
-    async def head_position(self) -> int:
-        self.heads += 1
-        head = await self._store.head_position()
-        if self.heads == 1:
-            data = {"id": "late", "user_id": "u1", "name": "late"}
-            await self._store.append("campaign-late", [NewEvent("campaign.created", data, ACTOR)])
-        return head
-
-
 async def test_rows_keyed_across_streams_are_folded_up_to_the_head_seen(tmp_path: Path) -> None:
     store = SQLiteEventStore(tmp_path / "late-usage.db", projections.ALL)
     await store.open()
     try:
         for cid in ("c1", "c2"):
-            data = {"id": cid, "user_id": "u1", "name": cid}
-            await store.append(f"campaign-{cid}", [NewEvent("campaign.created", data, ACTOR)])
-        late = LateUsage(store)
+            await store.append(f"campaign-{cid}", [users_campaign(cid)])
+        # user u1 appends once more just after verify reads the head
+        late = Seen(store, then=lambda s: s.append("campaign-late", [users_campaign("late")]))
         report = await verify_store(late)  # type: ignore[arg-type]
         # u1's usage is folded from the log up to the head seen (two events); its stored
         # row, three events on, is then compared with that fold carried on to a later head
@@ -850,9 +794,7 @@ async def test_rows_keyed_across_streams_are_matched_in_key_order(tmp_path: Path
     try:
         # u2 appears in the log before u1: their usage rows are still compared in key order
         for cid, user in (("c1", "u2"), ("c2", "u1")):
-            data = {"id": cid, "user_id": user, "name": cid}
-            actor = {"actor": {"type": "user", "id": user}}
-            await store.append(f"campaign-{cid}", [NewEvent("campaign.created", data, actor)])
+            await store.append(f"campaign-{cid}", [users_campaign(cid, user)])
         report = await verify_store(store)
         assert report.ok, report.problems
         assert report.docs == 4  # two campaigns, two users' usage

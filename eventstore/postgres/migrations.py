@@ -21,6 +21,75 @@ from sessionstream.eventstore.clock import EXCEPTIONS_OF_LOG
 #: arbitrary first key of the two-key advisory lock (the second is the schema's hash)
 MIGRATION_LOCK = 0x5E55
 
+#: the one statement that takes the head lock (``writer.py``): writes a batch only if the
+#: head is still the one planned on, no other writer holds the reservation, and every
+#: fence is its run's lease epoch; created by migration 8, re-created by 9
+WRITE_BATCH_AT_HEAD_FN = """
+    CREATE OR REPLACE FUNCTION write_batch_at_head(
+        d_kind TEXT[], d_key TEXT[], d_owner TEXT[], d_parent TEXT[], d_created_at TEXT[],
+        d_active BOOL[], d_deleted BOOL[], d_version INT[], d_position BIGINT[], d_body TEXT[],
+        e_position BIGINT[], e_stream_id TEXT[], e_version INT[], e_event_id TEXT[],
+        e_type TEXT[], e_data TEXT[], e_metadata TEXT[], e_correlation_id TEXT[],
+        e_recorded_at TEXT[], e_hash TEXT[],
+        s_stream_id TEXT[], s_version INT[], s_hash TEXT[],
+        n_stream_id TEXT[], n_kind TEXT[], n_version INT[], n_position BIGINT[], n_state TEXT[],
+        new_head BIGINT, channel TEXT, planned_head BIGINT,
+        writer TEXT, f_run_id TEXT[], f_epoch BIGINT[],
+        OUT at_head BIGINT, OUT reserved BOOLEAN, OUT stale BIGINT[]
+    ) LANGUAGE plpgsql SET enable_seqscan = off AS $fn$
+    DECLARE
+        r_holder TEXT;
+        r_until TIMESTAMPTZ;
+    BEGIN
+        reserved := false;
+        SELECT head, reserved_by, reserved_until INTO at_head, r_holder, r_until
+        FROM log_head WHERE id = 1 FOR UPDATE;
+        IF r_holder IS NOT NULL AND r_holder <> writer AND r_until > clock_timestamp() THEN
+            reserved := true;  -- another writer's turn: nothing written
+            RETURN;
+        END IF;
+        IF at_head <> planned_head THEN
+            RETURN;  -- someone else wrote: the caller plans again on what it reads
+        END IF;
+        IF cardinality(f_run_id) > 0 THEN  -- most batches carry no fence: skip
+            -- the fences' lease rows, share-locked: a takeover (which moves the epoch)
+            -- waits for this commit, or this write sees its new epoch and writes nothing
+            PERFORM 1 FROM leases l JOIN unnest(f_run_id, f_epoch) AS f(run_id, epoch)
+                ON l.run_id = f.run_id FOR SHARE OF l;
+            SELECT array_agg(DISTINCT f.epoch) INTO stale
+            FROM unnest(f_run_id, f_epoch) AS f(run_id, epoch)
+            WHERE NOT EXISTS (SELECT 1 FROM leases l
+                              WHERE l.run_id = f.run_id AND l.epoch = f.epoch);
+            IF stale IS NOT NULL THEN
+                RETURN;  -- a run's lease moved on: its writer is fenced off, nothing written
+            END IF;
+        END IF;
+        INSERT INTO docs (kind, key, owner, parent, created_at, active, deleted, version,
+                          position, body)
+        SELECT * FROM unnest(d_kind, d_key, d_owner, d_parent, d_created_at, d_active,
+                             d_deleted, d_version, d_position, d_body)
+        ON CONFLICT (kind, key) DO UPDATE SET owner = excluded.owner,
+            parent = excluded.parent, created_at = excluded.created_at,
+            active = excluded.active, deleted = excluded.deleted,
+            version = excluded.version, position = excluded.position, body = excluded.body;
+        INSERT INTO events (position, stream_id, version, event_id, type, data, metadata,
+                            correlation_id, recorded_at, hash)
+        SELECT * FROM unnest(e_position, e_stream_id, e_version, e_event_id, e_type, e_data,
+                             e_metadata, e_correlation_id, e_recorded_at, e_hash);
+        INSERT INTO streams (stream_id, version, hash)
+        SELECT * FROM unnest(s_stream_id, s_version, s_hash)
+        ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, hash = excluded.hash;
+        INSERT INTO snapshots (stream_id, kind, version, position, state)
+        SELECT * FROM unnest(n_stream_id, n_kind, n_version, n_position, n_state)
+        ON CONFLICT (stream_id, kind, version) DO UPDATE SET
+            position = excluded.position, state = excluded.state;
+        UPDATE log_head SET head = new_head, reserved_by = NULL, reserved_until = NULL
+        WHERE id = 1;
+        PERFORM pg_notify(channel, new_head::text);
+    END
+    $fn$;
+"""
+
 MIGRATIONS: tuple[str, ...] = (
     # 1: the log, stream heads, read models, snapshots, meta, the position counter
     """
@@ -196,67 +265,11 @@ MIGRATIONS: tuple[str, ...] = (
         TEXT[], TEXT[], TEXT[], TEXT[], TEXT[], BOOL[], BOOL[], INT[], BIGINT[], TEXT[],
         BIGINT[], TEXT[], INT[], TEXT[], TEXT[], TEXT[], TEXT[], TEXT[], TEXT[], TEXT[],
         TEXT[], INT[], TEXT[], TEXT[], TEXT[], INT[], BIGINT[], TEXT[], BIGINT, TEXT, BIGINT);
-    CREATE OR REPLACE FUNCTION write_batch_at_head(
-        d_kind TEXT[], d_key TEXT[], d_owner TEXT[], d_parent TEXT[], d_created_at TEXT[],
-        d_active BOOL[], d_deleted BOOL[], d_version INT[], d_position BIGINT[], d_body TEXT[],
-        e_position BIGINT[], e_stream_id TEXT[], e_version INT[], e_event_id TEXT[],
-        e_type TEXT[], e_data TEXT[], e_metadata TEXT[], e_correlation_id TEXT[],
-        e_recorded_at TEXT[], e_hash TEXT[],
-        s_stream_id TEXT[], s_version INT[], s_hash TEXT[],
-        n_stream_id TEXT[], n_kind TEXT[], n_version INT[], n_position BIGINT[], n_state TEXT[],
-        new_head BIGINT, channel TEXT, planned_head BIGINT,
-        writer TEXT, f_run_id TEXT[], f_epoch BIGINT[],
-        OUT at_head BIGINT, OUT reserved BOOLEAN, OUT stale BIGINT[]
-    ) LANGUAGE plpgsql SET enable_seqscan = off AS $fn$
-    DECLARE
-        r_holder TEXT;
-        r_until TIMESTAMPTZ;
-    BEGIN
-        reserved := false;
-        SELECT head, reserved_by, reserved_until INTO at_head, r_holder, r_until
-        FROM log_head WHERE id = 1 FOR UPDATE;
-        IF r_holder IS NOT NULL AND r_holder <> writer AND r_until > clock_timestamp() THEN
-            reserved := true;  -- another writer's turn: nothing written
-            RETURN;
-        END IF;
-        IF at_head <> planned_head THEN
-            RETURN;  -- someone else wrote: the caller plans again on what it reads
-        END IF;
-        -- the fences' lease rows, share-locked: a takeover (which moves the epoch)
-        -- waits for this commit, or this write sees its new epoch and writes nothing
-        PERFORM 1 FROM leases l JOIN unnest(f_run_id, f_epoch) AS f(run_id, epoch)
-            ON l.run_id = f.run_id FOR SHARE OF l;
-        SELECT array_agg(DISTINCT f.epoch) INTO stale
-        FROM unnest(f_run_id, f_epoch) AS f(run_id, epoch)
-        WHERE NOT EXISTS (SELECT 1 FROM leases l WHERE l.run_id = f.run_id AND l.epoch = f.epoch);
-        IF stale IS NOT NULL THEN
-            RETURN;  -- a run's lease moved on: its writer is fenced off, nothing written
-        END IF;
-        INSERT INTO docs (kind, key, owner, parent, created_at, active, deleted, version,
-                          position, body)
-        SELECT * FROM unnest(d_kind, d_key, d_owner, d_parent, d_created_at, d_active,
-                             d_deleted, d_version, d_position, d_body)
-        ON CONFLICT (kind, key) DO UPDATE SET owner = excluded.owner,
-            parent = excluded.parent, created_at = excluded.created_at,
-            active = excluded.active, deleted = excluded.deleted,
-            version = excluded.version, position = excluded.position, body = excluded.body;
-        INSERT INTO events (position, stream_id, version, event_id, type, data, metadata,
-                            correlation_id, recorded_at, hash)
-        SELECT * FROM unnest(e_position, e_stream_id, e_version, e_event_id, e_type, e_data,
-                             e_metadata, e_correlation_id, e_recorded_at, e_hash);
-        INSERT INTO streams (stream_id, version, hash)
-        SELECT * FROM unnest(s_stream_id, s_version, s_hash)
-        ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, hash = excluded.hash;
-        INSERT INTO snapshots (stream_id, kind, version, position, state)
-        SELECT * FROM unnest(n_stream_id, n_kind, n_version, n_position, n_state)
-        ON CONFLICT (stream_id, kind, version) DO UPDATE SET
-            position = excluded.position, state = excluded.state;
-        UPDATE log_head SET head = new_head, reserved_by = NULL, reserved_until = NULL
-        WHERE id = 1;
-        PERFORM pg_notify(channel, new_head::text);
-    END
-    $fn$;
-    """,
+"""
+    + WRITE_BATCH_AT_HEAD_FN,
+    # 9: the same function, its fence checks skipped for a batch without fences (most
+    # batches): they cost about 150 us of a 600 us write, measured interleaved
+    WRITE_BATCH_AT_HEAD_FN,
 )
 
 LATEST = len(MIGRATIONS)

@@ -45,6 +45,14 @@ def budgeted_docs(listing: str, budget: str) -> str:
     )
 
 
+async def keep_session(_conn: asyncpg.Connection) -> None:
+    """The readers' pool ``reset``: nothing beyond asyncpg's own rollback of an open
+    transaction. Readers leave no session state (no ``LISTEN``, session ``SET``,
+    advisory lock or cursor outside a transaction), and the default reset was a
+    round trip of four statements on every release: measured, ~15% of a node's
+    CPU when it streamed to websockets (docs/explanation/fanout.md)."""
+
+
 class PostgresReader:
     """The read half of the store contract (and the queries others need), on a pool."""
 

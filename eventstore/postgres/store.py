@@ -51,7 +51,7 @@ from sessionstream.eventstore.postgres.connect import (
 from sessionstream.eventstore.postgres.errors import DRIVER_ERRORS, broken, translate_pg_error
 from sessionstream.eventstore.postgres.packs import PostgresPacks, compact
 from sessionstream.eventstore.postgres.pump import LogPump
-from sessionstream.eventstore.postgres.reader import PostgresReader
+from sessionstream.eventstore.postgres.reader import PostgresReader, keep_session
 from sessionstream.eventstore.postgres.tree import PostgresTree
 from sessionstream.eventstore.postgres.writer import PostgresWriter
 from sessionstream.eventstore.projector import Projection
@@ -181,6 +181,7 @@ class PostgresEventStore(PackedReads, EventStore):
                 ),
                 server_settings=self._settings("reader"),
                 command_timeout=self.statement_timeout_s,
+                reset=keep_session,
             )
             await self._writer.connection()
             await self._listen()

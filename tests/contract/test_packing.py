@@ -284,3 +284,31 @@ async def test_packs_written_before_their_times_were_kept_get_them_on_open(
     for event in log[::3]:
         expected = max(e.position for e in log if e.recorded_at <= event.recorded_at)
         assert await store.position_at(event.recorded_at) == expected
+
+
+async def test_a_page_of_contiguous_rows_asks_no_pack_but_a_page_past_packs_does(
+    store_factory: StoreFactory,
+) -> None:
+    """A live tail's page (a node's pump reading other nodes' commits) is every
+    position up to its last row, so it skips the pack statement; a page across
+    a compacted run still gets the run's packed deltas."""
+    store = await store_factory()
+    chunks = await write_run(store)
+    asked: list[tuple[int, int]] = []
+    packs_between = store.packs.packs_between  # type: ignore[attr-defined]
+
+    async def counted(after: int, bound: int, keys: frozenset[str] | None) -> Any:
+        asked.append((after, bound))
+        return await packs_between(after, bound, keys)
+
+    store.packs.packs_between = counted  # type: ignore[attr-defined]
+    head = await store.head_position()
+    await store.append("later", [NewEvent("noise.made", {}), NewEvent("noise.made", {})])
+    tail = await store.read_page(head, max_rows=1000, max_bytes=1 << 20)
+    assert [e.position for e in tail] == [head + 1, head + 2]
+    assert asked == []
+    whole = await store.read_page(0, max_rows=1000, max_bytes=1 << 20)
+    assert asked  # rows are missing between: the run's deltas were packed
+    deltas = [e for e in whole if e.stream_id == RUN and e.type == EventType.MESSAGE_DELTA]
+    assert len(deltas) == len(chunks) + sum(1 for i in range(len(chunks)) if i % 7 == 3)
+    assert [e.position for e in whole] == sorted({e.position for e in whole})
