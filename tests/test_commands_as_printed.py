@@ -36,6 +36,7 @@ SKIP: dict[tuple[str, str], str] = {
     ("docs/tutorial.md", "make serve"): "the README's quick start again",
     ("docs/explanation/proof.md", ".venv/bin/python -m pytest"): "the test suite itself",
     ("docs/explanation/scale.md", ".venv/bin/python -m bench"): "benchmarks of minutes to hours",
+    ("docs/explanation/fanout.md", ".venv/bin/python -m bench"): "benchmarks of minutes",
     ("docs/guides/postgres.md", "pip install"): "a multi-node PostgreSQL deployment",
     # the deployment guide's steps run as root on the database, node and nginx machines;
     # tests/test_deploy.py runs its files (a node on the example settings, check-upstreams)
