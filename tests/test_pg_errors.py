@@ -469,3 +469,28 @@ async def until_it_works(attempt: Callable[[], Awaitable[T]]) -> T:
             return await attempt()
         except StorageUnavailable as exc:
             assert "did not answer" in exc.message or "PostgreSQL" in exc.message, exc
+
+
+async def test_a_connection_killed_mid_read_reports_why_not_the_pool() -> None:
+    """The server ends a reader's connection during a statement: asyncpg hands the dead
+    connection back to its pool at once, so closing it again raises "released back to
+    the pool". The 503 must carry the real reason, and the next read must work."""
+    from sessionstream.eventstore.postgres.reader import PostgresReader
+
+    reader = PostgresReader(acquire_timeout_s=5)
+    reader.pool = await asyncpg.create_pool(DSN, min_size=1, max_size=1)
+    killer = await asyncpg.connect(DSN)
+    try:
+        with pytest.raises(StorageUnavailable) as caught:
+            async with reader.connection() as conn:
+                pid = conn.get_server_pid()
+                sleeping = asyncio.create_task(conn.fetchval("SELECT pg_sleep(5)"))
+                await asyncio.sleep(0.2)
+                await killer.execute("SELECT pg_terminate_backend($1)", pid)
+                await sleeping
+        assert "released back to the pool" not in caught.value.message
+        async with reader.connection() as conn:
+            assert await conn.fetchval("SELECT 1") == 1
+    finally:
+        await killer.close()
+        await reader.pool.close()

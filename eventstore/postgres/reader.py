@@ -81,7 +81,11 @@ class PostgresReader:
                     yield conn
                 except DRIVER_ERRORS as exc:
                     if broken(exc):
-                        conn.terminate()  # the pool opens a new one in its place
+                        # the pool opens a new one in its place; a connection the driver
+                        # saw die is already back in the pool, and terminating it again
+                        # would raise over the error that says what happened
+                        with contextlib.suppress(asyncpg.InterfaceError):
+                            conn.terminate()
                     raise
                 if self.writes_work is not None and on_standby(conn) and self.writes_work():
                     # read from a standby while no primary answered: once writes work
