@@ -1,10 +1,11 @@
 """Settings: every variable a user sets, with its type, default, bounds and meaning.
 
-Each name is spelled once, here: ``docs/configuration.md`` is rendered from this
-model (``sessionstream config --markdown``, checked by a test) and the CLI's flags
-are declared from its fields. A ``Settings(...)`` built in code holds exactly what
-the code says; only ``Settings.from_env`` reads the environment, so a variable a
-developer exported never leaks into tests or benchmarks that build their own.
+Each name is spelled once, here (the storage group in ``core/storage_settings.py``):
+``docs/configuration.md`` is rendered from this model (``sessionstream config
+--markdown``, checked by a test) and the CLI's flags are declared from its fields.
+A ``Settings(...)`` built in code holds exactly what the code says; only
+``Settings.from_env`` reads the environment, so a variable a developer exported
+never leaks into tests or benchmarks that build their own.
 
 The environment is read by a source of our own, not pydantic-settings'
 ``EnvSettingsSource``: five published names break the prefix rule
@@ -20,7 +21,6 @@ import os
 import secrets
 from collections.abc import Mapping
 from dataclasses import replace
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -30,9 +30,8 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from sessionstream.core.errors import ConfigError
 from sessionstream.core.problems import Problem, config_error, phrase
-from sessionstream.core.secret import MIN_SECRET_CHARS, load_secret
+from sessionstream.core.storage_settings import StorageSettings
 
-DEFAULT_DB = "sessionstream.db"
 DEFAULT_MODEL = "gpt-4o-mini"
 DEFAULT_ANTHROPIC_MODEL = "claude-haiku-5-5"
 DEFAULT_ENGINE_TIMEOUT_S = 60.0
@@ -43,7 +42,7 @@ LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 DEFAULT_STATEMENT_TIMEOUT_S = 5.0
 
 
-class Settings(BaseSettings):
+class Settings(StorageSettings, BaseSettings):
     """One node's configuration, validated once, then frozen."""
 
     model_config = SettingsConfigDict(
@@ -51,77 +50,6 @@ class Settings(BaseSettings):
     )
     # json_schema_extra carries what pydantic has no word for: "env", a variable off the
     # prefix rule; "flag", the CLI flag; "hint", said after a problem with the value
-
-    # -- storage ---------------------------------------------------------------------------
-    db_path: str = Field(
-        default=DEFAULT_DB,
-        min_length=1,
-        description="The SQLite file. A generated run-token secret is kept beside it, "
-        "in `<file>.secret`.",
-        json_schema_extra={"env": "SESSIONSTREAM_DB", "flag": "--db"},
-    )
-    database_url: str | None = Field(
-        default=None,
-        pattern=r"^postgres(ql)?://",
-        description="PostgreSQL instead of SQLite, for the server and every CLI command: "
-        "`postgresql://user:password@host:port/db`, the same on every node. "
-        "`?search_path=NAME` keeps a deployment in schema `NAME` (created if missing), "
-        "with its own notification channel.",
-        json_schema_extra={"flag": "--database-url", "hint": "(postgresql://...)"},
-    )
-    pg_connect_timeout_s: float = Field(
-        default=2.0,
-        gt=0,
-        description="PostgreSQL: how long one host may take to accept a connection and "
-        "answer before the next host of a multi-host URL is tried. A frozen primary that "
-        "still accepts TCP is skipped after this, so a failover costs this much per "
-        "frozen host, not one timeout for the whole host list.",
-    )
-    pg_statement_timeout_s: float | None = Field(
-        default=None,
-        gt=0,
-        description="PostgreSQL: the longest one read or write statement may take, in the "
-        "client and (as `statement_timeout`) the server; past it the request is a 503 "
-        "`storage_unavailable` with `Retry-After`, and the connection is replaced. At most "
-        "half of `SESSIONSTREAM_LEASE_TTL_S`, so a stuck statement never outlives a run's "
-        "lease; unset, 5 s or half the lease TTL if that is shorter. Rebuilds and imports "
-        "run without it.",
-    )
-    pg_standby_reads: bool = Field(
-        default=True,
-        description="PostgreSQL: while no host of a multi-host URL answers as a primary "
-        "(a failover), serve reads and realtime catch-up from a host that answers as a "
-        "standby, which may lag the primary by its replication delay; writes wait for the "
-        "primary. Reads go back to the primary as soon as writes work again. `false`: "
-        "reads fail with writes (503) until a primary answers.",
-    )
-    secret: str | None = Field(
-        default=None,
-        min_length=MIN_SECRET_CHARS,
-        repr=False,
-        description="Signs the run-scoped `publicAccessToken`s. Unset, a single node "
-        "generates one beside its SQLite file; nodes sharing PostgreSQL must all be given "
-        "the same value and refuse to start without it.",
-        json_schema_extra={
-            "hint": "(HS256 wants a key as long as its hash; try `openssl rand -base64 48`)"
-        },
-    )
-    log_key: str | None = Field(
-        default=None,
-        repr=False,
-        pattern=r"^PRIVATE\+KEY\+[^+\s]+\+[0-9a-f]{8}\+[A-Za-z0-9+/=]+$",
-        description="The Ed25519 key that signs the log's checkpoints, as a C2SP/Go note "
-        "signing key (`PRIVATE+KEY+<name>+<hash>+<key>`; `<name>` is the log's origin). "
-        "Unset, a single node generates one beside its SQLite file, in `<file>.logkey`; "
-        "nodes sharing PostgreSQL must all be given the same value.",
-        json_schema_extra={"hint": "(print one with `sessionstream checkpoint --new-key NAME`)"},
-    )
-    checkpoint_interval_s: float = Field(
-        default=300.0,
-        gt=0,
-        description="How often the server records a signed checkpoint of the log "
-        "(`GET /api/log/checkpoint`); `sessionstream checkpoint` records one on demand.",
-    )
 
     # -- the HTTP server -------------------------------------------------------------------
     host: str = Field(
@@ -491,40 +419,6 @@ class Settings(BaseSettings):
                     for p in problems
                 ]
             ) from None
-
-    def secret_file(self) -> Path:
-        """Where a single node keeps its generated run-token secret. Nodes sharing
-        PostgreSQL have none: each would generate its own, and a run token minted by
-        one node would be refused by the next."""
-        if self.db_path == ":memory:" and not self.database_url:
-            raise ConfigError(
-                "an in-memory database has no file to keep a run-token secret beside; "
-                "set SESSIONSTREAM_SECRET"
-            )
-        if self.database_url:
-            raise ConfigError(
-                "SESSIONSTREAM_SECRET must be set when nodes share PostgreSQL "
-                "(every node needs the same secret to verify run tokens)"
-            )
-        return Path(f"{self.db_path}.secret")
-
-    def log_key_file(self) -> Path:
-        """Where a single node keeps its generated checkpoint signing key."""
-        if self.db_path == ":memory:":
-            raise ConfigError("an in-memory database has no file to keep a log key beside")
-        if self.database_url:
-            raise ConfigError(
-                "SESSIONSTREAM_LOG_KEY must be set to sign checkpoints when nodes share "
-                "PostgreSQL (every node signs as the same log)"
-            )
-        return Path(f"{self.db_path}.logkey")
-
-    def resolved_secret(self) -> str:
-        """The run-token signing secret; a single node keeps a generated one beside its
-        DB (``core/secret.py``: written atomically, 0600, refused when short)."""
-        if self.secret:
-            return self.secret
-        return load_secret(self.secret_file())
 
 
 class Environment(PydanticBaseSettingsSource):
