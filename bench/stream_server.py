@@ -18,13 +18,16 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
 
 from bench.common import install_uvloop
 from bench.stream_clients import raise_fd_limit
+
+if TYPE_CHECKING:
+    from sessionstream.core.settings import Settings
 from sessionstream.engines.base import ExampleInput, ExampleResult, StreamItem, TextDelta, TurnInput
 from sessionstream.eventstore.model import RecordedEvent
 
@@ -84,15 +87,13 @@ def server_main(pipe: Connection, overrides: dict[str, Any], engine: dict[str, A
     asyncio.run(_serve(pipe, overrides, engine))
 
 
-async def _serve(pipe: Connection, overrides: dict[str, Any], engine_args: dict[str, Any]) -> None:
+def bench_settings(db_path: str, **overrides: Any) -> Settings:
+    """A server's settings for the stream benches: no rate limit, room for every run
+    and socket they open, engines never timed out, quiet logs."""
     from sessionstream.core.settings import Settings
-    from sessionstream.server.app import create_app
-    from sessionstream.server.keys import STORE
-    from sessionstream.services.accounts import create_user
 
-    tmp = tempfile.mkdtemp(prefix="bench-stream-")
-    settings = Settings(
-        db_path=str(Path(tmp) / "stream.db"),
+    return Settings(
+        db_path=db_path,
         secret="bench-secret-0123456789abcdef0123456789",
         rate_limit=0.0,
         max_concurrent_runs=1000,
@@ -102,6 +103,15 @@ async def _serve(pipe: Connection, overrides: dict[str, Any], engine_args: dict[
         log_level="WARNING",
         **overrides,
     )
+
+
+async def _serve(pipe: Connection, overrides: dict[str, Any], engine_args: dict[str, Any]) -> None:
+    from sessionstream.server.app import create_app
+    from sessionstream.server.keys import STORE
+    from sessionstream.services.accounts import create_user
+
+    tmp = tempfile.mkdtemp(prefix="bench-stream-")
+    settings = bench_settings(str(Path(tmp) / "stream.db"), **overrides)
     engine = StampEngine(**engine_args)
     app = create_app(settings, engine=engine)
     bare: list[web.WebSocketResponse] = []

@@ -59,6 +59,7 @@ from bench.stream_clients import (
     raise_fd_limit,
     start_runs,
 )
+from bench.stream_server import bench_settings
 from sessionstream.engines.base import ExampleInput, ExampleResult, StreamItem, TextDelta, TurnInput
 from sessionstream.eventstore.groupcommit import Pending
 from sessionstream.eventstore.model import AppendRequest, AppendResult, RecordedEvent
@@ -211,23 +212,13 @@ def server_main(pipe: Connection, provider: str, base_url: str) -> None:
 
 
 async def _serve(pipe: Connection, provider: str, base_url: str) -> None:
-    from sessionstream.core.settings import Settings
     from sessionstream.server.app import create_app
     from sessionstream.server.keys import STORE
     from sessionstream.services.accounts import create_user
 
     tmp = tempfile.mkdtemp(prefix="bench-tokens-")
     db = str(Path(tmp) / "tokens.db")
-    settings = Settings(
-        db_path=db,
-        secret="bench-secret-0123456789abcdef0123456789",
-        rate_limit=0.0,
-        max_concurrent_runs=1000,
-        max_connections_per_user=100_000,
-        max_connections=100_000,
-        engine_timeout_s=3600.0,
-        log_level="WARNING",
-    )
+    settings = bench_settings(db)
     inner: Any
     if provider == "openai":
         from sessionstream.engines.openai_engine import OpenAIEngine

@@ -223,19 +223,27 @@ def translate_sqlite_error(exc: sqlite3.Error) -> SessionStreamError:
 
 
 @contextlib.contextmanager
+def immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """A write transaction taken at once (``BEGIN IMMEDIATE``: no reader-turned-writer
+    deadlock), committed at the end, rolled back on any error."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+@contextlib.contextmanager
 def unsynced(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     """A write transaction without an fsync of its own (``synchronous=NORMAL``), for
     what can be rebuilt from the log: the next append's commit makes it durable, and
     one lost to a crash leaves the log as it was before it. Rolled back on error."""
     conn.execute("PRAGMA synchronous=NORMAL")
     try:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate(conn):
             yield conn
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
     finally:
         conn.execute("PRAGMA synchronous=FULL")

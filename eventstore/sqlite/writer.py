@@ -73,6 +73,7 @@ from sessionstream.eventstore.sqlite.schema import (
     UPSERT_STREAM,
     doc_row,
     event_row,
+    immediate,
     snapshot_row,
     translate_sqlite_error,
     unsynced,
@@ -381,33 +382,28 @@ class SQLiteWriter:
         """``EventStore.import_events`` in one transaction (the rules: ``check_import``)."""
         conn = self._connection()
         self._cache.clear()
-        conn.execute("BEGIN IMMEDIATE")
         try:
-            head, newest = conn.execute(HEAD_AND_CLOCK).fetchone()
-            streams = read_stream_heads(
-                conn, {e.stream_id for e in events if storable(e.stream_id)}
-            )
-            after = check_import(events, head, streams)  # a stored id: UNIQUE refuses it
-            conn.executemany(INSERT_CLOCK_EXCEPTION, exceptions(events, newest)[0])
-            try:
-                conn.executemany(INSERT_EVENT, [event_row(e) for e in events])
-            except sqlite3.IntegrityError as exc:
-                raise ValidationFailed(f"import rejected by the store: {exc}") from exc
-            conn.executemany(UPSERT_STREAM, [(k, v.version, v.hash) for k, v in after.items()])
-            refold = Refold(
-                self.projections,
-                self.snapshot_every,
-                load=self._load_doc,
-                last_snapshot=lambda stream_id, kind: int(
-                    conn.execute(LAST_SNAPSHOT, (stream_id, kind)).fetchone()[0]
-                ),
-            )
-            write_rows(conn, (), {}, *refold.page(events))
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+            with immediate(conn):
+                head, newest = conn.execute(HEAD_AND_CLOCK).fetchone()
+                streams = read_stream_heads(
+                    conn, {e.stream_id for e in events if storable(e.stream_id)}
+                )
+                after = check_import(events, head, streams)  # a stored id: UNIQUE refuses it
+                conn.executemany(INSERT_CLOCK_EXCEPTION, exceptions(events, newest)[0])
+                try:
+                    conn.executemany(INSERT_EVENT, [event_row(e) for e in events])
+                except sqlite3.IntegrityError as exc:
+                    raise ValidationFailed(f"import rejected by the store: {exc}") from exc
+                conn.executemany(UPSERT_STREAM, [(k, v.version, v.hash) for k, v in after.items()])
+                refold = Refold(
+                    self.projections,
+                    self.snapshot_every,
+                    load=self._load_doc,
+                    last_snapshot=lambda stream_id, kind: int(
+                        conn.execute(LAST_SNAPSHOT, (stream_id, kind)).fetchone()[0]
+                    ),
+                )
+                write_rows(conn, (), {}, *refold.page(events))
         finally:
             self._cache.clear()
 
@@ -426,8 +422,7 @@ class SQLiteWriter:
         """Drop every document and snapshot and refold the log; returns the events folded."""
         conn = self._connection()
         self._cache.clear()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate(conn):
             conn.execute("DELETE FROM docs")
             conn.execute("DELETE FROM snapshots")
             # the projections keyed across streams (users' usage, tokens) are folded in a
@@ -452,9 +447,4 @@ class SQLiteWriter:
                 "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                 [(f"projection:{p.kind}", str(p.version)) for p in self.projections],
             )
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
         return count
