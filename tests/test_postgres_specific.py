@@ -12,6 +12,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -350,6 +351,45 @@ async def test_an_exported_log_imports_verbatim_into_another_database(
         conn = await asyncpg.connect(DSN)
         await conn.execute(f'DROP SCHEMA IF EXISTS "{other_schema}" CASCADE')
         await conn.close()
+
+
+async def test_a_rebuild_folds_what_spans_streams_in_log_order_holding_no_events(
+    nodes: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The usage projection keys every event its user appended: a rebuild that held
+    those events for the end held most of the log (above 150 MB at 10^6 events).
+    They are folded in a second read in position order, to the documents appends made."""
+    from sessionstream.eventstore import projector
+    from sessionstream.eventstore.postgres import writer
+
+    held: list[int] = []
+
+    class Spy(projector.StreamFold):
+        def feed(self, events: Any) -> Any:
+            out = super().feed(events)
+            held.append(len(self._held))
+            return out
+
+    store = await nodes(snapshot_every=2)
+    users = [str(uuid.uuid4()) for _ in range(2)]
+    for n, user in enumerate(users):
+        actor = {"actor": {"type": "user", "id": user}}
+        await store.append(
+            f"user-{user}", [NewEvent("user.created", {"id": user, "name": f"u{n}"}, actor)]
+        )
+        await store.append(f"user-{user}", [NewEvent("token.issued", {"token_hash": f"h{n}"})])
+        for k in range(3):  # streams in between, so log order differs from stream order
+            for other in users:
+                await store.append(
+                    f"s-{other}-{k}", [NewEvent("x", {"n": n, "pad": "y" * (k + 1)}, actor)]
+                )
+    before = {kind: await store.scan_docs(kind, limit=100) for kind in ("usage", "token")}
+    assert len(before["usage"]) == 2 and before["token"]
+    monkeypatch.setattr(writer, "StreamFold", Spy)
+    assert await store.rebuild() == await store.head_position()
+    assert held and max(held) == 0
+    for kind, docs in before.items():
+        assert await store.scan_docs(kind, limit=100) == docs
 
 
 # storage failures ----------------------------------------------------------------------------
