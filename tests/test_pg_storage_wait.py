@@ -123,7 +123,7 @@ async def test_a_commit_whose_answer_was_lost_is_answered_once_as_written(
     assert r.status == 200, await r.text()
     run_id = (await r.json())["runId"]
     assert outage.answers_to_lose == 0
-    assert store._writer.own_commits_found == 2
+    assert store._writer.sent.own_commits_found == 2
 
     deadline = time.monotonic() + 20
     while (run := await store.get_doc("run", run_id)) is None or run.body["status"] != "completed":

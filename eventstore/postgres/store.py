@@ -34,7 +34,6 @@ from sessionstream.eventstore.leases import lock_bounds
 from sessionstream.eventstore.model import (
     AppendRequest,
     AppendResult,
-    Doc,
     RecordedEvent,
 )
 from sessionstream.eventstore.packed_reads import PackedReads
@@ -58,6 +57,7 @@ from sessionstream.eventstore.postgres.leases import PostgresLeases
 from sessionstream.eventstore.postgres.packs import PostgresPacks, compact
 from sessionstream.eventstore.postgres.pump import LogPump
 from sessionstream.eventstore.postgres.reader import PostgresReader, keep_session
+from sessionstream.eventstore.postgres.reads import PostgresReads
 from sessionstream.eventstore.postgres.tree import PostgresTree
 from sessionstream.eventstore.postgres.writer import PostgresWriter
 from sessionstream.eventstore.projector import Projection
@@ -71,7 +71,7 @@ from sessionstream.eventstore.storagewait import (
 log = logging.getLogger("sessionstream.eventstore.postgres")
 
 
-class PostgresEventStore(PackedReads, PostgresLeases, EventStore):
+class PostgresEventStore(PackedReads, PostgresLeases, PostgresReads, EventStore):
     delivery_tasks = ("pg-writer", "pg-pump")
     #: the rows half of every read (``PackedReads`` merges the packs in)
     _reader: PostgresReader
@@ -385,12 +385,12 @@ class PostgresEventStore(PackedReads, PostgresLeases, EventStore):
             try:
                 outcomes, runs = await self._write_patiently(batch)
             except BaseException as exc:  # never leave a caller waiting
-                self._writer.settled()
+                self._writer.sent.clear()  # answered: its sent plans are history
                 commits.fail(batch, translate_pg_error(exc))
                 if isinstance(exc, asyncio.CancelledError):
                     raise
                 continue
-            self._writer.settled()
+            self._writer.sent.clear()
             self._write_failed = None
             self._unanswered = (batch, outcomes)
             for run in runs:
@@ -498,49 +498,6 @@ class PostgresEventStore(PackedReads, PostgresLeases, EventStore):
         transaction may take far longer than the statement timeout allows a request."""
         settings = {**self._settings("maintenance"), "statement_timeout": "0"}
         return own_connection(self.dsn, self.connect_timeout_s, settings)
-
-    # reads (reader.py) ------------------------------------------------------
-    async def head_position(self) -> int:
-        return await self._reader.head_position()
-
-    async def stream_version(self, stream_id: str) -> int:
-        return await self._reader.stream_version(stream_id)
-
-    async def get_doc(self, kind: str, key: str) -> Doc | None:
-        return await self._reader.get_doc(kind, key)
-
-    async def list_docs(
-        self,
-        kind: str,
-        *,
-        owner: str | None = None,
-        parent: str | None = None,
-        active: bool | None = None,
-        include_deleted: bool = False,
-        after: tuple[str, str] | None = None,
-        limit: int | None = None,
-        max_bytes: int | None = None,
-    ) -> list[Doc]:
-        return await self._reader.list_docs(
-            kind,
-            owner=owner,
-            parent=parent,
-            active=active,
-            include_deleted=include_deleted,
-            after=after,
-            limit=limit,
-            max_bytes=max_bytes,
-        )
-
-    async def scan_docs(
-        self, kind: str, *, after: str | None = None, limit: int = 100
-    ) -> list[Doc]:
-        return await self._reader.scan_docs(kind, after=after, limit=limit)
-
-    async def latest_snapshot(
-        self, stream_id: str, kind: str, *, max_position: int | None = None
-    ) -> tuple[int, int, dict[str, Any]] | None:
-        return await self._reader.latest_snapshot(stream_id, kind, max_position=max_position)
 
 
 def _ms(seconds: float) -> str:

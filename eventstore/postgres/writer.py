@@ -29,17 +29,8 @@ on the lease rows, so a takeover either waits for the write's commit or the
 write sees the new epoch and writes nothing.
 
 A batch that storage refused for now (a failover) is written again, the
-same requests with the same event ids (``store.py`` waits for storage). If
-the first try's commit landed and only its answer was lost, the retry finds
-those ids stored and writes nothing: an idempotent no-op. It must still
-answer as the write it was, not as a client's retry (a claim answered as a
-retry starts no run): the plans this writer sent for the batch are kept
-(``sent``), and a retry's "already stored" whose records are exactly what
-was sent (id, position and hash, which covers the request's metadata) is
-answered as fresh. Either way, "already stored" is answered only once what
-was found is on the synchronous standby too (``schema.DURABLE_HEAD``): a
-commit whose wait for the standby was cut short is visible on the primary
-before it is durable.
+same requests with the same event ids; a try whose commit landed unanswered
+is answered once, as written (``again.py``).
 
 The database's unique constraints stay the backstop: if they reject a batch
 it is planned again looking every id up, then retried one caller per
@@ -70,15 +61,10 @@ from sessionstream.eventstore.batch import (
 )
 from sessionstream.eventstore.clock import exceptions, stamp
 from sessionstream.eventstore.groupcommit import Outcome, Pending
-from sessionstream.eventstore.model import (
-    AppendResult,
-    Doc,
-    RecordedEvent,
-    row_to_event,
-    utc_now,
-)
+from sessionstream.eventstore.model import Doc, RecordedEvent, row_to_event, utc_now
 from sessionstream.eventstore.packing import merge_page, page_bound, unpack_all
 from sessionstream.eventstore.postgres import schema as sql
+from sessionstream.eventstore.postgres.again import SentPlans, any_stored, durable
 from sessionstream.eventstore.postgres.facts import Facts, Moved
 from sessionstream.eventstore.postgres.known import Known
 from sessionstream.eventstore.postgres.packs import PAGE as LOG_PAGE
@@ -143,11 +129,8 @@ class PostgresWriter:
         self.read_under_lock = 0  # the name it had; now: planned on a read (no lock)
         self.races_lost = 0
         self.reservations = 0
-        #: the plans whose write was sent for the batch in hand: a commit whose answer
-        #: was lost is one of them (see the module doc); emptied once the batch is answered
-        self.sent: list[BatchPlan] = []
-        #: idempotent retries answered as this writer's own lost commit
-        self.own_commits_found = 0
+        #: the plans whose write was sent for the batch in hand (``again.py``)
+        self.sent = SentPlans()
 
     def forget(self) -> None:
         """Something other than this writer's appends changed the tables (an import, a rebuild)."""
@@ -164,49 +147,19 @@ class PostgresWriter:
             conn, self.conn = self.conn, None
             await asyncio.wait_for(conn.close(), 5)
 
-    def settled(self) -> None:
-        """The batch in hand is answered (or failed for good): its sent plans are history."""
-        self.sent.clear()
-
     async def write_batch(
         self, batch: list[Pending], *, again: bool = False
     ) -> tuple[list[Outcome], list[list[RecordedEvent]]]:
         """Outcomes in batch order and the committed events as contiguous runs.
 
         ``again``: this batch was tried before and storage refused it; what that try
-        may have committed is answered as this writer's own (the module doc)."""
+        may have committed is answered as this writer's own (``again.py``)."""
         outcomes, runs = await self._write_batch(batch)
-        if any(not isinstance(o, BaseException) and any(r.duplicate for r in o) for o in outcomes):
-            await self._durable()
-            if again and self.sent:
-                outcomes = self._own(outcomes)
+        if any_stored(outcomes):
+            await durable(await self.connection())
+            if again:
+                outcomes = self.sent.own(outcomes)
         return outcomes, runs
-
-    async def _durable(self) -> None:
-        """Before "already stored" is answered: what was found is on the synchronous
-        standby too. The commit that stored it may have had its wait for the standby
-        cut short (the lost answer a retry resolves is often just that), and would
-        then be taken back by a failover after it was acknowledged."""
-        conn = await self.connection()
-        await conn.fetchrow(sql.DURABLE_HEAD)
-
-    def _own(self, outcomes: list[Outcome]) -> list[Outcome]:
-        """Each "already stored" answer whose records this writer sent itself, as fresh."""
-        mine = {r.event_id: (r.position, r.hash) for plan in self.sent for r in plan.records}
-        fixed: list[Outcome] = []
-        for outcome in outcomes:
-            if not isinstance(outcome, BaseException) and any(r.duplicate for r in outcome):
-                results = []
-                for r in outcome:
-                    if r.duplicate and all(
-                        mine.get(e.event_id) == (e.position, e.hash) for e in r.events
-                    ):
-                        self.own_commits_found += 1
-                        r = AppendResult(r.stream_id, r.events, r.events[-1].version)
-                    results.append(r)
-                outcome = results
-            fixed.append(outcome)
-        return fixed
 
     async def _write_batch(
         self, batch: list[Pending]
@@ -289,7 +242,7 @@ class PostgresWriter:
         args = sql.write_batch_args(
             plan.records, plan.streams, plan.docs, plan.snapshots, plan.head, self.channel
         )
-        self.sent.append(plan)
+        self.sent.record(plan)
         row = await conn.fetchrow(
             sql.WRITE_BATCH_AT_HEAD,
             *args,
