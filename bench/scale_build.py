@@ -155,8 +155,11 @@ def code_digest() -> str:
     root = Path(sessionstream.__file__).resolve().parent
     digest = hashlib.sha256(Path(__file__).read_bytes())
     for layer in ("eventstore", "projections", "engines", "services"):
-        for source in sorted((root / layer).resolve().glob("*.py")):
-            digest.update(source.name.encode() + source.read_bytes())
+        # rglob: the backends' own packages (eventstore/sqlite/) decide the bytes too
+        base = (root / layer).resolve()
+        for source in sorted(base.rglob("*.py")):
+            name = f"{layer}/{source.relative_to(base)}"
+            digest.update(name.encode() + source.read_bytes())
     return digest.hexdigest()[:12]
 
 
