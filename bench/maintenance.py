@@ -69,7 +69,7 @@ def run_round(built: Built, work: Path) -> dict[str, float]:
 
 async def postgres_round(built: Built, work: Path) -> dict[str, float]:
     """The log imported into a throwaway PostgreSQL schema, then every command there."""
-    from bench.scale_pg import analyze, throwaway_schema
+    from bench.scale_pg import settle, throwaway_schema
 
     dump = work / "pg-export.ndjson"
     dump.unlink(missing_ok=True)
@@ -80,7 +80,7 @@ async def postgres_round(built: Built, work: Path) -> dict[str, float]:
         progress(f"postgres {built.events:,} events: sessionstream import")
         for key, value in scale_measure.cli("import", str(dump), "--database-url", url).items():
             values[f"import_{key}"] = value
-        await analyze(url)
+        await settle(url)
         out = work / "pg-again.ndjson"
         args = {
             "verify": ("verify", "--database-url", url),

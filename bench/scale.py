@@ -38,12 +38,16 @@ same stores without rebuilding;
 ``--rebuild`` builds them again. ``--postgres`` also loads the smallest log and
 the largest up to 10^6 into PostgreSQL (``sessionstream import`` into a
 throwaway schema of the local ``test`` database, or
-``SESSIONSTREAM_BENCH_DATABASE_URL``) and measures appends, reads, lists and
-``as_of`` there. Reads repeat ``--rounds`` times on a restarted server and
+``SESSIONSTREAM_BENCH_DATABASE_URL``) and measures there what applies
+(``bench/scale_pg.py``): bytes from ``pg_total_relation_size``, appends,
+reads, lists, ``as_of``, catch-up, ``verify``/``export``/``rebuild``, with the
+targets judged on them; ``--postgres-stores`` does only that, on stores
+already built. Reads repeat ``--rounds`` times on a restarted server and
 appends on fresh copies (medians); maintenance commands run once a size.
 Progress goes to stderr.
 
     python -m bench.scale [--rounds 5] [--quick] [--sizes 1e4,1e5,1e6] [--postgres]
+    python -m bench.scale --postgres-stores SMALL.db,LARGE.db [--rounds 3]
 
 ``--quick`` builds 10^3 and 10^4 and measures one round (a smoke test).
 """
@@ -73,7 +77,8 @@ HIGHER_IS_BETTER = frozenset({"append_100_per_s", "append_100_vs_empty"})
 #: (key, label, extrapolate?) in the order of the table; list rows are added per size
 FIGURES: tuple[tuple[str, str, bool], ...] = (
     ("events", "events in the log", False),
-    ("file_mb", "file MB (WAL checkpointed)", True),
+    ("file_mb", "file MB (WAL checkpointed; PostgreSQL: the schema's relations)", True),
+    ("events_table_share", "events table's share of those bytes", False),
     ("bytes_per_event", "bytes per event", True),
     ("bytes_per_turn", "bytes per chat turn (the file)", True),
     ("base_mb", "MB in use before the first turn (users, list campaigns)", False),
@@ -330,6 +335,21 @@ def targets(rows: dict[str, dict[str, Any]], sizes: list[int]) -> dict[str, dict
     return out
 
 
+def measured_targets(rows: dict[str, dict[str, Any]], sizes: list[int]) -> dict[str, Any]:
+    """The targets a run measured (PostgreSQL has no disk-bytes figure: its writes are the
+    server's, shared with every other client)."""
+    return {k: v for k, v in targets(rows, sizes).items() if v["value"] is not None}
+
+
+def print_targets(judged: dict[str, dict[str, Any]], backend: str) -> None:
+    for name, check in judged.items():
+        value = "-" if check["value"] is None else f"{check['value']:,.2f}"
+        print(
+            f"{backend} target {name} at {check['at']:,}: {check['target']}: {value} "
+            f"{'met' if check['met'] else 'NOT met'}"
+        )
+
+
 def postgres_only(paths: list[Path], args: Any) -> None:
     """The PostgreSQL figures of stores already built (and measured on SQLite): each is
     exported with the CLI and imported into a throwaway schema, as ``--postgres`` does."""
@@ -355,7 +375,18 @@ def postgres_only(paths: list[Path], args: Any) -> None:
     sizes = sorted(results)
     rows = figures(results)
     table(rows, sizes, "PostgreSQL (logs built for SQLite, imported)")
-    write_json("scale_pg", {"benchmark": "scale_pg", "rounds": rounds, "figures": rows})
+    judged = measured_targets(rows, sizes)
+    print_targets(judged, "postgres")
+    write_json(
+        "scale_pg",
+        {
+            "benchmark": "scale_pg",
+            "rounds": rounds,
+            "stores": {str(n): b.events for n, b in sorted(built.items())},
+            "figures": rows,
+            "targets": judged,
+        },
+    )
 
 
 def main() -> None:
@@ -465,14 +496,11 @@ def main() -> None:
             for size in pg_sizes
         }
         payload["postgres"] = figures(pg)
+        payload["postgres_targets"] = measured_targets(payload["postgres"], pg_sizes)
         table(payload["postgres"], pg_sizes, "PostgreSQL (the same logs, imported)")
     shutil.rmtree(work, ignore_errors=True)
-    for name, check in payload["targets"].items():
-        value = "-" if check["value"] is None else f"{check['value']:,.2f}"
-        print(
-            f"target {name} at {check['at']:,}: {check['target']}: {value} "
-            f"{'met' if check['met'] else 'NOT met'}"
-        )
+    print_targets(payload["targets"], "sqlite")
+    print_targets(payload.get("postgres_targets", {}), "postgres")
     write_json(payload["benchmark"], payload)
 
 

@@ -30,6 +30,8 @@ counted as ``bench/scale_measure.py`` counts a row) and as packs (after).
 from __future__ import annotations
 
 import asyncio
+import cProfile
+import gc
 import itertools
 import json
 import multiprocessing as mp
@@ -66,6 +68,8 @@ from sessionstream.eventstore.model import AppendRequest, AppendResult, Recorded
 
 STAGES = ("engine", "coalesce", "queue", "commit", "fanout")
 PROVIDERS = ("openai", "anthropic")
+#: the processes whose CPU a round splits (cores used over its measured window)
+CORES = ("provider", "server", "server_loop", "subscribers", "others")
 
 
 # the provider process ----------------------------------------------------------------------------
@@ -205,6 +209,42 @@ def instrument(store: Any, marks: Marks) -> None:
     hub.publish = timed_publish
 
 
+#: set to a file path, the server process profiles its measured window (``cProfile``,
+#: the main thread's CPU time) and writes the stats there: for finding where the CPU
+#: goes (the profile's own cost distorts the latencies of that round)
+PROFILE_VAR = "BENCH_TOKENS_PROFILE"
+
+
+class GcTime:
+    """The time the server's garbage collector took, and its longest pause, by generation."""
+
+    def __init__(self) -> None:
+        self.started = 0.0
+        self.total = [0.0, 0.0, 0.0]
+        self.longest = [0.0, 0.0, 0.0]
+        self.count = [0, 0, 0]
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self.started = time.perf_counter()
+            return
+        took, gen = time.perf_counter() - self.started, info["generation"]
+        self.total[gen] += took
+        self.count[gen] += 1
+        self.longest[gen] = max(self.longest[gen], took)
+
+    def reset(self) -> None:
+        self.total, self.longest, self.count = [0.0] * 3, [0.0] * 3, [0] * 3
+
+    def report(self) -> dict[str, float]:
+        """Since the last reset: collections, their seconds, the longest pause (ms)."""
+        return {
+            "gc_collections": float(sum(self.count)),
+            "gc_s": sum(self.total),
+            "gc_longest_ms": max(self.longest) * 1000,
+        }
+
+
 def server_main(pipe: Connection, provider: str, base_url: str) -> None:
     install_uvloop()
     raise_fd_limit()
@@ -212,7 +252,7 @@ def server_main(pipe: Connection, provider: str, base_url: str) -> None:
 
 
 async def _serve(pipe: Connection, provider: str, base_url: str) -> None:
-    from sessionstream.server.app import create_app
+    from sessionstream.server.app import create_app, settle_gc
     from sessionstream.server.keys import STORE
     from sessionstream.services.accounts import create_user
 
@@ -233,14 +273,30 @@ async def _serve(pipe: Connection, provider: str, base_url: str) -> None:
     marks = Marks()
     app = create_app(settings, engine=StagedEngine(inner, marks))
 
+    collecting = GcTime()
+    gc.callbacks.append(collecting)
+    profile_to = os.environ.get(PROFILE_VAR)
+    profile = cProfile.Profile(time.thread_time) if profile_to else None
+    asked: list[float] = []
+
     async def cpu(request: web.Request) -> web.Response:
-        """This process's CPU seconds so far, every thread's (the writer's too)."""
+        """This process's CPU seconds so far, every thread's (the writer's too); asked
+        before and after the measured window, which a profile (if any) covers."""
         usage = resource.getrusage(resource.RUSAGE_SELF)
-        return web.json_response({"cpu_s": usage.ru_utime + usage.ru_stime})
+        asked.append(usage.ru_utime + usage.ru_stime)
+        if len(asked) == 1:
+            collecting.reset()  # the measured window's collections only
+        if profile is not None and profile_to and len(asked) == 1:
+            profile.enable()
+        elif profile is not None and profile_to and len(asked) == 2:
+            profile.disable()
+            profile.dump_stats(profile_to)
+        return web.json_response({"cpu_s": asked[-1], "gc": collecting.report()})
 
     app.router.add_get("/bench/cpu", cpu)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
     await runner.setup()
+    settle_gc()  # as ``sessionstream serve`` does once it has started
     instrument(app[STORE], marks)
     site = web.TCPSite(runner, "127.0.0.1", 0, backlog=4096)
     await site.start()
@@ -311,6 +367,8 @@ class Processes:
         if not self._spipe.poll(60):
             raise RuntimeError("the bench server did not start")
         self.port, self.token = self._spipe.recv()
+        self.provider_pid = self._provider.pid or 0
+        self.server_pid = self._server.pid or 0
 
     def finish(self, runs: list[str]) -> tuple[Marks, dict[str, float]]:
         self._spipe.send(runs)
@@ -344,18 +402,22 @@ async def token_round(
             targets = [run for run in started for _ in range(subscribers)]
             sockets = await connect_all(http, targets, ready=2)  # run.created, run.started
             received: list[list[tuple[float, str]]] = [[] for _ in sockets]
-            cpu_before = await server_cpu(http)
+            split = CpuSplit({"provider": procs.provider_pid, "server": procs.server_pid})
+            cpu_before, _ = await server_cpu(http)
             with measuring():
                 async with aiohttp.ClientSession() as plain:
+                    split.begin()
                     await plain.post(procs.provider_url.removesuffix("/v1") + "/bench/go")
                 drains = (drain(ws, out) for ws, out in zip(sockets, received, strict=True))
                 await asyncio.gather(*drains)
-            cpu_s = await server_cpu(http) - cpu_before
+                cores = split.end()
+            cpu_after, collected = await server_cpu(http)
+            cpu_s = cpu_after - cpu_before
     finally:
         marks, stored = procs.finish([run_id for run_id, _ in started])
     result = {**figures(marks, received, runs * subscribers * tokens), **stored}
     result["server_cpu_us_per_token"] = cpu_s / (runs * tokens) * 1e6
-    return result
+    return result | cores | collected
 
 
 async def warm_up(http: aiohttp.ClientSession) -> None:
@@ -366,9 +428,11 @@ async def warm_up(http: aiohttp.ClientSession) -> None:
     await drain(ws, [])
 
 
-async def server_cpu(http: aiohttp.ClientSession) -> float:
+async def server_cpu(http: aiohttp.ClientSession) -> tuple[float, dict[str, float]]:
+    """The server's CPU seconds so far, and its collector's work since the last ask."""
     async with http.get("/bench/cpu") as r:
-        return float((await r.json())["cpu_s"])
+        body = await r.json()
+    return float(body["cpu_s"]), body["gc"]
 
 
 def figures(marks: Marks, received: list[list[tuple[float, str]]], expected: int) -> dict[str, Any]:
@@ -410,6 +474,56 @@ def figures(marks: Marks, received: list[list[tuple[float, str]]], expected: int
     return result
 
 
+def cpu_of(pid: int, thread: int | None = None) -> float:
+    """A process's CPU seconds so far (user + system, every thread), from ``/proc``;
+    with ``thread``, that thread's alone."""
+    where = f"/proc/{pid}/task/{thread}/stat" if thread else f"/proc/{pid}/stat"
+    fields = Path(where).read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def machine_busy() -> float:
+    """CPU seconds every process of the machine has spent (``/proc/stat``, all cores)."""
+    ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = ticks[3] + ticks[4]  # idle, iowait
+    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class CpuSplit:
+    """CPU seconds of each process of a round over its measured window, and the machine's."""
+
+    pids: dict[str, int]
+    start: dict[str, float] = field(default_factory=dict)
+
+    def read(self) -> dict[str, float]:
+        now = {name: cpu_of(pid) for name, pid in self.pids.items()}
+        # the server's event loop thread: the GIL holds its Python work to one core
+        now["server_loop"] = cpu_of(self.pids["server"], self.pids["server"])
+        now["subscribers"] = own_cpu()
+        now["machine"] = machine_busy()
+        now["wall"] = time.perf_counter()
+        return now
+
+    def begin(self) -> None:
+        self.start = self.read()
+
+    def end(self) -> dict[str, float]:
+        """Each process's CPU seconds per wall second of the window (cores it used), and
+        the rest of the machine's (other processes: a neighbour's load)."""
+        stop = self.read()
+        wall = stop["wall"] - self.start["wall"]
+        used = {k: (stop[k] - self.start[k]) / wall for k in stop if k != "wall"}
+        ours = sum(v for k, v in used.items() if k not in ("machine", "server_loop"))
+        used["others"] = max(0.0, used.pop("machine") - ours)
+        return {f"cores_{k}": v for k, v in used.items()} | {"window_s": wall}
+
+
 def load_average() -> float:
     return os.getloadavg()[0]
 
@@ -447,7 +561,8 @@ def run_tokens(
                 )
                 sample["load_average"] = (before + load_average()) / 2
                 samples.append(sample)
-            median = {k: statistics.median(s[k] for s in samples) for k in samples[0]}
+            keys = [k for k in samples[-1] if all(k in s for s in samples)]
+            median = {k: statistics.median(s[k] for s in samples) for k in keys}
             met = median["p99_ms"] <= p99_target and (
                 p50_target is None or median["p50_ms"] <= p50_target
             )
@@ -474,6 +589,7 @@ def run_tokens(
                     f"{median['bytes_before_compaction']:,.0f} / "
                     f"{median['bytes_after_compaction']:,.0f}",
                     f"{median['server_cpu_us_per_token']:.0f} us",
+                    " / ".join(f"{median.get(f'cores_{n}', 0.0):.2f}" for n in CORES),
                     f"{median['load_average']:.1f}",
                 )
             )
@@ -490,5 +606,6 @@ TOKEN_HEADERS = (
     "deltas/reply",
     "delta bytes/reply rows / packed",
     "server CPU/token",
+    "cores: " + " / ".join(CORES),
     "load",
 )

@@ -271,7 +271,10 @@ class Settings(StorageSettings, BaseSettings):
         description="Websocket ping interval; a peer that misses a pong is closed.",
     )
     ws_send_timeout_s: float = Field(
-        default=5.0, gt=0, description="A websocket whose send blocks this long is closed (4408)."
+        default=5.0,
+        gt=0,
+        description="A realtime client that reads nothing for this long is cut off"
+        " (websocket close 4408); one reading a large frame slowly is not.",
     )
     ws_close_timeout_s: float = Field(
         default=2.0, gt=0, description="How long a close handshake is waited for."

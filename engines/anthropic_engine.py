@@ -39,7 +39,7 @@ from sessionstream.engines.provider import (
 )
 
 if TYPE_CHECKING:
-    from anthropic import AsyncAnthropic
+    from anthropic import AsyncAnthropic, AsyncStream
     from anthropic.types import MessageParam, ToolParam
 
 #: where the SDK sends requests when ``ANTHROPIC_BASE_URL`` is unset
@@ -58,6 +58,39 @@ class _ToolUse:
 
     name: str
     pieces: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Reading:
+    """What a turn has read of its stream so far, beyond the text it passed on."""
+
+    open_tools: dict[int, _ToolUse] = field(default_factory=dict)
+    #: tool calls complete, parsed once nothing can cut them off any more
+    finished: list[_ToolUse] = field(default_factory=list)
+    stop_reason: str | None = None
+    stopped: bool = False
+
+
+def _field(part: object, name: str) -> Any:
+    """``part[name]`` of an event's JSON object (None when absent); an event that is not
+    an object is a malformed stream (``ValueError``, as the SDK's model would have failed)."""
+    if not isinstance(part, dict):
+        raise ValueError(f"an event part that is not a JSON object: {part!r:.80}")
+    return part.get(name)
+
+
+def _text(part: object, name: str) -> str | None:
+    value = _field(part, name)
+    if value is None or isinstance(value, str):
+        return value
+    raise ValueError(f"{name} is not a string: {value!r:.80}")
+
+
+def _index(event: object) -> int:
+    value = _field(event, "index")
+    if isinstance(value, int):
+        return value
+    raise ValueError(f"a content block event without an index: {event!r:.80}")
 
 
 def alternating(messages: list[Message]) -> list[MessageParam]:
@@ -154,8 +187,11 @@ class AnthropicEngine(ProviderEngine):
     # -- ModelEngine ----------------------------------------------------------------------
 
     async def turn(self, inp: TurnInput) -> AsyncIterator[StreamItem]:
-        async def start() -> Any:
-            return await self._client.messages.create(
+        async def start() -> AsyncStream[object]:
+            # The SDK makes the request (auth, status errors, timeouts, the SSE framing,
+            # error and ping events); each event comes back as the JSON it was, not as a
+            # pydantic model, whose construction was most of a token's CPU.
+            raw = await self._client.messages.with_raw_response.create(
                 model=self.model,
                 max_tokens=self.max_tokens,
                 system=turn_system(inp),
@@ -164,44 +200,58 @@ class AnthropicEngine(ProviderEngine):
                 stream=True,
                 **self._options(),
             )
+            stream: AsyncStream[object] = await raw.parse(to=self._sdk.AsyncStream[object])
+            return stream
 
-        open_tools: dict[int, _ToolUse] = {}
-        finished: list[_ToolUse] = []  # parsed once nothing can cut them off any more
-        stop_reason: str | None = None
-        stopped = False
+        reading = _Reading()
         async with aclosing(self._opened(start)) as events:
             async for event in events:
-                kind = event.type
-                if kind == "content_block_start":
-                    # a new block means the earlier ones were complete
-                    for item in self._parsed(finished, inp, truncated=False):
-                        yield item
-                    block = event.content_block
-                    if block.type == "tool_use":
-                        open_tools[event.index] = _ToolUse(block.name)
-                    elif block.type == "text" and block.text:
-                        yield TextDelta(block.text)
-                elif kind == "content_block_delta":
-                    delta = event.delta
-                    if delta.type == "text_delta" and delta.text:
-                        yield TextDelta(delta.text)
-                    elif delta.type == "input_json_delta" and event.index in open_tools:
-                        open_tools[event.index].pieces.append(delta.partial_json)
-                elif kind == "content_block_stop":
-                    if event.index in open_tools:
-                        finished.append(open_tools.pop(event.index))
-                elif kind == "message_delta":
-                    stop_reason = event.delta.stop_reason or stop_reason
-                    truncated = stop_reason == "max_tokens"
-                    for item in self._parsed(finished, inp, truncated=truncated):
-                        yield item
-                elif kind == "message_stop":
-                    stopped = True
-        if not stopped:
+                try:
+                    items = self._event(event, reading, inp)
+                except ValueError as exc:  # an event of the wrong shape
+                    raise self.endpoint.malformed(str(exc)) from exc
+                for item in items:
+                    yield item
+        if not reading.stopped:
             # The API always ends with message_stop; a stream without it was cut off.
             raise self.endpoint.malformed("the stream ended before message_stop")
-        for item in self._parsed(finished, inp, truncated=stop_reason == "max_tokens"):
+        truncated = reading.stop_reason == "max_tokens"
+        for item in self._parsed(reading.finished, inp, truncated=truncated):
             yield item
+
+    def _event(self, event: object, reading: _Reading, inp: TurnInput) -> list[StreamItem]:
+        """The items one event (its JSON) completes; tool input waits in ``reading``."""
+        kind = _field(event, "type")
+        items: list[StreamItem] = []
+        if kind == "content_block_start":
+            # a new block means the earlier ones were complete
+            items += self._parsed(reading.finished, inp, truncated=False)
+            block = _field(event, "content_block")
+            block_type = _field(block, "type")
+            if block_type == "tool_use":
+                reading.open_tools[_index(event)] = _ToolUse(_text(block, "name") or "")
+            elif block_type == "text" and (text := _text(block, "text")):
+                items.append(TextDelta(text))
+        elif kind == "content_block_delta":
+            delta = _field(event, "delta")
+            delta_type = _field(delta, "type")
+            if delta_type == "text_delta" and (text := _text(delta, "text")):
+                items.append(TextDelta(text))
+            elif delta_type == "input_json_delta" and _index(event) in reading.open_tools:
+                piece = _text(delta, "partial_json") or ""
+                reading.open_tools[_index(event)].pieces.append(piece)
+        elif kind == "content_block_stop":
+            if _index(event) in reading.open_tools:
+                reading.finished.append(reading.open_tools.pop(_index(event)))
+        elif kind == "message_delta":
+            reading.stop_reason = (
+                _text(_field(event, "delta"), "stop_reason") or reading.stop_reason
+            )
+            truncated = reading.stop_reason == "max_tokens"
+            items += self._parsed(reading.finished, inp, truncated=truncated)
+        elif kind == "message_stop":
+            reading.stopped = True
+        return items
 
     def _parsed(self, done: list[_ToolUse], inp: TurnInput, *, truncated: bool) -> list[StreamItem]:
         """The stream items of the finished tool calls, which are then forgotten."""

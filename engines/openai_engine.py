@@ -33,7 +33,7 @@ from sessionstream.engines.provider import (
 )
 
 if TYPE_CHECKING:
-    from openai import AsyncOpenAI
+    from openai import AsyncOpenAI, AsyncStream
     from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
 
 _TOOLS: list[ChatCompletionToolParam] = [
@@ -51,6 +51,29 @@ class _PendingCall:
 
     name: str = ""
     arguments: list[str] = field(default_factory=list)
+
+
+def _field(part: object, name: str) -> Any:
+    """``part[name]`` of a chunk's JSON object (None when absent); a chunk that is not an
+    object is a malformed stream (``ValueError``, as the SDK's model would have failed)."""
+    if not isinstance(part, dict):
+        raise ValueError(f"a chunk part that is not a JSON object: {part!r:.80}")
+    return part.get(name)
+
+
+def _text(part: object, name: str) -> str | None:
+    value = _field(part, name)
+    if value is None or isinstance(value, str):
+        return value
+    raise ValueError(f"{name} is not a string: {value!r:.80}")
+
+
+def _list(value: object, name: str) -> list[Any]:
+    if value is None:
+        return []
+    if isinstance(value, list):
+        return value
+    raise ValueError(f"{name} is not a list: {value!r:.80}")
 
 
 class OpenAIEngine(ProviderEngine):
@@ -129,19 +152,26 @@ class OpenAIEngine(ProviderEngine):
             else:
                 messages.append({"role": "user", "content": m.content})
 
-        async def start() -> Any:
-            return await self._client.chat.completions.create(
+        async def start() -> AsyncStream[object]:
+            # The SDK makes the request (auth, status errors, timeouts, the SSE framing,
+            # in-stream error events, [DONE]); each chunk comes back as the JSON it was,
+            # not as a pydantic model, whose construction was most of a token's CPU.
+            raw = await self._client.chat.completions.with_raw_response.create(
                 model=self.model, messages=messages, tools=_TOOLS, stream=True, **self._options()
             )
+            stream: AsyncStream[object] = raw.parse(to=self._sdk.AsyncStream[object])
+            return stream
 
         pending: dict[int, _PendingCall] = {}
         finish_reason: str | None = None
         async with aclosing(self._opened(start)) as chunks:
             async for chunk in chunks:
-                for choice in chunk.choices or ():
-                    for item in self._read(choice.delta, pending, inp):
-                        yield item
-                    finish_reason = choice.finish_reason or finish_reason
+                try:
+                    items, finish_reason = self._chunk(chunk, pending, inp, finish_reason)
+                except ValueError as exc:  # a chunk of the wrong shape
+                    raise self.endpoint.malformed(str(exc)) from exc
+                for item in items:
+                    yield item
         if finish_reason is None:
             # Every compatible server ends a reply with a finish_reason; a stream without
             # one was cut off, or was never a chat-completions stream (an HTML page).
@@ -151,26 +181,39 @@ class OpenAIEngine(ProviderEngine):
             if last is not None:
                 yield last
 
+    def _chunk(
+        self, chunk: object, pending: dict[int, _PendingCall], inp: TurnInput, finish: str | None
+    ) -> tuple[list[StreamItem], str | None]:
+        """The items one chunk (its JSON) completes, and the finish reason so far."""
+        items: list[StreamItem] = []
+        for choice in _list(_field(chunk, "choices"), "choices"):
+            items += self._read(_field(choice, "delta"), pending, inp)
+            finish = _text(choice, "finish_reason") or finish
+        return items, finish
+
     def _read(
         self, delta: Any, pending: dict[int, _PendingCall], inp: TurnInput
     ) -> list[StreamItem]:
         """The items one chunk completes; tool-call pieces wait in ``pending``."""
         if delta is None:
             return []
-        text = delta.content or delta.refusal
+        text = _text(delta, "content") or _text(delta, "refusal")
         items: list[StreamItem] = [TextDelta(text)] if text else []
-        for call in delta.tool_calls or ():
-            index = call.index if call.index is not None else 0
+        for call in _list(_field(delta, "tool_calls"), "tool_calls"):
+            index = _field(call, "index")
+            index = index if isinstance(index, int) else 0
             # Providers stream tool calls one after another, so a new index means every
             # earlier call is complete (and was not cut off by the token limit).
             for done in sorted(i for i in pending if i < index):
                 complete = self._tool_item(pending.pop(done), inp, None)
                 items += [complete] if complete is not None else []
             slot = pending.setdefault(index, _PendingCall())
-            if call.function is not None:
-                slot.name = call.function.name or slot.name
-                if call.function.arguments:
-                    slot.arguments.append(call.function.arguments)
+            function = _field(call, "function")
+            if function is not None:
+                slot.name = _text(function, "name") or slot.name
+                arguments = _text(function, "arguments")
+                if arguments:
+                    slot.arguments.append(arguments)
         return items
 
     def _tool_item(

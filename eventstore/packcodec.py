@@ -119,3 +119,32 @@ def decode(columns: Sequence[Any]) -> Iterator[Entry]:
             digits = f"{previous + event_id:012x}{rest:020x}"
             event_id = f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
         yield step, event_id, at, {"text": body} if isinstance(body, str) else body
+
+
+def times(
+    columns: Sequence[Any], position: int, after: int, bound: int
+) -> Iterator[tuple[int, str]]:
+    """``(position, time)`` of one segment's deltas in ``(after, bound]``, from its first
+    position and its steps and times columns alone, a time spelled only where asked.
+
+    ``as_of=<time>`` reads every pack live at that time (one per run then streaming),
+    and only a few positions of each matter: decoding every id and text of them,
+    and spelling every time, was most of the lookup (7.2 of 8.7 ms a request at 10^4
+    events, load 8).
+    """
+    steps, spans = columns[0], columns[1]
+    previous: int | None = None
+    for step, when in zip(steps, spans, strict=True):
+        position += step
+        if position > bound:  # positions only rise along a segment
+            return
+        if isinstance(when, str):
+            previous = _ms_of(when)
+            if position > after:
+                yield position, when
+            continue
+        if previous is None:
+            raise ValueError("a pack's time step follows no time")
+        previous += when
+        if position > after:
+            yield position, _spelled(previous)

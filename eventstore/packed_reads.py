@@ -115,7 +115,7 @@ async def position_at(source: PackSource, timestamp: str) -> int:
     if bound <= stored:
         return stored
     whole, cut = await source.packs_at(stored, min(bound, NO_BOUND - 1), timestamp)
-    later = [p for p, at in times_of(cut) if stored < p <= bound and at <= timestamp]
+    later = [p for p, at in times_of(cut, stored, bound) if at <= timestamp]
     return max([stored, whole or 0, *later])
 
 

@@ -231,16 +231,22 @@ def unpack(stream_id: str, correlation_id: str | None, body: bytes) -> list[Reco
     return out
 
 
-def times_of(rows: Iterable[tuple[str, str | None, bytes]]) -> list[tuple[int, str]]:
-    """``(position, recorded_at)`` of every packed event, without rebuilding the events
-    (``as_of=<time>`` needs no more)."""
+def times_of(
+    rows: Iterable[tuple[str, str | None, bytes]], after: int = 0, bound: int = NO_BOUND
+) -> list[tuple[int, str]]:
+    """``(position, recorded_at)`` of the packed events in ``(after, bound]``, without
+    rebuilding the events (``as_of=<time>`` needs no more)."""
     found: list[tuple[int, str]] = []
     for stream_id, _, body in rows:
         obj = _body(json.loads(zlib.decompress(bytes(body))), stream_id)
         for _, _, _, position, packed in obj["segments"]:
+            if obj["format"] != 1:
+                found.extend(packcodec.times(packed, position, after, bound))
+                continue
             for step, _, at, _ in _entries(obj, packed):
                 position += step
-                found.append((position, at))
+                if after < position <= bound:
+                    found.append((position, at))
     return found
 
 

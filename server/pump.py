@@ -5,8 +5,9 @@ the Trigger.dev stream) pump the same way: the next event or, after
 ``ping_s`` of silence, a keep-alive (``ping()``: a ``: ping`` comment with the
 node's heartbeat, ``server/heartbeat.py``) so idle proxies keep the
 connection and the client knows the node still delivers; every write bounded
-by ``send_timeout_s``, so a client that stops reading is cut off instead of
-holding a buffer and a task forever; and an end that says why, because the
+by ``send_timeout_s`` of no progress (``server/drain.py``), so a client that
+stops reading is cut off instead of holding a buffer and a task forever, and
+one that reads a large frame slowly is not; and an end that says why, because the
 wires end differently. A run channel's body ends cleanly after the terminal
 event on both; a stopped channel (shutdown, token expiry) ends cleanly on
 ours but is dropped on the Trigger.dev stream, whose SDK takes a clean end
@@ -24,9 +25,12 @@ from aiohttp import web
 
 from sessionstream.core.vocabulary import TERMINAL
 from sessionstream.eventstore.model import RecordedEvent
+from sessionstream.server.drain import written
 from sessionstream.server.tail import Connection
 
 PING = b": ping\n\n"
+#: the most a chunked body adds to a write: its size in hex and two CRLFs
+CHUNK_HEAD = 32
 
 
 class Outcome(enum.Enum):
@@ -55,22 +59,30 @@ async def pump(
     ping_s: float,
     ping: Callable[[], bytes] = lambda: PING,
     send_timeout_s: float,
+    transport: asyncio.Transport | None,
     first: bytes | None = None,
     deadline: float | None = None,
 ) -> Outcome:
     """Send ``first``, then every event of ``conn`` until one of the ``Outcome``s.
 
+    ``transport`` is the response's, watched for progress while a write waits.
     ``deadline`` is in the loop's clock. ``ConnectionError`` (the client left)
     propagates: the caller has nothing left to send.
     """
 
+    conn.transport = transport
+    high = transport.get_write_buffer_limits()[1] if transport is not None else 0
+
     async def write(data: bytes) -> bool:
-        try:
-            async with asyncio.timeout(send_timeout_s):
-                await response.write(data)
-        except TimeoutError:
-            return False
-        return True
+        if transport is None or transport.get_write_buffer_size() + len(data) + CHUNK_HEAD < high:
+            # under the high-water mark aiohttp's write cannot wait for the client
+            try:
+                async with asyncio.timeout(send_timeout_s):
+                    await response.write(data)
+            except TimeoutError:
+                return False
+            return True
+        return await written(response.write(data), transport, send_timeout_s)
 
     if first is not None:
         if not await write(first):

@@ -78,6 +78,7 @@ async def serve(rt: Realtime, request: web.Request, channel: Channel) -> web.Str
                 ping_s=rt.sse_ping_s,
                 ping=rt.heartbeats.sse,
                 send_timeout_s=rt.send_timeout_s,
+                transport=request.transport,
                 first=first,
             )
         except ConnectionError:

@@ -238,6 +238,7 @@ async def run_stream(request: web.Request) -> web.StreamResponse:
                     ping_s=feeds.ping_s,
                     ping=core.heartbeats.comment,
                     send_timeout_s=core.send_timeout_s,
+                    transport=request.transport,
                     deadline=deadline,
                 )
             except ConnectionError:

@@ -21,8 +21,8 @@ overflows). Once caught up it joins its key's ``Fanout``: one task per run
 or session writing each event to every member's socket, so an event costs
 one task wake-up and one ``transport.write`` per subscriber. A member whose
 socket buffer passes the high-water mark is handed back to its own path,
-which waits for the client to drain; a client that stays blocked longer
-than ``ws_send_timeout_s`` is closed with 4408 "too slow" (cut off when
+which waits for the client to drain; a client that reads nothing for
+``ws_send_timeout_s`` is closed with 4408 "too slow" (cut off when
 even the close frame cannot be flushed). So one slow client holds at most
 the high-water mark plus one frame and never slows anyone else.
 """
@@ -39,6 +39,7 @@ from multidict import CIMultiDict
 from sessionstream.core.errors import RateLimited, SessionStreamError
 from sessionstream.core.vocabulary import TERMINAL
 from sessionstream.server.admission import ShuttingDown
+from sessionstream.server.drain import drained, flushed
 from sessionstream.server.fanout import DETACHED, RUN_END, join_when_caught_up
 from sessionstream.server.frames import dumps, ws_text_frame
 from sessionstream.server.tail import GONE, Connection, Resync
@@ -54,8 +55,6 @@ SERVER_ERROR = (1011, "server error; resume")
 JOINED = (0, "joined")
 #: clients send nothing that matters; keep what they may send small
 MAX_CLIENT_MESSAGE = 4096
-#: how often a blocked sender looks at its client's backlog (slow clients only)
-DRAIN_POLL_S = 0.01
 
 End = tuple[int, str] | None
 
@@ -239,29 +238,27 @@ async def _send_own(rt: Realtime, conn: Connection, transport: asyncio.Transport
 
 
 async def _drained(rt: Realtime, transport: asyncio.Transport) -> bool:
-    """Wait until the client has read the buffer down to the low-water mark."""
-    low = transport.get_write_buffer_limits()[0]
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + rt.send_timeout_s
-    while transport.get_write_buffer_size() > low:
-        if transport.is_closing():
-            return True  # gone: the subscription ends on its own
-        if loop.time() >= deadline:
-            rt.stats.too_slow += 1
-            return False
-        await asyncio.sleep(DRAIN_POLL_S)
-    return True
+    """Wait for the client to drain its backlog; False (counted) once it reads nothing for the
+    send timeout (``server/drain.py``: progress, not the whole write, is timed)."""
+    if await drained(transport, rt.send_timeout_s):
+        return True
+    rt.stats.too_slow += 1
+    return False
 
 
 async def _close(
     rt: Realtime, ws: web.WebSocketResponse, request: web.Request, code: int, reason: str
 ) -> None:
-    """Close with ``code``; a client that cannot take even the close frame is cut off."""
+    """Close with ``code``; a client that stops reading before the close frame is cut off.
+
+    aiohttp's close returns once the close frame is queued and the transport is
+    closing, maybe with a large frame still in the buffer: a client still reading
+    it gets the rest (it used to be aborted mid-frame)."""
     rt.stats.count_close(code)
     message = reason.encode()[:120]
     with contextlib.suppress(TimeoutError, ConnectionError):
         async with asyncio.timeout(rt.close_timeout_s + 1.0):
             await ws.close(code=code, message=message)
     transport = request.transport
-    if transport is not None and transport.get_write_buffer_size() > 0:
+    if transport is not None and not await flushed(transport, rt.close_timeout_s):
         transport.abort()  # never keep a dead client's backlog in memory

@@ -58,6 +58,8 @@ class Reply:
     pace_s: float = 0.0
     #: end the stream after this many events without ``message_stop`` (a cut connection)
     cut_after_events: int | None = None
+    #: drop the connection after this many events, the body unfinished (a network failure)
+    drop_after_events: int | None = None
     #: each text piece is replaced, as it is sent, by the provider's clock
     #: (``tests.fake_openai.stamp``): a benchmark's marked tokens
     stamped: bool = False
@@ -174,6 +176,10 @@ class FakeAnthropic:
                 return resp
             if reply.cut_after_events is not None and n >= reply.cut_after_events:
                 break
+            if reply.drop_after_events is not None and n >= reply.drop_after_events:
+                assert request.transport is not None
+                request.transport.abort()
+                return resp
             if reply.error_after_events is not None and n >= reply.error_after_events:
                 err = {
                     "type": "error",

@@ -50,6 +50,8 @@ class Reply:
     stream_error_after: int | None = None
     #: end the stream after this many chunks, with no finish_reason and no ``[DONE]``
     cut_after_chunks: int | None = None
+    #: drop the connection after this many chunks, the body unfinished (a network failure)
+    drop_after_chunks: int | None = None
     #: each content piece is replaced, as it is sent, by the provider's clock
     #: (``time.perf_counter()``, 7 decimals and a space): a benchmark's marked tokens
     stamped: bool = False
@@ -146,6 +148,10 @@ class FakeOpenAI:
                 return resp
             if reply.cut_after_chunks is not None and n >= reply.cut_after_chunks:
                 break
+            if reply.drop_after_chunks is not None and n >= reply.drop_after_chunks:
+                assert request.transport is not None
+                request.transport.abort()
+                return resp
             if reply.stream_error_after is not None and n >= reply.stream_error_after:
                 err = {"error": {"message": "fake stream failure", "type": "server_error"}}
                 await resp.write(f"data: {json.dumps(err)}\n\n".encode())

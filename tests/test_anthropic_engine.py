@@ -260,10 +260,38 @@ FAILURES: list[tuple[str, Behaviour, str, str]] = [
         "ANTHROPIC_BASE_URL",
     ),
     (
+        "connection dropped mid-reply",
+        Reply(text="a reply whose connection drops", drop_after_events=6),
+        r"connection lost in the middle of the reply",
+        "check the network or proxy",
+    ),
+    (
         "not JSON",
         Raw('event: message_start\ndata: {"type": "message_start", "message": {oops\n\n'),
         r"malformed stream \(Expecting property name",
         "Check that ANTHROPIC_BASE_URL points at the Anthropic Messages API",
+    ),
+    (
+        "an event that is not an object",
+        Raw("event: message_start\ndata: [1, 2]\n\n"),
+        r"malformed stream \(an event part that is not a JSON object: \[1, 2\]\)",
+        "ANTHROPIC_BASE_URL",
+    ),
+    (
+        "a text delta that is not text",
+        Raw(
+            "event: content_block_delta\n"
+            'data: {"type": "content_block_delta", "index": 0, '
+            '"delta": {"type": "text_delta", "text": 3}}\n\n'
+        ),
+        r"malformed stream \(text is not a string: 3\)",
+        "ANTHROPIC_BASE_URL",
+    ),
+    (
+        "a block event without an index",
+        Raw('event: content_block_stop\ndata: {"type": "content_block_stop"}\n\n'),
+        r"malformed stream \(a content block event without an index",
+        "ANTHROPIC_BASE_URL",
     ),
     (
         "an HTML page",

@@ -409,10 +409,34 @@ FAILURES: list[tuple[str, Behaviour, str, str]] = [
         "OPENAI_BASE_URL",
     ),
     (
+        "a chunk that is not an object",
+        Raw("data: 5\n\n"),
+        r"malformed stream \(a chunk part that is not a JSON object: 5\)",
+        "OPENAI_BASE_URL",
+    ),
+    (
+        "choices that are not a list",
+        Raw('data: {"choices": {"0": 1}}\n\n'),
+        r"malformed stream \(choices is not a list",
+        "OPENAI_BASE_URL",
+    ),
+    (
+        "content that is not text",
+        Raw('data: {"choices": [{"delta": {"content": 7}}]}\n\n'),
+        r"malformed stream \(content is not a string: 7\)",
+        "OPENAI_BASE_URL",
+    ),
+    (
         "stream cut off",
         Reply(content="a reply that is cut", cut_after_chunks=4),
         r"malformed stream \(the stream ended before the reply was complete\)",
         "OPENAI_BASE_URL",
+    ),
+    (
+        "connection dropped mid-reply",
+        Reply(content="a reply whose connection drops", drop_after_chunks=4),
+        r"connection lost in the middle of the reply",
+        "check the network or proxy",
     ),
     ("hang", Hang(), r"sent nothing for 0\.3s", "SESSIONSTREAM_ENGINE_TIMEOUT_S"),
 ]

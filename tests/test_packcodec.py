@@ -150,3 +150,27 @@ def test_ids_that_count_up_pack_in_a_byte_or_two() -> None:
     (large,) = pack_stream(a_run(random_ids))
     assert back(events) == deltas_of(events)
     assert len(small.body) < len(large.body) - 60 * 6
+
+
+def test_times_of_a_range_are_those_of_every_time_in_it() -> None:
+    """``as_of=<time>`` asks for the few positions between two stored rows: the same
+    (position, time) pairs as the whole pack's, cut to the range, in either format,
+    spellings kept (a same-millisecond time, another spelling of one)."""
+    ms = START_MS + 1000
+    odd = [
+        (uuid7(ms), spelled(ms), {"text": "a"}),
+        (uuid7(ms), "2026-12-01T00:00:00.5+00:00", {"text": "b"}),
+        (uuid7(ms + 3), spelled(ms + 3), {"text": "c"}),
+    ]
+    for deltas in (token_a_time(40), odd + token_a_time(5)):
+        events = a_run(deltas)
+        rows = [(p.stream_id, p.correlation_id, p.body) for p in pack_stream(events)]
+        old = [(RUN, "session-s1", format_1(events))]
+        every = [(e.position, e.recorded_at) for e in deltas_of(events)]
+        positions = [p for p, _ in every]
+        for after, bound in itertools.product(
+            (0, positions[0], positions[2], positions[-2]), (positions[1], positions[-1], 10**9)
+        ):
+            cut = [(p, at) for p, at in every if after < p <= bound]
+            assert times_of(rows, after, bound) == cut, (after, bound)
+            assert times_of(old, after, bound) == cut, (after, bound)

@@ -9,9 +9,11 @@ Each test uses a throwaway schema that is dropped afterwards.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 
@@ -350,6 +352,92 @@ async def test_an_exported_log_imports_verbatim_into_another_database(
         conn = await asyncpg.connect(DSN)
         await conn.execute(f'DROP SCHEMA IF EXISTS "{other_schema}" CASCADE')
         await conn.close()
+
+
+async def test_a_rebuild_folds_what_spans_streams_in_log_order_holding_no_events(
+    nodes: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The usage projection keys every event its user appended: a rebuild that held
+    those events for the end held most of the log (above 150 MB at 10^6 events).
+    They are folded in a second read in position order, to the documents appends made."""
+    from sessionstream.eventstore import projector
+    from sessionstream.eventstore.postgres import writer
+
+    held: list[int] = []
+
+    class Spy(projector.StreamFold):
+        def feed(self, events: Any) -> Any:
+            out = super().feed(events)
+            held.append(len(self._held))
+            return out
+
+    store = await nodes(snapshot_every=2)
+    users = [str(uuid.uuid4()) for _ in range(2)]
+    for n, user in enumerate(users):
+        actor = {"actor": {"type": "user", "id": user}}
+        await store.append(
+            f"user-{user}", [NewEvent("user.created", {"id": user, "name": f"u{n}"}, actor)]
+        )
+        await store.append(f"user-{user}", [NewEvent("token.issued", {"token_hash": f"h{n}"})])
+        for k in range(3):  # streams in between, so log order differs from stream order
+            for other in users:
+                await store.append(
+                    f"s-{other}-{k}", [NewEvent("x", {"n": n, "pad": "y" * (k + 1)}, actor)]
+                )
+    before = {kind: await store.scan_docs(kind, limit=100) for kind in ("usage", "token")}
+    assert len(before["usage"]) == 2 and before["token"]
+    monkeypatch.setattr(writer, "StreamFold", Spy)
+    assert await store.rebuild() == await store.head_position()
+    assert held and max(held) == 0
+    for kind, docs in before.items():
+        assert await store.scan_docs(kind, limit=100) == docs
+
+
+async def test_a_page_of_a_long_list_reads_its_page_not_the_list(
+    nodes: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The listing index is in the order a list is read, so a page's plan stops after
+    the page: no sort of every document of the campaign under its limit (what the
+    default NULLS LAST order made of ``ORDER BY created_at NULLS FIRST``)."""
+    from sessionstream.eventstore.postgres import reader
+
+    store = await nodes()
+    async with store._reader.connection() as conn:
+        await conn.execute(
+            "INSERT INTO docs (kind, key, owner, parent, created_at, version, position, body) "
+            "SELECT 'session', 'k' || lpad(n::text, 5, '0'), 'u', 'c', "
+            "CASE WHEN n % 100 = 0 THEN NULL ELSE 't' || lpad(n::text, 5, '0') END, "
+            "1, n, '{}' FROM generate_series(1, 3000) AS n"
+        )
+        await conn.execute("ANALYZE docs")
+    sent: list[tuple[str, tuple[Any, ...]]] = []
+    fetch = reader.PostgresReader.fetch
+
+    async def spy(self: Any, query: str, *args: Any) -> list[Any]:
+        sent.append((query, args))
+        return await fetch(self, query, *args)
+
+    monkeypatch.setattr(reader.PostgresReader, "fetch", spy)
+    first = await store.list_docs("session", owner="u", parent="c", limit=51, max_bytes=1 << 20)
+    assert [d.key for d in first[:3]] == ["k00100", "k00200", "k00300"]  # NULLs first
+    mark = (first[-1].index.created_at or "", first[-1].key)
+    await store.list_docs("session", owner="u", parent="c", after=mark, limit=51)
+    for query, args in sent:
+        async with store._reader.connection() as conn:
+            plan = await conn.fetchval(f"EXPLAIN (FORMAT JSON) {query}", *args)
+        limits = list(nodes_of(json.loads(plan)[0]["Plan"], "Limit"))
+        assert limits, plan
+        for limit in limits:  # straight onto the index, in its order
+            (below,) = limit["Plans"]
+            assert below["Node Type"] == "Index Scan", plan
+            assert below["Index Name"] == "docs_listing", plan
+
+
+def nodes_of(plan: dict[str, Any], kind: str) -> Iterator[dict[str, Any]]:
+    if plan["Node Type"] == kind:
+        yield plan
+    for child in plan.get("Plans", ()):
+        yield from nodes_of(child, kind)
 
 
 # storage failures ----------------------------------------------------------------------------

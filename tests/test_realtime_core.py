@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import pytest
@@ -258,6 +258,67 @@ async def test_a_trigger_stream_that_is_not_read_is_dropped(make_api: Any) -> No
         assert feeds.stats.frames_sent < 700
     finally:
         sock.close()
+
+
+WIRES = {
+    "ws": (
+        "/api/realtime/runs/{id}?token={token}",
+        "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n",
+    ),
+    "sse": ("/api/realtime/runs/{id}?token={token}", "Accept: text/event-stream\r\n"),
+    "trigger": ("/realtime/v1/streams/{id}/chat", "Authorization: Bearer {token}\r\n"),
+}
+
+
+def narrow_server_sends(api: Api) -> None:
+    """Small kernel send buffers on the connections the server accepts from now on (they
+    inherit the listener's), so the transport's backlog, which the send timeout watches,
+    holds the frame instead of the kernel."""
+    assert api.client.server.runner is not None
+    for site in api.client.server.runner.sites:
+        server = cast(asyncio.Server, site._server)
+        for listener in server.sockets:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+
+
+@pytest.mark.parametrize("wire", sorted(WIRES))
+async def test_a_slow_but_steady_reader_of_a_large_frame_is_not_cut_off(
+    make_api: Any, wire: str
+) -> None:
+    """The send timeout times silence, not a whole write: a 1.5 MB reply read steadily for
+    several send timeouts arrives whole on every wire (it used to be cut off mid-frame)."""
+    api: Api = await make_api(engine=ScriptedEngine(), ws_send_timeout_s=0.3, **FAST)
+    run = await fake_run(api)
+    await run.add("message.completed", {"text": "y" * 1_500_000})
+    await run.add("run.completed", {})
+    path, head = WIRES[wire]
+    narrow_server_sends(api)
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    received = bytearray()
+    started = loop.time()
+    try:
+        await loop.sock_connect(sock, ("127.0.0.1", api.client.port or 0))
+        request = (
+            f"GET {path.format(id=run.id, token=run.token)} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            + head.format(token=run.token)
+            + "\r\n"
+        )
+        await loop.sock_sendall(sock, request.encode())
+        while b"run.completed" not in received[-4096:]:
+            chunk = await asyncio.wait_for(loop.sock_recv(sock, 4096), 10.0)
+            assert chunk, f"cut off after {len(received)} bytes"
+            received += chunk
+            await asyncio.sleep(0.004)  # ~1 MB/s: the whole reply takes several timeouts
+    finally:
+        sock.close()
+    assert loop.time() - started > 3 * 0.3, "the reader was not slow: the test proves nothing"
+    assert received.count(b"y") >= 1_500_000
+    stats = api.app[REALTIME_STATS]
+    assert stats.too_slow == 0 and api.app[TRIGGER].stats.streams_dropped == 0
 
 
 def test_stats_count_every_wire_in_one_total() -> None:

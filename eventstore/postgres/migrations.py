@@ -270,6 +270,13 @@ MIGRATIONS: tuple[str, ...] = (
     # 9: the same function, its fence checks skipped for a batch without fences (most
     # batches): they cost about 150 us of a 600 us write, measured interleaved
     WRITE_BATCH_AT_HEAD_FN,
+    # 10: the listing index in the order lists are read (``created_at NULLS FIRST``, as
+    # SQLite sorts NULLs): in the default NULLS LAST order a page of 50 fetched and sorted
+    # every document of the campaign (docs/explanation/scale.md, "PostgreSQL at 10^6")
+    """
+    DROP INDEX docs_listing;
+    CREATE INDEX docs_listing ON docs (kind, owner, parent, created_at NULLS FIRST, key);
+    """,
 )
 
 LATEST = len(MIGRATIONS)
