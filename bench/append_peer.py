@@ -37,7 +37,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from bench.common import median
 from sessionstream import projections
@@ -64,8 +64,26 @@ SEQUENTIAL = 100
 TOPIC = "bench:Appended"
 TYPE = "bench.appended"
 
-#: (events, scratch directory) -> seconds the appends took
-Workload = Callable[[int, Path], float]
+
+class Spent(NamedTuple):
+    """What a side's appends took: seconds on the clock, and the process's CPU seconds
+    (every thread of it: ours plans on its writer thread), which the machine's load
+    moves far less than the clock. On PostgreSQL the CPU leaves out the server's."""
+
+    wall: float
+    cpu: float
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+    def spent(self) -> Spent:
+        return Spent(time.perf_counter() - self.wall, time.process_time() - self.cpu)
+
+
+#: (events, scratch directory) -> what the appends took
+Workload = Callable[[int, Path], Spent]
 
 
 def payload(i: int) -> dict[str, Any]:
@@ -80,46 +98,46 @@ def _recorder(path: Path) -> Any:
     return recorder
 
 
-def time_recorder(recorder: Any, count: int, bulk: bool) -> float:
-    """Seconds the recorder takes to insert ``count`` encoded events: in one call, or one a call."""
+def time_recorder(recorder: Any, count: int, bulk: bool) -> Spent:
+    """What the recorder takes to insert ``count`` encoded events: in one call, or one a call."""
     from eventsourcing.persistence import StoredEvent
 
     originator = uuid.uuid4()
     events = [
         StoredEvent(originator, i + 1, TOPIC, json.dumps(payload(i)).encode()) for i in range(count)
     ]
-    began = time.perf_counter()
+    timer = _Timer()
     if bulk:
         recorder.insert_events(events)
     else:
         for event in events:
             recorder.insert_events([event])
-    return time.perf_counter() - began
+    return timer.spent()
 
 
-def peer_bulk(count: int, workdir: Path) -> float:
+def peer_bulk(count: int, workdir: Path) -> Spent:
     return time_recorder(_recorder(workdir / "peer.db"), count, bulk=True)
 
 
-def peer_sequential(count: int, workdir: Path) -> float:
+def peer_sequential(count: int, workdir: Path) -> Spent:
     return time_recorder(_recorder(workdir / "peer.db"), count, bulk=False)
 
 
-async def time_store(store: EventStore, count: int, bulk: bool) -> float:
-    """Seconds an open, empty store takes to append ``count`` events: in one call, or one a call."""
+async def time_store(store: EventStore, count: int, bulk: bool) -> Spent:
+    """What an open, empty store takes to append ``count`` events: in one call, or one a call."""
     events = [NewEvent(TYPE, payload(i), {"actor": {"id": "b"}}) for i in range(count)]
-    began = time.perf_counter()
+    timer = _Timer()
     if bulk:
         await store.append("bench-1", events, expected_version=0)
     else:
         for version, event in enumerate(events):
             await store.append("bench-1", [event], expected_version=version)
-    elapsed = time.perf_counter() - began
+    spent = timer.spent()
     assert await store.head_position() == count
-    return elapsed
+    return spent
 
 
-async def _ours(count: int, path: Path, bulk: bool) -> float:
+async def _ours(count: int, path: Path, bulk: bool) -> Spent:
     store = SQLiteEventStore(path, projections.ALL)
     await store.open()
     try:
@@ -128,16 +146,16 @@ async def _ours(count: int, path: Path, bulk: bool) -> float:
         await store.close()
 
 
-def ours_bulk(count: int, workdir: Path) -> float:
+def ours_bulk(count: int, workdir: Path) -> Spent:
     return asyncio.run(_ours(count, workdir / "store.db", bulk=True))
 
 
-def ours_sequential(count: int, workdir: Path) -> float:
+def ours_sequential(count: int, workdir: Path) -> Spent:
     return asyncio.run(_ours(count, workdir / "store.db", bulk=False))
 
 
-def time_statements(path: Path, count: int, bulk: bool) -> float:
-    """Seconds our writer's statements alone take to append ``count`` events to one stream:
+def time_statements(path: Path, count: int, bulk: bool) -> Spent:
+    """What our writer's statements alone take to append ``count`` events to one stream:
     in one transaction, or one a transaction; the rows (encoded, hashed) built first."""
     events = [NewEvent(TYPE, payload(i), {"actor": {"id": "b"}}) for i in range(count)]
     request = AppendRequest("bench-1", tuple(events), 0)
@@ -155,7 +173,7 @@ def time_statements(path: Path, count: int, bulk: bool) -> float:
             conn.execute(f"PRAGMA {pragma}")
         conn.executescript(SCHEMA)
         heads = "SELECT stream_id, version, hash FROM streams WHERE stream_id IN (?)"
-        began = time.perf_counter()
+        timer = _Timer()
         for batch in batches:
             conn.execute("BEGIN IMMEDIATE")
             conn.execute(HEAD_AND_CLOCK).fetchone()
@@ -164,16 +182,16 @@ def time_statements(path: Path, count: int, bulk: bool) -> float:
             last = batch[-1]
             conn.executemany(UPSERT_STREAM, [(last[1], last[2], last[9])])
             conn.execute("COMMIT")
-        return time.perf_counter() - began
+        return timer.spent()
     finally:
         conn.close()
 
 
-def floor_bulk(count: int, workdir: Path) -> float:
+def floor_bulk(count: int, workdir: Path) -> Spent:
     return time_statements(workdir / "floor.db", count, bulk=True)
 
 
-def floor_sequential(count: int, workdir: Path) -> float:
+def floor_sequential(count: int, workdir: Path) -> Spent:
     return time_statements(workdir / "floor.db", count, bulk=False)
 
 
@@ -212,8 +230,8 @@ ROWS: dict[str, tuple[int, Workload, Workload]] = {
 FLOORS: dict[str, Workload] = {"bulk": floor_bulk, "sequential": floor_sequential}
 
 
-def _in_scratch(workload: Workload) -> Callable[[int], float]:
-    def once(count: int) -> float:
+def _in_scratch(workload: Workload) -> Callable[[int], Spent]:
+    def once(count: int) -> Spent:
         with tempfile.TemporaryDirectory(prefix="bench-peer-") as tmp:
             return workload(count, Path(tmp))
 
@@ -227,6 +245,7 @@ def run(rounds: int) -> dict[str, Any]:
         {name: (n, _in_scratch(ours), _in_scratch(peer)) for name, (n, ours, peer) in ROWS.items()},
         rounds,
         {name: _in_scratch(floor) for name, floor in FLOORS.items()},
+        cpu=True,
     )
     for row in out.values():
         row["durability"] = settings
@@ -234,15 +253,19 @@ def run(rounds: int) -> dict[str, Any]:
 
 
 def compare(
-    rows: dict[str, tuple[int, Callable[[int], float], Callable[[int], float]]],
+    rows: dict[str, tuple[int, Callable[[int], Spent], Callable[[int], Spent]]],
     rounds: int,
-    floors: dict[str, Callable[[int], float]] | None = None,
+    floors: dict[str, Callable[[int], Spent]] | None = None,
+    *,
+    cpu: bool = False,
 ) -> dict[str, Any]:
     """Each row: our events/s and the recorder's, the order of the sides rotating.
 
     A row is (events, ours, the recorder's), each side taking the event count
-    and answering the seconds its appends took; ``floors`` adds a third side
-    to a row (``time_statements``), kept as ``floor_*``.
+    and answering what its appends took; ``floors`` adds a third side to a
+    row (``time_statements``), kept as ``floor_*``. With ``cpu``, also the
+    events per CPU second of each side and their ratio (``cpu_ratio``): the
+    steadier figure on a loaded machine, where the clock's ratio swings.
     """
     out: dict[str, Any] = {}
     load_start = [round(v, 2) for v in os.getloadavg()]
@@ -252,10 +275,13 @@ def compare(
         if floor is not None:
             sides.append(("floor", floor))
         samples: dict[str, list[float]] = {side: [] for side, _ in sides}
+        per_cpu: dict[str, list[float]] = {side: [] for side, _ in sides}
         for round_no in range(max(rounds, 3)):
             shift = round_no % len(sides)
             for side, workload in sides[shift:] + sides[:shift]:
-                samples[side].append(count / workload(count))
+                spent = workload(count)
+                samples[side].append(count / spent.wall)
+                per_cpu[side].append(count / max(spent.cpu, 1e-9))
         ours_rate, peer_rate = median(samples["subject"]), median(samples["baseline"])
         out[name] = {
             "events": count,
@@ -271,6 +297,11 @@ def compare(
             f"  peer {name} ({count:,} events): ours {ours_rate:,.0f} ev/s, "
             f"eventsourcing {peer_rate:,.0f} ev/s, {ours_rate / peer_rate:.2f}x"
         )
+        if cpu:
+            ours_cpu, peer_cpu = median(per_cpu["subject"]), median(per_cpu["baseline"])
+            out[name]["events_per_cpu_s"] = {k: round(median(v)) for k, v in per_cpu.items()}
+            out[name]["cpu_ratio"] = round(ours_cpu / peer_cpu, 3)
+            line += f"; per CPU second {ours_cpu / peer_cpu:.2f}x"
         if floor is not None:
             floor_rate = median(samples["floor"])
             out[name]["floor_events_per_s"] = round(floor_rate)
