@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import cProfile
+import gc
 import itertools
 import json
 import multiprocessing as mp
@@ -68,7 +69,7 @@ from sessionstream.eventstore.model import AppendRequest, AppendResult, Recorded
 STAGES = ("engine", "coalesce", "queue", "commit", "fanout")
 PROVIDERS = ("openai", "anthropic")
 #: the processes whose CPU a round splits (cores used over its measured window)
-CORES = ("provider", "server", "subscribers", "others")
+CORES = ("provider", "server", "server_loop", "subscribers", "others")
 
 
 # the provider process ----------------------------------------------------------------------------
@@ -214,6 +215,36 @@ def instrument(store: Any, marks: Marks) -> None:
 PROFILE_VAR = "BENCH_TOKENS_PROFILE"
 
 
+class GcTime:
+    """The time the server's garbage collector took, and its longest pause, by generation."""
+
+    def __init__(self) -> None:
+        self.started = 0.0
+        self.total = [0.0, 0.0, 0.0]
+        self.longest = [0.0, 0.0, 0.0]
+        self.count = [0, 0, 0]
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self.started = time.perf_counter()
+            return
+        took, gen = time.perf_counter() - self.started, info["generation"]
+        self.total[gen] += took
+        self.count[gen] += 1
+        self.longest[gen] = max(self.longest[gen], took)
+
+    def reset(self) -> None:
+        self.total, self.longest, self.count = [0.0] * 3, [0.0] * 3, [0] * 3
+
+    def report(self) -> dict[str, float]:
+        """Since the last reset: collections, their seconds, the longest pause (ms)."""
+        return {
+            "gc_collections": float(sum(self.count)),
+            "gc_s": sum(self.total),
+            "gc_longest_ms": max(self.longest) * 1000,
+        }
+
+
 def server_main(pipe: Connection, provider: str, base_url: str) -> None:
     install_uvloop()
     raise_fd_limit()
@@ -221,7 +252,7 @@ def server_main(pipe: Connection, provider: str, base_url: str) -> None:
 
 
 async def _serve(pipe: Connection, provider: str, base_url: str) -> None:
-    from sessionstream.server.app import create_app
+    from sessionstream.server.app import create_app, settle_gc
     from sessionstream.server.keys import STORE
     from sessionstream.services.accounts import create_user
 
@@ -242,6 +273,8 @@ async def _serve(pipe: Connection, provider: str, base_url: str) -> None:
     marks = Marks()
     app = create_app(settings, engine=StagedEngine(inner, marks))
 
+    collecting = GcTime()
+    gc.callbacks.append(collecting)
     profile_to = os.environ.get(PROFILE_VAR)
     profile = cProfile.Profile(time.thread_time) if profile_to else None
     asked: list[float] = []
@@ -251,16 +284,19 @@ async def _serve(pipe: Connection, provider: str, base_url: str) -> None:
         before and after the measured window, which a profile (if any) covers."""
         usage = resource.getrusage(resource.RUSAGE_SELF)
         asked.append(usage.ru_utime + usage.ru_stime)
+        if len(asked) == 1:
+            collecting.reset()  # the measured window's collections only
         if profile is not None and profile_to and len(asked) == 1:
             profile.enable()
         elif profile is not None and profile_to and len(asked) == 2:
             profile.disable()
             profile.dump_stats(profile_to)
-        return web.json_response({"cpu_s": asked[-1]})
+        return web.json_response({"cpu_s": asked[-1], "gc": collecting.report()})
 
     app.router.add_get("/bench/cpu", cpu)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
     await runner.setup()
+    settle_gc()  # as ``sessionstream serve`` does once it has started
     instrument(app[STORE], marks)
     site = web.TCPSite(runner, "127.0.0.1", 0, backlog=4096)
     await site.start()
@@ -367,7 +403,7 @@ async def token_round(
             sockets = await connect_all(http, targets, ready=2)  # run.created, run.started
             received: list[list[tuple[float, str]]] = [[] for _ in sockets]
             split = CpuSplit({"provider": procs.provider_pid, "server": procs.server_pid})
-            cpu_before = await server_cpu(http)
+            cpu_before, _ = await server_cpu(http)
             with measuring():
                 async with aiohttp.ClientSession() as plain:
                     split.begin()
@@ -375,12 +411,13 @@ async def token_round(
                 drains = (drain(ws, out) for ws, out in zip(sockets, received, strict=True))
                 await asyncio.gather(*drains)
                 cores = split.end()
-            cpu_s = await server_cpu(http) - cpu_before
+            cpu_after, collected = await server_cpu(http)
+            cpu_s = cpu_after - cpu_before
     finally:
         marks, stored = procs.finish([run_id for run_id, _ in started])
     result = {**figures(marks, received, runs * subscribers * tokens), **stored}
     result["server_cpu_us_per_token"] = cpu_s / (runs * tokens) * 1e6
-    return result | cores
+    return result | cores | collected
 
 
 async def warm_up(http: aiohttp.ClientSession) -> None:
@@ -391,9 +428,11 @@ async def warm_up(http: aiohttp.ClientSession) -> None:
     await drain(ws, [])
 
 
-async def server_cpu(http: aiohttp.ClientSession) -> float:
+async def server_cpu(http: aiohttp.ClientSession) -> tuple[float, dict[str, float]]:
+    """The server's CPU seconds so far, and its collector's work since the last ask."""
     async with http.get("/bench/cpu") as r:
-        return float((await r.json())["cpu_s"])
+        body = await r.json()
+    return float(body["cpu_s"]), body["gc"]
 
 
 def figures(marks: Marks, received: list[list[tuple[float, str]]], expected: int) -> dict[str, Any]:
@@ -435,9 +474,11 @@ def figures(marks: Marks, received: list[list[tuple[float, str]]], expected: int
     return result
 
 
-def cpu_of(pid: int) -> float:
-    """A process's CPU seconds so far (user + system, every thread), from ``/proc``."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def cpu_of(pid: int, thread: int | None = None) -> float:
+    """A process's CPU seconds so far (user + system, every thread), from ``/proc``;
+    with ``thread``, that thread's alone."""
+    where = f"/proc/{pid}/task/{thread}/stat" if thread else f"/proc/{pid}/stat"
+    fields = Path(where).read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -462,6 +503,8 @@ class CpuSplit:
 
     def read(self) -> dict[str, float]:
         now = {name: cpu_of(pid) for name, pid in self.pids.items()}
+        # the server's event loop thread: the GIL holds its Python work to one core
+        now["server_loop"] = cpu_of(self.pids["server"], self.pids["server"])
         now["subscribers"] = own_cpu()
         now["machine"] = machine_busy()
         now["wall"] = time.perf_counter()
@@ -476,7 +519,7 @@ class CpuSplit:
         stop = self.read()
         wall = stop["wall"] - self.start["wall"]
         used = {k: (stop[k] - self.start[k]) / wall for k in stop if k != "wall"}
-        ours = sum(v for k, v in used.items() if k != "machine")
+        ours = sum(v for k, v in used.items() if k not in ("machine", "server_loop"))
         used["others"] = max(0.0, used.pop("machine") - ours)
         return {f"cores_{k}": v for k, v in used.items()} | {"window_s": wall}
 
