@@ -293,7 +293,21 @@ async def _serve(pipe: Connection, provider: str, base_url: str) -> None:
             profile.dump_stats(profile_to)
         return web.json_response({"cpu_s": asked[-1], "gc": collecting.report()})
 
+    async def settled(request: web.Request) -> web.Response:
+        """Wait (at most 60 s) until ``n`` subscribers are on their run's fan-out: caught
+        up and live, so the measured window holds no subscriber's catch-up reads."""
+        from sessionstream.server.realtime import REALTIME
+
+        fanouts, want = app[REALTIME].fanouts, int(request.query["n"])
+        deadline = time.monotonic() + 60.0
+        while (joined := sum(len(f.members) for f in fanouts.values())) < want:
+            if time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.01)
+        return web.json_response({"joined": joined})
+
     app.router.add_get("/bench/cpu", cpu)
+    app.router.add_get("/bench/settled", settled)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     settle_gc()  # as ``sessionstream serve`` does once it has started
@@ -402,6 +416,8 @@ async def token_round(
             targets = [run for run in started for _ in range(subscribers)]
             sockets = await connect_all(http, targets, ready=2)  # run.created, run.started
             received: list[list[tuple[float, str]]] = [[] for _ in sockets]
+            async with http.get("/bench/settled", params={"n": str(len(sockets))}) as r:
+                joined = (await r.json())["joined"]
             split = CpuSplit({"provider": procs.provider_pid, "server": procs.server_pid})
             cpu_before, _ = await server_cpu(http)
             with measuring():
@@ -417,6 +433,7 @@ async def token_round(
         marks, stored = procs.finish([run_id for run_id, _ in started])
     result = {**figures(marks, received, runs * subscribers * tokens), **stored}
     result["server_cpu_us_per_token"] = cpu_s / (runs * tokens) * 1e6
+    result["subscribers_live_at_start"] = joined / len(sockets)
     return result | cores | collected
 
 
