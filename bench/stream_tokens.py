@@ -10,7 +10,8 @@ Three processes on one host (``perf_counter`` is one monotonic clock for all):
 - the **server**: ``create_app`` with the real engine (``openai`` or
   ``anthropic`` SDK) pointed at the provider, uvloop, SQLite, as
   ``sessionstream serve`` runs it. It notes when each token passed each stage;
-- **this process**: every subscriber, a real websocket on its run's channel.
+- **this process**: every subscriber, a real websocket on its run's channel
+  (``bench/stream_lean.py``, or aiohttp's client with ``--receiver aiohttp``).
 
 The stages of one token, each measured from the end of the one before:
 
