@@ -13,7 +13,8 @@ exactly what was sent (id, position and hash, which covers the request's
 metadata) is answered as fresh.
 
 Whatever is answered as stored, own commit or a client's retry, is first
-made durable (:func:`durable`): a commit whose wait for the synchronous
+made durable (:func:`durable_head`, which the event pump uses too: it
+publishes no other node's commit before it is durable): a commit whose wait for the synchronous
 standby was cut short (a cancel, a terminated connection, a shutdown: often
 just what lost the answer) is visible on the primary before the standby has
 it, and a failover would take it back after it was acknowledged.
@@ -69,7 +70,14 @@ def any_stored(outcomes: Sequence[Outcome]) -> bool:
     return any(not isinstance(o, BaseException) and any(r.duplicate for r in o) for o in outcomes)
 
 
-async def durable(conn: asyncpg.Connection) -> None:
-    """Returns once what ``conn``'s host committed so far is on its synchronous standby
-    (``schema.DURABLE_HEAD``)."""
-    await conn.fetchrow(sql.DURABLE_HEAD)
+async def durable_head(conn: asyncpg.Connection) -> int:
+    """The head, returned once everything ``conn``'s host committed up to it is on its
+    synchronous standby (at once on a standby, or with no synchronous standby named).
+
+    A commit whose wait for the standby was cut short is visible before it is
+    durable; a later commit that does wait (``schema.DURABLE``) returns only once the
+    standby holds the log up to it, and so up to everything visible before it."""
+    head, waits = await conn.fetchrow(sql.HEAD_AND_SYNC)
+    if waits:
+        await conn.execute(sql.DURABLE)  # autocommit: its commit waits for the standby
+    return int(head)

@@ -29,6 +29,7 @@ from sessionstream.eventstore.model import (
     row_to_doc,
     row_to_event,
 )
+from sessionstream.eventstore.postgres.again import durable_head
 from sessionstream.eventstore.postgres.connect import on_standby
 from sessionstream.eventstore.postgres.errors import (
     DRIVER_ERRORS,
@@ -239,6 +240,16 @@ class PostgresReader:
 
     async def head_position(self) -> int:
         return int(await self.fetchval("SELECT head FROM log_head WHERE id = 1"))
+
+    async def durable_head(self) -> int:
+        """The head, once every commit up to it is on the synchronous standby if there is
+        one (``again.py``): what may be published without being taken back."""
+
+        async def once() -> int:
+            async with self.connection() as conn:
+                return await durable_head(conn)
+
+        return await self.wait.patiently(once, transient)
 
     async def stream_version(self, stream_id: str) -> int:
         value = await self.fetchval("SELECT version FROM streams WHERE stream_id = $1", stream_id)

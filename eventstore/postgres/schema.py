@@ -110,18 +110,17 @@ WRITE_BATCH_AT_HEAD = (
 #: the next write is this writer's (``$1``) for ``$2`` seconds unless it writes first:
 #: one statement, so the reservation, never a lock, is what a paused writer leaves
 #: behind; returns the head, or no row while another writer's reservation runs
-#: a commit that waits for the synchronous standby (when there is one) to hold everything
-#: this host committed before it: a commit whose wait was cut short (a cancel, a
-#: terminated connection, a shutdown) is visible on the primary before any standby has
-#: it, and a failover then takes it back. Assigning a transaction id makes the
-#: statement's commit wait like a write's; on a standby, or with no synchronous
-#: standby, nothing is waited for and no id is taken. With the head read in the same
-#: statement: a head every commit up to which is as durable as an acknowledged write.
-DURABLE_HEAD = (
-    "SELECT head, CASE WHEN pg_is_in_recovery() "
-    "OR current_setting('synchronous_standby_names') = '' THEN NULL "
-    "ELSE txid_current() END FROM log_head WHERE id = 1"
+#: the head, and whether a commit here waits for a synchronous standby (not on a
+#: standby, not without one named): what ``again.durable_head`` needs to know
+HEAD_AND_SYNC = (
+    "SELECT head, NOT pg_is_in_recovery() AND current_setting('synchronous_standby_names') "
+    "<> '' FROM log_head WHERE id = 1"
 )
+#: a statement whose commit waits for the synchronous standby to hold everything this
+#: host committed before it. A transaction id alone would not make it wait (PostgreSQL
+#: waits only for a commit that wrote WAL); a row lock writes WAL and takes one. KEY
+#: SHARE of a row nothing updates, deletes or locks for update blocks no one.
+DURABLE = "SELECT 1 FROM schema_migrations WHERE version = 1 FOR KEY SHARE"
 RESERVE_HEAD = """
 UPDATE log_head SET reserved_by = $1, reserved_until = clock_timestamp() + make_interval(secs => $2)
 WHERE id = 1 AND (reserved_by IS NULL OR reserved_by = $1 OR reserved_until <= clock_timestamp())

@@ -61,12 +61,7 @@ from sessionstream.eventstore.postgres.reads import PostgresReads
 from sessionstream.eventstore.postgres.tree import PostgresTree
 from sessionstream.eventstore.postgres.writer import PostgresWriter
 from sessionstream.eventstore.projector import Projection
-from sessionstream.eventstore.storagewait import (
-    RETRY_AFTER_S,
-    RETRY_MAX_S,
-    StorageWait,
-    impatient,
-)
+from sessionstream.eventstore.storagewait import RETRY_AFTER_S, RETRY_MAX_S, StorageWait
 
 log = logging.getLogger("sessionstream.eventstore.postgres")
 
@@ -151,20 +146,18 @@ class PostgresEventStore(PackedReads, PostgresLeases, PostgresReads, EventStore)
             stop_file=stop_in_append,
         )
         self._lconn: asyncpg.Connection | None = None
+        #: a head every commit up to which is on the synchronous standby (``_read_after``)
+        self._durable_head = 0
         self._writer_task: asyncio.Task[None] | None = None
         self._pump_task: asyncio.Task[None] | None = None
         #: a committed batch whose callers were not answered yet (see ``_writer_loop``)
         self._unanswered: tuple[list[Pending], list[Outcome]] | None = None
         self.pump = LogPump(self.hub, self._read_after, self._poll, poll_interval_s=poll_interval_s)
+        self.hub.read_to_published = True  # the pump publishes only what is durable
         self._open = False
         self._closing = False
         #: why the last append batch failed and since when (monotonic); None once one commits
         self._write_failed: tuple[str, float] | None = None
-
-    async def _pump_loop(self) -> None:
-        """The pump, whose reads never wait out an outage: it retries on its own poll."""
-        with impatient():
-            await self.pump.run()
 
     def known_head(self) -> int:
         """The head ``NOTIFY``, this node's commits and the poll told the pump of: it
@@ -218,7 +211,7 @@ class PostgresEventStore(PackedReads, PostgresLeases, PostgresReads, EventStore)
         self.hub.published_position = head
         self.pump.head_moved(head)  # a NOTIFY may have come in already
         self._writer_task = self.supervisor.spawn("pg-writer", self._writer_loop)
-        self._pump_task = self.supervisor.spawn("pg-pump", self._pump_loop)
+        self._pump_task = self.supervisor.spawn("pg-pump", self.pump.run)
         self._open = True
         try:
             if await self._stale_projections():
@@ -323,9 +316,16 @@ class PostgresEventStore(PackedReads, PostgresLeases, PostgresReads, EventStore)
         ]
 
     async def _read_after(self, position: int) -> list[RecordedEvent]:
-        # another node's events, as the pump publishes them: a page bounded in bytes,
-        # data left as stored for the frames that splice it; another node's packs too
-        page = await self.read_page(position, max_rows=1000, max_bytes=self.page_bytes)
+        """Another node's events (and packs) for the pump, data left as stored, up to the
+        durable head only: a commit whose wait for the synchronous standby was cut short
+        is visible before it is durable, and a frame for it a phantom (``again.py``)."""
+        if self._durable_head <= position:
+            self._durable_head = await self._reader.durable_head()
+            if self._durable_head <= position:
+                return []
+        page = await self.read_page(
+            position, max_rows=1000, max_bytes=self.page_bytes, to_position=self._durable_head
+        )
         return list(page)
 
     async def _poll(self) -> int:

@@ -64,7 +64,7 @@ from sessionstream.eventstore.groupcommit import Outcome, Pending
 from sessionstream.eventstore.model import Doc, RecordedEvent, row_to_event, utc_now
 from sessionstream.eventstore.packing import merge_page, page_bound, unpack_all
 from sessionstream.eventstore.postgres import schema as sql
-from sessionstream.eventstore.postgres.again import SentPlans, any_stored, durable
+from sessionstream.eventstore.postgres.again import SentPlans, any_stored, durable_head
 from sessionstream.eventstore.postgres.facts import Facts, Moved
 from sessionstream.eventstore.postgres.known import Known
 from sessionstream.eventstore.postgres.packs import PAGE as LOG_PAGE
@@ -156,7 +156,7 @@ class PostgresWriter:
         may have committed is answered as this writer's own (``again.py``)."""
         outcomes, runs = await self._write_batch(batch)
         if any_stored(outcomes):
-            await durable(await self.connection())
+            await durable_head(await self.connection())
             if again:
                 outcomes = self.sent.own(outcomes)
         return outcomes, runs
