@@ -10,8 +10,19 @@ Ours hashes every event onto its stream's chain, runs every projection over
 it and keeps the log gapless, all in the append's transaction; the recorder
 inserts rows. Its events are handed over already encoded (``StoredEvent``
 bytes), ours as Python objects the store encodes: the comparison leaves
-the encoding to our side. Both files are WAL with SQLite's default
-``synchronous=FULL``, so an acknowledged append is on disk in both.
+the encoding to our side. Both files are WAL with ``synchronous=FULL``
+(the recorder's by SQLite's compiled default, ours set by the writer): an
+acknowledged append is on disk in both, so the comparison is at equal
+durability. Each run reads both settings back from the two connections that
+write (``durability``) and keeps them with the figures.
+
+Beside the two, each row measures a third side, the *floor*: the same
+statements our writer runs (``BEGIN IMMEDIATE``, the head and the stream's
+head, one ``executemany`` into ``events`` and one into ``streams``,
+``COMMIT``) on raw ``sqlite3`` with our schema and settings, the rows built
+before the clock starts. Its ratio to the recorder is what our schema alone
+allows: no planning, hashing, projecting or thread hops
+(docs/explanation/append-path.md).
 Target: at least 1.0x the recorder on both rows.
 """
 
@@ -19,26 +30,60 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import sqlite3
 import tempfile
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from bench.common import median
 from sessionstream import projections
 from sessionstream.eventstore.base import EventStore
-from sessionstream.eventstore.model import NewEvent
+from sessionstream.eventstore.model import (
+    GENESIS_HASH,
+    AppendRequest,
+    NewEvent,
+    record_request,
+    utc_now,
+)
 from sessionstream.eventstore.sqlite import SQLiteEventStore
+from sessionstream.eventstore.sqlite.checkpointer import JOURNAL_SIZE_LIMIT
+from sessionstream.eventstore.sqlite.schema import (
+    HEAD_AND_CLOCK,
+    INSERT_EVENT,
+    SCHEMA,
+    UPSERT_STREAM,
+    event_row,
+)
 
 BULK = 10_000
 SEQUENTIAL = 100
 TOPIC = "bench:Appended"
 TYPE = "bench.appended"
 
-#: (events, scratch directory) -> seconds the appends took
-Workload = Callable[[int, Path], float]
+
+class Spent(NamedTuple):
+    """What a side's appends took: seconds on the clock, and the process's CPU seconds
+    (every thread of it: ours plans on its writer thread), which the machine's load
+    moves far less than the clock. On PostgreSQL the CPU leaves out the server's."""
+
+    wall: float
+    cpu: float
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+    def spent(self) -> Spent:
+        return Spent(time.perf_counter() - self.wall, time.process_time() - self.cpu)
+
+
+#: (events, scratch directory) -> what the appends took
+Workload = Callable[[int, Path], Spent]
 
 
 def payload(i: int) -> dict[str, Any]:
@@ -53,46 +98,46 @@ def _recorder(path: Path) -> Any:
     return recorder
 
 
-def time_recorder(recorder: Any, count: int, bulk: bool) -> float:
-    """Seconds the recorder takes to insert ``count`` encoded events: in one call, or one a call."""
+def time_recorder(recorder: Any, count: int, bulk: bool) -> Spent:
+    """What the recorder takes to insert ``count`` encoded events: in one call, or one a call."""
     from eventsourcing.persistence import StoredEvent
 
     originator = uuid.uuid4()
     events = [
         StoredEvent(originator, i + 1, TOPIC, json.dumps(payload(i)).encode()) for i in range(count)
     ]
-    began = time.perf_counter()
+    timer = _Timer()
     if bulk:
         recorder.insert_events(events)
     else:
         for event in events:
             recorder.insert_events([event])
-    return time.perf_counter() - began
+    return timer.spent()
 
 
-def peer_bulk(count: int, workdir: Path) -> float:
+def peer_bulk(count: int, workdir: Path) -> Spent:
     return time_recorder(_recorder(workdir / "peer.db"), count, bulk=True)
 
 
-def peer_sequential(count: int, workdir: Path) -> float:
+def peer_sequential(count: int, workdir: Path) -> Spent:
     return time_recorder(_recorder(workdir / "peer.db"), count, bulk=False)
 
 
-async def time_store(store: EventStore, count: int, bulk: bool) -> float:
-    """Seconds an open, empty store takes to append ``count`` events: in one call, or one a call."""
+async def time_store(store: EventStore, count: int, bulk: bool) -> Spent:
+    """What an open, empty store takes to append ``count`` events: in one call, or one a call."""
     events = [NewEvent(TYPE, payload(i), {"actor": {"id": "b"}}) for i in range(count)]
-    began = time.perf_counter()
+    timer = _Timer()
     if bulk:
         await store.append("bench-1", events, expected_version=0)
     else:
         for version, event in enumerate(events):
             await store.append("bench-1", [event], expected_version=version)
-    elapsed = time.perf_counter() - began
+    spent = timer.spent()
     assert await store.head_position() == count
-    return elapsed
+    return spent
 
 
-async def _ours(count: int, path: Path, bulk: bool) -> float:
+async def _ours(count: int, path: Path, bulk: bool) -> Spent:
     store = SQLiteEventStore(path, projections.ALL)
     await store.open()
     try:
@@ -101,22 +146,92 @@ async def _ours(count: int, path: Path, bulk: bool) -> float:
         await store.close()
 
 
-def ours_bulk(count: int, workdir: Path) -> float:
+def ours_bulk(count: int, workdir: Path) -> Spent:
     return asyncio.run(_ours(count, workdir / "store.db", bulk=True))
 
 
-def ours_sequential(count: int, workdir: Path) -> float:
+def ours_sequential(count: int, workdir: Path) -> Spent:
     return asyncio.run(_ours(count, workdir / "store.db", bulk=False))
+
+
+def time_statements(path: Path, count: int, bulk: bool) -> Spent:
+    """What our writer's statements alone take to append ``count`` events to one stream:
+    in one transaction, or one a transaction; the rows (encoded, hashed) built first."""
+    events = [NewEvent(TYPE, payload(i), {"actor": {"id": "b"}}) for i in range(count)]
+    request = AppendRequest("bench-1", tuple(events), 0)
+    records = record_request(request, head=0, version=0, prev_hash=GENESIS_HASH, at=utc_now())
+    rows = [event_row(r) for r in records]
+    batches = [rows] if bulk else [[row] for row in rows]
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        for pragma in (
+            "journal_mode=WAL",
+            "synchronous=FULL",
+            "wal_autocheckpoint=0",
+            f"journal_size_limit={JOURNAL_SIZE_LIMIT}",
+        ):  # as ``SQLiteWriter.open`` sets them
+            conn.execute(f"PRAGMA {pragma}")
+        conn.executescript(SCHEMA)
+        heads = "SELECT stream_id, version, hash FROM streams WHERE stream_id IN (?)"
+        timer = _Timer()
+        for batch in batches:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(HEAD_AND_CLOCK).fetchone()
+            conn.execute(heads, ("bench-1",)).fetchall()
+            conn.executemany(INSERT_EVENT, batch)
+            last = batch[-1]
+            conn.executemany(UPSERT_STREAM, [(last[1], last[2], last[9])])
+            conn.execute("COMMIT")
+        return timer.spent()
+    finally:
+        conn.close()
+
+
+def floor_bulk(count: int, workdir: Path) -> Spent:
+    return time_statements(workdir / "floor.db", count, bulk=True)
+
+
+def floor_sequential(count: int, workdir: Path) -> Spent:
+    return time_statements(workdir / "floor.db", count, bulk=False)
+
+
+def durability() -> dict[str, dict[str, Any]]:
+    """``journal_mode`` and ``synchronous`` (0 OFF, 1 NORMAL, 2 FULL, 3 EXTRA) as each side's
+    writing connection has them: the comparison holds only at equal durability."""
+    pragmas = ("journal_mode", "synchronous")
+    with tempfile.TemporaryDirectory(prefix="bench-peer-") as tmp:
+        recorder = _recorder(Path(tmp) / "peer.db")
+        with recorder.datastore.transaction(commit=True) as cursor:  # the writer connection
+            peer: dict[str, Any] = {}
+            for pragma in pragmas:
+                cursor.execute(f"PRAGMA {pragma}")
+                peer[pragma] = cursor.fetchone()[0]
+
+        async def ours() -> dict[str, Any]:
+            store = SQLiteEventStore(Path(tmp) / "store.db", projections.ALL)
+            await store.open()
+            try:
+                conn = store._writer._connection()
+
+                def read() -> dict[str, Any]:
+                    return {p: conn.execute(f"PRAGMA {p}").fetchone()[0] for p in pragmas}
+
+                return await store._in_writer(read)
+            finally:
+                await store.close()
+
+        return {"subject": asyncio.run(ours()), "baseline": peer}
 
 
 ROWS: dict[str, tuple[int, Workload, Workload]] = {
     "bulk": (BULK, ours_bulk, peer_bulk),
     "sequential": (SEQUENTIAL, ours_sequential, peer_sequential),
 }
+FLOORS: dict[str, Workload] = {"bulk": floor_bulk, "sequential": floor_sequential}
 
 
-def _in_scratch(workload: Workload) -> Callable[[int], float]:
-    def once(count: int) -> float:
+def _in_scratch(workload: Workload) -> Callable[[int], Spent]:
+    def once(count: int) -> Spent:
         with tempfile.TemporaryDirectory(prefix="bench-peer-") as tmp:
             return workload(count, Path(tmp))
 
@@ -124,27 +239,49 @@ def _in_scratch(workload: Workload) -> Callable[[int], float]:
 
 
 def run(rounds: int) -> dict[str, Any]:
-    return compare(
+    settings = durability()
+    print(f"  durability: ours {settings['subject']}, eventsourcing {settings['baseline']}")
+    out = compare(
         {name: (n, _in_scratch(ours), _in_scratch(peer)) for name, (n, ours, peer) in ROWS.items()},
         rounds,
+        {name: _in_scratch(floor) for name, floor in FLOORS.items()},
+        cpu=True,
     )
+    for row in out.values():
+        row["durability"] = settings
+    return out
 
 
 def compare(
-    rows: dict[str, tuple[int, Callable[[int], float], Callable[[int], float]]], rounds: int
+    rows: dict[str, tuple[int, Callable[[int], Spent], Callable[[int], Spent]]],
+    rounds: int,
+    floors: dict[str, Callable[[int], Spent]] | None = None,
+    *,
+    cpu: bool = False,
 ) -> dict[str, Any]:
-    """Each row: our events/s and the recorder's, alternating who goes first.
+    """Each row: our events/s and the recorder's, the order of the sides rotating.
 
     A row is (events, ours, the recorder's), each side taking the event count
-    and answering the seconds its appends took.
+    and answering what its appends took; ``floors`` adds a third side to a
+    row (``time_statements``), kept as ``floor_*``. With ``cpu``, also the
+    events per CPU second of each side and their ratio (``cpu_ratio``): the
+    steadier figure on a loaded machine, where the clock's ratio swings.
     """
     out: dict[str, Any] = {}
+    load_start = [round(v, 2) for v in os.getloadavg()]
     for name, (count, ours, peer) in rows.items():
-        samples: dict[str, list[float]] = {"subject": [], "baseline": []}
+        sides = [("subject", ours), ("baseline", peer)]
+        floor = (floors or {}).get(name)
+        if floor is not None:
+            sides.append(("floor", floor))
+        samples: dict[str, list[float]] = {side: [] for side, _ in sides}
+        per_cpu: dict[str, list[float]] = {side: [] for side, _ in sides}
         for round_no in range(max(rounds, 3)):
-            sides = [("subject", ours), ("baseline", peer)]
-            for side, workload in sides if round_no % 2 == 0 else sides[::-1]:
-                samples[side].append(count / workload(count))
+            shift = round_no % len(sides)
+            for side, workload in sides[shift:] + sides[:shift]:
+                spent = workload(count)
+                samples[side].append(count / spent.wall)
+                per_cpu[side].append(count / max(spent.cpu, 1e-9))
         ours_rate, peer_rate = median(samples["subject"]), median(samples["baseline"])
         out[name] = {
             "events": count,
@@ -154,11 +291,23 @@ def compare(
             "target": "ratio >= 1.0",
             "met": ours_rate >= peer_rate,
             "samples": {side: [round(v) for v in values] for side, values in samples.items()},
+            "load_average": {"start": load_start, "end": [round(v, 2) for v in os.getloadavg()]},
         }
-        print(
+        line = (
             f"  peer {name} ({count:,} events): ours {ours_rate:,.0f} ev/s, "
             f"eventsourcing {peer_rate:,.0f} ev/s, {ours_rate / peer_rate:.2f}x"
         )
+        if cpu:
+            ours_cpu, peer_cpu = median(per_cpu["subject"]), median(per_cpu["baseline"])
+            out[name]["events_per_cpu_s"] = {k: round(median(v)) for k, v in per_cpu.items()}
+            out[name]["cpu_ratio"] = round(ours_cpu / peer_cpu, 3)
+            line += f"; per CPU second {ours_cpu / peer_cpu:.2f}x"
+        if floor is not None:
+            floor_rate = median(samples["floor"])
+            out[name]["floor_events_per_s"] = round(floor_rate)
+            out[name]["floor_ratio"] = round(floor_rate / peer_rate, 3)
+            line += f"; our statements alone {floor_rate:,.0f} ev/s, {floor_rate / peer_rate:.2f}x"
+        print(line)
     return out
 
 

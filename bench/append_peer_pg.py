@@ -21,15 +21,15 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from bench.append_peer import BULK, SEQUENTIAL, compare, time_recorder, time_store
+from bench.append_peer import BULK, SEQUENTIAL, Spent, compare, time_recorder, time_store
 from bench.pg import PG_DSN, eventsourcing_datastore, execute, scratch_schema
 from sessionstream import projections
 
-#: events -> seconds the appends took
-Workload = Callable[[int], float]
+#: events -> what the appends took
+Workload = Callable[[int], Spent]
 
 
-async def _ours(count: int, bulk: bool) -> float:
+async def _ours(count: int, bulk: bool) -> Spent:
     from sessionstream.eventstore.postgres import PostgresEventStore
 
     schema = scratch_schema("ss")
@@ -42,15 +42,15 @@ async def _ours(count: int, bulk: bool) -> float:
         await execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
-def ours_bulk(count: int) -> float:
+def ours_bulk(count: int) -> Spent:
     return asyncio.run(_ours(count, bulk=True))
 
 
-def ours_sequential(count: int) -> float:
+def ours_sequential(count: int) -> Spent:
     return asyncio.run(_ours(count, bulk=False))
 
 
-def _peer(count: int, bulk: bool) -> float:
+def _peer(count: int, bulk: bool) -> Spent:
     from eventsourcing.postgres import PostgresApplicationRecorder
 
     schema = scratch_schema("es")
@@ -65,11 +65,11 @@ def _peer(count: int, bulk: bool) -> float:
         asyncio.run(execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
 
 
-def peer_bulk(count: int) -> float:
+def peer_bulk(count: int) -> Spent:
     return _peer(count, bulk=True)
 
 
-def peer_sequential(count: int) -> float:
+def peer_sequential(count: int) -> Spent:
     return _peer(count, bulk=False)
 
 

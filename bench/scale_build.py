@@ -27,6 +27,7 @@ import asyncio
 import hashlib
 import json
 import shutil
+import sqlite3
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -109,6 +110,9 @@ class Built:
     build_s: float
     samples: tuple[Sample, ...]
     lists: tuple[ListCampaign, ...]
+    #: bytes in use (pages not free) before the first chat turn: the users and the list
+    #: campaigns, which are not turns; 0 for a store built before this was recorded
+    base_bytes: int = 0
 
     @staticmethod
     def load(path: Path) -> Built:
@@ -122,6 +126,7 @@ class Built:
             build_s=raw["build_s"],
             samples=tuple(Sample(**s) for s in raw["samples"]),
             lists=tuple(ListCampaign(**c) for c in raw["lists"]),
+            base_bytes=raw.get("base_bytes", 0),
         )
 
     def save(self) -> None:
@@ -129,13 +134,32 @@ class Built:
         self.path.with_suffix(".json").write_text(json.dumps(body, indent=1) + "\n")
 
 
+def bytes_in_use(path: Path) -> int:
+    """The pages of an SQLite file that hold something, in bytes, as a reader sees it
+    (the WAL included, free pages not: later writes reuse those)."""
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute("BEGIN")  # the three pragmas in one snapshot
+        size, pages, free = (
+            conn.execute(f"PRAGMA {name}").fetchone()[0]
+            for name in ("page_size", "page_count", "freelist_count")
+        )
+        conn.execute("COMMIT")
+        return int(size * (pages - free))
+    finally:
+        conn.close()
+
+
 def code_digest() -> str:
     """Digest of the code that decides a built store's bytes (its cache key)."""
     root = Path(sessionstream.__file__).resolve().parent
     digest = hashlib.sha256(Path(__file__).read_bytes())
     for layer in ("eventstore", "projections", "engines", "services"):
-        for source in sorted((root / layer).resolve().glob("*.py")):
-            digest.update(source.name.encode() + source.read_bytes())
+        # rglob: the backends' own packages (eventstore/sqlite/) decide the bytes too
+        base = (root / layer).resolve()
+        for source in sorted(base.rglob("*.py")):
+            name = f"{layer}/{source.relative_to(base)}"
+            digest.update(name.encode() + source.read_bytes())
     return digest.hexdigest()[:12]
 
 
@@ -304,6 +328,7 @@ async def build(size: int, path: Path) -> Built:
             samples: list[Sample] = []
             report_at = time.monotonic() + 30
             chat_start = await store.head_position()
+            base_bytes = bytes_in_use(path)
 
             async def room() -> bool:
                 """Whether another session fits, counting those still chatting at their mean."""
@@ -345,4 +370,5 @@ async def build(size: int, path: Path) -> Built:
         build_s=round(elapsed, 1),
         samples=tuple(samples[::step][:SAMPLE]),
         lists=tuple(lists),
+        base_bytes=base_bytes,
     )

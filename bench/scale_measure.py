@@ -28,7 +28,7 @@ import aiohttp
 from aiohttp import web
 
 from bench.common import median, percentile, stopwatch
-from bench.scale_build import SECRET, SESSIONS, Built, Sample
+from bench.scale_build import SECRET, SESSIONS, Built, Sample, bytes_in_use
 from sessionstream import projections
 from sessionstream.core.settings import Settings
 from sessionstream.core.vocabulary import EventType, session_stream
@@ -104,16 +104,43 @@ def packed_deltas(conn: sqlite3.Connection) -> tuple[int, int, int]:
     return count, stored, text
 
 
+#: where the bytes in use are (``dbstat``: every page of every B-tree), by what holds them
+WHERE_BYTES = """
+SELECT CASE
+    WHEN name = 'events' THEN 'events'
+    WHEN tbl_name = 'events' THEN 'events_indexes'
+    WHEN tbl_name = 'packs' THEN 'packs'
+    WHEN tbl_name = 'docs' THEN 'docs'
+    ELSE 'other' END AS part,
+    SUM(pgsize), SUM(unused)
+FROM dbstat JOIN sqlite_schema USING (name) GROUP BY part
+"""
+PARTS = ("events", "events_indexes", "packs", "docs", "other")
+
+
+def where_bytes(conn: sqlite3.Connection, turns: int) -> dict[str, float]:
+    """KB per turn in each part of the file, and the part of the events table left unused."""
+    out: dict[str, float] = {f"kb_per_turn_{part}": 0.0 for part in PARTS}
+    for part, size, unused in conn.execute(WHERE_BYTES):
+        out[f"kb_per_turn_{part}"] = size / 1024 / max(1, turns)
+        if part == "events":
+            out["events_unused_share"] = unused / max(1, size)
+    return out
+
+
 # the log's shape -------------------------------------------------------------------------
 def shape(path: Path, built: Built) -> dict[str, float]:
-    """Bytes in the file (WAL checkpointed) per event and per turn; the deltas' share."""
+    """Bytes in the file (WAL checkpointed) per event and per turn, the bytes in use per
+    turn and where they are; the deltas' share."""
     conn = sqlite3.connect(path)
     try:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         by_type = conn.execute(ROW_BYTES).fetchall()
         packed = packed_deltas(conn)
+        parts = where_bytes(conn, built.turns)
     finally:
         conn.close()
+    in_use = bytes_in_use(path)
     size = sum(
         Path(f"{path}{s}").stat().st_size for s in ("", "-wal") if Path(f"{path}{s}").exists()
     )
@@ -128,6 +155,10 @@ def shape(path: Path, built: Built) -> dict[str, float]:
         "file_mb": size / 2**20,
         "bytes_per_event": size / events,
         "bytes_per_turn": size / max(1, built.turns),
+        # the turns' own: pages in use, less those in use before the first turn
+        "in_use_per_turn": (in_use - built.base_bytes) / max(1, built.turns),
+        "base_mb": built.base_bytes / 2**20,
+        **parts,
         "delta_share_events": delta_events / events,
         "delta_share_row_bytes": delta_bytes / max(1, stored),
         "delta_row_bytes": delta_bytes / max(1, delta_events),

@@ -106,7 +106,7 @@ def bench_settings(db_path: str, **overrides: Any) -> Settings:
 
 
 async def _serve(pipe: Connection, overrides: dict[str, Any], engine_args: dict[str, Any]) -> None:
-    from sessionstream.server.app import create_app
+    from sessionstream.server.app import create_app, settle_gc
     from sessionstream.server.keys import STORE
     from sessionstream.services.accounts import create_user
 
@@ -162,6 +162,7 @@ async def _serve(pipe: Connection, overrides: dict[str, Any], engine_args: dict[
     hub.publish = timed_publish  # type: ignore[method-assign]
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
     await runner.setup()
+    settle_gc()  # as ``sessionstream serve`` does once it has started
     site = web.TCPSite(runner, "127.0.0.1", 0, backlog=4096)
     await site.start()
     port = runner.addresses[0][1]

@@ -10,7 +10,8 @@ Three processes on one host (``perf_counter`` is one monotonic clock for all):
 - the **server**: ``create_app`` with the real engine (``openai`` or
   ``anthropic`` SDK) pointed at the provider, uvloop, SQLite, as
   ``sessionstream serve`` runs it. It notes when each token passed each stage;
-- **this process**: every subscriber, a real websocket on its run's channel.
+- **this process**: every subscriber, a real websocket on its run's channel
+  (``bench/stream_lean.py``, or aiohttp's client with ``--receiver aiohttp``).
 
 The stages of one token, each measured from the end of the one before:
 
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import cProfile
+import gc
 import itertools
 import json
 import multiprocessing as mp
@@ -51,6 +53,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from bench import stream_lean
 from bench.common import install_uvloop
 from bench.stream_clients import (
     connect_all,
@@ -68,7 +71,7 @@ from sessionstream.eventstore.model import AppendRequest, AppendResult, Recorded
 STAGES = ("engine", "coalesce", "queue", "commit", "fanout")
 PROVIDERS = ("openai", "anthropic")
 #: the processes whose CPU a round splits (cores used over its measured window)
-CORES = ("provider", "server", "subscribers", "others")
+CORES = ("provider", "server", "server_loop", "subscribers", "others")
 
 
 # the provider process ----------------------------------------------------------------------------
@@ -214,6 +217,36 @@ def instrument(store: Any, marks: Marks) -> None:
 PROFILE_VAR = "BENCH_TOKENS_PROFILE"
 
 
+class GcTime:
+    """The time the server's garbage collector took, and its longest pause, by generation."""
+
+    def __init__(self) -> None:
+        self.started = 0.0
+        self.total = [0.0, 0.0, 0.0]
+        self.longest = [0.0, 0.0, 0.0]
+        self.count = [0, 0, 0]
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self.started = time.perf_counter()
+            return
+        took, gen = time.perf_counter() - self.started, info["generation"]
+        self.total[gen] += took
+        self.count[gen] += 1
+        self.longest[gen] = max(self.longest[gen], took)
+
+    def reset(self) -> None:
+        self.total, self.longest, self.count = [0.0] * 3, [0.0] * 3, [0] * 3
+
+    def report(self) -> dict[str, float]:
+        """Since the last reset: collections, their seconds, the longest pause (ms)."""
+        return {
+            "gc_collections": float(sum(self.count)),
+            "gc_s": sum(self.total),
+            "gc_longest_ms": max(self.longest) * 1000,
+        }
+
+
 def server_main(pipe: Connection, provider: str, base_url: str) -> None:
     install_uvloop()
     raise_fd_limit()
@@ -221,7 +254,7 @@ def server_main(pipe: Connection, provider: str, base_url: str) -> None:
 
 
 async def _serve(pipe: Connection, provider: str, base_url: str) -> None:
-    from sessionstream.server.app import create_app
+    from sessionstream.server.app import create_app, settle_gc
     from sessionstream.server.keys import STORE
     from sessionstream.services.accounts import create_user
 
@@ -242,6 +275,8 @@ async def _serve(pipe: Connection, provider: str, base_url: str) -> None:
     marks = Marks()
     app = create_app(settings, engine=StagedEngine(inner, marks))
 
+    collecting = GcTime()
+    gc.callbacks.append(collecting)
     profile_to = os.environ.get(PROFILE_VAR)
     profile = cProfile.Profile(time.thread_time) if profile_to else None
     asked: list[float] = []
@@ -251,16 +286,33 @@ async def _serve(pipe: Connection, provider: str, base_url: str) -> None:
         before and after the measured window, which a profile (if any) covers."""
         usage = resource.getrusage(resource.RUSAGE_SELF)
         asked.append(usage.ru_utime + usage.ru_stime)
+        if len(asked) == 1:
+            collecting.reset()  # the measured window's collections only
         if profile is not None and profile_to and len(asked) == 1:
             profile.enable()
         elif profile is not None and profile_to and len(asked) == 2:
             profile.disable()
             profile.dump_stats(profile_to)
-        return web.json_response({"cpu_s": asked[-1]})
+        return web.json_response({"cpu_s": asked[-1], "gc": collecting.report()})
+
+    async def settled(request: web.Request) -> web.Response:
+        """Wait (at most 60 s) until ``n`` subscribers are on their run's fan-out: caught
+        up and live, so the measured window holds no subscriber's catch-up reads."""
+        from sessionstream.server.realtime import REALTIME
+
+        fanouts, want = app[REALTIME].fanouts, int(request.query["n"])
+        deadline = time.monotonic() + 60.0
+        while (joined := sum(len(f.members) for f in fanouts.values())) < want:
+            if time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.01)
+        return web.json_response({"joined": joined})
 
     app.router.add_get("/bench/cpu", cpu)
+    app.router.add_get("/bench/settled", settled)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
     await runner.setup()
+    settle_gc()  # as ``sessionstream serve`` does once it has started
     instrument(app[STORE], marks)
     site = web.TCPSite(runner, "127.0.0.1", 0, backlog=4096)
     await site.start()
@@ -355,7 +407,7 @@ class Processes:
 
 
 async def token_round(
-    provider: str, runs: int, subscribers: int, tokens: int, pace_s: float
+    provider: str, runs: int, subscribers: int, tokens: int, pace_s: float, receiver: str = "lean"
 ) -> dict[str, Any]:
     procs = Processes(provider, tokens, pace_s)
     started: list[tuple[str, str]] = []
@@ -364,23 +416,40 @@ async def token_round(
             await warm_up(http)
             started = await start_runs(http, runs)
             targets = [run for run in started for _ in range(subscribers)]
-            sockets = await connect_all(http, targets, ready=2)  # run.created, run.started
-            received: list[list[tuple[float, str]]] = [[] for _ in sockets]
+            if receiver == "lean":
+                subs = await stream_lean.connect_all(procs.port, targets, ready=2)
+                count = len(subs)
+            else:
+                sockets = await connect_all(http, targets, ready=2)  # run.created, run.started
+                texts: list[list[tuple[float, str]]] = [[] for _ in sockets]
+                count = len(sockets)
+            async with http.get("/bench/settled", params={"n": str(count)}) as r:
+                joined = (await r.json())["joined"]
             split = CpuSplit({"provider": procs.provider_pid, "server": procs.server_pid})
-            cpu_before = await server_cpu(http)
+            cpu_before, _ = await server_cpu(http)
             with measuring():
                 async with aiohttp.ClientSession() as plain:
                     split.begin()
                     await plain.post(procs.provider_url.removesuffix("/v1") + "/bench/go")
-                drains = (drain(ws, out) for ws, out in zip(sockets, received, strict=True))
-                await asyncio.gather(*drains)
+                if receiver == "lean":
+                    await asyncio.gather(*(sub.closed for sub in subs))
+                else:
+                    drains = (drain(ws, out) for ws, out in zip(sockets, texts, strict=True))
+                    await asyncio.gather(*drains)
                 cores = split.end()
-            cpu_s = await server_cpu(http) - cpu_before
+            cpu_after, collected = await server_cpu(http)
+            cpu_s = cpu_after - cpu_before
+            received: list[list[tuple[float, str | bytes]]] = (
+                [list(sub.frames) for sub in subs]
+                if receiver == "lean"
+                else [list(out) for out in texts]
+            )
     finally:
         marks, stored = procs.finish([run_id for run_id, _ in started])
-    result = {**figures(marks, received, runs * subscribers * tokens), **stored}
+    result = {**figures(marks, received, runs * subscribers * tokens, tokens), **stored}
     result["server_cpu_us_per_token"] = cpu_s / (runs * tokens) * 1e6
-    return result | cores
+    result["subscribers_live_at_start"] = joined / count
+    return result | cores | collected
 
 
 async def warm_up(http: aiohttp.ClientSession) -> None:
@@ -391,25 +460,41 @@ async def warm_up(http: aiohttp.ClientSession) -> None:
     await drain(ws, [])
 
 
-async def server_cpu(http: aiohttp.ClientSession) -> float:
+async def server_cpu(http: aiohttp.ClientSession) -> tuple[float, dict[str, float]]:
+    """The server's CPU seconds so far, and its collector's work since the last ask."""
     async with http.get("/bench/cpu") as r:
-        return float((await r.json())["cpu_s"])
+        body = await r.json()
+    return float(body["cpu_s"]), body["gc"]
 
 
-def figures(marks: Marks, received: list[list[tuple[float, str]]], expected: int) -> dict[str, Any]:
-    """Percentiles of the whole way and of each stage (per token; fan-out per frame)."""
+def figures(
+    marks: Marks, received: list[list[tuple[float, str | bytes]]], expected: int, tokens: int
+) -> dict[str, Any]:
+    """Percentiles of the whole way and of each stage (per token; fan-out per frame).
+    Every subscriber must have had each of its run's ``tokens`` once and in order."""
     total: list[float] = []
     fanout: list[float] = []
     seen: set[str] = set()  # the measured runs' tokens (not the warm-up's)
     for out in received:
+        last_position, last_stamp, had = -1, -1.0, 0
         for at, data in out:
             frame = json.loads(data)
             if frame["type"] != "message.delta":
                 continue
+            if frame["position"] <= last_position:
+                raise AssertionError(
+                    f"frames out of order: {frame['position']} after {last_position}"
+                )
+            last_position = frame["position"]
             for stamp in frame["data"]["text"].split():
+                if float(stamp) <= last_stamp:
+                    raise AssertionError(f"token {stamp} after {last_stamp}: out of order or twice")
+                last_stamp, had = float(stamp), had + 1
                 seen.add(stamp)
                 total.append((at - float(stamp)) * 1000)
                 fanout.append((at - marks.published[stamp]) * 1000)
+        if had != tokens:
+            raise AssertionError(f"a subscriber had {had} tokens of {tokens}")
     if len(total) != expected:
         raise AssertionError(f"{len(total)} tokens arrived of {expected}")
     per_token: dict[str, list[float]] = {name: [] for name in STAGES[:-1]}
@@ -435,9 +520,11 @@ def figures(marks: Marks, received: list[list[tuple[float, str]]], expected: int
     return result
 
 
-def cpu_of(pid: int) -> float:
-    """A process's CPU seconds so far (user + system, every thread), from ``/proc``."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def cpu_of(pid: int, thread: int | None = None) -> float:
+    """A process's CPU seconds so far (user + system, every thread), from ``/proc``;
+    with ``thread``, that thread's alone."""
+    where = f"/proc/{pid}/task/{thread}/stat" if thread else f"/proc/{pid}/stat"
+    fields = Path(where).read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -462,6 +549,8 @@ class CpuSplit:
 
     def read(self) -> dict[str, float]:
         now = {name: cpu_of(pid) for name, pid in self.pids.items()}
+        # the server's event loop thread: the GIL holds its Python work to one core
+        now["server_loop"] = cpu_of(self.pids["server"], self.pids["server"])
         now["subscribers"] = own_cpu()
         now["machine"] = machine_busy()
         now["wall"] = time.perf_counter()
@@ -476,7 +565,7 @@ class CpuSplit:
         stop = self.read()
         wall = stop["wall"] - self.start["wall"]
         used = {k: (stop[k] - self.start[k]) / wall for k in stop if k != "wall"}
-        ours = sum(v for k, v in used.items() if k != "machine")
+        ours = sum(v for k, v in used.items() if k not in ("machine", "server_loop"))
         used["others"] = max(0.0, used.pop("machine") - ours)
         return {f"cores_{k}": v for k, v in used.items()} | {"window_s": wall}
 
@@ -486,6 +575,8 @@ def load_average() -> float:
 
 
 # the part of ``python -m bench.stream`` --------------------------------------------------------
+#: how the subscribers read: ``lean`` (``bench/stream_lean.py``) or ``aiohttp``'s client
+RECEIVERS = ("lean", "aiohttp")
 #: name -> (runs, subscribers per run, p50 target ms, p99 target ms)
 CONFIGS: dict[str, tuple[int, int, float | None, float]] = {
     "small": (10, 3, 5.0, 25.0),
@@ -500,12 +591,13 @@ def run_tokens(
     tokens: int,
     pace_ms: float,
     earlier: dict[str, Any] | None = None,
+    receiver: str = "lean",
 ) -> tuple[dict[str, Any], list[tuple[Any, ...]]]:
     """Every configuration with every provider, ``rounds`` times (medians reported, each
     round's figures and the load average beside it kept); the JSON block and table rows.
     With ``earlier`` (a block of an earlier call), its rounds count too: rounds of two
     builds can then alternate, so a neighbour's load falls on both alike."""
-    block: dict[str, Any] = {"tokens_per_reply": tokens, "pace_ms": pace_ms}
+    block: dict[str, Any] = {"tokens_per_reply": tokens, "pace_ms": pace_ms, "receiver": receiver}
     rows: list[tuple[Any, ...]] = []
     for config in configs:
         runs, subscribers, p50_target, p99_target = CONFIGS[config]
@@ -514,7 +606,7 @@ def run_tokens(
             for _ in range(rounds):
                 before = load_average()
                 sample = asyncio.run(
-                    token_round(provider, runs, subscribers, tokens, pace_ms / 1000)
+                    token_round(provider, runs, subscribers, tokens, pace_ms / 1000, receiver)
                 )
                 sample["load_average"] = (before + load_average()) / 2
                 samples.append(sample)

@@ -111,6 +111,10 @@ class IdleWork:
             return None
         return self._items.popleft()
 
+    def pending(self) -> frozenset[str]:
+        """The items not done yet."""
+        return frozenset(self._items)
+
     def take_all(self) -> list[str]:
         """Every item left (a store closing does them before it stops)."""
         items = list(self._items)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import itertools
 import logging
 import secrets
@@ -47,6 +48,26 @@ from sessionstream.services.sessions import Sessions
 log = logging.getLogger("sessionstream.app")
 
 
+#: the collector's thresholds once a server has started (CPython's default is 700, 10, 10)
+GC_THRESHOLDS = (20_000, 20, 20)
+
+
+def settle_gc() -> None:
+    """Once a server has started: what it built to start (imports, the SDKs' types, the
+    store) is frozen out of every later collection, and young collections run less often.
+
+    With 100 streaming runs on the defaults (``bench/stream.py --part tokens``, see
+    ``docs/explanation/token-latency.md``), the collector ran a young collection every
+    ~20 tokens, each touching what survived the last, paused the event loop for up to
+    tens of milliseconds at a time, and a full collection over the startup heap paused
+    it for 300-400 ms. A higher young threshold only lets short-lived cycles wait longer
+    to be freed (up to 20,000 objects).
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def make_store(settings: Settings, *, serving: bool = False) -> EventStore:
     """PostgreSQL when ``SESSIONSTREAM_DATABASE_URL`` is set, else the SQLite file,
     which a server (``serving``) holds exclusively while it runs."""
@@ -65,6 +86,8 @@ def make_store(settings: Settings, *, serving: bool = False) -> EventStore:
             statement_timeout_s=settings.statement_timeout_s,
             standby_reads=settings.pg_standby_reads,
             lease_ttl_s=settings.lease_ttl_s,
+            storage_wait_s=settings.storage_wait_s,
+            max_storage_waiters=settings.storage_max_waiting,
             stop_in_append=settings.fault_stop_in_append,
         )
     from sessionstream.eventstore.sqlite import SQLiteEventStore

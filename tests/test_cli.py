@@ -120,3 +120,21 @@ def test_backup_into_a_missing_directory_is_one_line(tmp_path: Path, capsys: Any
     assert _run(capsys, "users", "create", "me", "--db", db)[0] == 0
     code, _, err = _run(capsys, "backup", str(tmp_path / "nowhere" / "c.db"), "--db", db)
     assert code == 2 and err.startswith("error: no directory") and err.count("\n") == 1
+
+
+def test_a_started_server_freezes_its_startup_heap_and_collects_young_objects_less_often() -> None:
+    """What ``serve`` does once started (``settle_gc``): a later full collection skips
+    everything that existed by then, and young collections wait for 20,000 objects."""
+    import gc
+
+    from sessionstream.server.app import GC_THRESHOLDS, settle_gc
+
+    before = gc.get_threshold()
+    kept = [[i] for i in range(1000)]  # containers alive at startup
+    try:
+        settle_gc()
+        assert gc.get_threshold() == GC_THRESHOLDS != before
+        assert gc.get_freeze_count() >= len(kept)
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)

@@ -3,6 +3,13 @@
 Every read sees committed data, so a read on any node after a successful
 write on any node sees it. There is no document cache: another node may have
 written since.
+
+A read that storage refuses for now (a failover: the host gone, frozen or
+demoted) waits and is tried again, within the store's storage wait
+(``eventstore/storagewait.py``); reads are idempotent, so trying again is
+always safe. A connection that timed out or lost its host makes the whole
+pool start over: the pool's other connections are to the same host, and
+each would otherwise cost a request a statement timeout of its own.
 """
 
 from __future__ import annotations
@@ -22,9 +29,16 @@ from sessionstream.eventstore.model import (
     row_to_doc,
     row_to_event,
 )
+from sessionstream.eventstore.postgres.again import durable_head
 from sessionstream.eventstore.postgres.connect import on_standby
-from sessionstream.eventstore.postgres.errors import DRIVER_ERRORS, broken, translate_pg_error
+from sessionstream.eventstore.postgres.errors import (
+    DRIVER_ERRORS,
+    broken,
+    transient,
+    translate_pg_error,
+)
 from sessionstream.eventstore.postgres.schema import DOC_COLUMNS, EVENT_COLUMNS, POSITION_AT
+from sessionstream.eventstore.storagewait import StorageWait
 
 
 def budgeted_docs(listing: str, budget: str) -> str:
@@ -57,9 +71,15 @@ class PostgresReader:
     """The read half of the store contract (and the queries others need), on a pool."""
 
     def __init__(
-        self, *, acquire_timeout_s: float = 5.0, writes_work: Callable[[], bool] | None = None
+        self,
+        *,
+        acquire_timeout_s: float = 5.0,
+        writes_work: Callable[[], bool] | None = None,
+        wait: StorageWait | None = None,
     ) -> None:
         self.pool: asyncpg.Pool | None = None
+        #: how reads wait out an outage (none: a refused read fails at once)
+        self.wait = wait or StorageWait(0.0, 0)
         #: how long a read waits for a pooled connection (a new one included)
         self.acquire_timeout_s = acquire_timeout_s
         #: whether the primary takes writes, when reads may fall back to a standby (a
@@ -86,6 +106,8 @@ class PostgresReader:
                         # would raise over the error that says what happened
                         with contextlib.suppress(asyncpg.InterfaceError):
                             conn.terminate()
+                        if transient(exc) and self.pool is not None:
+                            await self.pool.expire_connections()  # the rest: that host too
                     raise
                 if self.writes_work is not None and on_standby(conn) and self.writes_work():
                     # read from a standby while no primary answered: once writes work
@@ -95,12 +117,18 @@ class PostgresReader:
             raise translate_pg_error(exc) from exc
 
     async def fetch(self, query: str, *args: Any) -> list[Any]:
-        async with self.connection() as conn:
-            return list(await conn.fetch(query, *args))
+        async def once() -> list[Any]:
+            async with self.connection() as conn:
+                return list(await conn.fetch(query, *args))
+
+        return await self.wait.patiently(once, transient)
 
     async def fetchval(self, query: str, *args: Any) -> Any:
-        async with self.connection() as conn:
-            return await conn.fetchval(query, *args)
+        async def once() -> Any:
+            async with self.connection() as conn:
+                return await conn.fetchval(query, *args)
+
+        return await self.wait.patiently(once, transient)
 
     async def read_stream(
         self,
@@ -212,6 +240,16 @@ class PostgresReader:
 
     async def head_position(self) -> int:
         return int(await self.fetchval("SELECT head FROM log_head WHERE id = 1"))
+
+    async def durable_head(self) -> int:
+        """The head, once every commit up to it is on the synchronous standby if there is
+        one (``again.py``): what may be published without being taken back."""
+
+        async def once() -> int:
+            async with self.connection() as conn:
+                return await durable_head(conn)
+
+        return await self.wait.patiently(once, transient)
 
     async def stream_version(self, stream_id: str) -> int:
         value = await self.fetchval("SELECT version FROM streams WHERE stream_id = $1", stream_id)

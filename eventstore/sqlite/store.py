@@ -39,7 +39,7 @@ from sessionstream.eventstore.model import (
 from sessionstream.eventstore.packed_reads import PackedReads
 from sessionstream.eventstore.packing import finished_runs
 from sessionstream.eventstore.projector import Projection
-from sessionstream.eventstore.sqlite import files
+from sessionstream.eventstore.sqlite import files, relayout
 from sessionstream.eventstore.sqlite.checkpointer import INTERVAL_S as CHECKPOINT_INTERVAL_S
 from sessionstream.eventstore.sqlite.checkpointer import Checkpointer
 from sessionstream.eventstore.sqlite.packs import SQLitePacks
@@ -51,6 +51,8 @@ from sessionstream.eventstore.sqlite.writer import SQLiteWriter
 
 log = logging.getLogger("sessionstream.eventstore")
 MEMORY = ":memory:"
+#: re-layout steps a closing store still takes (``sqlite/relayout.py``): the tail, bounded
+CLOSING_STEPS = 16
 
 
 def _above_debug(record: logging.LogRecord) -> bool:
@@ -125,6 +127,9 @@ class SQLiteEventStore(PackedReads, EventStore):
         self._executor: WriterThread | None = None
         self._closing = False
         self._open = False
+        #: a re-layout step may have work (``sqlite/relayout.py``): runs were compacted
+        self._relay_due = compact_runs
+        self._batches_since_relay = 0
         #: held while open when ``exclusive``: this process serves the file
         self._lock = files.ServerLock(self.path) if exclusive and self.path != MEMORY else None
         self._scratch: str | None = None  # the temporary directory of a ":memory:" store
@@ -196,6 +201,12 @@ class SQLiteEventStore(PackedReads, EventStore):
             left = self.compactions.take_all()
             if left:
                 await self.compact_quietly(left)
+            # the last steps, up to the head: bounded, an old log is re-laid while open
+            # (a step that found less than a whole range left reset ``_relay_due``)
+            if self._relay_due or self.compact_runs:
+                for _ in range(CLOSING_STEPS):
+                    if not await self._relay_quietly(tail=True):
+                        break
         await self._release()
 
     async def _release(self) -> None:
@@ -254,7 +265,13 @@ class SQLiteEventStore(PackedReads, EventStore):
             if stream_id is not None:
                 await self.compact_quietly([stream_id])
                 continue
+            if self._relay_due and (
+                not commits.waiting or self._batches_since_relay >= relayout.FORCE_AFTER
+            ):
+                self._relay_due = await self._relay_quietly(tail=False)
+                continue
             batch = await commits.next_batch()
+            self._batches_since_relay += 1
             try:
                 plan = await self._in_writer(self._writer.write_batch, batch)
             except BaseException as exc:  # never leave a caller waiting
@@ -314,7 +331,20 @@ class SQLiteEventStore(PackedReads, EventStore):
             await self.compact(ended)
 
     async def compact(self, stream_ids: Sequence[str]) -> int:
-        return await self._in_writer(self._writer.compact, list(stream_ids))
+        moved = await self._in_writer(self._writer.compact, list(stream_ids))
+        if moved:  # their pages have holes now: re-lay them (``sqlite/relayout.py``)
+            self._relay_due = True
+        return moved
+
+    async def _relay_quietly(self, *, tail: bool) -> bool:
+        """One re-layout step; whether it did any. A failure only leaves the holes."""
+        self._batches_since_relay = 0
+        try:
+            pending = self.compactions.pending()  # runs ended whose deltas will leave
+            return bool(await self._in_writer(self._writer.relay, tail, pending))
+        except Exception:
+            log.exception("re-laying the log behind compaction failed")
+            return False
 
     async def rebuild(self) -> int:
         self._reader.cache.clear()

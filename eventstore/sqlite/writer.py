@@ -45,6 +45,7 @@ from sessionstream.eventstore.model import (
 from sessionstream.eventstore.packing import merge_page, page_bound, unpack_all
 from sessionstream.eventstore.projector import Projection, Refold, StreamFold, per_stream
 from sessionstream.eventstore.snapshots import Snapshot
+from sessionstream.eventstore.sqlite import relayout
 from sessionstream.eventstore.sqlite.cache import DocCache
 from sessionstream.eventstore.sqlite.checkpointer import JOURNAL_SIZE_LIMIT
 from sessionstream.eventstore.sqlite.packs import (
@@ -376,6 +377,14 @@ class SQLiteWriter:
         """
         with unsynced(self._connection()) as conn:
             return compact(conn, stream_ids)
+
+    def relay(self, tail: bool, pending: frozenset[str]) -> int:
+        """One step of re-laying the log behind compaction (``sqlite/relayout.py``)."""
+        try:
+            conn = self._connection()
+            return relayout.step(conn, size=relayout.STEP, tail=tail, pending=pending)
+        except sqlite3.Error as exc:
+            raise translate_sqlite_error(exc) from exc
 
     # import and rebuild -----------------------------------------------------------------------
     def import_events(self, events: list[RecordedEvent]) -> None:

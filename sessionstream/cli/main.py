@@ -61,8 +61,11 @@ async def _serve(app: Any, settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    from sessionstream.server.app import settle_gc
+
     try:
         await runner.setup()
+        settle_gc()
         site = web.TCPSite(runner, settings.host, settings.port)
         try:
             await site.start()
