@@ -161,7 +161,7 @@ class _Reading:
                 # cancelling the engine's __anext__ ends its generator for good: the
                 # turn has ended (failed, stalled, cancelled), so nothing more is read
                 reader.cancel()
-                await asyncio.wait({reader})
+                await asyncio.wait({reader}, timeout=SETTLE_S)  # an engine that ignores it
             if self.writing is not None:
                 # let the delta being written settle, so whatever ends the run appends at
                 # the stream's true version; its outcome is the run's only if it got here
