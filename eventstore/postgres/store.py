@@ -416,6 +416,7 @@ class PostgresEventStore(PackedReads, PostgresLeases, PostgresReads, EventStore)
             try:
                 return await self._writer.write_batch(batch, again=again)
             except asyncio.CancelledError:
+                self._drop_writer_connection()  # cut off mid-statement: never reused
                 raise
             except Exception as exc:
                 if not isinstance(exc, SessionStreamError):
