@@ -40,6 +40,14 @@ from sessionstream.eventstore.postgres.errors import (
 from sessionstream.eventstore.postgres.schema import DOC_COLUMNS, EVENT_COLUMNS, POSITION_AT
 from sessionstream.eventstore.storagewait import StorageWait
 
+#: the position in a read by keys (a session's and its runs' events), as an expression the
+#: primary key's index cannot seek: the keys' indexes find the rows. Once asyncpg's
+#: prepared statement turned generic (its sixth run on a connection), PostgreSQL guessed
+#: 0.5% of the log between two parameters and walked the primary key from ``after``,
+#: filtering every later event: 61 ms, 139,806 rows dropped, for a session in the
+#: middle of a 10^6 log, against 1.7 ms by the keys' indexes (docs/explanation/scale.md)
+KEYED_POSITION = "(position + 0)"
+
 
 def budgeted_docs(listing: str, budget: str) -> str:
     """A docs listing (``SELECT DOC_COLUMNS FROM docs ...`` ordered and limited) cut
@@ -157,7 +165,8 @@ class PostgresReader:
         keys: frozenset[str] | None = None,
         to_position: int | None = None,
     ) -> list[RecordedEvent]:
-        query = f"SELECT {EVENT_COLUMNS} FROM events WHERE position > $1"
+        at = "position" if keys is None else KEYED_POSITION
+        query = f"SELECT {EVENT_COLUMNS} FROM events WHERE {at} > $1"
         args: list[Any] = [after_position]
         if keys is not None:
             if not keys:
@@ -166,7 +175,7 @@ class PostgresReader:
             query += f" AND (stream_id = ANY(${len(args)}) OR correlation_id = ANY(${len(args)}))"
         if to_position is not None:
             args.append(to_position)
-            query += f" AND position <= ${len(args)}"
+            query += f" AND {at} <= ${len(args)}"
         args.append(limit)
         query += f" ORDER BY position LIMIT ${len(args)}"
         return [row_to_event(r) for r in await self.fetch(query, *args)]
@@ -217,7 +226,8 @@ class PostgresReader:
         """See ``EventStore.read_page``: sizes first (``octet_length`` reads a TOASTed
         value's size without fetching it), then only the rows inside the budget."""
         args: list[Any] = [after_position]
-        where = "position > $1"
+        at = "position" if keys is None else KEYED_POSITION
+        where = f"{at} > $1"
         if keys is not None:
             if not keys:
                 return []
@@ -225,7 +235,7 @@ class PostgresReader:
             where += f" AND (stream_id = ANY(${len(args)}) OR correlation_id = ANY(${len(args)}))"
         if to_position is not None:
             args.append(to_position)
-            where += f" AND position <= ${len(args)}"
+            where += f" AND {at} <= ${len(args)}"
         args.extend((max_rows, max_bytes))
         query = (
             "WITH sized AS (SELECT position, octet_length(data) + octet_length(metadata) AS size "
