@@ -469,6 +469,12 @@ def main() -> None:
     for name, row in peer.items():
         floor = f"; per CPU second {row['cpu_ratio']:.2f}x" if "cpu_ratio" in row else ""
         floor += f"; our statements alone {row['floor_ratio']:.2f}x" if "floor_ratio" in row else ""
+        if "durability" in row:  # equal durability, or the ratio means nothing
+            ours, theirs = row["durability"]["subject"], row["durability"]["baseline"]
+            floor += (
+                f"; ours {ours['journal_mode']} synchronous={ours['synchronous']}, "
+                f"theirs {theirs['journal_mode']} synchronous={theirs['synchronous']}"
+            )
         print(
             f"peer {name} ({row['events']:,} events): {row['subject_events_per_s']:,} vs "
             f"{row['baseline_events_per_s']:,} ev/s, {row['ratio']:.2f}x{floor}: "

@@ -63,7 +63,7 @@ from bench.stream_clients import (
     start_runs,
 )
 from bench.stream_server import BenchServer, rss_kb, sample_frame
-from bench.stream_tokens import CONFIGS, PROVIDERS, TOKEN_HEADERS, run_tokens
+from bench.stream_tokens import CONFIGS, PROVIDERS, RECEIVERS, TOKEN_HEADERS, run_tokens
 
 POLLING_MS = (2000, 5000)
 TARGET_P99_MS = 25.0
@@ -243,6 +243,12 @@ def main() -> None:
     )
     parser.add_argument("--tokens", type=int, default=60, help="tokens: per reply")
     parser.add_argument("--pace-ms", type=float, default=20.0, help="tokens: between tokens")
+    parser.add_argument(
+        "--receiver",
+        default="lean",
+        choices=RECEIVERS,
+        help="tokens: the subscribers' websocket reader (bench/stream_lean.py, or aiohttp's)",
+    )
     parser.add_argument("--label", default="after", help="tokens: the key its figures go under")
     parser.add_argument("--json", type=Path, default=RESULTS / "stream.json")
     parser.add_argument(
@@ -270,7 +276,7 @@ def main() -> None:
         tokens: dict[str, Any] = results.setdefault("tokens", {})
         earlier = tokens.get(args.label) if args.accumulate else None
         block, rows = run_tokens(
-            configs, providers, args.rounds, args.tokens, args.pace_ms, earlier
+            configs, providers, args.rounds, args.tokens, args.pace_ms, earlier, args.receiver
         )
         tokens.setdefault(args.label, {}).update(block)
         print(f"bench.stream tokens '{args.label}' (median of {args.rounds} round(s))")

@@ -10,7 +10,8 @@ Three processes on one host (``perf_counter`` is one monotonic clock for all):
 - the **server**: ``create_app`` with the real engine (``openai`` or
   ``anthropic`` SDK) pointed at the provider, uvloop, SQLite, as
   ``sessionstream serve`` runs it. It notes when each token passed each stage;
-- **this process**: every subscriber, a real websocket on its run's channel.
+- **this process**: every subscriber, a real websocket on its run's channel
+  (``bench/stream_lean.py``, or aiohttp's client with ``--receiver aiohttp``).
 
 The stages of one token, each measured from the end of the one before:
 
@@ -52,6 +53,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from bench import stream_lean
 from bench.common import install_uvloop
 from bench.stream_clients import (
     connect_all,
@@ -293,7 +295,21 @@ async def _serve(pipe: Connection, provider: str, base_url: str) -> None:
             profile.dump_stats(profile_to)
         return web.json_response({"cpu_s": asked[-1], "gc": collecting.report()})
 
+    async def settled(request: web.Request) -> web.Response:
+        """Wait (at most 60 s) until ``n`` subscribers are on their run's fan-out: caught
+        up and live, so the measured window holds no subscriber's catch-up reads."""
+        from sessionstream.server.realtime import REALTIME
+
+        fanouts, want = app[REALTIME].fanouts, int(request.query["n"])
+        deadline = time.monotonic() + 60.0
+        while (joined := sum(len(f.members) for f in fanouts.values())) < want:
+            if time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.01)
+        return web.json_response({"joined": joined})
+
     app.router.add_get("/bench/cpu", cpu)
+    app.router.add_get("/bench/settled", settled)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     settle_gc()  # as ``sessionstream serve`` does once it has started
@@ -391,7 +407,7 @@ class Processes:
 
 
 async def token_round(
-    provider: str, runs: int, subscribers: int, tokens: int, pace_s: float
+    provider: str, runs: int, subscribers: int, tokens: int, pace_s: float, receiver: str = "lean"
 ) -> dict[str, Any]:
     procs = Processes(provider, tokens, pace_s)
     started: list[tuple[str, str]] = []
@@ -400,23 +416,39 @@ async def token_round(
             await warm_up(http)
             started = await start_runs(http, runs)
             targets = [run for run in started for _ in range(subscribers)]
-            sockets = await connect_all(http, targets, ready=2)  # run.created, run.started
-            received: list[list[tuple[float, str]]] = [[] for _ in sockets]
+            if receiver == "lean":
+                subs = await stream_lean.connect_all(procs.port, targets, ready=2)
+                count = len(subs)
+            else:
+                sockets = await connect_all(http, targets, ready=2)  # run.created, run.started
+                texts: list[list[tuple[float, str]]] = [[] for _ in sockets]
+                count = len(sockets)
+            async with http.get("/bench/settled", params={"n": str(count)}) as r:
+                joined = (await r.json())["joined"]
             split = CpuSplit({"provider": procs.provider_pid, "server": procs.server_pid})
             cpu_before, _ = await server_cpu(http)
             with measuring():
                 async with aiohttp.ClientSession() as plain:
                     split.begin()
                     await plain.post(procs.provider_url.removesuffix("/v1") + "/bench/go")
-                drains = (drain(ws, out) for ws, out in zip(sockets, received, strict=True))
-                await asyncio.gather(*drains)
+                if receiver == "lean":
+                    await asyncio.gather(*(sub.closed for sub in subs))
+                else:
+                    drains = (drain(ws, out) for ws, out in zip(sockets, texts, strict=True))
+                    await asyncio.gather(*drains)
                 cores = split.end()
             cpu_after, collected = await server_cpu(http)
             cpu_s = cpu_after - cpu_before
+            received: list[list[tuple[float, str | bytes]]] = (
+                [list(sub.frames) for sub in subs]
+                if receiver == "lean"
+                else [list(out) for out in texts]
+            )
     finally:
         marks, stored = procs.finish([run_id for run_id, _ in started])
-    result = {**figures(marks, received, runs * subscribers * tokens), **stored}
+    result = {**figures(marks, received, runs * subscribers * tokens, tokens), **stored}
     result["server_cpu_us_per_token"] = cpu_s / (runs * tokens) * 1e6
+    result["subscribers_live_at_start"] = joined / count
     return result | cores | collected
 
 
@@ -435,20 +467,34 @@ async def server_cpu(http: aiohttp.ClientSession) -> tuple[float, dict[str, floa
     return float(body["cpu_s"]), body["gc"]
 
 
-def figures(marks: Marks, received: list[list[tuple[float, str]]], expected: int) -> dict[str, Any]:
-    """Percentiles of the whole way and of each stage (per token; fan-out per frame)."""
+def figures(
+    marks: Marks, received: list[list[tuple[float, str | bytes]]], expected: int, tokens: int
+) -> dict[str, Any]:
+    """Percentiles of the whole way and of each stage (per token; fan-out per frame).
+    Every subscriber must have had each of its run's ``tokens`` once and in order."""
     total: list[float] = []
     fanout: list[float] = []
     seen: set[str] = set()  # the measured runs' tokens (not the warm-up's)
     for out in received:
+        last_position, last_stamp, had = -1, -1.0, 0
         for at, data in out:
             frame = json.loads(data)
             if frame["type"] != "message.delta":
                 continue
+            if frame["position"] <= last_position:
+                raise AssertionError(
+                    f"frames out of order: {frame['position']} after {last_position}"
+                )
+            last_position = frame["position"]
             for stamp in frame["data"]["text"].split():
+                if float(stamp) <= last_stamp:
+                    raise AssertionError(f"token {stamp} after {last_stamp}: out of order or twice")
+                last_stamp, had = float(stamp), had + 1
                 seen.add(stamp)
                 total.append((at - float(stamp)) * 1000)
                 fanout.append((at - marks.published[stamp]) * 1000)
+        if had != tokens:
+            raise AssertionError(f"a subscriber had {had} tokens of {tokens}")
     if len(total) != expected:
         raise AssertionError(f"{len(total)} tokens arrived of {expected}")
     per_token: dict[str, list[float]] = {name: [] for name in STAGES[:-1]}
@@ -529,6 +575,8 @@ def load_average() -> float:
 
 
 # the part of ``python -m bench.stream`` --------------------------------------------------------
+#: how the subscribers read: ``lean`` (``bench/stream_lean.py``) or ``aiohttp``'s client
+RECEIVERS = ("lean", "aiohttp")
 #: name -> (runs, subscribers per run, p50 target ms, p99 target ms)
 CONFIGS: dict[str, tuple[int, int, float | None, float]] = {
     "small": (10, 3, 5.0, 25.0),
@@ -543,12 +591,13 @@ def run_tokens(
     tokens: int,
     pace_ms: float,
     earlier: dict[str, Any] | None = None,
+    receiver: str = "lean",
 ) -> tuple[dict[str, Any], list[tuple[Any, ...]]]:
     """Every configuration with every provider, ``rounds`` times (medians reported, each
     round's figures and the load average beside it kept); the JSON block and table rows.
     With ``earlier`` (a block of an earlier call), its rounds count too: rounds of two
     builds can then alternate, so a neighbour's load falls on both alike."""
-    block: dict[str, Any] = {"tokens_per_reply": tokens, "pace_ms": pace_ms}
+    block: dict[str, Any] = {"tokens_per_reply": tokens, "pace_ms": pace_ms, "receiver": receiver}
     rows: list[tuple[Any, ...]] = []
     for config in configs:
         runs, subscribers, p50_target, p99_target = CONFIGS[config]
@@ -557,7 +606,7 @@ def run_tokens(
             for _ in range(rounds):
                 before = load_average()
                 sample = asyncio.run(
-                    token_round(provider, runs, subscribers, tokens, pace_ms / 1000)
+                    token_round(provider, runs, subscribers, tokens, pace_ms / 1000, receiver)
                 )
                 sample["load_average"] = (before + load_average()) / 2
                 samples.append(sample)

@@ -64,6 +64,25 @@ class StorageSettings(BaseModel):
         "primary. Reads go back to the primary as soon as writes work again. `false`: "
         "reads fail with writes (503) until a primary answers.",
     )
+    storage_wait_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="PostgreSQL: how long a request waits for storage that refuses it for "
+        "now (a failover: the primary gone, frozen or read-only, no new one yet) before it "
+        "is answered 503 `storage_unavailable` with `Retry-After`. Meanwhile its write or "
+        "read is tried again until a host answers; a write whose commit landed unanswered "
+        "is not applied twice. The bound is the outage's: once storage has refused for "
+        "this long, each request is tried once and answered at once. 30 s covers "
+        "pg_auto_failover with the failover test's timeouts (at most 13 s measured); its "
+        "default timeouts take about 50 s for a stopped primary. `0`: never wait.",
+    )
+    storage_max_waiting: int = Field(
+        default=1000,
+        ge=0,
+        description="PostgreSQL: how many reads, and how many appends, may wait for storage "
+        "at once (`SESSIONSTREAM_STORAGE_WAIT_S`); each holds its request's memory. The "
+        "next one is answered 503 `storage_unavailable` with `Retry-After` at once.",
+    )
     secret: str | None = Field(
         default=None,
         min_length=MIN_SECRET_CHARS,

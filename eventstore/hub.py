@@ -66,6 +66,10 @@ class Hub:
         self._everything: set[_Listener] = set()
         self.published_position = 0
         self.lag_fallbacks = 0
+        #: catch-up reads no further than what was published: set where the log may hold
+        #: commits that are not durable yet (PostgreSQL: a commit a failover takes back,
+        #: docs/guides/failover.md); they come through the listener once published
+        self.read_to_published = False
 
     @property
     def listener_count(self) -> int:
@@ -179,12 +183,15 @@ class Subscription:
                 await listener.wakeup.wait()
                 continue
             store = self._store
+            hub = self._hub
+            bound = {"to_position": hub.published_position} if hub.read_to_published else {}
             async with store.catchup:  # a crowd catching up reads a few pages at a time
                 page = await store.read_page(
                     self.cursor,
                     max_rows=self._page_size,
                     max_bytes=store.page_bytes,
                     keys=self.keys,
+                    **bound,
                 )
             if self.state == CLOSED:
                 raise StopAsyncIteration

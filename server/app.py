@@ -86,6 +86,8 @@ def make_store(settings: Settings, *, serving: bool = False) -> EventStore:
             statement_timeout_s=settings.statement_timeout_s,
             standby_reads=settings.pg_standby_reads,
             lease_ttl_s=settings.lease_ttl_s,
+            storage_wait_s=settings.storage_wait_s,
+            max_storage_waiters=settings.storage_max_waiting,
             stop_in_append=settings.fault_stop_in_append,
         )
     from sessionstream.eventstore.sqlite import SQLiteEventStore

@@ -10,8 +10,9 @@ reported as such. The states:
 - ``degraded`` (200): the node still serves reads and subscriptions but
   ``degraded`` names what does not work, e.g. ``{"writes": "unavailable:
   no writable PostgreSQL host ..."}`` during a database failover. It stays
-  in rotation: its reads work, and its writes answer 503 with
-  ``Retry-After`` like any other node's would.
+  in rotation: its reads work, and its writes wait for storage
+  (``SESSIONSTREAM_STORAGE_WAIT_S``) like any other node's would. The probe
+  itself never waits: it says what does not work now.
 - ``unhealthy`` (503): a background task has not come back within its
   bound (``core/supervisor.py``), or the log cannot be read.
 """
@@ -25,6 +26,7 @@ from typing import TypeVar
 from aiohttp import web
 
 from sessionstream.core.errors import SessionStreamError
+from sessionstream.eventstore.storagewait import impatient
 from sessionstream.server.keys import STORE
 
 #: the longest any one probe of ``/healthz`` waits; both run at once
@@ -47,9 +49,10 @@ async def _bounded(probe: Awaitable[T]) -> tuple[T | None, str | None]:
 async def healthz(request: web.Request) -> web.Response:
     store = request.app[STORE]
     supervisor = store.supervisor
-    (head, reads), (trouble, writes) = await asyncio.gather(
-        _bounded(store.head_position()), _bounded(store.write_trouble())
-    )
+    with impatient():  # report an outage now; requests wait it out, a probe must not
+        (head, reads), (trouble, writes) = await asyncio.gather(
+            _bounded(store.head_position()), _bounded(store.write_trouble())
+        )
     degraded: dict[str, str] = {}
     if reads is not None:
         degraded["reads"] = f"unavailable: {reads}"

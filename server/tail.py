@@ -116,8 +116,14 @@ async def run_channel(
 async def compact_run(store: EventStore, stream: str) -> dict[str, Any] | None:
     """The run so far as one snapshot frame, folded a byte-budgeted page at a time."""
     compactor, after = Compactor(), 0
+    hub = store.hub  # no further than published, where beyond may not be durable yet
+    published = hub.published_position if hub.read_to_published else None
     while page := await store.read_page(
-        after, max_rows=500, max_bytes=store.page_bytes, keys=frozenset({stream})
+        after,
+        max_rows=500,
+        max_bytes=store.page_bytes,
+        keys=frozenset({stream}),
+        to_position=published,
     ):
         compactor.feed(page)
         after = page[-1].position

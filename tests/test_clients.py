@@ -272,6 +272,9 @@ async def test_browser_module_resumes_through_drops(make_api: Any) -> None:
             assert response is not None and response.ok
             turn = await start_turn(api)  # now that the page is up: the run streams live
             args = {"base": proxy.url, "runId": turn.run_id, "token": turn.token}
+            # the module is fetched before the cuts start (the realm's module map keeps it):
+            # the cuts are for the stream, and a cut import is no resume to test
+            await page.evaluate("() => import('/static/sessionstream.js').then(() => true)")
             async with chaos(proxy, seed=5, every=(0.05, 0.12)):
                 result = await page.evaluate(FOLLOW_SCRIPT, args)
             result |= await page.evaluate(REFUSAL_SCRIPT, {**args, "badToken": "sst_" + "x" * 43})

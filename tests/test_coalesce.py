@@ -283,3 +283,30 @@ async def test_an_engine_far_ahead_of_the_log_makes_bounded_deltas(
     deltas = await deltas_of(store, run_id)
     assert "".join(deltas) == "".join(f"w{i} " for i in range(60))
     assert max(len(d) for d in deltas) < 40 + 4
+
+
+async def test_text_held_by_the_floor_is_written_when_it_passes_though_the_engine_is_silent(
+    make_api: Any,
+) -> None:
+    """With a floor, text that came too soon after a delta waits for the floor, not for
+    the engine's next word: the second word is written while the engine says nothing."""
+    store_of: dict[str, Any] = {}
+
+    async def pace(i: int) -> None:
+        if i == 2:  # silent until the second word has been written on its own
+            store, run_id = store_of["store"], store_of["run"]
+
+            async def second_written() -> bool:
+                return len(await deltas_of(store, run_id)) == 2
+
+            await eventually(second_written, "the floor never wrote the waiting text")
+
+    engine = StepEngine(3, pace)
+    api: Api = await make_api(engine=engine, delta_coalesce_ms=50.0)
+    store_of["store"] = api.app[STORE]
+    gate = asyncio.Event()
+    engine.ready = lambda i: gate.wait() if i == 0 else pace(i)
+    sid, store_of["run"] = await start(api)
+    gate.set()
+    await wait_idle(api, sid)
+    assert await deltas_of(api.app[STORE], store_of["run"]) == ["w0 ", "w1 ", "w2 "]

@@ -167,6 +167,38 @@ async def test_paged_catch_up_reads_every_page_then_goes_live() -> None:
     sub.close()
 
 
+async def test_catch_up_reads_no_further_than_published_where_the_hub_says_so() -> None:
+    """PostgreSQL's log may hold a commit that is not durable yet (its wait for the
+    standby cut short): a catch-up that read it would send a frame a failover takes
+    back. There the hub publishes only durable commits, and catch-up stops at them."""
+
+    class BoundedLog(Log):
+        async def read_page(
+            self,
+            after: int,
+            *,
+            max_rows: int,
+            max_bytes: int,
+            keys: frozenset[str] | None = None,
+            to_position: int | None = None,
+        ) -> list[RecordedEvent]:
+            page = await self.read_all(after, limit=max_rows, keys=keys)
+            return [e for e in page if to_position is None or e.position <= to_position]
+
+    log = BoundedLog([ev(p) for p in range(1, 6)])
+    hub = Hub()
+    hub.read_to_published = True
+    hub.published_position = 3  # 4 and 5 are in the log, not durable yet
+    sub = subscribe(log, hub)
+    assert await take(sub, 3) == [1, 2, 3]
+    await until_live(sub)  # 4 and 5 were not read: the subscription waits for the hub
+    hub.publish([ev(4)])
+    assert await asyncio.wait_for(sub._test_task, 2) == ev(4)  # type: ignore[attr-defined]
+    hub.read_to_published = False  # elsewhere (SQLite) the log holds nothing unpublished
+    assert await take(subscribe(log, Hub()), 5) == [1, 2, 3, 4, 5]
+    sub.close()
+
+
 async def test_handover_does_not_lose_or_repeat_an_event() -> None:
     log = Log([ev(1)])
     hub = Hub()

@@ -565,3 +565,18 @@ async def test_a_wrong_url_fails_the_run_with_the_reason_and_frees_the_session(
         r = await api.client.get(f"{S}/{sid}", headers=api.h())
         assert (await r.json())["session"]["task_status"] is None
         assert fake.requests == []  # the requests went to the root, where nothing answers
+
+
+async def test_a_cancelled_read_stays_a_cancel_and_not_a_timeout() -> None:
+    """The idle watch cancels a read only when it has waited the whole timeout; the
+    caller's own cancel (a run cancelled mid-reply) goes through as a cancel."""
+    async with run_fake_openai() as (base_url, server):
+        engine = OpenAIEngine(base_url=base_url, api_key="dummy", timeout_s=5, idle_timeout_s=0.3)
+        server.script(Reply(content="a reply that stops", piece=2, hang_after_chunks=3))
+        reading = asyncio.ensure_future(collect(engine))
+        await asyncio.sleep(0.1)
+        reading.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await reading
+        await asyncio.sleep(0.4)  # past the idle timeout: nothing fires into this task
+        await engine.aclose()

@@ -38,6 +38,7 @@ from sessionstream.eventstore.postgres.connect import connect, hosts_of, on_stan
 from sessionstream.eventstore.postgres.errors import (  # noqa: E402
     NoUsableHost,
     broken,
+    transient,
     translate_pg_error,
 )
 
@@ -178,7 +179,8 @@ async def test_every_driver_error_on_a_read_answers_cleanly_and_the_next_read_wo
         r = await client.get(f"{S}/{sid}", headers=h)
         assert inject.hit is not None, type(error).__name__
         await _check_answer(r, error)
-        assert r.status != 200, type(error).__name__
+        # storage away for now (a failover): the read waited and was tried again
+        assert (r.status == 200) == transient(error), (type(error).__name__, r.status)
         if broken(error):
             assert inject.hit.is_closed(), f"{type(error).__name__} left its connection open"
         r = await client.get(f"{S}/{sid}", headers=h)
@@ -196,6 +198,8 @@ async def test_every_driver_error_on_a_write_answers_cleanly_and_the_next_write_
         r = await client.patch(f"{S}/{sid}", json={"title": f"t{n}"}, headers=h)
         assert inject.hit is not None, type(error).__name__
         await _check_answer(r, error)
+        if transient(error):  # the write waited for storage and was written again
+            assert r.status == 200, (type(error).__name__, await r.text())
         if broken(error):
             assert inject.hit.is_closed(), f"{type(error).__name__} left its connection open"
             assert store._writer.conn is not inject.hit
@@ -329,6 +333,7 @@ async def test_healthz_names_writes_unavailable_and_recovers(
     try:
         store.dsn = _multi(("127.0.0.1", frozen.port))  # the primary froze
         store.connect_timeout_s = 0.3
+        store.storage_wait_s = 1.0  # the write waits this long for a primary, then is a 503
         store._drop_writer_connection()
         r = await client.patch(f"{S}/{sid}", json={"title": "lost"}, headers=h)
         assert r.status == 503 and r.headers["Retry-After"] == "1"

@@ -433,6 +433,65 @@ async def test_a_page_of_a_long_list_reads_its_page_not_the_list(
             assert below["Index Name"] == "docs_listing", plan
 
 
+async def test_a_read_by_keys_finds_its_rows_by_the_keys_even_with_a_generic_plan(
+    nodes: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A session's events (catch-up, the audit endpoint) are found through the stream and
+    correlation indexes. asyncpg keeps statements prepared, and from a statement's sixth
+    run PostgreSQL may plan it once for any parameters: it guessed a sliver of the log
+    between ``after`` and the bound and walked the primary key from ``after``, filtering
+    every later event, which grows with the log (61 ms at 10^6 events)."""
+    from sessionstream.eventstore.postgres import reader
+
+    store = await nodes()
+    async with store._reader.connection() as conn:
+        await conn.execute(
+            "INSERT INTO events (position, stream_id, version, event_id, type, data, metadata, "
+            "correlation_id, recorded_at, hash) SELECT n, 's-' || (n % 2000), n / 2000 + 1, "
+            "'e' || n, 'x', '{}', '{}', 'c-' || (n % 500), 't', 'h' "
+            "FROM generate_series(1, 40000) AS n"
+        )
+        await conn.execute("ANALYZE events")
+    sent: list[tuple[str, tuple[Any, ...]]] = []
+    fetch = reader.PostgresReader.fetch
+
+    async def spy(self: Any, query: str, *args: Any) -> list[Any]:
+        sent.append((query, args))
+        return await fetch(self, query, *args)
+
+    monkeypatch.setattr(reader.PostgresReader, "fetch", spy)
+    keys = frozenset({"s-7", "c-7"})
+    page = await store._reader.read_page(
+        100, max_rows=500, max_bytes=1 << 20, keys=keys, to_position=40000
+    )
+    assert page and all(e.position > 100 for e in page)
+    await store._reader.read_all(100, keys=keys, to_position=40000)
+    assert len(sent) == 2
+    async with store._reader.connection() as conn:
+        for n, (query, args) in enumerate(sent):
+            await conn.execute(f"PREPARE keyed{n} AS {query}")
+            await conn.execute("SET plan_cache_mode = force_generic_plan")
+            try:
+                params = ", ".join(literal(a) for a in args)  # EXECUTE takes no $n
+                plan = await conn.fetchval(f"EXPLAIN (FORMAT JSON) EXECUTE keyed{n}({params})")
+            finally:
+                await conn.execute("RESET plan_cache_mode")
+                await conn.execute(f"DEALLOCATE keyed{n}")
+            for node in nodes_of(json.loads(plan)[0]["Plan"], "Index Scan"):
+                # the primary key may look up listed positions, never walk a range
+                assert not (
+                    node["Index Name"] == "events_pkey" and ">" in node.get("Index Cond", "")
+                ), plan
+
+
+def literal(value: Any) -> str:
+    if isinstance(value, list):
+        return "ARRAY[" + ", ".join(literal(v) for v in value) + "]::text[]"
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'"
+    return str(int(value))
+
+
 def nodes_of(plan: dict[str, Any], kind: str) -> Iterator[dict[str, Any]]:
     if plan["Node Type"] == kind:
         yield plan

@@ -61,6 +61,33 @@ def broken(exc: BaseException) -> bool:
     return state == "25006" or state.startswith(("08", "57P", "XX"))
 
 
+def transient(exc: BaseException) -> bool:
+    """Whether ``exc`` says storage is away for now and may come back by itself: a host
+    gone, refusing or not answering, a read-only host where a primary was (a failover),
+    the server shutting down or starting. Such a request waits for storage
+    (``eventstore/storagewait.py``); a full disk, a misconfiguration or a refused value
+    does not go away by waiting. A translated error is judged by the driver error under it.
+    """
+    if isinstance(exc, SessionStreamError):
+        cause = exc.__cause__
+        return isinstance(exc, StorageUnavailable) and cause is not None and transient(cause)
+    if isinstance(exc, asyncpg.PostgresError):
+        state = str(getattr(exc, "sqlstate", "") or "")
+        # 25006 read-only (demoted), 57014 cancelled by the statement timeout (a host that
+        # froze), 57P01-03 shutting down or starting, 08 connection, 53300 too many clients
+        return state in ("25006", "57014", "53300") or state.startswith(("08", "57P"))
+    return isinstance(
+        exc,
+        NoUsableHost
+        | asyncpg.TargetServerAttributeNotMatched
+        | OSError
+        | TimeoutError
+        | asyncpg.InterfaceError
+        | asyncpg.InternalClientError
+        | ProtocolBufferError,
+    ) and not isinstance(exc, asyncpg.ClientConfigurationError | ClientDataError)
+
+
 def translate_pg_error(exc: BaseException) -> SessionStreamError:
     """A driver error as the error callers handle: a 503 to retry, or what a request did wrong."""
     if isinstance(exc, SessionStreamError):

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from sessionstream.core.errors import SessionStreamError
 from sessionstream.eventstore.hub import Hub
 from sessionstream.eventstore.model import RecordedEvent
+from sessionstream.eventstore.storagewait import impatient
 
 log = logging.getLogger("sessionstream.eventstore.postgres")
 
@@ -70,19 +71,20 @@ class LogPump:
         """
         last_poll: float | None = None
         self._wake.set()
-        while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.poll_interval_s):
-                    await self._wake.wait()
-            self._wake.clear()
-            try:
-                if last_poll is None or time.monotonic() - last_poll >= self.poll_interval_s:
-                    last_poll = time.monotonic()
-                    self.head_moved(await self._poll())
-                await self.drain()
-            except SessionStreamError as exc:
-                log.warning("event pump: %s; retrying", exc.message)
-                await asyncio.sleep(self.poll_interval_s)
+        with impatient():  # its reads never wait out an outage: it polls again instead
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.poll_interval_s):
+                        await self._wake.wait()
+                self._wake.clear()
+                try:
+                    if last_poll is None or time.monotonic() - last_poll >= self.poll_interval_s:
+                        last_poll = time.monotonic()
+                        self.head_moved(await self._poll())
+                    await self.drain()
+                except SessionStreamError as exc:
+                    log.warning("event pump: %s; retrying", exc.message)
+                    await asyncio.sleep(self.poll_interval_s)
 
     async def drain(self) -> None:
         """Publish every position up to the known head, in order, without gaps."""

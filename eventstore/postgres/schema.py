@@ -110,6 +110,17 @@ WRITE_BATCH_AT_HEAD = (
 #: the next write is this writer's (``$1``) for ``$2`` seconds unless it writes first:
 #: one statement, so the reservation, never a lock, is what a paused writer leaves
 #: behind; returns the head, or no row while another writer's reservation runs
+#: the head, and whether a commit here waits for a synchronous standby (not on a
+#: standby, not without one named): what ``again.durable_head`` needs to know
+HEAD_AND_SYNC = (
+    "SELECT head, NOT pg_is_in_recovery() AND current_setting('synchronous_standby_names') "
+    "<> '' FROM log_head WHERE id = 1"
+)
+#: a statement whose commit waits for the synchronous standby to hold everything this
+#: host committed before it. A transaction id alone would not make it wait (PostgreSQL
+#: waits only for a commit that wrote WAL); a row lock writes WAL and takes one. KEY
+#: SHARE of a row nothing updates, deletes or locks for update blocks no one.
+DURABLE = "SELECT 1 FROM schema_migrations WHERE version = 1 FOR KEY SHARE"
 RESERVE_HEAD = """
 UPDATE log_head SET reserved_by = $1, reserved_until = clock_timestamp() + make_interval(secs => $2)
 WHERE id = 1 AND (reserved_by IS NULL OR reserved_by = $1 OR reserved_until <= clock_timestamp())

@@ -34,7 +34,6 @@ from sessionstream.eventstore.leases import lock_bounds
 from sessionstream.eventstore.model import (
     AppendRequest,
     AppendResult,
-    Doc,
     RecordedEvent,
 )
 from sessionstream.eventstore.packed_reads import PackedReads
@@ -48,19 +47,26 @@ from sessionstream.eventstore.postgres.connect import (
     primary_attrs,
     writable_host_problem,
 )
-from sessionstream.eventstore.postgres.errors import DRIVER_ERRORS, broken, translate_pg_error
+from sessionstream.eventstore.postgres.errors import (
+    DRIVER_ERRORS,
+    broken,
+    transient,
+    translate_pg_error,
+)
 from sessionstream.eventstore.postgres.leases import PostgresLeases
 from sessionstream.eventstore.postgres.packs import PostgresPacks, compact
 from sessionstream.eventstore.postgres.pump import LogPump
 from sessionstream.eventstore.postgres.reader import PostgresReader, keep_session
+from sessionstream.eventstore.postgres.reads import PostgresReads
 from sessionstream.eventstore.postgres.tree import PostgresTree
 from sessionstream.eventstore.postgres.writer import PostgresWriter
 from sessionstream.eventstore.projector import Projection
+from sessionstream.eventstore.storagewait import RETRY_AFTER_S, RETRY_MAX_S, StorageWait
 
 log = logging.getLogger("sessionstream.eventstore.postgres")
 
 
-class PostgresEventStore(PackedReads, PostgresLeases, EventStore):
+class PostgresEventStore(PackedReads, PostgresLeases, PostgresReads, EventStore):
     delivery_tasks = ("pg-writer", "pg-pump")
     #: the rows half of every read (``PackedReads`` merges the packs in)
     _reader: PostgresReader
@@ -85,6 +91,8 @@ class PostgresEventStore(PackedReads, PostgresLeases, EventStore):
         on_batch: Callable[[int, int], None] | None = None,
         compact_runs: bool = True,
         lease_ttl_s: float = 15.0,
+        storage_wait_s: float = 0.0,
+        max_storage_waiters: int = 1000,
         stop_in_append: str = "",
         **_sqlite_only: Any,  # readers, cache_size, busy_retries: meaningless here
     ) -> None:
@@ -114,7 +122,14 @@ class PostgresEventStore(PackedReads, PostgresLeases, EventStore):
         self.compact_runs = compact_runs
         #: reads from a standby while no primary answers (``connect.py``)
         self.standby_reads = standby_reads
+        #: how long requests wait out a storage outage, and how many may (``storagewait.py``)
+        self.storage_wait_s = storage_wait_s
+        self.max_storage_waiters = max_storage_waiters
+        self.read_wait = StorageWait(storage_wait_s, max_storage_waiters)
+        #: appends refused because too many waited for storage already
+        self.waiters_refused = 0
         self._reader = PostgresReader(
+            wait=self.read_wait,
             acquire_timeout_s=self.statement_timeout_s,
             writes_work=(lambda: self._write_failed is None)
             if standby_reads and asks_for_primary(dsn)
@@ -131,11 +146,14 @@ class PostgresEventStore(PackedReads, PostgresLeases, EventStore):
             stop_file=stop_in_append,
         )
         self._lconn: asyncpg.Connection | None = None
+        #: a head every commit up to which is on the synchronous standby (``_read_after``)
+        self._durable_head = 0
         self._writer_task: asyncio.Task[None] | None = None
         self._pump_task: asyncio.Task[None] | None = None
         #: a committed batch whose callers were not answered yet (see ``_writer_loop``)
         self._unanswered: tuple[list[Pending], list[Outcome]] | None = None
         self.pump = LogPump(self.hub, self._read_after, self._poll, poll_interval_s=poll_interval_s)
+        self.hub.read_to_published = True  # the pump publishes only what is durable
         self._open = False
         self._closing = False
         #: why the last append batch failed and since when (monotonic); None once one commits
@@ -298,9 +316,16 @@ class PostgresEventStore(PackedReads, PostgresLeases, EventStore):
         ]
 
     async def _read_after(self, position: int) -> list[RecordedEvent]:
-        # another node's events, as the pump publishes them: a page bounded in bytes,
-        # data left as stored for the frames that splice it; another node's packs too
-        page = await self.read_page(position, max_rows=1000, max_bytes=self.page_bytes)
+        """Another node's events (and packs) for the pump, data left as stored, up to the
+        durable head only: a commit whose wait for the synchronous standby was cut short
+        is visible before it is durable, and a frame for it a phantom (``again.py``)."""
+        if self._durable_head <= position:
+            self._durable_head = await self._reader.durable_head()
+            if self._durable_head <= position:
+                return []
+        page = await self.read_page(
+            position, max_rows=1000, max_bytes=self.page_bytes, to_position=self._durable_head
+        )
         return list(page)
 
     async def _poll(self) -> int:
@@ -329,6 +354,14 @@ class PostgresEventStore(PackedReads, PostgresLeases, EventStore):
     async def transact(self, requests: Sequence[AppendRequest]) -> list[AppendResult]:
         if not self._open or self._closing:
             raise StorageUnavailable("the event store is not open")
+        waiting = self.commits.waiting
+        if self._write_failed is not None and waiting >= self.max_storage_waiters:
+            # an outage: what is queued waits for storage, and only so many may
+            self.waiters_refused += 1
+            raise StorageUnavailable(
+                f"storage is unavailable and {waiting} appends already wait for it; retry",
+                retry_after=RETRY_AFTER_S,
+            )
         return await self.commits.submit(requests)
 
     async def _writer_loop(self) -> None:
@@ -350,19 +383,14 @@ class PostgresEventStore(PackedReads, PostgresLeases, EventStore):
                 continue
             batch = await commits.next_batch()
             try:
-                outcomes, runs = await self._writer.write_batch(batch)
+                outcomes, runs = await self._write_patiently(batch)
             except BaseException as exc:  # never leave a caller waiting
-                if not isinstance(exc, SessionStreamError):
-                    log.warning("append batch failed: %r", exc)
-                if broken(exc):  # open but mid-protocol, or to a demoted host: never reused
-                    self._drop_writer_connection()
-                error = translate_pg_error(exc)
-                commits.fail(batch, error)
+                self._writer.sent.clear()  # answered: its sent plans are history
+                commits.fail(batch, translate_pg_error(exc))
                 if isinstance(exc, asyncio.CancelledError):
                     raise
-                if self._write_failed is None:
-                    self._write_failed = (error.message, time.monotonic())
                 continue
+            self._writer.sent.clear()
             self._write_failed = None
             self._unanswered = (batch, outcomes)
             for run in runs:
@@ -373,6 +401,40 @@ class PostgresEventStore(PackedReads, PostgresLeases, EventStore):
                 self.on_batch(len(batch), appended)
             if self.compact_runs:  # packed between batches, when no append waits
                 self.compactions.add(s for run in runs for s in finished_runs(run))
+
+    async def _write_patiently(
+        self, batch: list[Pending]
+    ) -> tuple[list[Outcome], list[list[RecordedEvent]]]:
+        """``batch`` written, tried again while storage refuses it for now (a failover)
+        and has refused for less than the storage wait (``eventstore/storagewait.py``):
+        its callers wait for the new primary instead of getting a 503. A try whose
+        commit landed unanswered is not applied twice (``writer.py``)."""
+        delay = 0.05
+        again = False
+        since: float | None = None
+        while True:
+            try:
+                return await self._writer.write_batch(batch, again=again)
+            except asyncio.CancelledError:
+                self._drop_writer_connection()  # cut off mid-statement: never reused
+                raise
+            except Exception as exc:
+                if not isinstance(exc, SessionStreamError):
+                    log.warning("append batch failed: %r", exc)
+                if broken(exc):  # open but mid-protocol, or to a demoted host: never reused
+                    self._drop_writer_connection()
+                message = translate_pg_error(exc).message
+                now = time.monotonic()
+                failed = self._write_failed
+                if since is None:  # the outage's clock: from its first failed batch
+                    since = now if failed is None else failed[1]
+                self._write_failed = (message, since if failed is None else failed[1])
+                left = since + self.storage_wait_s - now
+                if self._closing or left <= 0 or not transient(exc):
+                    raise
+                again = True
+                await asyncio.sleep(min(delay, left))
+                delay = min(delay * 2, RETRY_MAX_S)
 
     async def write_trouble(self) -> str | None:
         """Why the last append failed, unless a writable host answers now: an idle node
@@ -437,49 +499,6 @@ class PostgresEventStore(PackedReads, PostgresLeases, EventStore):
         transaction may take far longer than the statement timeout allows a request."""
         settings = {**self._settings("maintenance"), "statement_timeout": "0"}
         return own_connection(self.dsn, self.connect_timeout_s, settings)
-
-    # reads (reader.py) ------------------------------------------------------
-    async def head_position(self) -> int:
-        return await self._reader.head_position()
-
-    async def stream_version(self, stream_id: str) -> int:
-        return await self._reader.stream_version(stream_id)
-
-    async def get_doc(self, kind: str, key: str) -> Doc | None:
-        return await self._reader.get_doc(kind, key)
-
-    async def list_docs(
-        self,
-        kind: str,
-        *,
-        owner: str | None = None,
-        parent: str | None = None,
-        active: bool | None = None,
-        include_deleted: bool = False,
-        after: tuple[str, str] | None = None,
-        limit: int | None = None,
-        max_bytes: int | None = None,
-    ) -> list[Doc]:
-        return await self._reader.list_docs(
-            kind,
-            owner=owner,
-            parent=parent,
-            active=active,
-            include_deleted=include_deleted,
-            after=after,
-            limit=limit,
-            max_bytes=max_bytes,
-        )
-
-    async def scan_docs(
-        self, kind: str, *, after: str | None = None, limit: int = 100
-    ) -> list[Doc]:
-        return await self._reader.scan_docs(kind, after=after, limit=limit)
-
-    async def latest_snapshot(
-        self, stream_id: str, kind: str, *, max_position: int | None = None
-    ) -> tuple[int, int, dict[str, Any]] | None:
-        return await self._reader.latest_snapshot(stream_id, kind, max_position=max_position)
 
 
 def _ms(seconds: float) -> str:

@@ -28,6 +28,10 @@ planned, and the write statement checks every fence again under a share lock
 on the lease rows, so a takeover either waits for the write's commit or the
 write sees the new epoch and writes nothing.
 
+A batch that storage refused for now (a failover) is written again, the
+same requests with the same event ids; a try whose commit landed unanswered
+is answered once, as written (``again.py``).
+
 The database's unique constraints stay the backstop: if they reject a batch
 it is planned again looking every id up, then retried one caller per
 transaction, so a bad request still fails alone. Rebuilds and imports lock
@@ -60,6 +64,7 @@ from sessionstream.eventstore.groupcommit import Outcome, Pending
 from sessionstream.eventstore.model import Doc, RecordedEvent, row_to_event, utc_now
 from sessionstream.eventstore.packing import merge_page, page_bound, unpack_all
 from sessionstream.eventstore.postgres import schema as sql
+from sessionstream.eventstore.postgres.again import SentPlans, any_stored, durable_head
 from sessionstream.eventstore.postgres.facts import Facts, Moved
 from sessionstream.eventstore.postgres.known import Known
 from sessionstream.eventstore.postgres.packs import PAGE as LOG_PAGE
@@ -124,6 +129,8 @@ class PostgresWriter:
         self.read_under_lock = 0  # the name it had; now: planned on a read (no lock)
         self.races_lost = 0
         self.reservations = 0
+        #: the plans whose write was sent for the batch in hand (``again.py``)
+        self.sent = SentPlans()
 
     def forget(self) -> None:
         """Something other than this writer's appends changed the tables (an import, a rebuild)."""
@@ -141,9 +148,22 @@ class PostgresWriter:
             await asyncio.wait_for(conn.close(), 5)
 
     async def write_batch(
+        self, batch: list[Pending], *, again: bool = False
+    ) -> tuple[list[Outcome], list[list[RecordedEvent]]]:
+        """Outcomes in batch order and the committed events as contiguous runs.
+
+        ``again``: this batch was tried before and storage refused it; what that try
+        may have committed is answered as this writer's own (``again.py``)."""
+        outcomes, runs = await self._write_batch(batch)
+        if any_stored(outcomes):
+            await durable_head(await self.connection())
+            if again:
+                outcomes = self.sent.own(outcomes)
+        return outcomes, runs
+
+    async def _write_batch(
         self, batch: list[Pending]
     ) -> tuple[list[Outcome], list[list[RecordedEvent]]]:
-        """Outcomes in batch order and the committed events as contiguous runs."""
         stop = self._stop_armed()
         try:
             plan = None if stop else await self._write_on_known(batch)
@@ -222,6 +242,7 @@ class PostgresWriter:
         args = sql.write_batch_args(
             plan.records, plan.streams, plan.docs, plan.snapshots, plan.head, self.channel
         )
+        self.sent.record(plan)
         row = await conn.fetchrow(
             sql.WRITE_BATCH_AT_HEAD,
             *args,

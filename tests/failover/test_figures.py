@@ -49,7 +49,7 @@ def test_writes_lost_counted_in_the_window_they_were_acknowledged_in() -> None:
     assert (stopped.lost, stopped.acked) == (2, 1)
 
 
-def test_answers_split_into_5xx_503_with_retry_after_and_timeouts() -> None:
+def test_every_5xx_counts_503_with_retry_after_too_and_timeouts_apart() -> None:
     answers = [
         Answer(T0 + 10, T0 + 11, 0, "patch", 500, "boom"),
         Answer(T0 + 10, T0 + 11, 0, "patch", 503, "storage_unavailable"),
@@ -58,7 +58,7 @@ def test_answers_split_into_5xx_503_with_retry_after_and_timeouts() -> None:
         Answer(T0 + 10, T0 + 11, 1, "read", 200),
     ]
     steady, planned, stopped = figures(faults(), Record(answers=answers), Log([], {}), T0)
-    assert (planned.server_errors, planned.no_retry_after, planned.unavailable) == (2, 1, 1)
+    assert (planned.server_errors, planned.no_retry_after, planned.unavailable) == (3, 1, 1)
     assert (planned.answers, planned.client_timeouts) == (4, 0)
     assert (stopped.answers, stopped.client_timeouts) == (1, 1)
     assert steady.answers == 0
