@@ -27,7 +27,12 @@ from typing import Any
 
 import asyncpg
 
-from sessionstream.core.errors import SessionStreamError, StorageUnavailable
+from sessionstream.core.errors import (
+    OutcomeUnknown,
+    RetryLater,
+    SessionStreamError,
+    StorageUnavailable,
+)
 from sessionstream.eventstore.base import DEFAULT_CATCHUP_READS, DEFAULT_PAGE_BYTES, EventStore
 from sessionstream.eventstore.groupcommit import Outcome, Pending
 from sessionstream.eventstore.leases import lock_bounds
@@ -385,8 +390,9 @@ class PostgresEventStore(PackedReads, PostgresLeases, PostgresReads, EventStore)
             try:
                 outcomes, runs = await self._write_patiently(batch)
             except BaseException as exc:  # never leave a caller waiting
+                error = self._given_up(exc)
                 self._writer.sent.clear()  # answered: its sent plans are history
-                commits.fail(batch, translate_pg_error(exc))
+                commits.fail(batch, error)
                 if isinstance(exc, asyncio.CancelledError):
                     raise
                 continue
@@ -435,6 +441,22 @@ class PostgresEventStore(PackedReads, PostgresLeases, PostgresReads, EventStore)
                 again = True
                 await asyncio.sleep(min(delay, left))
                 delay = min(delay * 2, RETRY_MAX_S)
+
+    def _given_up(self, exc: BaseException) -> SessionStreamError:
+        """What a batch's callers are told when its write is given up: ``outcome_unknown``
+        if a write statement of it lost its answer (its commit may have landed, and no
+        later try found out), else the error as translated."""
+        error = translate_pg_error(exc)
+        if self._writer.sent.lost:
+            unknown = OutcomeUnknown(
+                f"{error.message.removesuffix('; retry')}, while this write was committing, "
+                "and whether it landed could not be read back: it may have been written; "
+                "read it before you retry",
+                retry_after=error.retry_after if isinstance(error, RetryLater) else 1.0,
+            )
+            unknown.__cause__ = exc
+            return unknown
+        return error
 
     async def write_trouble(self) -> str | None:
         """Why the last append failed, unless a writable host answers now: an idle node

@@ -65,6 +65,7 @@ from sessionstream.eventstore.model import Doc, RecordedEvent, row_to_event, utc
 from sessionstream.eventstore.packing import merge_page, page_bound, unpack_all
 from sessionstream.eventstore.postgres import schema as sql
 from sessionstream.eventstore.postgres.again import SentPlans, any_stored, durable_head
+from sessionstream.eventstore.postgres.errors import answer_lost
 from sessionstream.eventstore.postgres.facts import Facts, Moved
 from sessionstream.eventstore.postgres.known import Known
 from sessionstream.eventstore.postgres.packs import PAGE as LOG_PAGE
@@ -243,14 +244,18 @@ class PostgresWriter:
             plan.records, plan.streams, plan.docs, plan.snapshots, plan.head, self.channel
         )
         self.sent.record(plan)
-        row = await conn.fetchrow(
-            sql.WRITE_BATCH_AT_HEAD,
-            *args,
-            base,
-            self.writer_id,
-            [f.run_id for f in fences],
-            [f.epoch for f in fences],
-        )
+        try:
+            row = await conn.fetchrow(
+                sql.WRITE_BATCH_AT_HEAD,
+                *args,
+                base,
+                self.writer_id,
+                [f.run_id for f in fences],
+                [f.epoch for f in fences],
+            )
+        except BaseException as exc:
+            self.sent.lost = self.sent.lost or answer_lost(exc)
+            raise
         assert row is not None
         return row
 
