@@ -48,7 +48,6 @@ from sessionstream.eventstore.postgres.connect import (
     asks_for_primary,
     connect,
     first_schema,
-    own_connection,
     primary_attrs,
     writable_host_problem,
 )
@@ -59,7 +58,8 @@ from sessionstream.eventstore.postgres.errors import (
     translate_pg_error,
 )
 from sessionstream.eventstore.postgres.leases import PostgresLeases
-from sessionstream.eventstore.postgres.packs import PostgresPacks, compact
+from sessionstream.eventstore.postgres.maintenance import PostgresMaintenance
+from sessionstream.eventstore.postgres.packs import PostgresPacks
 from sessionstream.eventstore.postgres.pump import LogPump
 from sessionstream.eventstore.postgres.reader import PostgresReader, keep_session
 from sessionstream.eventstore.postgres.reads import PostgresReads
@@ -71,7 +71,9 @@ from sessionstream.eventstore.storagewait import RETRY_AFTER_S, RETRY_MAX_S, Sto
 log = logging.getLogger("sessionstream.eventstore.postgres")
 
 
-class PostgresEventStore(PackedReads, PostgresLeases, PostgresReads, EventStore):
+class PostgresEventStore(
+    PackedReads, PostgresLeases, PostgresReads, PostgresMaintenance, EventStore
+):
     delivery_tasks = ("pg-writer", "pg-pump")
     #: the rows half of every read (``PackedReads`` merges the packs in)
     _reader: PostgresReader
@@ -475,52 +477,6 @@ class PostgresEventStore(PackedReads, PostgresLeases, PostgresReads, EventStore)
         conn, self._writer.conn = self._writer.conn, None
         if conn is not None:
             conn.terminate()
-
-    async def import_events(self, events: Sequence[RecordedEvent]) -> None:
-        if not self._open or self._closing:
-            raise StorageUnavailable("the event store is not open")
-        if not events:
-            return
-        events = list(events)
-        await self.commits.drained()  # appends already queued land first
-        self._writer.forget()
-        async with self._maintenance() as conn, conn.transaction():
-            await conn.execute(self._lock_head())
-            await self._writer.import_events(conn, events)
-        self.pump.committed(events)
-        ended = finished_runs(events) if self.compact_runs else []
-        if ended:  # an imported log is packed as the one it came from was
-            await self.compact(ended)
-
-    async def compact(self, stream_ids: Sequence[str]) -> int:
-        async with self._reader.connection() as conn:
-            return await compact(conn, stream_ids)
-
-    async def rebuild(self) -> int:
-        return await self._rebuild(only_if_stale=False)
-
-    async def _rebuild(self, *, only_if_stale: bool) -> int:
-        """Refold every read model under the head lock (appends wait meanwhile)."""
-        self._writer.forget()
-        async with self._maintenance() as conn, conn.transaction():
-            await conn.execute(self._lock_head())
-            if only_if_stale and not await self._stale_projections(conn):
-                return 0  # another node rebuilt while this one waited
-            await conn.execute("DELETE FROM docs")
-            await conn.execute("DELETE FROM snapshots")
-            count = await self._writer.refold(conn)
-            await conn.execute(
-                sql.RECORD_META,
-                [f"projection:{p.kind}" for p in self.projections],
-                [str(p.version) for p in self.projections],
-            )
-            return count
-
-    def _maintenance(self) -> contextlib.AbstractAsyncContextManager[asyncpg.Connection]:
-        """A connection of its own for a rebuild or an import: the whole log in one
-        transaction may take far longer than the statement timeout allows a request."""
-        settings = {**self._settings("maintenance"), "statement_timeout": "0"}
-        return own_connection(self.dsn, self.connect_timeout_s, settings)
 
 
 def _ms(seconds: float) -> str:
