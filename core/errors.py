@@ -124,6 +124,17 @@ class StorageUnavailable(RetryLater):
     code = "storage_unavailable"
 
 
+class OutcomeUnknown(StorageUnavailable):
+    """Storage went away while a write's commit was in flight and did not come back in time.
+
+    Unlike every other 503 the write may have landed: the commit was sent and
+    its answer lost. Retrying blindly could apply it twice (a second turn, a
+    second revision), so the client is told to read first.
+    """
+
+    code = "outcome_unknown"
+
+
 class Overloaded(RetryLater):
     """More work is waiting than the server will queue: refused before anything is written."""
 

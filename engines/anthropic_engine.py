@@ -35,6 +35,7 @@ from sessionstream.engines.provider import (
     LOCAL_API_KEY,
     Endpoint,
     ProviderEngine,
+    http_client,
     shown_url,
 )
 
@@ -159,6 +160,7 @@ class AnthropicEngine(ProviderEngine):
             base_url=base_url or ANTHROPIC_API_URL,
             timeout=timeout_s,
             max_retries=max_retries,
+            http_client=http_client(anthropic, base_url),
         )
         self.endpoint = Endpoint(
             provider="Anthropic API",

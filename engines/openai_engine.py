@@ -29,6 +29,7 @@ from sessionstream.engines.provider import (
     LOCAL_API_KEY,
     Endpoint,
     ProviderEngine,
+    http_client,
     shown_url,
 )
 
@@ -114,7 +115,11 @@ class OpenAIEngine(ProviderEngine):
         self.idle_timeout_s = timeout_s if idle_timeout_s is None else idle_timeout_s
         self.temperature = temperature
         self._client: AsyncOpenAI = openai.AsyncOpenAI(
-            api_key=api_key, base_url=base_url, timeout=timeout_s, max_retries=max_retries
+            api_key=api_key,
+            base_url=base_url,
+            timeout=timeout_s,
+            max_retries=max_retries,
+            http_client=http_client(openai, base_url),
         )
         self.endpoint = Endpoint(
             provider="OpenAI-compatible provider",

@@ -132,6 +132,16 @@ class Endpoint:
         )
 
 
+def http_client(sdk: ModuleType, base_url: str | None) -> Any:
+    """The HTTP client an engine's SDK client gets: the SDK's aiohttp transport, whose C
+    parser reads a streamed reply for a fraction of httpx's pure-Python CPU per chunk
+    (its errors are mapped by ``failure``); the SDK's default (httpx) for a URL that
+    carries credentials, which aiohttp refuses beside the SDK's own auth header."""
+    if base_url and urlsplit(base_url).username is not None:
+        return None
+    return sdk.DefaultAioHttpClient()
+
+
 def shown_url(url: str) -> str:
     """``url`` as a failure reason may show it to the session's user: without a password
     or token a gateway's URL may carry (``https://user:secret@host/v1?key=...``)."""
@@ -160,6 +170,22 @@ def _why(cause: BaseException) -> str:
         found = deeper
     text = str(found or cause) or type(found or cause).__name__
     return text[:MAX_DETAIL]
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """Whether an SDK's timeout error was a timeout: a real one has a ``TimeoutError``
+    among its causes (the socket's, anyio's, aiohttp's). The SDKs' aiohttp transport
+    (the OpenAI SDK's copy) reports a refused connection, an unknown host and a
+    connection dropped mid-reply as a *connect timeout*, with the ``OSError`` or the
+    disconnect beneath: those are connection failures, not a slow provider."""
+    seen: set[int] = set()
+    found: BaseException | None = exc
+    while found is not None and id(found) not in seen:
+        seen.add(id(found))
+        if isinstance(found, TimeoutError):
+            return True
+        found = found.__cause__ or found.__context__
+    return False
 
 
 def _detail(exc: Any) -> tuple[str, str | None]:
@@ -245,7 +271,9 @@ class ProviderEngine(ABC):
         sdk, where = self._sdk, self.endpoint
         if isinstance(exc, EngineError):
             return exc
-        if isinstance(exc, (TimeoutError, sdk.APITimeoutError)):
+        if isinstance(exc, TimeoutError) or (
+            isinstance(exc, sdk.APITimeoutError) and _timed_out(exc)
+        ):
             wait = self.idle_timeout_s if mid_reply else self.timeout_s
             return where.silent(wait, mid_reply=mid_reply)
         if isinstance(exc, sdk.APIConnectionError):

@@ -38,7 +38,11 @@ ERRORS = {
         "storage quota (`quota_exceeded`); nothing was written"
     ),
     "429": error("Rate limited; see Retry-After"),
-    "503": error("Storage unavailable or overloaded; nothing was written (see Retry-After)"),
+    "503": error(
+        "Storage unavailable or overloaded (see Retry-After); nothing was written, except"
+        " with code `outcome_unknown`: storage went away while the write was committing"
+        " (PostgreSQL), so it may have been written: read before you retry"
+    ),
 }
 
 

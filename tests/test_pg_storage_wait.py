@@ -175,6 +175,30 @@ async def test_past_the_wait_a_write_is_a_503_with_retry_after_and_the_next_fail
     assert r.status == 200
 
 
+async def test_a_lost_answer_given_up_says_the_write_may_have_landed(
+    schema: str, tmp_path: Path, aiohttp_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every other 503 means nothing was written; this one cannot: the commit went out
+    and its answer was lost, and no later try found out (no wait here). A client that
+    retried blindly would patch twice, so the code tells it to read first."""
+    client, h, sid = await _app(schema, tmp_path, aiohttp_client, storage_wait_s=0.0)
+    outage = Outage(monkeypatch, "writer")
+    outage.answers_to_lose = 1
+    r = await client.patch(f"{S}/{sid}", json={"title": "maybe"}, headers=h)
+    assert r.status == 503 and int(r.headers["Retry-After"]) >= 1
+    error = (await r.json())["error"]
+    assert error["code"] == "outcome_unknown" and "may have been written" in error["message"]
+    r = await client.get(f"{S}/{sid}", headers=h)
+    assert (await r.json())["session"]["title"] == "maybe"  # it had landed
+    # a statement storage answered with a refusal did not commit: the usual 503
+    outage.refuse(asyncpg.exceptions.ReadOnlySQLTransactionError("read-only"))
+    r = await client.patch(f"{S}/{sid}", json={"title": "never"}, headers=h)
+    assert r.status == 503 and (await r.json())["error"]["code"] == "storage_unavailable"
+    outage.end()
+    r = await client.get(f"{S}/{sid}", headers=h)
+    assert (await r.json())["session"]["title"] == "maybe"
+
+
 async def test_a_write_waits_for_storage_while_healthz_answers(
     schema: str, tmp_path: Path, aiohttp_client: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

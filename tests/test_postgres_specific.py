@@ -361,7 +361,7 @@ async def test_a_rebuild_folds_what_spans_streams_in_log_order_holding_no_events
     those events for the end held most of the log (above 150 MB at 10^6 events).
     They are folded in a second read in position order, to the documents appends made."""
     from sessionstream.eventstore import projector
-    from sessionstream.eventstore.postgres import writer
+    from sessionstream.eventstore.postgres import refold
 
     held: list[int] = []
 
@@ -386,7 +386,7 @@ async def test_a_rebuild_folds_what_spans_streams_in_log_order_holding_no_events
                 )
     before = {kind: await store.scan_docs(kind, limit=100) for kind in ("usage", "token")}
     assert len(before["usage"]) == 2 and before["token"]
-    monkeypatch.setattr(writer, "StreamFold", Spy)
+    monkeypatch.setattr(refold, "StreamFold", Spy)
     assert await store.rebuild() == await store.head_position()
     assert held and max(held) == 0
     for kind, docs in before.items():

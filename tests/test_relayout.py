@@ -228,3 +228,15 @@ async def test_a_run_waiting_for_its_compaction_holds_the_cursor(
         assert relayout.cursor(conn) > first
     finally:
         conn.close()
+
+
+async def test_appends_without_runs_are_not_relaid(tmp_path: Path) -> None:
+    """Rows that never had holes are not rewritten, not even by a closing store."""
+    store = SQLiteEventStore(tmp_path / "plain.db")
+    await store.open()
+    try:
+        for i in range(3 * relayout.STEP):
+            await store.append(f"s-{i % 7}", [NewEvent("noise.made", {"i": i})])
+    finally:
+        await store.close()
+    assert cursor_of(str(tmp_path / "plain.db")) == 0

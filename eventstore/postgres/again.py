@@ -39,12 +39,15 @@ class SentPlans:
         self._plans: list[BatchPlan] = []
         #: "already stored" answers found to be the writer's own lost commit
         self.own_commits_found = 0
+        #: a write statement of the batch lost its answer: its commit may have landed
+        self.lost = False
 
     def record(self, plan: BatchPlan) -> None:
         self._plans.append(plan)
 
     def clear(self) -> None:
         self._plans.clear()
+        self.lost = False
 
     def own(self, outcomes: Sequence[Outcome]) -> list[Outcome]:
         """Each "already stored" answer whose records were sent by this writer, as fresh."""

@@ -10,6 +10,7 @@ timeout, not a generic "connection refused".
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar
@@ -59,6 +60,21 @@ def broken(exc: BaseException) -> bool:
     state = str(getattr(exc, "sqlstate", "") or "")
     # 25006: the host is read-only now (demoted in a failover): find the primary again
     return state == "25006" or state.startswith(("08", "57P", "XX"))
+
+
+def answer_lost(exc: BaseException) -> bool:
+    """Whether a statement that raised ``exc`` may have committed all the same.
+
+    A server's error answer to an autocommit statement means it did not
+    commit, except one that ends the connection (class 08, or 57P: shut down,
+    terminated), which can come after the commit; a transport error or a
+    timeout or a cancel on the client means the answer never came. (The
+    driver's own ``InterfaceError``s are raised before anything is sent.)
+    """
+    if isinstance(exc, asyncpg.PostgresError):
+        state = str(getattr(exc, "sqlstate", "") or "")
+        return state.startswith(("08", "57P"))
+    return isinstance(exc, (OSError, TimeoutError, asyncio.CancelledError))
 
 
 def transient(exc: BaseException) -> bool:

@@ -27,7 +27,12 @@ from typing import Any
 
 import asyncpg
 
-from sessionstream.core.errors import SessionStreamError, StorageUnavailable
+from sessionstream.core.errors import (
+    OutcomeUnknown,
+    RetryLater,
+    SessionStreamError,
+    StorageUnavailable,
+)
 from sessionstream.eventstore.base import DEFAULT_CATCHUP_READS, DEFAULT_PAGE_BYTES, EventStore
 from sessionstream.eventstore.groupcommit import Outcome, Pending
 from sessionstream.eventstore.leases import lock_bounds
@@ -43,7 +48,6 @@ from sessionstream.eventstore.postgres.connect import (
     asks_for_primary,
     connect,
     first_schema,
-    own_connection,
     primary_attrs,
     writable_host_problem,
 )
@@ -54,7 +58,8 @@ from sessionstream.eventstore.postgres.errors import (
     translate_pg_error,
 )
 from sessionstream.eventstore.postgres.leases import PostgresLeases
-from sessionstream.eventstore.postgres.packs import PostgresPacks, compact
+from sessionstream.eventstore.postgres.maintenance import PostgresMaintenance
+from sessionstream.eventstore.postgres.packs import PostgresPacks
 from sessionstream.eventstore.postgres.pump import LogPump
 from sessionstream.eventstore.postgres.reader import PostgresReader, keep_session
 from sessionstream.eventstore.postgres.reads import PostgresReads
@@ -66,7 +71,9 @@ from sessionstream.eventstore.storagewait import RETRY_AFTER_S, RETRY_MAX_S, Sto
 log = logging.getLogger("sessionstream.eventstore.postgres")
 
 
-class PostgresEventStore(PackedReads, PostgresLeases, PostgresReads, EventStore):
+class PostgresEventStore(
+    PackedReads, PostgresLeases, PostgresReads, PostgresMaintenance, EventStore
+):
     delivery_tasks = ("pg-writer", "pg-pump")
     #: the rows half of every read (``PackedReads`` merges the packs in)
     _reader: PostgresReader
@@ -385,8 +392,9 @@ class PostgresEventStore(PackedReads, PostgresLeases, PostgresReads, EventStore)
             try:
                 outcomes, runs = await self._write_patiently(batch)
             except BaseException as exc:  # never leave a caller waiting
+                error = self._given_up(exc)
                 self._writer.sent.clear()  # answered: its sent plans are history
-                commits.fail(batch, translate_pg_error(exc))
+                commits.fail(batch, error)
                 if isinstance(exc, asyncio.CancelledError):
                     raise
                 continue
@@ -436,6 +444,22 @@ class PostgresEventStore(PackedReads, PostgresLeases, PostgresReads, EventStore)
                 await asyncio.sleep(min(delay, left))
                 delay = min(delay * 2, RETRY_MAX_S)
 
+    def _given_up(self, exc: BaseException) -> SessionStreamError:
+        """What a batch's callers are told when its write is given up: ``outcome_unknown``
+        if a write statement of it lost its answer (its commit may have landed, and no
+        later try found out), else the error as translated."""
+        error = translate_pg_error(exc)
+        if self._writer.sent.lost:
+            unknown = OutcomeUnknown(
+                f"{error.message.removesuffix('; retry')}, while this write was committing, "
+                "and whether it landed could not be read back: it may have been written; "
+                "read it before you retry",
+                retry_after=error.retry_after if isinstance(error, RetryLater) else 1.0,
+            )
+            unknown.__cause__ = exc
+            return unknown
+        return error
+
     async def write_trouble(self) -> str | None:
         """Why the last append failed, unless a writable host answers now: an idle node
         would otherwise report an outage long over until its next append."""
@@ -453,52 +477,6 @@ class PostgresEventStore(PackedReads, PostgresLeases, PostgresReads, EventStore)
         conn, self._writer.conn = self._writer.conn, None
         if conn is not None:
             conn.terminate()
-
-    async def import_events(self, events: Sequence[RecordedEvent]) -> None:
-        if not self._open or self._closing:
-            raise StorageUnavailable("the event store is not open")
-        if not events:
-            return
-        events = list(events)
-        await self.commits.drained()  # appends already queued land first
-        self._writer.forget()
-        async with self._maintenance() as conn, conn.transaction():
-            await conn.execute(self._lock_head())
-            await self._writer.import_events(conn, events)
-        self.pump.committed(events)
-        ended = finished_runs(events) if self.compact_runs else []
-        if ended:  # an imported log is packed as the one it came from was
-            await self.compact(ended)
-
-    async def compact(self, stream_ids: Sequence[str]) -> int:
-        async with self._reader.connection() as conn:
-            return await compact(conn, stream_ids)
-
-    async def rebuild(self) -> int:
-        return await self._rebuild(only_if_stale=False)
-
-    async def _rebuild(self, *, only_if_stale: bool) -> int:
-        """Refold every read model under the head lock (appends wait meanwhile)."""
-        self._writer.forget()
-        async with self._maintenance() as conn, conn.transaction():
-            await conn.execute(self._lock_head())
-            if only_if_stale and not await self._stale_projections(conn):
-                return 0  # another node rebuilt while this one waited
-            await conn.execute("DELETE FROM docs")
-            await conn.execute("DELETE FROM snapshots")
-            count = await self._writer.refold(conn)
-            await conn.execute(
-                sql.RECORD_META,
-                [f"projection:{p.kind}" for p in self.projections],
-                [str(p.version) for p in self.projections],
-            )
-            return count
-
-    def _maintenance(self) -> contextlib.AbstractAsyncContextManager[asyncpg.Connection]:
-        """A connection of its own for a rebuild or an import: the whole log in one
-        transaction may take far longer than the statement timeout allows a request."""
-        settings = {**self._settings("maintenance"), "statement_timeout": "0"}
-        return own_connection(self.dsn, self.connect_timeout_s, settings)
 
 
 def _ms(seconds: float) -> str:

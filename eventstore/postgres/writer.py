@@ -61,30 +61,19 @@ from sessionstream.eventstore.batch import (
 )
 from sessionstream.eventstore.clock import exceptions, stamp
 from sessionstream.eventstore.groupcommit import Outcome, Pending
-from sessionstream.eventstore.model import Doc, RecordedEvent, row_to_event, utc_now
-from sessionstream.eventstore.packing import merge_page, page_bound, unpack_all
+from sessionstream.eventstore.model import RecordedEvent, utc_now
 from sessionstream.eventstore.postgres import schema as sql
 from sessionstream.eventstore.postgres.again import SentPlans, any_stored, durable_head
+from sessionstream.eventstore.postgres.errors import answer_lost
 from sessionstream.eventstore.postgres.facts import Facts, Moved
 from sessionstream.eventstore.postgres.known import Known
-from sessionstream.eventstore.postgres.packs import PAGE as LOG_PAGE
-from sessionstream.eventstore.postgres.packs import packs_between, with_packs
+from sessionstream.eventstore.postgres.refold import refold
 from sessionstream.eventstore.projector import (
     Projection,
     Refold,
-    StreamFold,
     interested,
-    per_stream,
 )
-from sessionstream.eventstore.snapshots import Ident, Snapshot, SnapshotPolicy
-
-#: a rebuild reads the log this many events at a time, stream by stream (``StreamFold``),
-#: then in log order for the projections keyed across streams. The page is where the
-#: memory goes: SQLite's rebuild at 10^6 events peaked at 167 MB with pages of 2,000
-#: events and 4 MiB, 115 MB with these (docs/explanation/scale.md)
-REBUILD_PAGE = 500
-REBUILD_BYTES = 1 << 20
-
+from sessionstream.eventstore.snapshots import Ident, SnapshotPolicy
 
 #: conditional writes lost to other writers in a row before a batch reserves the head
 RACES_BEFORE_RESERVING = 2
@@ -243,14 +232,18 @@ class PostgresWriter:
             plan.records, plan.streams, plan.docs, plan.snapshots, plan.head, self.channel
         )
         self.sent.record(plan)
-        row = await conn.fetchrow(
-            sql.WRITE_BATCH_AT_HEAD,
-            *args,
-            base,
-            self.writer_id,
-            [f.run_id for f in fences],
-            [f.epoch for f in fences],
-        )
+        try:
+            row = await conn.fetchrow(
+                sql.WRITE_BATCH_AT_HEAD,
+                *args,
+                base,
+                self.writer_id,
+                [f.run_id for f in fences],
+                [f.epoch for f in fences],
+            )
+        except BaseException as exc:
+            self.sent.lost = self.sent.lost or answer_lost(exc)
+            raise
         assert row is not None
         return row
 
@@ -451,69 +444,5 @@ class PostgresWriter:
             raise ValidationFailed(f"import rejected by the store: {exc}") from exc
 
     async def refold(self, conn: asyncpg.Connection) -> int:
-        """Fold the whole log into emptied read-model tables, stream by stream
-        (``StreamFold``: one page and one stream's documents in memory), then the
-        projections keyed across streams in log order; returns the events folded."""
-        # hold=False: the usage projection keys every event its user made, so holding
-        # those events for the end held most of the log (what SQLite's rebuild did too)
-        fold = StreamFold(self.projections, self.snapshot_every, hold=False)
-        count = 0
-        mark: tuple[str, int] = ("", 0)
-        query = (
-            "WITH sized AS (SELECT position, stream_id, version, "
-            "octet_length(data) + octet_length(metadata) AS size FROM events "
-            "WHERE (stream_id, version) > ($1, $2) ORDER BY stream_id, version LIMIT $3), "
-            "running AS (SELECT position, SUM(size) OVER (ORDER BY stream_id, version) "
-            "AS total, ROW_NUMBER() OVER (ORDER BY stream_id, version) AS n FROM sized) "
-            f"SELECT {sql.EVENT_COLUMNS} FROM events WHERE position IN "
-            "(SELECT position FROM running WHERE n = 1 OR total <= $4) "
-            "ORDER BY stream_id, version"
-        )  # a page ends at REBUILD_PAGE events or REBUILD_BYTES of stored JSON
-        while True:
-            # a page may end mid-stream, so its bound is its last row; the empty page at
-            # the end takes the packed deltas after the last stream's last row
-            rows = await conn.fetch(query, *mark, REBUILD_PAGE, REBUILD_BYTES)
-            events = await with_packs(conn, [row_to_event(r) for r in rows], mark, bool(rows))
-            if not events:
-                break
-            await self._write_docs(conn, *fold.feed(events))
-            count += len(events)
-            mark = (events[-1].stream_id, events[-1].version)
-        await self._write_docs(conn, *fold.finish())
-        await self._refold_in_log_order(conn)
-        return count
-
-    async def _refold_in_log_order(self, conn: asyncpg.Connection) -> None:
-        """The projections not keyed by stream (users' usage, tokens), folded in a second
-        read of the log in position order: their documents held (one per user), never
-        their events."""
-        across = [p for p in self.projections if not per_stream(p)]
-        if not across:
-            return
-        refold = Refold(across, self.snapshot_every)
-        after = 0
-        while page := await _log_page(conn, after):
-            await self._write_docs(conn, [], refold.page(page)[1])
-            after = page[-1].position
-        await self._write_docs(conn, refold.projector.documents, [])
-
-    @staticmethod
-    async def _write_docs(
-        conn: asyncpg.Connection, docs: list[Doc], snapshots: list[Snapshot]
-    ) -> None:
-        if docs or snapshots:
-            await conn.execute(
-                sql.WRITE_DOCS, *sql.doc_arrays(docs), *sql.snapshot_arrays(snapshots)
-            )
-
-
-async def _log_page(conn: asyncpg.Connection, after: int) -> list[RecordedEvent]:
-    """The next ``REBUILD_PAGE`` events in position order, packed deltas included."""
-    stored = [row_to_event(r) for r in await conn.fetch(LOG_PAGE, after, REBUILD_PAGE)]
-    bound = page_bound(stored, after, REBUILD_PAGE, None, None)
-    query, params = packs_between(after, bound, None)
-    rows = await conn.fetch(query, *params)
-    if not rows:
-        return stored
-    packed = unpack_all(rows)
-    return merge_page(stored, packed, after=after, bound=bound, limit=REBUILD_PAGE, keys=None)
+        """Fold the whole log into emptied read-model tables (``refold.py``)."""
+        return await refold(conn, self.projections, self.snapshot_every)

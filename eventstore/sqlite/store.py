@@ -130,6 +130,7 @@ class SQLiteEventStore(PackedReads, EventStore):
         #: a re-layout step may have work (``sqlite/relayout.py``): runs were compacted
         self._relay_due = compact_runs
         self._batches_since_relay = 0
+        self._compacted_since_open = False
         #: held while open when ``exclusive``: this process serves the file
         self._lock = files.ServerLock(self.path) if exclusive and self.path != MEMORY else None
         self._scratch: str | None = None  # the temporary directory of a ":memory:" store
@@ -202,8 +203,9 @@ class SQLiteEventStore(PackedReads, EventStore):
             if left:
                 await self.compact_quietly(left)
             # the last steps, up to the head: bounded, an old log is re-laid while open
-            # (a step that found less than a whole range left reset ``_relay_due``)
-            if self._relay_due or self.compact_runs:
+            # only after a compaction: re-laying rows that never had holes rewrites them
+            # for nothing (10,000 appends without runs wrote 18% more with it)
+            if self._compacted_since_open:
                 for _ in range(CLOSING_STEPS):
                     if not await self._relay_quietly(tail=True):
                         break
@@ -333,7 +335,7 @@ class SQLiteEventStore(PackedReads, EventStore):
     async def compact(self, stream_ids: Sequence[str]) -> int:
         moved = await self._in_writer(self._writer.compact, list(stream_ids))
         if moved:  # their pages have holes now: re-lay them (``sqlite/relayout.py``)
-            self._relay_due = True
+            self._relay_due = self._compacted_since_open = True
         return moved
 
     async def _relay_quietly(self, *, tail: bool) -> bool:
