@@ -36,6 +36,8 @@ from sessionstream.engines.provider import (
     Endpoint,
     ProviderEngine,
     http_client,
+    json_field,
+    json_text,
     shown_url,
 )
 
@@ -72,23 +74,8 @@ class _Reading:
     stopped: bool = False
 
 
-def _field(part: object, name: str) -> Any:
-    """``part[name]`` of an event's JSON object (None when absent); an event that is not
-    an object is a malformed stream (``ValueError``, as the SDK's model would have failed)."""
-    if not isinstance(part, dict):
-        raise ValueError(f"an event part that is not a JSON object: {part!r:.80}")
-    return part.get(name)
-
-
-def _text(part: object, name: str) -> str | None:
-    value = _field(part, name)
-    if value is None or isinstance(value, str):
-        return value
-    raise ValueError(f"{name} is not a string: {value!r:.80}")
-
-
 def _index(event: object) -> int:
-    value = _field(event, "index")
+    value = json_field(event, "index")
     if isinstance(value, int):
         return value
     raise ValueError(f"a content block event without an index: {event!r:.80}")
@@ -223,31 +210,31 @@ class AnthropicEngine(ProviderEngine):
 
     def _event(self, event: object, reading: _Reading, inp: TurnInput) -> list[StreamItem]:
         """The items one event (its JSON) completes; tool input waits in ``reading``."""
-        kind = _field(event, "type")
+        kind = json_field(event, "type")
         items: list[StreamItem] = []
         if kind == "content_block_start":
             # a new block means the earlier ones were complete
             items += self._parsed(reading.finished, inp, truncated=False)
-            block = _field(event, "content_block")
-            block_type = _field(block, "type")
+            block = json_field(event, "content_block")
+            block_type = json_field(block, "type")
             if block_type == "tool_use":
-                reading.open_tools[_index(event)] = _ToolUse(_text(block, "name") or "")
-            elif block_type == "text" and (text := _text(block, "text")):
+                reading.open_tools[_index(event)] = _ToolUse(json_text(block, "name") or "")
+            elif block_type == "text" and (text := json_text(block, "text")):
                 items.append(TextDelta(text))
         elif kind == "content_block_delta":
-            delta = _field(event, "delta")
-            delta_type = _field(delta, "type")
-            if delta_type == "text_delta" and (text := _text(delta, "text")):
+            delta = json_field(event, "delta")
+            delta_type = json_field(delta, "type")
+            if delta_type == "text_delta" and (text := json_text(delta, "text")):
                 items.append(TextDelta(text))
             elif delta_type == "input_json_delta" and _index(event) in reading.open_tools:
-                piece = _text(delta, "partial_json") or ""
+                piece = json_text(delta, "partial_json") or ""
                 reading.open_tools[_index(event)].pieces.append(piece)
         elif kind == "content_block_stop":
             if _index(event) in reading.open_tools:
                 reading.finished.append(reading.open_tools.pop(_index(event)))
         elif kind == "message_delta":
             reading.stop_reason = (
-                _text(_field(event, "delta"), "stop_reason") or reading.stop_reason
+                json_text(json_field(event, "delta"), "stop_reason") or reading.stop_reason
             )
             truncated = reading.stop_reason == "max_tokens"
             items += self._parsed(reading.finished, inp, truncated=truncated)

@@ -30,6 +30,8 @@ from sessionstream.engines.provider import (
     Endpoint,
     ProviderEngine,
     http_client,
+    json_field,
+    json_text,
     shown_url,
 )
 
@@ -52,21 +54,6 @@ class _PendingCall:
 
     name: str = ""
     arguments: list[str] = field(default_factory=list)
-
-
-def _field(part: object, name: str) -> Any:
-    """``part[name]`` of a chunk's JSON object (None when absent); a chunk that is not an
-    object is a malformed stream (``ValueError``, as the SDK's model would have failed)."""
-    if not isinstance(part, dict):
-        raise ValueError(f"a chunk part that is not a JSON object: {part!r:.80}")
-    return part.get(name)
-
-
-def _text(part: object, name: str) -> str | None:
-    value = _field(part, name)
-    if value is None or isinstance(value, str):
-        return value
-    raise ValueError(f"{name} is not a string: {value!r:.80}")
 
 
 def _list(value: object, name: str) -> list[Any]:
@@ -191,9 +178,9 @@ class OpenAIEngine(ProviderEngine):
     ) -> tuple[list[StreamItem], str | None]:
         """The items one chunk (its JSON) completes, and the finish reason so far."""
         items: list[StreamItem] = []
-        for choice in _list(_field(chunk, "choices"), "choices"):
-            items += self._read(_field(choice, "delta"), pending, inp)
-            finish = _text(choice, "finish_reason") or finish
+        for choice in _list(json_field(chunk, "choices"), "choices"):
+            items += self._read(json_field(choice, "delta"), pending, inp)
+            finish = json_text(choice, "finish_reason") or finish
         return items, finish
 
     def _read(
@@ -202,10 +189,10 @@ class OpenAIEngine(ProviderEngine):
         """The items one chunk completes; tool-call pieces wait in ``pending``."""
         if delta is None:
             return []
-        text = _text(delta, "content") or _text(delta, "refusal")
+        text = json_text(delta, "content") or json_text(delta, "refusal")
         items: list[StreamItem] = [TextDelta(text)] if text else []
-        for call in _list(_field(delta, "tool_calls"), "tool_calls"):
-            index = _field(call, "index")
+        for call in _list(json_field(delta, "tool_calls"), "tool_calls"):
+            index = json_field(call, "index")
             index = index if isinstance(index, int) else 0
             # Providers stream tool calls one after another, so a new index means every
             # earlier call is complete (and was not cut off by the token limit).
@@ -213,10 +200,10 @@ class OpenAIEngine(ProviderEngine):
                 complete = self._tool_item(pending.pop(done), inp, None)
                 items += [complete] if complete is not None else []
             slot = pending.setdefault(index, _PendingCall())
-            function = _field(call, "function")
+            function = json_field(call, "function")
             if function is not None:
-                slot.name = _text(function, "name") or slot.name
-                arguments = _text(function, "arguments")
+                slot.name = json_text(function, "name") or slot.name
+                arguments = json_text(function, "arguments")
                 if arguments:
                     slot.arguments.append(arguments)
         return items

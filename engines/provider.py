@@ -361,6 +361,23 @@ class ProviderEngine(ABC):
     async def aclose(self) -> None: ...
 
 
+def json_field(part: object, name: str) -> Any:
+    """``part[name]`` of a streamed chunk's JSON object (None when absent). The engines read
+    chunks as plain JSON, not the SDKs' models (``docs/explanation/token-latency.md``), so a
+    chunk that is not an object is a malformed stream: ``ValueError``, as a model would fail."""
+    if not isinstance(part, dict):
+        raise ValueError(f"a chunk part that is not a JSON object: {part!r:.80}")
+    return part.get(name)
+
+
+def json_text(part: object, name: str) -> str | None:
+    """``part[name]``, which must be a string or absent."""
+    value = json_field(part, name)
+    if value is None or isinstance(value, str):
+        return value
+    raise ValueError(f"{name} is not a string: {value!r:.80}")
+
+
 def stalled(engine: object, seconds: float, *, lead: bool = False) -> EngineError:
     """The run layer's reason for an engine that went quiet: a provider engine's names its
     URL and model, like every other failure of it; any other engine's says only how long."""

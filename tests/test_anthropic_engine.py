@@ -274,7 +274,7 @@ FAILURES: list[tuple[str, Behaviour, str, str]] = [
     (
         "an event that is not an object",
         Raw("event: message_start\ndata: [1, 2]\n\n"),
-        r"malformed stream \(an event part that is not a JSON object: \[1, 2\]\)",
+        r"malformed stream \(a chunk part that is not a JSON object: \[1, 2\]\)",
         "ANTHROPIC_BASE_URL",
     ),
     (

@@ -34,6 +34,7 @@ from sessionstream.core.errors import (
     StorageUnavailable,
 )
 from sessionstream.eventstore.base import DEFAULT_CATCHUP_READS, DEFAULT_PAGE_BYTES, EventStore
+from sessionstream.eventstore.delegated_reads import DelegatedReads
 from sessionstream.eventstore.groupcommit import Outcome, Pending
 from sessionstream.eventstore.leases import lock_bounds
 from sessionstream.eventstore.model import (
@@ -62,7 +63,6 @@ from sessionstream.eventstore.postgres.maintenance import PostgresMaintenance
 from sessionstream.eventstore.postgres.packs import PostgresPacks
 from sessionstream.eventstore.postgres.pump import LogPump
 from sessionstream.eventstore.postgres.reader import PostgresReader, keep_session
-from sessionstream.eventstore.postgres.reads import PostgresReads
 from sessionstream.eventstore.postgres.tree import PostgresTree
 from sessionstream.eventstore.postgres.writer import PostgresWriter
 from sessionstream.eventstore.projector import Projection
@@ -72,7 +72,7 @@ log = logging.getLogger("sessionstream.eventstore.postgres")
 
 
 class PostgresEventStore(
-    PackedReads, PostgresLeases, PostgresReads, PostgresMaintenance, EventStore
+    PackedReads, PostgresLeases, DelegatedReads, PostgresMaintenance, EventStore
 ):
     delivery_tasks = ("pg-writer", "pg-pump")
     #: the rows half of every read (``PackedReads`` merges the packs in)

@@ -29,11 +29,11 @@ from typing import Any, TypeVar
 
 from sessionstream.core.errors import SessionStreamError, StorageUnavailable
 from sessionstream.eventstore.base import DEFAULT_CATCHUP_READS, DEFAULT_PAGE_BYTES, EventStore
+from sessionstream.eventstore.delegated_reads import DelegatedReads
 from sessionstream.eventstore.groupcommit import Outcome, Pending
 from sessionstream.eventstore.model import (
     AppendRequest,
     AppendResult,
-    Doc,
     RecordedEvent,
 )
 from sessionstream.eventstore.packed_reads import PackedReads
@@ -66,7 +66,7 @@ logging.getLogger("aiosqlite").addFilter(_above_debug)
 T = TypeVar("T")
 
 
-class SQLiteEventStore(PackedReads, EventStore):
+class SQLiteEventStore(PackedReads, DelegatedReads, EventStore):
     delivery_tasks = ("sqlite-writer",)
     #: the rows half of every read (``PackedReads`` merges the packs in)
     _reader: SQLiteReader
@@ -351,46 +351,3 @@ class SQLiteEventStore(PackedReads, EventStore):
     async def rebuild(self) -> int:
         self._reader.cache.clear()
         return await self._in_writer(self._writer.rebuild)
-
-    # reads (reader.py) ------------------------------------------------------
-    async def head_position(self) -> int:
-        return await self._reader.head_position()
-
-    async def stream_version(self, stream_id: str) -> int:
-        return await self._reader.stream_version(stream_id)
-
-    async def get_doc(self, kind: str, key: str) -> Doc | None:
-        return await self._reader.get_doc(kind, key)
-
-    async def list_docs(
-        self,
-        kind: str,
-        *,
-        owner: str | None = None,
-        parent: str | None = None,
-        active: bool | None = None,
-        include_deleted: bool = False,
-        after: tuple[str, str] | None = None,
-        limit: int | None = None,
-        max_bytes: int | None = None,
-    ) -> list[Doc]:
-        return await self._reader.list_docs(
-            kind,
-            owner=owner,
-            parent=parent,
-            active=active,
-            include_deleted=include_deleted,
-            after=after,
-            limit=limit,
-            max_bytes=max_bytes,
-        )
-
-    async def scan_docs(
-        self, kind: str, *, after: str | None = None, limit: int = 100
-    ) -> list[Doc]:
-        return await self._reader.scan_docs(kind, after=after, limit=limit)
-
-    async def latest_snapshot(
-        self, stream_id: str, kind: str, *, max_position: int | None = None
-    ) -> tuple[int, int, dict[str, Any]] | None:
-        return await self._reader.latest_snapshot(stream_id, kind, max_position=max_position)
