@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ast
+import functools
 import os
+import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +79,30 @@ class Api:
 
 
 ApiFactory = Callable[..., Any]
+
+
+def _parse_again_on_gh_106905(parse: Callable[..., Any]) -> Callable[..., Any]:
+    """``ast.parse`` that parses once more after CPython's spurious "AST constructor recursion
+    depth mismatch" (python/cpython#106905, fixed in 3.11.8): the converter's depth counter is
+    per interpreter, so a collection or another thread converting meanwhile throws it off.
+    Hypothesis parses lambdas to describe strategies, and this failed the fuzz test on CI
+    twice. The counter starts afresh at every call, so the second parse is the real answer;
+    any other error is raised as it was."""
+
+    @functools.wraps(parse)
+    def parsed(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return parse(*args, **kwargs)
+        except SystemError as exc:
+            if "AST constructor recursion depth mismatch" not in str(exc):
+                raise
+            return parse(*args, **kwargs)
+
+    return parsed
+
+
+if sys.version_info < (3, 11, 8):
+    ast.parse = _parse_again_on_gh_106905(ast.parse)
 
 
 @pytest.fixture
