@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -18,6 +19,10 @@ if TYPE_CHECKING:
 
 DSN = os.environ.get("SESSIONSTREAM_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 ON_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+#: the documented session API's collection
+SESSIONS = "/api/campaigns/ai-chat-sessions"
 
 
 def unavailable(reason: str) -> None:
@@ -84,3 +89,30 @@ async def node_opener(
 def url_with_schema(schema: str) -> str:
     """A URL whose ``search_path`` puts everything sessionstream makes in ``schema``."""
     return f"{DSN}{'&' if '?' in DSN else '?'}search_path={schema}"
+
+
+async def served_session(
+    schema: str, tmp_path: Path, aiohttp_client: Any, **settings: Any
+) -> tuple[Any, dict[str, str], str]:
+    """A server on ``schema`` with user alice and one session of hers: the client, her
+    auth header and the session's id (what the PostgreSQL error tests drive requests at)."""
+    from sessionstream.server.app import create_app
+    from sessionstream.server.keys import STORE
+    from sessionstream.services.accounts import create_user
+    from tests import conftest
+
+    app = create_app(
+        conftest.test_settings(
+            tmp_path, database_url=url_with_schema(schema), token_cache_s=60.0, **settings
+        )
+    )
+    client = await aiohttp_client(app)
+    _user, token = await create_user(app[STORE], "alice")
+    h = {"Authorization": f"Bearer {token}"}
+    r = await client.post("/api/campaigns", json={"name": "Q3"}, headers=h)
+    campaign = (await r.json())["campaign"]["id"]
+    r = await client.post(f"/api/campaigns/{campaign}/nodes", json={"name": "n"}, headers=h)
+    node = (await r.json())["node"]["id"]
+    r = await client.post(SESSIONS, json={"campaign_id": campaign, "node_id": node}, headers=h)
+    assert r.status == 201, await r.text()
+    return client, h, (await r.json())["session"]["id"]

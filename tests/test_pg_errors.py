@@ -22,11 +22,8 @@ import pytest
 
 from sessionstream.core.errors import SessionStreamError, StorageUnavailable
 from sessionstream.eventstore.model import NewEvent
-from sessionstream.server.app import create_app
 from sessionstream.server.keys import STORE
-from sessionstream.services.accounts import create_user
-from tests import conftest
-from tests.pg import DSN, throwaway_schema, url_with_schema
+from tests.pg import DSN, served_session, throwaway_schema
 from tests.supervision.helpers import wait_for
 
 asyncpg = pytest.importorskip("asyncpg")
@@ -141,23 +138,6 @@ async def schema() -> AsyncIterator[str]:
         yield name
 
 
-async def _app(schema: str, tmp_path: Path, aiohttp_client: Any) -> tuple[Any, dict[str, str], str]:
-    settings = conftest.test_settings(
-        tmp_path, database_url=url_with_schema(schema), token_cache_s=60.0
-    )
-    app = create_app(settings)
-    client = await aiohttp_client(app)
-    _user, token = await create_user(app[STORE], "alice")
-    h = {"Authorization": f"Bearer {token}"}
-    r = await client.post("/api/campaigns", json={"name": "Q3"}, headers=h)
-    campaign = (await r.json())["campaign"]["id"]
-    r = await client.post(f"/api/campaigns/{campaign}/nodes", json={"name": "n"}, headers=h)
-    node = (await r.json())["node"]["id"]
-    r = await client.post(S, json={"campaign_id": campaign, "node_id": node}, headers=h)
-    assert r.status == 201, await r.text()
-    return client, h, (await r.json())["session"]["id"]
-
-
 async def _check_answer(r: Any, error: BaseException) -> None:
     name = type(error).__name__
     body = await r.json()
@@ -172,7 +152,7 @@ async def _check_answer(r: Any, error: BaseException) -> None:
 async def test_every_driver_error_on_a_read_answers_cleanly_and_the_next_read_works(
     schema: str, tmp_path: Path, aiohttp_client: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    client, h, sid = await _app(schema, tmp_path, aiohttp_client)
+    client, h, sid = await served_session(schema, tmp_path, aiohttp_client)
     inject = Injector(monkeypatch)
     for error in ERRORS:
         inject.arm(error, "reader", "FROM docs")
@@ -190,7 +170,7 @@ async def test_every_driver_error_on_a_read_answers_cleanly_and_the_next_read_wo
 async def test_every_driver_error_on_a_write_answers_cleanly_and_the_next_write_works(
     schema: str, tmp_path: Path, aiohttp_client: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    client, h, sid = await _app(schema, tmp_path, aiohttp_client)
+    client, h, sid = await served_session(schema, tmp_path, aiohttp_client)
     store = client.app[STORE]
     inject = Injector(monkeypatch)
     for n, error in enumerate(ERRORS):
@@ -324,7 +304,7 @@ async def test_a_store_opens_past_a_frozen_host(schema: str) -> None:
 async def test_healthz_names_writes_unavailable_and_recovers(
     schema: str, tmp_path: Path, aiohttp_client: Any
 ) -> None:
-    client, h, sid = await _app(schema, tmp_path, aiohttp_client)
+    client, h, sid = await served_session(schema, tmp_path, aiohttp_client)
     store = client.app[STORE]
     r = await client.get("/healthz")
     assert r.status == 200 and (await r.json())["status"] == "ok"

@@ -20,11 +20,8 @@ import pytest
 
 from sessionstream.core.errors import StorageUnavailable
 from sessionstream.eventstore.model import AppendRequest, NewEvent
-from sessionstream.server.app import create_app
 from sessionstream.server.keys import STORE
-from sessionstream.services.accounts import create_user
-from tests import conftest
-from tests.pg import DSN, throwaway_schema, url_with_schema
+from tests.pg import DSN, served_session, throwaway_schema
 from tests.supervision.helpers import wait_for
 
 asyncpg = pytest.importorskip("asyncpg")
@@ -82,30 +79,10 @@ async def schema() -> AsyncIterator[str]:
         yield name
 
 
-async def _app(
-    schema: str, tmp_path: Path, aiohttp_client: Any, **settings: Any
-) -> tuple[Any, dict[str, str], str]:
-    app = create_app(
-        conftest.test_settings(
-            tmp_path, database_url=url_with_schema(schema), token_cache_s=60.0, **settings
-        )
-    )
-    client = await aiohttp_client(app)
-    _user, token = await create_user(app[STORE], "alice")
-    h = {"Authorization": f"Bearer {token}"}
-    r = await client.post("/api/campaigns", json={"name": "Q3"}, headers=h)
-    campaign = (await r.json())["campaign"]["id"]
-    r = await client.post(f"/api/campaigns/{campaign}/nodes", json={"name": "n"}, headers=h)
-    node = (await r.json())["node"]["id"]
-    r = await client.post(S, json={"campaign_id": campaign, "node_id": node}, headers=h)
-    assert r.status == 201, await r.text()
-    return client, h, (await r.json())["session"]["id"]
-
-
 async def test_a_commit_whose_answer_was_lost_is_answered_once_as_written(
     schema: str, tmp_path: Path, aiohttp_client: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    client, h, sid = await _app(schema, tmp_path, aiohttp_client)
+    client, h, sid = await served_session(schema, tmp_path, aiohttp_client)
     store = client.app[STORE]
     outage = Outage(monkeypatch, "writer")
     outage.answers_to_lose = 1
@@ -156,7 +133,7 @@ async def test_a_lost_answer_in_a_batch_store_level(
 async def test_past_the_wait_a_write_is_a_503_with_retry_after_and_the_next_fails_at_once(
     schema: str, tmp_path: Path, aiohttp_client: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    client, h, sid = await _app(schema, tmp_path, aiohttp_client, storage_wait_s=1.0)
+    client, h, sid = await served_session(schema, tmp_path, aiohttp_client, storage_wait_s=1.0)
     outage = Outage(monkeypatch, "writer")
     outage.refuse(asyncpg.exceptions.ReadOnlySQLTransactionError("read-only"))
     began = time.monotonic()
@@ -181,7 +158,7 @@ async def test_a_lost_answer_given_up_says_the_write_may_have_landed(
     """Every other 503 means nothing was written; this one cannot: the commit went out
     and its answer was lost, and no later try found out (no wait here). A client that
     retried blindly would patch twice, so the code tells it to read first."""
-    client, h, sid = await _app(schema, tmp_path, aiohttp_client, storage_wait_s=0.0)
+    client, h, sid = await served_session(schema, tmp_path, aiohttp_client, storage_wait_s=0.0)
     outage = Outage(monkeypatch, "writer")
     outage.answers_to_lose = 1
     r = await client.patch(f"{S}/{sid}", json={"title": "maybe"}, headers=h)
@@ -202,7 +179,7 @@ async def test_a_lost_answer_given_up_says_the_write_may_have_landed(
 async def test_a_write_waits_for_storage_while_healthz_answers(
     schema: str, tmp_path: Path, aiohttp_client: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    client, h, sid = await _app(schema, tmp_path, aiohttp_client, storage_wait_s=30.0)
+    client, h, sid = await served_session(schema, tmp_path, aiohttp_client, storage_wait_s=30.0)
     outage = Outage(monkeypatch, "writer")
     outage.refuse(ConnectionRefusedError("refused"))
     patch = asyncio.ensure_future(client.patch(f"{S}/{sid}", json={"title": "w"}, headers=h))
@@ -221,7 +198,7 @@ async def test_a_write_waits_for_storage_while_healthz_answers(
 async def test_reads_wait_only_so_many_at_once_and_healthz_never_waits(
     schema: str, tmp_path: Path, aiohttp_client: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    client, h, sid = await _app(
+    client, h, sid = await served_session(
         schema, tmp_path, aiohttp_client, storage_wait_s=30.0, storage_max_waiting=1
     )
     store = client.app[STORE]
@@ -245,7 +222,7 @@ async def test_reads_wait_only_so_many_at_once_and_healthz_never_waits(
 async def test_a_full_disk_is_not_waited_for(
     schema: str, tmp_path: Path, aiohttp_client: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    client, h, sid = await _app(schema, tmp_path, aiohttp_client, storage_wait_s=30.0)
+    client, h, sid = await served_session(schema, tmp_path, aiohttp_client, storage_wait_s=30.0)
     outage = Outage(monkeypatch, "writer")
     outage.refuse(asyncpg.exceptions.DiskFullError("full"))
     r = await client.patch(f"{S}/{sid}", json={"title": "x"}, headers=h)
