@@ -1,4 +1,4 @@
-"""How a pack spells its deltas: format 2, by column, each in its smallest spelling.
+"""How a pack spells its events: by column, each in its smallest spelling (formats 2, 3).
 
 Format 1 (``eventstore/packing.py``) kept each delta as one JSON array
 ``[position step, event id, time, data]``. Most of its compressed bytes were
@@ -19,6 +19,11 @@ so format 2 spells the same facts smaller, one column each:
   else the bits themselves, base64url (a string of 14 characters);
 - ``data``: the text alone when the data is exactly ``{"text": <string>}``,
   else the data object.
+
+Format 3 (a whole run's events, ``eventstore/packing.py``) adds two columns
+after these five: ``kinds``, each event's type as its index in the pack's
+``types``, and ``metas``, ``[index, metadata]`` for each event whose
+metadata is not the pack's usual one.
 
 Every field comes back exactly as it was: ``pack_stream`` checks that the
 packs give back the events before any row is deleted. Pure: no I/O.
@@ -93,8 +98,9 @@ def encode(entries: Sequence[Entry]) -> list[Any]:
 
 
 def decode(columns: Sequence[Any]) -> Iterator[Entry]:
-    """The deltas of one segment's format 2 columns, in order."""
-    steps, times, ids, bits, data = columns
+    """The entries of one segment's columns (format 2's five, the first five of
+    format 3's), in order."""
+    steps, times, ids, bits, data = columns[:5]
     previous: int | None = None
     at = ""
     pieces = iter(bits)

@@ -1,5 +1,6 @@
-"""Pack format 2 (``eventstore/packcodec.py``): every field back exactly, format 1 still
-read, and smaller than format 1 for a reply written a token at a time."""
+"""Pack formats (``eventstore/packcodec.py``): every field back exactly, formats 1 and 2
+(deltas alone) still read, and smaller than format 1 for a reply written a token at a
+time."""
 
 from __future__ import annotations
 
@@ -52,6 +53,8 @@ def token_a_time(count: int) -> list[tuple[str, str, dict[str, Any]]]:
 
 
 def deltas_of(events: list[RecordedEvent]) -> list[RecordedEvent]:
+    """What a pack of ``a_run`` holds: every event but its first and its terminal one
+    (here the deltas)."""
     return [e for e in events if e.type == "message.delta"]
 
 
@@ -62,11 +65,12 @@ def back(events: list[RecordedEvent]) -> list[RecordedEvent]:
     return sorted(out, key=lambda e: e.position)
 
 
-def test_format_2_gives_back_every_field() -> None:
+def test_format_3_gives_back_every_field() -> None:
     events = a_run(token_a_time(50))
     assert back(events) == deltas_of(events)
     body = json.loads(zlib.decompress(pack_stream(events)[0].body))
-    assert body["format"] == FORMAT == 2
+    assert body["format"] == FORMAT == 3
+    assert body["types"] == ["message.delta"] and body["metadata"] == META
 
 
 def test_what_format_2_cannot_shorten_is_kept_verbatim() -> None:
@@ -102,6 +106,29 @@ def format_1(events: list[RecordedEvent]) -> bytes:
     return zlib.compress(json.dumps(body, separators=(",", ":")).encode(), 6)
 
 
+def format_2(events: list[RecordedEvent]) -> bytes:
+    """A pack as format 2 spelled it (one segment here): the deltas' five columns, one
+    type and one metadata for them all."""
+    deltas = deltas_of(events)
+    entries, last_position = [], deltas[0].position
+    for e in deltas:
+        entries.append((e.position - last_position, e.event_id, e.recorded_at, e.data))
+        last_position = e.position
+    columns = packcodec.encode(entries)
+    segment = [events[0].hash, deltas[-1].hash, deltas[0].version, deltas[0].position, columns]
+    body = {"format": 2, "type": "message.delta", "metadata": META, "segments": [segment]}
+    return zlib.compress(json.dumps(body, separators=(",", ":")).encode(), 6)
+
+
+def test_format_2_packs_are_still_read() -> None:
+    events = a_run(token_a_time(30))
+    body = format_2(events)
+    assert unpack(RUN, "session-s1", body) == deltas_of(events)
+    assert times_of([(RUN, "session-s1", body)]) == [
+        (e.position, e.recorded_at) for e in deltas_of(events)
+    ]
+
+
 def test_format_1_packs_are_still_read() -> None:
     events = a_run(token_a_time(30))
     body = format_1(events)
@@ -111,9 +138,10 @@ def test_format_1_packs_are_still_read() -> None:
     ]
 
 
-def test_format_2_is_smaller_than_format_1_for_a_reply_a_token_at_a_time() -> None:
+def test_format_3_is_smaller_than_format_1_for_a_reply_a_token_at_a_time() -> None:
     """What lets a delta per token cost no more stored bytes than a 30 ms window did:
-    60 token deltas in format 2 take less than 40 coalesced ones in format 1."""
+    60 token deltas in format 3 (2's columns and a type per event) take less than 40
+    coalesced ones in format 1, and hardly more than in format 2."""
     per_token = a_run(token_a_time(60))
     windows = []
     for i in range(40):  # the same 60 tokens, 1.5 to a delta, 30 ms apart
@@ -123,6 +151,7 @@ def test_format_2_is_smaller_than_format_1_for_a_reply_a_token_at_a_time() -> No
     (packed,) = pack_stream(per_token)
     assert len(packed.body) < len(format_1(a_run(windows)))
     assert len(packed.body) < 0.8 * len(format_1(per_token))
+    assert len(packed.body) < len(format_2(per_token)) + 16
 
 
 def test_a_runs_ids_are_uuid7s_whose_random_bits_count_up() -> None:
