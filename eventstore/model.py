@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
@@ -266,14 +267,17 @@ def record_request(
     encode, string, sha256 = canonical_json, _string, hashlib.sha256
     records: list[RecordedEvent] = []
     append = records.append
+    last_type, spelled_type = None, ""  # a request's events mostly share their type
     for new in request.events:
         head += 1
         version += 1
         data = encode(new.data)
         metadata = encode(new.metadata)
         event_id, type_ = new.event_id, new.type
+        if type_ is not last_type:
+            last_type, spelled_type = type_, string(type_)
         body = (
-            f"{prev_hash}{prefix}{version},{string(event_id)},{string(type_)},"
+            f"{prev_hash}{prefix}{version},{string(event_id)},{spelled_type},"
             f"{data},{metadata}{suffix}"
         )
         prev_hash = sha256(body.encode()).hexdigest()
@@ -308,9 +312,25 @@ def recompute_hash(prev_hash: str, event: RecordedEvent) -> str:
     )
 
 
+#: the second ``utc_now`` spelled last: (seconds since the epoch, its spelling)
+_second: tuple[int, str] = (-1, "")
+
+
 def utc_now() -> str:
-    """RFC 3339 UTC with milliseconds and a ``Z``: the one timestamp spelling."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    """RFC 3339 UTC with milliseconds and a ``Z``: the one timestamp spelling.
+
+    Every batch asks once, on the writer thread; ``strftime`` was most of
+    what it took (2 us in a tight loop, 18-27 us measured on the writer
+    thread between two commits), so the second is spelled once and only the
+    milliseconds each time.
+    """
+    global _second
+    second, millis = divmod(time.time_ns() // 1_000_000, 1000)
+    spelled = _second
+    if spelled[0] != second:  # a tuple, swapped whole: safe on any thread
+        text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        spelled = _second = (second, text)
+    return f"{spelled[1]}.{millis:03d}Z"
 
 
 def row_to_event(row: Sequence[Any]) -> RecordedEvent:

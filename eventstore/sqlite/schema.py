@@ -17,7 +17,7 @@ from sessionstream.core.errors import SessionStreamError, StorageUnavailable
 from sessionstream.core.jsonenc import encoder
 from sessionstream.eventstore.model import Doc, RecordedEvent
 from sessionstream.eventstore.snapshots import Snapshot
-from sessionstream.eventstore.textcodec import encode
+from sessionstream.eventstore.textcodec import MIN_BYTES, encode
 
 #: 2: ``clock_exceptions`` (``eventstore/clock.py``); a version 1 file gets it on open.
 #: 3: ``packs`` (``eventstore/packing.py``): an older build would not read them.
@@ -209,14 +209,15 @@ def doc_row(doc: Doc) -> tuple[Any, ...]:
 
 def event_row(r: RecordedEvent) -> tuple[Any, ...]:
     data, metadata = r.encoded or (_dumps(r.data), _dumps(r.metadata))
+    # a short text is stored as it is: asked here, not in a call per column (``encode``)
     return (
         r.position,
         r.stream_id,
         r.version,
         r.event_id,
         r.type,
-        encode(data),
-        encode(metadata),
+        data if len(data) < MIN_BYTES else encode(data),
+        metadata if len(metadata) < MIN_BYTES else encode(metadata),
         r.correlation_id,
         r.recorded_at,
         r.hash,
