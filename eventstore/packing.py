@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -69,9 +68,9 @@ BLOCK_BITS = 12
 DELTA_TYPE = EventType.MESSAGE_DELTA
 #: beyond every position
 NO_BOUND = 1 << 62
-#: what ``pack_stream`` writes (``eventstore/packcodec.py``); formats 1 and 2 are still read
-FORMAT = 3
-READABLE = (1, 2, 3)
+#: what ``pack_stream`` writes (``eventstore/packcodec.py``); formats 1 to 3 are still read
+FORMAT = 4
+READABLE = (1, 2, 3, 4)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,9 +103,15 @@ def may_hold_packs(stream_id: str) -> bool:
     return stream_id.startswith(RUN_PREFIX)
 
 
-def _encode(obj: Any) -> bytes:
-    # ASCII escapes: a lone surrogate in a delta survives the round trip
-    return zlib.compress(json.dumps(obj, separators=(",", ":")).encode(), 6)
+def write_body(obj: Any) -> bytes:
+    """A pack's body as stored (``packcodec.deflate``)."""
+    # ASCII escapes: a lone surrogate in a text survives the round trip
+    return packcodec.deflate(json.dumps(obj, separators=(",", ":")).encode())
+
+
+def read_body(body: bytes) -> Any:
+    """A stored pack's body, whichever format."""
+    return json.loads(packcodec.inflate(bytes(body)))
 
 
 class _Segment:
@@ -145,7 +150,21 @@ class _Segment:
         )
 
     def encoded(self) -> list[Any]:
-        columns = [*packcodec.encode(self.entries), self.kinds, self.metas]
+        """Format 4's columns: format 3's, a text-alone data spelled as its length in
+        one ``text`` column of the segment's texts joined (so a later copy of the reply,
+        ``message.completed``'s, deflates to a few back-references, and no quotes and
+        commas sit between tokens)."""
+        columns = packcodec.encode(self.entries)
+        pieces: list[str] = []
+        data: list[Any] = []
+        for spelled in columns[4]:
+            if isinstance(spelled, str):
+                pieces.append(spelled)
+                data.append(len(spelled))
+            else:
+                data.append(spelled)
+        columns[4] = data
+        columns += [self.kinds, self.metas, "".join(pieces)]
         return [self.prev, self.digest, self.first_version, self.first_position, columns]
 
 
@@ -168,6 +187,52 @@ def _most_common(texts: Iterable[str]) -> str:
     for text in texts:
         counts[text] = counts.get(text, 0) + 1
     return max(counts, key=counts.__getitem__)
+
+
+def _key(stream_id: str | None) -> str:
+    """The id a stream id names after its kind (``run-<id>``, ``session-<id>``)."""
+    return "" if stream_id is None else stream_id.partition("-")[2]
+
+
+def _refer(
+    metadata: dict[str, Any], stream_id: str, correlation_id: str | None
+) -> tuple[dict[str, Any], list[list[Any]]]:
+    """The usual metadata with each value that is the run's id or its session's (a run
+    task's ``actor`` and ``session_id``, ``services/runlog.py``) left out as null, and
+    where they were: ``[path, 0]`` for the stream's id, ``[path, 1]`` for the
+    correlation's. Both ids are the pack's own columns already."""
+    names = [_key(stream_id), _key(correlation_id)]
+    refs: list[list[Any]] = []
+
+    def walk(value: dict[str, Any], path: list[str]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            if isinstance(v, dict):
+                out[k] = walk(v, [*path, k])
+            elif isinstance(v, str) and v and v in names:
+                refs.append([[*path, k], names.index(v)])
+                out[k] = None
+            else:
+                out[k] = v
+        return out
+
+    return walk(metadata, []), refs
+
+
+def _resolve(
+    metadata: dict[str, Any], refs: list[list[Any]], stream_id: str, correlation_id: str | None
+) -> dict[str, Any]:
+    """The usual metadata :func:`_refer` spelled, whole again."""
+    if not refs:
+        return metadata
+    names = [_key(stream_id), _key(correlation_id)]
+    whole: dict[str, Any] = json.loads(json.dumps(metadata))
+    for path, which in refs:
+        place = whole
+        for k in path[:-1]:
+            place = place[k]
+        place[path[-1]] = names[which]
+    return whole
 
 
 def pack_stream(events: Sequence[RecordedEvent]) -> list[Pack]:
@@ -200,7 +265,7 @@ def pack_stream(events: Sequence[RecordedEvent]) -> list[Pack]:
         elif segments:
             segments[-1].closed = True
         prev = event.hash
-    metadata = json.loads(usual)
+    metadata, refs = _refer(json.loads(usual), first.stream_id, first.correlation_id)
     packs: list[Pack] = []
     for block in sorted({s.block for s in segments}):
         mine = [s for s in segments if s.block == block]
@@ -208,6 +273,7 @@ def pack_stream(events: Sequence[RecordedEvent]) -> list[Pack]:
             "format": FORMAT,
             "types": types,
             "metadata": metadata,
+            "refs": refs,
             "segments": [s.encoded() for s in mine],
         }
         packs.append(
@@ -218,7 +284,7 @@ def pack_stream(events: Sequence[RecordedEvent]) -> list[Pack]:
                 mine[0].first_position,
                 mine[-1].last_position,
                 sum(len(s.entries) for s in mine),
-                _encode(body),
+                write_body(body),
                 mine[0].first_at,
                 mine[-1].last_at,
             )
@@ -246,6 +312,21 @@ def _entries(obj: Any, packed: Any) -> Iterator[packcodec.Entry]:
         yield step, event_id, at, data
 
 
+def _split_text(columns: list[Any]) -> list[Any]:
+    """Format 4's columns with each text-alone data back as its text (format 3's)."""
+    text, at = columns[7], 0
+    data: list[Any] = []
+    for spelled in columns[4]:
+        if type(spelled) is int:
+            data.append(text[at : at + spelled])
+            at += spelled
+        else:
+            data.append(spelled)
+    if at != len(text):
+        raise ValueError("a pack's texts do not add up to its text column")
+    return [*columns[:4], data, *columns[5:]]
+
+
 def unpack(stream_id: str, correlation_id: str | None, body: bytes) -> list[RecordedEvent]:
     """The events a pack replaced, hashes recomputed between its stored anchors.
 
@@ -253,15 +334,19 @@ def unpack(stream_id: str, correlation_id: str | None, body: bytes) -> list[Reco
     canonical text of the data and of the metadata (the pack's usual metadata
     encoded once): a page of catch-up unpacks hundreds of events.
     """
-    obj = _body(json.loads(zlib.decompress(body)), stream_id)
-    whole = obj["format"] >= 3
+    obj = _body(read_body(body), stream_id)
+    whole, joined = obj["format"] >= 3, obj["format"] >= 4
     types: list[str] = obj["types"] if whole else [obj["type"]]
     usual = obj["metadata"]
+    if joined:
+        usual = _resolve(usual, obj["refs"], stream_id, correlation_id)
     usual_json = canonical_json(usual)
     head = f"[{_string(stream_id)},"
     type_parts = [f",{_string(t)}," for t in types]
     out: list[RecordedEvent] = []
     for prev, digest, version, position, packed in obj["segments"]:
+        if joined:
+            packed = _split_text(packed)
         entries = list(_entries(obj, packed))
         kinds: list[int] = packed[5] if whole else [0] * len(entries)
         odd: dict[int, Any] = {i: m for i, m in packed[6]} if whole else {}
@@ -299,7 +384,7 @@ def times_of(
     rebuilding the events (``as_of=<time>`` needs no more)."""
     found: list[tuple[int, str]] = []
     for stream_id, _, body in rows:
-        obj = _body(json.loads(zlib.decompress(bytes(body))), stream_id)
+        obj = _body(read_body(body), stream_id)
         for _, _, _, position, packed in obj["segments"]:
             if obj["format"] != 1:
                 found.extend(packcodec.times(packed, position, after, bound))

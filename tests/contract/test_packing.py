@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import json
 import sqlite3
-import zlib
 from typing import Any
 
 import pytest
@@ -21,7 +20,13 @@ from sessionstream.core.vocabulary import EventType
 from sessionstream.eventstore import merkle
 from sessionstream.eventstore.base import EventStore
 from sessionstream.eventstore.model import NewEvent, RecordedEvent
-from sessionstream.eventstore.packing import BLOCK_BITS, pack_stream, unpack
+from sessionstream.eventstore.packing import (
+    BLOCK_BITS,
+    pack_stream,
+    read_body,
+    unpack,
+    write_body,
+)
 from sessionstream.eventstore.transfer import Scope, export
 from sessionstream.eventstore.verify import verify_store
 from tests.contract.conftest import StoreFactory
@@ -113,13 +118,22 @@ async def stored_deltas(store: EventStore, backend: str) -> int:
     return int(await store._reader.fetchval(sql))  # type: ignore[attr-defined]
 
 
+def set_text(columns: list[Any], i: int, text: str) -> None:
+    """Event ``i``'s text, in format 4's columns: a text-alone data is its length in
+    the data column and its characters in the segment's text column."""
+    data = columns[4]
+    start = sum(d for d in data[:i] if type(d) is int)
+    columns[7] = columns[7][:start] + text + columns[7][start + data[i] :]
+    data[i] = len(text)
+
+
 def edit_third_delta(body: dict[str, Any]) -> None:
-    """The third delta's text in a pack's body (format 3: ``eventstore/packcodec.py``)."""
-    assert body["format"] == 3
+    """The third delta's text in a pack's body (format 4: ``eventstore/packcodec.py``)."""
+    assert body["format"] == 4
     columns = body["segments"][0][4]
     delta = body["types"].index(EventType.MESSAGE_DELTA)
     third = [i for i, kind in enumerate(columns[5]) if kind == delta][2]
-    columns[4][third] = "edited "
+    set_text(columns, third, "edited ")
 
 
 def edit_completed_text(body: dict[str, Any]) -> None:
@@ -129,9 +143,7 @@ def edit_completed_text(body: dict[str, Any]) -> None:
         columns = segment[4]
         for i, kind in enumerate(columns[5]):
             if kind == completed:
-                # text alone is spelled as the string (packcodec), else the object
-                data = columns[4][i]
-                columns[4][i] = "edited " if isinstance(data, str) else {**data, "text": "e"}
+                set_text(columns, i, "edited ")
                 return
     raise AssertionError("no message.completed packed")
 
@@ -155,22 +167,19 @@ async def edit_a_pack(store: EventStore, backend: str, edit: Any = edit_third_de
     if backend == "sqlite":
         conn = sqlite3.connect(store.path)  # type: ignore[attr-defined]
         row = conn.execute("SELECT id, body FROM packs ORDER BY id LIMIT 1").fetchone()
-        body = json.loads(zlib.decompress(row[1]))
+        body = read_body(row[1])
         edit(body)
         with conn:
-            conn.execute(
-                "UPDATE packs SET body = ? WHERE id = ?",
-                (zlib.compress(json.dumps(body).encode()), row[0]),
-            )
+            conn.execute("UPDATE packs SET body = ? WHERE id = ?", (write_body(body), row[0]))
         conn.close()
         return
     async with store._reader.require_pool().acquire() as conn:  # type: ignore[attr-defined]
         row = await conn.fetchrow("SELECT stream_id, block, body FROM packs ORDER BY block LIMIT 1")
-        body = json.loads(zlib.decompress(row["body"]))
+        body = read_body(row["body"])
         edit(body)
         await conn.execute(
             "UPDATE packs SET body = $1 WHERE stream_id = $2 AND block = $3",
-            zlib.compress(json.dumps(body).encode()),
+            write_body(body),
             row["stream_id"],
             row["block"],
         )
