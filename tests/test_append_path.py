@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import time
 from typing import Any
 
 import pytest
@@ -11,10 +13,14 @@ from hypothesis import strategies as st
 
 from sessionstream.eventstore.model import (
     GENESIS_HASH,
+    AppendRequest,
     NewEvent,
+    RecordedEvent,
     canonical_json,
     recompute_hash,
     record_event,
+    record_request,
+    utc_now,
 )
 
 TEXT = st.text(alphabet=st.characters(codec="utf-8"), max_size=12)
@@ -139,3 +145,54 @@ def test_no_snapshot_lookup_until_a_stream_could_be_due() -> None:
     planner.accept(young)
     due = planner.decide([AppendRequest(session_stream("s"), (patched(2),), 2)])
     assert [s.version for s in due.snapshots] == [3] and asked == [(session_stream("s"), "session")]
+
+
+def test_a_request_of_mixed_types_chains_every_hash() -> None:
+    """``record_request`` spells a type once while the events repeat it: each hash is
+    still the canonical one of its own event, whatever type came before it."""
+    types = ["a", "a", "b", "a", "b", "b", "c"]
+    events = tuple(NewEvent(t, {"n": n}, {"m": t}) for n, t in enumerate(types))
+    records = record_request(
+        AppendRequest("s", events), head=3, version=1, prev_hash=GENESIS_HASH, at="T"
+    )
+    prev = GENESIS_HASH
+    for record, t in zip(records, types, strict=True):
+        assert record.type == t
+        assert record.hash == recompute_hash(prev, record)
+        prev = record.hash
+    assert [r.position for r in records] == list(range(4, 11))
+
+
+def test_a_recorded_event_is_built_and_frozen_as_a_dataclass() -> None:
+    """Its hand-written ``__init__`` sets every field, positionally or by name."""
+    fields = (1, "s", 2, "e", "t", {"d": 1}, {"m": 2}, "c", "T", "h")
+    by_position = RecordedEvent(*fields, encoded=("{}", "{}"))
+    by_name = RecordedEvent(
+        position=1,
+        stream_id="s",
+        version=2,
+        event_id="e",
+        type="t",
+        data={"d": 1},
+        metadata={"m": 2},
+        correlation_id="c",
+        recorded_at="T",
+        hash="h",
+    )
+    assert by_position == by_name and by_name.encoded is None
+    assert by_position.encoded == ("{}", "{}")
+    assert dataclasses.astuple(by_name)[:10] == fields
+    assert dataclasses.replace(by_name, version=3).version == 3
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        by_name.version = 4  # type: ignore[misc]
+
+
+def test_utc_now_spells_each_millisecond_across_seconds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The second's spelling is kept between calls: it must change with the second."""
+    ticks = iter([1_700_000_000_998_000_000, 1_700_000_000_999_999_999, 1_700_000_001_000_500_000])
+    monkeypatch.setattr(time, "time_ns", lambda: next(ticks))
+    assert [utc_now(), utc_now(), utc_now()] == [
+        "2023-11-14T22:13:20.998Z",
+        "2023-11-14T22:13:20.999Z",
+        "2023-11-14T22:13:21.000Z",
+    ]

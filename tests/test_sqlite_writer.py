@@ -15,8 +15,11 @@ from pathlib import Path
 
 from sessionstream import projections
 from sessionstream.core.errors import ValidationFailed
-from sessionstream.eventstore.model import NewEvent
+from sessionstream.core.vocabulary import EventType
+from sessionstream.eventstore.model import NewEvent, record_event
+from sessionstream.eventstore.packing import pack_stream
 from sessionstream.eventstore.sqlite import SQLiteEventStore
+from sessionstream.eventstore.sqlite.packs import INSERT_PACK, pack_row
 
 
 async def test_a_request_the_database_refuses_fails_alone(tmp_path: Path) -> None:
@@ -75,3 +78,40 @@ async def test_the_wal_is_checkpointed_off_the_append_path(tmp_path: Path) -> No
     finally:
         await store.close()
     assert store.checkpointer.runs > 0
+
+
+async def test_positions_packed_away_at_the_head_are_never_handed_out_again(
+    tmp_path: Path,
+) -> None:
+    """The writer hands positions out above the rows' head and the packs' alike: were
+    compaction ever to move the log's last rows into a pack, the next append still goes
+    above them (``events.position`` has no ``AUTOINCREMENT`` counter to fall back on)."""
+    store = SQLiteEventStore(tmp_path / "s.db", compact_runs=False)
+    await store.open()
+    try:
+        await store.append("s-1", [NewEvent("x", {})])
+        deltas = [NewEvent(EventType.MESSAGE_DELTA, {"text": str(n)}) for n in range(3)]
+        await store.append("run-1", [NewEvent(EventType.RUN_CREATED, {}), *deltas])
+        stored = await store.read_stream("run-1")
+        assert [e.position for e in stored] == [2, 3, 4, 5]
+        end = record_event(
+            NewEvent(EventType.RUN_COMPLETED, {}),
+            position=6,
+            stream_id="run-1",
+            version=5,
+            prev_hash=stored[-1].hash,
+            at=stored[-1].recorded_at,
+        )
+        (pack,) = pack_stream([*stored, end])
+        conn = sqlite3.connect(store.path)
+        try:  # the last three rows leave the table for a pack (a run's first stays a row)
+            conn.execute(INSERT_PACK, pack_row(pack))
+            conn.execute("DELETE FROM events WHERE position > 2")
+            conn.commit()
+        finally:
+            conn.close()
+        appended = await store.append("s-2", [NewEvent("x", {})])
+        assert [e.position for e in appended.events] == [6]
+        assert [e.position for e in await store.read_all(0)] == [1, 2, 3, 4, 5, 6]
+    finally:
+        await store.close()
