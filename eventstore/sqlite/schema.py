@@ -196,8 +196,8 @@ def doc_text(doc: Doc) -> str | bytes:
 
     A live run's document is written again at every token delta, thousands
     of times a second under load, and deflating it (a compressor primed with
-    the preset dictionary, ~9 µs) was the writer's largest cost per delta
-    beside the rows themselves. Only the last version stays, and the event
+    the preset dictionary, ~9 µs) was a fifth of the writer's CPU per delta.
+    Only the last version stays, and the event
     that ends the run (or the session's turn) writes the document once more,
     no longer active, so what a finished turn keeps is deflated as before.
     """
