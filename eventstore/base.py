@@ -236,12 +236,12 @@ class EventStore(ABC):
         """
 
     async def compact(self, stream_ids: Sequence[str]) -> int:
-        """Pack the token deltas of these ended runs (``eventstore/packing.py``); returns
+        """Pack the events of these ended runs (``eventstore/packing.py``); returns
         the events packed. Stores compact each run as it ends unless told to keep rows."""
         return 0
 
     async def compact_quietly(self, stream_ids: Sequence[str]) -> None:
-        """``compact``, for the writer between batches: a failure leaves the deltas
+        """``compact``, for the writer between batches: a failure leaves the events
         rows (nothing is lost), logged, and the writer goes on."""
         try:
             await self.compact(stream_ids)

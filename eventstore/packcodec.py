@@ -1,4 +1,4 @@
-"""How a pack spells its deltas: format 2, by column, each in its smallest spelling.
+"""How a pack spells its events: by column, each in its smallest spelling (formats 2, 3).
 
 Format 1 (``eventstore/packing.py``) kept each delta as one JSON array
 ``[position step, event id, time, data]``. Most of its compressed bytes were
@@ -20,6 +20,11 @@ so format 2 spells the same facts smaller, one column each:
 - ``data``: the text alone when the data is exactly ``{"text": <string>}``,
   else the data object.
 
+Format 3 (a whole run's events, ``eventstore/packing.py``) adds two columns
+after these five: ``kinds``, each event's type as its index in the pack's
+``types``, and ``metas``, ``[index, metadata]`` for each event whose
+metadata is not the pack's usual one.
+
 Every field comes back exactly as it was: ``pack_stream`` checks that the
 packs give back the events before any row is deleted. Pure: no I/O.
 """
@@ -28,15 +33,34 @@ from __future__ import annotations
 
 import base64
 import re
+import zlib
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+from sessionstream.eventstore.textcodec import ZDICT
 
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 #: an id's bits are stored as a step from the previous id's below this
 _SMALL_STEP = 1 << 32
+
+#: format 4 deflates a body against this preset dictionary: the text codec's (the words
+#: and keys the service's texts repeat), then what a pack of a run repeats (its keys,
+#: the run events' types and data keys). It must never change: a new one is a new format
+ZDICT_4 = ZDICT + (
+    b'{"done":0,"total":{"engine":"offline","kind":"turn","model":null}'
+    b'{"body":"","lead_id":"lead-1","subject":"'
+    b'{"framework_version":1,"skeleton":{"blocks":[{"approach":"'
+    b'{"message":{"content":"","role":"assistant"}}'
+    b'"format":4,"types":["message.delta","run.started","message.completed",'
+    b'"skeleton.updated","draft.updated","example.generated","examples.progress"],'
+    b'"metadata":{"actor":{"id":null,"type":"run"},"session_id":null},'
+    b'"refs":[[["actor","id"],0],[["session_id"],1]],"segments":[["'
+)
+#: the FDICT bit of a zlib stream's second byte: deflated against a preset dictionary
+_FDICT = 0x20
 
 #: one delta: (position step, event id, recorded_at, data)
 Entry = tuple[int, str, str, dict[str, Any]]
@@ -58,6 +82,21 @@ def _spelled(ms: int) -> str:
     """``model.utc_now``'s spelling of a Unix millisecond."""
     moment = _EPOCH + timedelta(milliseconds=ms)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+def deflate(text: bytes) -> bytes:
+    """A body as format 4 stores it: a zlib stream against ``ZDICT_4``."""
+    packer = zlib.compressobj(6, zlib.DEFLATED, 15, zdict=ZDICT_4)
+    return packer.compress(text) + packer.flush()
+
+
+def inflate(body: bytes) -> bytes:
+    """A stored body's JSON, whichever format: formats 1 to 3 were deflated without a
+    dictionary, and the zlib header says which (its FDICT bit)."""
+    if len(body) > 1 and body[1] & _FDICT:
+        unpacker = zlib.decompressobj(zdict=ZDICT_4)
+        return unpacker.decompress(body) + unpacker.flush()
+    return zlib.decompress(body)
 
 
 def encode(entries: Sequence[Entry]) -> list[Any]:
@@ -93,8 +132,9 @@ def encode(entries: Sequence[Entry]) -> list[Any]:
 
 
 def decode(columns: Sequence[Any]) -> Iterator[Entry]:
-    """The deltas of one segment's format 2 columns, in order."""
-    steps, times, ids, bits, data = columns
+    """The entries of one segment's columns (format 2's five, the first five of
+    format 3's), in order."""
+    steps, times, ids, bits, data = columns[:5]
     previous: int | None = None
     at = ""
     pieces = iter(bits)

@@ -1,16 +1,31 @@
-"""Packed token streams: a finished run's deltas kept as one compressed row per block.
+"""Packed runs: a finished run's events kept as one compressed row per block.
 
 A token delta carries ~20 bytes of text in a ~360-byte row with an entry in
-four indexes, and a chat turn makes about a hundred of them. Once its run has
-ended (its stream holds a terminal event, so nothing more is appended to it),
-the run's ``message.delta`` events are *compacted*: moved out of ``events``
-into ``packs``, one row per run and block of ``2**BLOCK_BITS`` positions,
-holding zlib-compressed JSON of each delta's position, event id, time and
-data. Every other event of the run stays a row.
+four indexes, and a chat turn makes about a hundred of them; the run's other
+events (``run.started``, ``message.completed``, the ``.updated`` twins,
+progress) are rows of a few hundred bytes each with the same four index
+entries. Once a run has ended (its stream holds a terminal event, so nothing
+more is appended to it), it is *compacted*: every event between its first
+(``run.created``) and its terminal one moves out of ``events`` into
+``packs``, one row per run and block of ``2**BLOCK_BITS`` positions, holding
+zlib-compressed JSON of each event's position, event id, time, type, data and
+metadata (format 3; formats 1 and 2 packed the deltas alone and are still
+read).
+
+Two events of a run stay rows. The terminal one: an append retried after its
+answer was lost must find its event id (``UNIQUE (event_id)``; the writers
+look a retried batch's other ids up in the packs of the runs whose rows
+answered, :func:`packed_among`), and the merged reads rely on every packed
+event preceding a stored event of its stream that matches the same keys. And
+``run.created``: with an ``Idempotency-Key`` a retried ``POST .../turn``
+appends it again with the same event id after the run has ended
+(``services/claims.py``), and must get its claim back, not a conflict. An
+event correlated otherwise than the terminal one stays a row too (a key
+filter must find the terminal after it).
 
 Nothing of what the log says changes, because a pack is read back as exactly
-the events it replaced: the same positions, versions, ids, times, data and
-metadata, and the same hashes (``unpack``). The backends' ``read_all``,
+the events it replaced: the same positions, versions, ids, times, types, data
+and metadata, and the same hashes (``unpack``). The backends' ``read_all``,
 ``read_stream``, ``position_of``, the Merkle tree's leaves and ``rebuild``
 merge packs with the stored rows (the functions at the bottom), so replay,
 resume by ``seq``, ``as_of``, export and the signed checkpoints see the log as
@@ -18,15 +33,16 @@ it was appended. Positions are never reused, so the Merkle tree and every
 checkpoint signed before a compaction still verify after it.
 
 Hashes are recomputed from the packed content, with two anchors stored
-verbatim. A *segment* (the deltas between two stored events of the run) keeps
-the hash it chains onto and the hash its last delta had: the digest of what
-it replaced, since each hash covers everything before it in the stream. The
-last delta is given that stored digest, not a recomputed one, so ``verify``
-(which recomputes each event's hash from its stored predecessor) reports an
-edit to any packed delta at the segment's last delta; and the stored event
-after the segment still chains onto the digest. A pack is checked against
-the rows it replaces before they are deleted (``pack_stream``), so a packing
-bug refuses to compact instead of losing a token.
+verbatim. A *segment* (the packed events between two stored events of the
+run, within one block) keeps the hash it chains onto and the hash its last
+event had: the digest of what it replaced, since each hash covers everything
+before it in the stream. The last event is given that stored digest, not a
+recomputed one, so ``verify`` (which recomputes each event's hash from its
+stored predecessor) reports an edit to any packed event at the segment's
+last event; and the stored event after the segment still chains onto the
+digest. A pack is checked against the rows it replaces before they are
+deleted (``pack_stream``), so a packing bug refuses to compact instead of
+losing an event.
 
 Pure: no I/O.
 """
@@ -35,7 +51,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -47,15 +62,15 @@ from sessionstream.eventstore.model import GENESIS_HASH, RecordedEvent, canonica
 #: a JSON string as the canonical encoder spells it (not ASCII-escaped)
 _string = json.encoder.encode_basestring
 
-#: a pack holds one run's deltas within 4096 consecutive positions
+#: a pack holds one run's events within 4096 consecutive positions
 BLOCK_BITS = 12
-#: what is packed
-PACKED_TYPE = EventType.MESSAGE_DELTA
+#: what formats 1 and 2 packed (their bodies name it once)
+DELTA_TYPE = EventType.MESSAGE_DELTA
 #: beyond every position
 NO_BOUND = 1 << 62
-#: what ``pack_stream`` writes (``eventstore/packcodec.py``); format 1 is still read
-FORMAT = 2
-READABLE = (1, 2)
+#: what ``pack_stream`` writes (``eventstore/packcodec.py``); formats 1 to 3 are still read
+FORMAT = 4
+READABLE = (1, 2, 3, 4)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +84,7 @@ class Pack:
     last_position: int
     count: int
     body: bytes
-    #: the times of its first and last delta: ``as_of=<time>`` reads only packs it cuts
+    #: the times of its first and last event: ``as_of=<time>`` reads only packs it cuts
     first_at: str = ""
     last_at: str = ""
 
@@ -88,16 +103,24 @@ def may_hold_packs(stream_id: str) -> bool:
     return stream_id.startswith(RUN_PREFIX)
 
 
-def _encode(obj: Any) -> bytes:
-    # ASCII escapes: a lone surrogate in a delta survives the round trip
-    return zlib.compress(json.dumps(obj, separators=(",", ":")).encode(), 6)
+def write_body(obj: Any) -> bytes:
+    """A pack's body as stored (``packcodec.deflate``)."""
+    # ASCII escapes: a lone surrogate in a text survives the round trip
+    return packcodec.deflate(json.dumps(obj, separators=(",", ":")).encode())
+
+
+def read_body(body: bytes) -> Any:
+    """A stored pack's body, whichever format."""
+    return json.loads(packcodec.inflate(bytes(body)))
 
 
 class _Segment:
-    """Consecutive deltas of one block: the hash they chain onto and, once full, their digest."""
+    """Consecutive packed events of one block: the hash they chain onto and, once full,
+    their digest."""
 
     __slots__ = ("block", "closed", "digest", "entries", "first_at", "first_position",
-                 "first_version", "last_at", "last_position", "prev")  # fmt: skip
+                 "first_version", "kinds", "last_at", "last_position", "metas",
+                 "prev")  # fmt: skip
 
     def __init__(self, prev: str, first: RecordedEvent) -> None:
         self.prev = prev
@@ -105,13 +128,20 @@ class _Segment:
         self.first_version = first.version
         self.first_position = self.last_position = first.position
         self.entries: list[packcodec.Entry] = []
+        self.kinds: list[int] = []
+        self.metas: list[list[Any]] = []
         self.digest = ""
         self.last_at = ""
         self.first_at = first.recorded_at
         self.closed = False
 
-    def add(self, event: RecordedEvent) -> None:
+    def add(self, event: RecordedEvent, kind: int, metadata: str | None) -> None:
+        """``kind``: the index of its type in the pack's ``types``; ``metadata``: its
+        canonical text where it is not the pack's (None where it is)."""
         step = event.position - self.last_position
+        if metadata is not None:
+            self.metas.append([len(self.entries), event.metadata])
+        self.kinds.append(kind)
         self.entries.append((step, event.event_id, event.recorded_at, event.data))
         self.last_position, self.last_at, self.digest = (
             event.position,
@@ -120,43 +150,130 @@ class _Segment:
         )
 
     def encoded(self) -> list[Any]:
+        """Format 4's columns: format 3's, a text-alone data spelled as its length in
+        one ``text`` column of the segment's texts joined (so a later copy of the reply,
+        ``message.completed``'s, deflates to a few back-references, and no quotes and
+        commas sit between tokens)."""
         columns = packcodec.encode(self.entries)
+        pieces: list[str] = []
+        data: list[Any] = []
+        for spelled in columns[4]:
+            if isinstance(spelled, str):
+                pieces.append(spelled)
+                data.append(len(spelled))
+            else:
+                data.append(spelled)
+        columns[4] = data
+        columns += [self.kinds, self.metas, "".join(pieces)]
         return [self.prev, self.digest, self.first_version, self.first_position, columns]
 
 
-def pack_stream(events: Sequence[RecordedEvent]) -> list[Pack]:
-    """The packs replacing the deltas of a finished stream (``events``: all of it, in
-    version order, as stored), or none when it has not ended, holds no delta, or
-    holds deltas whose metadata or correlation differ (they stay rows)."""
+def packed_of(events: Sequence[RecordedEvent]) -> list[RecordedEvent]:
+    """The events of a stream that compaction moves into packs (``events``: all of it,
+    in version order, as stored): none unless it has ended and is whole (versions 1
+    to its last, so a stream compacted before, whose rows have gaps, is left as it
+    is); else every event but its first, its terminal one and any correlated
+    otherwise than the terminal one (see the module's doc for why those stay)."""
     if not events or events[-1].type not in TERMINAL:
         return []
-    deltas = [e for e in events if e.type == PACKED_TYPE]
-    if not deltas:
+    if events[0].version != 1 or events[-1].version != len(events):
         return []
-    first = deltas[0]
-    if any(
-        d.metadata != first.metadata or d.correlation_id != first.correlation_id for d in deltas
-    ):
+    last = events[-1]
+    return [e for e in events[1:-1] if e.correlation_id == last.correlation_id]
+
+
+def _most_common(texts: Iterable[str]) -> str:
+    counts: dict[str, int] = {}
+    for text in texts:
+        counts[text] = counts.get(text, 0) + 1
+    return max(counts, key=counts.__getitem__)
+
+
+def _key(stream_id: str | None) -> str:
+    """The id a stream id names after its kind (``run-<id>``, ``session-<id>``)."""
+    return "" if stream_id is None else stream_id.partition("-")[2]
+
+
+def _refer(
+    metadata: dict[str, Any], stream_id: str, correlation_id: str | None
+) -> tuple[dict[str, Any], list[list[Any]]]:
+    """The usual metadata with each value that is the run's id or its session's (a run
+    task's ``actor`` and ``session_id``, ``services/runlog.py``) left out as null, and
+    where they were: ``[path, 0]`` for the stream's id, ``[path, 1]`` for the
+    correlation's. Both ids are the pack's own columns already."""
+    names = [_key(stream_id), _key(correlation_id)]
+    refs: list[list[Any]] = []
+
+    def walk(value: dict[str, Any], path: list[str]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            if isinstance(v, dict):
+                out[k] = walk(v, [*path, k])
+            elif isinstance(v, str) and v and v in names:
+                refs.append([[*path, k], names.index(v)])
+                out[k] = None
+            else:
+                out[k] = v
+        return out
+
+    return walk(metadata, []), refs
+
+
+def _resolve(
+    metadata: dict[str, Any], refs: list[list[Any]], stream_id: str, correlation_id: str | None
+) -> dict[str, Any]:
+    """The usual metadata :func:`_refer` spelled, whole again."""
+    if not refs:
+        return metadata
+    names = [_key(stream_id), _key(correlation_id)]
+    whole: dict[str, Any] = json.loads(json.dumps(metadata))
+    for path, which in refs:
+        place = whole
+        for k in path[:-1]:
+            place = place[k]
+        place[path[-1]] = names[which]
+    return whole
+
+
+def pack_stream(events: Sequence[RecordedEvent]) -> list[Pack]:
+    """The packs replacing the packed events (:func:`packed_of`) of a finished stream
+    (``events``: all of it, in version order, as stored), or none."""
+    packed = packed_of(events)
+    if not packed:
         return []
+    first = packed[0]
+    moving = {e.position for e in packed}
+    # the type and metadata most events have are spelled once; the others per event
+    type_counts: dict[str, int] = {}
+    for e in packed:
+        type_counts[e.type] = type_counts.get(e.type, 0) + 1
+    types = sorted(type_counts, key=lambda t: (-type_counts[t], t))
+    kind_of = {t: i for i, t in enumerate(types)}
+    meta_texts = [canonical_json(e.metadata) for e in packed]
+    usual = _most_common(meta_texts)
+    meta_of = dict(zip((e.position for e in packed), meta_texts, strict=True))
     segments: list[_Segment] = []
     prev = GENESIS_HASH
     for event in events:
-        if event.type == PACKED_TYPE:
+        if event.position in moving:
             segment = segments[-1] if segments else None
             if segment is None or segment.closed or segment.block != block_of(event.position):
                 segment = _Segment(prev, event)
                 segments.append(segment)
-            segment.add(event)
+            text = meta_of[event.position]
+            segment.add(event, kind_of[event.type], None if text == usual else text)
         elif segments:
             segments[-1].closed = True
         prev = event.hash
+    metadata, refs = _refer(json.loads(usual), first.stream_id, first.correlation_id)
     packs: list[Pack] = []
     for block in sorted({s.block for s in segments}):
         mine = [s for s in segments if s.block == block]
         body = {
             "format": FORMAT,
-            "type": str(PACKED_TYPE),
-            "metadata": first.metadata,
+            "types": types,
+            "metadata": metadata,
+            "refs": refs,
             "segments": [s.encoded() for s in mine],
         }
         packs.append(
@@ -167,14 +284,14 @@ def pack_stream(events: Sequence[RecordedEvent]) -> list[Pack]:
                 mine[0].first_position,
                 mine[-1].last_position,
                 sum(len(s.entries) for s in mine),
-                _encode(body),
+                write_body(body),
                 mine[0].first_at,
                 mine[-1].last_at,
             )
         )
     unpacked = [e for p in packs for e in unpack(p.stream_id, p.correlation_id, p.body)]
-    if sorted(unpacked, key=lambda e: e.position) != deltas:
-        raise AssertionError(f"packing {first.stream_id} would not give back its deltas")
+    if sorted(unpacked, key=lambda e: e.position) != packed:
+        raise AssertionError(f"packing {first.stream_id} would not give back its events")
     return packs
 
 
@@ -185,7 +302,7 @@ def _body(obj: Any, stream_id: str) -> Any:
 
 
 def _entries(obj: Any, packed: Any) -> Iterator[packcodec.Entry]:
-    """One segment's deltas, whichever format spelled them."""
+    """One segment's events, whichever format spelled them."""
     if obj["format"] != 1:
         yield from packcodec.decode(packed)
         return
@@ -195,36 +312,65 @@ def _entries(obj: Any, packed: Any) -> Iterator[packcodec.Entry]:
         yield step, event_id, at, data
 
 
+def _split_text(columns: list[Any]) -> list[Any]:
+    """Format 4's columns with each text-alone data back as its text (format 3's)."""
+    text, at = columns[7], 0
+    data: list[Any] = []
+    for spelled in columns[4]:
+        if type(spelled) is int:
+            data.append(text[at : at + spelled])
+            at += spelled
+        else:
+            data.append(spelled)
+    if at != len(text):
+        raise ValueError("a pack's texts do not add up to its text column")
+    return [*columns[:4], data, *columns[5:]]
+
+
 def unpack(stream_id: str, correlation_id: str | None, body: bytes) -> list[RecordedEvent]:
     """The events a pack replaced, hashes recomputed between its stored anchors.
 
     The hashed bytes are put together as ``model.record_event`` does, from the
-    canonical text of the data and of the metadata (the same for every delta,
-    so encoded once): a page of catch-up unpacks hundreds of deltas.
+    canonical text of the data and of the metadata (the pack's usual metadata
+    encoded once): a page of catch-up unpacks hundreds of events.
     """
-    obj = _body(json.loads(zlib.decompress(body)), stream_id)
-    type_, metadata = obj["type"], obj["metadata"]
-    meta_json = canonical_json(metadata)
+    obj = _body(read_body(body), stream_id)
+    whole, joined = obj["format"] >= 3, obj["format"] >= 4
+    types: list[str] = obj["types"] if whole else [obj["type"]]
+    usual = obj["metadata"]
+    if joined:
+        usual = _resolve(usual, obj["refs"], stream_id, correlation_id)
+    usual_json = canonical_json(usual)
     head = f"[{_string(stream_id)},"
-    type_part = f",{_string(type_)},"
+    type_parts = [f",{_string(t)}," for t in types]
     out: list[RecordedEvent] = []
     for prev, digest, version, position, packed in obj["segments"]:
+        if joined:
+            packed = _split_text(packed)
         entries = list(_entries(obj, packed))
+        kinds: list[int] = packed[5] if whole else [0] * len(entries)
+        odd: dict[int, Any] = {i: m for i, m in packed[6]} if whole else {}
         last, spelled, at_part = len(entries) - 1, "", ""
         for i, (step, event_id, at, data) in enumerate(entries):
             position += step
             if at != spelled:
                 spelled, at_part = at, _string(at)
             data_json = canonical_json(data)
+            kind = kinds[i]
+            if i in odd:
+                metadata = odd[i]
+                meta_json = canonical_json(metadata)
+            else:
+                metadata, meta_json = usual, usual_json
             if i == last:
                 own = digest
             else:
                 hashed = (
-                    f"{head}{version},{_string(event_id)}{type_part}"
+                    f"{head}{version},{_string(event_id)}{type_parts[kind]}"
                     f"{data_json},{meta_json},{at_part}]"
                 )
                 own = hashlib.sha256(prev.encode() + hashed.encode()).hexdigest()
-            fields = (position, stream_id, version, event_id, type_, data, metadata)
+            fields = (position, stream_id, version, event_id, types[kind], data, metadata)
             out.append(RecordedEvent(*fields, correlation_id, at, own, (data_json, meta_json)))
             prev = own
             version += 1
@@ -238,7 +384,7 @@ def times_of(
     rebuilding the events (``as_of=<time>`` needs no more)."""
     found: list[tuple[int, str]] = []
     for stream_id, _, body in rows:
-        obj = _body(json.loads(zlib.decompress(bytes(body))), stream_id)
+        obj = _body(read_body(body), stream_id)
         for _, _, _, position, packed in obj["segments"]:
             if obj["format"] != 1:
                 found.extend(packcodec.times(packed, position, after, bound))

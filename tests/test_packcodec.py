@@ -1,5 +1,6 @@
-"""Pack format 2 (``eventstore/packcodec.py``): every field back exactly, format 1 still
-read, and smaller than format 1 for a reply written a token at a time."""
+"""Pack formats (``eventstore/packcodec.py``): every field back exactly, formats 1 and 2
+(deltas alone) still read, and smaller than format 1 for a reply written a token at a
+time."""
 
 from __future__ import annotations
 
@@ -7,12 +8,13 @@ import itertools
 import json
 import uuid
 import zlib
+from collections.abc import Sequence
 from typing import Any
 
 from sessionstream.core.ids import Uuid7Sequence, uuid7
 from sessionstream.eventstore import packcodec
 from sessionstream.eventstore.model import GENESIS_HASH, NewEvent, RecordedEvent, record_event
-from sessionstream.eventstore.packing import FORMAT, pack_stream, times_of, unpack
+from sessionstream.eventstore.packing import FORMAT, pack_stream, read_body, times_of, unpack
 
 RUN = "run-r1"
 META: dict[str, Any] = {"actor": {"type": "run", "id": "r1"}, "session_id": "s1"}
@@ -23,12 +25,17 @@ def spelled(ms: int) -> str:
     return packcodec._spelled(ms)
 
 
-def a_run(deltas: list[tuple[str, str, dict[str, Any]]]) -> list[RecordedEvent]:
-    """run.created, the deltas ``(event id, time, data)``, run.completed: as stored."""
+def a_run(
+    deltas: list[tuple[str, str, dict[str, Any]]],
+    more: Sequence[tuple[str, str, str, dict[str, Any]]] = (),
+) -> list[RecordedEvent]:
+    """run.created, the deltas ``(event id, time, data)``, ``more`` events ``(type, event
+    id, time, data)``, run.completed: as stored."""
     items: list[tuple[str, str, str, dict[str, Any]]] = [
         ("run.created", uuid7(START_MS), spelled(START_MS), {})
     ]
     items += [("message.delta", *d) for d in deltas]
+    items += list(more)
     items.append(("run.completed", uuid7(START_MS + 99_000), spelled(START_MS + 99_000), {}))
     events: list[RecordedEvent] = []
     prev = GENESIS_HASH
@@ -52,6 +59,8 @@ def token_a_time(count: int) -> list[tuple[str, str, dict[str, Any]]]:
 
 
 def deltas_of(events: list[RecordedEvent]) -> list[RecordedEvent]:
+    """What a pack of ``a_run`` holds: every event but its first and its terminal one
+    (here the deltas)."""
     return [e for e in events if e.type == "message.delta"]
 
 
@@ -62,11 +71,69 @@ def back(events: list[RecordedEvent]) -> list[RecordedEvent]:
     return sorted(out, key=lambda e: e.position)
 
 
-def test_format_2_gives_back_every_field() -> None:
+def test_format_4_gives_back_every_field() -> None:
     events = a_run(token_a_time(50))
     assert back(events) == deltas_of(events)
-    body = json.loads(zlib.decompress(pack_stream(events)[0].body))
-    assert body["format"] == FORMAT == 2
+    body = read_body(pack_stream(events)[0].body)
+    assert body["format"] == FORMAT == 4
+    assert body["types"] == ["message.delta"]
+    # the run's id and its session's are the pack's own columns: referred to, not spelled
+    assert body["metadata"] == {"actor": {"type": "run", "id": None}, "session_id": None}
+    assert sorted(body["refs"]) == [[["actor", "id"], 0], [["session_id"], 1]]
+    columns = body["segments"][0][4]
+    assert columns[7] == "".join(e.data["text"] for e in deltas_of(events))
+    assert columns[4] == [len(e.data["text"]) for e in deltas_of(events)]
+
+
+def as_format_3(body: bytes) -> bytes:
+    """A format 4 pack as format 3 spelled it: texts in the data column, the metadata
+    whole, deflated without a dictionary."""
+    obj = read_body(body)
+    for segment in obj["segments"]:
+        columns = segment[4]
+        text, at, data = columns.pop(), 0, []
+        for spelled in columns[4]:
+            if type(spelled) is int:
+                data.append(text[at : at + spelled])
+                at += spelled
+            else:
+                data.append(spelled)
+        columns[4] = data
+    obj["format"], obj["metadata"] = 3, META
+    del obj["refs"]
+    return zlib.compress(json.dumps(obj, separators=(",", ":")).encode(), 6)
+
+
+def test_format_3_packs_are_still_read() -> None:
+    """Format 3 (a whole run, before the joined text, the references and the
+    dictionary) as the first whole-run packs were written."""
+    deltas = token_a_time(30)
+    ms = START_MS + 2000
+    events = a_run(deltas, [("message.completed", uuid7(ms), spelled(ms), {"message": "x"})])
+    (pack,) = pack_stream(events)
+    old = as_format_3(pack.body)
+    assert json.loads(zlib.decompress(old))["format"] == 3
+    assert unpack(RUN, "session-s1", old) == events[1:-1]
+    assert times_of([(RUN, "session-s1", old)]) == [
+        (e.position, e.recorded_at) for e in events[1:-1]
+    ]
+
+
+def test_a_reply_kept_beside_its_deltas_costs_a_few_bytes() -> None:
+    """``message.completed`` repeats the text its deltas streamed: in one segment's
+    joined text deflate spells it as a few back-references, where format 3's quoted
+    tokens cost it a share of its length."""
+    deltas = [  # words that do not repeat, as a real reply's mostly do not
+        (event_id, at, {"text": f" w{(i * 7919) % 1009}"})
+        for i, (event_id, at, _) in enumerate(token_a_time(80))
+    ]
+    reply = "".join(d[2]["text"] for d in deltas)
+    ms = START_MS + 5000
+    completed = ("message.completed", uuid7(ms), spelled(ms), {"message": {"content": reply}})
+    (alone,) = pack_stream(a_run(deltas))
+    (both,) = pack_stream(a_run(deltas, [completed]))
+    assert len(both.body) - len(alone.body) < 40
+    assert len(as_format_3(both.body)) - len(as_format_3(alone.body)) > 80
 
 
 def test_what_format_2_cannot_shorten_is_kept_verbatim() -> None:
@@ -102,6 +169,29 @@ def format_1(events: list[RecordedEvent]) -> bytes:
     return zlib.compress(json.dumps(body, separators=(",", ":")).encode(), 6)
 
 
+def format_2(events: list[RecordedEvent]) -> bytes:
+    """A pack as format 2 spelled it (one segment here): the deltas' five columns, one
+    type and one metadata for them all."""
+    deltas = deltas_of(events)
+    entries, last_position = [], deltas[0].position
+    for e in deltas:
+        entries.append((e.position - last_position, e.event_id, e.recorded_at, e.data))
+        last_position = e.position
+    columns = packcodec.encode(entries)
+    segment = [events[0].hash, deltas[-1].hash, deltas[0].version, deltas[0].position, columns]
+    body = {"format": 2, "type": "message.delta", "metadata": META, "segments": [segment]}
+    return zlib.compress(json.dumps(body, separators=(",", ":")).encode(), 6)
+
+
+def test_format_2_packs_are_still_read() -> None:
+    events = a_run(token_a_time(30))
+    body = format_2(events)
+    assert unpack(RUN, "session-s1", body) == deltas_of(events)
+    assert times_of([(RUN, "session-s1", body)]) == [
+        (e.position, e.recorded_at) for e in deltas_of(events)
+    ]
+
+
 def test_format_1_packs_are_still_read() -> None:
     events = a_run(token_a_time(30))
     body = format_1(events)
@@ -111,9 +201,10 @@ def test_format_1_packs_are_still_read() -> None:
     ]
 
 
-def test_format_2_is_smaller_than_format_1_for_a_reply_a_token_at_a_time() -> None:
+def test_format_4_is_smaller_than_format_1_for_a_reply_a_token_at_a_time() -> None:
     """What lets a delta per token cost no more stored bytes than a 30 ms window did:
-    60 token deltas in format 2 take less than 40 coalesced ones in format 1."""
+    60 token deltas in format 4 take less than 40 coalesced ones in format 1, and less
+    than in format 2."""
     per_token = a_run(token_a_time(60))
     windows = []
     for i in range(40):  # the same 60 tokens, 1.5 to a delta, 30 ms apart
@@ -123,6 +214,7 @@ def test_format_2_is_smaller_than_format_1_for_a_reply_a_token_at_a_time() -> No
     (packed,) = pack_stream(per_token)
     assert len(packed.body) < len(format_1(a_run(windows)))
     assert len(packed.body) < 0.8 * len(format_1(per_token))
+    assert len(packed.body) < len(format_2(per_token))
 
 
 def test_a_runs_ids_are_uuid7s_whose_random_bits_count_up() -> None:

@@ -92,28 +92,28 @@ async def test_positions_packed_away_at_the_head_are_never_handed_out_again(
     try:
         await store.append("s-1", [NewEvent("x", {})])
         deltas = [NewEvent(EventType.MESSAGE_DELTA, {"text": str(n)}) for n in range(3)]
-        await store.append("run-1", deltas)
+        await store.append("run-1", [NewEvent(EventType.RUN_CREATED, {}), *deltas])
         stored = await store.read_stream("run-1")
-        assert [e.position for e in stored] == [2, 3, 4]
+        assert [e.position for e in stored] == [2, 3, 4, 5]
         end = record_event(
             NewEvent(EventType.RUN_COMPLETED, {}),
-            position=5,
+            position=6,
             stream_id="run-1",
-            version=4,
+            version=5,
             prev_hash=stored[-1].hash,
             at=stored[-1].recorded_at,
         )
         (pack,) = pack_stream([*stored, end])
         conn = sqlite3.connect(store.path)
-        try:  # the last three rows leave the table for a pack
+        try:  # the last three rows leave the table for a pack (a run's first stays a row)
             conn.execute(INSERT_PACK, pack_row(pack))
-            conn.execute("DELETE FROM events WHERE position > 1")
+            conn.execute("DELETE FROM events WHERE position > 2")
             conn.commit()
         finally:
             conn.close()
         appended = await store.append("s-2", [NewEvent("x", {})])
-        assert [e.position for e in appended.events] == [5]
-        assert [e.position for e in await store.read_all(0)] == [1, 2, 3, 4, 5]
+        assert [e.position for e in appended.events] == [6]
+        assert [e.position for e in await store.read_all(0)] == [1, 2, 3, 4, 5, 6]
     finally:
         await store.close()
 

@@ -16,6 +16,7 @@ import asyncpg
 from sessionstream.eventstore.batch import StreamHead, Unknown, storable
 from sessionstream.eventstore.model import Doc, RecordedEvent, row_to_doc, row_to_event
 from sessionstream.eventstore.postgres import schema as sql
+from sessionstream.eventstore.postgres.packs import packed_among
 from sessionstream.eventstore.snapshots import Ident, Series
 
 
@@ -62,13 +63,13 @@ class Facts:
     ) -> None:
         """Read these rows in one round trip (and the head); ``Moved`` if the head is not
         the first read's."""
-        docs, series = set(docs), set(series)
+        ids, docs, series = list(ids), set(docs), set(series)
         # text PostgreSQL cannot take cannot be stored either: asked, and absent
         keys = sorted(d for d in docs if storable(d[1]))
         marks = sorted(m for m in series if storable(m[0]))
         row = await conn.fetchrow(
             sql.READ_BATCH_STATE,
-            list(ids),
+            ids,
             list(streams),
             [k[0] for k in keys],
             [k[1] for k in keys],
@@ -85,9 +86,13 @@ class Facts:
         for lease_row in row["leases"] or ():
             self.epochs[lease_row[0]] = int(lease_row[1])
         self.newest = row["newest"]
+        found: dict[str, RecordedEvent] = {}
         for event_row in row["events"] or ():
             event = row_to_event(event_row)
-            self.events[event.event_id] = event
+            found[event.event_id] = event
+        # a retried run ending: its terminal event is a row, the others may be packed
+        await packed_among(conn, ids, found)
+        self.events.update(found)
         for stream_row in row["streams"] or ():
             self.streams[stream_row[0]] = StreamHead(stream_row[1], stream_row[2])
         for doc_row in row["docs"] or ():

@@ -1,4 +1,4 @@
-"""The PostgreSQL side of packed token streams (``eventstore/packing.py``): the SQL,
+"""The PostgreSQL side of packed runs (``eventstore/packing.py``): the SQL,
 the compaction, and the merged reads of ``refold`` and the Merkle tree's leaves.
 
 A compaction is its own transaction after the batch that ended the run, with
@@ -9,7 +9,7 @@ second finds them there (``ON CONFLICT DO NOTHING``) and deletes nothing more.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from typing import Any
 
 import asyncpg
@@ -17,10 +17,11 @@ import asyncpg
 from sessionstream.eventstore.model import RecordedEvent, row_to_event
 from sessionstream.eventstore.packing import (
     NO_BOUND,
-    PACKED_TYPE,
     block_of,
+    may_hold_packs,
     merge_by_stream,
     pack_stream,
+    packed_of,
     stream_bound,
     unpack_all,
 )
@@ -98,7 +99,7 @@ class PostgresPacks:
 
 
 async def compact(conn: asyncpg.Connection, stream_ids: Iterable[str]) -> int:
-    """Pack the deltas of these finished streams in one transaction; the events moved."""
+    """Pack the events of these finished streams in one transaction; the events moved."""
     moved = 0
     async with conn.transaction():
         await conn.execute("SET LOCAL synchronous_commit = off")
@@ -119,10 +120,23 @@ async def compact(conn: asyncpg.Connection, stream_ids: Iterable[str]) -> int:
                 [p.first_at for p in packs],
                 [p.last_at for p in packs],
             )
-            gone = [e.position for e in events if e.type == PACKED_TYPE]
+            gone = [e.position for e in packed_of(events)]
             await conn.execute("DELETE FROM events WHERE position = ANY($1::bigint[])", gone)
             moved += len(gone)
     return moved
+
+
+async def packed_among(conn: Any, ids: Collection[str], found: dict[str, RecordedEvent]) -> None:
+    """Add to ``found`` (the rows among ``ids``, by event id) the other ``ids`` packed in
+    the runs those rows are of (``sqlite/packs.packed_among`` says why)."""
+    missing = set(ids).difference(found)
+    runs = sorted({e.stream_id for e in found.values() if may_hold_packs(e.stream_id)})
+    if not missing or not runs:
+        return
+    for stream_id in runs:
+        for event in unpack_all(await conn.fetch(PACKS_OF, stream_id)):
+            if event.event_id in missing:
+                found[event.event_id] = event
 
 
 async def with_packs(

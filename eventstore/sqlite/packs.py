@@ -1,4 +1,4 @@
-"""The SQLite side of packed token streams (``eventstore/packing.py``): the SQL,
+"""The SQLite side of packed runs (``eventstore/packing.py``): the SQL,
 the compaction, and the merged reads the writer's own connection needs.
 
 Readers merge on the event loop (``store.py``); the writer thread merges for
@@ -8,17 +8,18 @@ Readers merge on the event loop (``store.py``); the writer thread merges for
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from typing import Any
 
 from sessionstream.eventstore.model import RecordedEvent, row_to_event
 from sessionstream.eventstore.packing import (
     NO_BOUND,
-    PACKED_TYPE,
     Pack,
     block_of,
+    may_hold_packs,
     merge_by_stream,
     pack_stream,
+    packed_of,
     stream_bound,
     times_of,
     unpack_all,
@@ -130,7 +131,7 @@ def pack_row(pack: Pack) -> tuple[Any, ...]:
 
 
 def compact(conn: sqlite3.Connection, stream_ids: Iterable[str]) -> int:
-    """Pack the deltas of these finished streams, in the caller's transaction; returns
+    """Pack the events of these finished streams, in the caller's transaction; returns
     how many events moved (a stream not ended, or already packed, moves none)."""
     moved = 0
     for stream_id in stream_ids:
@@ -139,10 +140,32 @@ def compact(conn: sqlite3.Connection, stream_ids: Iterable[str]) -> int:
         if not packs:
             continue
         conn.executemany(INSERT_PACK, [pack_row(p) for p in packs])
-        gone = [(e.position,) for e in events if e.type == PACKED_TYPE]
+        gone = [(e.position,) for e in packed_of(events)]
         conn.executemany("DELETE FROM events WHERE position = ?", gone)
         moved += len(gone)
     return moved
+
+
+def packed_among(
+    conn: sqlite3.Connection, ids: Collection[str], found: list[RecordedEvent]
+) -> list[RecordedEvent]:
+    """``found`` (the rows among ``ids``) and the other ``ids`` packed in the runs those
+    rows are of.
+
+    A run's ending is one append of its last events and its terminal one; retried
+    after its answer was lost, its terminal event is a row and the others may have
+    been packed since. Only the runs a row answered for are unpacked, so an append
+    that is no retry costs nothing more.
+    """
+    missing = set(ids).difference(e.event_id for e in found)
+    runs = sorted({e.stream_id for e in found if may_hold_packs(e.stream_id)})
+    if not missing or not runs:
+        return found
+    for stream_id in runs:
+        for event in unpack_all(conn.execute(PACKS_OF, (stream_id,))):
+            if event.event_id in missing:
+                found.append(event)
+    return found
 
 
 def with_packs(

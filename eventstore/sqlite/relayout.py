@@ -1,10 +1,11 @@
-"""Re-laying the events table behind compaction: the holes packed deltas leave, closed.
+"""Re-laying the events table behind compaction: the holes packed runs leave, closed.
 
 ``events`` is a rowid table keyed by position, so its rows lie in position
 order, and a run's token deltas lie among other runs' rows and the sessions'
-events. Compaction (``eventstore/packing.py``) deletes a finished run's deltas
-once they are packed. A page that held deltas of several runs and a few rows
-that stay keeps those rows where they are: SQLite merges a page with its
+events. Compaction (``eventstore/packing.py``) deletes a finished run's rows
+(all but its first and its terminal one) once they are packed. A page that
+held rows of several runs and a few rows that stay keeps those rows where
+they are: SQLite merges a page with its
 neighbours only once it is under a third full, and new rows never land there
 (positions only grow). On logs built by ``bench/scale.py`` about a third of the
 table's pages, and 40-45% of the event id and time indexes', was left empty
@@ -20,9 +21,9 @@ checkpoints, packs and every read are untouched.
 
 A range is worth re-laying once no more deletions will come to it, so the
 log is re-laid from the start in steps of ``STEP`` positions, behind a cursor
-kept in ``meta`` (``relaid_to``), and a step stops short of the first delta of
-a run that has not ended or whose compaction is still queued (its deltas
-leave later). A run that ended and will not be compacted (raw deltas kept,
+kept in ``meta`` (``relaid_to``), and a step stops short of the first row that
+will leave of a run that has not ended or whose compaction is still queued
+(its rows leave later). A run that ended and will not be compacted (raw deltas kept,
 or a pack refused) does not hold the cursor back. The store runs a step
 between batches when no append waits, after the compactions
 (``eventstore/groupcommit.IdleWork``), and one step every ``FORCE_AFTER``
@@ -39,8 +40,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from sessionstream.core.vocabulary import TERMINAL
-from sessionstream.eventstore.packing import PACKED_TYPE
+from sessionstream.core.vocabulary import RUN_PREFIX, TERMINAL
 from sessionstream.eventstore.sqlite.schema import EVENT_COLUMNS, INSERT_EVENT, unsynced
 
 #: positions re-laid per step: ~90 table pages of a chat log; 15-30 ms on a loaded machine
@@ -56,10 +56,11 @@ _SET_CURSOR = (
     "ON CONFLICT(key) DO UPDATE SET value = excluded.value"
 )
 _HEAD = "SELECT COALESCE(MAX(position), 0) FROM events"
-#: the runs with delta rows in a range, and the first of each: a rowid range scan
-_DELTA_STREAMS = (
-    "SELECT stream_id, MIN(position) FROM events "
-    "WHERE position > ? AND position <= ? AND type = ? GROUP BY stream_id"
+#: the runs with rows in a range that compaction may move (any but a run's first), and
+#: the first of each: a rowid range scan
+_LEAVING_STREAMS = (
+    "SELECT stream_id, MIN(position) FROM events WHERE position > ? AND position <= ? "
+    "AND substr(stream_id, 1, ?) = ? AND version > 1 GROUP BY stream_id"
 )
 #: a stream's newest event's type (a terminal event is always a row)
 _LAST_TYPE = (
@@ -78,9 +79,10 @@ def cursor(conn: sqlite3.Connection) -> int:
 
 
 def _end(conn: sqlite3.Connection, start: int, end: int, pending: frozenset[str]) -> int:
-    """How far past ``start`` the range may go: short of the first delta of a run that
-    is live, or has ended and waits to be compacted (``pending``)."""
-    for stream_id, first in conn.execute(_DELTA_STREAMS, (start, end, str(PACKED_TYPE))).fetchall():
+    """How far past ``start`` the range may go: short of the first event that may leave
+    of a run that is live, or has ended and waits to be compacted (``pending``)."""
+    runs = (start, end, len(RUN_PREFIX), RUN_PREFIX)
+    for stream_id, first in conn.execute(_LEAVING_STREAMS, runs).fetchall():
         if stream_id not in pending:
             last = conn.execute(_LAST_TYPE, (stream_id,)).fetchone()
             if last is not None and last[0] in TERMINAL:
@@ -99,7 +101,7 @@ def step(
     """Re-lay the next range after the cursor; returns how many positions it covered.
 
     A range is a whole ``size`` positions, or at least half of one when a run
-    whose deltas will still leave cuts it; ``tail`` (a closing store) takes
+    whose rows will still leave cuts it; ``tail`` (a closing store) takes
     what is left up to the head. 0 means nothing to do until another run is
     compacted or the log grows.
     """

@@ -56,6 +56,7 @@ from sessionstream.eventstore.sqlite.packs import (
 from sessionstream.eventstore.sqlite.packs import (
     backfill_times,
     compact,
+    packed_among,
     packs_between_sql,
     with_packs,
 )
@@ -146,13 +147,14 @@ def read_stream_heads(conn: sqlite3.Connection, names: Iterable[str]) -> dict[st
 
 
 def read_stored_events(conn: sqlite3.Connection, ids: Iterable[str]) -> list[RecordedEvent]:
-    """The stored events among ``ids``."""
+    """The stored events among ``ids``, packed ones of the runs a row is of too."""
+    asked = list(ids)
     found: list[RecordedEvent] = []
-    for chunk in _chunks(list(ids)):
+    for chunk in _chunks(asked):
         marks = ",".join("?" * len(chunk))
         sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE event_id IN ({marks})"
         found.extend(row_to_event(row) for row in conn.execute(sql, chunk))
-    return found
+    return packed_among(conn, asked, found)
 
 
 #: stream heads the writer keeps between batches (``Known``); past this many it starts over

@@ -1,8 +1,9 @@
-"""Packed token streams on every backend: a finished run's deltas leave the event rows,
-and nothing a reader, a subscriber, an auditor or an export sees changes.
+"""Packed runs on every backend: a finished run's events, but its first and its terminal
+one, leave the event rows, and nothing a reader, a subscriber, an auditor or an export
+sees changes.
 
 ``eventstore/packing.py`` has the design. Each test writes a run the way the
-run task does (its own stream at an exact seq, deltas correlated with the
+run task does (its own stream at an exact seq, events correlated with the
 session), reads it before the run ends, ends it, and compares.
 """
 
@@ -11,14 +12,21 @@ from __future__ import annotations
 import io
 import json
 import sqlite3
-import zlib
 from typing import Any
+
+import pytest
 
 from sessionstream.core.vocabulary import EventType
 from sessionstream.eventstore import merkle
 from sessionstream.eventstore.base import EventStore
 from sessionstream.eventstore.model import NewEvent, RecordedEvent
-from sessionstream.eventstore.packing import BLOCK_BITS, pack_stream, unpack
+from sessionstream.eventstore.packing import (
+    BLOCK_BITS,
+    pack_stream,
+    read_body,
+    unpack,
+    write_body,
+)
 from sessionstream.eventstore.transfer import Scope, export
 from sessionstream.eventstore.verify import verify_store
 from tests.contract.conftest import StoreFactory
@@ -26,33 +34,76 @@ from tests.contract.conftest import StoreFactory
 RUN = "run-r1"
 SESSION = "session-s1"
 META: dict[str, Any] = {"actor": {"type": "run", "id": "r1"}, "session_id": "s1"}
+#: the ids of the run's ending, one append as ``services/runlog.finish`` makes it
+ENDING_IDS = ("01900000-0000-7000-8000-0000000000e1", "01900000-0000-7000-8000-0000000000e2")
+CREATED_ID = "01900000-0000-7000-8000-0000000000c1"
+#: the rows a compacted run keeps: its first, one correlated otherwise, its terminal one
+KEPT = [EventType.RUN_CREATED, EventType.MESSAGE_SNAPSHOT, EventType.RUN_COMPLETED]
 
 
 def run_event(type_: str, **data: Any) -> NewEvent:
     return NewEvent(type_, data, META, correlation_id=SESSION)
 
 
+def ending() -> list[NewEvent]:
+    """The run's last message and its terminal event, in one append."""
+    completed = run_event(EventType.MESSAGE_COMPLETED, text="the end")
+    return [
+        NewEvent(completed.type, completed.data, META, ENDING_IDS[0], SESSION),
+        NewEvent(EventType.RUN_COMPLETED, {"output": "ok"}, META, ENDING_IDS[1], SESSION),
+    ]
+
+
+async def end_run(store: EventStore, seq: int) -> None:
+    await store.append(RUN, ending(), seq)
+    await store.append("after", [NewEvent("noise.made", {})])  # the writer has compacted
+
+
 async def write_run(store: EventStore, *, end: bool = True) -> list[str]:
-    """A run with two stretches of deltas, other streams' events between them; its chunks."""
+    """A run with two stretches of deltas, other streams' events between them, events of
+    other types (one with metadata of its own, one correlated otherwise); its chunks."""
     chunks = [f"word{i} " for i in range(40)]
     created = run_event(
         EventType.RUN_CREATED, run_id="r1", kind="turn", session_id="s1", user_id="u1"
     )
+    created = NewEvent(created.type, created.data, META, CREATED_ID, SESSION)
     seq = (await store.append(RUN, [created], 0)).version
     seq = (await store.append(RUN, [run_event(EventType.RUN_STARTED)], seq)).version
+    own = {**META, "note": "own"}
+    updated = NewEvent(
+        EventType.SKELETON_UPDATED, {"skeleton": {"hook": "h"}}, own, correlation_id=SESSION
+    )
+    seq = (await store.append(RUN, [updated], seq)).version
     for i, chunk in enumerate(chunks):
         if i == 30:
             completed = run_event(EventType.MESSAGE_COMPLETED, text="".join(chunks[:30]))
             seq = (await store.append(RUN, [completed], seq)).version
+        if i == 20:
+            progress = run_event(EventType.EXAMPLES_PROGRESS, done=1, total=2)
+            seq = (await store.append(RUN, [progress], seq)).version
+        if i == 25:  # correlated otherwise than the run's end: it stays a row
+            odd = NewEvent(EventType.MESSAGE_SNAPSHOT, {"text": "so far"}, META)
+            seq = (await store.append(RUN, [odd], seq)).version
         deltas = [run_event(EventType.MESSAGE_DELTA, text=chunk)]
         if i % 7 == 3:  # now and then two in one append, as a coalescer flushes them
             deltas.append(run_event(EventType.MESSAGE_DELTA, text=chunk.upper()))
         seq = (await store.append(RUN, deltas, seq)).version
         await store.append(f"other-{i % 3}", [NewEvent("noise.made", {"i": i})])
     if end:
-        await store.append(RUN, [run_event(EventType.RUN_COMPLETED)], seq)
-        await store.append("after", [NewEvent("noise.made", {})])  # the writer has compacted
+        await end_run(store, seq)
     return chunks
+
+
+async def run_rows(store: EventStore, backend: str) -> list[str]:
+    """The types of the run's rows left in the events table itself, in version order."""
+    sql = f"SELECT type FROM events WHERE stream_id = '{RUN}' ORDER BY version"
+    if backend == "sqlite":
+        conn = sqlite3.connect(store.path)  # type: ignore[attr-defined]
+        try:
+            return [r[0] for r in conn.execute(sql)]
+        finally:
+            conn.close()
+    return [r[0] for r in await store._reader.fetch(sql)]  # type: ignore[attr-defined]
 
 
 async def stored_deltas(store: EventStore, backend: str) -> int:
@@ -67,33 +118,68 @@ async def stored_deltas(store: EventStore, backend: str) -> int:
     return int(await store._reader.fetchval(sql))  # type: ignore[attr-defined]
 
 
+def set_text(columns: list[Any], i: int, text: str) -> None:
+    """Event ``i``'s text, in format 4's columns: a text-alone data is its length in
+    the data column and its characters in the segment's text column."""
+    data = columns[4]
+    start = sum(d for d in data[:i] if type(d) is int)
+    columns[7] = columns[7][:start] + text + columns[7][start + data[i] :]
+    data[i] = len(text)
+
+
 def edit_third_delta(body: dict[str, Any]) -> None:
-    """The third delta's text in a pack's body (format 2: ``eventstore/packcodec.py``)."""
-    assert body["format"] == 2
-    body["segments"][0][4][4][2] = "edited "
+    """The third delta's text in a pack's body (format 4: ``eventstore/packcodec.py``)."""
+    assert body["format"] == 4
+    columns = body["segments"][0][4]
+    delta = body["types"].index(EventType.MESSAGE_DELTA)
+    third = [i for i, kind in enumerate(columns[5]) if kind == delta][2]
+    set_text(columns, third, "edited ")
 
 
-async def edit_a_pack(store: EventStore, backend: str) -> None:
-    """An edit at rest: one packed chunk's text changed, the pack recompressed."""
+def edit_completed_text(body: dict[str, Any]) -> None:
+    """A packed ``message.completed``'s text."""
+    completed = body["types"].index(EventType.MESSAGE_COMPLETED)
+    for segment in body["segments"]:
+        columns = segment[4]
+        for i, kind in enumerate(columns[5]):
+            if kind == completed:
+                set_text(columns, i, "edited ")
+                return
+    raise AssertionError("no message.completed packed")
+
+
+def edit_started_type(body: dict[str, Any]) -> None:
+    """``run.started`` made another type the pack holds."""
+    columns = body["segments"][0][4]
+    started = body["types"].index(EventType.RUN_STARTED)
+    i = columns[5].index(started)
+    columns[5][i] = body["types"].index(EventType.EXAMPLES_PROGRESS)
+
+
+def edit_own_metadata(body: dict[str, Any]) -> None:
+    """The metadata kept for the one event whose metadata is not the pack's usual."""
+    ((_, metadata),) = body["segments"][0][4][6]
+    metadata["note"] = "edited"
+
+
+async def edit_a_pack(store: EventStore, backend: str, edit: Any = edit_third_delta) -> None:
+    """An edit at rest: one packed event changed, the pack recompressed."""
     if backend == "sqlite":
         conn = sqlite3.connect(store.path)  # type: ignore[attr-defined]
         row = conn.execute("SELECT id, body FROM packs ORDER BY id LIMIT 1").fetchone()
-        body = json.loads(zlib.decompress(row[1]))
-        edit_third_delta(body)
+        body = read_body(row[1])
+        edit(body)
         with conn:
-            conn.execute(
-                "UPDATE packs SET body = ? WHERE id = ?",
-                (zlib.compress(json.dumps(body).encode()), row[0]),
-            )
+            conn.execute("UPDATE packs SET body = ? WHERE id = ?", (write_body(body), row[0]))
         conn.close()
         return
     async with store._reader.require_pool().acquire() as conn:  # type: ignore[attr-defined]
         row = await conn.fetchrow("SELECT stream_id, block, body FROM packs ORDER BY block LIMIT 1")
-        body = json.loads(zlib.decompress(row["body"]))
-        edit_third_delta(body)
+        body = read_body(row["body"])
+        edit(body)
         await conn.execute(
             "UPDATE packs SET body = $1 WHERE stream_id = $2 AND block = $3",
-            zlib.compress(json.dumps(body).encode()),
+            write_body(body),
             row["stream_id"],
             row["block"],
         )
@@ -111,13 +197,21 @@ async def test_replay_after_compaction_equals_replay_before(
     before_stream = await store.read_stream(RUN)
     before_log = await store.read_all(0, limit=10_000)
     assert await stored_deltas(store, store_factory.backend) == len(text_of(before_stream))
-    seq = before_stream[-1].version
-    await store.append(RUN, [run_event(EventType.RUN_COMPLETED)], seq)
-    await store.append("after", [NewEvent("noise.made", {})])
+    assert len(await run_rows(store, store_factory.backend)) == len(before_stream)
+    await end_run(store, before_stream[-1].version)
     assert await stored_deltas(store, store_factory.backend) == 0  # packed, not rows
+    assert await run_rows(store, store_factory.backend) == KEPT  # every other event too
     after_stream = await store.read_stream(RUN)
-    assert after_stream[:-1] == before_stream  # same events, same hashes, same times
-    assert after_stream[-1].type == EventType.RUN_COMPLETED
+    assert after_stream[:-2] == before_stream  # same events, same hashes, same times
+    assert [e.type for e in after_stream[-2:]] == [
+        EventType.MESSAGE_COMPLETED,
+        EventType.RUN_COMPLETED,
+    ]
+    assert {e.type for e in after_stream} > {
+        EventType.RUN_STARTED,
+        EventType.SKELETON_UPDATED,
+        EventType.EXAMPLES_PROGRESS,
+    }
     texts = [t for _, t in text_of(after_stream)]
     assert "".join(t for t in texts if not t.isupper()) == "".join(chunks)
     after_log = await store.read_all(0, limit=10_000)
@@ -174,14 +268,37 @@ async def test_verify_catches_an_edit_to_a_compacted_run(store_factory: StoreFac
     assert problem.version is not None and problem.version >= edited.version  # its segment
 
 
+@pytest.mark.parametrize(
+    "edit", [edit_completed_text, edit_started_type, edit_own_metadata], ids=lambda f: f.__name__
+)
+async def test_verify_catches_an_edit_to_any_packed_event(
+    store_factory: StoreFactory, edit: Any
+) -> None:
+    """Not only a delta's text: another type's data, an event's type, its own metadata."""
+    store = await store_factory()
+    await write_run(store)
+    before = await store.read_stream(RUN)
+    await edit_a_pack(store, store_factory.backend, edit)
+    after = await store.read_stream(RUN)
+    said = [(e.type, e.data, e.metadata) for e in before]
+    (changed,) = [
+        e for e, was in zip(after, said, strict=True) if (e.type, e.data, e.metadata) != was
+    ]
+    report = await verify_store(store)
+    assert not report.ok
+    (problem,) = [p for p in report.problems if p.kind == "hash"]  # the run doc may differ
+    assert problem.stream_id == RUN
+    assert problem.version is not None and problem.version >= changed.version
+
+
 async def test_resume_by_seq_across_a_compaction(store_factory: StoreFactory) -> None:
     store = await store_factory()
     await write_run(store, end=False)
     before = await store.read_stream(RUN)
     positions = {e.version: e.position for e in before}
-    await store.append(RUN, [run_event(EventType.RUN_COMPLETED)], before[-1].version)
-    await store.append("after", [NewEvent("noise.made", {})])
-    for seq in (1, 5, 17, len(before) - 1):
+    await end_run(store, before[-1].version)
+    assert await run_rows(store, store_factory.backend) == KEPT
+    for seq in positions:  # packed events of every type, and the rows left
         assert await store.position_of(RUN, seq) == positions[seq]
     # a late subscriber resuming after seq 17, as the run channel does (server/tail.py)
     start = await store.position_of(RUN, 17)
@@ -195,8 +312,8 @@ async def test_resume_by_seq_across_a_compaction(store_factory: StoreFactory) ->
                 break
     finally:
         subscription.close()
-    assert [e.version for e in got] == list(range(18, len(before) + 2))
-    assert got[:-1] == before[17:]
+    assert [e.version for e in got] == list(range(18, len(before) + 3))
+    assert got[:-2] == before[17:]
 
 
 async def test_export_and_import_of_a_compacted_store(store_factory: StoreFactory) -> None:
@@ -224,9 +341,12 @@ async def test_keeping_raw_deltas_keeps_rows(store_factory: StoreFactory) -> Non
     store = await store_factory(compact_runs=False)
     await write_run(store)
     assert await stored_deltas(store, store_factory.backend) == 46
-    assert await store.compact([RUN]) == 46  # on demand, the same packing
+    stream = await store.read_stream(RUN)
+    assert await store.compact([RUN]) == len(stream) - len(KEPT)  # on demand, the same
     assert await stored_deltas(store, store_factory.backend) == 0
+    assert await run_rows(store, store_factory.backend) == KEPT
     assert await store.compact([RUN]) == 0
+    assert await store.read_stream(RUN) == stream
     assert (await verify_store(store)).ok
 
 
@@ -251,10 +371,10 @@ def test_a_pack_splits_at_block_edges_and_gives_back_every_field() -> None:
         prev = event.hash
     packs = pack_stream(events)
     assert [p.block for p in packs] == [0, 1]
-    deltas = [e for e in events if e.type == EventType.MESSAGE_DELTA]
     back = [e for p in packs for e in unpack(p.stream_id, p.correlation_id, p.body)]
-    assert sorted(back, key=lambda e: e.position) == deltas
+    assert sorted(back, key=lambda e: e.position) == events[1:-1]  # its first and end stay
     assert pack_stream(events[:-1]) == []  # not ended: nothing to pack
+    assert pack_stream(events[:3] + events[5:]) == []  # rows with gaps: packed before
 
 
 async def test_packs_written_before_their_times_were_kept_get_them_on_open(
@@ -276,8 +396,8 @@ async def test_packs_written_before_their_times_were_kept_get_them_on_open(
         conn = sqlite3.connect(path)
         times = conn.execute("SELECT first_at, last_at FROM packs").fetchall()
         conn.close()
-        deltas = [e for e in log if e.type == EventType.MESSAGE_DELTA]
-        assert times and times[0] == (deltas[0].recorded_at, deltas[-1].recorded_at)
+        packed = [e for e in log if e.stream_id == RUN and e.type not in KEPT]
+        assert times and times[0] == (packed[0].recorded_at, packed[-1].recorded_at)
     else:  # a pack without its times (migration 7 leaves them empty) is read whole
         async with store._reader.require_pool().acquire() as conn:  # type: ignore[attr-defined]
             await conn.execute("UPDATE packs SET first_at = NULL, last_at = NULL")
@@ -312,3 +432,23 @@ async def test_a_page_of_contiguous_rows_asks_no_pack_but_a_page_past_packs_does
     deltas = [e for e in whole if e.stream_id == RUN and e.type == EventType.MESSAGE_DELTA]
     assert len(deltas) == len(chunks) + sum(1 for i in range(len(chunks)) if i % 7 == 3)
     assert [e.position for e in whole] == sorted({e.position for e in whole})
+
+
+async def test_a_retried_ending_or_claim_is_answered_as_a_duplicate_after_compaction(
+    store_factory: StoreFactory,
+) -> None:
+    """The run's ending (its last message and its terminal event in one append) retried
+    after its answer was lost: the terminal event is a row, the message is packed, and
+    the retry gets both back, not a refusal. So does ``run.created`` appended again by
+    a retried ``POST .../turn`` (``services/claims.py``)."""
+    store = await store_factory()
+    await write_run(store)
+    assert await run_rows(store, store_factory.backend) == KEPT
+    stream = await store.read_stream(RUN)
+    again = await store.append(RUN, ending(), stream[-3].version)
+    assert again.duplicate and list(again.events) == stream[-2:]
+    (created,) = [e for e in stream if e.version == 1]
+    claim = NewEvent(created.type, created.data, META, CREATED_ID, SESSION)
+    repeated = await store.append(RUN, [claim], 0)
+    assert repeated.duplicate and list(repeated.events) == [created]
+    assert await store.read_stream(RUN) == stream
