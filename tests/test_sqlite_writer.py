@@ -16,10 +16,11 @@ from pathlib import Path
 from sessionstream import projections
 from sessionstream.core.errors import ValidationFailed
 from sessionstream.core.vocabulary import EventType
-from sessionstream.eventstore.model import NewEvent, record_event
+from sessionstream.eventstore.model import GENESIS_HASH, NewEvent, recompute_hash, record_event
 from sessionstream.eventstore.packing import pack_stream
 from sessionstream.eventstore.sqlite import SQLiteEventStore
 from sessionstream.eventstore.sqlite.packs import INSERT_PACK, pack_row
+from sessionstream.eventstore.sqlite.schema import HEAD_AND_CLOCK
 
 
 async def test_a_request_the_database_refuses_fails_alone(tmp_path: Path) -> None:
@@ -115,3 +116,41 @@ async def test_positions_packed_away_at_the_head_are_never_handed_out_again(
         assert [e.position for e in await store.read_all(0)] == [1, 2, 3, 4, 5, 6]
     finally:
         await store.close()
+
+
+async def test_the_writer_plans_on_what_another_connection_committed(tmp_path: Path) -> None:
+    """The writer keeps the head and the stream heads its last batch left, and reads
+    them again once anything else wrote: another store on the file, or a compaction
+    on its own connection."""
+    first = SQLiteEventStore(tmp_path / "s.db", compact_runs=False)
+    second = SQLiteEventStore(tmp_path / "s.db", compact_runs=False)
+    await first.open()
+    await second.open()
+    reads: list[str] = []
+    conn = first._writer._connection()
+    conn.set_trace_callback(lambda sql: reads.append(sql) if sql == HEAD_AND_CLOCK else None)
+    try:
+        await first.append("s", [NewEvent("x", {})], expected_version=0)
+        await first.append("s", [NewEvent("x", {})], expected_version=1)
+        assert len(reads) == 1  # the second append planned on what the first left
+        await second.append("s", [NewEvent("x", {})], expected_version=2)
+        await second.append("t", [NewEvent("x", {})], expected_version=0)
+        appended = await first.append("s", [NewEvent("x", {})], expected_version=3)
+        assert len(reads) == 2 and [e.position for e in appended.events] == [5]
+        stream = await first.read_stream("s")
+        assert [e.version for e in stream] == [1, 2, 3, 4]
+        prev = GENESIS_HASH
+        for event in stream:  # chained onto the head the other store wrote
+            assert event.hash == recompute_hash(prev, event)
+            prev = event.hash
+        deltas = [NewEvent(EventType.MESSAGE_DELTA, {"text": str(n)}) for n in range(2)]
+        await first.append("run-1", [NewEvent(EventType.RUN_CREATED, {}), *deltas])
+        await first.append("run-1", [NewEvent(EventType.RUN_COMPLETED, {})])
+        assert len(reads) == 2
+        assert await first.compact(["run-1"]) > 0  # on its own connection
+        following = await first.append("s", [NewEvent("x", {})], expected_version=4)
+        assert len(reads) == 3 and [e.position for e in following.events] == [10]
+    finally:
+        conn.set_trace_callback(None)
+        await second.close()
+        await first.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
@@ -124,3 +125,44 @@ async def test_a_version_4_files_documents_move_to_a_rowid_table(tmp_path: Path)
     assert "WITHOUT ROWID" not in sql.upper()
     assert {"docs_listing", "docs_active"} <= names
     assert version == SCHEMA_VERSION
+
+
+async def test_a_live_runs_document_is_stored_plain_and_deflated_once_it_ends(
+    tmp_path: Path,
+) -> None:
+    """A live run's document is rewritten at every delta, so it is not deflated then;
+    the run's end writes it once more, deflated, which is what a finished turn keeps."""
+    path = tmp_path / "s.db"
+    store = SQLiteEventStore(path, projections.ALL)
+    await store.open()
+
+    def run_event(type_: str, **data: str) -> NewEvent:
+        return NewEvent(type_, data, {"actor": {"type": "run", "id": "r1"}})
+
+    created = run_event(
+        EventType.RUN_CREATED, run_id="r1", kind="turn", session_id="s1", user_id="u1"
+    )
+    seq = (await store.append("run-r1", [created, run_event(EventType.RUN_STARTED)], 0)).version
+    delta = run_event(EventType.MESSAGE_DELTA, text="Hi")
+    seq = (await store.append("run-r1", [delta], seq)).version
+    live = await store.get_doc("run", "r1")
+
+    def stored() -> tuple[str, int]:
+        conn = sqlite3.connect(path)
+        try:
+            row = conn.execute("SELECT typeof(body), active FROM docs WHERE kind = 'run'")
+            kind, active = row.fetchone()
+            return str(kind), int(active)
+        finally:
+            conn.close()
+
+    try:
+        assert live is not None and live.body["status"] == "running"
+        assert len(json.dumps(live.body)) >= MIN_BYTES  # large enough to deflate
+        assert stored() == ("text", 1)
+        await store.append("run-r1", [run_event(EventType.RUN_COMPLETED)], seq)
+        assert stored() == ("blob", 0)
+        done = await store.get_doc("run", "r1")
+        assert done is not None and done.body["status"] == "completed"
+    finally:
+        await store.close()

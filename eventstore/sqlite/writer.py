@@ -22,9 +22,11 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import NamedTuple
 
 from sessionstream.core.errors import StorageUnavailable, ValidationFailed
 from sessionstream.eventstore.batch import (
+    NO_HEAD,
     BatchPlan,
     BatchPlanner,
     Decision,
@@ -155,6 +157,31 @@ def read_stored_events(conn: sqlite3.Connection, ids: Iterable[str]) -> list[Rec
     return packed_among(conn, asked, found)
 
 
+#: stream heads the writer keeps between batches (``Known``); past this many it starts over
+KNOWN_STREAMS = 4096
+
+
+class Known(NamedTuple):
+    """What the writer's last committed batch left: the log's head, its newest time and
+    the heads of the streams it looked up or wrote (``NO_HEAD``: none yet).
+
+    The next batch plans on them without reading them again while nothing else
+    wrote in between: no other connection (``PRAGMA data_version``, which moves
+    when another connection commits) and nothing else on this one (its
+    ``total_changes``: compaction, re-layout, imports, the Merkle tree). A
+    sequential append's two reads (the head and newest time, two to four
+    seeks; the stream's head) became one pragma. Dropped whenever a batch fails,
+    so a rollback never leaves a head that was not committed.
+    """
+
+    conn: sqlite3.Connection
+    data_version: int
+    changes: int
+    head: int
+    newest: str | None
+    streams: dict[str, StreamHead]
+
+
 def write_rows(
     conn: sqlite3.Connection,
     records: Sequence[RecordedEvent],
@@ -193,6 +220,8 @@ class SQLiteWriter:
         #: the write connection (``tests/test_faults.py`` swaps it to inject faults)
         self.conn: sqlite3.Connection | None = None
         self._cache = DocCache(cache_size)
+        #: what the last batch committed, for the next one to plan on (``Known``)
+        self._known: Known | None = None
 
     def _connection(self) -> sqlite3.Connection:
         if self.conn is None:
@@ -269,32 +298,65 @@ class SQLiteWriter:
 
     def _write_batch_once(self, batch: list[Pending]) -> BatchPlan:
         conn = self._connection()
+        known, self._known = self._known, None  # kept again only once this batch commits
         at = utc_now()
         conn.execute("BEGIN IMMEDIATE")
         try:
             try:
-                plan = self._write_planned(conn, batch, at)
+                plan, known = self._write_planned(conn, batch, at, known)
             except (sqlite3.IntegrityError, ValueError):
                 # the database knows what the plan did not: start over, the sure way
                 conn.execute("ROLLBACK")
                 conn.execute("BEGIN IMMEDIATE")
-                plan = self._write_each(conn, batch, at)
+                plan, known = self._write_each(conn, batch, at), None
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
         self._cache.put_all(plan.docs)
+        if known is not None:
+            self._known = known._replace(changes=conn.total_changes)
         return plan
 
+    def _facts(self, conn: sqlite3.Connection, names: Iterable[str], known: Known | None) -> Known:
+        """The head, newest time and these streams' heads, under the write lock: what the
+        last batch left when nothing else wrote since (``Known``), else read."""
+        data_version = int(conn.execute("PRAGMA data_version").fetchone()[0])
+        if (
+            known is not None
+            and known.conn is conn
+            and known.data_version == data_version
+            and known.changes == conn.total_changes
+            and len(known.streams) < KNOWN_STREAMS
+        ):
+            streams = known.streams
+            missing = [n for n in names if n not in streams]
+            head, newest = known.head, known.newest
+        else:
+            streams, missing = {}, list(names)
+            head, newest = conn.execute(HEAD_AND_CLOCK).fetchone()
+        if missing:
+            found = read_stream_heads(conn, missing)
+            for name in missing:
+                streams[name] = found.get(name, NO_HEAD)
+        return Known(conn, data_version, 0, head, newest, streams)
+
     def _planner(
-        self, conn: sqlite3.Connection, batch: list[Pending], at: str, *, optimistic: bool
-    ) -> BatchPlanner:
-        """A planner on what the transaction sees (the write lock is held)."""
-        head, newest = conn.execute(HEAD_AND_CLOCK).fetchone()
+        self,
+        conn: sqlite3.Connection,
+        batch: list[Pending],
+        at: str,
+        *,
+        optimistic: bool,
+        known: Known | None = None,
+    ) -> tuple[BatchPlanner, Known]:
+        """A planner on what the transaction sees (the write lock is held), and the facts
+        it was given."""
         # text the database cannot take is not looked up: its request is refused alone
         names = {r.stream_id for p in batch for r in p.requests}
-        streams = read_stream_heads(conn, filter(storable, names))
+        facts = self._facts(conn, filter(storable, names), known)
+        head, newest, streams = facts.head, facts.newest, facts.streams
         stored: dict[str, RecordedEvent] = {}
         if not optimistic:
             ids = {e.event_id for p in batch for r in p.requests for e in r.events}
@@ -303,9 +365,9 @@ class SQLiteWriter:
         def last_snapshot(stream_id: str, kind: str) -> int:
             return int(conn.execute(LAST_SNAPSHOT, (stream_id, kind)).fetchone()[0])
 
-        return BatchPlanner(
+        planner = BatchPlanner(
             head,
-            streams,
+            streams,  # only read: ``facts`` learns the batch's heads once it is planned
             stored,
             at=stamp(at, newest),
             optimistic=optimistic,
@@ -314,6 +376,7 @@ class SQLiteWriter:
             snapshot_every=self.snapshot_every,
             last_snapshot=last_snapshot,
         )
+        return planner, facts
 
     @staticmethod
     def _decide(conn: sqlite3.Connection, planner: BatchPlanner, pending: Pending) -> Decision:
@@ -323,9 +386,12 @@ class SQLiteWriter:
             except Unknown as unknown:  # only event ids: documents are read as folded
                 planner.learn(unknown.ident, read_stored_events(conn, unknown.ident))
 
-    def _write_planned(self, conn: sqlite3.Connection, batch: list[Pending], at: str) -> BatchPlan:
-        """The fast path: decide the whole batch, then write it at once."""
-        planner = self._planner(conn, batch, at, optimistic=True)
+    def _write_planned(
+        self, conn: sqlite3.Connection, batch: list[Pending], at: str, known: Known | None
+    ) -> tuple[BatchPlan, Known]:
+        """The fast path: decide the whole batch, then write it at once; returns the plan
+        and the facts it leaves (valid once it commits)."""
+        planner, facts = self._planner(conn, batch, at, optimistic=True, known=known)
         decide, accept = planner.decide, planner.accept
         for pending in batch:
             try:
@@ -335,11 +401,14 @@ class SQLiteWriter:
             accept(decision)
         plan = planner.plan()
         write_rows(conn, plan.records, plan.streams, plan.docs, plan.snapshots)
-        return plan
+        if not plan.records:
+            return plan, facts
+        facts.streams.update(plan.streams)
+        return plan, facts._replace(head=plan.head, newest=plan.records[-1].recorded_at)
 
     def _write_each(self, conn: sqlite3.Connection, batch: list[Pending], at: str) -> BatchPlan:
         """The sure path: ids looked up first; each group written in its own savepoint."""
-        planner = self._planner(conn, batch, at, optimistic=False)
+        planner, _ = self._planner(conn, batch, at, optimistic=False)
         for pending in batch:
             decision = self._decide(conn, planner, pending)
             if not decision.refused and decision.records:
