@@ -137,6 +137,11 @@ class EventStore(ABC):
         Callers import into an empty store in chunks, in order.
         """
 
+    async def imported(self) -> None:
+        """An import's last chunk is in (``transfer.import_into``): what a backend does
+        once for the whole import. Nothing, unless it says otherwise."""
+        return None
+
     # reads ----------------------------------------------------------------
     @abstractmethod
     async def read_stream(

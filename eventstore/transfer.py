@@ -265,4 +265,5 @@ async def import_into(
     if batch:
         await store.import_events(batch)
         count += len(batch)
+    await store.imported()
     return count
