@@ -240,3 +240,32 @@ async def test_appends_without_runs_are_not_relaid(tmp_path: Path) -> None:
     finally:
         await store.close()
     assert cursor_of(str(tmp_path / "plain.db")) == 0
+
+
+async def test_relayout_stops_short_of_any_event_a_live_run_will_pack(
+    tmp_path: Path, small_steps: None
+) -> None:
+    """A run's every event but its first leaves the table once it ends (whole runs are
+    packed), not only its deltas: a live run's ``run.started`` holds the cursor too,
+    however many rows come before its first delta."""
+    store = SQLiteEventStore(tmp_path / "started.db")
+    await store.open()
+    try:
+        seqs = await write_runs(store, range(1, RUNS))
+        created = run_event(0, EventType.RUN_CREATED, run_id="r0", kind="turn")
+        seq = (await store.append("run-r0", [created], 0)).version
+        started = await store.append("run-r0", [run_event(0, EventType.RUN_STARTED)], seq)
+        for i in range(200):  # a long wait for the engine's first token
+            note = NewEvent("note.kept", {"i": i, "text": TEXT}, {"actor": {"type": "system"}})
+            await store.append("session-s0", [note])
+        delta = run_event(0, EventType.MESSAGE_DELTA, text="w ")
+        seq = (await store.append("run-r0", [delta], started.version)).version
+        await end_runs(store, seqs)
+        await relay_all(store)
+        assert cursor_of(store.path) < started.events[0].position
+        await end_runs(store, {0: seq})
+        assert await relay_all(store) > 0
+        assert cursor_of(store.path) > started.events[0].position
+        assert (await verify_store(store)).ok
+    finally:
+        await store.close()
