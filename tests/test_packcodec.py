@@ -14,7 +14,14 @@ from typing import Any
 from sessionstream.core.ids import Uuid7Sequence, uuid7
 from sessionstream.eventstore import packcodec
 from sessionstream.eventstore.model import GENESIS_HASH, NewEvent, RecordedEvent, record_event
-from sessionstream.eventstore.packing import FORMAT, pack_stream, read_body, times_of, unpack
+from sessionstream.eventstore.packing import (
+    FORMAT,
+    _split_text,
+    pack_stream,
+    read_body,
+    times_of,
+    unpack,
+)
 
 RUN = "run-r1"
 META: dict[str, Any] = {"actor": {"type": "run", "id": "r1"}, "session_id": "s1"}
@@ -90,15 +97,7 @@ def as_format_3(body: bytes) -> bytes:
     whole, deflated without a dictionary."""
     obj = read_body(body)
     for segment in obj["segments"]:
-        columns = segment[4]
-        text, at, data = columns.pop(), 0, []
-        for spelled in columns[4]:
-            if type(spelled) is int:
-                data.append(text[at : at + spelled])
-                at += spelled
-            else:
-                data.append(spelled)
-        columns[4] = data
+        segment[4] = _split_text(segment[4])[:7]  # without format 4's joined text column
     obj["format"], obj["metadata"] = 3, META
     del obj["refs"]
     return zlib.compress(json.dumps(obj, separators=(",", ":")).encode(), 6)
