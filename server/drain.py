@@ -18,7 +18,6 @@ never gets here).
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Awaitable, Callable
 
 #: how often a blocked sender looks at its client's backlog (slow clients only)
@@ -93,42 +92,3 @@ async def written(
     finally:
         if not task.done():
             task.cancel()
-
-
-def socket_fd(transport: asyncio.BaseTransport) -> int:
-    """The socket a frame may be written to directly (``send_frame``), or -1.
-
-    Only a plain socket qualifies: a TLS transport encrypts what it is given,
-    so its socket must never see a frame's bytes.
-    """
-    if transport.get_extra_info("sslcontext") is not None:
-        return -1
-    sock = transport.get_extra_info("socket")
-    try:
-        return int(sock.fileno()) if sock is not None else -1
-    except (AttributeError, OSError, ValueError):
-        return -1
-
-
-def send_frame(transport: asyncio.WriteTransport, fd: int, wire: bytes) -> None:
-    """``transport.write(wire)``, with the system call made outside the GIL when it can be.
-
-    uvloop's transports write with the GIL held, and on loopback a send also
-    runs the receiving side's TCP path: at a run's ten subscribers that was a
-    third of the event loop's CPU, during which the writer thread (planning
-    the next batch) could not run. ``os.write`` releases the GIL for the
-    system call. It is only used when the transport holds nothing, so bytes
-    stay in order; whatever the socket does not take (a full buffer, an
-    error) goes to the transport, which queues it or reports the error as it
-    always did.
-    """
-    if fd >= 0 and not transport.get_write_buffer_size():
-        try:
-            sent = os.write(fd, wire)
-        except OSError:
-            sent = 0  # EAGAIN, or an error the transport reports on its own write
-        if sent == len(wire):
-            return
-        if sent:
-            wire = wire[sent:]
-    transport.write(wire)

@@ -18,7 +18,6 @@ from sessionstream.core.vocabulary import RUN_PREFIX, TERMINAL
 from sessionstream.eventstore.base import EventStore
 from sessionstream.eventstore.hub import LIVE
 from sessionstream.eventstore.model import RecordedEvent
-from sessionstream.server.drain import send_frame
 from sessionstream.server.frames import FrameCache
 from sessionstream.server.realtime_stats import RealtimeStats
 from sessionstream.server.tail import Connection
@@ -108,7 +107,7 @@ class Fanout:
             elif conn.cursor >= event.position:
                 continue  # joined ahead of this fanout: it already has this event
             else:
-                send_frame(transport, conn.fd, wire)
+                transport.write(wire)
                 stats.frames_sent += 1
                 conn.cursor = event.position
                 if end is not None:

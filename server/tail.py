@@ -165,7 +165,6 @@ class Connection:
         "cursor",
         "end",
         "fanout",
-        "fd",
         "high",
         "released",
         "subscription",
@@ -181,8 +180,6 @@ class Connection:
         self.fanout: Fanout | None = None
         self.released: asyncio.Future[tuple[int, str] | None] | None = None
         self.transport: asyncio.Transport | None = None
-        #: its socket for ``send_frame``, -1 to write through the transport only
-        self.fd = -1
         self.ws: web.WebSocketResponse | None = None
         self.high = 0
 

@@ -39,7 +39,7 @@ from multidict import CIMultiDict
 from sessionstream.core.errors import RateLimited, SessionStreamError
 from sessionstream.core.vocabulary import TERMINAL
 from sessionstream.server.admission import ShuttingDown
-from sessionstream.server.drain import drained, flushed, send_frame, socket_fd
+from sessionstream.server.drain import drained, flushed
 from sessionstream.server.fanout import DETACHED, RUN_END, join_when_caught_up
 from sessionstream.server.frames import dumps, ws_text_frame
 from sessionstream.server.tail import GONE, Connection, Resync
@@ -185,7 +185,6 @@ async def _send_frames(
         return None
     conn.transport, conn.ws = transport, ws
     conn.high = transport.get_write_buffer_limits()[1]
-    conn.fd = socket_fd(transport)
     if channel.snapshot is not None:
         transport.write(ws_text_frame(channel.snapshot.encode()))
         rt.stats.frames_sent += 1
@@ -223,7 +222,7 @@ async def _send_own(rt: Realtime, conn: Connection, transport: asyncio.Transport
     async for event in conn.subscription:
         if ws.closed or transport.is_closing():
             return None  # the client is closing: nothing may follow its close frame
-        send_frame(transport, conn.fd, frames.wire(event))
+        transport.write(frames.wire(event))
         stats.frames_sent += 1
         conn.cursor = event.position
         ended = is_run and event.type in TERMINAL
