@@ -334,7 +334,8 @@ def row_bytes(e: RecordedEvent) -> int:
 
 
 def storage(db: str, runs: Sequence[str]) -> dict[str, float]:
-    """Per reply: deltas, their bytes as rows (before compaction) and packed (after)."""
+    """Per reply: its deltas, and the bytes of the events packed with them, as rows
+    (before compaction) and as packs (after)."""
     from sessionstream.eventstore.packing import unpack
 
     conn = sqlite3.connect(db)
@@ -351,11 +352,14 @@ def storage(db: str, runs: Sequence[str]) -> dict[str, float]:
         ).fetchone()
     finally:
         conn.close()
-    deltas = [e for stream_id, corr, body in packs for e in unpack(stream_id, corr, bytes(body))]
+    # a finished run is packed whole (its deltas and the events between them), so the
+    # pack is weighed against the rows of everything it replaced, and the deltas counted
+    packed = [e for stream_id, corr, body in packs for e in unpack(stream_id, corr, bytes(body))]
+    deltas = [e for e in packed if e.type == "message.delta"]
     replies = max(1, len(runs))
     return {
         "deltas_per_reply": len(deltas) / replies,
-        "bytes_before_compaction": sum(row_bytes(e) for e in deltas) / replies,
+        "bytes_before_compaction": sum(row_bytes(e) for e in packed) / replies,
         "bytes_after_compaction": sum(len(body) for _, _, body in packs) / replies,
         "delta_rows_left": float(rows_left),
     }
@@ -653,7 +657,7 @@ TOKEN_HEADERS = (
     "met",
     "p99 by stage: " + " / ".join(STAGES),
     "deltas/reply",
-    "delta bytes/reply rows / packed",
+    "run bytes/reply rows / packed",
     "server CPU/token",
     "cores: " + " / ".join(CORES),
     "load",
