@@ -197,9 +197,9 @@ def doc_text(doc: Doc) -> str | bytes:
     A live run's document is written again at every token delta, thousands
     of times a second under load, and deflating it (a compressor primed with
     the preset dictionary, ~9 µs) was a fifth of the writer's CPU per delta.
-    Only the last version stays, and the event
-    that ends the run (or the session's turn) writes the document once more,
-    no longer active, so what a finished turn keeps is deflated as before.
+    Only the last version stays, and the event that ends the run (or the
+    session's turn) writes the document once more, no longer active, so what
+    a finished turn keeps is deflated as before.
     """
     body = _dumps(doc.body)
     return body if doc.index.active else encode(body, level=DOC_LEVEL)
