@@ -13,16 +13,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 from sessionstream.eventstore.model import RecordedEvent, StoredEvent, canonical_json
-from sessionstream.eventstore.packing import (
-    NO_BOUND,
-    may_hold_packs,
+from sessionstream.eventstore.packing import NO_BOUND, may_hold_packs, times_of, unpack_all
+from sessionstream.eventstore.packmerge import (
     merge_by_stream,
     merge_page,
     merge_stream,
     page_bound,
     stream_bound,
-    times_of,
-    unpack_all,
 )
 
 #: ``(stream_id, correlation_id, body)``

@@ -27,9 +27,9 @@ Nothing of what the log says changes, because a pack is read back as exactly
 the events it replaced: the same positions, versions, ids, times, types, data
 and metadata, and the same hashes (``unpack``). The backends' ``read_all``,
 ``read_stream``, ``position_of``, the Merkle tree's leaves and ``rebuild``
-merge packs with the stored rows (the functions at the bottom), so replay,
-resume by ``seq``, ``as_of``, export and the signed checkpoints see the log as
-it was appended. Positions are never reused, so the Merkle tree and every
+merge packs with the stored rows (by the rules of ``eventstore/packmerge.py``),
+so replay, resume by ``seq``, ``as_of``, export and the signed checkpoints see
+the log as it was appended. Positions are never reused, so the Merkle tree and every
 checkpoint signed before a compaction still verify after it.
 
 Hashes are recomputed from the packed content, with two anchors stored
@@ -396,113 +396,6 @@ def times_of(
     return found
 
 
-# merging packs into reads ---------------------------------------------------------------
-
-
-def page_bound(
-    stored: Sequence[RecordedEvent],
-    after: int,
-    limit: int,
-    keys: frozenset[str] | None,
-    to_position: int | None,
-) -> int:
-    """The highest position a ``read_all`` page may hold, given its stored rows.
-
-    The page is the first ``limit`` events after ``after`` of stored rows and
-    packs together. Stored rows beyond a full page's last one are not known,
-    so the page ends there. Without ``keys`` the log is gapless where packs
-    are (they come from appends), so the first ``limit`` events lie within
-    ``limit`` positions unless stored rows say otherwise: that bounds how many
-    packs one page unpacks.
-    """
-    bound = NO_BOUND if to_position is None else to_position
-    if len(stored) >= limit:
-        bound = min(bound, stored[-1].position)
-    if keys is None and stored:
-        bound = min(bound, max(after + limit, stored[0].position))
-    return bound
-
-
-def merge_page(
-    stored: Sequence[RecordedEvent],
-    packed: Iterable[RecordedEvent],
-    *,
-    after: int,
-    bound: int,
-    limit: int,
-    keys: frozenset[str] | None,
-) -> list[RecordedEvent]:
-    """Stored rows and unpacked events of one page, in position order, each once.
-
-    A compaction that commits between the two reads shows its deltas in both;
-    positions are unique, so the copy is dropped.
-    """
-    by_position = {e.position: e for e in stored if e.position <= bound}
-    for e in packed:
-        if after < e.position <= bound and (
-            keys is None or e.stream_id in keys or e.correlation_id in keys
-        ):
-            by_position.setdefault(e.position, e)
-    return [by_position[p] for p in sorted(by_position)][:limit]
-
-
-def merge_stream(
-    stored: Sequence[RecordedEvent],
-    packed: Iterable[RecordedEvent],
-    *,
-    after_version: int,
-    limit: int | None,
-    to_position: int | None,
-) -> list[RecordedEvent]:
-    """A ``read_stream`` answer from one stream's stored rows and its unpacked events."""
-    bound = NO_BOUND
-    if limit is not None and len(stored) >= limit:
-        bound = stored[-1].version
-    by_version = {e.version: e for e in stored}
-    for e in packed:
-        if after_version < e.version <= bound and (
-            to_position is None or e.position <= to_position
-        ):
-            by_version.setdefault(e.version, e)
-    merged = [by_version[v] for v in sorted(by_version)]
-    return merged if limit is None else merged[:limit]
-
-
 def unpack_all(rows: Iterable[tuple[str, str | None, bytes]]) -> list[RecordedEvent]:
     """Every event of ``(stream_id, correlation_id, body)`` pack rows."""
     return [e for stream_id, corr, body in rows for e in unpack(stream_id, corr, bytes(body))]
-
-
-def stream_bound(
-    stored: Sequence[RecordedEvent], mark: tuple[str, int], full: bool
-) -> tuple[str, int]:
-    """The last ``(stream_id, version)`` a stream-ordered page holds, packed deltas included.
-
-    A full page ends at its last row: what follows is the next page's. One that
-    is not full is the end of what was asked for, so it takes the rest of its
-    last stream too: deltas after that stream's last row up to ``to_position``
-    (their terminal event lies beyond it).
-    """
-    if not stored:
-        return (mark[0], NO_BOUND)
-    last = stored[-1]
-    return (last.stream_id, last.version if full else NO_BOUND)
-
-
-def merge_by_stream(
-    stored: Sequence[RecordedEvent],
-    packed: Iterable[RecordedEvent],
-    mark: tuple[str, int],
-    bound: tuple[str, int],
-    to_position: int | None = None,
-) -> list[RecordedEvent]:
-    """A page of the log in ``(stream_id, version)`` order (``read_by_stream``, a
-    rebuild's) with the packed deltas inside it: after ``mark``, up to ``bound``
-    (:func:`stream_bound`), at or before ``to_position``. ``packed`` must hold the
-    packs of every stream from ``mark``'s to ``bound``'s."""
-    keyed = {(e.stream_id, e.version): e for e in stored}
-    for e in packed:
-        key = (e.stream_id, e.version)
-        if mark < key <= bound and (to_position is None or e.position <= to_position):
-            keyed.setdefault(key, e)
-    return [keyed[k] for k in sorted(keyed)]

@@ -393,14 +393,28 @@ async def test_a_rebuild_folds_what_spans_streams_in_log_order_holding_no_events
         assert await store.scan_docs(kind, limit=100) == docs
 
 
+def queries_sent(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, tuple[Any, ...]]]:
+    """Every query the PostgreSQL reader fetches from now on, with its arguments, so a
+    test can ask the planner how it ran each one."""
+    from sessionstream.eventstore.postgres import reader
+
+    sent: list[tuple[str, tuple[Any, ...]]] = []
+    fetch = reader.PostgresReader.fetch
+
+    async def spy(self: Any, query: str, *args: Any) -> list[Any]:
+        sent.append((query, args))
+        return await fetch(self, query, *args)
+
+    monkeypatch.setattr(reader.PostgresReader, "fetch", spy)
+    return sent
+
+
 async def test_a_page_of_a_long_list_reads_its_page_not_the_list(
     nodes: StoreFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The listing index is in the order a list is read, so a page's plan stops after
     the page: no sort of every document of the campaign under its limit (what the
     default NULLS LAST order made of ``ORDER BY created_at NULLS FIRST``)."""
-    from sessionstream.eventstore.postgres import reader
-
     store = await nodes()
     async with store._reader.connection() as conn:
         await conn.execute(
@@ -410,14 +424,7 @@ async def test_a_page_of_a_long_list_reads_its_page_not_the_list(
             "1, n, '{}' FROM generate_series(1, 3000) AS n"
         )
         await conn.execute("ANALYZE docs")
-    sent: list[tuple[str, tuple[Any, ...]]] = []
-    fetch = reader.PostgresReader.fetch
-
-    async def spy(self: Any, query: str, *args: Any) -> list[Any]:
-        sent.append((query, args))
-        return await fetch(self, query, *args)
-
-    monkeypatch.setattr(reader.PostgresReader, "fetch", spy)
+    sent = queries_sent(monkeypatch)
     first = await store.list_docs("session", owner="u", parent="c", limit=51, max_bytes=1 << 20)
     assert [d.key for d in first[:3]] == ["k00100", "k00200", "k00300"]  # NULLs first
     mark = (first[-1].index.created_at or "", first[-1].key)
@@ -441,8 +448,6 @@ async def test_a_read_by_keys_finds_its_rows_by_the_keys_even_with_a_generic_pla
     run PostgreSQL may plan it once for any parameters: it guessed a sliver of the log
     between ``after`` and the bound and walked the primary key from ``after``, filtering
     every later event, which grows with the log (61 ms at 10^6 events)."""
-    from sessionstream.eventstore.postgres import reader
-
     store = await nodes()
     async with store._reader.connection() as conn:
         await conn.execute(
@@ -452,14 +457,7 @@ async def test_a_read_by_keys_finds_its_rows_by_the_keys_even_with_a_generic_pla
             "FROM generate_series(1, 40000) AS n"
         )
         await conn.execute("ANALYZE events")
-    sent: list[tuple[str, tuple[Any, ...]]] = []
-    fetch = reader.PostgresReader.fetch
-
-    async def spy(self: Any, query: str, *args: Any) -> list[Any]:
-        sent.append((query, args))
-        return await fetch(self, query, *args)
-
-    monkeypatch.setattr(reader.PostgresReader, "fetch", spy)
+    sent = queries_sent(monkeypatch)
     keys = frozenset({"s-7", "c-7"})
     page = await store._reader.read_page(
         100, max_rows=500, max_bytes=1 << 20, keys=keys, to_position=40000

@@ -19,12 +19,11 @@ from sessionstream.eventstore.packing import (
     NO_BOUND,
     block_of,
     may_hold_packs,
-    merge_by_stream,
     pack_stream,
     packed_of,
-    stream_bound,
     unpack_all,
 )
+from sessionstream.eventstore.packmerge import merge_by_stream, stream_bound
 from sessionstream.eventstore.postgres.schema import EVENT_COLUMNS, POSITION_AT
 
 PACK_ROW = "stream_id, correlation_id, body"

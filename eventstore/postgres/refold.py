@@ -14,7 +14,8 @@ from collections.abc import Sequence
 import asyncpg
 
 from sessionstream.eventstore.model import Doc, RecordedEvent, row_to_event
-from sessionstream.eventstore.packing import merge_page, page_bound, unpack_all
+from sessionstream.eventstore.packing import unpack_all
+from sessionstream.eventstore.packmerge import merge_page, page_bound
 from sessionstream.eventstore.postgres import schema as sql
 from sessionstream.eventstore.postgres.packs import PAGE as LOG_PAGE
 from sessionstream.eventstore.postgres.packs import packs_between, with_packs

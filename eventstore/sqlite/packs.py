@@ -17,13 +17,12 @@ from sessionstream.eventstore.packing import (
     Pack,
     block_of,
     may_hold_packs,
-    merge_by_stream,
     pack_stream,
     packed_of,
-    stream_bound,
     times_of,
     unpack_all,
 )
+from sessionstream.eventstore.packmerge import merge_by_stream, stream_bound
 from sessionstream.eventstore.sqlite.schema import EVENT_COLUMNS, POSITION_AT
 
 PACK_ROW = "stream_id, correlation_id, body"

@@ -44,7 +44,8 @@ from sessionstream.eventstore.model import (
     row_to_event,
     utc_now,
 )
-from sessionstream.eventstore.packing import merge_page, page_bound, unpack_all
+from sessionstream.eventstore.packing import unpack_all
+from sessionstream.eventstore.packmerge import merge_page, page_bound
 from sessionstream.eventstore.projector import Projection, Refold, StreamFold, per_stream
 from sessionstream.eventstore.snapshots import Snapshot
 from sessionstream.eventstore.sqlite import relayout
