@@ -11,16 +11,29 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
 
 from sessionstream import projections
 from sessionstream.core.errors import ValidationFailed
 from sessionstream.core.vocabulary import EventType
-from sessionstream.eventstore.model import GENESIS_HASH, NewEvent, recompute_hash, record_event
+from sessionstream.eventstore.model import (
+    GENESIS_HASH,
+    Doc,
+    NewEvent,
+    recompute_hash,
+    record_event,
+)
 from sessionstream.eventstore.packing import pack_stream
 from sessionstream.eventstore.sqlite import SQLiteEventStore
+from sessionstream.eventstore.sqlite.cache import DocCache
 from sessionstream.eventstore.sqlite.packs import INSERT_PACK, pack_row
 from sessionstream.eventstore.sqlite.schema import HEAD_AND_CLOCK
+
+T = TypeVar("T")
 
 
 async def test_a_request_the_database_refuses_fails_alone(tmp_path: Path) -> None:
@@ -154,3 +167,86 @@ async def test_the_writer_plans_on_what_another_connection_committed(tmp_path: P
         conn.set_trace_callback(None)
         await second.close()
         await first.close()
+
+
+async def test_a_read_after_a_commit_never_gets_the_cached_document_it_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A subscriber catching up reads the file, not the hub, so it can see a commit before
+    the event loop has put the batch's documents in its read cache; the document its
+    client asks for next must be the committed one, not the cached one it replaced."""
+    store = SQLiteEventStore(tmp_path / "c.db", projections.ALL)
+    await store.open()
+    gate = asyncio.Event()
+    try:
+        sid = "0f8fad5b-d9cb-469f-a165-70867728950e"
+        stream = f"session-{sid}"
+        created = {"id": sid, "user_id": "u1", "campaign_id": "c1", "node_id": "n1"}
+        claimed = {"run_id": "run_a", "kind": "turn", "task_status": "chat_processing"}
+        await store.append(
+            stream, [NewEvent("session.created", created), NewEvent("run.claimed", claimed)]
+        )
+        busy = await store.get_doc("session", sid)  # now in the read cache
+        assert busy is not None and busy.body["row"]["task_status"] == "chat_processing"
+
+        in_writer = store._in_writer
+
+        async def late(fn: Callable[..., T], *args: Any) -> T:
+            """The batch is committed, but the loop hears of it only once the gate opens."""
+            out = await in_writer(fn, *args)
+            if fn == store._writer.write_batch:
+                await gate.wait()
+            return out
+
+        monkeypatch.setattr(store, "_in_writer", late)
+        released = {"run_id": "run_a", "outcome": "run.failed"}
+        appending = asyncio.ensure_future(
+            store.append(stream, [NewEvent("run.released", released)], expected_version=2)
+        )
+        file = sqlite3.connect(store.path)
+        try:
+            for _ in range(500):  # what another reader of the file sees: the commit
+                (version,) = file.execute(
+                    "SELECT MAX(version) FROM events WHERE stream_id = ?", (stream,)
+                ).fetchone()
+                if version == 3:
+                    break
+                await asyncio.sleep(0.01)
+            assert version == 3
+        finally:
+            file.close()
+        assert not appending.done()
+        now = await store.get_doc("session", sid)
+        assert now is not None and now.body["row"]["task_status"] is None
+        assert now.version == 3
+        gate.set()
+        await appending
+        assert await store.get_doc("session", sid) == now  # and cached again
+        assert ("session", sid) in store._reader.cache
+    finally:
+        gate.set()  # a failed assertion must not leave the writer waiting
+        await store.close()
+
+
+def test_a_document_read_while_a_batch_commits_is_not_cached() -> None:
+    """The rules ``get_doc`` relies on, one at a time: a read that began before a batch
+    started committing, or of a document the batch holds, may be of the version the
+    commit replaced; the batch's own version is cached once the loop has it."""
+    cache = DocCache(8)
+    old, new = (Doc("session", "s1", {"v": v}, v, v) for v in (1, 2))
+    epoch = cache.epoch
+    cache.hold([("session", "s1")])  # the writer thread, before its COMMIT
+    cache.put_read(old, epoch)  # read before the hold
+    assert ("session", "s1") not in cache
+    cache.put_read(old, cache.epoch)  # read after it, while the batch holds the document
+    assert ("session", "s1") not in cache
+    cache.put_all([new])  # the loop has the batch
+    cache.release()
+    assert cache[("session", "s1")] == new
+    cache.put_read(old, cache.epoch)  # a slower reader never overwrites a newer write
+    assert cache[("session", "s1")] == new
+    cache.hold([("session", "s1")])
+    assert ("session", "s1") not in cache  # held: read from the file until released
+    cache.release()
+    cache.put_read(new, cache.epoch)
+    assert cache[("session", "s1")] == new

@@ -243,13 +243,14 @@ class SQLiteReader:
         cached = self.cache.get((kind, key))
         if cached is not None:
             return cached
+        epoch = self.cache.epoch
         rows = await self._fetchall(
             f"SELECT {DOC_COLUMNS} FROM docs WHERE kind = ? AND key = ?", (kind, key)
         )
         if not rows:
             return None
         doc = row_to_doc(rows[0])
-        self.cache.put(doc)
+        self.cache.put_read(doc, epoch)
         return doc
 
     async def list_docs(

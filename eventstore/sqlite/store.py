@@ -115,6 +115,7 @@ class SQLiteEventStore(PackedReads, DelegatedReads, EventStore):
             cache_size=cache_size,
         )
         self._reader = SQLiteReader(self.path, connections=readers, cache_size=cache_size)
+        self._writer.before_commit = self._reader.cache.hold
         #: the packs beside the log, read on the readers' connections
         self.packs = SQLitePacks(self._reader.rows)
         self.tree = SQLiteTree(lambda fn: self._in_writer(fn, self._writer._connection()))
@@ -277,6 +278,7 @@ class SQLiteEventStore(PackedReads, DelegatedReads, EventStore):
             try:
                 plan = await self._in_writer(self._writer.write_batch, batch)
             except BaseException as exc:  # never leave a caller waiting
+                self._reader.cache.release()  # nothing of it committed, or the file has it
                 commits.fail(
                     batch,
                     exc
@@ -289,7 +291,10 @@ class SQLiteEventStore(PackedReads, DelegatedReads, EventStore):
                     raise
                 continue
             self._unanswered = (batch, plan.outcomes)
-            self._reader.cache.put_all(plan.docs)
+            try:
+                self._reader.cache.put_all(plan.docs)
+            finally:
+                self._reader.cache.release()  # the batch's documents are cached again
             self._unanswered = None
             commits.answer(batch, plan.outcomes)
             self.hub.publish(plan.records)  # the batch's new events, in position order

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import NamedTuple
 
 from sessionstream.core.errors import StorageUnavailable, ValidationFailed
@@ -223,6 +223,9 @@ class SQLiteWriter:
         self._cache = DocCache(cache_size)
         #: what the last batch committed, for the next one to plan on (``Known``)
         self._known: Known | None = None
+        #: told the documents a batch rewrites just before it commits (the store's read
+        #: cache holds them: ``cache.py`` says why)
+        self.before_commit: Callable[[list[tuple[str, str]]], None] | None = None
 
     def _connection(self) -> sqlite3.Connection:
         if self.conn is None:
@@ -310,6 +313,8 @@ class SQLiteWriter:
                 conn.execute("ROLLBACK")
                 conn.execute("BEGIN IMMEDIATE")
                 plan, known = self._write_each(conn, batch, at), None
+            if self.before_commit is not None:
+                self.before_commit([(doc.kind, doc.key) for doc in plan.docs])
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
