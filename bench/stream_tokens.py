@@ -248,6 +248,10 @@ class GcTime:
 
 
 def server_main(pipe: Connection, provider: str, base_url: str) -> None:
+    # a slower machine, emulated: the server alone joins a CPU-capped cgroup (v1 ``cpu``
+    # controller: ``cfs_quota_us`` of ``cfs_period_us``) that the caller set up
+    if cgroup := os.environ.get("BENCH_SERVER_CGROUP"):
+        Path(cgroup, "cgroup.procs").write_text(str(os.getpid()))
     install_uvloop()
     raise_fd_limit()
     asyncio.run(_serve(pipe, provider, base_url))
@@ -335,7 +339,9 @@ def row_bytes(e: RecordedEvent) -> int:
 
 def storage(db: str, runs: Sequence[str]) -> dict[str, float]:
     """Per reply: its deltas, and the bytes of the events packed with them, as rows
-    (before compaction) and as packs (after)."""
+    (before compaction) and as packs (after); and what the run's stream keeps in all
+    (its packs and the rows left beside them), which a change to what is packed
+    cannot move from one column to the other."""
     from sessionstream.eventstore.packing import unpack
 
     conn = sqlite3.connect(db)
@@ -350,6 +356,13 @@ def storage(db: str, runs: Sequence[str]) -> dict[str, float]:
             f"SELECT COUNT(*) FROM events WHERE type = 'message.delta' AND stream_id IN ({marks})",
             streams,
         ).fetchone()
+        # counted as ``row_bytes`` counts a row
+        (kept_rows,) = conn.execute(
+            "SELECT COALESCE(SUM(LENGTH(stream_id) + LENGTH(event_id) + LENGTH(type)"
+            " + LENGTH(data) + LENGTH(metadata) + COALESCE(LENGTH(correlation_id), 0)"
+            f" + LENGTH(recorded_at) + LENGTH(hash)), 0) FROM events WHERE stream_id IN ({marks})",
+            streams,
+        ).fetchone()
     finally:
         conn.close()
     # a finished run is packed whole (its deltas and the events between them), so the
@@ -361,6 +374,7 @@ def storage(db: str, runs: Sequence[str]) -> dict[str, float]:
         "deltas_per_reply": len(deltas) / replies,
         "bytes_before_compaction": sum(row_bytes(e) for e in packed) / replies,
         "bytes_after_compaction": sum(len(body) for _, _, body in packs) / replies,
+        "run_bytes_kept": (sum(len(body) for _, _, body in packs) + kept_rows) / replies,
         "delta_rows_left": float(rows_left),
     }
 
@@ -640,7 +654,8 @@ def run_tokens(
                     stages,
                     f"{median['deltas_per_reply']:.0f}",
                     f"{median['bytes_before_compaction']:,.0f} / "
-                    f"{median['bytes_after_compaction']:,.0f}",
+                    f"{median['bytes_after_compaction']:,.0f} / "
+                    f"{median.get('run_bytes_kept', 0.0):,.0f}",
                     f"{median['server_cpu_us_per_token']:.0f} us",
                     " / ".join(f"{median.get(f'cores_{n}', 0.0):.2f}" for n in CORES),
                     f"{median['load_average']:.1f}",
@@ -657,7 +672,7 @@ TOKEN_HEADERS = (
     "met",
     "p99 by stage: " + " / ".join(STAGES),
     "deltas/reply",
-    "run bytes/reply rows / packed",
+    "run bytes/reply rows / packed / kept",
     "server CPU/token",
     "cores: " + " / ".join(CORES),
     "load",
