@@ -202,8 +202,8 @@ class Settings(StorageSettings, BaseSettings):
     keep_raw_deltas: bool = Field(
         default=False,
         description="Keep a finished run's events as rows of the log. By default all but "
-        "its first and its terminal one are packed into one compressed row per run once it "
-        "ends, read back as the same events (see docs/explanation/scale.md).",
+        "its terminal one are packed into one compressed row per run once it ends, read "
+        "back as the same events (see docs/explanation/scale.md).",
     )
     max_pending_appends: int = Field(
         default=10_000,

@@ -5,23 +5,28 @@ four indexes, and a chat turn makes about a hundred of them; the run's other
 events (``run.started``, ``message.completed``, the ``.updated`` twins,
 progress) are rows of a few hundred bytes each with the same four index
 entries. Once a run has ended (its stream holds a terminal event, so nothing
-more is appended to it), it is *compacted*: every event between its first
-(``run.created``) and its terminal one moves out of ``events`` into
-``packs``, one row per run and block of ``2**BLOCK_BITS`` positions, holding
+more is appended to it), it is *compacted*: every event before its terminal
+one, ``run.created`` included, moves out of ``events`` into ``packs``, one
+row per run and block of ``2**BLOCK_BITS`` positions, holding
 zlib-compressed JSON of each event's position, event id, time, type, data and
 metadata (format 3; formats 1 and 2 packed the deltas alone and are still
-read).
+read). A run compacted by an older build (its ``run.created`` a row, or its
+other events too) is left as it is: only a stream whose rows are versions 1
+to its last is packed.
 
-Two events of a run stay rows. The terminal one: an append retried after its
-answer was lost must find its event id (``UNIQUE (event_id)``; the writers
-look a retried batch's other ids up in the packs of the runs whose rows
-answered, :func:`packed_among`), and the merged reads rely on every packed
-event preceding a stored event of its stream that matches the same keys. And
-``run.created``: with an ``Idempotency-Key`` a retried ``POST .../turn``
-appends it again with the same event id after the run has ended
-(``services/claims.py``), and must get its claim back, not a conflict. An
+The terminal event stays a row. The merged reads rely on every packed event
+preceding a stored event of its stream that matches the same keys, so an
 event correlated otherwise than the terminal one stays a row too (a key
-filter must find the terminal after it).
+filter must find the terminal after it). And an append retried after its
+answer was lost must still be answered as the retry it is, so the writers
+look a retried batch's ids up in the packs too (:func:`runs_to_unpack`):
+in the runs its rows answered for (a run's ending, retried: its terminal
+event is a row, its ``message.completed`` packed) and in the runs its
+requests append to (a claim retried with an ``Idempotency-Key``,
+``services/claims.py``: ``run.claimed`` is a row of the session stream, and
+``run.created``, appended again at version 0 with the same id, is packed).
+Both only on the rare path where a writer asks about ids at all (a retry,
+a conflict), so an append that is no retry reads nothing more.
 
 Nothing of what the log says changes, because a pack is read back as exactly
 the events it replaced: the same positions, versions, ids, times, types, data
@@ -34,7 +39,8 @@ checkpoint signed before a compaction still verify after it.
 
 Hashes are recomputed from the packed content, with two anchors stored
 verbatim. A *segment* (the packed events between two stored events of the
-run, within one block) keeps the hash it chains onto and the hash its last
+run, within one block) keeps the hash it chains onto (the genesis hash when
+it starts the stream, at ``run.created``) and the hash its last
 event had: the digest of what it replaced, since each hash covers everything
 before it in the stream. The last event is given that stored digest, not a
 recomputed one, so ``verify`` (which recomputes each event's hash from its
@@ -51,13 +57,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from sessionstream.core.vocabulary import RUN_PREFIX, TERMINAL, EventType
 from sessionstream.eventstore import packcodec
-from sessionstream.eventstore.model import GENESIS_HASH, RecordedEvent, canonical_json
+from sessionstream.eventstore.batch import storable
+from sessionstream.eventstore.model import (
+    GENESIS_HASH,
+    AppendRequest,
+    RecordedEvent,
+    canonical_json,
+)
 
 #: a JSON string as the canonical encoder spells it (not ASCII-escaped)
 _string = json.encoder.encode_basestring
@@ -101,6 +113,39 @@ def finished_runs(records: Iterable[RecordedEvent]) -> list[str]:
 def may_hold_packs(stream_id: str) -> bool:
     """Only run streams are compacted: other streams' reads skip the pack table."""
     return stream_id.startswith(RUN_PREFIX)
+
+
+def targets_of(requests: Iterable[AppendRequest]) -> dict[str, str]:
+    """The run each event id of these requests is appended to (:func:`runs_to_unpack`);
+    a run id the database cannot take is left out (its request is refused alone)."""
+    return {
+        new.event_id: request.stream_id
+        for request in requests
+        if may_hold_packs(request.stream_id) and storable(request.stream_id)
+        for new in request.events
+    }
+
+
+def runs_to_unpack(
+    missing: Collection[str],
+    found: Iterable[RecordedEvent],
+    targets: Mapping[str, str] | None = None,
+) -> list[str]:
+    """The runs whose packs may hold the ``missing`` ids of appends looked up for a retry:
+    those a row among the ids is of (``found``: a run's ending retried, its terminal
+    event a row) and those the ids' requests append to (``targets``, event id -> stream
+    id: a claim retried finds only ``run.claimed``, a row of the session stream, while
+    ``run.created`` is packed). None when no id is missing (see the module's doc)."""
+    if not missing:
+        return []
+    runs = {e.stream_id for e in found if may_hold_packs(e.stream_id)}
+    if targets:
+        runs.update(
+            stream_id
+            for event_id in missing
+            if (stream_id := targets.get(event_id)) is not None and may_hold_packs(stream_id)
+        )
+    return sorted(runs)
 
 
 def write_body(obj: Any) -> bytes:
@@ -172,14 +217,14 @@ def packed_of(events: Sequence[RecordedEvent]) -> list[RecordedEvent]:
     """The events of a stream that compaction moves into packs (``events``: all of it,
     in version order, as stored): none unless it has ended and is whole (versions 1
     to its last, so a stream compacted before, whose rows have gaps, is left as it
-    is); else every event but its first, its terminal one and any correlated
-    otherwise than the terminal one (see the module's doc for why those stay)."""
+    is); else every event but its terminal one and any correlated otherwise than the
+    terminal one (see the module's doc for why those stay)."""
     if not events or events[-1].type not in TERMINAL:
         return []
     if events[0].version != 1 or events[-1].version != len(events):
         return []
     last = events[-1]
-    return [e for e in events[1:-1] if e.correlation_id == last.correlation_id]
+    return [e for e in events[:-1] if e.correlation_id == last.correlation_id]
 
 
 def _most_common(texts: Iterable[str]) -> str:

@@ -66,9 +66,13 @@ def token_a_time(count: int) -> list[tuple[str, str, dict[str, Any]]]:
 
 
 def deltas_of(events: list[RecordedEvent]) -> list[RecordedEvent]:
-    """What a pack of ``a_run`` holds: every event but its first and its terminal one
-    (here the deltas)."""
+    """What formats 1 and 2 packed of ``a_run``: its deltas."""
     return [e for e in events if e.type == "message.delta"]
+
+
+def packed(events: list[RecordedEvent]) -> list[RecordedEvent]:
+    """What a pack of ``a_run`` holds now: every event but its terminal one."""
+    return events[:-1]
 
 
 def back(events: list[RecordedEvent]) -> list[RecordedEvent]:
@@ -80,16 +84,17 @@ def back(events: list[RecordedEvent]) -> list[RecordedEvent]:
 
 def test_format_4_gives_back_every_field() -> None:
     events = a_run(token_a_time(50))
-    assert back(events) == deltas_of(events)
+    assert back(events) == packed(events)
     body = read_body(pack_stream(events)[0].body)
     assert body["format"] == FORMAT == 4
-    assert body["types"] == ["message.delta"]
+    assert body["types"] == ["message.delta", "run.created"]
     # the run's id and its session's are the pack's own columns: referred to, not spelled
     assert body["metadata"] == {"actor": {"type": "run", "id": None}, "session_id": None}
     assert sorted(body["refs"]) == [[["actor", "id"], 0], [["session_id"], 1]]
     columns = body["segments"][0][4]
     assert columns[7] == "".join(e.data["text"] for e in deltas_of(events))
-    assert columns[4] == [len(e.data["text"]) for e in deltas_of(events)]
+    assert columns[4][1:] == [len(e.data["text"]) for e in deltas_of(events)]
+    assert type(columns[4][0]) is not int  # run.created's data is not a text alone
 
 
 def as_format_3(body: bytes) -> bytes:
@@ -112,9 +117,9 @@ def test_format_3_packs_are_still_read() -> None:
     (pack,) = pack_stream(events)
     old = as_format_3(pack.body)
     assert json.loads(zlib.decompress(old))["format"] == 3
-    assert unpack(RUN, "session-s1", old) == events[1:-1]
+    assert unpack(RUN, "session-s1", old) == packed(events)
     assert times_of([(RUN, "session-s1", old)]) == [
-        (e.position, e.recorded_at) for e in events[1:-1]
+        (e.position, e.recorded_at) for e in packed(events)
     ]
 
 
@@ -150,9 +155,9 @@ def test_what_format_2_cannot_shorten_is_kept_verbatim() -> None:
         (uuid7(ms + 1), spelled(ms + 1), {"note": "x"}),
     ]
     events = a_run(odd)
-    assert back(events) == deltas_of(events)
+    assert back(events) == packed(events)
     rows = [(p.stream_id, p.correlation_id, p.body) for p in pack_stream(events)]
-    assert times_of(rows) == [(e.position, e.recorded_at) for e in deltas_of(events)]
+    assert times_of(rows) == [(e.position, e.recorded_at) for e in packed(events)]
 
 
 def format_1(events: list[RecordedEvent]) -> bytes:
@@ -239,7 +244,7 @@ def test_ids_that_count_up_pack_in_a_byte_or_two() -> None:
     events = a_run(counted)
     (small,) = pack_stream(events)
     (large,) = pack_stream(a_run(random_ids))
-    assert back(events) == deltas_of(events)
+    assert back(events) == packed(events)
     assert len(small.body) < len(large.body) - 60 * 6
 
 
@@ -257,11 +262,13 @@ def test_times_of_a_range_are_those_of_every_time_in_it() -> None:
         events = a_run(deltas)
         rows = [(p.stream_id, p.correlation_id, p.body) for p in pack_stream(events)]
         old = [(RUN, "session-s1", format_1(events))]
-        every = [(e.position, e.recorded_at) for e in deltas_of(events)]
+        every = [(e.position, e.recorded_at) for e in packed(events)]
+        every_old = [(e.position, e.recorded_at) for e in deltas_of(events)]
         positions = [p for p, _ in every]
         for after, bound in itertools.product(
-            (0, positions[0], positions[2], positions[-2]), (positions[1], positions[-1], 10**9)
+            (0, positions[1], positions[3], positions[-2]), (positions[2], positions[-1], 10**9)
         ):
             cut = [(p, at) for p, at in every if after < p <= bound]
             assert times_of(rows, after, bound) == cut, (after, bound)
+            cut = [(p, at) for p, at in every_old if after < p <= bound]
             assert times_of(old, after, bound) == cut, (after, bound)

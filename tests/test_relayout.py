@@ -245,27 +245,30 @@ async def test_appends_without_runs_are_not_relaid(tmp_path: Path) -> None:
 async def test_relayout_stops_short_of_any_event_a_live_run_will_pack(
     tmp_path: Path, small_steps: None
 ) -> None:
-    """A run's every event but its first leaves the table once it ends (whole runs are
-    packed), not only its deltas: a live run's ``run.started`` holds the cursor too,
-    however many rows come before its first delta."""
+    """A run's every event but its terminal one leaves the table once it ends (whole runs
+    are packed, ``run.created`` too), not only its deltas: a live run's ``run.created``
+    holds the cursor, however many rows come before its ``run.started`` and its first
+    delta (a run queued behind others, an engine slow to answer)."""
     store = SQLiteEventStore(tmp_path / "started.db")
     await store.open()
     try:
         seqs = await write_runs(store, range(1, RUNS))
         created = run_event(0, EventType.RUN_CREATED, run_id="r0", kind="turn")
-        seq = (await store.append("run-r0", [created], 0)).version
-        started = await store.append("run-r0", [run_event(0, EventType.RUN_STARTED)], seq)
-        for i in range(200):  # a long wait for the engine's first token
+        made = await store.append("run-r0", [created], 0)
+        for i in range(400):  # a long wait for a worker, then for the engine's first token
+            if i == 200:
+                started = run_event(0, EventType.RUN_STARTED)
+                seq = (await store.append("run-r0", [started], made.version)).version
             note = NewEvent("note.kept", {"i": i, "text": TEXT}, {"actor": {"type": "system"}})
             await store.append("session-s0", [note])
         delta = run_event(0, EventType.MESSAGE_DELTA, text="w ")
-        seq = (await store.append("run-r0", [delta], started.version)).version
+        seq = (await store.append("run-r0", [delta], seq)).version
         await end_runs(store, seqs)
         await relay_all(store)
-        assert cursor_of(store.path) < started.events[0].position
+        assert cursor_of(store.path) < made.events[0].position
         await end_runs(store, {0: seq})
         assert await relay_all(store) > 0
-        assert cursor_of(store.path) > started.events[0].position
+        assert cursor_of(store.path) > made.events[0].position
         assert (await verify_store(store)).ok
     finally:
         await store.close()

@@ -8,7 +8,7 @@ the facts are of two times: ``Moved``, and the writer plans again.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -60,9 +60,11 @@ class Facts:
         docs: Iterable[Ident] = (),
         series: Iterable[Series] = (),
         runs: Iterable[str] = (),
+        targets: Mapping[str, str] | None = None,
     ) -> None:
         """Read these rows in one round trip (and the head); ``Moved`` if the head is not
-        the first read's."""
+        the first read's. ``targets``: the run each id's request appends to, whose packs
+        a retry's missing ids are looked up in (``packing.runs_to_unpack``)."""
         ids, docs, series = list(ids), set(docs), set(series)
         # text PostgreSQL cannot take cannot be stored either: asked, and absent
         keys = sorted(d for d in docs if storable(d[1]))
@@ -90,8 +92,8 @@ class Facts:
         for event_row in row["events"] or ():
             event = row_to_event(event_row)
             found[event.event_id] = event
-        # a retried run ending: its terminal event is a row, the others may be packed
-        await packed_among(conn, ids, found)
+        # a retried run ending or claim: its other events may be packed
+        await packed_among(conn, ids, found, targets)
         self.events.update(found)
         for stream_row in row["streams"] or ():
             self.streams[stream_row[0]] = StreamHead(stream_row[1], stream_row[2])

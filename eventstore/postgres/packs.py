@@ -9,7 +9,7 @@ second finds them there (``ON CONFLICT DO NOTHING``) and deletes nothing more.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import asyncpg
@@ -18,9 +18,9 @@ from sessionstream.eventstore.model import RecordedEvent, row_to_event
 from sessionstream.eventstore.packing import (
     NO_BOUND,
     block_of,
-    may_hold_packs,
     pack_stream,
     packed_of,
+    runs_to_unpack,
     unpack_all,
 )
 from sessionstream.eventstore.packmerge import merge_by_stream, stream_bound
@@ -29,6 +29,7 @@ from sessionstream.eventstore.postgres.schema import EVENT_COLUMNS, POSITION_AT
 PACK_ROW = "stream_id, correlation_id, body"
 PACKS_OF = f"SELECT {PACK_ROW} FROM packs WHERE stream_id = $1 ORDER BY block"
 PACKS_OF_STREAMS = f"SELECT {PACK_ROW} FROM packs WHERE stream_id BETWEEN $1 AND $2"
+PACKS_OF_ANY = f"SELECT {PACK_ROW} FROM packs WHERE stream_id = ANY($1::text[])"
 #: blocks seek the index; the positions skip packs wholly outside (after, bound]
 IN_RANGE = "block BETWEEN $1 AND $2 AND last_position > $3 AND first_position <= $4"
 PACKS_BETWEEN = f"SELECT {PACK_ROW} FROM packs WHERE {IN_RANGE}"
@@ -125,17 +126,22 @@ async def compact(conn: asyncpg.Connection, stream_ids: Iterable[str]) -> int:
     return moved
 
 
-async def packed_among(conn: Any, ids: Collection[str], found: dict[str, RecordedEvent]) -> None:
+async def packed_among(
+    conn: Any,
+    ids: Collection[str],
+    found: dict[str, RecordedEvent],
+    targets: Mapping[str, str] | None = None,
+) -> None:
     """Add to ``found`` (the rows among ``ids``, by event id) the other ``ids`` packed in
-    the runs those rows are of (``sqlite/packs.packed_among`` says why)."""
+    the runs those rows are of, or in the runs their requests append to (``targets``:
+    event id -> stream id; ``packing.runs_to_unpack`` says why both)."""
     missing = set(ids).difference(found)
-    runs = sorted({e.stream_id for e in found.values() if may_hold_packs(e.stream_id)})
-    if not missing or not runs:
+    runs = runs_to_unpack(missing, found.values(), targets)
+    if not runs:
         return
-    for stream_id in runs:
-        for event in unpack_all(await conn.fetch(PACKS_OF, stream_id)):
-            if event.event_id in missing:
-                found[event.event_id] = event
+    for event in unpack_all(await conn.fetch(PACKS_OF_ANY, runs)):
+        if event.event_id in missing:
+            found[event.event_id] = event
 
 
 async def with_packs(

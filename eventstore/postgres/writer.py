@@ -62,6 +62,7 @@ from sessionstream.eventstore.batch import (
 from sessionstream.eventstore.clock import exceptions, stamp
 from sessionstream.eventstore.groupcommit import Outcome, Pending
 from sessionstream.eventstore.model import RecordedEvent, utc_now
+from sessionstream.eventstore.packing import targets_of
 from sessionstream.eventstore.postgres import schema as sql
 from sessionstream.eventstore.postgres.again import SentPlans, any_stored, durable_head
 from sessionstream.eventstore.postgres.errors import answer_lost
@@ -363,8 +364,9 @@ class PostgresWriter:
                         )
                     )  # fmt: skip
         facts = Facts()
+        targets = targets_of(r for p in batch for r in p.requests) if ids else None
         await facts.read(
-            conn, ids, streams, self._doc_keys(probes), self.policy.series(probes), runs
+            conn, ids, streams, self._doc_keys(probes), self.policy.series(probes), runs, targets
         )
         planner = BatchPlanner(
             facts.head,
@@ -387,7 +389,7 @@ class PostgresWriter:
                         await facts.answer(conn, unknown)
                         continue
                     asked = [i for i in unknown.ident if storable(i)]
-                    await facts.read(conn, ids=asked)
+                    await facts.read(conn, ids=asked, targets=targets_of(pending.requests))
                     planner.learn(
                         unknown.ident, [facts.events[i] for i in asked if i in facts.events]
                     )

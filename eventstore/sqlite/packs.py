@@ -8,7 +8,7 @@ Readers merge on the event loop (``store.py``); the writer thread merges for
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 from sessionstream.eventstore.model import RecordedEvent, row_to_event
@@ -16,14 +16,14 @@ from sessionstream.eventstore.packing import (
     NO_BOUND,
     Pack,
     block_of,
-    may_hold_packs,
     pack_stream,
     packed_of,
+    runs_to_unpack,
     times_of,
     unpack_all,
 )
 from sessionstream.eventstore.packmerge import merge_by_stream, stream_bound
-from sessionstream.eventstore.sqlite.schema import EVENT_COLUMNS, POSITION_AT
+from sessionstream.eventstore.sqlite.schema import EVENT_COLUMNS, LOOKUP_CHUNK, POSITION_AT
 
 PACK_ROW = "stream_id, correlation_id, body"
 INSERT_PACK = (
@@ -146,22 +146,20 @@ def compact(conn: sqlite3.Connection, stream_ids: Iterable[str]) -> int:
 
 
 def packed_among(
-    conn: sqlite3.Connection, ids: Collection[str], found: list[RecordedEvent]
+    conn: sqlite3.Connection,
+    ids: Collection[str],
+    found: list[RecordedEvent],
+    targets: Mapping[str, str] | None = None,
 ) -> list[RecordedEvent]:
     """``found`` (the rows among ``ids``) and the other ``ids`` packed in the runs those
-    rows are of.
-
-    A run's ending is one append of its last events and its terminal one; retried
-    after its answer was lost, its terminal event is a row and the others may have
-    been packed since. Only the runs a row answered for are unpacked, so an append
-    that is no retry costs nothing more.
-    """
+    rows are of, or in the runs their requests append to (``targets``: event id ->
+    stream id; ``packing.runs_to_unpack`` says why both)."""
     missing = set(ids).difference(e.event_id for e in found)
-    runs = sorted({e.stream_id for e in found if may_hold_packs(e.stream_id)})
-    if not missing or not runs:
-        return found
-    for stream_id in runs:
-        for event in unpack_all(conn.execute(PACKS_OF, (stream_id,))):
+    runs = runs_to_unpack(missing, found, targets)
+    for start in range(0, len(runs), LOOKUP_CHUNK):
+        chunk = runs[start : start + LOOKUP_CHUNK]
+        sql = f"SELECT {PACK_ROW} FROM packs WHERE stream_id IN ({','.join('?' * len(chunk))})"
+        for event in unpack_all(conn.execute(sql, chunk)):
             if event.event_id in missing:
                 found.append(event)
     return found

@@ -3,7 +3,7 @@
 ``events`` is a rowid table keyed by position, so its rows lie in position
 order, and a run's token deltas lie among other runs' rows and the sessions'
 events. Compaction (``eventstore/packing.py``) deletes a finished run's rows
-(all but its first and its terminal one) once they are packed. A page that
+(all but its terminal one) once they are packed. A page that
 held rows of several runs and a few rows that stay keeps those rows where
 they are: SQLite merges a page with its
 neighbours only once it is under a third full, and new rows never land there
@@ -56,11 +56,11 @@ _SET_CURSOR = (
     "ON CONFLICT(key) DO UPDATE SET value = excluded.value"
 )
 _HEAD = "SELECT COALESCE(MAX(position), 0) FROM events"
-#: the runs with rows in a range that compaction may move (any but a run's first), and
+#: the runs with rows in a range that compaction may move (``run.created`` too), and
 #: the first of each: a rowid range scan
 _LEAVING_STREAMS = (
     "SELECT stream_id, MIN(position) FROM events WHERE position > ? AND position <= ? "
-    "AND substr(stream_id, 1, ?) = ? AND version > 1 GROUP BY stream_id"
+    "AND substr(stream_id, 1, ?) = ? GROUP BY stream_id"
 )
 #: a stream's newest event's type (a terminal event is always a row)
 _LAST_TYPE = (

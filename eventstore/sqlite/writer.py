@@ -38,13 +38,14 @@ from sessionstream.eventstore.batch import (
 from sessionstream.eventstore.clock import EXCEPTIONS_OF_LOG, exceptions, stamp
 from sessionstream.eventstore.groupcommit import Pending
 from sessionstream.eventstore.model import (
+    AppendRequest,
     Doc,
     RecordedEvent,
     row_to_doc,
     row_to_event,
     utc_now,
 )
-from sessionstream.eventstore.packing import unpack_all
+from sessionstream.eventstore.packing import targets_of, unpack_all
 from sessionstream.eventstore.packmerge import merge_page, page_bound
 from sessionstream.eventstore.projector import Projection, Refold, StreamFold, per_stream
 from sessionstream.eventstore.snapshots import Snapshot
@@ -147,15 +148,18 @@ def read_stream_heads(conn: sqlite3.Connection, names: Iterable[str]) -> dict[st
     return heads
 
 
-def read_stored_events(conn: sqlite3.Connection, ids: Iterable[str]) -> list[RecordedEvent]:
-    """The stored events among ``ids``, packed ones of the runs a row is of too."""
+def read_stored_events(
+    conn: sqlite3.Connection, ids: Iterable[str], requests: Iterable[AppendRequest] = ()
+) -> list[RecordedEvent]:
+    """The stored events among ``ids``, packed ones too: of the runs a row is of, and of
+    the runs ``requests`` (those the ids come from) append to."""
     asked = list(ids)
     found: list[RecordedEvent] = []
     for chunk in _chunks(asked):
         marks = ",".join("?" * len(chunk))
         sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE event_id IN ({marks})"
         found.extend(row_to_event(row) for row in conn.execute(sql, chunk))
-    return packed_among(conn, asked, found)
+    return packed_among(conn, asked, found, targets_of(requests))
 
 
 #: stream heads the writer keeps between batches (``Known``); past this many it starts over
@@ -366,7 +370,9 @@ class SQLiteWriter:
         stored: dict[str, RecordedEvent] = {}
         if not optimistic:
             ids = {e.event_id for p in batch for r in p.requests for e in r.events}
-            stored = {e.event_id: e for e in read_stored_events(conn, filter(storable, ids))}
+            requests = [r for p in batch for r in p.requests]
+            found = read_stored_events(conn, filter(storable, ids), requests)
+            stored = {e.event_id: e for e in found}
 
         def last_snapshot(stream_id: str, kind: str) -> int:
             return int(conn.execute(LAST_SNAPSHOT, (stream_id, kind)).fetchone()[0])
@@ -390,7 +396,8 @@ class SQLiteWriter:
             try:
                 return planner.decide(pending.requests)
             except Unknown as unknown:  # only event ids: documents are read as folded
-                planner.learn(unknown.ident, read_stored_events(conn, unknown.ident))
+                found = read_stored_events(conn, unknown.ident, pending.requests)
+                planner.learn(unknown.ident, found)
 
     def _write_planned(
         self, conn: sqlite3.Connection, batch: list[Pending], at: str, known: Known | None

@@ -1,6 +1,5 @@
-"""Packed runs on every backend: a finished run's events, but its first and its terminal
-one, leave the event rows, and nothing a reader, a subscriber, an auditor or an export
-sees changes.
+"""Packed runs on every backend: a finished run's events, but its terminal one, leave
+the event rows, and nothing a reader, a subscriber, an auditor or an export sees changes.
 
 ``eventstore/packing.py`` has the design. Each test writes a run the way the
 run task does (its own stream at an exact seq, events correlated with the
@@ -20,7 +19,7 @@ from sessionstream.core.ids import uuid7
 from sessionstream.core.vocabulary import EventType
 from sessionstream.eventstore import merkle
 from sessionstream.eventstore.base import EventStore
-from sessionstream.eventstore.model import NewEvent, RecordedEvent
+from sessionstream.eventstore.model import AppendRequest, NewEvent, RecordedEvent
 from sessionstream.eventstore.packing import (
     BLOCK_BITS,
     pack_stream,
@@ -38,8 +37,10 @@ META: dict[str, Any] = {"actor": {"type": "run", "id": "r1"}, "session_id": "s1"
 #: the ids of the run's ending, one append as ``services/runlog.finish`` makes it
 ENDING_IDS = ("01900000-0000-7000-8000-0000000000e1", "01900000-0000-7000-8000-0000000000e2")
 CREATED_ID = "01900000-0000-7000-8000-0000000000c1"
-#: the rows a compacted run keeps: its first, one correlated otherwise, its terminal one
-KEPT = [EventType.RUN_CREATED, EventType.MESSAGE_SNAPSHOT, EventType.RUN_COMPLETED]
+#: the rows a compacted run keeps: one correlated otherwise, and its terminal one
+KEPT = [EventType.MESSAGE_SNAPSHOT, EventType.RUN_COMPLETED]
+#: the claim ``services/claims.py`` makes: its event on the session stream, with known ids
+CLAIMED_ID = "01900000-0000-7000-8000-0000000000c0"
 
 
 def run_event(type_: str, **data: Any) -> NewEvent:
@@ -57,6 +58,12 @@ def ending(run: str = RUN) -> list[NewEvent]:
     ]
 
 
+def claim(event_id: str) -> NewEvent:
+    """``run.claimed`` on the session stream, as ``services/claims.py`` appends it."""
+    data = {"run_id": "r1", "kind": "turn", "task_status": "chat_processing"}
+    return NewEvent(EventType.RUN_CLAIMED, data, {"actor": {"type": "user", "id": "u1"}}, event_id)
+
+
 async def end_run(store: EventStore, seq: int, run: str = RUN) -> None:
     await store.append(run, ending(run), seq)
     await store.append("after", [NewEvent("noise.made", {})])  # the writer has compacted
@@ -71,7 +78,11 @@ async def write_run(store: EventStore, *, end: bool = True, run: str = RUN) -> l
     )
     created_id = CREATED_ID if run == RUN else uuid7()
     created = NewEvent(created.type, created.data, META, created_id, SESSION)
-    seq = (await store.append(run, [created], 0)).version
+    claimed = claim(CLAIMED_ID if run == RUN else uuid7())
+    _, made = await store.transact(
+        [AppendRequest(SESSION, (claimed,), None), AppendRequest(run, (created,), 0)]
+    )
+    seq = made.version
     seq = (await store.append(run, [run_event(EventType.RUN_STARTED)], seq)).version
     own = {**META, "note": "own"}
     updated = NewEvent(
@@ -232,6 +243,11 @@ async def test_replay_after_compaction_equals_replay_before(
         e for e in before_log if e.position <= middle
     ]
     assert await store.read_stream(RUN, 10, limit=5) == before_stream[10:15]
+    # run.created, packed: a run's first event (the trigger shape's payload) and an event
+    # at its position (a proof's) are found as before
+    assert await store.read_stream(RUN, 0, limit=1) == before_stream[:1]
+    created = before_stream[0]
+    assert await store.read_all(created.position - 1, limit=1) == [created]
     assert await store.read_stream(RUN, to_position=middle) == [
         e for e in before_stream if e.position <= middle
     ]
@@ -376,9 +392,11 @@ def test_a_pack_splits_at_block_edges_and_gives_back_every_field() -> None:
     packs = pack_stream(events)
     assert [p.block for p in packs] == [0, 1]
     back = [e for p in packs for e in unpack(p.stream_id, p.correlation_id, p.body)]
-    assert sorted(back, key=lambda e: e.position) == events[1:-1]  # its first and end stay
+    assert sorted(back, key=lambda e: e.position) == events[:-1]  # its end stays
     assert pack_stream(events[:-1]) == []  # not ended: nothing to pack
     assert pack_stream(events[:3] + events[5:]) == []  # rows with gaps: packed before
+    assert pack_stream([events[0], events[-1]]) == []  # its first kept by an older build
+    assert pack_stream(events[-1:]) == []  # packed by this one
 
 
 async def test_packs_written_before_their_times_were_kept_get_them_on_open(
@@ -443,19 +461,37 @@ async def test_a_retried_ending_or_claim_is_answered_as_a_duplicate_after_compac
 ) -> None:
     """The run's ending (its last message and its terminal event in one append) retried
     after its answer was lost: the terminal event is a row, the message is packed, and
-    the retry gets both back, not a refusal. So does ``run.created`` appended again by
-    a retried ``POST .../turn`` (``services/claims.py``)."""
+    the retry gets both back, not a refusal. So does the claim of a retried ``POST
+    .../turn`` (``services/claims.py``: ``run.claimed`` on the session stream and
+    ``run.created`` on the run's at version 0, one transaction), though ``run.created``
+    is packed and no row of the run is among its ids: the writers look its id up in
+    the packs of the run the request appends to."""
     store = await store_factory()
     await write_run(store)
     assert await run_rows(store, store_factory.backend) == KEPT
     stream = await store.read_stream(RUN)
+    (created,) = [e for e in stream if e.version == 1]
+    assert created.type == EventType.RUN_CREATED and created.event_id == CREATED_ID
     again = await store.append(RUN, ending(), stream[-3].version)
     assert again.duplicate and list(again.events) == stream[-2:]
-    (created,) = [e for e in stream if e.version == 1]
-    claim = NewEvent(created.type, created.data, META, CREATED_ID, SESSION)
-    repeated = await store.append(RUN, [claim], 0)
+    # the claim retried as the service appends it: at the session's version as read now
+    (claimed,) = [e for e in await store.read_stream(SESSION) if e.event_id == CLAIMED_ID]
+    await store.append(SESSION, [NewEvent("session.patched", {"title": "t"})])  # moved on
+    version = await store.stream_version(SESSION)
+    retried = NewEvent(created.type, created.data, META, CREATED_ID, SESSION)
+    on_session, on_run = await store.transact(
+        [AppendRequest(SESSION, (claim(CLAIMED_ID),), version), AppendRequest(RUN, (retried,), 0)]
+    )
+    assert on_session.duplicate and list(on_session.events) == [claimed]
+    assert on_run.duplicate and list(on_run.events) == [created]
+    assert on_run.version == stream[-1].version
+    # run.created alone, and an ending retried at no version, likewise
+    repeated = await store.append(RUN, [retried], 0)
     assert repeated.duplicate and list(repeated.events) == [created]
+    anyhow = await store.append(RUN, ending(), None)
+    assert anyhow.duplicate and list(anyhow.events) == stream[-2:]
     assert await store.read_stream(RUN) == stream
+    assert await store.stream_version(SESSION) == version
 
 
 async def test_an_import_gives_back_the_space_of_the_rows_it_packed(
