@@ -158,6 +158,8 @@ def measure_size(
     size = f"{built.events:,} events"
     store = scale_measure.copy_store(built.path, work / "store.db")
     values = scale_measure.shape(store, built)
+    # after the shape, whose bytes leave the tree out as they always have
+    progress(f"{size}: Merkle tree integrated in {scale_measure.integrate_tree(store):.1f} s")
     settings = scale_measure.settings_for(path=store)
     reads = []
     for n in range(rounds):
