@@ -250,3 +250,31 @@ async def test_the_wal_checkpointer_restarts_with_a_fresh_connection(
     finally:
         await store.close()
     crash_logged(caplog, "wal-checkpoint")
+
+
+async def test_the_tree_follows_the_log_between_two_checkpoints(
+    sqlite_store: SQLiteEventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpoint must not fold every append of its interval at once: between two, the
+    loop integrates the tree every ``FOLLOW_S``, and signs nothing more."""
+    from sessionstream.eventstore.checkpoint import Signer
+    from sessionstream.services import proofs
+
+    store = sqlite_store
+    monkeypatch.setattr(proofs, "FOLLOW_S", 0.02)
+    async with proofs.checkpoints(store, Signer.generate("test"), 3600):
+        first = None
+        for _ in range(200):
+            first = await store.tree.checkpoint()
+            if first is not None:
+                break
+            await asyncio.sleep(0.01)
+        assert first is not None
+        await append_some(store, 7)
+        head = await store.head_position()
+        for _ in range(300):
+            if await store.tree._size() == head:
+                break
+            await asyncio.sleep(0.01)
+        assert await store.tree._size() == head
+        assert await store.tree.checkpoint() == first  # folded, not signed again
