@@ -141,9 +141,9 @@ async def checkpoints(
 
     Integrating only at checkpoints made each one fold ``every_s`` of appends at
     once: 300 s of a busy log is about a million events, 13 s of hashing beside the
-    appends and reads (an append's p99 near 100 ms, a page of a list 40-80 ms,
-    meanwhile; docs/explanation/scale.md). Folded every few seconds, each step is
-    that much smaller, and a checkpoint signs a tree that is already there.
+    appends and reads (appends taking up to 100 ms, a page of a list 40-80 ms at its
+    p99, meanwhile; docs/explanation/scale.md). Folded every few seconds, each step
+    is that much smaller, and a checkpoint signs a tree that is already there.
     """
 
     async def loop() -> None:
