@@ -15,11 +15,12 @@ from typing import Any, Protocol
 from sessionstream.eventstore.model import RecordedEvent, StoredEvent, canonical_json
 from sessionstream.eventstore.packing import NO_BOUND, may_hold_packs, times_of, unpack_all
 from sessionstream.eventstore.packmerge import (
-    merge_by_stream,
     merge_page,
     merge_stream,
+    merge_streams,
     page_bound,
     stream_bound,
+    within_runs,
 )
 
 #: ``(stream_id, correlation_id, body)``
@@ -186,11 +187,13 @@ async def read_by_stream(
     ends at its last row) unless empty: the caller reads on to an empty page,
     which takes the packed deltas after the last stream's last row."""
     full = len(stored) >= limit or (budgeted and bool(stored))
+    if len(kept := within_runs(stored, limit)) < len(stored):
+        stored, full = kept, True
     bound = stream_bound(stored, after, full)
     rows = await source.packs_of_streams(after[0], bound[0])
     if not rows:
         return list(stored)
-    return merge_by_stream(stored, unpack_all(rows), after, bound, to_position)
+    return merge_streams(stored, rows, after, bound, limit, to_position)
 
 
 class RowReads(Protocol):

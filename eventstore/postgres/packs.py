@@ -23,7 +23,7 @@ from sessionstream.eventstore.packing import (
     runs_to_unpack,
     unpack_all,
 )
-from sessionstream.eventstore.packmerge import merge_by_stream, stream_bound
+from sessionstream.eventstore.packmerge import merge_streams, stream_bound, within_runs
 from sessionstream.eventstore.postgres.schema import EVENT_COLUMNS, POSITION_AT
 
 PACK_ROW = "stream_id, correlation_id, body"
@@ -145,12 +145,15 @@ async def packed_among(
 
 
 async def with_packs(
-    conn: Any, page: list[RecordedEvent], mark: tuple[str, int], full: bool
+    conn: Any, page: list[RecordedEvent], mark: tuple[str, int], full: bool, limit: int
 ) -> list[RecordedEvent]:
-    """A rebuild's page in ``(stream_id, version)`` order, with its packed deltas."""
+    """A rebuild's page in ``(stream_id, version)`` order, with its packed events: at
+    most ``limit`` of them and one run more (``packmerge.merge_streams``)."""
+    if len(kept := within_runs(page, limit)) < len(page):
+        page, full = list(kept), True
     bound = stream_bound(page, mark, full)
     rows = await conn.fetch(PACKS_OF_STREAMS, mark[0], bound[0])
-    return merge_by_stream(page, unpack_all(rows), mark, bound) if rows else page
+    return merge_streams(page, rows, mark, bound, limit) if rows else page
 
 
 async def merged_hashes(conn: Any, start: int, end: int) -> Sequence[tuple[int, str]]:

@@ -56,7 +56,9 @@ async def refold(
         # a page may end mid-stream, so its bound is its last row; the empty page at
         # the end takes the packed deltas after the last stream's last row
         rows = await conn.fetch(_STREAM_PAGE, *mark, REBUILD_PAGE, REBUILD_BYTES)
-        events = await with_packs(conn, [row_to_event(r) for r in rows], mark, bool(rows))
+        events = await with_packs(
+            conn, [row_to_event(r) for r in rows], mark, bool(rows), REBUILD_PAGE
+        )
         if not events:
             break
         await write_docs(conn, *fold.feed(events))

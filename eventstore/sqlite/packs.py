@@ -22,7 +22,7 @@ from sessionstream.eventstore.packing import (
     times_of,
     unpack_all,
 )
-from sessionstream.eventstore.packmerge import merge_by_stream, stream_bound
+from sessionstream.eventstore.packmerge import merge_streams, stream_bound, within_runs
 from sessionstream.eventstore.sqlite.schema import EVENT_COLUMNS, LOOKUP_CHUNK, POSITION_AT
 
 PACK_ROW = "stream_id, correlation_id, body"
@@ -166,12 +166,19 @@ def packed_among(
 
 
 def with_packs(
-    conn: sqlite3.Connection, page: list[RecordedEvent], mark: tuple[str, int], full: bool
+    conn: sqlite3.Connection,
+    page: list[RecordedEvent],
+    mark: tuple[str, int],
+    full: bool,
+    limit: int,
 ) -> list[RecordedEvent]:
-    """A rebuild's page in ``(stream_id, version)`` order, with its packed deltas."""
+    """A rebuild's page in ``(stream_id, version)`` order, with its packed events: at
+    most ``limit`` of them and one run more (``packmerge.merge_streams``)."""
+    if len(kept := within_runs(page, limit)) < len(page):
+        page, full = list(kept), True
     bound = stream_bound(page, mark, full)
     rows = conn.execute(PACKS_OF_STREAMS, (mark[0], bound[0])).fetchall()
-    return merge_by_stream(page, unpack_all(rows), mark, bound) if rows else page
+    return merge_streams(page, rows, mark, bound, limit) if rows else page
 
 
 def merged_hashes(conn: sqlite3.Connection, start: int, end: int) -> Sequence[tuple[int, str]]:

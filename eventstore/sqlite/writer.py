@@ -527,7 +527,7 @@ class SQLiteWriter:
                 # a page may end mid-stream, so its bound is its last row; the empty page
                 # at the end takes the packed deltas after the last stream's last row
                 page = _stream_page(conn, mark)
-                events = with_packs(conn, page, mark, bool(page))
+                events = with_packs(conn, page, mark, bool(page), REBUILD_PAGE)
                 if not events:
                     break
                 write_rows(conn, (), {}, *fold.feed(events))

@@ -521,3 +521,29 @@ async def test_an_import_gives_back_the_space_of_the_rows_it_packed(
         await target.close()
         async with store._reader.require_pool().acquire() as conn:  # type: ignore[attr-defined]
             await conn.execute(f'DROP SCHEMA "{store.schema}_copy" CASCADE')  # type: ignore[attr-defined]
+
+
+async def test_a_page_in_stream_order_unpacks_a_bounded_number_of_runs(
+    store_factory: StoreFactory,
+) -> None:
+    """A packed run keeps two rows here (its terminal event, one correlated otherwise)
+    for its fifty-odd events, so a page of rows in stream order spans a run every two
+    rows. Unpacking every run it spans held ``limit`` times more events than asked
+    (``verify`` and ``rebuild`` near 190 MB): a page holds at most ``limit`` events and
+    one run more, and the pages still give back the whole log, each event once."""
+    store = await store_factory()
+    runs = [f"run-p{i:02d}" for i in range(12)]
+    for run in runs:
+        await write_run(store, run=run)
+    longest = max([len(await store.read_stream(run)) for run in runs])
+    limit = 16
+    pages: list[list[RecordedEvent]] = []
+    mark = ("", 0)
+    while page := await store.read_by_stream(mark, limit=limit):
+        pages.append(page)
+        mark = (page[-1].stream_id, page[-1].version)
+    assert max(len(p) for p in pages) <= limit + longest
+    log = [e for p in pages for e in p]
+    every = sorted(await store.read_all(0, limit=100_000), key=lambda e: (e.stream_id, e.version))
+    assert log == every
+    assert (await verify_store(store)).problems == ()
