@@ -121,11 +121,11 @@ def merge_by_stream(
 
 
 def within_runs(stored: Sequence[RecordedEvent], limit: int) -> Sequence[RecordedEvent]:
-    """A stream-ordered page's rows, ended before their ``limit // 16``-th run (at least
-    8): the runs whose packs the page fetches. A packed run keeps one row, so rows
-    alone would let a page of 1,000 fetch 1,000 runs' packs and unpack a few dozen
-    (:func:`merge_streams`); a page ended early counts as full, and the next one
-    starts after it."""
+    """A stream-ordered page's rows of its first ``limit // 16`` runs (at least 8), and
+    of the other streams among them: the runs whose packs the page fetches. A packed
+    run keeps one row, so rows alone would let a page of 1,000 fetch 1,000 runs'
+    packs and unpack a few dozen (:func:`merge_streams`); a page ended early counts
+    as full, and the next one starts after it."""
     cap, runs, last = max(8, limit // 16), 0, ""
     for i, e in enumerate(stored):
         if e.stream_id != last:
