@@ -19,8 +19,7 @@ from sessionstream.eventstore.packmerge import (
     merge_stream,
     merge_streams,
     page_bound,
-    stream_bound,
-    within_runs,
+    stream_span,
 )
 
 #: ``(stream_id, correlation_id, body)``
@@ -187,9 +186,7 @@ async def read_by_stream(
     ends at its last row) unless empty: the caller reads on to an empty page,
     which takes the packed deltas after the last stream's last row."""
     full = len(stored) >= limit or (budgeted and bool(stored))
-    if len(kept := within_runs(stored, limit)) < len(stored):
-        stored, full = kept, True
-    bound = stream_bound(stored, after, full)
+    stored, bound = stream_span(stored, after, full, limit)
     rows = await source.packs_of_streams(after[0], bound[0])
     if not rows:
         return list(stored)

@@ -120,12 +120,15 @@ def merge_by_stream(
     return [keyed[k] for k in sorted(keyed)]
 
 
-def within_runs(stored: Sequence[RecordedEvent], limit: int) -> Sequence[RecordedEvent]:
-    """A stream-ordered page's rows of its first ``limit // 16`` runs (at least 8), and
-    of the other streams among them: the runs whose packs the page fetches. A packed
-    run keeps one row, so rows alone would let a page of 1,000 fetch 1,000 runs'
-    packs and unpack a few dozen (:func:`merge_streams`); a page ended early counts
-    as full, and the next one starts after it."""
+def stream_span(
+    stored: Sequence[RecordedEvent], mark: tuple[str, int], full: bool, limit: int
+) -> tuple[Sequence[RecordedEvent], tuple[str, int]]:
+    """The rows a stream-ordered page keeps, and its bound (:func:`stream_bound`): the
+    rows of its first ``limit // 16`` runs (at least 8) and of the other streams among
+    them, the runs whose packs the page fetches. A packed run keeps one row, so rows
+    alone would let a page of 1,000 fetch 1,000 runs' packs and unpack a few dozen
+    (:func:`merge_streams`); a page ended early counts as full, and the next one
+    starts after it."""
     cap, runs, last = max(8, limit // 16), 0, ""
     for i, e in enumerate(stored):
         if e.stream_id != last:
@@ -133,8 +136,9 @@ def within_runs(stored: Sequence[RecordedEvent], limit: int) -> Sequence[Recorde
             if may_hold_packs(last):
                 runs += 1
                 if runs > cap:
-                    return stored[:i]
-    return stored
+                    stored, full = stored[:i], True
+                    break
+    return stored, stream_bound(stored, mark, full)
 
 
 def merge_streams(

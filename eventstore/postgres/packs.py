@@ -23,7 +23,7 @@ from sessionstream.eventstore.packing import (
     runs_to_unpack,
     unpack_all,
 )
-from sessionstream.eventstore.packmerge import merge_streams, stream_bound, within_runs
+from sessionstream.eventstore.packmerge import merge_streams, stream_span
 from sessionstream.eventstore.postgres.schema import EVENT_COLUMNS, POSITION_AT
 
 PACK_ROW = "stream_id, correlation_id, body"
@@ -149,11 +149,9 @@ async def with_packs(
 ) -> list[RecordedEvent]:
     """A rebuild's page in ``(stream_id, version)`` order, with its packed events: at
     most ``limit`` of them and one run more (``packmerge.merge_streams``)."""
-    if len(kept := within_runs(page, limit)) < len(page):
-        page, full = list(kept), True
-    bound = stream_bound(page, mark, full)
+    kept, bound = stream_span(page, mark, full, limit)
     rows = await conn.fetch(PACKS_OF_STREAMS, mark[0], bound[0])
-    return merge_streams(page, rows, mark, bound, limit) if rows else page
+    return merge_streams(kept, rows, mark, bound, limit) if rows else list(kept)
 
 
 async def merged_hashes(conn: Any, start: int, end: int) -> Sequence[tuple[int, str]]:

@@ -22,7 +22,7 @@ from sessionstream.eventstore.packing import (
     times_of,
     unpack_all,
 )
-from sessionstream.eventstore.packmerge import merge_streams, stream_bound, within_runs
+from sessionstream.eventstore.packmerge import merge_streams, stream_span
 from sessionstream.eventstore.sqlite.schema import EVENT_COLUMNS, LOOKUP_CHUNK, POSITION_AT
 
 PACK_ROW = "stream_id, correlation_id, body"
@@ -174,11 +174,9 @@ def with_packs(
 ) -> list[RecordedEvent]:
     """A rebuild's page in ``(stream_id, version)`` order, with its packed events: at
     most ``limit`` of them and one run more (``packmerge.merge_streams``)."""
-    if len(kept := within_runs(page, limit)) < len(page):
-        page, full = list(kept), True
-    bound = stream_bound(page, mark, full)
+    kept, bound = stream_span(page, mark, full, limit)
     rows = conn.execute(PACKS_OF_STREAMS, (mark[0], bound[0])).fetchall()
-    return merge_streams(page, rows, mark, bound, limit) if rows else page
+    return merge_streams(kept, rows, mark, bound, limit) if rows else list(kept)
 
 
 def merged_hashes(conn: sqlite3.Connection, start: int, end: int) -> Sequence[tuple[int, str]]:
