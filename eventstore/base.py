@@ -47,7 +47,12 @@ from sessionstream.eventstore.model import (
     RecordedEvent,
     StoredEvent,
 )
-from sessionstream.eventstore.projector import Projection
+from sessionstream.eventstore.projector import (
+    Projection,
+    keeps_every_doc,
+    stream_of,
+    unkept_fold,
+)
 from sessionstream.eventstore.tree import LogTree
 
 log = logging.getLogger("sessionstream.eventstore")
@@ -75,6 +80,8 @@ class EventStore(ABC):
         catchup_reads: int = DEFAULT_CATCHUP_READS,
     ) -> None:
         self.projections = tuple(projections)
+        #: the projections some of whose documents are folded on read, not kept
+        self._unkept = {p.kind: p for p in self.projections if not keeps_every_doc(p)}
         self.hub = Hub(max_queue=max_queue)
         #: the byte budget of a catch-up or response page (``read_page``)
         self.page_bytes = page_bytes
@@ -212,8 +219,21 @@ class EventStore(ABC):
         """The last position recorded at or before an RFC 3339 time (0 if none)."""
 
     # read models ------------------------------------------------------------
+    async def get_doc(self, kind: str, key: str) -> Doc | None:
+        """The ``kind`` document ``key``: its row, or, for a document the store does not
+        keep (``DocIndex.kept``: a finished run), the fold of its stream."""
+        doc = await self.stored_doc(kind, key)
+        if doc is not None:
+            return doc
+        projection = self._unkept.get(kind)
+        if projection is None:
+            return None
+        return unkept_fold(projection, key, await self.read_stream(stream_of(projection, key)))
+
     @abstractmethod
-    async def get_doc(self, kind: str, key: str) -> Doc | None: ...
+    async def stored_doc(self, kind: str, key: str) -> Doc | None:
+        """The document as the store keeps it: its row (SQLite: or the read cache's copy of
+        what its last write folded), never a fold on read."""
 
     @abstractmethod
     async def list_docs(

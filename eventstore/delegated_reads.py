@@ -55,7 +55,7 @@ class DelegatedReads:
     async def stream_version(self, stream_id: str) -> int:
         return await self._reader.stream_version(stream_id)
 
-    async def get_doc(self, kind: str, key: str) -> Doc | None:
+    async def stored_doc(self, kind: str, key: str) -> Doc | None:
         return await self._reader.get_doc(kind, key)
 
     async def list_docs(

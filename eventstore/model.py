@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -191,6 +191,10 @@ class DocIndex:
     created_at: str | None = None
     active: bool = False
     deleted: bool = False
+    #: False: the store keeps no row for it and ``EventStore.get_doc`` folds it from its
+    #: stream when asked (a finished run, docs/explanation/scale.md). Not a column, so
+    #: not compared: a row an older build kept is the same document as the fold
+    kept: bool = field(default=True, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +210,19 @@ class Doc:
     #: what readers derive from this document (a response body, say), kept with
     #: it: a Doc never changes, and a cached one is read many times
     derived: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+
+def split_kept(docs: Iterable[Doc]) -> tuple[list[Doc], list[tuple[str, str]]]:
+    """The documents a write upserts, and the ``(kind, key)`` of those whose row it
+    removes: not kept (``DocIndex.kept``), so folded from their stream when read."""
+    kept: list[Doc] = []
+    unkept: list[tuple[str, str]] = []
+    for doc in docs:
+        if doc.index.kept:
+            kept.append(doc)
+        else:
+            unkept.append((doc.kind, doc.key))
+    return kept, unkept
 
 
 #: a JSON string as the canonical encoder spells it (not ASCII-escaped)

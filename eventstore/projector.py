@@ -155,6 +155,25 @@ def per_stream(projection: Projection) -> bool:
     )
 
 
+def stream_of(projection: Projection, key: str) -> str:
+    """The stream a per-stream projection folds document ``key`` from."""
+    return f"{getattr(projection, 'prefix', '')}{key}"
+
+
+def keeps_every_doc(projection: Projection) -> bool:
+    """False for a per-stream projection that keeps no row for some documents
+    (``DocIndex.kept``): those are folded from their stream when read."""
+    return not per_stream(projection) or getattr(projection, "keeps_every_doc", True) is not False
+
+
+def unkept_fold(projection: Projection, key: str, events: Sequence[RecordedEvent]) -> Doc | None:
+    """Document ``key`` folded from its stream's events, when it is one the store does not
+    keep; None otherwise (a document that should be kept and is not is missing: ``verify``
+    says so, a read must not hide it)."""
+    doc = BatchProjector((projection,), no_docs_yet).project(events).get((projection.kind, key))
+    return doc if doc is not None and not doc.index.kept else None
+
+
 class StreamFold:
     """The whole log folded stream by stream: what a rebuild writes, what verify compares.
 

@@ -54,6 +54,7 @@ from sessionstream.eventstore.projector import (
     Refold,
     StreamFold,
     per_stream,
+    stream_of,
 )
 
 __all__ = [
@@ -215,8 +216,7 @@ class Rows:
     ) -> AsyncIterator[RecordedEvent]:
         """The events after the checked head up to ``head`` that may fold into ``key``."""
         if per_stream(projection):
-            stream = f"{getattr(projection, 'prefix', '')}{key}"
-            for event in await self.store.read_stream(stream, to_position=head):
+            for event in await self.store.read_stream(stream_of(projection, key), to_position=head):
                 if event.position > self.head:
                     yield event
             return

@@ -64,10 +64,19 @@ class RunProjection(PerStream[RunRow]):
     def evolve(self, state: RunRow | None, event: RecordedEvent) -> RunRow | None:
         return apply_run(state, event)
 
+    #: a finished run's document is folded from its stream when read, not kept
+    keeps_every_doc = False
+
     def columns(self, state: RunRow) -> DocIndex:
+        live = state["status"] in ("queued", "running")
+        # once the run has ended its stream no longer changes, so its events (a row and a
+        # pack) are the document already: a kept copy, its output repeating the reply,
+        # and its two index entries were 1.2 KB of the 10.4 KB a chat turn kept on disk
+        # (docs/explanation/scale.md)
         return DocIndex(
             owner=state["user_id"],
             parent=state["session_id"],
             created_at=state["created_at"],
-            active=state["status"] in ("queued", "running"),
+            active=live,
+            kept=live,
         )

@@ -47,6 +47,9 @@ class PerStream(Typed[S]):
     #: each document is folded from its own stream only, so ``verify`` and ``rebuild``
     #: hold one stream's documents at a time (``eventstore.projector.StreamFold``)
     per_stream: ClassVar[bool] = True
+    #: False: some documents are not kept (``DocIndex.kept``) and are folded from their
+    #: stream when read (``EventStore.get_doc``)
+    keeps_every_doc: ClassVar[bool] = True
 
     def key(self, event: RecordedEvent) -> str | None:
         return stream_key(event.stream_id, self.prefix)

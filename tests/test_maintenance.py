@@ -237,13 +237,13 @@ def test_verify_names_an_altered_row(golden: Any, tmp_path: Path, capsys: Any) -
     )
     sql(
         db,
-        "DELETE FROM docs WHERE kind = 'run' AND key = (SELECT MIN(key) FROM docs "
-        "WHERE kind = 'run')",
+        "DELETE FROM docs WHERE kind = 'campaign' AND key = (SELECT MIN(key) FROM docs "
+        "WHERE kind = 'campaign')",
     )
     code, out, _ = cli(capsys, "verify", "--db", str(db), "--json")
     problems = json.loads(out)["problems"]
     assert [p["kind"] for p in problems] == ["missing_row"], problems
-    assert problems[0]["doc_kind"] == "run"
+    assert problems[0]["doc_kind"] == "campaign"
 
 
 def test_verify_names_an_index_column_and_extra_rows(

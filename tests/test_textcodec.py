@@ -14,7 +14,14 @@ from sessionstream.core.vocabulary import EventType
 from sessionstream.eventstore.model import NewEvent
 from sessionstream.eventstore.sqlite import SQLiteEventStore
 from sessionstream.eventstore.sqlite.schema import SCHEMA_VERSION
-from sessionstream.eventstore.textcodec import MIN_BYTES, decode, encode, size_sql, stored_size
+from sessionstream.eventstore.textcodec import (
+    META_MIN_BYTES,
+    MIN_BYTES,
+    decode,
+    encode,
+    size_sql,
+    stored_size,
+)
 from sessionstream.eventstore.verify import verify_store
 
 # stored JSON never holds a raw NUL (it is spelled \\u0000), and SQL's length() stops at one
@@ -127,11 +134,11 @@ async def test_a_version_4_files_documents_move_to_a_rowid_table(tmp_path: Path)
     assert version == SCHEMA_VERSION
 
 
-async def test_a_live_runs_document_is_stored_plain_and_deflated_once_it_ends(
+async def test_a_live_runs_document_is_stored_plain_and_not_kept_once_it_ends(
     tmp_path: Path,
 ) -> None:
     """A live run's document is rewritten at every delta, so it is not deflated then;
-    the run's end writes it once more, deflated, which is what a finished turn keeps."""
+    once the run ends its row goes (``DocIndex.kept``), and a read folds its stream."""
     path = tmp_path / "s.db"
     store = SQLiteEventStore(path, projections.ALL)
     await store.open()
@@ -147,22 +154,54 @@ async def test_a_live_runs_document_is_stored_plain_and_deflated_once_it_ends(
     seq = (await store.append("run-r1", [delta], seq)).version
     live = await store.get_doc("run", "r1")
 
-    def stored() -> tuple[str, int]:
+    def stored() -> list[tuple[str, int]]:
         conn = sqlite3.connect(path)
         try:
-            row = conn.execute("SELECT typeof(body), active FROM docs WHERE kind = 'run'")
-            kind, active = row.fetchone()
-            return str(kind), int(active)
+            rows = conn.execute("SELECT typeof(body), active FROM docs WHERE kind = 'run'")
+            return [(str(kind), int(active)) for kind, active in rows]
         finally:
             conn.close()
 
     try:
         assert live is not None and live.body["status"] == "running"
         assert len(json.dumps(live.body)) >= MIN_BYTES  # large enough to deflate
-        assert stored() == ("text", 1)
+        assert stored() == [("text", 1)]
         await store.append("run-r1", [run_event(EventType.RUN_COMPLETED)], seq)
-        assert stored() == ("blob", 0)
+        assert stored() == []
         done = await store.get_doc("run", "r1")
         assert done is not None and done.body["status"] == "completed"
+    finally:
+        await store.close()
+
+
+async def test_a_runs_metadata_is_stored_deflated_and_a_short_one_as_it_is(
+    tmp_path: Path,
+) -> None:
+    """A run's usual metadata (~120 bytes: its actor and session ids) is deflated; the
+    ``{"actor": {"id": "b"}}`` of a small event is not worth compressing."""
+    path = tmp_path / "s.db"
+    store = SQLiteEventStore(path, projections.ALL)
+    await store.open()
+    run_meta = {
+        "actor": {"id": "run_01a248fc0a25751db13fc8be9b42774b", "type": "run"},
+        "session_id": "01a248fc-0a20-7923-bd2c-e8a7fd535650",
+    }
+    short = {"actor": {"id": "b"}}
+    await store.append("bench-1", [NewEvent("bench.appended", {"i": 1}, run_meta)])
+    await store.append("bench-1", [NewEvent("bench.appended", {"i": 2}, short)], expected_version=1)
+    before = await store.read_all(0)
+    await store.close()
+    conn = sqlite3.connect(path)
+    stored = conn.execute("SELECT typeof(metadata), length(metadata) FROM events").fetchall()
+    conn.close()
+    assert len(json.dumps(run_meta, separators=(",", ":"))) >= META_MIN_BYTES
+    assert stored[0][0] == "blob" and stored[0][1] < 100
+    assert stored[1] == ("text", len(json.dumps(short, separators=(",", ":"))))
+    store = SQLiteEventStore(path, projections.ALL)
+    await store.open()
+    try:
+        assert await store.read_all(0) == before
+        assert [e.metadata for e in before] == [run_meta, short]
+        assert not (await verify_store(store)).problems
     finally:
         await store.close()

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import asyncpg
 
-from sessionstream.eventstore.model import Doc, RecordedEvent, row_to_event
+from sessionstream.eventstore.model import Doc, RecordedEvent, row_to_event, split_kept
 from sessionstream.eventstore.packing import unpack_all
 from sessionstream.eventstore.packmerge import merge_page, page_bound
 from sessionstream.eventstore.postgres import schema as sql
@@ -86,6 +86,20 @@ async def _refold_in_log_order(
 async def write_docs(conn: asyncpg.Connection, docs: list[Doc], snapshots: list[Snapshot]) -> None:
     if docs or snapshots:
         await conn.execute(sql.WRITE_DOCS, *sql.doc_arrays(docs), *sql.snapshot_arrays(snapshots))
+        await drop_unkept(conn, docs)
+
+
+async def drop_unkept(conn: asyncpg.Connection, docs: Sequence[Doc]) -> None:
+    """Remove the rows of the documents just written that the store does not keep.
+
+    They are upserted with the rest first: the function that writes a batch
+    (``write_batch_at_head``) only upserts, and a page of a rebuild or an import
+    may end a run whose live row an earlier page wrote. A row left behind (a
+    crash between the two) is harmless: it is the document the fold gives.
+    """
+    _, unkept = split_kept(docs)
+    if unkept:
+        await conn.execute(sql.DELETE_DOCS, [k for k, _ in unkept], [k for _, k in unkept])
 
 
 async def _log_page(conn: asyncpg.Connection, after: int) -> list[RecordedEvent]:

@@ -133,6 +133,13 @@ UNRESERVE_HEAD = (
     "WHERE id = 1 AND reserved_by = $1"
 )
 
+#: the rows of documents the store does not keep (``DocIndex.kept``: a run that ended),
+#: removed once the write that upserted their last version has committed
+DELETE_DOCS = (
+    "DELETE FROM docs d USING unnest($1::text[], $2::text[]) AS u(kind, key) "
+    "WHERE d.kind = u.kind AND d.key = u.key"
+)
+
 #: rebuild writes documents and snapshots per page of the log
 WRITE_DOCS = f"""
 WITH d AS (

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import uuid
@@ -68,13 +69,15 @@ from sessionstream.eventstore.postgres.again import SentPlans, any_stored, durab
 from sessionstream.eventstore.postgres.errors import answer_lost
 from sessionstream.eventstore.postgres.facts import Facts, Moved
 from sessionstream.eventstore.postgres.known import Known
-from sessionstream.eventstore.postgres.refold import refold
+from sessionstream.eventstore.postgres.refold import drop_unkept, refold
 from sessionstream.eventstore.projector import (
     Projection,
     Refold,
     interested,
 )
 from sessionstream.eventstore.snapshots import Ident, SnapshotPolicy
+
+log = logging.getLogger("sessionstream.eventstore")
 
 #: conditional writes lost to other writers in a row before a batch reserves the head
 RACES_BEFORE_RESERVING = 2
@@ -246,6 +249,13 @@ class PostgresWriter:
             self.sent.lost = self.sent.lost or answer_lost(exc)
             raise
         assert row is not None
+        if row["at_head"] == base and not row["reserved"] and not row["stale"]:
+            # written: the rows of runs it ended go (a failure here leaves rows the fold
+            # gives anyway, so it must not fail a write that committed)
+            try:
+                await drop_unkept(conn, plan.docs)
+            except (asyncpg.PostgresError, OSError) as exc:
+                log.warning("finished documents kept after a write: %s", exc)
         return row
 
     async def _reserve(self, conn: asyncpg.Connection) -> None:
@@ -444,6 +454,7 @@ class PostgresWriter:
             await conn.execute(sql.WRITE_BATCH, *args)
         except (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError) as exc:
             raise ValidationFailed(f"import rejected by the store: {exc}") from exc
+        await drop_unkept(conn, docs)
 
     async def refold(self, conn: asyncpg.Connection) -> int:
         """Fold the whole log into emptied read-model tables (``refold.py``)."""

@@ -17,7 +17,7 @@ from sessionstream.core.errors import SessionStreamError, StorageUnavailable
 from sessionstream.core.jsonenc import encoder
 from sessionstream.eventstore.model import Doc, RecordedEvent
 from sessionstream.eventstore.snapshots import Snapshot
-from sessionstream.eventstore.textcodec import MIN_BYTES, encode
+from sessionstream.eventstore.textcodec import META_MIN_BYTES, MIN_BYTES, encode
 
 #: 2: ``clock_exceptions`` (``eventstore/clock.py``); a version 1 file gets it on open.
 #: 3: ``packs`` (``eventstore/packing.py``): an older build would not read them.
@@ -140,6 +140,7 @@ UPSERT_STREAM = (
     "INSERT INTO streams(stream_id, version, hash) VALUES (?, ?, ?) "
     "ON CONFLICT(stream_id) DO UPDATE SET version = excluded.version, hash = excluded.hash"
 )
+DELETE_DOC = "DELETE FROM docs WHERE kind = ? AND key = ?"
 UPSERT_DOC = (
     f"INSERT INTO docs ({DOC_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?) "
     "ON CONFLICT(kind, key) DO UPDATE SET owner = excluded.owner, "
@@ -231,7 +232,7 @@ def event_row(r: RecordedEvent) -> tuple[Any, ...]:
         r.event_id,
         r.type,
         data if len(data) < MIN_BYTES else encode(data),
-        metadata if len(metadata) < MIN_BYTES else encode(metadata),
+        metadata if len(metadata) < META_MIN_BYTES else encode(metadata, min_bytes=META_MIN_BYTES),
         r.correlation_id,
         r.recorded_at,
         r.hash,

@@ -43,6 +43,7 @@ from sessionstream.eventstore.model import (
     RecordedEvent,
     row_to_doc,
     row_to_event,
+    split_kept,
     utc_now,
 )
 from sessionstream.eventstore.packing import targets_of, unpack_all
@@ -63,6 +64,7 @@ from sessionstream.eventstore.sqlite.packs import (
     with_packs,
 )
 from sessionstream.eventstore.sqlite.schema import (
+    DELETE_DOC,
     DOC_COLUMNS,
     DOCS_FROM_V4,
     DOCS_TO_ROWID,
@@ -198,9 +200,11 @@ def write_rows(
     if records:
         conn.executemany(INSERT_EVENT, [event_row(r) for r in records])
         conn.executemany(UPSERT_STREAM, [(k, *v) for k, v in streams.items()])
-    doc_rows = [doc_row(d) for d in docs]
-    if doc_rows:
-        conn.executemany(UPSERT_DOC, doc_rows)
+    kept, unkept = split_kept(docs)
+    if kept:
+        conn.executemany(UPSERT_DOC, [doc_row(d) for d in kept])
+    if unkept:  # a run that ended: its live row goes (``DocIndex.kept``)
+        conn.executemany(DELETE_DOC, unkept)
     snapshot_rows = [snapshot_row(s) for s in snapshots]
     if snapshot_rows:
         conn.executemany(INSERT_SNAPSHOT, snapshot_rows)
