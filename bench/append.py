@@ -72,6 +72,7 @@ from bench.common import (
 )
 from bench.pg import PG_DSN, eventsourcing_datastore, execute, scratch_schema
 from sessionstream import projections
+from sessionstream.eventstore.hashcodec import encode_hash
 from sessionstream.eventstore.model import NewEvent, utc_now
 from sessionstream.eventstore.sqlite import SQLiteEventStore
 from sessionstream.eventstore.sqlite.schema import SCHEMA
@@ -192,7 +193,7 @@ def raw_sqlite_batched_rate(appenders: int, per_appender: int, workdir: Path) ->
             "correlation_id, recorded_at, hash) VALUES (?,?,?,?,?,?,?,?,?)"
         )
         metadata = json.dumps({"actor": {"id": "b"}}, separators=(",", ":"))
-        digest = "0" * 64
+        digest = encode_hash("0" * 64)  # stored as the writer stores a hash
         with stopwatch() as elapsed:
             for start in range(0, total, RAW_BATCH):
                 now = utc_now()

@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 
 from bench.common import base_parser, median, percentile, print_table, write_json
 from sessionstream.eventstore import merkle
+from sessionstream.eventstore.hashcodec import encode_hash
 from sessionstream.eventstore.sqlite.schema import SCHEMA
 from sessionstream.eventstore.sqlite.tree import SQLiteTree
 
@@ -41,7 +42,7 @@ def fill(path: Path, events: int) -> None:
     conn.executescript(SCHEMA)
     rows = (
         (p, f"s-{p % 1000}", p // 1000 + 1, f"e{p}", "x", "{}", "{}", None, "t",
-         hashlib.sha256(str(p).encode()).hexdigest())
+         encode_hash(hashlib.sha256(str(p).encode()).hexdigest()))
         for p in range(1, events + 1)
     )  # fmt: skip
     conn.executemany("INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?)", rows)

@@ -66,6 +66,7 @@ from bench.stream_clients import (
 from bench.stream_server import bench_settings
 from sessionstream.engines.base import ExampleInput, ExampleResult, StreamItem, TextDelta, TurnInput
 from sessionstream.eventstore.groupcommit import Pending
+from sessionstream.eventstore.hashcodec import encode_hash
 from sessionstream.eventstore.model import AppendRequest, AppendResult, RecordedEvent
 
 STAGES = ("engine", "coalesce", "queue", "commit", "fanout")
@@ -334,7 +335,7 @@ def row_bytes(e: RecordedEvent) -> int:
     """An event's stored bytes as a row, counted as ``bench/scale_measure.py`` counts them."""
     data, metadata = e.encoded or (json.dumps(e.data), json.dumps(e.metadata))
     texts = (e.stream_id, e.event_id, e.type, data, metadata, e.correlation_id or "")
-    return sum(len(t) for t in texts) + len(e.recorded_at) + len(e.hash)
+    return sum(len(t) for t in texts) + len(e.recorded_at) + len(encode_hash(e.hash))
 
 
 def storage(db: str, runs: Sequence[str]) -> dict[str, float]:

@@ -15,6 +15,7 @@ from typing import Any, cast
 
 from sessionstream.core.ids import uuid7
 from sessionstream.core.jsonenc import encoder
+from sessionstream.eventstore.hashcodec import decode_hash
 from sessionstream.eventstore.textcodec import decode
 
 #: ``expected_version`` meaning "do not check".
@@ -362,7 +363,7 @@ def row_to_event(row: Sequence[Any]) -> RecordedEvent:
         metadata=json.loads(decode(row[6])),
         correlation_id=row[7],
         recorded_at=row[8],
-        hash=row[9],
+        hash=decode_hash(row[9]),
     )
 
 
@@ -413,7 +414,7 @@ class StoredEvent(RecordedEvent):
             metadata=json.loads(decode(row[6])),
             correlation_id=row[7],
             recorded_at=row[8],
-            hash=row[9],
+            hash=decode_hash(row[9]),
         )
         object.__setattr__(event, "_raw", decode(row[5]))
         return event

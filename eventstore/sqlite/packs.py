@@ -11,6 +11,7 @@ import sqlite3
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
+from sessionstream.eventstore.hashcodec import decode_hash
 from sessionstream.eventstore.model import RecordedEvent, row_to_event
 from sessionstream.eventstore.packing import (
     NO_BOUND,
@@ -181,10 +182,14 @@ def with_packs(
 
 def merged_hashes(conn: sqlite3.Connection, start: int, end: int) -> Sequence[tuple[int, str]]:
     """``(position, hash)`` of every event in ``(start, end]``, packed ones too."""
-    rows: list[tuple[int, str]] = conn.execute(
-        "SELECT position, hash FROM events WHERE position > ? AND position <= ? ORDER BY position",
-        (start, end),
-    ).fetchall()
+    rows = [
+        (position, decode_hash(value))
+        for position, value in conn.execute(
+            "SELECT position, hash FROM events WHERE position > ? AND position <= ? "
+            "ORDER BY position",
+            (start, end),
+        )
+    ]
     packed = unpack_all(
         conn.execute(PACKS_BETWEEN, (block_of(start + 1), block_of(end), start, end))
     )

@@ -15,6 +15,7 @@ from typing import Any
 
 from sessionstream.core.errors import SessionStreamError, StorageUnavailable
 from sessionstream.core.jsonenc import encoder
+from sessionstream.eventstore.hashcodec import encode_hash
 from sessionstream.eventstore.model import Doc, RecordedEvent
 from sessionstream.eventstore.snapshots import Snapshot
 from sessionstream.eventstore.textcodec import META_MIN_BYTES, MIN_BYTES, encode
@@ -24,7 +25,10 @@ from sessionstream.eventstore.textcodec import META_MIN_BYTES, MIN_BYTES, encode
 #: 4: the packs' ``first_at`` and ``last_at`` (added to a version 3 file on open)
 #: 5: ``docs`` is a rowid table (it was ``WITHOUT ROWID``), and large texts may be
 #: deflated BLOBs (``eventstore/textcodec.py``); a version 4 file's docs are moved on open
-SCHEMA_VERSION = 5
+#: 6: ``events.hash`` and ``streams.hash`` may be 32-byte BLOBs (``eventstore/hashcodec.py``),
+#: which an older build would hand out as bytes; a version 5 file's TEXT hashes stay as
+#: they are, and read the same beside the BLOBs appended after them
+SCHEMA_VERSION = 6
 
 #: a ``WITHOUT ROWID`` table keeps at most ~1,000 bytes of a row in its leaf and the rest
 #: in overflow pages, so a session document of a few KB left most of a page empty; a
@@ -235,7 +239,7 @@ def event_row(r: RecordedEvent) -> tuple[Any, ...]:
         metadata if len(metadata) < META_MIN_BYTES else encode(metadata, min_bytes=META_MIN_BYTES),
         r.correlation_id,
         r.recorded_at,
-        r.hash,
+        encode_hash(r.hash),
     )
 
 

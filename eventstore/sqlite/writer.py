@@ -37,6 +37,7 @@ from sessionstream.eventstore.batch import (
 )
 from sessionstream.eventstore.clock import EXCEPTIONS_OF_LOG, exceptions, stamp
 from sessionstream.eventstore.groupcommit import Pending
+from sessionstream.eventstore.hashcodec import decode_hash, encode_hash
 from sessionstream.eventstore.model import (
     AppendRequest,
     Doc,
@@ -146,7 +147,7 @@ def read_stream_heads(conn: sqlite3.Connection, names: Iterable[str]) -> dict[st
         marks = ",".join("?" * len(chunk))
         sql = f"SELECT stream_id, version, hash FROM streams WHERE stream_id IN ({marks})"
         for row in conn.execute(sql, chunk):
-            heads[row[0]] = StreamHead(row[1], row[2])
+            heads[row[0]] = StreamHead(row[1], decode_hash(row[2]))
     return heads
 
 
@@ -199,7 +200,9 @@ def write_rows(
     """What a plan (or one group of it) writes: one ``executemany`` per table."""
     if records:
         conn.executemany(INSERT_EVENT, [event_row(r) for r in records])
-        conn.executemany(UPSERT_STREAM, [(k, *v) for k, v in streams.items()])
+        conn.executemany(
+            UPSERT_STREAM, [(k, v.version, encode_hash(v.hash)) for k, v in streams.items()]
+        )
     kept, unkept = split_kept(docs)
     if kept:
         conn.executemany(UPSERT_DOC, [doc_row(d) for d in kept])
@@ -491,7 +494,10 @@ class SQLiteWriter:
                     conn.executemany(INSERT_EVENT, [event_row(e) for e in events])
                 except sqlite3.IntegrityError as exc:
                     raise ValidationFailed(f"import rejected by the store: {exc}") from exc
-                conn.executemany(UPSERT_STREAM, [(k, v.version, v.hash) for k, v in after.items()])
+                conn.executemany(
+                    UPSERT_STREAM,
+                    [(k, v.version, encode_hash(v.hash)) for k, v in after.items()],
+                )
                 refold = Refold(
                     self.projections,
                     self.snapshot_every,
