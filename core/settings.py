@@ -201,9 +201,10 @@ class Settings(StorageSettings, BaseSettings):
     )
     keep_raw_deltas: bool = Field(
         default=False,
-        description="Keep a finished run's events as rows of the log. By default all but "
-        "its terminal one are packed into one compressed row per run once it ends, read "
-        "back as the same events (see docs/explanation/scale.md).",
+        description="Keep a finished run's events, and a session's past turns, as rows of "
+        "the log. By default all but a run's terminal event are packed into one compressed "
+        "row per run once it ends, and all but a session's last event as each of its turns "
+        "ends, read back as the same events (see docs/explanation/scale.md).",
     )
     max_pending_appends: int = Field(
         default=10_000,

@@ -1,4 +1,5 @@
-"""Packed runs: a finished run's events kept as one compressed row per block.
+"""Packed runs and sessions: a finished run's events, and a session's past turns, kept as
+one compressed row per stream and block.
 
 A token delta carries ~20 bytes of text in a ~360-byte row with an entry in
 four indexes, and a chat turn makes about a hundred of them; the run's other
@@ -14,8 +15,18 @@ read). A run compacted by an older build (its ``run.created`` a row, or its
 other events too) is left as it is: only a stream whose rows are versions 1
 to its last is packed.
 
-The terminal event stays a row. The merged reads rely on every packed event
-preceding a stored event of its stream that matches the same keys, so an
+A session's stream is packed too, at the end of each turn (its
+``run.released``): every event but the session's last one moves into packs,
+so a turn's claim, messages, revisions and release cost their data and a few
+bytes each instead of a row and four index entries apiece. A session goes on
+after it is packed, so each compaction reads its packs back, merges them
+with the rows appended since and writes them anew (:func:`compaction`; a
+run is packed once, as it ends). The work grows with the session, never with
+the log.
+
+The terminal event stays a row (a session's last event likewise). The
+merged reads rely on every packed event preceding a stored event of its
+stream that matches the same keys, so an
 event correlated otherwise than the terminal one stays a row too (a key
 filter must find the terminal after it). And an append retried after its
 answer was lost must still be answered as the retry it is, so the writers
@@ -61,7 +72,7 @@ from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sessionstream.core.vocabulary import RUN_PREFIX, TERMINAL, EventType
+from sessionstream.core.vocabulary import RUN_PREFIX, SESSION_PREFIX, TERMINAL, EventType
 from sessionstream.eventstore import packcodec
 from sessionstream.eventstore.batch import storable
 from sessionstream.eventstore.model import (
@@ -105,14 +116,28 @@ def block_of(position: int) -> int:
     return position >> BLOCK_BITS
 
 
-def finished_runs(records: Iterable[RecordedEvent]) -> list[str]:
-    """The streams a batch ended (its terminal events'), to compact after it commits."""
-    return [r.stream_id for r in records if r.type in TERMINAL and may_hold_packs(r.stream_id)]
+def to_compact(records: Iterable[RecordedEvent]) -> list[str]:
+    """The streams a batch lets compaction pack once it commits: each run it ended (its
+    terminal event) and each session whose turn it ended (``run.released``)."""
+    found: dict[str, None] = {}
+    for r in records:
+        if r.type in TERMINAL and r.stream_id.startswith(RUN_PREFIX):
+            found[r.stream_id] = None
+        elif r.type == EventType.RUN_RELEASED and r.stream_id.startswith(SESSION_PREFIX):
+            found[r.stream_id] = None
+    return list(found)
 
 
 def may_hold_packs(stream_id: str) -> bool:
-    """Only run streams are compacted: other streams' reads skip the pack table."""
-    return stream_id.startswith(RUN_PREFIX)
+    """Only run and session streams are compacted: other streams' reads skip the packs."""
+    return stream_id.startswith((RUN_PREFIX, SESSION_PREFIX))
+
+
+def repacked(stream_id: str) -> bool:
+    """Whether compaction packs this stream again and again (a session, at each turn's
+    end: its packs are read, merged with its rows and written anew) or once (a run,
+    when it ends; one packed by an older format stays as it is)."""
+    return stream_id.startswith(SESSION_PREFIX)
 
 
 def targets_of(requests: Iterable[AppendRequest]) -> dict[str, str]:
@@ -214,17 +239,33 @@ class _Segment:
 
 
 def packed_of(events: Sequence[RecordedEvent]) -> list[RecordedEvent]:
-    """The events of a stream that compaction moves into packs (``events``: all of it,
-    in version order, as stored): none unless it has ended and is whole (versions 1
-    to its last, so a stream compacted before, whose rows have gaps, is left as it
-    is); else every event but its terminal one and any correlated otherwise than the
-    terminal one (see the module's doc for why those stay)."""
-    if not events or events[-1].type not in TERMINAL:
-        return []
-    if events[0].version != 1 or events[-1].version != len(events):
+    """The events of a stream that packs hold (``events``: all of it, in version order):
+    none unless it is whole (versions 1 to its last: a run compacted before, read
+    from its rows alone, has gaps and is left as it is) and, for a run, has ended;
+    else every event but its last one and any correlated otherwise than the last
+    one (see the module's doc for why those stay)."""
+    if not events or events[0].version != 1 or events[-1].version != len(events):
         return []
     last = events[-1]
+    if not may_hold_packs(last.stream_id):
+        return []  # its reads would never look for them
+    if last.stream_id.startswith(RUN_PREFIX) and last.type not in TERMINAL:
+        return []  # a live run: its rows are what its subscribers read
     return [e for e in events[:-1] if e.correlation_id == last.correlation_id]
+
+
+def compaction(
+    rows: Sequence[RecordedEvent], packed: Sequence[RecordedEvent]
+) -> tuple[list[Pack], list[RecordedEvent]]:
+    """What compacting a stream writes: the packs that replace its packs, and the rows
+    they take in (none, and no packs, when no row would move). ``rows``: the stream's
+    stored events; ``packed``: its packed ones (:func:`repacked` streams only)."""
+    events = sorted([*rows, *packed], key=lambda e: e.version)
+    stored = {e.position for e in rows}
+    moving = [e for e in packed_of(events) if e.position in stored]
+    if not moving:
+        return [], []
+    return pack_stream(events), moving
 
 
 def _most_common(texts: Iterable[str]) -> str:

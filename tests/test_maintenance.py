@@ -21,7 +21,7 @@ from aiohttp.test_utils import TestClient, TestServer
 import tests.conftest as conf
 from sessionstream import projections
 from sessionstream.cli.main import main
-from sessionstream.eventstore.model import Doc
+from sessionstream.eventstore.model import Doc, RecordedEvent
 from sessionstream.eventstore.sqlite import SQLiteEventStore
 from sessionstream.eventstore.textcodec import decode
 from sessionstream.eventstore.verify import doc_form
@@ -86,11 +86,18 @@ async def _populate(db: Path) -> dict[str, Any]:
         )
         assert r.status == 200, await r.text()
         await _idle(client, h, main_sid)
+        # edits after the last turn stay rows (a session is packed as each turn ends), so
+        # the tests below have rows of a session's stream to alter and remove
+        r = await client.patch(f"{S}/{main_sid}", json={"draft_subject": "Invoices"}, headers=h)
+        assert r.status == 200
         doomed = await session(a, na)
         await turn(doomed, "short one")
         assert (await client.delete(f"{S}/{doomed}", headers=h)).status == 200
         other = await session(ids["campaign_b"], ids["node_b"])
         await turn(other, "another campaign")
+        for title in ("first title", "second title"):
+            r = await client.patch(f"{S}/{other}", json={"title": title}, headers=h)
+            assert r.status == 200
         ids.update(main=main_sid, doomed=doomed, other=other)
     return ids
 
@@ -150,8 +157,16 @@ def all_docs(db: Path) -> dict[tuple[str, str], str]:
     return asyncio.run(_all_docs(db))
 
 
-def all_events(db: Path) -> list[Any]:
-    return sql(db, "SELECT * FROM events ORDER BY position")
+def all_events(db: Path) -> list[RecordedEvent]:
+    """Every event of the log as a reader gets it (rows and packs merged): an import packs
+    a session's turns together where the original packed them one at a time."""
+    return asyncio.run(_all_events(db))
+
+
+async def _all_events(db: Path) -> list[RecordedEvent]:
+    store = SQLiteEventStore(db, projections.ALL)
+    async with store:
+        return await store.read_all(0, limit=1_000_000)
 
 
 # verify --------------------------------------------------------------------------------
@@ -525,9 +540,9 @@ def test_postgres_import_verify_rebuild_and_tamper(
     assert again.read_text() == dump.read_text()
     # tampering is named the same way on PostgreSQL
     sid = golden[1]["main"]
-    line = next(
+    line = next(  # the last: a row (the earlier ones were packed as later turns ended)
         json.loads(x)
-        for x in dump.read_text().splitlines()
+        for x in reversed(dump.read_text().splitlines())
         if '"session.patched"' in x and sid in x
     )
     forged = json.dumps({"fields": {"title": "forged"}})

@@ -230,6 +230,37 @@ async def test_a_run_waiting_for_its_compaction_holds_the_cursor(
         conn.close()
 
 
+async def test_a_session_waiting_for_its_compaction_holds_the_cursor(
+    tmp_path: Path, small_steps: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A session's rows leave when a turn of it ends: one whose compaction is queued holds
+    the cursor as a run's does; any other is passed (its next turn may never come)."""
+    monkeypatch.setattr(sqlite_store, "CLOSING_STEPS", 0)
+    path = tmp_path / "session.db"
+    store = SQLiteEventStore(path, compact_runs=False)
+    await store.open()
+    try:
+        seqs = await write_runs(store, range(RUNS))  # rows with holes before the session's
+        for run, seq in seqs.items():
+            await store.append(f"run-r{run}", [run_event(run, EventType.RUN_COMPLETED)], seq)
+        await store.compact([f"run-r{run}" for run in range(RUNS)])
+        first = (await store.append("session-s0", [NewEvent("noise.made", {})])).events[0]
+        for i in range(200):
+            await store.append("session-s0" if i % 50 == 0 else f"o-{i}", [NewEvent("n", {})])
+    finally:
+        await store.close()
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        while relayout.step(conn, size=64, pending=frozenset({"session-s0"})):
+            pass
+        assert relayout.cursor(conn) < first.position  # its rows are still to leave
+        while relayout.step(conn, size=64):
+            pass
+        assert relayout.cursor(conn) > first.position
+    finally:
+        conn.close()
+
+
 async def test_appends_without_runs_are_not_relaid(tmp_path: Path) -> None:
     """Rows that never had holes are not rewritten, not even by a closing store."""
     store = SQLiteEventStore(tmp_path / "plain.db")

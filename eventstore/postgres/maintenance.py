@@ -17,7 +17,7 @@ import asyncpg
 from sessionstream.core.errors import StorageUnavailable
 from sessionstream.eventstore.groupcommit import GroupCommit
 from sessionstream.eventstore.model import RecordedEvent
-from sessionstream.eventstore.packing import finished_runs
+from sessionstream.eventstore.packing import to_compact
 from sessionstream.eventstore.postgres import schema as sql
 from sessionstream.eventstore.postgres.connect import own_connection
 from sessionstream.eventstore.postgres.packs import compact
@@ -65,7 +65,7 @@ class PostgresMaintenance(abc.ABC):
             await conn.execute(self._lock_head())
             await self._writer.import_events(conn, events)
         self.pump.committed(events)
-        ended = finished_runs(events) if self.compact_runs else []
+        ended = to_compact(events) if self.compact_runs else []
         if ended:  # an imported log is packed as the one it came from was
             self._import_packed = await self.compact(ended) > 0 or self._import_packed
 

@@ -18,8 +18,8 @@ from sessionstream.eventstore.model import RecordedEvent, row_to_event
 from sessionstream.eventstore.packing import (
     NO_BOUND,
     block_of,
-    pack_stream,
-    packed_of,
+    compaction,
+    repacked,
     runs_to_unpack,
     unpack_all,
 )
@@ -55,8 +55,14 @@ INSERT_PACKS = (
     "INSERT INTO packs (stream_id, block, correlation_id, first_position, last_position, "
     "events, body, first_at, last_at) SELECT * FROM unnest($1::text[], $2::bigint[], "
     "$3::text[], $4::bigint[], $5::bigint[], $6::int[], $7::bytea[], $8::text[], $9::text[]) "
-    "ON CONFLICT (stream_id, block) DO NOTHING"
+    "ON CONFLICT (stream_id, block) DO UPDATE SET correlation_id = excluded.correlation_id, "
+    "first_position = excluded.first_position, last_position = excluded.last_position, "
+    "events = excluded.events, body = excluded.body, first_at = excluded.first_at, "
+    "last_at = excluded.last_at"
 )
+#: one compaction of a stream at a time, across nodes: a session is packed again at each
+#: turn's end, and two nodes packing it at once could each read what the other replaces
+LOCK_STREAM = "SELECT pg_advisory_xact_lock(hashtext('packs:' || $1))"
 STREAM_EVENTS = f"SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = $1 ORDER BY version"
 PAGE = f"SELECT {EVENT_COLUMNS} FROM events WHERE position > $1 ORDER BY position LIMIT $2"
 
@@ -99,14 +105,19 @@ class PostgresPacks:
 
 
 async def compact(conn: asyncpg.Connection, stream_ids: Iterable[str]) -> int:
-    """Pack the events of these finished streams in one transaction; the events moved."""
+    """Pack the events of these streams (``packing.compaction``) in one transaction; the
+    rows moved."""
     moved = 0
     async with conn.transaction():
         await conn.execute("SET LOCAL synchronous_commit = off")
         for stream_id in stream_ids:
-            events = [row_to_event(r) for r in await conn.fetch(STREAM_EVENTS, stream_id)]
-            packs = pack_stream(events)
-            if not packs:
+            await conn.execute(LOCK_STREAM, stream_id)  # then each read sees the last one's
+            rows = [row_to_event(r) for r in await conn.fetch(STREAM_EVENTS, stream_id)]
+            packed = (
+                unpack_all(await conn.fetch(PACKS_OF, stream_id)) if repacked(stream_id) else []
+            )
+            packs, gone = compaction(rows, packed)
+            if not gone:
                 continue
             await conn.execute(
                 INSERT_PACKS,
@@ -120,8 +131,15 @@ async def compact(conn: asyncpg.Connection, stream_ids: Iterable[str]) -> int:
                 [p.first_at for p in packs],
                 [p.last_at for p in packs],
             )
-            gone = [e.position for e in packed_of(events)]
-            await conn.execute("DELETE FROM events WHERE position = ANY($1::bigint[])", gone)
+            if packed:  # a block no pack holds any more: none yet (events only join packs)
+                await conn.execute(
+                    "DELETE FROM packs WHERE stream_id = $1 AND NOT block = ANY($2::bigint[])",
+                    stream_id,
+                    [p.block for p in packs],
+                )
+            await conn.execute(
+                "DELETE FROM events WHERE position = ANY($1::bigint[])", [e.position for e in gone]
+            )
             moved += len(gone)
     return moved
 

@@ -43,7 +43,7 @@ from sessionstream.eventstore.model import (
     RecordedEvent,
 )
 from sessionstream.eventstore.packed_reads import PackedReads
-from sessionstream.eventstore.packing import finished_runs
+from sessionstream.eventstore.packing import to_compact
 from sessionstream.eventstore.postgres import schema as sql
 from sessionstream.eventstore.postgres.connect import (
     asks_for_primary,
@@ -408,7 +408,7 @@ class PostgresEventStore(
             if self.on_batch is not None:
                 self.on_batch(len(batch), appended)
             if self.compact_runs:  # packed between batches, when no append waits
-                self.compactions.add(s for run in runs for s in finished_runs(run))
+                self.compactions.add(s for run in runs for s in to_compact(run))
 
     async def _write_patiently(
         self, batch: list[Pending]

@@ -17,8 +17,8 @@ from sessionstream.eventstore.packing import (
     NO_BOUND,
     Pack,
     block_of,
-    pack_stream,
-    packed_of,
+    compaction,
+    repacked,
     runs_to_unpack,
     times_of,
     unpack_all,
@@ -27,9 +27,16 @@ from sessionstream.eventstore.packmerge import merge_streams, stream_span
 from sessionstream.eventstore.sqlite.schema import EVENT_COLUMNS, LOOKUP_CHUNK, POSITION_AT
 
 PACK_ROW = "stream_id, correlation_id, body"
+#: a session packed again rewrites its packs in place: deleted and inserted anew, each
+#: left a hole in its old page that only the table's end ever filled (18% of the packs'
+#: pages unused at 10^5, docs/explanation/scale.md)
 INSERT_PACK = (
     "INSERT INTO packs (stream_id, block, correlation_id, first_position, last_position, "
-    "events, body, first_at, last_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "events, body, first_at, last_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (stream_id, block) DO UPDATE SET correlation_id = excluded.correlation_id, "
+    "first_position = excluded.first_position, last_position = excluded.last_position, "
+    "events = excluded.events, body = excluded.body, first_at = excluded.first_at, "
+    "last_at = excluded.last_at"
 )
 #: schema 3 to 4
 PACK_TIMES = (
@@ -131,17 +138,25 @@ def pack_row(pack: Pack) -> tuple[Any, ...]:
 
 
 def compact(conn: sqlite3.Connection, stream_ids: Iterable[str]) -> int:
-    """Pack the events of these finished streams, in the caller's transaction; returns
-    how many events moved (a stream not ended, or already packed, moves none)."""
+    """Pack the events of these streams (``packing.compaction``), in the caller's
+    transaction; returns how many rows moved (a run not ended, or packed already, and
+    a session with nothing new, move none)."""
     moved = 0
     for stream_id in stream_ids:
-        events = [row_to_event(r) for r in conn.execute(STREAM_EVENTS, (stream_id,))]
-        packs = pack_stream(events)
-        if not packs:
+        rows = [row_to_event(r) for r in conn.execute(STREAM_EVENTS, (stream_id,))]
+        packed = unpack_all(conn.execute(PACKS_OF, (stream_id,))) if repacked(stream_id) else []
+        packs, gone = compaction(rows, packed)
+        if not gone:
             continue
         conn.executemany(INSERT_PACK, [pack_row(p) for p in packs])
-        gone = [(e.position,) for e in packed_of(events)]
-        conn.executemany("DELETE FROM events WHERE position = ?", gone)
+        if packed:  # a block no pack holds any more: none yet (events only join packs)
+            blocks = [p.block for p in packs]
+            conn.execute(
+                f"DELETE FROM packs WHERE stream_id = ? AND block NOT IN "
+                f"({','.join('?' * len(blocks))})",
+                (stream_id, *blocks),
+            )
+        conn.executemany("DELETE FROM events WHERE position = ?", [(e.position,) for e in gone])
         moved += len(gone)
     return moved
 

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from sessionstream.core.vocabulary import RUN_PREFIX, TERMINAL
+from sessionstream.core.vocabulary import RUN_PREFIX, SESSION_PREFIX, TERMINAL
 from sessionstream.eventstore.sqlite.schema import EVENT_COLUMNS, INSERT_EVENT, unsynced
 
 #: positions re-laid per step: ~90 table pages of a chat log; 15-30 ms on a loaded machine
@@ -60,7 +60,7 @@ _HEAD = "SELECT COALESCE(MAX(position), 0) FROM events"
 #: the first of each: a rowid range scan
 _LEAVING_STREAMS = (
     "SELECT stream_id, MIN(position) FROM events WHERE position > ? AND position <= ? "
-    "AND substr(stream_id, 1, ?) = ? GROUP BY stream_id"
+    "AND (substr(stream_id, 1, ?) = ? OR substr(stream_id, 1, ?) = ?) GROUP BY stream_id"
 )
 #: a stream's newest event's type (a terminal event is always a row)
 _LAST_TYPE = (
@@ -80,10 +80,14 @@ def cursor(conn: sqlite3.Connection) -> int:
 
 def _end(conn: sqlite3.Connection, start: int, end: int, pending: frozenset[str]) -> int:
     """How far past ``start`` the range may go: short of the first event that may leave
-    of a run that is live, or has ended and waits to be compacted (``pending``)."""
-    runs = (start, end, len(RUN_PREFIX), RUN_PREFIX)
-    for stream_id, first in conn.execute(_LEAVING_STREAMS, runs).fetchall():
+    of a run that is live, or of a run or session that waits to be compacted
+    (``pending``). A session not pending is no reason to wait: its rows leave when its
+    next turn ends, which may be never (a live turn's run stops the range anyway)."""
+    kinds = (start, end, len(RUN_PREFIX), RUN_PREFIX, len(SESSION_PREFIX), SESSION_PREFIX)
+    for stream_id, first in conn.execute(_LEAVING_STREAMS, kinds).fetchall():
         if stream_id not in pending:
+            if stream_id.startswith(SESSION_PREFIX):
+                continue
             last = conn.execute(_LAST_TYPE, (stream_id,)).fetchone()
             if last is not None and last[0] in TERMINAL:
                 continue  # ended and not to be compacted (kept, or refused): rows for good

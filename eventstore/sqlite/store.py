@@ -37,7 +37,7 @@ from sessionstream.eventstore.model import (
     RecordedEvent,
 )
 from sessionstream.eventstore.packed_reads import PackedReads
-from sessionstream.eventstore.packing import finished_runs
+from sessionstream.eventstore.packing import to_compact
 from sessionstream.eventstore.projector import Projection
 from sessionstream.eventstore.sqlite import files, relayout
 from sessionstream.eventstore.sqlite.checkpointer import INTERVAL_S as CHECKPOINT_INTERVAL_S
@@ -301,7 +301,7 @@ class SQLiteEventStore(PackedReads, DelegatedReads, EventStore):
             if self.on_batch is not None:
                 self.on_batch(len(batch), len(plan.records))
             if self.compact_runs:  # packed between batches, when no append waits
-                self.compactions.add(finished_runs(plan.records))
+                self.compactions.add(to_compact(plan.records))
 
     async def _resume(self) -> None:
         """After a crash past a commit: answer its callers, publish what the hub missed.
@@ -333,7 +333,7 @@ class SQLiteEventStore(PackedReads, DelegatedReads, EventStore):
         finally:
             self._reader.cache.clear()
         self.hub.publish(events)
-        ended = finished_runs(events) if self.compact_runs else []
+        ended = to_compact(events) if self.compact_runs else []
         if ended:  # an imported log is packed as the one it came from was
             await self.compact(ended)
 
