@@ -14,6 +14,7 @@ imported or the server does not answer; with ``CI=true`` that is a failure.
 from __future__ import annotations
 
 import importlib
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,18 @@ from sessionstream import projections
 from sessionstream.eventstore.base import EventStore
 from sessionstream.eventstore.sqlite import SQLiteEventStore
 from tests.pg import DSN, throwaway_schema, unavailable
+
+
+async def raw_rows(store: EventStore, backend: str, sql: str) -> list[Any]:
+    """The rows of one SQL statement run on the store's own tables, under the store's
+    back (what a test looks at or tampers with at rest), on either backend."""
+    if backend == "sqlite":
+        conn = sqlite3.connect(store.path, isolation_level=None)  # type: ignore[attr-defined]
+        try:
+            return [tuple(r) for r in conn.execute(sql)]
+        finally:
+            conn.close()
+    return [tuple(r) for r in await store._reader.fetch(sql)]  # type: ignore[attr-defined]
 
 
 class StoreFactory:

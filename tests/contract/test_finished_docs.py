@@ -9,16 +9,13 @@ document as before, and a row an older build kept is still read and checked.
 
 from __future__ import annotations
 
-import sqlite3
-from typing import Any
-
 from sessionstream import projections
 from sessionstream.core.readmodels import RunRow
 from sessionstream.eventstore.base import EventStore
 from sessionstream.eventstore.model import DocIndex
 from sessionstream.eventstore.verify import verify_store
 from sessionstream.projections.run import RunProjection
-from tests.contract.conftest import StoreFactory
+from tests.contract.conftest import StoreFactory, raw_rows
 from tests.contract.test_packing import RUN, end_run, write_run
 
 
@@ -37,19 +34,10 @@ OLDER = tuple(KeepingEveryRun() if p.kind == "run" else p for p in projections.A
 
 async def run_doc_rows(store: EventStore, backend: str, sql: str = "") -> int:
     """How many rows the docs table holds for the run (after running ``sql`` on it)."""
-    count = "SELECT COUNT(*) FROM docs WHERE kind = 'run' AND key = 'r1'"
-    if backend == "sqlite":
-        conn = sqlite3.connect(store.path, isolation_level=None)  # type: ignore[attr-defined]
-        try:
-            if sql:
-                conn.execute(sql)
-            return int(conn.execute(count).fetchone()[0])
-        finally:
-            conn.close()
-    reader: Any = store._reader  # type: ignore[attr-defined]
     if sql:
-        await reader.fetch(sql)
-    return int(await reader.fetchval(count))
+        await raw_rows(store, backend, sql)
+    count = "SELECT COUNT(*) FROM docs WHERE kind = 'run' AND key = 'r1'"
+    return int((await raw_rows(store, backend, count))[0][0])
 
 
 async def test_a_finished_runs_document_is_folded_when_read(store_factory: StoreFactory) -> None:

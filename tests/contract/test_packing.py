@@ -29,7 +29,7 @@ from sessionstream.eventstore.packing import (
 )
 from sessionstream.eventstore.transfer import Scope, export, import_into
 from sessionstream.eventstore.verify import verify_store
-from tests.contract.conftest import StoreFactory
+from tests.contract.conftest import StoreFactory, raw_rows
 
 RUN = "run-r1"
 SESSION = "session-s1"
@@ -112,25 +112,13 @@ async def write_run(store: EventStore, *, end: bool = True, run: str = RUN) -> l
 async def run_rows(store: EventStore, backend: str) -> list[str]:
     """The types of the run's rows left in the events table itself, in version order."""
     sql = f"SELECT type FROM events WHERE stream_id = '{RUN}' ORDER BY version"
-    if backend == "sqlite":
-        conn = sqlite3.connect(store.path)  # type: ignore[attr-defined]
-        try:
-            return [r[0] for r in conn.execute(sql)]
-        finally:
-            conn.close()
-    return [r[0] for r in await store._reader.fetch(sql)]  # type: ignore[attr-defined]
+    return [r[0] for r in await raw_rows(store, backend, sql)]
 
 
 async def stored_deltas(store: EventStore, backend: str) -> int:
     """Delta rows left in the events table itself."""
     sql = "SELECT COUNT(*) FROM events WHERE type = 'message.delta'"
-    if backend == "sqlite":
-        conn = sqlite3.connect(store.path)  # type: ignore[attr-defined]
-        try:
-            return int(conn.execute(sql).fetchone()[0])
-        finally:
-            conn.close()
-    return int(await store._reader.fetchval(sql))  # type: ignore[attr-defined]
+    return int((await raw_rows(store, backend, sql))[0][0])
 
 
 def set_text(columns: list[Any], i: int, text: str) -> None:

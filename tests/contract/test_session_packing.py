@@ -27,7 +27,7 @@ from sessionstream.eventstore.packing import read_body, write_body
 from sessionstream.eventstore.sqlite import SQLiteEventStore
 from sessionstream.eventstore.transfer import Scope, export
 from sessionstream.eventstore.verify import verify_store
-from tests.contract.conftest import StoreFactory
+from tests.contract.conftest import StoreFactory, raw_rows
 
 SESSION = "session-s9"
 USER: dict[str, Any] = {"actor": {"type": "user", "id": "u1"}, "request_id": "q"}
@@ -81,13 +81,7 @@ async def write_session(store: EventStore, turns: int) -> int:
 async def session_rows(store: EventStore, backend: str) -> list[int]:
     """The versions of the session's events left as rows."""
     sql = f"SELECT version FROM events WHERE stream_id = '{SESSION}' ORDER BY version"
-    if backend == "sqlite":
-        conn = sqlite3.connect(store.path)  # type: ignore[attr-defined]
-        try:
-            return [r[0] for r in conn.execute(sql)]
-        finally:
-            conn.close()
-    return [r[0] for r in await store._reader.fetch(sql)]  # type: ignore[attr-defined]
+    return [r[0] for r in await raw_rows(store, backend, sql)]
 
 
 async def everything(store: EventStore) -> list[RecordedEvent]:
