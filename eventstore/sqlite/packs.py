@@ -27,9 +27,10 @@ from sessionstream.eventstore.packmerge import merge_streams, stream_span
 from sessionstream.eventstore.sqlite.schema import EVENT_COLUMNS, LOOKUP_CHUNK, POSITION_AT
 
 PACK_ROW = "stream_id, correlation_id, body"
-#: a session packed again rewrites its packs in place: deleted and inserted anew, each
-#: left a hole in its old page that only the table's end ever filled (18% of the packs'
-#: pages unused at 10^5, docs/explanation/scale.md)
+#: a session packed again writes its packs anew: one statement for a new block's pack and
+#: for one written before (PostgreSQL's compaction relies on the same upsert). Either way
+#: about 18% of the packs' pages stay unused at 10^5: a session's pack grows each turn,
+#: and a row that outgrows its page moves (docs/explanation/scale.md)
 INSERT_PACK = (
     "INSERT INTO packs (stream_id, block, correlation_id, first_position, last_position, "
     "events, body, first_at, last_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
