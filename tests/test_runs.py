@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 from typing import Any
 
 import pytest
@@ -193,3 +195,26 @@ async def test_recovery_does_not_release_a_session_its_run_released_meanwhile(
     monkeypatch.undo()
     events = await store.read_stream(f"session-{session['id']}")
     assert [e.data["run_id"] for e in events if e.type == "run.released"] == [run_id]
+
+
+async def test_a_finished_run_reads_the_same_after_a_restart(make_api: Any) -> None:
+    """A finished run keeps no document row (``DocIndex.kept``): a server started afresh,
+    with nothing cached, folds it from the run's stream and answers the same body, and
+    still only to its owner."""
+    api: Api = await make_api(engine=ScriptedEngine())
+    session = await api.session()
+    r = await api.client.post(f"{S}/{session['id']}/turn", json={"message": "x"}, headers=api.h())
+    run_id = (await r.json())["runId"]
+    await wait_idle(api, session["id"])
+    before = await (await api.client.get(f"/api/runs/{run_id}", headers=api.h())).json()
+    assert before["run"]["status"] == "completed" and before["run"]["output"]
+    path = api.app[STORE].path  # type: ignore[attr-defined]
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        kept = conn.execute("SELECT COUNT(*) FROM docs WHERE key = ?", (run_id,)).fetchone()
+    assert kept == (0,)  # served from the cache the ending write filled
+    await api.client.close()  # the server stops, its store closes
+    again: Api = await make_api(engine=ScriptedEngine())
+    r = await again.client.get(f"/api/runs/{run_id}", headers=api.h())
+    assert r.status == 200 and await r.json() == before
+    r = await again.client.get(f"/api/runs/{run_id}", headers=again.h(again.token_b))
+    assert r.status == 404
