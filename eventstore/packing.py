@@ -19,10 +19,12 @@ A session's stream is packed too, at the end of each turn (its
 ``run.released``): every event but the session's last one moves into packs,
 so a turn's claim, messages, revisions and release cost their data and a few
 bytes each instead of a row and four index entries apiece. A session goes on
-after it is packed, so each compaction reads its packs back, merges them
-with the rows appended since and writes them anew (:func:`compaction`; a
-run is packed once, as it ends). The work grows with the session, never with
-the log.
+after it is packed, so each compaction reads back its packs of the blocks
+from its first row's on, merges them with the rows appended since and writes
+them anew, chained onto the last event of the pack before them
+(:func:`compaction`, :func:`tail_from`, :func:`last_anchor`; a run is packed
+once, as it ends). The work grows with the blocks a session's recent turns
+touch, never with the log, nor with the session's older turns.
 
 The terminal event stays a row (a session's last event likewise). The
 merged reads rely on every packed event preceding a stored event of its
@@ -244,28 +246,56 @@ def packed_of(events: Sequence[RecordedEvent]) -> list[RecordedEvent]:
     from its rows alone, has gaps and is left as it is) and, for a run, has ended;
     else every event but its last one and any correlated otherwise than the last
     one (see the module's doc for why those stay)."""
-    if not events or events[0].version != 1 or events[-1].version != len(events):
+    if not events or events[-1].version - events[0].version + 1 != len(events):
         return []
     last = events[-1]
     if not may_hold_packs(last.stream_id):
         return []  # its reads would never look for them
-    if last.stream_id.startswith(RUN_PREFIX) and last.type not in TERMINAL:
+    if last.stream_id.startswith(RUN_PREFIX) and (
+        last.type not in TERMINAL or events[0].version != 1
+    ):
         return []  # a live run: its rows are what its subscribers read
     return [e for e in events[:-1] if e.correlation_id == last.correlation_id]
 
 
 def compaction(
-    rows: Sequence[RecordedEvent], packed: Sequence[RecordedEvent]
+    rows: Sequence[RecordedEvent],
+    packed: Sequence[RecordedEvent],
+    before: tuple[int, str] = (0, GENESIS_HASH),
 ) -> tuple[list[Pack], list[RecordedEvent]]:
     """What compacting a stream writes: the packs that replace its packs, and the rows
     they take in (none, and no packs, when no row would move). ``rows``: the stream's
-    stored events; ``packed``: its packed ones (:func:`repacked` streams only)."""
+    stored events; ``packed``: its packed ones (:func:`repacked` streams only), all of
+    them or those of the blocks from its first row's on (:func:`tail_from`), ``before``
+    then being the version and hash of the event before them (:func:`last_anchor`)."""
     events = sorted([*rows, *packed], key=lambda e: e.version)
+    if not events or events[0].version != before[0] + 1:
+        return [], []  # not the stream's events from just after ``before``: left as is
     stored = {e.position for e in rows}
     moving = [e for e in packed_of(events) if e.position in stored]
     if not moving:
         return [], []
-    return pack_stream(events), moving
+    return pack_stream(events, before[1]), moving
+
+
+def tail_from(rows: Sequence[RecordedEvent]) -> int:
+    """The first block a session's compaction writes again: its first row's. The packs
+    of the blocks before it hold only events before every row, so they stay as they are
+    and a long session is not packed again whole at every turn's end."""
+    return block_of(rows[0].position) if rows else 0
+
+
+def last_anchor(body: bytes | None) -> tuple[int, str]:
+    """The version and hash of a stored pack's last event (its last segment's digest):
+    what the events after it chain onto; version 0 and the genesis hash for no pack,
+    and version -1 (matching no stream) for a format that does not count its events."""
+    if body is None:
+        return 0, GENESIS_HASH
+    obj = read_body(body)
+    if obj.get("format") not in READABLE or obj["format"] < 2:
+        return -1, GENESIS_HASH
+    *_, (_, digest, version, _, packed) = obj["segments"]
+    return version + len(packed[0]) - 1, digest
 
 
 def _most_common(texts: Iterable[str]) -> str:
@@ -321,9 +351,10 @@ def _resolve(
     return whole
 
 
-def pack_stream(events: Sequence[RecordedEvent]) -> list[Pack]:
+def pack_stream(events: Sequence[RecordedEvent], prev: str = GENESIS_HASH) -> list[Pack]:
     """The packs replacing the packed events (:func:`packed_of`) of a finished stream
-    (``events``: all of it, in version order, as stored), or none."""
+    (``events``: all of it, in version order, as stored, or its events from some version
+    on, ``prev`` then being the hash of the event before them), or none."""
     packed = packed_of(events)
     if not packed:
         return []
@@ -339,7 +370,6 @@ def pack_stream(events: Sequence[RecordedEvent]) -> list[Pack]:
     usual = _most_common(meta_texts)
     meta_of = dict(zip((e.position for e in packed), meta_texts, strict=True))
     segments: list[_Segment] = []
-    prev = GENESIS_HASH
     for event in events:
         if event.position in moving:
             segment = segments[-1] if segments else None

@@ -17,6 +17,7 @@ from sessionstream.eventstore.model import GENESIS_HASH, NewEvent, RecordedEvent
 from sessionstream.eventstore.packing import (
     FORMAT,
     _split_text,
+    compaction,
     pack_stream,
     read_body,
     times_of,
@@ -272,3 +273,31 @@ def test_times_of_a_range_are_those_of_every_time_in_it() -> None:
             assert times_of(rows, after, bound) == cut, (after, bound)
             cut = [(p, at) for p, at in every_old if after < p <= bound]
             assert times_of(old, after, bound) == cut, (after, bound)
+
+
+def test_a_session_packed_from_a_later_block_chains_onto_the_pack_before() -> None:
+    """Compaction of a session's tail (``packing.compaction`` with ``before``): its packs
+    give back the events with their hashes, chained onto the anchor; a tail that does not
+    start right after the anchor is left as it is."""
+    events: list[RecordedEvent] = []
+    prev = GENESIS_HASH
+    for version in range(1, 9):
+        new = NewEvent("message.appended", {"role": "user", "content": f"m{version}"}, {})
+        event = record_event(
+            new,
+            position=version * 10,
+            stream_id="session-s1",
+            version=version,
+            prev_hash=prev,
+            at="2026-12-06T00:00:00.000Z",
+        )
+        events.append(event)
+        prev = event.hash
+    head, tail = events[:4], events[4:]
+    anchor = (head[-1].version, head[-1].hash)
+    packs, moved = compaction(tail, [], anchor)
+    assert moved == tail[:-1]  # all but the session's last event
+    unpacked = [e for p in packs for e in unpack(p.stream_id, p.correlation_id, p.body)]
+    assert unpacked == tail[:-1]
+    assert compaction(tail, [], (anchor[0] - 1, anchor[1])) == ([], [])
+    assert compaction(tail[1:], [], anchor) == ([], [])  # a version missing between

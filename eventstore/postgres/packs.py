@@ -19,8 +19,10 @@ from sessionstream.eventstore.packing import (
     NO_BOUND,
     block_of,
     compaction,
+    last_anchor,
     repacked,
     runs_to_unpack,
+    tail_from,
     unpack_all,
 )
 from sessionstream.eventstore.packmerge import merge_streams, stream_span
@@ -28,6 +30,11 @@ from sessionstream.eventstore.postgres.schema import EVENT_COLUMNS, POSITION_AT
 
 PACK_ROW = "stream_id, correlation_id, body"
 PACKS_OF = f"SELECT {PACK_ROW} FROM packs WHERE stream_id = $1 ORDER BY block"
+#: a session's packs a compaction writes again, and the one before them it chains onto
+PACKS_FROM = f"SELECT {PACK_ROW} FROM packs WHERE stream_id = $1 AND block >= $2 ORDER BY block"
+PACK_BEFORE = (
+    "SELECT body FROM packs WHERE stream_id = $1 AND block < $2 ORDER BY block DESC LIMIT 1"
+)
 PACKS_OF_STREAMS = f"SELECT {PACK_ROW} FROM packs WHERE stream_id BETWEEN $1 AND $2"
 PACKS_OF_ANY = f"SELECT {PACK_ROW} FROM packs WHERE stream_id = ANY($1::text[])"
 #: blocks seek the index; the positions skip packs wholly outside (after, bound]
@@ -113,10 +120,14 @@ async def compact(conn: asyncpg.Connection, stream_ids: Iterable[str]) -> int:
         for stream_id in stream_ids:
             await conn.execute(LOCK_STREAM, stream_id)  # then each read sees the last one's
             rows = [row_to_event(r) for r in await conn.fetch(STREAM_EVENTS, stream_id)]
-            packed = (
-                unpack_all(await conn.fetch(PACKS_OF, stream_id)) if repacked(stream_id) else []
-            )
-            packs, gone = compaction(rows, packed)
+            packed: list[RecordedEvent] = []
+            before = last_anchor(None)
+            first = tail_from(rows)
+            if repacked(stream_id) and rows:
+                packed = unpack_all(await conn.fetch(PACKS_FROM, stream_id, first))
+                body = await conn.fetchval(PACK_BEFORE, stream_id, first)
+                before = last_anchor(None if body is None else bytes(body))
+            packs, gone = compaction(rows, packed, before)
             if not gone:
                 continue
             await conn.execute(
@@ -133,8 +144,10 @@ async def compact(conn: asyncpg.Connection, stream_ids: Iterable[str]) -> int:
             )
             if packed:  # a block no pack holds any more: none yet (events only join packs)
                 await conn.execute(
-                    "DELETE FROM packs WHERE stream_id = $1 AND NOT block = ANY($2::bigint[])",
+                    "DELETE FROM packs WHERE stream_id = $1 AND block >= $2 "
+                    "AND NOT block = ANY($3::bigint[])",
                     stream_id,
+                    first,
                     [p.block for p in packs],
                 )
             await conn.execute(

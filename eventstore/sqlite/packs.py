@@ -18,8 +18,10 @@ from sessionstream.eventstore.packing import (
     Pack,
     block_of,
     compaction,
+    last_anchor,
     repacked,
     runs_to_unpack,
+    tail_from,
     times_of,
     unpack_all,
 )
@@ -44,6 +46,9 @@ PACK_TIMES = (
     "ALTER TABLE packs ADD COLUMN first_at TEXT; ALTER TABLE packs ADD COLUMN last_at TEXT;"
 )
 PACKS_OF = f"SELECT {PACK_ROW} FROM packs WHERE stream_id = ? ORDER BY block"
+#: a session's packs a compaction writes again, and the one before them it chains onto
+PACKS_FROM = f"SELECT {PACK_ROW} FROM packs WHERE stream_id = ? AND block >= ? ORDER BY block"
+PACK_BEFORE = "SELECT body FROM packs WHERE stream_id = ? AND block < ? ORDER BY block DESC LIMIT 1"
 PACKS_OF_STREAMS = f"SELECT {PACK_ROW} FROM packs WHERE stream_id BETWEEN ? AND ?"
 #: blocks seek the index; the positions skip packs wholly outside (after, bound]
 IN_RANGE = "block BETWEEN ? AND ? AND last_position > ? AND first_position <= ?"
@@ -145,17 +150,23 @@ def compact(conn: sqlite3.Connection, stream_ids: Iterable[str]) -> int:
     moved = 0
     for stream_id in stream_ids:
         rows = [row_to_event(r) for r in conn.execute(STREAM_EVENTS, (stream_id,))]
-        packed = unpack_all(conn.execute(PACKS_OF, (stream_id,))) if repacked(stream_id) else []
-        packs, gone = compaction(rows, packed)
+        packed: list[RecordedEvent] = []
+        before = last_anchor(None)
+        first = tail_from(rows)
+        if repacked(stream_id) and rows:
+            packed = unpack_all(conn.execute(PACKS_FROM, (stream_id, first)))
+            row = conn.execute(PACK_BEFORE, (stream_id, first)).fetchone()
+            before = last_anchor(None if row is None else bytes(row[0]))
+        packs, gone = compaction(rows, packed, before)
         if not gone:
             continue
         conn.executemany(INSERT_PACK, [pack_row(p) for p in packs])
         if packed:  # a block no pack holds any more: none yet (events only join packs)
             blocks = [p.block for p in packs]
             conn.execute(
-                f"DELETE FROM packs WHERE stream_id = ? AND block NOT IN "
+                f"DELETE FROM packs WHERE stream_id = ? AND block >= ? AND block NOT IN "
                 f"({','.join('?' * len(blocks))})",
-                (stream_id, *blocks),
+                (stream_id, first, *blocks),
             )
         conn.executemany("DELETE FROM events WHERE position = ?", [(e.position,) for e in gone])
         moved += len(gone)

@@ -20,10 +20,10 @@ from typing import Any
 
 from sessionstream import projections
 from sessionstream.core.vocabulary import EventType
-from sessionstream.eventstore import merkle
+from sessionstream.eventstore import merkle, packcodec
 from sessionstream.eventstore.base import EventStore
 from sessionstream.eventstore.model import NewEvent, RecordedEvent
-from sessionstream.eventstore.packing import read_body, write_body
+from sessionstream.eventstore.packing import BLOCK_BITS, read_body, write_body
 from sessionstream.eventstore.sqlite import SQLiteEventStore
 from sessionstream.eventstore.transfer import Scope, export
 from sessionstream.eventstore.verify import verify_store
@@ -248,3 +248,56 @@ async def test_two_nodes_packing_one_session_at_once_lose_nothing(
         for node in nodes:
             assert await node.read_stream(SESSION) == expected
     assert (await verify_store(writer)).ok
+
+
+async def set_pack_body(store: EventStore, backend: str, block: int, body: bytes) -> None:
+    if backend == "sqlite":
+        conn = sqlite3.connect(store.path)  # type: ignore[attr-defined]
+        with conn:
+            conn.execute(
+                "UPDATE packs SET body = ? WHERE stream_id = ? AND block = ?",
+                (body, SESSION, block),
+            )
+        conn.close()
+        return
+    async with store._reader.require_pool().acquire() as conn:  # type: ignore[attr-defined]
+        await conn.execute(
+            "UPDATE packs SET body = $1 WHERE stream_id = $2 AND block = $3", body, SESSION, block
+        )
+
+
+async def test_a_long_session_writes_again_only_its_last_blocks(
+    store_factory: StoreFactory,
+) -> None:
+    """The packs of the blocks before a session's first row stay as they are: a session
+    of many turns is not packed again whole at each turn's end, and what the later
+    packs chain onto is the last event of the one before them."""
+    store = await store_factory()
+    backend = store_factory.backend
+    last = await write_session(store, turns=1)
+    filler = [NewEvent("noise.made", {"i": i}) for i in range(1 << BLOCK_BITS)]
+    await store.append("filler", filler)  # the log moves past a block's edge
+    last = await turn(store, 1, last)
+    await store.append("after", [NewEvent("noise.made", {})])  # the writer has compacted
+    packs_sql = f"SELECT block, body FROM packs WHERE stream_id = '{SESSION}' ORDER BY block"
+    early = await raw_rows(store, backend, packs_sql)
+    assert len(early) == 2  # the first turn's block, and the second's
+    # the first pack spelled otherwise (still read as the same events): packed again,
+    # it would be spelled as compaction spells it
+    appended = await store.read_stream(SESSION)
+    respelled = packcodec.deflate(json.dumps(read_body(early[0][1]), indent=1).encode())
+    await set_pack_body(store, backend, early[0][0], respelled)
+    early[0] = (early[0][0], respelled)
+    assert await store.read_stream(SESSION) == appended
+    for n in (2, 3):
+        last = await turn(store, n, last)
+    await store.append("after", [NewEvent("noise.made", {})], expected_version=1)
+    later = await raw_rows(store, backend, packs_sql)
+    assert bytes(later[0][1]) == bytes(early[0][1])  # not written again
+    assert [b for b, _ in later] == [b for b, _ in early]
+    assert bytes(later[1][1]) != bytes(early[1][1])  # the turns since joined its pack
+    assert await session_rows(store, backend) == [last]
+    events = await store.read_stream(SESSION)
+    assert [e.version for e in events] == list(range(1, last + 1))
+    report = await verify_store(store)
+    assert report.ok, report.problems
