@@ -19,12 +19,12 @@ from typing import Any
 import pytest
 
 from sessionstream.core.vocabulary import EventType
-from sessionstream.eventstore import merkle
 from sessionstream.eventstore.model import NewEvent, RecordedEvent
 from sessionstream.eventstore.sqlite import SQLiteEventStore, relayout
 from sessionstream.eventstore.sqlite import store as sqlite_store
 from sessionstream.eventstore.transfer import Scope, export
 from sessionstream.eventstore.verify import verify_store
+from tests.contract.conftest import assert_proven
 
 RUNS = 12
 DELTAS = 30
@@ -127,13 +127,7 @@ async def test_relayout_gives_pages_back_and_changes_no_read(
         again = io.StringIO()
         await export(store, Scope("the whole log", None), again)
         assert again.getvalue() == out.getvalue()
-        report = await verify_store(store)
-        assert report.ok, report.problems
-        size = await store.head_position()
-        assert await store.tree.integrate() == size
-        assert await store.tree.root(size) == merkle.root_of(
-            [merkle.event_leaf(e.hash) for e in before]
-        )
+        await assert_proven(store, before)
     finally:
         await store.close()
 

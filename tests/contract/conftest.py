@@ -22,8 +22,11 @@ from typing import Any
 import pytest
 
 from sessionstream import projections
+from sessionstream.eventstore import merkle
 from sessionstream.eventstore.base import EventStore
+from sessionstream.eventstore.model import RecordedEvent
 from sessionstream.eventstore.sqlite import SQLiteEventStore
+from sessionstream.eventstore.verify import verify_store
 from tests.pg import DSN, throwaway_schema, unavailable
 
 
@@ -37,6 +40,25 @@ async def raw_rows(store: EventStore, backend: str, sql: str) -> list[Any]:
         finally:
             conn.close()
     return [tuple(r) for r in await store._reader.fetch(sql)]  # type: ignore[attr-defined]
+
+
+async def read_in_pages(store: EventStore, limit: int) -> list[RecordedEvent]:
+    """The whole log read a page of ``limit`` at a time, as a catching-up reader does."""
+    paged: list[RecordedEvent] = []
+    while page := await store.read_all(paged[-1].position if paged else 0, limit=limit):
+        paged.extend(page)
+    return paged
+
+
+async def assert_proven(store: EventStore, log: list[RecordedEvent]) -> None:
+    """What an auditor checks still holds over ``log`` (the whole log, as appended): the
+    chains, positions and read models (``verify``), and the Merkle tree's root over it."""
+    report = await verify_store(store)
+    assert report.ok, report.problems
+    size = await store.head_position()
+    assert len(log) == size
+    assert await store.tree.integrate() == size
+    assert await store.tree.root(size) == merkle.root_of([merkle.event_leaf(e.hash) for e in log])
 
 
 class StoreFactory:

@@ -17,7 +17,6 @@ import pytest
 
 from sessionstream.core.ids import uuid7
 from sessionstream.core.vocabulary import EventType
-from sessionstream.eventstore import merkle
 from sessionstream.eventstore.base import EventStore
 from sessionstream.eventstore.model import AppendRequest, NewEvent, RecordedEvent
 from sessionstream.eventstore.packing import (
@@ -29,7 +28,7 @@ from sessionstream.eventstore.packing import (
 )
 from sessionstream.eventstore.transfer import Scope, export, import_into
 from sessionstream.eventstore.verify import verify_store
-from tests.contract.conftest import StoreFactory, raw_rows
+from tests.contract.conftest import StoreFactory, assert_proven, raw_rows, read_in_pages
 
 RUN = "run-r1"
 SESSION = "session-s1"
@@ -220,10 +219,7 @@ async def test_replay_after_compaction_equals_replay_before(
     after_log = await store.read_all(0, limit=10_000)
     assert after_log[: len(before_log)] == before_log
     # small pages, key filters and bounds merge the same way
-    paged: list[RecordedEvent] = []
-    while page := await store.read_all(paged[-1].position if paged else 0, limit=7):
-        paged.extend(page)
-    assert paged == after_log
+    assert await read_in_pages(store, 7) == after_log
     session_view = await store.read_all(0, limit=10_000, keys=frozenset({SESSION}))
     assert session_view == [e for e in after_log if SESSION in e.keys]
     middle = before_log[len(before_log) // 2].position
@@ -253,13 +249,7 @@ async def test_replay_after_compaction_equals_replay_before(
         expected = max(e.position for e in after_log if e.recorded_at <= event.recorded_at)
         assert await store.position_at(event.recorded_at) == expected
     # the audit still holds: chains, positions, read models, and the Merkle tree's leaves
-    report = await verify_store(store)
-    assert report.ok, report.problems
-    size = await store.head_position()
-    leaves = [merkle.event_leaf(e.hash) for e in after_log]
-    assert len(leaves) == size
-    assert await store.tree.integrate() == size
-    assert await store.tree.root(size) == merkle.root_of(leaves)
+    await assert_proven(store, after_log)
 
 
 async def test_verify_catches_an_edit_to_a_compacted_run(store_factory: StoreFactory) -> None:

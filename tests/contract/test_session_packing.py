@@ -20,14 +20,14 @@ from typing import Any
 
 from sessionstream import projections
 from sessionstream.core.vocabulary import EventType
-from sessionstream.eventstore import merkle, packcodec
+from sessionstream.eventstore import packcodec
 from sessionstream.eventstore.base import EventStore
 from sessionstream.eventstore.model import NewEvent, RecordedEvent
 from sessionstream.eventstore.packing import BLOCK_BITS, read_body, write_body
 from sessionstream.eventstore.sqlite import SQLiteEventStore
 from sessionstream.eventstore.transfer import Scope, export
 from sessionstream.eventstore.verify import verify_store
-from tests.contract.conftest import StoreFactory, raw_rows
+from tests.contract.conftest import StoreFactory, assert_proven, raw_rows, read_in_pages
 
 SESSION = "session-s9"
 USER: dict[str, Any] = {"actor": {"type": "user", "id": "u1"}, "request_id": "q"}
@@ -104,10 +104,7 @@ async def test_a_sessions_turns_are_packed_and_read_back_as_appended(
     assert await session_rows(store, backend) == [last]  # the session's last event alone
     assert await store.read_stream(SESSION) == before_stream
     assert await everything(store) == before_log
-    paged: list[RecordedEvent] = []
-    while page := await store.read_all(paged[-1].position if paged else 0, limit=3):
-        paged.extend(page)
-    assert paged == before_log
+    assert await read_in_pages(store, 3) == before_log
     keyed = await store.read_all(0, limit=10_000, keys=frozenset({SESSION}))
     assert keyed == [e for e in before_log if SESSION in e.keys]
     assert await store.read_stream(SESSION, 4, limit=3) == before_stream[4:7]
@@ -120,13 +117,7 @@ async def test_a_sessions_turns_are_packed_and_read_back_as_appended(
         expected = max(e.position for e in before_log if e.recorded_at <= event.recorded_at)
         assert await store.position_at(event.recorded_at) == expected
     assert await store.get_doc("session", "s9") == doc
-    report = await verify_store(store)
-    assert report.ok, report.problems
-    size = await store.head_position()
-    assert await store.tree.integrate() == size
-    assert await store.tree.root(size) == merkle.root_of(
-        [merkle.event_leaf(e.hash) for e in before_log]
-    )
+    await assert_proven(store, before_log)
     await store.rebuild()
     assert await store.get_doc("session", "s9") == doc
     # the next turn's release packs its events with the packs already written
