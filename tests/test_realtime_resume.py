@@ -133,7 +133,11 @@ async def test_random_drops_lose_and_repeat_nothing(make_api: Any) -> None:
     assert reconnects > 30, "the schedule should have dropped the subscribers many times"
     stats = api.app[REALTIME_STATS]
     assert stats.resumed > 0 and len(CUTS) > 5
-    assert stats.joined > 0, "caught-up subscribers should have been served by the fanout"
+    # whether a subscriber stays connected long enough, caught up, to join the run's
+    # fanout before the run ends is up to the random schedule and the machine (about one
+    # run in eight had none): joining is proven where it is made to happen, in
+    # tests/test_fanout_join.py and test_realtime.py; here, whatever path served them,
+    # no frame was lost or repeated
 
 
 async def test_compact_start_mid_run_then_only_newer_events(make_api: Any) -> None:
