@@ -13,11 +13,11 @@ from typing import Any
 
 from sessionstream.core.ids import Uuid7Sequence, uuid7
 from sessionstream.eventstore import packcodec
+from sessionstream.eventstore.compaction import compaction
 from sessionstream.eventstore.model import GENESIS_HASH, NewEvent, RecordedEvent, record_event
 from sessionstream.eventstore.packing import (
     FORMAT,
     _split_text,
-    compaction,
     pack_stream,
     read_body,
     times_of,
@@ -276,7 +276,7 @@ def test_times_of_a_range_are_those_of_every_time_in_it() -> None:
 
 
 def test_a_session_packed_from_a_later_block_chains_onto_the_pack_before() -> None:
-    """Compaction of a session's tail (``packing.compaction`` with ``before``): its packs
+    """Compaction of a session's tail (``compaction.compaction`` with ``before``): its packs
     give back the events with their hashes, chained onto the anchor; a tail that does not
     start right after the anchor is left as it is."""
     events: list[RecordedEvent] = []

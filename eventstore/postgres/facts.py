@@ -64,7 +64,7 @@ class Facts:
     ) -> None:
         """Read these rows in one round trip (and the head); ``Moved`` if the head is not
         the first read's. ``targets``: the run each id's request appends to, whose packs
-        a retry's missing ids are looked up in (``packing.runs_to_unpack``)."""
+        a retry's missing ids are looked up in (``compaction.runs_to_unpack``)."""
         ids, docs, series = list(ids), set(docs), set(series)
         # text PostgreSQL cannot take cannot be stored either: asked, and absent
         keys = sorted(d for d in docs if storable(d[1]))

@@ -15,9 +15,9 @@ from collections.abc import Sequence
 import asyncpg
 
 from sessionstream.core.errors import StorageUnavailable
+from sessionstream.eventstore.compaction import to_compact
 from sessionstream.eventstore.groupcommit import GroupCommit
 from sessionstream.eventstore.model import RecordedEvent
-from sessionstream.eventstore.packing import to_compact
 from sessionstream.eventstore.postgres import schema as sql
 from sessionstream.eventstore.postgres.connect import own_connection
 from sessionstream.eventstore.postgres.packs import compact

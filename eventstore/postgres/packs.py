@@ -14,17 +14,15 @@ from typing import Any
 
 import asyncpg
 
-from sessionstream.eventstore.model import RecordedEvent, row_to_event
-from sessionstream.eventstore.packing import (
-    NO_BOUND,
-    block_of,
+from sessionstream.eventstore.compaction import (
     compaction,
     last_anchor,
     repacked,
     runs_to_unpack,
     tail_from,
-    unpack_all,
 )
+from sessionstream.eventstore.model import RecordedEvent, row_to_event
+from sessionstream.eventstore.packing import NO_BOUND, block_of, unpack_all
 from sessionstream.eventstore.packmerge import merge_streams, stream_span
 from sessionstream.eventstore.postgres.schema import EVENT_COLUMNS, POSITION_AT
 
@@ -112,7 +110,7 @@ class PostgresPacks:
 
 
 async def compact(conn: asyncpg.Connection, stream_ids: Iterable[str]) -> int:
-    """Pack the events of these streams (``packing.compaction``) in one transaction; the
+    """Pack the events of these streams (``compaction.compaction``) in one transaction; the
     rows moved."""
     moved = 0
     async with conn.transaction():
@@ -165,7 +163,7 @@ async def packed_among(
 ) -> None:
     """Add to ``found`` (the rows among ``ids``, by event id) the other ``ids`` packed in
     the runs those rows are of, or in the runs their requests append to (``targets``:
-    event id -> stream id; ``packing.runs_to_unpack`` says why both)."""
+    event id -> stream id; ``compaction.runs_to_unpack`` says why both)."""
     missing = set(ids).difference(found)
     runs = runs_to_unpack(missing, found.values(), targets)
     if not runs:

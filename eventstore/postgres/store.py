@@ -34,6 +34,7 @@ from sessionstream.core.errors import (
     StorageUnavailable,
 )
 from sessionstream.eventstore.base import DEFAULT_CATCHUP_READS, DEFAULT_PAGE_BYTES, EventStore
+from sessionstream.eventstore.compaction import to_compact
 from sessionstream.eventstore.delegated_reads import DelegatedReads
 from sessionstream.eventstore.groupcommit import Outcome, Pending
 from sessionstream.eventstore.leases import lock_bounds
@@ -43,7 +44,6 @@ from sessionstream.eventstore.model import (
     RecordedEvent,
 )
 from sessionstream.eventstore.packed_reads import PackedReads
-from sessionstream.eventstore.packing import to_compact
 from sessionstream.eventstore.postgres import schema as sql
 from sessionstream.eventstore.postgres.connect import (
     asks_for_primary,

@@ -61,9 +61,9 @@ from sessionstream.eventstore.batch import (
     storable,
 )
 from sessionstream.eventstore.clock import exceptions, stamp
+from sessionstream.eventstore.compaction import targets_of
 from sessionstream.eventstore.groupcommit import Outcome, Pending
 from sessionstream.eventstore.model import RecordedEvent, utc_now
-from sessionstream.eventstore.packing import targets_of
 from sessionstream.eventstore.postgres import schema as sql
 from sessionstream.eventstore.postgres.again import SentPlans, any_stored, durable_head
 from sessionstream.eventstore.postgres.errors import answer_lost

@@ -11,20 +11,16 @@ import sqlite3
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
-from sessionstream.eventstore.hashcodec import decode_hash
-from sessionstream.eventstore.model import RecordedEvent, row_to_event
-from sessionstream.eventstore.packing import (
-    NO_BOUND,
-    Pack,
-    block_of,
+from sessionstream.eventstore.compaction import (
     compaction,
     last_anchor,
     repacked,
     runs_to_unpack,
     tail_from,
-    times_of,
-    unpack_all,
 )
+from sessionstream.eventstore.hashcodec import decode_hash
+from sessionstream.eventstore.model import RecordedEvent, row_to_event
+from sessionstream.eventstore.packing import NO_BOUND, Pack, block_of, times_of, unpack_all
 from sessionstream.eventstore.packmerge import merge_streams, stream_span
 from sessionstream.eventstore.sqlite.schema import EVENT_COLUMNS, LOOKUP_CHUNK, POSITION_AT
 

@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 
 from sessionstream.core.errors import SessionStreamError, StorageUnavailable
 from sessionstream.eventstore.base import DEFAULT_CATCHUP_READS, DEFAULT_PAGE_BYTES, EventStore
+from sessionstream.eventstore.compaction import to_compact
 from sessionstream.eventstore.delegated_reads import DelegatedReads
 from sessionstream.eventstore.groupcommit import Outcome, Pending
 from sessionstream.eventstore.model import (
@@ -37,7 +38,6 @@ from sessionstream.eventstore.model import (
     RecordedEvent,
 )
 from sessionstream.eventstore.packed_reads import PackedReads
-from sessionstream.eventstore.packing import to_compact
 from sessionstream.eventstore.projector import Projection
 from sessionstream.eventstore.sqlite import files, relayout
 from sessionstream.eventstore.sqlite.checkpointer import INTERVAL_S as CHECKPOINT_INTERVAL_S

@@ -36,6 +36,7 @@ from sessionstream.eventstore.batch import (
     storable,
 )
 from sessionstream.eventstore.clock import EXCEPTIONS_OF_LOG, exceptions, stamp
+from sessionstream.eventstore.compaction import targets_of
 from sessionstream.eventstore.groupcommit import Pending
 from sessionstream.eventstore.hashcodec import decode_hash, encode_hash
 from sessionstream.eventstore.model import (
@@ -47,7 +48,7 @@ from sessionstream.eventstore.model import (
     split_kept,
     utc_now,
 )
-from sessionstream.eventstore.packing import targets_of, unpack_all
+from sessionstream.eventstore.packing import unpack_all
 from sessionstream.eventstore.packmerge import merge_page, page_bound
 from sessionstream.eventstore.projector import Projection, Refold, StreamFold, per_stream
 from sessionstream.eventstore.snapshots import Snapshot
