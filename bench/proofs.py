@@ -66,6 +66,7 @@ async def measure(path: Path, proofs: int, rounds: int) -> dict[str, Any]:
         return asyncio.get_running_loop().run_in_executor(pool, fn, conn)
 
     tree = SQLiteTree(run)
+    await tree.open(str(path))  # its own thread and read connection, as a store opens it
     started = time.perf_counter()
     size = await tree.integrate()
     integrate_s = time.perf_counter() - started
@@ -98,6 +99,7 @@ async def measure(path: Path, proofs: int, rounds: int) -> dict[str, Any]:
             ("consistency", consistency),
         ):
             per_round[name].append(_summary(sample))
+    await tree.close()
     pool.shutdown()
     conn.close()
     figures: dict[str, Any] = {"events": size, "integrate_s": round(integrate_s, 2)}

@@ -26,8 +26,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 #: subtrees of 2**STORED_LEVEL leaves and up are stored; smaller ones are refolded
-#: from the events (16 hashes at most), which keeps the stored nodes at 1/8 of the log
-STORED_LEVEL = 4
+#: from the events (64 hashes at most), which keeps the stored nodes at 1/32 of the log.
+#: At 4 (1/8) the nodes were 4.5% of a turn's bytes (277 of 6,200 on a 10^5 log) for
+#: proofs of about a millisecond; refolding 64 leaves instead of 16 costs a proof
+#: tens of microseconds (docs/explanation/scale.md, "The Merkle tree's stored levels")
+STORED_LEVEL = 6
 
 Block = tuple[int, int]  # (level, index): leaves [index << level, (index + 1) << level)
 Range = tuple[int, int]  # leaves [start, end)

@@ -128,10 +128,11 @@ async def fill(store: EventStore, batches: int) -> list[bytes]:
 
 
 async def test_roots_and_proofs_are_the_rfcs(store: EventStore) -> None:
-    data = await fill(store, 40)  # 100 events: several stored levels and ragged edges
+    data = await fill(store, 130)  # 325 events: several stored levels and ragged edges
     n = len(data)
+    assert n > 4 << merkle.STORED_LEVEL
     assert await store.tree.integrate() == n
-    for size in (1, 2, 3, 15, 16, 17, 33, 64, n - 1, n):
+    for size in (1, 2, 3, 15, 16, 17, 33, 63, 64, 65, 127, 128, 129, 256, 257, n - 1, n):
         root = await store.tree.root(size)
         assert root == mth(data[:size])
         for index in sorted({0, 1, size // 3, size // 2, size - 1} & set(range(size))):
@@ -171,16 +172,16 @@ async def test_a_proof_past_the_head_is_refused(store: EventStore) -> None:
 
 def test_a_frontier_grown_in_two_pieces_has_the_rfcs_root_and_blocks() -> None:
     """``merkle.grow`` folds a level at a time: every split point of a ragged log gives
-    MTH of both prefixes, and exactly the new aligned blocks of 16 leaves and up."""
-    data = [sha(bytes([i])) for i in range(70)]
-    for cut in range(71):
+    MTH of both prefixes, and exactly the new aligned blocks of the stored levels."""
+    data = [sha(i.to_bytes(2, "big")) for i in range(4 << merkle.STORED_LEVEL | 5)]
+    for cut in range(len(data) + 1):
         first, _ = merkle.grow(merkle.Frontier(), [d.hex() for d in data[:cut]])
         second, completed = merkle.grow(first, [d.hex() for d in data[cut:]])
         assert first.size == cut and first.root() == mth(data[:cut])
         assert second.size == len(data) and second.root() == mth(data)
         expected = {
             (level, index)
-            for level in range(merkle.STORED_LEVEL, 7)
+            for level in range(merkle.STORED_LEVEL, merkle.STORED_LEVEL + 3)
             for index in range(len(data) >> level)
             if (index + 1) << level > cut
         }
@@ -193,10 +194,11 @@ async def test_integrating_page_by_page_is_the_rfcs_tree(
     store: EventStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(tree, "PAGE", 7)  # pages that end anywhere in a block
-    data = await fill(store, 40)
+    data = await fill(store, 60)  # 150 events: two stored blocks and a ragged edge
+    assert len(data) > 2 << merkle.STORED_LEVEL
     assert await store.tree.integrate() == len(data)
     assert await store.tree.root(len(data)) == mth(data)
-    for index in (0, 16, 50, len(data) - 1):
+    for index in (0, 16, 64, 100, len(data) - 1):
         assert await store.tree.inclusion(index + 1, len(data)) == path(index, data)
 
 
