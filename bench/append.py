@@ -469,7 +469,9 @@ def main() -> None:
         )
     for name, row in peer.items():
         floor = f"; per CPU second {row['cpu_ratio']:.2f}x" if "cpu_ratio" in row else ""
-        floor += f"; our statements alone {row['floor_ratio']:.2f}x" if "floor_ratio" in row else ""
+        for side, label in append_peer.EXTRA_LABELS.items():
+            if f"{side}_ratio" in row:
+                floor += f"; {label} {row[f'{side}_ratio']:.2f}x"
         if "durability" in row:  # equal durability, or the ratio means nothing
             ours, theirs = row["durability"]["subject"], row["durability"]["baseline"]
             floor += (
