@@ -18,8 +18,7 @@ write (``durability``) and keeps them with the figures.
 
 Beside the two, each row measures a third side, the *floor*: the same
 statements our writer runs (``BEGIN IMMEDIATE``, the head and the stream's
-head, one ``executemany`` into ``events`` and one into ``streams``,
-``COMMIT``) on raw ``sqlite3`` with our schema and settings, the rows built
+head, one ``executemany`` into ``events``, ``COMMIT``) on raw ``sqlite3`` with our schema and settings, the rows built
 before the clock starts. Its ratio to the recorder is what our schema alone
 allows: no planning, hashing, projecting or thread hops
 (docs/explanation/append-path.md).
@@ -64,7 +63,7 @@ from sessionstream.eventstore.sqlite.schema import (
     HEAD_AND_CLOCK,
     INSERT_EVENT,
     SCHEMA,
-    UPSERT_STREAM,
+    STREAM_HEAD,
     event_row,
 )
 from sessionstream.eventstore.sqlite.thread import WriterThread
@@ -229,17 +228,12 @@ def _floor_connection(path: Path) -> sqlite3.Connection:
     return conn
 
 
-_HEADS = "SELECT stream_id, version, hash FROM streams WHERE stream_id IN (?)"
-
-
 def _transaction(conn: sqlite3.Connection, batch: list[tuple[Any, ...]]) -> None:
     """One of our writer's transactions, statement for statement, without its Python."""
     conn.execute("BEGIN IMMEDIATE")
     conn.execute(HEAD_AND_CLOCK).fetchone()
-    conn.execute(_HEADS, ("bench-1",)).fetchall()
+    conn.execute(STREAM_HEAD, ("bench-1",)).fetchall()
     conn.executemany(INSERT_EVENT, batch)
-    last = batch[-1]
-    conn.executemany(UPSERT_STREAM, [(last[1], last[2], last[9])])
     conn.execute("COMMIT")
 
 

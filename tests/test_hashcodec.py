@@ -57,14 +57,19 @@ async def fill(path: Path) -> SQLiteEventStore:
     return store
 
 
-def column_types(path: Path) -> dict[str, set[tuple[str, int]]]:
-    """``(typeof(hash), length(hash))`` of each table's rows, as a raw connection sees them."""
+def column_types(path: Path) -> set[tuple[str, int]]:
+    """``(typeof(hash), length(hash))`` of the events' rows, as a raw connection sees them."""
     conn = sqlite3.connect(path)
     try:
-        return {
-            table: set(conn.execute(f"SELECT typeof(hash), length(hash) FROM {table}").fetchall())
-            for table in ("events", "streams")
-        }
+        return set(conn.execute("SELECT typeof(hash), length(hash) FROM events").fetchall())
+    finally:
+        conn.close()
+
+
+def tables(path: Path) -> set[str]:
+    conn = sqlite3.connect(path)
+    try:
+        return {name for (name,) in conn.execute("SELECT name FROM sqlite_schema")}
     finally:
         conn.close()
 
@@ -79,14 +84,8 @@ async def test_a_new_file_stores_each_hash_as_32_bytes(tmp_path: Path) -> None:
     store = await fill(tmp_path / "s.db")
     events = await store.read_all(0)
     await store.close()
-    assert column_types(tmp_path / "s.db") == {
-        "events": {("blob", 32)},
-        "streams": {("blob", 32)},
-    }
-    conn = sqlite3.connect(tmp_path / "s.db")
-    heads = dict(conn.execute("SELECT stream_id, hash FROM streams").fetchall())
-    conn.close()
-    assert heads == {e.stream_id: bytes.fromhex(e.hash) for e in events}  # the last of each
+    assert column_types(tmp_path / "s.db") == {("blob", 32)}
+    assert "streams" not in tables(tmp_path / "s.db")  # a head is its stream's last event
     assert all(len(e.hash) == 64 and e.hash == e.hash.lower() for e in events)
     # a writer that starts afresh reads a stream's head from its BLOB, and chains onto it
     store = SQLiteEventStore(tmp_path / "s.db", projections.ALL)
@@ -109,20 +108,25 @@ async def test_an_older_builds_text_hashes_read_verify_and_take_appends(tmp_path
     await store.tree.integrate()
     root = await store.tree.root(len(before))
     await store.close()
-    # as an older build wrote them: every streams row and the events up to position 3
-    # as TEXT (the file then mixes both), and the version that build set
+    # as an older build wrote them: the events up to position 3 and each stream's last
+    # as TEXT (the file then mixes both), a streams table of heads, and its version
     conn = sqlite3.connect(path)
-    conn.execute(f"UPDATE events SET hash = {AS_TEXT} WHERE position <= 3")
-    conn.execute(f"UPDATE streams SET hash = {AS_TEXT}")
+    last = "SELECT MAX(position) FROM events GROUP BY stream_id"
+    conn.execute(f"UPDATE events SET hash = {AS_TEXT} WHERE position <= 3 OR position IN ({last})")
+    conn.execute(
+        "CREATE TABLE streams (stream_id TEXT PRIMARY KEY, version INTEGER NOT NULL, "
+        "hash TEXT NOT NULL) WITHOUT ROWID"
+    )
+    conn.execute(
+        "INSERT INTO streams SELECT stream_id, version, hash FROM events "
+        f"WHERE position IN ({last})"
+    )
     conn.execute("DELETE FROM merkle_nodes")  # rebuilt below from the events' hashes
     conn.execute("DELETE FROM meta WHERE key = 'merkle:size'")
     conn.execute("PRAGMA user_version=5")
     conn.commit()
     conn.close()
-    assert column_types(path) == {
-        "events": {("text", 64), ("blob", 32)},
-        "streams": {("text", 64)},
-    }
+    assert column_types(path) == {("text", 64), ("blob", 32)}
 
     store = SQLiteEventStore(path, projections.ALL)
     await store.open()
@@ -135,7 +139,7 @@ async def test_an_older_builds_text_hashes_read_verify_and_take_appends(tmp_path
         assert await exported(store) == lines
         await store.tree.integrate()
         assert await store.tree.root(len(before)) == root
-        # each stream's next event chains onto the TEXT head its streams row holds
+        # each stream's next event chains onto the TEXT hash its last event holds
         for stream_id in ("session-s0", "session-s1"):
             head = [e for e in before if e.stream_id == stream_id][-1]
             patched = NewEvent(EventType.SESSION_PATCHED, {"fields": {"title": "next"}})
@@ -154,7 +158,7 @@ async def test_an_older_builds_text_hashes_read_verify_and_take_appends(tmp_path
     assert appended.fetchall() == [("blob",)]
     conn.close()
     assert version == SCHEMA_VERSION
-    assert column_types(path)["streams"] == {("blob", 32)}  # both heads moved on
+    assert "streams" not in tables(path)  # dropped on open: schema 7 reads heads from events
 
     # an export of the mixed file imports into a new one as bytes, and reads the same
     copy = SQLiteEventStore(tmp_path / "copy.db", projections.ALL)
@@ -165,10 +169,7 @@ async def test_an_older_builds_text_hashes_read_verify_and_take_appends(tmp_path
         assert await exported(copy) == lines
     finally:
         await copy.close()
-    assert column_types(tmp_path / "copy.db") == {
-        "events": {("blob", 32)},
-        "streams": {("blob", 32)},
-    }
+    assert column_types(tmp_path / "copy.db") == {("blob", 32)}
 
 
 async def test_verify_catches_an_altered_hash_byte(tmp_path: Path) -> None:

@@ -42,10 +42,10 @@ async def test_a_request_the_database_refuses_fails_alone(tmp_path: Path) -> Non
     try:
         await store.append("s-0", [NewEvent("x", {})])
         conn = sqlite3.connect(store.path)
-        try:  # a row the writer cannot foresee: the stream head does not know it
+        try:  # a refusal the writer cannot foresee: nothing it reads says so
             conn.execute(
-                "INSERT INTO events VALUES (1000, 'rogue', 1, 'rogue-1', 'x', '{}', '{}', "
-                "NULL, '2020-01-01T00:00:00.000Z', '')"
+                "CREATE TRIGGER refuse_rogue BEFORE INSERT ON events "
+                "WHEN NEW.stream_id = 'rogue' BEGIN SELECT RAISE(ABORT, 'rogue'); END"
             )
             conn.commit()
         finally:
@@ -62,9 +62,9 @@ async def test_a_request_the_database_refuses_fails_alone(tmp_path: Path) -> Non
         assert isinstance(outcomes[1], ValidationFailed), outcomes[1]
         ok = [o for o in outcomes if not isinstance(o, BaseException)]
         assert len(ok) == 3 and ok[2].duplicate
-        assert sorted(e.position for o in ok[:2] for e in o.events) == [1002, 1003]
+        assert sorted(e.position for o in ok[:2] for e in o.events) == [3, 4]
         assert await store.stream_version("rogue") == 0
-        assert [e.stream_id for e in await store.read_all(1001)] == ["s-1", "s-2"]
+        assert [e.stream_id for e in await store.read_all(2)] == ["s-1", "s-2"]
     finally:
         await store.close()
 

@@ -28,6 +28,7 @@ from sessionstream.eventstore.sqlite.schema import (
     DOC_COLUMNS,
     EVENT_COLUMNS,
     POSITION_AT,
+    STREAM_HEAD,
     translate_sqlite_error,
 )
 from sessionstream.eventstore.textcodec import size_sql
@@ -225,7 +226,7 @@ class SQLiteReader:
         return int(rows[0][0])
 
     async def stream_version(self, stream_id: str) -> int:
-        rows = await self._fetchall("SELECT version FROM streams WHERE stream_id = ?", (stream_id,))
+        rows = await self._fetchall(STREAM_HEAD, (stream_id,))
         return int(rows[0][0]) if rows else 0
 
     async def position_of(self, stream_id: str, version: int) -> int | None:

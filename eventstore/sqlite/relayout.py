@@ -63,10 +63,7 @@ _LEAVING_STREAMS = (
     "AND (substr(stream_id, 1, ?) = ? OR substr(stream_id, 1, ?) = ?) GROUP BY stream_id"
 )
 #: a stream's newest event's type (a terminal event is always a row)
-_LAST_TYPE = (
-    "SELECT e.type FROM streams s JOIN events e "
-    "ON e.stream_id = s.stream_id AND e.version = s.version WHERE s.stream_id = ?"
-)
+_LAST_TYPE = "SELECT type FROM events WHERE stream_id = ? ORDER BY version DESC LIMIT 1"
 _RANGE = (
     f"SELECT {EVENT_COLUMNS} FROM events WHERE position > ? AND position <= ? ORDER BY position"
 )

@@ -37,7 +37,6 @@ from sessionstream.eventstore.batch import (
 )
 from sessionstream.eventstore.clock import EXCEPTIONS_OF_LOG, exceptions, stamp
 from sessionstream.eventstore.groupcommit import Pending
-from sessionstream.eventstore.hashcodec import encode_hash
 from sessionstream.eventstore.model import (
     Doc,
     RecordedEvent,
@@ -57,13 +56,13 @@ from sessionstream.eventstore.sqlite.schema import (
     DOC_COLUMNS,
     DOCS_FROM_V4,
     DOCS_TO_ROWID,
+    DROP_STREAMS,
     HEAD_AND_CLOCK,
     INSERT_CLOCK_EXCEPTION,
     INSERT_EVENT,
     LAST_SNAPSHOT,
     SCHEMA,
     SCHEMA_VERSION,
-    UPSERT_STREAM,
     event_row,
     immediate,
     translate_sqlite_error,
@@ -165,6 +164,8 @@ class SQLiteWriter:
                 conn.executemany(INSERT_CLOCK_EXCEPTION, conn.execute(EXCEPTIONS_OF_LOG).fetchall())
             if version == 3:  # packs without their times: read them once
                 backfill_times(conn)
+            if 0 < version < 7:  # the heads are the streams' last events now
+                conn.execute(DROP_STREAMS)
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except BaseException as exc:
             conn.close()  # a file that is not a database, or not writable: nothing left open
@@ -314,7 +315,7 @@ class SQLiteWriter:
                 decision = self._decide(conn, planner, pending)
             accept(decision)
         plan = planner.plan()
-        write_rows(conn, plan.records, plan.streams, plan.docs, plan.snapshots)
+        write_rows(conn, plan.records, plan.docs, plan.snapshots)
         if not plan.records:
             return plan, facts
         facts.streams.update(plan.streams)
@@ -328,13 +329,7 @@ class SQLiteWriter:
             if not decision.refused and decision.records:
                 conn.execute("SAVEPOINT request")
                 try:
-                    write_rows(
-                        conn,
-                        decision.records,
-                        decision.streams,
-                        decision.docs.values(),
-                        decision.snapshots,
-                    )
+                    write_rows(conn, decision.records, decision.docs.values(), decision.snapshots)
                 except (sqlite3.IntegrityError, ValueError) as exc:
                     conn.execute("ROLLBACK TO request")
                     decision = Decision(ValidationFailed(f"append rejected by the store: {exc}"))
@@ -382,16 +377,12 @@ class SQLiteWriter:
                 streams = read_stream_heads(
                     conn, {e.stream_id for e in events if storable(e.stream_id)}
                 )
-                after = check_import(events, head, streams)  # a stored id: UNIQUE refuses it
+                check_import(events, head, streams)  # a stored id: UNIQUE refuses it
                 conn.executemany(INSERT_CLOCK_EXCEPTION, exceptions(events, newest)[0])
                 try:
                     conn.executemany(INSERT_EVENT, [event_row(e) for e in events])
                 except sqlite3.IntegrityError as exc:
                     raise ValidationFailed(f"import rejected by the store: {exc}") from exc
-                conn.executemany(
-                    UPSERT_STREAM,
-                    [(k, v.version, encode_hash(v.hash)) for k, v in after.items()],
-                )
                 refold = Refold(
                     self.projections,
                     self.snapshot_every,
@@ -400,7 +391,7 @@ class SQLiteWriter:
                         conn.execute(LAST_SNAPSHOT, (stream_id, kind)).fetchone()[0]
                     ),
                 )
-                write_rows(conn, (), {}, *refold.page(events))
+                write_rows(conn, (), *refold.page(events))
         finally:
             self._cache.clear()
 
@@ -411,9 +402,9 @@ class SQLiteWriter:
         refold = Refold(across, self.snapshot_every)
         after = 0
         while page := log_page(conn, after):
-            write_rows(conn, (), {}, (), refold.page(page)[1])
+            write_rows(conn, (), (), refold.page(page)[1])
             after = page[-1].position
-        write_rows(conn, (), {}, refold.projector.documents, ())
+        write_rows(conn, (), refold.projector.documents, ())
 
     def rebuild(self) -> int:
         """Drop every document and snapshot and refold the log; returns the events folded."""
@@ -434,10 +425,10 @@ class SQLiteWriter:
                 events = with_packs(conn, page, mark, bool(page), REBUILD_PAGE)
                 if not events:
                     break
-                write_rows(conn, (), {}, *fold.feed(events))
+                write_rows(conn, (), *fold.feed(events))
                 count += len(events)
                 mark = (events[-1].stream_id, events[-1].version)
-            write_rows(conn, (), {}, *fold.finish())
+            write_rows(conn, (), *fold.finish())
             self._rebuild_in_log_order(conn)
             conn.executemany(
                 "INSERT INTO meta(key, value) VALUES (?, ?) "

@@ -12,11 +12,11 @@ writer calls them, on the writer thread; a batch's reads run inside its
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from sessionstream.eventstore.batch import StreamHead
 from sessionstream.eventstore.compaction import targets_of
-from sessionstream.eventstore.hashcodec import decode_hash, encode_hash
+from sessionstream.eventstore.hashcodec import decode_hash
 from sessionstream.eventstore.model import (
     AppendRequest,
     Doc,
@@ -35,8 +35,8 @@ from sessionstream.eventstore.sqlite.schema import (
     INSERT_EVENT,
     INSERT_SNAPSHOT,
     LOOKUP_CHUNK,
+    STREAM_HEAD,
     UPSERT_DOC,
-    UPSERT_STREAM,
     doc_row,
     event_row,
     snapshot_row,
@@ -94,12 +94,13 @@ def _chunks(values: Sequence[str]) -> Iterator[Sequence[str]]:
 
 
 def read_stream_heads(conn: sqlite3.Connection, names: Iterable[str]) -> dict[str, StreamHead]:
+    """The heads of the streams among ``names`` that have events (``STREAM_HEAD``): a seek
+    each, since a stream's last event is one index probe away wherever its others are."""
     heads: dict[str, StreamHead] = {}
-    for chunk in _chunks(list(names)):
-        marks = ",".join("?" * len(chunk))
-        sql = f"SELECT stream_id, version, hash FROM streams WHERE stream_id IN ({marks})"
-        for row in conn.execute(sql, chunk):
-            heads[row[0]] = StreamHead(row[1], decode_hash(row[2]))
+    for name in names:
+        row = conn.execute(STREAM_HEAD, (name,)).fetchone()
+        if row is not None:
+            heads[name] = StreamHead(row[0], decode_hash(row[1]))
     return heads
 
 
@@ -120,16 +121,13 @@ def read_stored_events(
 def write_rows(
     conn: sqlite3.Connection,
     records: Sequence[RecordedEvent],
-    streams: Mapping[str, StreamHead],
     docs: Iterable[Doc],
     snapshots: Iterable[Snapshot],
 ) -> None:
-    """What a plan (or one group of it) writes: one ``executemany`` per table."""
+    """What a plan (or one group of it) writes: one ``executemany`` per table. The
+    streams' new heads are the last of ``records`` (``STREAM_HEAD``)."""
     if records:
         conn.executemany(INSERT_EVENT, [event_row(r) for r in records])
-        conn.executemany(
-            UPSERT_STREAM, [(k, v.version, encode_hash(v.hash)) for k, v in streams.items()]
-        )
     kept, unkept = split_kept(docs)
     if kept:
         conn.executemany(UPSERT_DOC, [doc_row(d) for d in kept])
