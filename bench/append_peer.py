@@ -18,10 +18,10 @@ write (``durability``) and keeps them with the figures.
 
 Beside the two, each row measures a third side, the *floor*: the same
 statements our writer runs (``BEGIN IMMEDIATE``, the head and the stream's
-head, one ``executemany`` into ``events``, ``COMMIT``) on raw ``sqlite3`` with our schema and settings, the rows built
-before the clock starts. Its ratio to the recorder is what our schema alone
-allows: no planning, hashing, projecting or thread hops
-(docs/explanation/append-path.md).
+head, one ``executemany`` into ``events``, ``COMMIT``) on raw ``sqlite3`` with
+our schema and settings, the rows built before the clock starts. Its ratio to
+the recorder is what our schema alone allows: no planning, hashing,
+projecting or thread hops (docs/explanation/append-path.md).
 
 And a fourth, the *bound*: the floor plus the one cost on each row that no
 store with our promises can skip, so the best ratio such a store could reach.
