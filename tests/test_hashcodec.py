@@ -19,6 +19,7 @@ from sessionstream.eventstore.sqlite import SQLiteEventStore
 from sessionstream.eventstore.sqlite.schema import SCHEMA_VERSION
 from sessionstream.eventstore.transfer import decode_lines, export, import_into, whole_log
 from sessionstream.eventstore.verify import verify_store
+from tests.sqlite_file import sql
 
 CREATED = {"user_id": "u1", "campaign_id": "c", "node_id": "n"}
 #: how a version 5 file (an older build's) spells a hash the new build stored as bytes
@@ -59,19 +60,11 @@ async def fill(path: Path) -> SQLiteEventStore:
 
 def column_types(path: Path) -> set[tuple[str, int]]:
     """``(typeof(hash), length(hash))`` of the events' rows, as a raw connection sees them."""
-    conn = sqlite3.connect(path)
-    try:
-        return set(conn.execute("SELECT typeof(hash), length(hash) FROM events").fetchall())
-    finally:
-        conn.close()
+    return set(sql(path, "SELECT typeof(hash), length(hash) FROM events"))
 
 
 def tables(path: Path) -> set[str]:
-    conn = sqlite3.connect(path)
-    try:
-        return {name for (name,) in conn.execute("SELECT name FROM sqlite_schema")}
-    finally:
-        conn.close()
+    return {name for (name,) in sql(path, "SELECT name FROM sqlite_schema")}
 
 
 async def exported(store: SQLiteEventStore) -> str:

@@ -23,12 +23,12 @@ from sessionstream import projections
 from sessionstream.cli.main import main
 from sessionstream.eventstore.model import Doc, RecordedEvent
 from sessionstream.eventstore.sqlite import SQLiteEventStore
-from sessionstream.eventstore.textcodec import decode
 from sessionstream.eventstore.verify import doc_form
 from sessionstream.projections.session import SessionProjection
 from sessionstream.server.app import create_app
 from sessionstream.server.keys import STORE
 from sessionstream.services.accounts import create_user
+from tests.sqlite_file import sql
 from tests.test_history import RevisingEngine
 
 S = "/api/campaigns/ai-chat-sessions"
@@ -135,19 +135,6 @@ def copy_db(golden: tuple[Path, dict[str, Any]], tmp_path: Path) -> Path:
     source.close()
     dest.close()
     return target
-
-
-def sql(db: Path, statement: str, *params: Any) -> list[Any]:
-    """``statement`` on the file; ``stored_text(column)`` reads a value as the JSON it holds
-    (a large one is stored deflated: ``eventstore/textcodec.py``)."""
-    conn = sqlite3.connect(db)
-    conn.create_function("stored_text", 1, decode, deterministic=True)
-    try:
-        rows = conn.execute(statement, params).fetchall()
-        conn.commit()
-        return rows
-    finally:
-        conn.close()
 
 
 def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

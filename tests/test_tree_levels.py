@@ -8,21 +8,17 @@ an inclusion proof verified by ``merkle.verify_inclusion``).
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 from sessionstream import projections
 from sessionstream.eventstore import merkle
 from sessionstream.eventstore.model import NewEvent
 from sessionstream.eventstore.sqlite import SQLiteEventStore
+from tests.sqlite_file import sql
 
 
 def levels(path: Path) -> set[int]:
-    conn = sqlite3.connect(path)
-    try:
-        return {level for (level,) in conn.execute("SELECT DISTINCT level FROM merkle_nodes")}
-    finally:
-        conn.close()
+    return {level for (level,) in sql(path, "SELECT DISTINCT level FROM merkle_nodes")}
 
 
 async def test_nodes_below_the_stored_levels_are_dropped_and_proofs_hold(tmp_path: Path) -> None:
@@ -40,10 +36,8 @@ async def test_nodes_below_the_stored_levels_are_dropped_and_proofs_hold(tmp_pat
         for level in range(4, merkle.STORED_LEVEL)
         for index in range(len(leaves) >> level)
     ]
-    conn = sqlite3.connect(path)
-    conn.executemany("INSERT INTO merkle_nodes (level, idx, hash) VALUES (?, ?, ?)", old)
-    conn.commit()
-    conn.close()
+    for node in old:
+        sql(path, "INSERT INTO merkle_nodes (level, idx, hash) VALUES (?, ?, ?)", *node)
     assert min(levels(path)) == 4
 
     store = SQLiteEventStore(path, projections.ALL)

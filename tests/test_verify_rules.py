@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import sqlite3
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from sessionstream.eventstore.verify import (
     differing_fields,
     verify_store,
 )
+from tests.sqlite_file import sql
 
 
 def campaign(cid: str) -> NewEvent:
@@ -650,13 +650,8 @@ async def test_the_event_at_the_checked_head_is_folded_once(tmp_path: Path) -> N
 
 
 def tamper(db: Path, *statements: str) -> None:
-    conn = sqlite3.connect(db)
-    try:
-        for statement in statements:
-            conn.execute(statement)
-        conn.commit()
-    finally:
-        conn.close()
+    for statement in statements:
+        sql(db, statement)
 
 
 async def test_stored_rows_the_log_does_not_imply_and_rows_it_lacks(tmp_path: Path) -> None:
