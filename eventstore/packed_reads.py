@@ -15,19 +15,26 @@ from typing import Any, Protocol
 from sessionstream.eventstore.model import RecordedEvent, StoredEvent, canonical_json
 from sessionstream.eventstore.packing import NO_BOUND, may_hold_packs, times_of, unpack_all
 from sessionstream.eventstore.packmerge import (
+    first_rows,
     merge_page,
     merge_stream,
     merge_streams,
     page_bound,
+    read_enough,
+    rows_window,
     stream_span,
 )
 
 #: ``(stream_id, correlation_id, body)``
 PackRow = Any
+#: a pack ``as_of=<time>`` cuts: ``(stream_id, correlation_id, body, first_position,
+#: last_position, events, first_at, last_at)``
+CutPack = Any
 
 
 class PackSource(Protocol):
-    async def packs_of(self, stream_id: str) -> Sequence[PackRow]: ...
+    async def packs_of(self, stream_id: str, bound: int = NO_BOUND) -> Sequence[PackRow]:
+        """The packs of one stream that hold events at or before ``bound``, in block order."""
 
     async def packs_between(
         self, after: int, bound: int, keys: frozenset[str] | None
@@ -38,9 +45,9 @@ class PackSource(Protocol):
 
     async def packs_at(
         self, after: int, bound: int, timestamp: str
-    ) -> tuple[int | None, Sequence[PackRow]]:
+    ) -> tuple[int | None, Sequence[CutPack]]:
         """For the packs holding events in ``(after, bound]``: the last position of those
-        wholly at or before ``timestamp``, and the rows of the others it (or ``bound``) cuts."""
+        wholly at or before ``timestamp``, and the others it (or ``bound``) cuts."""
 
     async def stored_at(self, timestamp: str) -> tuple[int, int | None]:
         """The last event row at or before ``timestamp`` (``eventstore/clock.py``; 0 if
@@ -61,10 +68,30 @@ async def read_all(
     bound = page_bound(stored, after, limit, keys, to_position)
     if bound <= after:
         return list(stored)
-    packed = unpack_all(await source.packs_between(after, bound, keys))
+    packed = unpack_all(await source.packs_between(after, bound, keys), (after, bound, 0))
     if not packed:
         return list(stored)
     return merge_page(stored, packed, after=after, bound=bound, limit=limit, keys=keys)
+
+
+async def read_log(
+    reader: RowReads, source: PackSource, after: int, limit: int, to_position: int | None
+) -> list[RecordedEvent]:
+    """A ``read_all`` page without keys: its rows within ``packmerge.rows_window``, the
+    packs up to its bound, and the rows after the window when no pack is in it."""
+    window = rows_window(after, limit, to_position)
+    stored = await reader.read_all(after, limit=limit, to_position=window)
+    if not stored and window != to_position:
+        stored = await reader.read_all(after, limit=1, to_position=to_position)
+    bound = page_bound(stored, after, limit, None, to_position)
+    rows = await source.packs_between(after, bound, None) if bound > after else []
+    packed = unpack_all(rows, (after, bound, 0))
+    if packed:
+        return merge_page(stored, packed, after=after, bound=bound, limit=limit, keys=None)
+    if stored and len(stored) < limit and stored[-1].position != to_position:
+        more = limit - len(stored)
+        stored += await reader.read_all(stored[-1].position, limit=more, to_position=to_position)
+    return stored
 
 
 async def read_stream(
@@ -77,7 +104,8 @@ async def read_stream(
 ) -> list[RecordedEvent]:
     if not may_hold_packs(stream_id):
         return list(stored)
-    packed = unpack_all(await source.packs_of(stream_id))
+    bound = NO_BOUND if to_position is None else to_position
+    packed = unpack_all(await source.packs_of(stream_id, bound), (0, bound, after_version))
     if not packed:
         return list(stored)
     return merge_stream(
@@ -104,16 +132,52 @@ async def position_at(source: PackSource, timestamp: str) -> int:
     The event rows answer first (``eventstore/clock.py``). Times never fall
     back along positions, so a packed delta recorded at or before
     ``timestamp`` after that answer lies before the next event row: only the
-    packs between the two are asked about, and only those the time cuts are
-    read. Two statements, whatever the size of the log.
+    packs between the two are asked about, and of those only the ones the
+    time cuts are opened (:func:`latest_at`). Two statements, whatever the
+    size of the log.
     """
     stored, following = await source.stored_at(timestamp)
     bound = (NO_BOUND if following is None else following) - 1
     if bound <= stored:
         return stored
     whole, cut = await source.packs_at(stored, min(bound, NO_BOUND - 1), timestamp)
-    later = [p for p, at in times_of(cut, stored, bound) if at <= timestamp]
-    return max([stored, whole or 0, *later])
+    return latest_at(cut, timestamp, max(stored, whole or 0), bound + 1)
+
+
+def latest_at(cut: Sequence[CutPack], timestamp: str, low: int, high: int) -> int:
+    """The last position recorded at or before ``timestamp``, given ``low``, a position
+    recorded at or before it, and ``high``, the first position after it known so far
+    (the next event row, or beyond the log), and ``cut``, the packs the time or
+    ``high`` cuts between the two.
+
+    Times never fall back along positions, so the answer is the last position
+    before the first one recorded after ``timestamp``. A cut pack's first event
+    is at or before the time and, unless only ``high`` cut it, its last one
+    after: that narrows the answer before any pack is opened. Each opened pack
+    narrows it further, and the search stops when ``high`` is ``low + 1``. A
+    session's pack spans many turns, so dozens of them are cut at any moment
+    while few hold an event near the answer (``as_of=<time>`` opened 40 packs a
+    request at 10^5 events, 4.7 ms): the densest are opened first, a run's
+    deltas before a session's turns. Opening every pack gives the same answer.
+    """
+    for _, _, _, first, last, _, first_at, last_at in cut:
+        if first_at is not None and first_at <= timestamp:
+            low = max(low, first)
+        if last_at is not None and last_at > timestamp:
+            high = min(high, last)
+    by_density = sorted(cut, key=lambda p: (p[5] or 0) / (p[4] - p[3] + 1), reverse=True)
+    for pack in by_density:
+        if high <= low + 1:
+            break
+        if pack[4] <= low or pack[3] >= high:
+            continue  # none of its events lies between the two
+        for position, at in times_of([pack[:3]], low, high - 1):
+            if at <= timestamp:
+                low = max(low, position)
+            else:
+                high = min(high, position)
+                break  # its later events are later still
+    return low
 
 
 async def read_page(
@@ -147,7 +211,7 @@ async def read_page(
         bound = NO_BOUND if to_position is None else to_position
     if bound <= after:
         return list(stored)
-    packed = unpack_all(await source.packs_between(after, bound, keys))
+    packed = unpack_all(await source.packs_between(after, bound, keys), (after, bound, 0))
     if not packed:
         return list(stored)
     merged = merge_page(stored, packed, after=after, bound=bound, limit=max_rows, keys=keys)
@@ -191,6 +255,25 @@ async def read_by_stream(
     if not rows:
         return list(stored)
     return merge_streams(stored, rows, after, bound, limit, to_position)
+
+
+async def rows_by_stream(
+    reader: RowReads,
+    after: tuple[str, int],
+    limit: int,
+    to_position: int | None,
+    max_bytes: int | None,
+) -> list[RecordedEvent]:
+    """The rows of a ``read_by_stream`` page, as many as :func:`read_by_stream` keeps
+    (``packmerge.first_rows``)."""
+    stored = await reader.read_by_stream(
+        after, limit=first_rows(limit), to_position=to_position, max_bytes=max_bytes
+    )
+    if read_enough(stored, after, limit):
+        return stored
+    return await reader.read_by_stream(
+        after, limit=limit, to_position=to_position, max_bytes=max_bytes
+    )
 
 
 class RowReads(Protocol):
@@ -268,6 +351,8 @@ class PackedReads:
         keys: frozenset[str] | None = None,
         to_position: int | None = None,
     ) -> list[RecordedEvent]:
+        if keys is None:
+            return await read_log(self._reader, self.packs, after_position, limit, to_position)
         stored = await self._reader.read_all(
             after_position, limit=limit, keys=keys, to_position=to_position
         )
@@ -299,9 +384,7 @@ class PackedReads:
         to_position: int | None = None,
         max_bytes: int | None = None,
     ) -> list[RecordedEvent]:
-        stored = await self._reader.read_by_stream(
-            after, limit=limit, to_position=to_position, max_bytes=max_bytes
-        )
+        stored = await rows_by_stream(self._reader, after, limit, to_position, max_bytes)
         return await read_by_stream(
             self.packs, stored, after, limit, to_position, budgeted=max_bytes is not None
         )

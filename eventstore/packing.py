@@ -81,6 +81,9 @@ BLOCK_BITS = 12
 DELTA_TYPE = EventType.MESSAGE_DELTA
 #: beyond every position
 NO_BOUND = 1 << 62
+#: the events a bounded read keeps of a pack: ``(after, bound, after_version)``, positions
+#: in ``(after, bound]`` and versions above ``after_version``
+Window = tuple[int, int, int]
 #: what ``pack_stream`` writes (``eventstore/packcodec.py``); formats 1 to 3 are still read
 FORMAT = 4
 READABLE = (1, 2, 3, 4)
@@ -339,13 +342,24 @@ def _split_text(columns: list[Any]) -> list[Any]:
     return [*columns[:4], data, *columns[5:]]
 
 
-def unpack(stream_id: str, correlation_id: str | None, body: bytes) -> list[RecordedEvent]:
-    """The events a pack replaced, hashes recomputed between its stored anchors.
+def unpack(
+    stream_id: str,
+    correlation_id: str | None,
+    body: bytes,
+    window: Window = (0, NO_BOUND, 0),
+) -> list[RecordedEvent]:
+    """The events a pack replaced, hashes recomputed between its stored anchors; only
+    those in ``window`` (:data:`Window`), or all of them.
 
     The hashed bytes are put together as ``model.record_event`` does, from the
     canonical text of the data and of the metadata (the pack's usual metadata
-    encoded once): a page of catch-up unpacks hundreds of events.
+    encoded once): a page of catch-up unpacks hundreds of events. A bounded
+    read pays only for what it keeps: a segment wholly outside the window is
+    never decoded (each segment stores the hash it chains onto), and decoding
+    stops at the bound; the events of a segment before the window that the
+    ones inside it chain onto are hashed, not built.
     """
+    after, bound, after_version = window
     obj = _body(read_body(body), stream_id)
     whole, joined = obj["format"] >= 3, obj["format"] >= 4
     types: list[str] = obj["types"] if whole else [obj["type"]]
@@ -357,18 +371,28 @@ def unpack(stream_id: str, correlation_id: str | None, body: bytes) -> list[Reco
     type_parts = [f",{_string(t)}," for t in types]
     out: list[RecordedEvent] = []
     for prev, digest, version, position, packed in obj["segments"]:
+        if obj["format"] != 1:
+            steps: list[int] = packed[0]
+            if (
+                version + len(steps) - 1 <= after_version
+                or position + sum(steps) <= after
+                or position + steps[0] > bound
+            ):
+                continue
         if joined:
             packed = _split_text(packed)
-        entries = list(_entries(obj, packed))
-        kinds: list[int] = packed[5] if whole else [0] * len(entries)
+        kinds: list[int] = packed[5] if whole else []
         odd: dict[int, Any] = {i: m for i, m in packed[6]} if whole else {}
-        last, spelled, at_part = len(entries) - 1, "", ""
-        for i, (step, event_id, at, data) in enumerate(entries):
+        last = (len(packed[0]) if obj["format"] != 1 else len(packed)) - 1
+        spelled, at_part = "", ""
+        for i, (step, event_id, at, data) in enumerate(_entries(obj, packed)):
             position += step
+            if position > bound:
+                break
             if at != spelled:
                 spelled, at_part = at, _string(at)
             data_json = canonical_json(data)
-            kind = kinds[i]
+            kind = kinds[i] if whole else 0
             if i in odd:
                 metadata = odd[i]
                 meta_json = canonical_json(metadata)
@@ -382,8 +406,9 @@ def unpack(stream_id: str, correlation_id: str | None, body: bytes) -> list[Reco
                     f"{data_json},{meta_json},{at_part}]"
                 )
                 own = hashlib.sha256(prev.encode() + hashed.encode()).hexdigest()
-            fields = (position, stream_id, version, event_id, types[kind], data, metadata)
-            out.append(RecordedEvent(*fields, correlation_id, at, own, (data_json, meta_json)))
+            if position > after and version > after_version:
+                fields = (position, stream_id, version, event_id, types[kind], data, metadata)
+                out.append(RecordedEvent(*fields, correlation_id, at, own, (data_json, meta_json)))
             prev = own
             version += 1
     return out
@@ -408,6 +433,13 @@ def times_of(
     return found
 
 
-def unpack_all(rows: Iterable[tuple[str, str | None, bytes]]) -> list[RecordedEvent]:
-    """Every event of ``(stream_id, correlation_id, body)`` pack rows."""
-    return [e for stream_id, corr, body in rows for e in unpack(stream_id, corr, bytes(body))]
+def unpack_all(
+    rows: Iterable[tuple[str, str | None, bytes]], window: Window = (0, NO_BOUND, 0)
+) -> list[RecordedEvent]:
+    """Every event of ``(stream_id, correlation_id, body)`` pack rows, or those in
+    ``window``."""
+    return [
+        e
+        for stream_id, corr, body, *_ in rows
+        for e in unpack(stream_id, corr, bytes(body), window)
+    ]

@@ -23,11 +23,23 @@ from sessionstream.eventstore.compaction import (
 )
 from sessionstream.eventstore.model import RecordedEvent, row_to_event
 from sessionstream.eventstore.packing import NO_BOUND, block_of, unpack_all
-from sessionstream.eventstore.packmerge import merge_streams, stream_span
+from sessionstream.eventstore.packmerge import (
+    merge_page,
+    merge_streams,
+    page_bound,
+    rows_window,
+    stream_span,
+)
 from sessionstream.eventstore.postgres.schema import EVENT_COLUMNS, POSITION_AT
 
 PACK_ROW = "stream_id, correlation_id, body"
-PACKS_OF = f"SELECT {PACK_ROW} FROM packs WHERE stream_id = $1 ORDER BY block"
+#: a pack an ``as_of=<time>`` cuts, with what orders and bounds its search
+#: (``packed_reads.CutPack``)
+CUT_ROW = f"{PACK_ROW}, first_position, last_position, events, first_at, last_at"
+#: a stream's packs up to a position: a read of its past opens none after it
+PACKS_OF = (
+    f"SELECT {PACK_ROW} FROM packs WHERE stream_id = $1 AND first_position <= $2 ORDER BY block"
+)
 #: a session's packs a compaction writes again, and the one before them it chains onto
 PACKS_FROM = f"SELECT {PACK_ROW} FROM packs WHERE stream_id = $1 AND block >= $2 ORDER BY block"
 PACK_BEFORE = (
@@ -41,10 +53,11 @@ PACKS_BETWEEN = f"SELECT {PACK_ROW} FROM packs WHERE {IN_RANGE}"
 #: as_of=<time>, in one statement: the last position of the packs wholly at or before
 #: the time ($5) within ($3, $4], then the rows of the packs the time or the bound cuts
 PACKS_AT = f"""
-SELECT NULL, NULL, NULL, max(last_position) FROM packs
+SELECT NULL, NULL, NULL::bytea, NULL::bigint, NULL::bigint, NULL::int, NULL, NULL,
+    max(last_position) FROM packs
 WHERE {IN_RANGE} AND last_at <= $5 AND last_position <= $4
 UNION ALL
-SELECT {PACK_ROW}, NULL FROM packs WHERE {IN_RANGE}
+SELECT {CUT_ROW}, NULL FROM packs WHERE {IN_RANGE}
     AND (last_at IS NULL OR (first_at <= $5 AND (last_at > $5 OR last_position > $4)))
 """
 #: the last event row at or before a time (``schema.POSITION_AT``) and the row after it
@@ -70,6 +83,10 @@ INSERT_PACKS = (
 LOCK_STREAM = "SELECT pg_advisory_xact_lock(hashtext('packs:' || $1))"
 STREAM_EVENTS = f"SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = $1 ORDER BY version"
 PAGE = f"SELECT {EVENT_COLUMNS} FROM events WHERE position > $1 ORDER BY position LIMIT $2"
+WINDOW_PAGE = (
+    f"SELECT {EVENT_COLUMNS} FROM events WHERE position > $1 AND position <= $2 "
+    "ORDER BY position LIMIT $3"
+)
 
 
 def packs_between(after: int, bound: int, keys: frozenset[str] | None) -> tuple[str, list[Any]]:
@@ -87,8 +104,8 @@ class PostgresPacks:
     def __init__(self, fetch: Callable[..., Awaitable[list[Any]]]) -> None:
         self._fetch = fetch
 
-    async def packs_of(self, stream_id: str) -> list[Any]:
-        return await self._fetch(PACKS_OF, stream_id)
+    async def packs_of(self, stream_id: str, bound: int = NO_BOUND) -> list[Any]:
+        return await self._fetch(PACKS_OF, stream_id, bound)
 
     async def packs_between(self, after: int, bound: int, keys: frozenset[str] | None) -> list[Any]:
         query, params = packs_between(after, bound, keys)
@@ -106,7 +123,7 @@ class PostgresPacks:
     ) -> tuple[int | None, list[Any]]:
         span = [block_of(after + 1), block_of(bound), after, bound, timestamp]
         rows = await self._fetch(PACKS_AT, *span)
-        return rows[0][3], [tuple(r[:3]) for r in rows[1:]]
+        return rows[0][8], [tuple(r[:8]) for r in rows[1:]]
 
 
 async def compact(conn: asyncpg.Connection, stream_ids: Iterable[str]) -> int:
@@ -183,6 +200,22 @@ async def with_packs(
     return merge_streams(kept, rows, mark, bound, limit) if rows else list(kept)
 
 
+async def log_page(conn: Any, after: int, limit: int) -> list[RecordedEvent]:
+    """The next ``limit`` events in position order or fewer, packed ones included, for a
+    rebuild: its rows within ``packmerge.rows_window`` (or the first row after it)."""
+    window = rows_window(after, limit, None)
+    stored = [row_to_event(r) for r in await conn.fetch(WINDOW_PAGE, after, window, limit)]
+    if not stored:
+        stored = [row_to_event(r) for r in await conn.fetch(PAGE, after, 1)]
+    bound = page_bound(stored, after, limit, None, None)
+    query, params = packs_between(after, bound, None)
+    rows = await conn.fetch(query, *params)
+    if not rows:
+        return stored
+    packed = unpack_all(rows, (after, bound, 0))
+    return merge_page(stored, packed, after=after, bound=bound, limit=limit, keys=None)
+
+
 async def merged_hashes(conn: Any, start: int, end: int) -> Sequence[tuple[int, str]]:
     """``(position, hash)`` of every event in ``(start, end]``, packed ones too."""
     rows = await conn.fetch(
@@ -193,7 +226,8 @@ async def merged_hashes(conn: Any, start: int, end: int) -> Sequence[tuple[int, 
     )
     by_position: dict[int, str] = {r[0]: r[1] for r in rows}
     packed = unpack_all(
-        await conn.fetch(PACKS_BETWEEN, block_of(start + 1), block_of(end), start, end)
+        await conn.fetch(PACKS_BETWEEN, block_of(start + 1), block_of(end), start, end),
+        (start, end, 0),
     )
     if not packed:
         return list(by_position.items())

@@ -14,11 +14,9 @@ from collections.abc import Sequence
 import asyncpg
 
 from sessionstream.eventstore.model import Doc, RecordedEvent, row_to_event, split_kept
-from sessionstream.eventstore.packing import unpack_all
-from sessionstream.eventstore.packmerge import merge_page, page_bound
+from sessionstream.eventstore.packmerge import first_rows, read_enough
 from sessionstream.eventstore.postgres import schema as sql
-from sessionstream.eventstore.postgres.packs import PAGE as LOG_PAGE
-from sessionstream.eventstore.postgres.packs import packs_between, with_packs
+from sessionstream.eventstore.postgres.packs import log_page, with_packs
 from sessionstream.eventstore.projector import Projection, Refold, StreamFold, per_stream
 from sessionstream.eventstore.snapshots import Snapshot
 
@@ -55,10 +53,8 @@ async def refold(
     while True:
         # a page may end mid-stream, so its bound is its last row; the empty page at
         # the end takes the packed deltas after the last stream's last row
-        rows = await conn.fetch(_STREAM_PAGE, *mark, REBUILD_PAGE, REBUILD_BYTES)
-        events = await with_packs(
-            conn, [row_to_event(r) for r in rows], mark, bool(rows), REBUILD_PAGE
-        )
+        rows = await _stream_rows(conn, mark)
+        events = await with_packs(conn, rows, mark, bool(rows), REBUILD_PAGE)
         if not events:
             break
         await write_docs(conn, *fold.feed(events))
@@ -67,6 +63,18 @@ async def refold(
     await write_docs(conn, *fold.finish())
     await _refold_in_log_order(conn, projections, snapshot_every)
     return count
+
+
+async def _stream_rows(conn: asyncpg.Connection, mark: tuple[str, int]) -> list[RecordedEvent]:
+    """The rows of the next page by (stream id, version), as many as it keeps
+    (``packmerge.first_rows``)."""
+    first = first_rows(REBUILD_PAGE)
+    rows = [row_to_event(r) for r in await conn.fetch(_STREAM_PAGE, *mark, first, REBUILD_BYTES)]
+    if read_enough(rows, mark, REBUILD_PAGE):
+        return rows
+    return [
+        row_to_event(r) for r in await conn.fetch(_STREAM_PAGE, *mark, REBUILD_PAGE, REBUILD_BYTES)
+    ]
 
 
 async def _refold_in_log_order(
@@ -104,11 +112,4 @@ async def drop_unkept(conn: asyncpg.Connection, docs: Sequence[Doc]) -> None:
 
 async def _log_page(conn: asyncpg.Connection, after: int) -> list[RecordedEvent]:
     """The next ``REBUILD_PAGE`` events in position order, packed deltas included."""
-    stored = [row_to_event(r) for r in await conn.fetch(LOG_PAGE, after, REBUILD_PAGE)]
-    bound = page_bound(stored, after, REBUILD_PAGE, None, None)
-    query, params = packs_between(after, bound, None)
-    rows = await conn.fetch(query, *params)
-    if not rows:
-        return stored
-    packed = unpack_all(rows)
-    return merge_page(stored, packed, after=after, bound=bound, limit=REBUILD_PAGE, keys=None)
+    return await log_page(conn, after, REBUILD_PAGE)

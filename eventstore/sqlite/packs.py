@@ -25,6 +25,9 @@ from sessionstream.eventstore.packmerge import merge_streams, stream_span
 from sessionstream.eventstore.sqlite.schema import EVENT_COLUMNS, LOOKUP_CHUNK, POSITION_AT
 
 PACK_ROW = "stream_id, correlation_id, body"
+#: a pack an ``as_of=<time>`` cuts, with what orders and bounds its search
+#: (``packed_reads.CutPack``)
+CUT_ROW = f"{PACK_ROW}, first_position, last_position, events, first_at, last_at"
 #: a session packed again writes its packs anew: one statement for a new block's pack and
 #: for one written before (PostgreSQL's compaction relies on the same upsert). Either way
 #: about 18% of the packs' pages stay unused at 10^5: a session's pack grows each turn,
@@ -41,7 +44,10 @@ INSERT_PACK = (
 PACK_TIMES = (
     "ALTER TABLE packs ADD COLUMN first_at TEXT; ALTER TABLE packs ADD COLUMN last_at TEXT;"
 )
-PACKS_OF = f"SELECT {PACK_ROW} FROM packs WHERE stream_id = ? ORDER BY block"
+#: a stream's packs up to a position: a read of its past opens none after it
+PACKS_OF = (
+    f"SELECT {PACK_ROW} FROM packs WHERE stream_id = ? AND first_position <= ? ORDER BY block"
+)
 #: a session's packs a compaction writes again, and the one before them it chains onto
 PACKS_FROM = f"SELECT {PACK_ROW} FROM packs WHERE stream_id = ? AND block >= ? ORDER BY block"
 PACK_BEFORE = "SELECT body FROM packs WHERE stream_id = ? AND block < ? ORDER BY block DESC LIMIT 1"
@@ -53,10 +59,10 @@ IN_RANGE_N = "block BETWEEN ?1 AND ?2 AND last_position > ?3 AND first_position 
 #: as_of=<time>, in one statement: the last position of the packs wholly at or before
 #: the time (?5) within (?3, ?4], then the rows of the packs the time or the bound cuts
 PACKS_AT = f"""
-SELECT NULL, NULL, NULL, MAX(last_position) FROM packs
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, MAX(last_position) FROM packs
 WHERE {IN_RANGE_N} AND last_at <= ?5 AND last_position <= ?4
 UNION ALL
-SELECT {PACK_ROW}, NULL FROM packs WHERE {IN_RANGE_N}
+SELECT {CUT_ROW}, NULL FROM packs WHERE {IN_RANGE_N}
     AND (last_at IS NULL OR (first_at <= ?5 AND (last_at > ?5 OR last_position > ?4)))
 """
 #: the last event row at or before a time (``schema.POSITION_AT``) and the row after it
@@ -66,6 +72,10 @@ SELECT p, (SELECT MIN(position) FROM events WHERE position > p) FROM q
 """
 STREAM_EVENTS = f"SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = ? ORDER BY version"
 PAGE = f"SELECT {EVENT_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?"
+WINDOW_PAGE = (
+    f"SELECT {EVENT_COLUMNS} FROM events WHERE position > ? AND position <= ? "
+    "ORDER BY position LIMIT ?"
+)
 
 
 def packs_between_sql(after: int, bound: int, keys: frozenset[str] | None) -> tuple[str, list[Any]]:
@@ -92,8 +102,8 @@ class SQLitePacks:
     def __init__(self, rows: Callable[[str, Sequence[Any]], Awaitable[list[Any]]]) -> None:
         self._rows = rows
 
-    async def packs_of(self, stream_id: str) -> list[Any]:
-        return await self._rows(PACKS_OF, (stream_id,))
+    async def packs_of(self, stream_id: str, bound: int = NO_BOUND) -> list[Any]:
+        return await self._rows(PACKS_OF, (stream_id, bound))
 
     async def packs_between(self, after: int, bound: int, keys: frozenset[str] | None) -> list[Any]:
         return await self._rows(*packs_between_sql(after, bound, keys))
@@ -110,7 +120,7 @@ class SQLitePacks:
     ) -> tuple[int | None, list[Any]]:
         span = (block_of(after + 1), block_of(bound), after, bound, timestamp)
         rows = await self._rows(PACKS_AT, span)
-        return rows[0][3], [r[:3] for r in rows[1:]]
+        return rows[0][8], [r[:8] for r in rows[1:]]
 
 
 def backfill_times(conn: sqlite3.Connection) -> None:
@@ -214,7 +224,8 @@ def merged_hashes(conn: sqlite3.Connection, start: int, end: int) -> Sequence[tu
         )
     ]
     packed = unpack_all(
-        conn.execute(PACKS_BETWEEN, (block_of(start + 1), block_of(end), start, end))
+        conn.execute(PACKS_BETWEEN, (block_of(start + 1), block_of(end), start, end)),
+        (start, end, 0),
     )
     if not packed:
         return rows

@@ -25,10 +25,16 @@ from sessionstream.eventstore.model import (
     split_kept,
 )
 from sessionstream.eventstore.packing import unpack_all
-from sessionstream.eventstore.packmerge import merge_page, page_bound
+from sessionstream.eventstore.packmerge import (
+    first_rows,
+    merge_page,
+    page_bound,
+    read_enough,
+    rows_window,
+)
 from sessionstream.eventstore.snapshots import Snapshot
 from sessionstream.eventstore.sqlite.packs import PAGE as LOG_PAGE
-from sessionstream.eventstore.sqlite.packs import packed_among, packs_between_sql
+from sessionstream.eventstore.sqlite.packs import WINDOW_PAGE, packed_among, packs_between_sql
 from sessionstream.eventstore.sqlite.schema import (
     DELETE_DOC,
     EVENT_COLUMNS,
@@ -57,10 +63,20 @@ BY_STREAM = (
 
 def stream_page(conn: sqlite3.Connection, mark: tuple[str, int]) -> list[RecordedEvent]:
     """The next events by (stream id, version): ``REBUILD_PAGE`` of them, or fewer
-    once their stored JSON passes ``REBUILD_BYTES`` (the rows are read one by one)."""
+    once their stored JSON passes ``REBUILD_BYTES``, or as many as the page keeps
+    (``packmerge.first_rows``)."""
+    page = _stream_rows(conn, mark, first_rows(REBUILD_PAGE))
+    return page if read_enough(page, mark, REBUILD_PAGE) else _stream_rows(conn, mark, REBUILD_PAGE)
+
+
+def _stream_rows(
+    conn: sqlite3.Connection, mark: tuple[str, int], limit: int
+) -> list[RecordedEvent]:
+    """Up to ``limit`` events by (stream id, version), fewer once their stored JSON
+    passes ``REBUILD_BYTES`` (the rows are read one by one)."""
     events: list[RecordedEvent] = []
     size = 0
-    cursor = conn.execute(BY_STREAM, (*mark, REBUILD_PAGE))
+    cursor = conn.execute(BY_STREAM, (*mark, limit))
     try:
         for row in cursor:
             events.append(row_to_event(row))
@@ -73,13 +89,17 @@ def stream_page(conn: sqlite3.Connection, mark: tuple[str, int]) -> list[Recorde
 
 
 def log_page(conn: sqlite3.Connection, after: int) -> list[RecordedEvent]:
-    """The next ``REBUILD_PAGE`` events in position order, packed deltas included."""
-    stored = [row_to_event(row) for row in conn.execute(LOG_PAGE, (after, REBUILD_PAGE))]
+    """The next ``REBUILD_PAGE`` events in position order or fewer, packed ones included:
+    the rows within ``packmerge.rows_window`` (or the first row after it)."""
+    window = rows_window(after, REBUILD_PAGE, None)
+    stored = [row_to_event(r) for r in conn.execute(WINDOW_PAGE, (after, window, REBUILD_PAGE))]
+    if not stored:
+        stored = [row_to_event(row) for row in conn.execute(LOG_PAGE, (after, 1))]
     bound = page_bound(stored, after, REBUILD_PAGE, None, None)
     rows = conn.execute(*packs_between_sql(after, bound, None)).fetchall()
     if not rows:
         return stored
-    packed = unpack_all(rows)
+    packed = unpack_all(rows, (after, bound, 0))
     return merge_page(stored, packed, after=after, bound=bound, limit=REBUILD_PAGE, keys=None)
 
 

@@ -292,3 +292,63 @@ async def test_a_long_session_writes_again_only_its_last_blocks(
     assert [e.version for e in events] == list(range(1, last + 1))
     report = await verify_store(store)
     assert report.ok, report.problems
+
+
+def shape(events: list[RecordedEvent]) -> list[tuple[Any, ...]]:
+    """What two stores written alike agree on (ids and times are each store's own)."""
+    return [(e.position, e.stream_id, e.version, e.type, e.data) for e in events]
+
+
+async def write_across_blocks(store: EventStore) -> None:
+    """A session whose turns lie in four blocks, the log's filler between them."""
+    last = await write_session(store, turns=1)
+    for n in range(1, 7):
+        filler = [NewEvent("noise.made", {"i": i}) for i in range((1 << BLOCK_BITS) // 2 + 7)]
+        await store.append(f"filler-{n}", filler)
+        last = await turn(store, n, last)
+    await store.append("after", [NewEvent("noise.made", {})])  # the writer has compacted
+
+
+async def test_bounded_reads_of_a_session_packed_across_blocks(
+    store_factory: StoreFactory,
+) -> None:
+    """Reads bounded by a position, a version or a page open only the packs (and the
+    segments) the bound lets in, and stop decoding past it: each read agrees with the
+    same log left as rows, at every session event and the positions beside it, where
+    a bound one off would miss or add an event at a pack's or a block's edge."""
+    rows_only = await store_factory(compact_runs=False)
+    await write_across_blocks(rows_only)
+    store = await store_factory()
+    await write_across_blocks(store)
+    backend = store_factory.backend
+    packs = await raw_rows(
+        store, backend, f"SELECT block FROM packs WHERE stream_id = '{SESSION}' ORDER BY block"
+    )
+    assert len(packs) >= 4
+    assert len(await session_rows(store, backend)) == 1
+    reference = await rows_only.read_stream(SESSION)
+    log = await rows_only.read_all(0, limit=100_000)
+    assert shape(await store.read_all(0, limit=100_000)) == shape(log)
+    edges = sorted({p for e in reference for p in (e.position - 1, e.position, e.position + 1)})
+    for bound in edges:
+        expected = [e for e in reference if e.position <= bound]
+        assert shape(await store.read_stream(SESSION, to_position=bound)) == shape(expected)
+        for after in (0, 3, len(reference) // 2, len(reference) - 2):
+            got = await store.read_stream(SESSION, after, limit=4, to_position=bound)
+            assert shape(got) == shape([e for e in expected if e.version > after][:4])
+    for after in edges[::3]:  # pages in log order from either side of a session event
+        for limit in (1, 7, 500):
+            want = [e for e in log if e.position > after][:limit]
+            assert shape(await store.read_all(after, limit=limit)) == shape(want)
+            top = after + 3
+            want = [e for e in log if after < e.position <= top][:limit]
+            got = await store.read_all(after, limit=limit, to_position=top)
+            assert shape(got) == shape(want)
+    whole = await store.read_all(0, limit=100_000)
+    for event in whole:  # as_of by time: the last position at or before each time
+        if event.stream_id == SESSION or event.position % 97 == 0:
+            expected_at = max(e.position for e in whole if e.recorded_at <= event.recorded_at)
+            assert await store.position_at(event.recorded_at) == expected_at
+    assert shape(await read_in_pages(store, 5)) == shape(log)
+    report = await verify_store(store)
+    assert report.ok, report.problems
