@@ -18,8 +18,9 @@ def call(base: str, token: str, method: str, path: str, body: Any = None) -> tup
 
 
 def log_rows(db: Path) -> list[tuple[int, str, int, str, str]]:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, isolation_level=None)
     try:
+        conn.execute("BEGIN")  # one snapshot: a compaction between two reads shows twice
         rows: list[tuple[int, str, int, str, str]] = conn.execute(
             "SELECT position, stream_id, version, event_id, type FROM events ORDER BY position"
         ).fetchall()

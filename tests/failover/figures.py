@@ -69,12 +69,17 @@ async def read_log(dsn: str) -> Log:
     """Every event (rows and packed deltas) and the session and run read models."""
     conn = await asyncpg.connect(dsn, timeout=10)
     try:
-        rows = await conn.fetch(
-            "SELECT position, stream_id, version, event_id, type, data, correlation_id, "
-            "recorded_at FROM events"
-        )
-        packs = await conn.fetch("SELECT stream_id, correlation_id, body FROM packs")
-        docs = await conn.fetch("SELECT kind, key, body FROM docs WHERE kind IN ('session', 'run')")
+        # one snapshot: a compaction committing between the reads would show its events
+        # both as rows and in its packs
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            rows = await conn.fetch(
+                "SELECT position, stream_id, version, event_id, type, data, correlation_id, "
+                "recorded_at FROM events"
+            )
+            packs = await conn.fetch("SELECT stream_id, correlation_id, body FROM packs")
+            docs = await conn.fetch(
+                "SELECT kind, key, body FROM docs WHERE kind IN ('session', 'run')"
+            )
     finally:
         await conn.close()
     events = [

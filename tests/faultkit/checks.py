@@ -51,11 +51,14 @@ async def read_log(schema: str) -> list[RecordedEvent]:
     """Every event of the schema's log in position order, packed deltas included."""
     conn = await connect(schema)
     try:
-        rows = await conn.fetch(
-            "SELECT position, stream_id, version, event_id, type, data, metadata, "
-            "correlation_id, recorded_at, hash FROM events"
-        )
-        packs = await conn.fetch("SELECT stream_id, correlation_id, body FROM packs")
+        # one snapshot: a compaction committing between two reads would show its events
+        # both as rows and in its packs
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            rows = await conn.fetch(
+                "SELECT position, stream_id, version, event_id, type, data, metadata, "
+                "correlation_id, recorded_at, hash FROM events"
+            )
+            packs = await conn.fetch("SELECT stream_id, correlation_id, body FROM packs")
     finally:
         await conn.close()
     events = [

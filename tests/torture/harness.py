@@ -199,8 +199,9 @@ def read_log(db: Path) -> list[Row]:
     A pack is decoded by the documented format (``eventstore/packing.py``), so a
     compaction that dropped, moved or renumbered a delta shows as a gap here.
     """
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, isolation_level=None)
     try:
+        conn.execute("BEGIN")  # one snapshot: a compaction between two reads shows twice
         rows = [
             Row(r[0], r[1], r[2], r[3], r[4], json.loads(decode(r[5])), r[6])
             for r in conn.execute(
