@@ -10,13 +10,13 @@ import json
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
-from datetime import UTC, datetime
 from typing import Any, cast
 
 from sessionstream.core.ids import uuid7
 from sessionstream.core.jsonenc import encoder
 from sessionstream.eventstore.hashcodec import decode_hash
 from sessionstream.eventstore.textcodec import decode
+from sessionstream.eventstore.timetext import Seconds
 
 #: ``expected_version`` meaning "do not check".
 ANY_VERSION: int | None = None
@@ -345,25 +345,14 @@ def recompute_hash(prev_hash: str, event: RecordedEvent) -> str:
     )
 
 
-#: the second ``utc_now`` spelled last: (seconds since the epoch, its spelling)
-_second: tuple[int, str] = (-1, "")
+#: the writer's clock: its second spelled once (``eventstore/timetext.py``)
+_NOW = Seconds()
 
 
 def utc_now() -> str:
-    """RFC 3339 UTC with milliseconds and a ``Z``: the one timestamp spelling.
-
-    Every batch asks once, on the writer thread; ``strftime`` was most of
-    what it took (2 us in a tight loop, 18-27 us measured on the writer
-    thread between two commits), so the second is spelled once and only the
-    milliseconds each time.
-    """
-    global _second
-    second, millis = divmod(time.time_ns() // 1_000_000, 1000)
-    spelled = _second
-    if spelled[0] != second:  # a tuple, swapped whole: safe on any thread
-        text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-        spelled = _second = (second, text)
-    return f"{spelled[1]}.{millis:03d}Z"
+    """RFC 3339 UTC with milliseconds and a ``Z``: the one timestamp spelling. Every
+    batch asks once, on the writer thread."""
+    return _NOW.spell(time.time_ns() // 1_000_000)
 
 
 def row_to_event(row: Sequence[Any]) -> RecordedEvent:

@@ -39,6 +39,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sessionstream.eventstore.textcodec import ZDICT
+from sessionstream.eventstore.timetext import Seconds
 
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -78,24 +79,9 @@ def _ms_of(at: str) -> int | None:
     return ms if _spelled(ms) == at else None
 
 
-#: the second ``_spelled`` spelled last: (seconds since the epoch, its spelling)
-_second: tuple[int, str] = (-1, "")
-
-
-def _spelled(ms: int) -> str:
-    """``model.utc_now``'s spelling of a Unix millisecond.
-
-    A pack's events come a few milliseconds apart, so the second is spelled
-    once and only the milliseconds each time, as ``utc_now`` does: ``strftime``
-    was an eighth of ``verify``'s unpacking (1.1 of 8.5 s at 10^5 events).
-    """
-    global _second
-    seconds, rest = divmod(ms, 1000)
-    known = _second  # one read: another thread may spell another second meanwhile
-    if known[0] != seconds:
-        moment = _EPOCH + timedelta(seconds=seconds)
-        known = _second = (seconds, moment.strftime("%Y-%m-%dT%H:%M:%S."))
-    return f"{known[1]}{rest:03d}Z"
+#: the pack decoder's second spelled once (``eventstore/timetext.py``): a pack's events
+#: come a few milliseconds apart
+_spelled = Seconds().spell
 
 
 def deflate(text: bytes) -> bytes:

@@ -1,6 +1,7 @@
-"""A file whose tree was stored by a build that kept more levels (``STORED_LEVEL`` was 4).
+"""A file whose tree was stored by a build that kept more levels (``STORED_LEVEL`` was 4,
+schema 6).
 
-The nodes below the stored levels are dropped when the store opens, and the
+The nodes below the stored levels are dropped when the store opens it, and the
 roots and proofs it answers after that are still those of RFC 9162 over the
 events' hashes (checked with ``merkle``'s own reference fold, ``root_of``, and
 an inclusion proof verified by ``merkle.verify_inclusion``).
@@ -31,13 +32,14 @@ async def test_nodes_below_the_stored_levels_are_dropped_and_proofs_hold(tmp_pat
     assert await store.tree.integrate() == len(leaves)
     await store.close()
 
-    old = [  # what a build storing from level 4 up kept beside the nodes it keeps
+    old = [  # what a build storing from level 4 up (schema 6) kept beside the nodes it keeps
         (level, index, merkle.root_of(leaves[index << level : (index + 1) << level]))
         for level in range(4, merkle.STORED_LEVEL)
         for index in range(len(leaves) >> level)
     ]
     for node in old:
         sql(path, "INSERT INTO merkle_nodes (level, idx, hash) VALUES (?, ?, ?)", *node)
+    sql(path, "PRAGMA user_version=6")
     assert min(levels(path)) == 4
 
     store = SQLiteEventStore(path, projections.ALL)

@@ -16,6 +16,7 @@ from typing import Any
 from sessionstream.core.errors import SessionStreamError, StorageUnavailable
 from sessionstream.core.jsonenc import encoder
 from sessionstream.eventstore.hashcodec import encode_hash
+from sessionstream.eventstore.merkle import STORED_LEVEL
 from sessionstream.eventstore.model import Doc, RecordedEvent
 from sessionstream.eventstore.snapshots import Snapshot
 from sessionstream.eventstore.textcodec import META_MIN_BYTES, MIN_BYTES, encode
@@ -35,6 +36,9 @@ SCHEMA_VERSION = 7
 
 #: the table schema 7 dropped (``STREAM_HEAD`` says why)
 DROP_STREAMS = "DROP TABLE IF EXISTS streams"
+#: and the Merkle nodes below ``merkle.STORED_LEVEL`` a version 6 file may hold (the tree
+#: stored from level 4 up): never read again, so their pages go back to the file
+DROP_UNREAD_NODES = f"DELETE FROM merkle_nodes WHERE level < {STORED_LEVEL}"
 
 #: a ``WITHOUT ROWID`` table keeps at most ~1,000 bytes of a row in its leaf and the rest
 #: in overflow pages, so a session document of a few KB left most of a page empty; a

@@ -47,12 +47,6 @@ def event_hashes(conn: sqlite3.Connection, start: int, end: int) -> list[str]:
     return hashes
 
 
-def drop_unread_levels(conn: sqlite3.Connection) -> None:
-    """Nodes below ``STORED_LEVEL``, which a build storing more levels left (it was 4):
-    never read again, so their pages go back to the file. Nothing to do after once."""
-    conn.execute("DELETE FROM merkle_nodes WHERE level < ?", (merkle.STORED_LEVEL,))
-
-
 def stored_size(conn: sqlite3.Connection) -> int:
     rows = conn.execute("SELECT value FROM meta WHERE key = ?", (SIZE_KEY,)).fetchall()
     return int(rows[0][0]) if rows else 0
@@ -78,7 +72,6 @@ class SQLiteTree(LogTree):
         self._thread = WriterThread("sessionstream-tree")
         try:
             self._conn = await self._thread.call(connect)
-            await self._call_writer(drop_unread_levels)
         except BaseException:
             await self.close()
             raise

@@ -57,6 +57,7 @@ from sessionstream.eventstore.sqlite.schema import (
     DOCS_FROM_V4,
     DOCS_TO_ROWID,
     DROP_STREAMS,
+    DROP_UNREAD_NODES,
     HEAD_AND_CLOCK,
     INSERT_CLOCK_EXCEPTION,
     INSERT_EVENT,
@@ -166,6 +167,7 @@ class SQLiteWriter:
                 backfill_times(conn)
             if 0 < version < 7:  # the heads are the streams' last events now
                 conn.execute(DROP_STREAMS)
+                conn.execute(DROP_UNREAD_NODES)
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except BaseException as exc:
             conn.close()  # a file that is not a database, or not writable: nothing left open
